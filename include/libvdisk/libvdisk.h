@@ -1,0 +1,250 @@
+/*
+ * libvdisk — virtual disk image library, public C API.
+ *
+ * Conventions
+ *   - Every fallible call returns 0 on success or a negative VD_E* code.
+ *     vd_errmsg() then gives a thread-local message naming the file and the
+ *     problem; it is set even when vd_open() fails.
+ *   - Out-parameters come first; every data-path call takes a flags argument
+ *     (pass 0 when no flag applies; unknown bits are rejected with VD_EINVAL).
+ *   - I/O is all-or-error: there are no short reads or writes.
+ *   - Offsets and lengths are 64-bit byte counts.
+ *
+ * Thread safety
+ *   One vd_image may be used from several threads at once. Reads and
+ *   allocation-status queries run in parallel; writes, discards, flushes and
+ *   resizes are serialised per image. vd_close() must not race with any other
+ *   call on the same handle. Distinct handles are fully independent.
+ *
+ * Errors that leave metadata in doubt (a failed metadata write, detected
+ * corruption) poison the handle: every later call except vd_close() fails
+ * with VD_EPOISONED. Data acknowledged by a completed vd_flush() is never lost.
+ *
+ * ABI: libvdisk.so.1. Structures that may grow carry a size or version field
+ * as their first member and only ever grow at the end.
+ */
+#ifndef LIBVDISK_LIBVDISK_H
+#define LIBVDISK_LIBVDISK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libvdisk/version.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define VD_API __attribute__((visibility("default")))
+#else
+#define VD_API
+#endif
+
+/* ------------------------------------------------------------------ errors */
+
+/*
+ * The error table: X(NAME, value, description). Values are part of the ABI
+ * and never change; new codes are appended with new values.
+ */
+#define VD_ERROR_TABLE(X)                                                     \
+    X(OK,          0, "success")                                              \
+    X(EINVAL,     -1, "invalid argument")                                     \
+    X(ENOMEM,     -2, "out of memory")                                        \
+    X(EIO,        -3, "input/output error")                                   \
+    X(ENOENT,     -4, "no such file or object")                               \
+    X(EFORMAT,    -5, "unknown or invalid image format")                      \
+    X(ECORRUPT,   -6, "image is corrupt")                                     \
+    X(EUNSUPPORTED, -7, "operation or feature not supported")                 \
+    X(EREADONLY,  -8, "image is opened read-only")                            \
+    X(ERANGE,     -9, "offset or length out of range")                        \
+    X(EPOISONED, -10, "handle disabled after an earlier fatal error")         \
+    X(ENOSPC,    -11, "no space left on device")                              \
+    X(ELOCKED,   -12, "image is locked by another process")                   \
+    X(EPERM,     -13, "operation not permitted")                              \
+    X(EEXIST,    -14, "file or object already exists")                        \
+    X(EBACKING,  -15, "backing chain error")                                  \
+    X(EBUSY,     -16, "resource busy")                                        \
+    X(ETOOBIG,   -17, "size exceeds a format or safety limit")                \
+    X(EKEY,      -18, "missing or wrong encryption key")
+
+#define VD_ERROR_ENUM_ENTRY_(name, value, text) VD_##name = value,
+typedef enum vd_error { VD_ERROR_TABLE(VD_ERROR_ENUM_ENTRY_) VD_ERROR_END_ = -1000 } vd_error;
+#undef VD_ERROR_ENUM_ENTRY_
+
+/* A static description of an error code ("invalid argument"). */
+VD_API const char *vd_strerror(int err);
+/* The symbolic name of an error code ("VD_EINVAL"), or "VD_E?" if unknown. */
+VD_API const char *vd_errname(int err);
+/* The calling thread's last detailed error message ("" if none). */
+VD_API const char *vd_errmsg(void);
+
+/* ----------------------------------------------------------------- version */
+
+/* The runtime version string, "MAJOR.MINOR.PATCH". */
+VD_API const char *vd_version(void);
+/* The runtime version as VD_VERSION_NUMBER computes it. */
+VD_API unsigned vd_version_number(void);
+
+/* ------------------------------------------------------------ open / close */
+
+typedef struct vd_image vd_image;
+
+/* vd_open() flags */
+#define VD_OPEN_RDWR        (1u << 0) /* read-write; default is read-only */
+#define VD_OPEN_NO_BACKING  (1u << 1) /* open only this image, not its backing chain */
+#define VD_OPEN_NO_LOCK     (1u << 2) /* take no file locks (read-only inspection) */
+#define VD_OPEN_CONFINED    (1u << 3) /* refuse any file reference outside the image's directory */
+#define VD_OPEN_UNSAFE_RAW  (1u << 4) /* allow writes that would turn a probed raw image into another format */
+
+/*
+ * Extended open options. Set .struct_size = sizeof(vd_open_opts) (the INIT
+ * macro does) so that the library can tell which fields the caller knows.
+ */
+typedef struct vd_open_opts {
+    uint32_t struct_size;
+    uint32_t flags;          /* VD_OPEN_* */
+    const char *format;      /* format name, or NULL to probe */
+    uint64_t cache_bytes;    /* metadata cache size; 0 means the default */
+    const char *snapshot;    /* open this internal snapshot (name or id) read-only; NULL for the active state */
+    const char *secret;      /* passphrase for encrypted images, or NULL */
+} vd_open_opts;
+
+#define VD_OPEN_OPTS_INIT { (uint32_t)sizeof(vd_open_opts), 0, NULL, 0, NULL, NULL }
+
+/*
+ * Open the image at path. format is a name such as "raw" or "qcow2", or NULL
+ * to probe (raw is chosen only when no other format matches).
+ */
+VD_API int vd_open(vd_image **out, const char *path, const char *format, uint32_t flags);
+VD_API int vd_open_ext(vd_image **out, const char *path, const vd_open_opts *opts);
+
+/*
+ * Close the image, flushing it first if it was opened read-write. Returns the
+ * flush result; the handle is freed in every case. vd_close(NULL) returns 0.
+ */
+VD_API int vd_close(vd_image *img);
+
+/* vd_create() flags */
+#define VD_CREATE_EXCL      (1u << 0) /* fail with VD_EEXIST if path exists */
+
+/*
+ * Create an image of the given format and virtual size. options is a
+ * qemu-img style "key=value,key=value" list (",," is a literal comma) or
+ * NULL; the accepted keys depend on the format (see vd_format_options()).
+ * An existing file is truncated and overwritten unless VD_CREATE_EXCL is set.
+ */
+VD_API int vd_create(const char *path, const char *format, uint64_t size,
+                     const char *options, uint32_t flags);
+
+/* ---------------------------------------------------------------- data path */
+
+/* vd_write() flags */
+#define VD_WRITE_FUA        (1u << 0) /* the data is on stable storage on return */
+
+/* vd_write_zeroes() flags */
+#define VD_ZERO_MAY_UNMAP   (1u << 0) /* the range may be deallocated */
+
+VD_API int vd_read(vd_image *img, uint64_t offset, void *buf, size_t length, uint32_t flags);
+VD_API int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uint32_t flags);
+VD_API int vd_write_zeroes(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags);
+/* Discard is a hint: the range may read back as zeroes or as before. */
+VD_API int vd_discard(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags);
+VD_API int vd_flush(vd_image *img, uint32_t flags);
+
+/* vd_resize() flags */
+#define VD_RESIZE_SHRINK    (1u << 0) /* allow making the image smaller (data past the end is lost) */
+
+VD_API int vd_resize(vd_image *img, uint64_t new_size, uint32_t flags);
+
+/* ------------------------------------------------------------------ getters */
+
+VD_API int vd_get_size(vd_image *img, uint64_t *size);
+/* The format name ("raw", "qcow2", ...), or NULL for a NULL handle. */
+VD_API const char *vd_get_format(vd_image *img);
+/* The path the image was opened with, or NULL for a NULL handle. */
+VD_API const char *vd_get_filename(vd_image *img);
+
+/* Image information. Set .struct_size = sizeof(vd_info) before the call. */
+typedef struct vd_info {
+    uint32_t struct_size;
+    uint32_t cluster_size;      /* 0 if the format has no clusters */
+    uint64_t virtual_size;
+    uint64_t actual_size;       /* bytes the file occupies on the host */
+    const char *format;         /* owned by the image */
+    const char *filename;       /* owned by the image */
+    const char *backing_file;   /* as recorded in the image, or NULL */
+    const char *backing_format; /* as recorded in the image, or NULL */
+    int dirty;                  /* dirty/lazy-refcount flag is set */
+    int read_only;              /* handle is read-only */
+    int encrypted;
+    int probed;                 /* the format was found by probing */
+} vd_info;
+
+#define VD_INFO_INIT { (uint32_t)sizeof(vd_info), 0, 0, 0, NULL, NULL, NULL, NULL, 0, 0, 0, 0 }
+
+VD_API int vd_get_info(vd_image *img, vd_info *info);
+
+/* Types of vd_property values. */
+#define VD_PROP_STRING 0
+#define VD_PROP_INT    1
+#define VD_PROP_BOOL   2
+
+/*
+ * Format-specific properties (qemu-img info's "format-specific" data), by
+ * index from 0. Strings are owned by the image. Returns VD_ENOENT past the
+ * last index. For VD_PROP_INT and VD_PROP_BOOL, *value is the decimal text
+ * ("16", "true"/"false").
+ */
+VD_API int vd_get_property(vd_image *img, size_t index, const char **key,
+                           const char **value, int *type);
+
+/* ------------------------------------------------------- allocation status */
+
+#define VD_EXTENT_DATA      (1u << 0) /* holds data (reads come from a host file) */
+#define VD_EXTENT_ZERO      (1u << 1) /* reads as zeroes */
+#define VD_EXTENT_ALLOCATED (1u << 2) /* defined by some image in the chain (not a hole falling to the end) */
+
+#define VD_NO_HOST_OFFSET   UINT64_MAX
+
+typedef struct vd_extent {
+    uint64_t offset;      /* guest offset */
+    uint64_t length;      /* bytes */
+    uint32_t flags;       /* VD_EXTENT_* */
+    int32_t depth;        /* chain depth that defines it (0 = this image); for unallocated
+                             extents, the depth of the last image in the chain */
+    uint64_t host_offset; /* offset in the host file for data, or VD_NO_HOST_OFFSET */
+} vd_extent;
+
+/*
+ * Describe the extent that starts at offset: the longest run, at most length
+ * bytes, whose status is uniform. Callers iterate by advancing offset by
+ * extent->length.
+ */
+VD_API int vd_block_status(vd_image *img, uint64_t offset, uint64_t length,
+                           vd_extent *extent, uint32_t flags);
+
+/* ---------------------------------------------------------------- formats */
+
+/* The name of the index-th registered format, or NULL past the end. */
+VD_API const char *vd_format_name(size_t index);
+
+/*
+ * The create options of a format: for index from 0, the option's name, a one
+ * line description and its default (NULL if none). Returns VD_ENOENT past the
+ * end and VD_EFORMAT for an unknown format.
+ */
+VD_API int vd_format_option(const char *format, size_t index, const char **name,
+                            const char **help, const char **default_value);
+
+/*
+ * Probe the file at path: *format receives the static name of the detected
+ * format ("raw" when nothing else matches).
+ */
+VD_API int vd_probe(const char *path, const char **format);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LIBVDISK_LIBVDISK_H */

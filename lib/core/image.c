@@ -1,0 +1,287 @@
+/* The front door for handles: open, create, close, probe and getters. */
+#include "core/internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define OPEN_FLAGS_KNOWN (VD_OPEN_RDWR | VD_OPEN_NO_BACKING | VD_OPEN_NO_LOCK | \
+                          VD_OPEN_CONFINED | VD_OPEN_UNSAFE_RAW)
+
+/* Read the first bytes of a file (fewer if it is short; the rest zeroed). */
+static int read_head(vd_file *file, uint8_t *head, uint64_t *file_size)
+{
+    int rc = vd_file_get_size(file, file_size);
+    if (rc < 0)
+        return rc;
+    memset(head, 0, VD_PROBE_BYTES);
+    size_t n = *file_size < VD_PROBE_BYTES ? (size_t)*file_size : VD_PROBE_BYTES;
+    return n ? vd_file_pread(file, head, n, 0) : 0;
+}
+
+static int probe_file(vd_file *file, const struct vd_backend **out)
+{
+    uint8_t head[VD_PROBE_BYTES];
+    uint64_t size;
+    int rc = read_head(file, head, &size);
+    if (rc < 0)
+        return rc;
+    const struct vd_backend *be = vd_backend_probe_head(head, sizeof head, size);
+    *out = be ? be : &vd_backend_raw;
+    return 0;
+}
+
+int vd_probe(const char *path, const char **format)
+{
+    if (!path || !format)
+        return vd_err(VD_EINVAL, "vd_probe: path and format must not be NULL");
+    vd_file *file;
+    int rc = vd_file_open(&file, path, 0);
+    if (rc < 0)
+        return rc;
+    const struct vd_backend *be;
+    rc = probe_file(file, &be);
+    vd_file_close(file);
+    if (rc == 0)
+        *format = be->name;
+    return rc;
+}
+
+static void image_free(vd_image *img)
+{
+    for (size_t i = 0; i < img->nprops; i++) {
+        free(img->props[i].key);
+        free(img->props[i].value);
+    }
+    free(img->props);
+    vd_file_close(img->file);
+    pthread_rwlock_destroy(&img->lock);
+    free(img->filename);
+    img->magic = 0;
+    free(img);
+}
+
+static int image_alloc(vd_image **out, const char *path, uint32_t flags)
+{
+    vd_image *img = calloc(1, sizeof *img);
+    if (!img || !(img->filename = strdup(path))) {
+        free(img);
+        return vd_err(VD_ENOMEM, "%s: out of memory", path);
+    }
+    pthread_rwlock_init(&img->lock, NULL);
+    img->magic = VD_IMAGE_MAGIC;
+    img->open_flags = flags;
+    img->read_only = !(flags & VD_OPEN_RDWR);
+    *out = img;
+    return 0;
+}
+
+int vd_open_ext(vd_image **out, const char *path, const vd_open_opts *opts)
+{
+    vd_err_clear();
+    if (!out || !path)
+        return vd_err(VD_EINVAL, "vd_open: out and path must not be NULL");
+    *out = NULL;
+    vd_open_opts o = VD_OPEN_OPTS_INIT;
+    if (opts) {
+        if (opts->struct_size < offsetof(vd_open_opts, cache_bytes) ||
+            opts->struct_size > sizeof o)
+            return vd_err(VD_EINVAL, "vd_open: vd_open_opts has an unknown struct_size %u",
+                          opts->struct_size);
+        memcpy(&o, opts, opts->struct_size);
+        o.struct_size = sizeof o;
+    }
+    if (o.flags & ~OPEN_FLAGS_KNOWN)
+        return vd_err(VD_EINVAL, "vd_open: unknown flags 0x%x", o.flags & ~OPEN_FLAGS_KNOWN);
+
+    const struct vd_backend *be = NULL;
+    if (o.format && !(be = vd_backend_find(o.format)))
+        return vd_err(VD_EFORMAT, "Unknown format '%s'", o.format);
+
+    vd_image *img = NULL;
+    int rc = image_alloc(&img, path, o.flags);
+    if (rc < 0)
+        return rc;
+    rc = vd_file_open(&img->file, path, img->read_only ? 0 : VD_FILE_RDWR);
+    if (rc == 0 && !be) {
+        img->probed = true;
+        rc = probe_file(img->file, &be);
+    }
+    if (rc == 0) {
+        img->backend = be;
+        rc = be->open(img, &o);
+    }
+    if (rc < 0) {
+        img->backend = NULL; /* nothing for close() to undo */
+        image_free(img);
+        return rc;
+    }
+    *out = img;
+    return 0;
+}
+
+int vd_open(vd_image **out, const char *path, const char *format, uint32_t flags)
+{
+    vd_open_opts o = VD_OPEN_OPTS_INIT;
+    o.format = format;
+    o.flags = flags;
+    return vd_open_ext(out, path, &o);
+}
+
+int vd_close(vd_image *img)
+{
+    if (!img)
+        return 0;
+    if (img->magic != VD_IMAGE_MAGIC)
+        return vd_err(VD_EINVAL, "vd_close: not an image handle");
+    int rc = 0;
+    if (!img->read_only && !img->poisoned)
+        rc = vd_flush(img, 0);
+    if (img->backend && img->backend->close)
+        img->backend->close(img);
+    image_free(img);
+    return rc;
+}
+
+int vd_create(const char *path, const char *format, uint64_t size,
+              const char *options, uint32_t flags)
+{
+    vd_err_clear();
+    if (!path || !format)
+        return vd_err(VD_EINVAL, "vd_create: path and format must not be NULL");
+    if (flags & ~VD_CREATE_EXCL)
+        return vd_err(VD_EINVAL, "vd_create: unknown flags 0x%x", flags & ~VD_CREATE_EXCL);
+    const struct vd_backend *be = vd_backend_find(format);
+    if (!be)
+        return vd_err(VD_EFORMAT, "Unknown format '%s'", format);
+    if (!be->create)
+        return vd_err(VD_EUNSUPPORTED, "Format '%s' does not support image creation", format);
+    if (size > INT64_MAX)
+        return vd_err(VD_ETOOBIG, "%s: size %llu is too large", path, (unsigned long long)size);
+
+    struct vd_kv kv;
+    int rc = vd_kv_parse(&kv, options);
+    if (rc < 0)
+        return rc;
+    rc = vd_kv_check_keys(&kv, be->create_options, format);
+    if (rc < 0) {
+        vd_kv_free(&kv);
+        return rc;
+    }
+    vd_file *file;
+    rc = vd_file_open(&file, path, VD_FILE_RDWR | VD_FILE_CREATE |
+                      ((flags & VD_CREATE_EXCL) ? VD_FILE_EXCL : 0));
+    if (rc == 0) {
+        rc = be->create(file, size, &kv);
+        if (rc == 0)
+            rc = vd_file_sync(file);
+        vd_file_close(file);
+        if (rc < 0) /* a half-written image is worse than none: it was ours */
+            unlink(path);
+    }
+    vd_kv_free(&kv);
+    return rc;
+}
+
+/* ----------------------------------------------------------------- getters */
+
+int vd_get_size(vd_image *img, uint64_t *size)
+{
+    if (!img || img->magic != VD_IMAGE_MAGIC || !size)
+        return vd_err(VD_EINVAL, "vd_get_size: invalid handle or NULL size");
+    pthread_rwlock_rdlock(&img->lock);
+    *size = img->size;
+    pthread_rwlock_unlock(&img->lock);
+    return 0;
+}
+
+const char *vd_get_format(vd_image *img)
+{
+    return img && img->magic == VD_IMAGE_MAGIC ? img->backend->name : NULL;
+}
+
+const char *vd_get_filename(vd_image *img)
+{
+    return img && img->magic == VD_IMAGE_MAGIC ? img->filename : NULL;
+}
+
+int vd_get_info(vd_image *img, vd_info *info)
+{
+    if (!img || img->magic != VD_IMAGE_MAGIC || !info)
+        return vd_err(VD_EINVAL, "vd_get_info: invalid handle or NULL info");
+    if (info->struct_size < offsetof(vd_info, probed) + sizeof info->probed ||
+        info->struct_size > sizeof(vd_info))
+        return vd_err(VD_EINVAL, "vd_get_info: vd_info has an unknown struct_size %u",
+                      info->struct_size);
+    vd_info full = VD_INFO_INIT;
+    pthread_rwlock_rdlock(&img->lock);
+    full.virtual_size = img->size;
+    full.format = img->backend->name;
+    full.filename = img->filename;
+    full.read_only = img->read_only;
+    full.probed = img->probed;
+    int rc = vd_file_allocated_bytes(img->file, &full.actual_size);
+    if (img->backend->get_info)
+        img->backend->get_info(img, &full);
+    pthread_rwlock_unlock(&img->lock);
+    memcpy(info, &full, info->struct_size);
+    return rc;
+}
+
+int vd_get_property(vd_image *img, size_t index, const char **key,
+                    const char **value, int *type)
+{
+    if (!img || img->magic != VD_IMAGE_MAGIC || !key || !value)
+        return vd_err(VD_EINVAL, "vd_get_property: invalid handle or NULL out-pointer");
+    int rc = VD_ENOENT;
+    pthread_rwlock_rdlock(&img->lock);
+    if (index < img->nprops) {
+        *key = img->props[index].key;
+        *value = img->props[index].value;
+        if (type)
+            *type = img->props[index].type;
+        rc = 0;
+    }
+    pthread_rwlock_unlock(&img->lock);
+    return rc;
+}
+
+int vd_image_set_prop(vd_image *img, const char *key, int type, const char *fmt, ...)
+{
+    char *value;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&value, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    for (size_t i = 0; i < img->nprops; i++) {
+        if (strcmp(img->props[i].key, key) == 0) {
+            free(img->props[i].value);
+            img->props[i].value = value;
+            img->props[i].type = type;
+            return 0;
+        }
+    }
+    struct vd_prop *grown = realloc(img->props, (img->nprops + 1) * sizeof *grown);
+    char *key_copy = strdup(key);
+    if (!grown || !key_copy) {
+        if (grown)
+            img->props = grown;
+        free(key_copy);
+        free(value);
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    }
+    img->props = grown;
+    img->props[img->nprops++] = (struct vd_prop){ key_copy, value, type };
+    return 0;
+}
+
+int vd_image_poison(vd_image *img, int code)
+{
+    if (!img->poisoned)
+        img->poisoned = code;
+    return code;
+}

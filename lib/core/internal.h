@@ -1,0 +1,116 @@
+/*
+ * Internal definitions shared by core, the engine and the format backends.
+ * Never installed; refuses to be included from outside the library.
+ */
+#ifndef VD_CORE_INTERNAL_H
+#define VD_CORE_INTERNAL_H
+
+#ifndef VD_BUILDING_LIBRARY
+#error "lib/core/internal.h is internal to libvdisk"
+#endif
+
+#include <libvdisk/libvdisk.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "io/file.h"
+#include "core/options.h"
+
+#define VD_IMAGE_MAGIC 0x56444b31u /* "VDK1" */
+
+/* How many leading bytes probing looks at. */
+#define VD_PROBE_BYTES 512
+
+/* ------------------------------------------------------------------ errors */
+
+/* Set the calling thread's message (printf-style) and return code. */
+int vd_err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Clear the calling thread's message. */
+void vd_err_clear(void);
+
+/* --------------------------------------------------------------- backends */
+
+struct vd_prop {
+    char *key;
+    char *value;
+    int type; /* VD_PROP_* */
+};
+
+/*
+ * A format backend: one static const table per format. Optional callbacks
+ * may be NULL; core supplies the default noted beside each.
+ */
+struct vd_backend {
+    const char *name;
+    /* Create options this format accepts (NULL-terminated by name). */
+    const struct vd_option_desc *create_options;
+
+    /* Score 0 (not this format) .. 100 (certain) from the first bytes. */
+    int (*probe)(const uint8_t *head, size_t len, uint64_t file_size);
+    /* Write a new image into an empty, writable file. */
+    int (*create)(vd_file *file, uint64_t size, const struct vd_kv *opts);
+    /* Read the metadata of img->file; set img->size and img->priv. */
+    int (*open)(vd_image *img, const vd_open_opts *opts);
+    void (*close)(vd_image *img);                                   /* default: nothing */
+
+    /* Data path; ranges are already checked against img->size. */
+    int (*read)(vd_image *img, uint64_t off, void *buf, size_t len);
+    int (*write)(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags);
+    int (*write_zeroes)(vd_image *img, uint64_t off, uint64_t len, uint32_t flags); /* default: write zero buffers */
+    int (*discard)(vd_image *img, uint64_t off, uint64_t len);     /* default: ignore */
+    int (*flush)(vd_image *img);                                    /* default: sync the file */
+    int (*resize)(vd_image *img, uint64_t size, uint32_t flags);    /* default: VD_EUNSUPPORTED */
+    int (*block_status)(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext); /* default: all data */
+    /* Fill format-specific parts of info (cluster size, backing, dirty). */
+    void (*get_info)(vd_image *img, vd_info *info);
+};
+
+/* ------------------------------------------------------------ image handle */
+
+struct vd_image {
+    uint32_t magic;
+    const struct vd_backend *backend;
+    void *priv;              /* backend state */
+    vd_file *file;
+    char *filename;
+    uint64_t size;           /* virtual size in bytes */
+    uint32_t open_flags;     /* VD_OPEN_* */
+    bool read_only;
+    bool probed;             /* format found by probing, not named */
+    int poisoned;            /* 0, or the error that disabled the handle */
+
+    /* Readers share, writers exclude (see the thread-safety note in libvdisk.h). */
+    pthread_rwlock_t lock;
+
+    struct vd_prop *props;   /* format-specific properties */
+    size_t nprops;
+};
+
+/* Append or replace a format-specific property (printf-style value). */
+int vd_image_set_prop(vd_image *img, const char *key, int type, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Disable the handle after an error that leaves metadata in doubt. */
+int vd_image_poison(vd_image *img, int code);
+
+/* ---------------------------------------------------------------- registry */
+
+const struct vd_backend *vd_backend_find(const char *name);
+/* The best non-raw match for a first-bytes buffer, or NULL. */
+const struct vd_backend *vd_backend_probe_head(const uint8_t *head, size_t len, uint64_t file_size);
+
+extern const struct vd_backend vd_backend_raw;
+
+/* ------------------------------------------------------------------- misc */
+
+static inline bool vd_add_overflows(uint64_t a, uint64_t b, uint64_t *sum)
+{
+    return __builtin_add_overflow(a, b, sum);
+}
+static inline bool vd_mul_overflows(uint64_t a, uint64_t b, uint64_t *prod)
+{
+    return __builtin_mul_overflow(a, b, prod);
+}
+
+#endif

@@ -1,0 +1,64 @@
+/*
+ * The format registry: one static array. Adding a format is one line here
+ * plus its folder under lib/formats/.
+ */
+#include "core/internal.h"
+
+#include <string.h>
+
+static const struct vd_backend *const backends[] = {
+    &vd_backend_raw, /* keep raw first: it is the fallback of probing */
+};
+
+#define BACKEND_COUNT (sizeof backends / sizeof backends[0])
+
+const struct vd_backend *vd_backend_find(const char *name)
+{
+    for (size_t i = 0; i < BACKEND_COUNT; i++)
+        if (strcmp(backends[i]->name, name) == 0)
+            return backends[i];
+    return NULL;
+}
+
+const struct vd_backend *vd_backend_probe_head(const uint8_t *head, size_t len, uint64_t file_size)
+{
+    const struct vd_backend *best = NULL;
+    int best_score = 0;
+    for (size_t i = 0; i < BACKEND_COUNT; i++) {
+        if (backends[i] == &vd_backend_raw || !backends[i]->probe)
+            continue;
+        int score = backends[i]->probe(head, len, file_size);
+        if (score > best_score) {
+            best_score = score;
+            best = backends[i];
+        }
+    }
+    return best;
+}
+
+const char *vd_format_name(size_t index)
+{
+    return index < BACKEND_COUNT ? backends[index]->name : NULL;
+}
+
+int vd_format_option(const char *format, size_t index, const char **name,
+                     const char **help, const char **default_value)
+{
+    if (!format || !name)
+        return vd_err(VD_EINVAL, "vd_format_option: format and name must not be NULL");
+    const struct vd_backend *be = vd_backend_find(format);
+    if (!be)
+        return vd_err(VD_EFORMAT, "Unknown format '%s'", format);
+    const struct vd_option_desc *d = be->create_options;
+    for (size_t i = 0; d && d[i].name; i++) {
+        if (i == index) {
+            *name = d[i].name;
+            if (help)
+                *help = d[i].help;
+            if (default_value)
+                *default_value = d[i].default_value;
+            return 0;
+        }
+    }
+    return VD_ENOENT;
+}

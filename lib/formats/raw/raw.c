@@ -1,0 +1,135 @@
+/*
+ * The raw format: the guest disk is the file itself. Sparse-aware: holes
+ * report as zero extents, discard punches holes, write-zeroes uses fallocate.
+ *
+ * A raw image found by probing guards its first sector: a guest write that
+ * would make the file probe as another format (a qcow2 header naming a host
+ * file as its backing, say) is refused, as QEMU does.
+ */
+#include "core/internal.h"
+
+#include <string.h>
+
+enum prealloc { PREALLOC_OFF, PREALLOC_FALLOC, PREALLOC_FULL };
+static const char *const prealloc_names[] = { "off", "falloc", "full", NULL };
+
+static const struct vd_option_desc raw_create_options[] = {
+    { "preallocation", "Preallocation mode (off, falloc, full)", "off" },
+    { NULL, NULL, NULL },
+};
+
+/* Fill [from, to) of a file with zeroes or reserved space, per mode. */
+static int preallocate(vd_file *file, uint64_t from, uint64_t to, size_t mode)
+{
+    if (to <= from || mode == PREALLOC_OFF)
+        return 0;
+    if (mode == PREALLOC_FALLOC)
+        return vd_file_allocate(file, from, to - from);
+    return vd_file_write_zeroes(file, from, to - from, false);
+}
+
+static int raw_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
+{
+    size_t mode;
+    int rc = vd_kv_get_choice(opts, "preallocation", prealloc_names, PREALLOC_OFF, &mode);
+    if (rc == 0)
+        rc = vd_file_truncate(file, size);
+    if (rc == 0)
+        rc = preallocate(file, 0, size, mode);
+    return rc;
+}
+
+static int raw_open(vd_image *img, const vd_open_opts *opts)
+{
+    return vd_file_get_size(img->file, &img->size);
+}
+
+static int raw_read(vd_image *img, uint64_t off, void *buf, size_t len)
+{
+    return vd_file_pread(img->file, buf, len, off);
+}
+
+/*
+ * For a probed image, refuse a write that overlaps the probe window and would
+ * make the file look like another format.
+ */
+static int guard_probe_window(vd_image *img, uint64_t off, const void *buf, size_t len)
+{
+    if (!img->probed || (img->open_flags & VD_OPEN_UNSAFE_RAW) || off >= VD_PROBE_BYTES)
+        return 0;
+    uint8_t head[VD_PROBE_BYTES] = { 0 };
+    size_t have = img->size < VD_PROBE_BYTES ? (size_t)img->size : VD_PROBE_BYTES;
+    int rc = have ? vd_file_pread(img->file, head, have, 0) : 0;
+    if (rc < 0)
+        return rc;
+    size_t n = len < VD_PROBE_BYTES - off ? len : VD_PROBE_BYTES - (size_t)off;
+    memcpy(head + off, buf, n);
+    const struct vd_backend *other = vd_backend_probe_head(head, sizeof head, img->size);
+    if (other)
+        return vd_err(VD_EPERM, "%s: refusing a write to sector 0 that would make this probed "
+                      "raw image look like a %s image; open it with format 'raw' to allow it",
+                      img->filename, other->name);
+    return 0;
+}
+
+static int raw_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags)
+{
+    int rc = guard_probe_window(img, off, buf, len);
+    return rc < 0 ? rc : vd_file_pwrite(img->file, buf, len, off);
+}
+
+static int raw_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags)
+{
+    if (off < VD_PROBE_BYTES && img->probed) {
+        /* zeroes can also forge a header (by clearing bytes): run the guard */
+        uint8_t zeroes[VD_PROBE_BYTES] = { 0 };
+        size_t n = len < VD_PROBE_BYTES - off ? (size_t)len : VD_PROBE_BYTES - (size_t)off;
+        int rc = guard_probe_window(img, off, zeroes, n);
+        if (rc < 0)
+            return rc;
+    }
+    return vd_file_write_zeroes(img->file, off, len, (flags & VD_ZERO_MAY_UNMAP) != 0);
+}
+
+static int raw_discard(vd_image *img, uint64_t off, uint64_t len)
+{
+    int rc = vd_file_punch_hole(img->file, off, len);
+    /* discard is advisory: a file system without hole punching ignores it */
+    return rc == VD_EUNSUPPORTED ? 0 : rc;
+}
+
+static int raw_resize(vd_image *img, uint64_t size, uint32_t flags)
+{
+    int rc = vd_file_truncate(img->file, size);
+    if (rc == 0)
+        img->size = size;
+    return rc;
+}
+
+static int raw_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext)
+{
+    bool is_data;
+    uint64_t end;
+    int rc = vd_file_extent(img->file, off, &is_data, &end);
+    if (rc < 0)
+        return rc;
+    if (end <= off) /* the file shrank underneath us: what is left reads as zeroes */
+        end = off + len;
+    ext->length = end - off < len ? end - off : len;
+    ext->flags = VD_EXTENT_ALLOCATED | (is_data ? VD_EXTENT_DATA : VD_EXTENT_ZERO);
+    ext->host_offset = off;
+    return 0;
+}
+
+const struct vd_backend vd_backend_raw = {
+    .name = "raw",
+    .create_options = raw_create_options,
+    .create = raw_create,
+    .open = raw_open,
+    .read = raw_read,
+    .write = raw_write,
+    .write_zeroes = raw_write_zeroes,
+    .discard = raw_discard,
+    .resize = raw_resize,
+    .block_status = raw_block_status,
+};

@@ -1,0 +1,112 @@
+/* Opener selection and the generic helpers layered over struct vd_file_ops. */
+#include "core/internal.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Atomic(vd_file_opener) current_opener;
+
+void vd_file_set_opener(vd_file_opener opener)
+{
+    atomic_store(&current_opener, opener);
+}
+
+int vd_file_open(vd_file **out, const char *path, uint32_t flags)
+{
+    vd_file_opener opener = atomic_load(&current_opener);
+    return (opener ? opener : vd_file_posix_open)(out, path, flags);
+}
+
+void vd_file_close(vd_file *f)
+{
+    if (f)
+        f->ops->close(f);
+}
+
+int vd_file_errno(const vd_file *f, int errnum, const char *what, uint64_t off)
+{
+    int code;
+    switch (errnum) {
+    case ENOSPC: case EDQUOT: code = VD_ENOSPC; break;
+    case ENOENT: code = VD_ENOENT; break;
+    case EACCES: case EPERM: case EROFS: code = VD_EPERM; break;
+    case ENOMEM: code = VD_ENOMEM; break;
+    case EFBIG: code = VD_ETOOBIG; break;
+    case EOPNOTSUPP: code = VD_EUNSUPPORTED; break;
+    default: code = VD_EIO; break;
+    }
+    if (off == UINT64_MAX)
+        return vd_err(code, "%s: %s failed: %s", f->path, what, strerror(errnum));
+    return vd_err(code, "%s: %s at offset %llu failed: %s", f->path, what,
+                  (unsigned long long)off, strerror(errnum));
+}
+
+int vd_write_zero_chunks(vd_chunk_writer write, void *ctx, uint64_t off, uint64_t len)
+{
+    enum { CHUNK = 1 << 20 };
+    void *zeroes = calloc(1, CHUNK);
+    if (!zeroes)
+        return vd_err(VD_ENOMEM, "out of memory allocating a zero buffer");
+    int rc = 0;
+    while (len && rc == 0) {
+        size_t n = len < CHUNK ? (size_t)len : CHUNK;
+        rc = write(ctx, zeroes, n, off);
+        off += n;
+        len -= n;
+    }
+    free(zeroes);
+    return rc;
+}
+
+static int file_chunk_writer(void *ctx, const void *buf, size_t len, uint64_t off)
+{
+    return vd_file_pwrite(ctx, buf, len, off);
+}
+
+int vd_file_punch_hole(vd_file *f, uint64_t off, uint64_t len)
+{
+    if (!f->ops->punch_hole)
+        return vd_err(VD_EUNSUPPORTED, "%s: cannot deallocate ranges", f->path);
+    return f->ops->punch_hole(f, off, len);
+}
+
+int vd_file_write_zeroes(vd_file *f, uint64_t off, uint64_t len, bool may_punch)
+{
+    if (len == 0)
+        return 0;
+    if (may_punch && f->ops->punch_hole && f->ops->punch_hole(f, off, len) == 0)
+        return 0;
+    if (f->ops->zero_range && f->ops->zero_range(f, off, len) == 0)
+        return 0;
+    return vd_write_zero_chunks(file_chunk_writer, f, off, len);
+}
+
+int vd_file_allocate(vd_file *f, uint64_t off, uint64_t len)
+{
+    if (!f->ops->allocate)
+        return vd_err(VD_EUNSUPPORTED, "%s: cannot preallocate", f->path);
+    return f->ops->allocate(f, off, len);
+}
+
+int vd_file_extent(vd_file *f, uint64_t off, bool *is_data, uint64_t *end)
+{
+    if (!f->ops->extent) {
+        uint64_t size;
+        int rc = vd_file_get_size(f, &size);
+        if (rc < 0)
+            return rc;
+        *is_data = true;
+        *end = size;
+        return 0;
+    }
+    return f->ops->extent(f, off, is_data, end);
+}
+
+int vd_file_allocated_bytes(vd_file *f, uint64_t *bytes)
+{
+    if (!f->ops->allocated_bytes)
+        return vd_file_get_size(f, bytes);
+    return f->ops->allocated_bytes(f, bytes);
+}

@@ -1,0 +1,99 @@
+/*
+ * The byte-level file layer. Every format reads and writes its host file
+ * through a vd_file; tests swap the POSIX implementation for fault-injecting
+ * and crash-simulating layers by installing another opener.
+ */
+#ifndef VD_IO_FILE_H
+#define VD_IO_FILE_H
+
+#ifndef VD_BUILDING_LIBRARY
+#error "lib/io/file.h is internal to libvdisk"
+#endif
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct vd_file vd_file;
+
+/* vd_file_open() flags */
+#define VD_FILE_RDWR    (1u << 0)
+#define VD_FILE_CREATE  (1u << 1) /* create if missing, truncate if present */
+#define VD_FILE_EXCL    (1u << 2) /* with CREATE: fail if present */
+
+/*
+ * The operations a file layer implements. Each returns 0 or a negative VD_E*
+ * code and sets the thread-local message; pread/pwrite transfer everything or
+ * fail. Optional operations may be NULL (the wrappers below then fall back or
+ * report VD_EUNSUPPORTED).
+ */
+struct vd_file_ops {
+    int (*pread)(vd_file *f, void *buf, size_t len, uint64_t off);
+    int (*pwrite)(vd_file *f, const void *buf, size_t len, uint64_t off);
+    int (*sync)(vd_file *f);
+    int (*get_size)(vd_file *f, uint64_t *size);
+    int (*truncate)(vd_file *f, uint64_t size);
+    /* Deallocate a range; it reads back as zeroes. */
+    int (*punch_hole)(vd_file *f, uint64_t off, uint64_t len);
+    /* Make a range read as zeroes, keeping it allocated. */
+    int (*zero_range)(vd_file *f, uint64_t off, uint64_t len);
+    /* Reserve space for a range (posix_fallocate semantics). */
+    int (*allocate)(vd_file *f, uint64_t off, uint64_t len);
+    /*
+     * Sparse map: from off, report whether the bytes are data or a hole and
+     * where that run ends (*end, never past the file size).
+     */
+    int (*extent)(vd_file *f, uint64_t off, bool *is_data, uint64_t *end);
+    /* Bytes the file occupies on the host. */
+    int (*allocated_bytes)(vd_file *f, uint64_t *bytes);
+    void (*close)(vd_file *f);
+};
+
+struct vd_file {
+    const struct vd_file_ops *ops;
+    char *path;      /* for messages */
+    bool writable;
+};
+
+/*
+ * Opening goes through a replaceable opener so that tests can interpose a
+ * layer. vd_file_posix_open is the default.
+ */
+typedef int (*vd_file_opener)(vd_file **out, const char *path, uint32_t flags);
+int vd_file_posix_open(vd_file **out, const char *path, uint32_t flags);
+/* Install an opener for files opened from now on; NULL restores POSIX. */
+void vd_file_set_opener(vd_file_opener opener);
+
+int vd_file_open(vd_file **out, const char *path, uint32_t flags);
+void vd_file_close(vd_file *f);
+
+static inline int vd_file_pread(vd_file *f, void *buf, size_t len, uint64_t off)
+{
+    return f->ops->pread(f, buf, len, off);
+}
+static inline int vd_file_pwrite(vd_file *f, const void *buf, size_t len, uint64_t off)
+{
+    return f->ops->pwrite(f, buf, len, off);
+}
+static inline int vd_file_sync(vd_file *f) { return f->ops->sync(f); }
+static inline int vd_file_get_size(vd_file *f, uint64_t *size) { return f->ops->get_size(f, size); }
+static inline int vd_file_truncate(vd_file *f, uint64_t size) { return f->ops->truncate(f, size); }
+
+/* Write zeroes over a range: punch (if allowed), zero_range, or plain writes. */
+int vd_file_write_zeroes(vd_file *f, uint64_t off, uint64_t len, bool may_punch);
+int vd_file_punch_hole(vd_file *f, uint64_t off, uint64_t len);
+int vd_file_allocate(vd_file *f, uint64_t off, uint64_t len);
+int vd_file_extent(vd_file *f, uint64_t off, bool *is_data, uint64_t *end);
+int vd_file_allocated_bytes(vd_file *f, uint64_t *bytes);
+
+/*
+ * Write len zero bytes at off through write(ctx, ...), a bounded buffer at a
+ * time: the one fallback for every layer without a cheaper way to zero.
+ */
+typedef int (*vd_chunk_writer)(void *ctx, const void *buf, size_t len, uint64_t off);
+int vd_write_zero_chunks(vd_chunk_writer write, void *ctx, uint64_t off, uint64_t len);
+
+/* Set the message for a failed system call on f and return the VD_E* code. */
+int vd_file_errno(const vd_file *f, int errnum, const char *what, uint64_t off);
+
+#endif

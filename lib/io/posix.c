@@ -1,0 +1,209 @@
+/* The POSIX file layer: pread/pwrite/fdatasync/fallocate/SEEK_DATA. */
+#include "core/internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct posix_file {
+    vd_file base;
+    int fd;
+};
+
+static int fd_of(vd_file *f)
+{
+    return ((struct posix_file *)f)->fd;
+}
+
+static int posix_pread(vd_file *f, void *buf, size_t len, uint64_t off)
+{
+    char *p = buf;
+    while (len) {
+        ssize_t n = pread(fd_of(f), p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return vd_file_errno(f, errno, "read", off);
+        }
+        if (n == 0) /* past the end of the file: a sparse tail reads as zeroes */
+            return vd_err(VD_EIO, "%s: read at offset %llu is past the end of the file",
+                          f->path, (unsigned long long)off);
+        p += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int posix_pwrite(vd_file *f, const void *buf, size_t len, uint64_t off)
+{
+    const char *p = buf;
+    while (len) {
+        ssize_t n = pwrite(fd_of(f), p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return vd_file_errno(f, errno, "write", off);
+        }
+        p += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int posix_sync(vd_file *f)
+{
+    if (fdatasync(fd_of(f)) < 0)
+        return vd_file_errno(f, errno, "flush", UINT64_MAX);
+    return 0;
+}
+
+static int posix_get_size(vd_file *f, uint64_t *size)
+{
+    struct stat st;
+    if (fstat(fd_of(f), &st) < 0)
+        return vd_file_errno(f, errno, "stat", UINT64_MAX);
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+static int posix_truncate(vd_file *f, uint64_t size)
+{
+    if (size > INT64_MAX)
+        return vd_err(VD_ETOOBIG, "%s: size %llu is too large", f->path, (unsigned long long)size);
+    if (ftruncate(fd_of(f), (off_t)size) < 0)
+        return vd_file_errno(f, errno, "truncate", size);
+    return 0;
+}
+
+static int posix_fallocate_mode(vd_file *f, int mode, uint64_t off, uint64_t len,
+                                const char *what)
+{
+    int r;
+    do {
+        r = fallocate(fd_of(f), mode, (off_t)off, (off_t)len);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return vd_file_errno(f, errno, what, off);
+    return 0;
+}
+
+static int posix_punch_hole(vd_file *f, uint64_t off, uint64_t len)
+{
+    return posix_fallocate_mode(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len,
+                                "deallocate");
+}
+
+static int posix_zero_range(vd_file *f, uint64_t off, uint64_t len)
+{
+    return posix_fallocate_mode(f, FALLOC_FL_ZERO_RANGE, off, len, "zero range");
+}
+
+static int posix_allocate(vd_file *f, uint64_t off, uint64_t len)
+{
+    int r = posix_fallocate(fd_of(f), (off_t)off, (off_t)len);
+    if (r != 0)
+        return vd_file_errno(f, r, "preallocate", off);
+    return 0;
+}
+
+static int posix_extent(vd_file *f, uint64_t off, bool *is_data, uint64_t *end)
+{
+    uint64_t size;
+    int rc = posix_get_size(f, &size);
+    if (rc < 0)
+        return rc;
+    if (off >= size) {
+        *is_data = false;
+        *end = off;
+        return 0;
+    }
+    off_t data = lseek(fd_of(f), (off_t)off, SEEK_DATA);
+    if (data < 0 && errno == ENXIO) { /* only a hole up to the end */
+        *is_data = false;
+        *end = size;
+        return 0;
+    }
+    if (data < 0) { /* no SEEK_DATA support: everything is data */
+        *is_data = true;
+        *end = size;
+        return 0;
+    }
+    if ((uint64_t)data > off) {
+        *is_data = false;
+        *end = (uint64_t)data;
+        return 0;
+    }
+    off_t hole = lseek(fd_of(f), (off_t)off, SEEK_HOLE);
+    *is_data = true;
+    *end = hole < 0 ? size : (uint64_t)hole;
+    return 0;
+}
+
+static int posix_allocated_bytes(vd_file *f, uint64_t *bytes)
+{
+    struct stat st;
+    if (fstat(fd_of(f), &st) < 0)
+        return vd_file_errno(f, errno, "stat", UINT64_MAX);
+    *bytes = (uint64_t)st.st_blocks * 512;
+    return 0;
+}
+
+static void posix_close(vd_file *f)
+{
+    struct posix_file *pf = (struct posix_file *)f;
+    close(pf->fd);
+    free(pf->base.path);
+    free(pf);
+}
+
+static const struct vd_file_ops posix_ops = {
+    .pread = posix_pread,
+    .pwrite = posix_pwrite,
+    .sync = posix_sync,
+    .get_size = posix_get_size,
+    .truncate = posix_truncate,
+    .punch_hole = posix_punch_hole,
+    .zero_range = posix_zero_range,
+    .allocate = posix_allocate,
+    .extent = posix_extent,
+    .allocated_bytes = posix_allocated_bytes,
+    .close = posix_close,
+};
+
+int vd_file_posix_open(vd_file **out, const char *path, uint32_t flags)
+{
+    int oflags = O_CLOEXEC | ((flags & VD_FILE_RDWR) ? O_RDWR : O_RDONLY);
+    if (flags & VD_FILE_CREATE)
+        oflags |= O_CREAT | ((flags & VD_FILE_EXCL) ? O_EXCL : O_TRUNC);
+    int fd = open(path, oflags, 0644);
+    if (fd < 0) {
+        int e = errno;
+        int code = e == ENOENT ? VD_ENOENT : e == EEXIST ? VD_EEXIST
+                 : (e == EACCES || e == EPERM || e == EROFS) ? VD_EPERM : VD_EIO;
+        return vd_err(code, "Could not open '%s': %s", path, strerror(e));
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        close(fd);
+        return vd_err(VD_EINVAL, "Could not open '%s': is a directory", path);
+    }
+    struct posix_file *pf = calloc(1, sizeof *pf);
+    char *copy = strdup(path);
+    if (!pf || !copy) {
+        free(pf);
+        free(copy);
+        close(fd);
+        return vd_err(VD_ENOMEM, "%s: out of memory", path);
+    }
+    pf->base.ops = &posix_ops;
+    pf->base.path = copy;
+    pf->base.writable = (flags & VD_FILE_RDWR) != 0;
+    pf->fd = fd;
+    *out = &pf->base;
+    return 0;
+}
