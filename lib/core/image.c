@@ -285,3 +285,13 @@ int vd_image_poison(vd_image *img, int code)
         img->poisoned = code;
     return code;
 }
+
+int vd_image_sync(vd_image *img)
+{
+    if (!img->unsynced)
+        return 0;
+    int rc = vd_file_sync(img->file);
+    if (rc == 0)
+        img->unsynced = false;
+    return rc;
+}

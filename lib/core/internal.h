@@ -85,7 +85,16 @@ struct vd_image {
 
     struct vd_prop *props;   /* format-specific properties */
     size_t nprops;
+
+    /* Sparse formats: the engine's view (lib/cow/engine.h). */
+    const struct vd_cow_ops *cow;
+    uint32_t cluster_size;
+    vd_image *backing;       /* the next image of the chain, or NULL */
+    bool unsynced;           /* written since the last sync of the file */
 };
+
+/* Sync the image's file if anything was written since the last sync. */
+int vd_image_sync(vd_image *img);
 
 /* Append or replace a format-specific property (printf-style value). */
 int vd_image_set_prop(vd_image *img, const char *key, int type, const char *fmt, ...)
@@ -101,6 +110,7 @@ const struct vd_backend *vd_backend_find(const char *name);
 const struct vd_backend *vd_backend_probe_head(const uint8_t *head, size_t len, uint64_t file_size);
 
 extern const struct vd_backend vd_backend_raw;
+extern const struct vd_backend vd_backend_qcow2;
 
 /* ------------------------------------------------------------------- misc */
 

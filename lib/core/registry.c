@@ -8,6 +8,7 @@
 
 static const struct vd_backend *const backends[] = {
     &vd_backend_raw, /* keep raw first: it is the fallback of probing */
+    &vd_backend_qcow2,
 };
 
 #define BACKEND_COUNT (sizeof backends / sizeof backends[0])

@@ -1,0 +1,231 @@
+/* The metadata table cache: LRU eviction over a small hash of host offsets. */
+#include "cow/cache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define NO_ENTRY SIZE_MAX
+
+struct entry {
+    uint64_t off;       /* host offset; valid only when used */
+    uint64_t last_use;  /* LRU tick */
+    size_t next;        /* hash chain */
+    unsigned pins;
+    bool used, dirty;
+};
+
+struct vd_cache {
+    vd_file *file;
+    size_t table_size, capacity, nbuckets;
+    uint8_t *tables;    /* capacity * table_size bytes */
+    struct entry *entries;
+    size_t *buckets;
+    uint64_t tick;
+    size_t ndirty;
+    vd_cache_hook before_write;
+    void *hook_ctx;
+    pthread_mutex_t lock;
+};
+
+static size_t bucket_of(const struct vd_cache *c, uint64_t off)
+{
+    return (size_t)((off * 0x9E3779B97F4A7C15ull) >> 32) & (c->nbuckets - 1);
+}
+
+static void *table_of(const struct vd_cache *c, size_t i)
+{
+    return c->tables + i * c->table_size;
+}
+
+static size_t index_of(const struct vd_cache *c, const void *table)
+{
+    return (size_t)((const uint8_t *)table - c->tables) / c->table_size;
+}
+
+int vd_cache_new(struct vd_cache **out, vd_file *file, size_t table_size, size_t capacity)
+{
+    if (capacity < 4)
+        capacity = 4; /* enough pins for any single operation */
+    struct vd_cache *c = calloc(1, sizeof *c);
+    if (!c)
+        return vd_err(VD_ENOMEM, "%s: out of memory for the metadata cache", file->path);
+    c->file = file;
+    c->table_size = table_size;
+    c->capacity = capacity;
+    for (c->nbuckets = 8; c->nbuckets < capacity * 2; c->nbuckets *= 2)
+        ;
+    c->entries = calloc(capacity, sizeof *c->entries);
+    c->buckets = malloc(c->nbuckets * sizeof *c->buckets);
+    if (posix_memalign((void **)&c->tables, 4096, capacity * table_size) != 0)
+        c->tables = NULL;
+    if (!c->entries || !c->buckets || !c->tables) {
+        vd_cache_free(c);
+        return vd_err(VD_ENOMEM, "%s: out of memory for the metadata cache (%zu tables)",
+                      file->path, capacity);
+    }
+    for (size_t i = 0; i < c->nbuckets; i++)
+        c->buckets[i] = NO_ENTRY;
+    pthread_mutex_init(&c->lock, NULL);
+    *out = c;
+    return 0;
+}
+
+void vd_cache_free(struct vd_cache *c)
+{
+    if (!c)
+        return;
+    if (c->buckets)
+        pthread_mutex_destroy(&c->lock);
+    free(c->entries);
+    free(c->buckets);
+    free(c->tables);
+    free(c);
+}
+
+void vd_cache_set_before_write(struct vd_cache *c, vd_cache_hook hook, void *ctx)
+{
+    c->before_write = hook;
+    c->hook_ctx = ctx;
+}
+
+static size_t find(const struct vd_cache *c, uint64_t off)
+{
+    for (size_t i = c->buckets[bucket_of(c, off)]; i != NO_ENTRY; i = c->entries[i].next)
+        if (c->entries[i].off == off)
+            return i;
+    return NO_ENTRY;
+}
+
+static void unlink_entry(struct vd_cache *c, size_t i)
+{
+    size_t *link = &c->buckets[bucket_of(c, c->entries[i].off)];
+    while (*link != i)
+        link = &c->entries[*link].next;
+    *link = c->entries[i].next;
+    c->entries[i].used = false;
+}
+
+static int run_hook(struct vd_cache *c)
+{
+    return c->before_write ? c->before_write(c->hook_ctx) : 0;
+}
+
+/* Write one dirty entry (the before-write hook has run). Lock held. */
+static int write_entry(struct vd_cache *c, size_t i)
+{
+    int rc = vd_file_pwrite(c->file, table_of(c, i), c->table_size, c->entries[i].off);
+    if (rc == 0) {
+        c->entries[i].dirty = false;
+        c->ndirty--;
+    }
+    return rc;
+}
+
+/* A free slot, evicting the least recently used unpinned table. Lock held. */
+static int take_slot(struct vd_cache *c, size_t *slot)
+{
+    size_t victim = NO_ENTRY;
+    for (size_t i = 0; i < c->capacity; i++) {
+        if (!c->entries[i].used) {
+            *slot = i;
+            return 0;
+        }
+        if (!c->entries[i].pins &&
+            (victim == NO_ENTRY || c->entries[i].last_use < c->entries[victim].last_use))
+            victim = i;
+    }
+    if (victim == NO_ENTRY)
+        return vd_err(VD_EBUSY, "%s: metadata cache exhausted (all %zu tables in use)",
+                      c->file->path, c->capacity);
+    if (c->entries[victim].dirty) {
+        int rc = run_hook(c);
+        if (rc == 0)
+            rc = write_entry(c, victim);
+        if (rc < 0)
+            return rc;
+    }
+    unlink_entry(c, victim);
+    *slot = victim;
+    return 0;
+}
+
+int vd_cache_get(struct vd_cache *c, uint64_t off, bool fresh, void **table)
+{
+    pthread_mutex_lock(&c->lock);
+    size_t i = find(c, off);
+    int rc = 0;
+    if (i == NO_ENTRY) {
+        rc = take_slot(c, &i);
+        if (rc == 0 && fresh)
+            memset(table_of(c, i), 0, c->table_size);
+        else if (rc == 0)
+            rc = vd_file_pread(c->file, table_of(c, i), c->table_size, off);
+        if (rc == 0) {
+            struct entry *e = &c->entries[i];
+            *e = (struct entry){ .off = off, .used = true,
+                                 .next = c->buckets[bucket_of(c, off)] };
+            c->buckets[bucket_of(c, off)] = i;
+        }
+    } else if (fresh) {
+        memset(table_of(c, i), 0, c->table_size);
+    }
+    if (rc == 0) {
+        struct entry *e = &c->entries[i];
+        e->pins++;
+        e->last_use = ++c->tick;
+        if (fresh && !e->dirty) {
+            e->dirty = true;
+            c->ndirty++;
+        }
+        *table = table_of(c, i);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+void vd_cache_put(struct vd_cache *c, void *table)
+{
+    pthread_mutex_lock(&c->lock);
+    c->entries[index_of(c, table)].pins--;
+    pthread_mutex_unlock(&c->lock);
+}
+
+void vd_cache_mark_dirty(struct vd_cache *c, void *table)
+{
+    pthread_mutex_lock(&c->lock);
+    struct entry *e = &c->entries[index_of(c, table)];
+    if (!e->dirty) {
+        e->dirty = true;
+        c->ndirty++;
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+void vd_cache_forget(struct vd_cache *c, uint64_t off)
+{
+    pthread_mutex_lock(&c->lock);
+    size_t i = find(c, off);
+    if (i != NO_ENTRY && !c->entries[i].pins) {
+        if (c->entries[i].dirty)
+            c->ndirty--;
+        c->entries[i].dirty = false;
+        unlink_entry(c, i);
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+bool vd_cache_has_dirty(const struct vd_cache *c)
+{
+    return c->ndirty != 0;
+}
+
+int vd_cache_writeback(struct vd_cache *c)
+{
+    pthread_mutex_lock(&c->lock);
+    int rc = c->ndirty ? run_hook(c) : 0;
+    for (size_t i = 0; i < c->capacity && rc == 0 && c->ndirty; i++)
+        if (c->entries[i].used && c->entries[i].dirty)
+            rc = write_entry(c, i);
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}

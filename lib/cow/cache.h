@@ -1,0 +1,43 @@
+/*
+ * A bounded write-back cache of fixed-size metadata tables (qcow2 L2 tables
+ * and refcount blocks; grain tables and BAT pages for the other sparse
+ * formats), keyed by host offset.
+ *
+ * Ordering: a cache may name a hook that runs before any of its dirty tables
+ * is written (the L2 cache's hook writes the refcount cache and syncs the
+ * file, so that data and refcount increases reach the disk before the L2
+ * entries that point at them).
+ *
+ * Concurrency: get/put are safe from concurrent readers; changing a table
+ * (mark_dirty) requires the image's exclusive lock.
+ */
+#ifndef VD_COW_CACHE_H
+#define VD_COW_CACHE_H
+
+#include "core/internal.h"
+
+struct vd_cache;
+
+int vd_cache_new(struct vd_cache **out, vd_file *file, size_t table_size, size_t capacity);
+/* Free the cache without writing anything back. */
+void vd_cache_free(struct vd_cache *c);
+
+/*
+ * Pin the table at host offset off. With fresh, the table is new: it is
+ * zero-filled and dirty, not read. Every get is paired with a put.
+ */
+int vd_cache_get(struct vd_cache *c, uint64_t off, bool fresh, void **table);
+void vd_cache_put(struct vd_cache *c, void *table);
+void vd_cache_mark_dirty(struct vd_cache *c, void *table);
+
+/* Forget a table (its cluster was freed); a pinned table is kept. */
+void vd_cache_forget(struct vd_cache *c, uint64_t off);
+
+/* Write every dirty table, running the before-write hook first. */
+int vd_cache_writeback(struct vd_cache *c);
+bool vd_cache_has_dirty(const struct vd_cache *c);
+
+typedef int (*vd_cache_hook)(void *ctx);
+void vd_cache_set_before_write(struct vd_cache *c, vd_cache_hook hook, void *ctx);
+
+#endif

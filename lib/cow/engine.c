@@ -1,0 +1,265 @@
+/* The copy-on-write data path shared by every sparse format. */
+#include "cow/engine.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
+}
+
+/* Read what lies under an unallocated range: the backing image, or zeroes past its end. */
+static int read_below(vd_image *img, uint64_t off, uint8_t *buf, uint64_t len)
+{
+    vd_image *b = img->backing;
+    uint64_t from_backing = 0;
+    if (b && off < b->size)
+        from_backing = min_u64(len, b->size - off);
+    if (from_backing) {
+        int rc = b->backend->read(b, off, buf, (size_t)from_backing);
+        if (rc < 0)
+            return rc;
+    }
+    memset(buf + from_backing, 0, (size_t)(len - from_backing));
+    return 0;
+}
+
+static int read_compressed_part(vd_image *img, const struct vd_cow_run *run, uint64_t off,
+                                uint8_t *buf, uint64_t len)
+{
+    if (!img->cow->read_compressed)
+        return vd_err(VD_EUNSUPPORTED, "%s: compressed clusters are not supported", img->filename);
+    uint8_t *cluster = malloc(img->cluster_size);
+    if (!cluster)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    int rc = img->cow->read_compressed(img, run, cluster);
+    if (rc == 0)
+        memcpy(buf, cluster + (off & (img->cluster_size - 1)), (size_t)len);
+    free(cluster);
+    return rc;
+}
+
+int vd_cow_read(vd_image *img, uint64_t off, void *buf, size_t len)
+{
+    uint8_t *p = buf;
+    while (len) {
+        struct vd_cow_run run;
+        int rc = img->cow->lookup(img, off, len, &run);
+        if (rc < 0)
+            return rc;
+        size_t n = (size_t)min_u64(run.length, len);
+        switch (run.kind) {
+        case VD_COW_DATA:
+            rc = vd_file_pread(img->file, p, n, run.host);
+            break;
+        case VD_COW_ZERO:
+            memset(p, 0, n);
+            break;
+        case VD_COW_UNALLOCATED:
+            rc = read_below(img, off, p, n);
+            break;
+        case VD_COW_COMPRESSED:
+            rc = read_compressed_part(img, &run, off, p, n);
+            break;
+        }
+        if (rc < 0)
+            return rc;
+        p += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* The guest content of a whole cluster, zero past the end of the image. */
+static int read_cluster(vd_image *img, uint64_t cstart, uint8_t *cluster)
+{
+    uint64_t inside = cstart < img->size ? min_u64(img->cluster_size, img->size - cstart) : 0;
+    memset(cluster + inside, 0, img->cluster_size - (size_t)inside);
+    return inside ? vd_cow_read(img, cstart, cluster, (size_t)inside) : 0;
+}
+
+struct batch {
+    uint64_t guest, host;   /* first cluster */
+    uint64_t count;         /* clusters, contiguous in both spaces */
+    const uint8_t *data;    /* count * cluster_size bytes */
+};
+
+/* Write a batch of new clusters, then publish them. */
+static int commit_batch(vd_image *img, struct batch *b)
+{
+    if (!b->count)
+        return 0;
+    uint64_t cs = img->cluster_size;
+    int rc = vd_file_pwrite(img->file, b->data, (size_t)(b->count * cs), b->host);
+    img->unsynced = true;
+    for (uint64_t i = 0; i < b->count && rc == 0; i++)
+        rc = img->cow->link(img, b->guest + i * cs, b->host + i * cs);
+    b->count = 0;
+    return rc;
+}
+
+static bool overwritable(const struct vd_cow_run *run, uint32_t cluster_size)
+{
+    return run->kind == VD_COW_DATA && run->writable && run->length >= cluster_size;
+}
+
+/*
+ * Copy-on-write of one partially written cluster: build it whole (old
+ * content plus the new bytes), write it to a new cluster, then link.
+ */
+static int cow_partial(vd_image *img, uint64_t cstart, size_t in, const uint8_t *src, size_t n,
+                       uint8_t *scratch)
+{
+    int rc = read_cluster(img, cstart, scratch);
+    if (rc < 0)
+        return rc;
+    memcpy(scratch + in, src, n);
+    struct batch one = { cstart, 0, 1, scratch };
+    rc = img->cow->allocate(img, cstart, &one.host);
+    return rc < 0 ? rc : commit_batch(img, &one);
+}
+
+int vd_cow_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags)
+{
+    const uint64_t cs = img->cluster_size;
+    const uint8_t *src = buf;
+    uint8_t *scratch = NULL;
+    struct batch batch = { 0 };
+    int rc = 0;
+
+    while (len && rc == 0) {
+        uint64_t cstart = off & ~(cs - 1);
+        size_t in = (size_t)(off - cstart);
+        size_t n = (size_t)min_u64(len, cs - in);
+        struct vd_cow_run run;
+        rc = img->cow->lookup(img, cstart, cs, &run);
+        if (rc < 0)
+            break;
+        if (overwritable(&run, img->cluster_size)) {
+            rc = commit_batch(img, &batch);
+            if (rc == 0)
+                rc = vd_file_pwrite(img->file, src, n, run.host + in);
+            img->unsynced = true;
+        } else if (n == cs) {
+            /* whole new cluster: extend the batch when the host space is contiguous */
+            uint64_t host;
+            rc = img->cow->allocate(img, cstart, &host);
+            if (rc == 0 && batch.count && host != batch.host + batch.count * cs)
+                rc = commit_batch(img, &batch);
+            if (rc == 0 && batch.count == 0)
+                batch = (struct batch){ cstart, host, 0, src };
+            batch.count++;
+        } else {
+            rc = commit_batch(img, &batch);
+            if (rc == 0 && !scratch && !(scratch = malloc(cs)))
+                rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+            if (rc == 0)
+                rc = cow_partial(img, cstart, in, src, n, scratch);
+        }
+        src += n;
+        off += n;
+        len -= n;
+    }
+    if (rc == 0)
+        rc = commit_batch(img, &batch);
+    free(scratch);
+    return rc;
+}
+
+/* Zero bytes inside one cluster through the normal write path. */
+static int write_zero_bytes(vd_image *img, uint64_t off, uint64_t len)
+{
+    uint8_t *zeroes = calloc(1, (size_t)len);
+    if (!zeroes)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    int rc = vd_cow_write(img, off, zeroes, (size_t)len, 0);
+    free(zeroes);
+    return rc;
+}
+
+static int zero_writer(void *ctx, const void *buf, size_t len, uint64_t off)
+{
+    return vd_cow_write(ctx, off, buf, len, 0);
+}
+
+/*
+ * Apply mode to the whole clusters of [off, off+len); the partial clusters at
+ * either end get zero bytes written (unless discarding, which is a hint).
+ */
+static int zero_range(vd_image *img, uint64_t off, uint64_t len, enum vd_cow_zero_mode mode)
+{
+    const uint64_t cs = img->cluster_size;
+    uint64_t end = off + len;
+    uint64_t first = (off + cs - 1) & ~(cs - 1);
+    uint64_t last = end & ~(cs - 1);
+    /* the tail cluster of an unaligned image counts as whole when the range reaches the end */
+    if (end == img->size && last < end)
+        last = (end + cs - 1) & ~(cs - 1);
+    bool discard = mode == VD_COW_DISCARD;
+    int rc = 0;
+    if (first >= last) /* no whole cluster inside */
+        return discard ? 0 : write_zero_bytes(img, off, len);
+    if (off < first && !discard)
+        rc = write_zero_bytes(img, off, first - off);
+    if (rc == 0) {
+        uint64_t whole = min_u64(last, end) - first;
+        rc = img->cow->zero_clusters ? img->cow->zero_clusters(img, first, last - first, mode)
+                                     : VD_EUNSUPPORTED;
+        if (rc == VD_EUNSUPPORTED)
+            rc = discard ? 0 : vd_write_zero_chunks(zero_writer, img, first, whole);
+    }
+    if (rc == 0 && last < end && !discard)
+        rc = write_zero_bytes(img, last, end - last);
+    return rc;
+}
+
+int vd_cow_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags)
+{
+    return zero_range(img, off, len,
+                      (flags & VD_ZERO_MAY_UNMAP) ? VD_COW_ZERO_UNMAP : VD_COW_ZERO_KEEP);
+}
+
+int vd_cow_discard(vd_image *img, uint64_t off, uint64_t len)
+{
+    return zero_range(img, off, len, VD_COW_DISCARD);
+}
+
+int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext)
+{
+    struct vd_cow_run run;
+    int rc = img->cow->lookup(img, off, len, &run);
+    if (rc < 0)
+        return rc;
+    ext->length = min_u64(run.length, len);
+    ext->depth = 0;
+    ext->host_offset = VD_NO_HOST_OFFSET;
+    switch (run.kind) {
+    case VD_COW_DATA:
+        ext->flags = VD_EXTENT_DATA | VD_EXTENT_ALLOCATED;
+        ext->host_offset = run.host;
+        return 0;
+    case VD_COW_COMPRESSED:
+        ext->flags = VD_EXTENT_DATA | VD_EXTENT_ALLOCATED;
+        return 0;
+    case VD_COW_ZERO:
+        ext->flags = VD_EXTENT_ZERO | VD_EXTENT_ALLOCATED;
+        return 0;
+    case VD_COW_UNALLOCATED:
+        break;
+    }
+    vd_image *b = img->backing;
+    if (b && off < b->size) {
+        ext->length = min_u64(ext->length, b->size - off);
+        ext->flags = VD_EXTENT_DATA | VD_EXTENT_ALLOCATED;
+        if (b->backend->block_status)
+            rc = b->backend->block_status(b, off, ext->length, ext);
+        ext->depth++;
+        return rc;
+    }
+    ext->flags = VD_EXTENT_ZERO;
+    for (vd_image *i = img->backing; i; i = i->backing)
+        ext->depth++;
+    return 0;
+}

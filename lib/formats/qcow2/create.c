@@ -1,0 +1,214 @@
+/*
+ * New qcow2 images. The layout is computed up front and written in one pass:
+ *   [header][refcount table][refcount blocks][L1 table][L2 tables][data]
+ * where L2 tables and data clusters exist only with preallocation.
+ */
+#include "formats/qcow2/qcow2.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+const struct vd_option_desc qcow2_create_options[] = {
+    { "compat", "Compatibility level (v2 = 0.10, v3 = 1.1)", "1.1" },
+    { "cluster_size", "qcow2 cluster size (512 B to 2 MiB, a power of two)", "65536" },
+    { "refcount_bits", "Width of a reference count entry in bits (1 to 64, a power of two)", "16" },
+    { "lazy_refcounts", "Postpone refcount updates (v3 only)", "off" },
+    { "preallocation", "Preallocation mode (off, metadata, falloc, full)", "off" },
+    { "extended_l2", "Extended L2 tables with subcluster allocation (v3 only)", "off" },
+    { "compression_type", "Compression method for compressed clusters (zlib, zstd; v3 only)", "zlib" },
+    { NULL, NULL, NULL },
+};
+
+enum prealloc { PREALLOC_OFF, PREALLOC_METADATA, PREALLOC_FALLOC, PREALLOC_FULL };
+
+struct layout {
+    uint64_t rt_start, rt_clusters;
+    uint64_t rb_start, nblocks;
+    uint64_t l1_start, l1_clusters, l1_size;
+    uint64_t l2_start, nl2;
+    uint64_t data_start, ndata;
+    uint64_t total;
+};
+
+static uint64_t div_up(uint64_t a, uint64_t b)
+{
+    return a / b + (a % b != 0);
+}
+
+static void plan(const struct qcow2 *q, uint64_t size, bool prealloc, struct layout *l)
+{
+    uint64_t cs = q->cluster_size, clusters = div_up(size, cs);
+    *l = (struct layout){ .rt_clusters = 1, .nblocks = 1 };
+    l->l1_size = div_up(clusters, q->l2_entries);
+    l->l1_clusters = l->l1_size ? div_up(l->l1_size * 8, cs) : 1;
+    l->nl2 = prealloc ? l->l1_size : 0;
+    l->ndata = prealloc ? clusters : 0;
+    for (;;) { /* refcount blocks and table must also cover themselves */
+        l->total = 1 + l->rt_clusters + l->nblocks + l->l1_clusters + l->nl2 + l->ndata;
+        uint64_t nblocks = div_up(l->total, q->rb_entries);
+        uint64_t rt_clusters = div_up(nblocks * 8, cs);
+        if (nblocks == l->nblocks && rt_clusters == l->rt_clusters)
+            break;
+        l->nblocks = nblocks;
+        l->rt_clusters = rt_clusters;
+    }
+    l->rt_start = 1;
+    l->rb_start = l->rt_start + l->rt_clusters;
+    l->l1_start = l->rb_start + l->nblocks;
+    l->l2_start = l->l1_start + l->l1_clusters;
+    l->data_start = l->l2_start + l->nl2;
+}
+
+static int parse_options(const struct vd_kv *opts, uint64_t size, struct qcow2 *q, size_t *prealloc)
+{
+    static const char *const compat_names[] = { "0.10", "v2", "1.1", "v3", NULL };
+    static const char *const prealloc_names[] = { "off", "metadata", "falloc", "full", NULL };
+    static const char *const compression_names[] = { "zlib", "zstd", NULL };
+    size_t compat, compression;
+    uint64_t cluster_size, refcount_bits;
+    bool lazy, extl2;
+    int rc;
+    if ((rc = vd_kv_get_choice(opts, "compat", compat_names, 2, &compat)) < 0 ||
+        (rc = vd_kv_get_size(opts, "cluster_size", 65536, &cluster_size)) < 0 ||
+        (rc = vd_kv_get_size(opts, "refcount_bits", 16, &refcount_bits)) < 0 ||
+        (rc = vd_kv_get_bool(opts, "lazy_refcounts", false, &lazy)) < 0 ||
+        (rc = vd_kv_get_choice(opts, "preallocation", prealloc_names, PREALLOC_OFF, prealloc)) < 0 ||
+        (rc = vd_kv_get_bool(opts, "extended_l2", false, &extl2)) < 0 ||
+        (rc = vd_kv_get_choice(opts, "compression_type", compression_names, 0, &compression)) < 0)
+        return rc;
+    q->version = compat >= 2 ? 3 : 2;
+    if (cluster_size < 512 || cluster_size > (2u << 20) || (cluster_size & (cluster_size - 1)))
+        return vd_err(VD_EINVAL, "Cluster size must be a power of two between 512 and 2048k");
+    if (refcount_bits < 1 || refcount_bits > 64 || (refcount_bits & (refcount_bits - 1)))
+        return vd_err(VD_EINVAL, "Refcount width must be a power of two and may not exceed 64 bits");
+    if (q->version == 2 && refcount_bits != 16)
+        return vd_err(VD_EINVAL, "Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)");
+    if (q->version == 2 && lazy)
+        return vd_err(VD_EINVAL, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
+    if (q->version == 2 && extl2)
+        return vd_err(VD_EINVAL, "Extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
+    if (extl2 && cluster_size < 16384)
+        return vd_err(VD_EINVAL, "Extended L2 entries are only supported with cluster sizes of at least 16 KiB");
+    if (q->version == 2 && compression)
+        return vd_err(VD_EINVAL, "Compression type zstd requires compatibility level 1.1 or above (use compat=1.1 or greater)");
+#ifndef VD_HAVE_ZSTD
+    if (compression)
+        return vd_err(VD_EUNSUPPORTED, "This build of libvdisk has no zstd support");
+#endif
+    q->cluster_bits = (uint32_t)__builtin_ctzll(cluster_size);
+    q->refcount_order = (uint32_t)__builtin_ctzll(refcount_bits);
+    q->compat = lazy ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0;
+    q->incompat = (extl2 ? QCOW2_INCOMPAT_EXTL2 : 0) |
+                  (compression ? QCOW2_INCOMPAT_COMPRESSION : 0);
+    q->compression_type = (uint8_t)compression;
+    q->header_length = q->version == 3 ? QCOW2_HEADER_LEN_MAX : QCOW2_V2_HEADER_LEN;
+    qcow2_derive(q);
+    uint64_t clusters = div_up(size, q->cluster_size);
+    if (div_up(clusters, q->l2_entries) * 8 > QCOW2_MAX_L1_BYTES)
+        return vd_err(VD_ETOOBIG, "The image size is too large for file format 'qcow2' (try using a larger cluster size)");
+    return 0;
+}
+
+/* The feature name table that QEMU also writes, so older readers can name features. */
+static int add_feature_table(struct qcow2 *q)
+{
+    static const struct { uint8_t type, bit; const char *name; } names[] = {
+        { 0, 0, "dirty bit" }, { 0, 1, "corrupt bit" }, { 0, 2, "external data file" },
+        { 0, 3, "compression type" }, { 0, 4, "extended L2 entries" },
+        { 1, 0, "lazy refcounts" }, { 2, 0, "bitmaps" }, { 2, 1, "raw external data" },
+    };
+    size_t n = sizeof names / sizeof names[0];
+    uint8_t *table = calloc(n, 48);
+    q->exts = calloc(1, sizeof *q->exts);
+    if (!table || !q->exts) {
+        free(table);
+        return VD_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        table[i * 48] = names[i].type;
+        table[i * 48 + 1] = names[i].bit;
+        memcpy(table + i * 48 + 2, names[i].name, strlen(names[i].name));
+    }
+    q->exts[0] = (struct qcow2_ext){ QCOW2_EXT_FEATURES, (uint32_t)(n * 48), table };
+    q->nexts = 1;
+    return 0;
+}
+
+/* Write count tables of one cluster each, built by fill(index, table). */
+static int write_tables(vd_file *file, const struct qcow2 *q, uint64_t first_cluster, uint64_t count,
+                        void (*fill)(const struct qcow2 *, const struct layout *, uint64_t, uint8_t *),
+                        const struct layout *l)
+{
+    uint8_t *buf = malloc((size_t)q->cluster_size);
+    if (!buf)
+        return vd_err(VD_ENOMEM, "%s: out of memory", file->path);
+    int rc = 0;
+    for (uint64_t i = 0; i < count && rc == 0; i++) {
+        memset(buf, 0, (size_t)q->cluster_size);
+        fill(q, l, i, buf);
+        rc = vd_file_pwrite(file, buf, (size_t)q->cluster_size, (first_cluster + i) * q->cluster_size);
+    }
+    free(buf);
+    return rc;
+}
+
+static void fill_refcount_block(const struct qcow2 *q, const struct layout *l, uint64_t i, uint8_t *t)
+{
+    for (uint64_t c = i * q->rb_entries; c < l->total && c < (i + 1) * q->rb_entries; c++)
+        qcow2_refblock_set(t, c % q->rb_entries, q->refcount_order, 1);
+}
+
+static void fill_refcount_table(const struct qcow2 *q, const struct layout *l, uint64_t i, uint8_t *t)
+{
+    uint64_t per = q->cluster_size / 8;
+    for (uint64_t b = i * per; b < l->nblocks && b < (i + 1) * per; b++)
+        vd_put_be64(t + (b % per) * 8, (l->rb_start + b) * q->cluster_size);
+}
+
+static void fill_l1(const struct qcow2 *q, const struct layout *l, uint64_t i, uint8_t *t)
+{
+    uint64_t per = q->cluster_size / 8;
+    for (uint64_t e = i * per; e < l->nl2 && e < (i + 1) * per; e++)
+        vd_put_be64(t + (e % per) * 8, ((l->l2_start + e) * q->cluster_size) | QCOW2_OFLAG_COPIED);
+}
+
+static void fill_l2(const struct qcow2 *q, const struct layout *l, uint64_t i, uint8_t *t)
+{
+    for (uint64_t e = 0; e < q->l2_entries && i * q->l2_entries + e < l->ndata; e++) {
+        uint8_t *p = t + e * q->l2_entry_bytes;
+        vd_put_be64(p, ((l->data_start + i * q->l2_entries + e) * q->cluster_size) | QCOW2_OFLAG_COPIED);
+        if (q->l2_entry_bytes == 16)
+            vd_put_be64(p + 8, 0xffffffffull);
+    }
+}
+
+int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
+{
+    struct qcow2 q = { 0 };
+    size_t prealloc;
+    int rc = parse_options(opts, size, &q, &prealloc);
+    if (rc < 0)
+        return rc;
+    struct layout l;
+    plan(&q, size, prealloc != PREALLOC_OFF, &l);
+    const uint64_t cs = q.cluster_size;
+    q.rt_offset = l.rt_start * cs;
+    q.rt_clusters = (uint32_t)l.rt_clusters;
+    q.l1_offset = l.l1_start * cs;
+    q.l1_size = (uint32_t)l.l1_size;
+    if (q.version == 3 && add_feature_table(&q) < 0)
+        return vd_err(VD_ENOMEM, "%s: out of memory", file->path);
+
+    if ((rc = qcow2_write_header_to(file, &q, size)) == 0 &&
+        (rc = write_tables(file, &q, l.rt_start, l.rt_clusters, fill_refcount_table, &l)) == 0 &&
+        (rc = write_tables(file, &q, l.rb_start, l.nblocks, fill_refcount_block, &l)) == 0 &&
+        (rc = write_tables(file, &q, l.l1_start, l.l1_clusters, fill_l1, &l)) == 0 &&
+        (rc = write_tables(file, &q, l.l2_start, l.nl2, fill_l2, &l)) == 0)
+        rc = vd_file_truncate(file, l.total * cs);
+    if (rc == 0 && l.ndata && prealloc == PREALLOC_FALLOC)
+        rc = vd_file_allocate(file, l.data_start * cs, l.ndata * cs);
+    if (rc == 0 && l.ndata && prealloc == PREALLOC_FULL)
+        rc = vd_file_write_zeroes(file, l.data_start * cs, l.ndata * cs, false);
+    qcow2_free_header(&q);
+    return rc;
+}

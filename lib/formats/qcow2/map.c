@@ -1,0 +1,293 @@
+/*
+ * The qcow2 cluster map: guest offset -> L1 entry -> L2 table -> cluster
+ * descriptor. These are the hooks the copy-on-write engine calls.
+ */
+#include "formats/qcow2/qcow2.h"
+#include "codec/codec.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
+}
+
+/* One L2 entry, either width. */
+struct l2e {
+    uint64_t word;
+    uint64_t bitmap; /* extended L2 only: bits 0-31 allocated, 32-63 reads as zero */
+};
+
+static struct l2e l2_load(const struct qcow2 *q, const uint8_t *table, uint64_t i)
+{
+    const uint8_t *p = table + i * q->l2_entry_bytes;
+    return (struct l2e){ vd_be64(p), q->l2_entry_bytes == 16 ? vd_be64(p + 8) : 0 };
+}
+
+static void l2_store(const struct qcow2 *q, uint8_t *table, uint64_t i, struct l2e e)
+{
+    uint8_t *p = table + i * q->l2_entry_bytes;
+    vd_put_be64(p, e.word);
+    if (q->l2_entry_bytes == 16)
+        vd_put_be64(p + 8, e.bitmap);
+}
+
+/* The state of one granule (a cluster, or a subcluster with extended L2). */
+struct granule {
+    enum vd_cow_kind kind;
+    uint64_t host_cluster;
+    bool writable;
+};
+
+static int decode(vd_image *img, const struct qcow2 *q, struct l2e e, unsigned subcluster,
+                  struct granule *g)
+{
+    g->host_cluster = e.word & QCOW2_OFFSET_MASK;
+    g->writable = (e.word & QCOW2_OFLAG_COPIED) != 0;
+    if (e.word & QCOW2_OFLAG_COMPRESSED) {
+        g->kind = VD_COW_COMPRESSED;
+        return 0;
+    }
+    if (q->l2_entry_bytes == 16) {
+        bool zero = (e.bitmap >> (32 + subcluster)) & 1, alloc = (e.bitmap >> subcluster) & 1;
+        g->kind = zero ? VD_COW_ZERO : alloc ? VD_COW_DATA : VD_COW_UNALLOCATED;
+    } else {
+        g->kind = (e.word & QCOW2_OFLAG_ZERO) && q->version >= 3 ? VD_COW_ZERO
+                : g->host_cluster ? VD_COW_DATA : VD_COW_UNALLOCATED;
+    }
+    if (g->kind == VD_COW_DATA && (!g->host_cluster || (g->host_cluster & (q->cluster_size - 1))))
+        return qcow2_signal_corruption(img, "L2 entry has an invalid cluster offset (0x%llx)", (unsigned long long)e.word);
+    return 0;
+}
+
+static void compressed_extent(const struct qcow2 *q, uint64_t word, uint64_t *host, uint64_t *bytes)
+{
+    unsigned x = 62 - (q->cluster_bits - 8);
+    *host = word & ((1ull << x) - 1);
+    uint64_t extra_sectors = (word >> x) & ((1ull << (q->cluster_bits - 8)) - 1);
+    *bytes = (extra_sectors + 1) * 512 - (*host & 511);
+}
+
+/* The L2 table offset for l1 index i, validated; 0 if none. */
+static int l2_offset(vd_image *img, const struct qcow2 *q, uint64_t i, uint64_t *off)
+{
+    *off = i < q->l1_size ? q->l1[i] & QCOW2_OFFSET_MASK : 0;
+    if (*off & (q->cluster_size - 1))
+        return qcow2_signal_corruption(img, "L1 entry is not cluster aligned (0x%llx)", (unsigned long long)q->l1[i]);
+    return 0;
+}
+
+static int q_lookup(vd_image *img, uint64_t off, uint64_t len, struct vd_cow_run *run)
+{
+    struct qcow2 *q = qcow2_of(img);
+    const uint64_t cs = q->cluster_size;
+    uint64_t cluster = off / cs, l1i = cluster / q->l2_entries;
+    uint64_t table_end = (l1i + 1) * q->l2_entries * cs;
+    uint64_t max = min_u64(len, table_end - off);
+    uint64_t l2off;
+    int rc = l2_offset(img, q, l1i, &l2off);
+    if (rc < 0)
+        return rc;
+    *run = (struct vd_cow_run){ .kind = VD_COW_UNALLOCATED, .length = max };
+    if (!l2off)
+        return 0;
+
+    uint8_t *table;
+    if ((rc = vd_cache_get(q->l2_cache, l2off, false, (void **)&table)) < 0)
+        return rc;
+    const uint64_t granule = q->l2_entry_bytes == 16 ? cs / QCOW2_SUBCLUSTERS : cs;
+    struct granule first;
+    struct l2e e = l2_load(q, table, cluster % q->l2_entries);
+    rc = decode(img, q, e, (unsigned)((off % cs) / granule), &first);
+    if (rc == 0 && first.kind == VD_COW_COMPRESSED) {
+        run->kind = VD_COW_COMPRESSED;
+        run->length = min_u64(max, cs - off % cs);
+        compressed_extent(q, e.word, &run->host, &run->comp_bytes);
+        vd_cache_put(q->l2_cache, table);
+        return 0;
+    }
+    /* extend over following granules in the same state (and contiguous, for data) */
+    uint64_t pos = (off / granule + 1) * granule;
+    while (rc == 0 && pos < off + max) {
+        struct granule g;
+        uint64_t c = pos / cs;
+        rc = decode(img, q, l2_load(q, table, c % q->l2_entries), (unsigned)((pos % cs) / granule), &g);
+        if (rc < 0 || g.kind != first.kind || g.writable != first.writable ||
+            (g.kind == VD_COW_DATA && g.host_cluster + pos % cs != first.host_cluster + (pos - (off - off % cs))))
+            break;
+        pos += granule;
+    }
+    vd_cache_put(q->l2_cache, table);
+    if (rc < 0)
+        return rc;
+    run->kind = first.kind;
+    run->length = min_u64(pos, off + max) - off;
+    run->writable = first.writable;
+    if (first.kind == VD_COW_DATA)
+        run->host = first.host_cluster + off % cs;
+    return 0;
+}
+
+static int q_allocate(vd_image *img, uint64_t guest_off, uint64_t *host)
+{
+    return qcow2_alloc_clusters(img, qcow2_of(img), 1, host);
+}
+
+/*
+ * Pin the L2 table for l1 index i, ready to be changed: allocate it if
+ * missing, copy it if it is shared with a snapshot (L1 COPIED flag clear).
+ */
+static int writable_l2(vd_image *img, struct qcow2 *q, uint64_t i, uint8_t **table)
+{
+    uint64_t old;
+    int rc = l2_offset(img, q, i, &old);
+    if (rc < 0)
+        return rc;
+    if (old && (q->l1[i] & QCOW2_OFLAG_COPIED))
+        return vd_cache_get(q->l2_cache, old, false, (void **)table);
+
+    uint64_t fresh;
+    if ((rc = qcow2_alloc_clusters(img, q, 1, &fresh)) < 0)
+        return rc;
+    if ((rc = vd_cache_get(q->l2_cache, fresh, true, (void **)table)) < 0)
+        return rc;
+    if (old) {
+        uint8_t *shared;
+        if ((rc = vd_cache_get(q->l2_cache, old, false, (void **)&shared)) < 0) {
+            vd_cache_put(q->l2_cache, *table);
+            return rc;
+        }
+        memcpy(*table, shared, (size_t)q->cluster_size);
+        vd_cache_put(q->l2_cache, shared);
+        rc = qcow2_free_cluster_later(img, q, old);
+    }
+    q->l1[i] = fresh | QCOW2_OFLAG_COPIED;
+    q->l1_dirty = true;
+    return rc;
+}
+
+/* Drop this L2 entry's reference to its host cluster(s), at the next flush. */
+static int release_entry(vd_image *img, struct qcow2 *q, struct l2e e)
+{
+    if (e.word & QCOW2_OFLAG_COMPRESSED) {
+        uint64_t host, bytes;
+        compressed_extent(q, e.word, &host, &bytes);
+        int rc = 0;
+        for (uint64_t c = host / q->cluster_size; c <= (host + bytes - 1) / q->cluster_size && rc == 0; c++)
+            rc = qcow2_free_cluster_later(img, q, c * q->cluster_size);
+        return rc;
+    }
+    uint64_t host = e.word & QCOW2_OFFSET_MASK;
+    return host ? qcow2_free_cluster_later(img, q, host) : 0;
+}
+
+/* Replace the L2 entry of the guest cluster at guest_off with e. */
+static int set_entry(vd_image *img, uint64_t guest_off, struct l2e e, bool keep_host)
+{
+    struct qcow2 *q = qcow2_of(img);
+    uint64_t cluster = guest_off / q->cluster_size;
+    uint8_t *table;
+    int rc = writable_l2(img, q, cluster / q->l2_entries, &table);
+    if (rc < 0)
+        return rc;
+    struct l2e old = l2_load(q, table, cluster % q->l2_entries);
+    l2_store(q, table, cluster % q->l2_entries, e);
+    vd_cache_mark_dirty(q->l2_cache, table);
+    vd_cache_put(q->l2_cache, table);
+    if (!keep_host)
+        rc = release_entry(img, q, old);
+    return rc;
+}
+
+static int q_link(vd_image *img, uint64_t guest_off, uint64_t host)
+{
+    struct qcow2 *q = qcow2_of(img);
+    struct l2e e = { host | QCOW2_OFLAG_COPIED, q->l2_entry_bytes == 16 ? 0xffffffffull : 0 };
+    return set_entry(img, guest_off, e, false);
+}
+
+/* Does anything below this image show through unallocated clusters? */
+static bool has_backing(vd_image *img, const struct qcow2 *q)
+{
+    return img->backing || q->backing_file;
+}
+
+static int q_zero_clusters(vd_image *img, uint64_t off, uint64_t len, enum vd_cow_zero_mode mode)
+{
+    struct qcow2 *q = qcow2_of(img);
+    bool zero_flag = q->version >= 3;
+    bool need_zero = mode != VD_COW_DISCARD || has_backing(img, q);
+    if (need_zero && !zero_flag)
+        return VD_EUNSUPPORTED; /* v2 with a backing file: the engine writes real zeroes */
+    int rc = 0;
+    for (uint64_t c = off; c < off + len && rc == 0; c += q->cluster_size) {
+        struct vd_cow_run run;
+        if ((rc = q_lookup(img, c, q->cluster_size, &run)) < 0)
+            break;
+        bool whole = run.length >= q->cluster_size || c + run.length >= img->size;
+        if (!need_zero && run.kind == VD_COW_UNALLOCATED && whole)
+            continue;
+        if (need_zero && run.kind == VD_COW_ZERO && whole)
+            continue;
+        struct l2e e = { 0, 0 };
+        bool keep = mode == VD_COW_ZERO_KEEP && run.kind == VD_COW_DATA && run.writable && whole &&
+                    q->l2_entry_bytes == 8;
+        if (need_zero && q->l2_entry_bytes == 16)
+            e.bitmap = 0xffffffffull << 32;
+        else if (need_zero)
+            e.word = QCOW2_OFLAG_ZERO | (keep ? (run.host & ~(q->cluster_size - 1)) | QCOW2_OFLAG_COPIED : 0);
+        rc = set_entry(img, c, e, keep);
+    }
+    return rc;
+}
+
+static int q_read_compressed(vd_image *img, const struct vd_cow_run *run, void *cluster)
+{
+    struct qcow2 *q = qcow2_of(img);
+    uint64_t file_size;
+    int rc = vd_file_get_size(img->file, &file_size);
+    if (rc < 0)
+        return rc;
+    uint64_t bytes = run->comp_bytes;
+    if (run->host >= file_size)
+        return qcow2_signal_corruption(img, "compressed cluster is past the end of the file (0x%llx)", (unsigned long long)run->host);
+    bytes = min_u64(bytes, file_size - run->host);
+    uint8_t *src = malloc((size_t)bytes);
+    if (!src)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    rc = vd_file_pread(img->file, src, (size_t)bytes, run->host);
+    if (rc == 0) {
+        int codec = q->compression_type == QCOW2_COMPRESSION_ZSTD ? VD_CODEC_ZSTD : VD_CODEC_DEFLATE;
+        rc = vd_codec_decompress(codec, src, (size_t)bytes, cluster, (size_t)q->cluster_size);
+        if (rc < 0)
+            rc = vd_err(rc, "%s: cannot decompress the cluster at host offset %llu: %s",
+                        img->filename, (unsigned long long)run->host, vd_errmsg());
+    }
+    free(src);
+    return rc;
+}
+
+int qcow2_write_l1(vd_image *img, struct qcow2 *q)
+{
+    size_t bytes = (size_t)q->l1_size * 8;
+    uint8_t *disk = malloc(bytes ? bytes : 1);
+    if (!disk)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    for (uint32_t i = 0; i < q->l1_size; i++)
+        vd_put_be64(disk + i * 8, q->l1[i]);
+    int rc = vd_file_pwrite(img->file, disk, bytes, q->l1_offset);
+    free(disk);
+    img->unsynced = true;
+    if (rc == 0)
+        q->l1_dirty = false;
+    return rc;
+}
+
+const struct vd_cow_ops qcow2_cow_ops = {
+    .lookup = q_lookup,
+    .allocate = q_allocate,
+    .link = q_link,
+    .zero_clusters = q_zero_clusters,
+    .read_compressed = q_read_compressed,
+};

@@ -1,0 +1,228 @@
+/* The qcow2 backend: open, flush, close, info, and its vd_backend table. */
+#include "formats/qcow2/qcow2.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Default metadata cache: enough L2 tables for 8 GiB of guest data, within 1..32 MiB. */
+#define DEFAULT_COVERAGE   (8ull << 30)
+#define MIN_CACHE_BYTES    (1ull << 20)
+#define MAX_CACHE_BYTES    (32ull << 20)
+/* Apply deferred frees once this many are queued, so big discards stay bounded. */
+#define MAX_PENDING_FREES  65536
+
+static size_t l2_cache_tables(const struct qcow2 *q, uint64_t virtual_size, uint64_t requested)
+{
+    uint64_t bytes = requested;
+    if (!bytes) {
+        uint64_t coverage = virtual_size < DEFAULT_COVERAGE ? virtual_size : DEFAULT_COVERAGE;
+        uint64_t per_table = q->l2_entries * q->cluster_size;
+        bytes = (coverage / per_table + 1) * q->cluster_size;
+        bytes = bytes < MIN_CACHE_BYTES ? MIN_CACHE_BYTES : bytes > MAX_CACHE_BYTES ? MAX_CACHE_BYTES : bytes;
+    }
+    return (size_t)(bytes / q->cluster_size);
+}
+
+static int load_l1(vd_image *img, struct qcow2 *q)
+{
+    q->l1 = calloc(q->l1_size ? q->l1_size : 1, sizeof *q->l1);
+    if (!q->l1)
+        return vd_err(VD_ENOMEM, "%s: out of memory for the L1 table", img->filename);
+    int rc = q->l1_size ? vd_file_pread(img->file, q->l1, (size_t)q->l1_size * 8, q->l1_offset) : 0;
+    for (uint32_t i = 0; rc == 0 && i < q->l1_size; i++)
+        q->l1[i] = vd_be64(&q->l1[i]);
+    return rc;
+}
+
+static int set_props(vd_image *img, const struct qcow2 *q)
+{
+    static const char *const compression[] = { "zlib", "zstd" };
+    bool v3 = q->version >= 3;
+    int rc = vd_image_set_prop(img, "compat", VD_PROP_STRING, "%s", v3 ? "1.1" : "0.10");
+    if (rc == 0)
+        rc = vd_image_set_prop(img, "compression-type", VD_PROP_STRING, "%s",
+                               compression[q->compression_type]);
+    if (rc == 0 && v3)
+        rc = vd_image_set_prop(img, "lazy-refcounts", VD_PROP_BOOL, "%s",
+                               (q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) ? "true" : "false");
+    if (rc == 0)
+        rc = vd_image_set_prop(img, "refcount-bits", VD_PROP_INT, "%u", 1u << q->refcount_order);
+    if (rc == 0 && v3)
+        rc = vd_image_set_prop(img, "corrupt", VD_PROP_BOOL, "%s",
+                               (q->incompat & QCOW2_INCOMPAT_CORRUPT) ? "true" : "false");
+    if (rc == 0 && v3)
+        rc = vd_image_set_prop(img, "extended-l2", VD_PROP_BOOL, "%s",
+                               (q->incompat & QCOW2_INCOMPAT_EXTL2) ? "true" : "false");
+    return rc;
+}
+
+static void q_close(vd_image *img);
+
+int qcow2_signal_corruption(vd_image *img, const char *fmt, ...)
+{
+    char what[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    struct qcow2 *q = qcow2_of(img);
+    bool mark = !img->read_only && !img->poisoned && !(q->incompat & QCOW2_INCOMPAT_CORRUPT) &&
+                q->version >= 3;
+    vd_image_poison(img, VD_ECORRUPT);
+    if (mark) {
+        q->incompat |= QCOW2_INCOMPAT_CORRUPT;
+        if (qcow2_write_features(img, q) == 0)
+            vd_file_sync(img->file);
+    }
+    return vd_err(VD_ECORRUPT, "%s: qcow2 image is corrupt%s: %s", img->filename,
+                  mark ? " (marked corrupt; repair it with 'vdisk check -r all')" : "", what);
+}
+
+/* A writable open clears autoclear bits we do not maintain and marks lazy images dirty. */
+static int prepare_for_writing(vd_image *img, struct qcow2 *q)
+{
+    uint64_t incompat = q->incompat;
+    if (q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS)
+        q->incompat |= QCOW2_INCOMPAT_DIRTY;
+    if (!q->autoclear && q->incompat == incompat)
+        return 0;
+    q->autoclear = 0;
+    int rc = qcow2_write_features(img, q);
+    return rc == 0 ? vd_image_sync(img) : rc;
+}
+
+static int q_open(vd_image *img, const vd_open_opts *opts)
+{
+    struct qcow2 *q = calloc(1, sizeof *q);
+    if (!q)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    img->priv = q;
+    int rc = qcow2_read_header(img, q);
+    if (rc == 0 && !img->read_only && (q->incompat & QCOW2_INCOMPAT_CORRUPT))
+        rc = vd_err(VD_ECORRUPT, "%s: qcow2 image is marked corrupt; it can only be opened read-only",
+                    img->filename);
+    if (rc == 0 && !img->read_only && (q->incompat & QCOW2_INCOMPAT_DIRTY))
+        rc = vd_err(VD_EUNSUPPORTED, "%s: qcow2 image has the dirty bit set (refcounts need repair); "
+                    "repair it with 'vdisk check -r all' first", img->filename);
+    if (rc == 0)
+        rc = load_l1(img, q);
+    if (rc == 0)
+        rc = qcow2_load_refcount_table(img, q);
+    uint64_t file_size = 0;
+    if (rc == 0)
+        rc = vd_file_get_size(img->file, &file_size);
+    size_t tables = q->cluster_size ? l2_cache_tables(q, img->size, opts->cache_bytes) : 0;
+    if (rc == 0)
+        rc = vd_cache_new(&q->l2_cache, img->file, (size_t)q->cluster_size, tables);
+    if (rc == 0)
+        rc = vd_cache_new(&q->rb_cache, img->file, (size_t)q->cluster_size, tables / 4);
+    if (rc == 0) {
+        if (!(q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS))
+            vd_cache_set_before_write(q->l2_cache, qcow2_refcounts_durable, img);
+        q->alloc_end = (file_size + q->cluster_size - 1) / q->cluster_size;
+        img->cow = &qcow2_cow_ops;
+        img->cluster_size = (uint32_t)q->cluster_size;
+        rc = set_props(img, q);
+    }
+    if (rc == 0 && !img->read_only)
+        rc = prepare_for_writing(img, q);
+    if (rc < 0)
+        q_close(img);
+    return rc;
+}
+
+/* Write all metadata in dependency order and make it durable. */
+static int flush_metadata(vd_image *img, struct qcow2 *q)
+{
+    int rc = qcow2_refcounts_durable(img);
+    if (rc == 0 && vd_cache_has_dirty(q->l2_cache)) {
+        rc = vd_cache_writeback(q->l2_cache);
+        img->unsynced = true;
+    }
+    if (rc == 0 && q->l1_dirty) {
+        rc = vd_image_sync(img); /* new L2 tables before the L1 entries naming them */
+        if (rc == 0)
+            rc = qcow2_write_l1(img, q);
+    }
+    if (rc == 0)
+        rc = vd_image_sync(img);
+    if (rc == 0 && q->npending) {
+        rc = qcow2_apply_pending_frees(img, q);
+        if (rc == 0)
+            rc = qcow2_refcounts_durable(img);
+    }
+    return rc < 0 ? vd_image_poison(img, rc) : 0;
+}
+
+static int q_flush(vd_image *img)
+{
+    return flush_metadata(img, qcow2_of(img));
+}
+
+static int q_discard(vd_image *img, uint64_t off, uint64_t len)
+{
+    int rc = vd_cow_discard(img, off, len);
+    struct qcow2 *q = qcow2_of(img);
+    if (rc == 0 && q->npending > MAX_PENDING_FREES)
+        rc = flush_metadata(img, q);
+    return rc;
+}
+
+static int q_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags)
+{
+    int rc = vd_cow_write_zeroes(img, off, len, flags);
+    struct qcow2 *q = qcow2_of(img);
+    if (rc == 0 && q->npending > MAX_PENDING_FREES)
+        rc = flush_metadata(img, q);
+    return rc;
+}
+
+static void q_close(vd_image *img)
+{
+    struct qcow2 *q = qcow2_of(img);
+    if (!q)
+        return;
+    /* a clean close of a lazy-refcount image: everything is flushed, clear the dirty bit */
+    if (!img->read_only && !img->poisoned && q->l2_cache && (q->incompat & QCOW2_INCOMPAT_DIRTY) &&
+        flush_metadata(img, q) == 0) {
+        q->incompat &= ~QCOW2_INCOMPAT_DIRTY;
+        if (qcow2_write_features(img, q) == 0)
+            vd_image_sync(img);
+    }
+    vd_cache_free(q->l2_cache);
+    vd_cache_free(q->rb_cache);
+    free(q->l1);
+    free(q->rt);
+    free(q->pending_frees);
+    qcow2_free_header(q);
+    free(q);
+    img->priv = NULL;
+}
+
+static void q_get_info(vd_image *img, vd_info *info)
+{
+    struct qcow2 *q = qcow2_of(img);
+    info->cluster_size = (uint32_t)q->cluster_size;
+    info->dirty = (q->incompat & QCOW2_INCOMPAT_DIRTY) != 0;
+    info->backing_file = q->backing_file;
+    info->backing_format = q->backing_format;
+    info->encrypted = q->crypt_method != 0;
+}
+
+const struct vd_backend vd_backend_qcow2 = {
+    .name = "qcow2",
+    .create_options = qcow2_create_options,
+    .probe = qcow2_probe,
+    .create = qcow2_create,
+    .open = q_open,
+    .close = q_close,
+    .read = vd_cow_read,
+    .write = vd_cow_write,
+    .write_zeroes = q_write_zeroes,
+    .discard = q_discard,
+    .flush = q_flush,
+    .block_status = vd_cow_block_status,
+    .get_info = q_get_info,
+};

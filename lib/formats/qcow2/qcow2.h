@@ -1,0 +1,160 @@
+/*
+ * qcow2: on-disk constants and the backend's private state, shared by the
+ * files of this folder:
+ *   header.c    header and header extensions: parse, validate, write
+ *   map.c       L1/L2 cluster map: lookup, link, zero/discard (engine hooks)
+ *   refcount.c  refcount table and blocks, cluster allocation and freeing
+ *   create.c    new images
+ *   check.c     consistency check and repair
+ *   qcow2.c     open, close, flush, info and the backend table
+ * All numbers on disk are big-endian.
+ */
+#ifndef VD_FORMATS_QCOW2_H
+#define VD_FORMATS_QCOW2_H
+
+#include "core/internal.h"
+#include "core/endian.h"
+#include "cow/cache.h"
+#include "cow/engine.h"
+
+#define QCOW2_MAGIC            0x514649fbu /* "QFI\xfb" */
+#define QCOW2_V2_HEADER_LEN    72
+#define QCOW2_V3_HEADER_LEN    104         /* without the optional compression type */
+#define QCOW2_HEADER_LEN_MAX   112         /* with compression type and padding */
+
+/* Limits from QEMU, applied to every image we open. */
+#define QCOW2_MIN_CLUSTER_BITS 9
+#define QCOW2_MAX_CLUSTER_BITS 21
+#define QCOW2_MAX_L1_BYTES     (32u << 20)
+#define QCOW2_MAX_RT_BYTES     (8u << 20)
+#define QCOW2_MAX_SNAPSHOTS    65536
+#define QCOW2_MAX_BACKING_NAME 1023
+
+/* Feature bits */
+#define QCOW2_INCOMPAT_DIRTY       (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT     (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE   (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2       (1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN       0x1full
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
+#define QCOW2_AUTOCLEAR_BITMAPS    (1ull << 0)
+#define QCOW2_AUTOCLEAR_DATA_RAW   (1ull << 1)
+
+/* Header extension types */
+#define QCOW2_EXT_END          0x00000000u
+#define QCOW2_EXT_BACKING_FMT  0xe2792acau
+#define QCOW2_EXT_FEATURES     0x6803f857u
+#define QCOW2_EXT_BITMAPS      0x23852875u
+#define QCOW2_EXT_CRYPTO       0x0537be77u
+#define QCOW2_EXT_DATA_FILE    0x44415441u
+
+/* L1 and L2 entries */
+#define QCOW2_OFLAG_COPIED     (1ull << 63)
+#define QCOW2_OFLAG_COMPRESSED (1ull << 62)
+#define QCOW2_OFLAG_ZERO       (1ull << 0)
+#define QCOW2_OFFSET_MASK      0x00fffffffffffe00ull /* bits 9..55 */
+#define QCOW2_L1_RESERVED      0x7f000000000001ffull
+#define QCOW2_L2_RESERVED      0x3f000000000001feull
+
+#define QCOW2_SUBCLUSTERS      32
+
+enum qcow2_compression { QCOW2_COMPRESSION_ZLIB = 0, QCOW2_COMPRESSION_ZSTD = 1 };
+
+/* A header extension kept verbatim so that rewriting the header preserves it. */
+struct qcow2_ext {
+    uint32_t type;
+    uint32_t len;
+    uint8_t *data;
+};
+
+struct qcow2 {
+    /* header */
+    uint32_t version;
+    uint32_t cluster_bits;
+    uint64_t cluster_size;
+    uint32_t crypt_method;
+    uint64_t l1_offset;
+    uint32_t l1_size;
+    uint64_t rt_offset;
+    uint32_t rt_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t incompat, compat, autoclear;
+    uint32_t refcount_order;
+    uint32_t header_length;
+    uint8_t compression_type;
+    char *backing_file;
+    char *backing_format;
+    struct qcow2_ext *exts;  /* every extension but backing format (rebuilt from backing_format) */
+    size_t nexts;
+
+    /* derived */
+    uint32_t l2_entry_bytes;  /* 8, or 16 with extended L2 entries */
+    uint64_t l2_entries;      /* entries per L2 table */
+    uint64_t refcount_max;
+    uint64_t rb_entries;      /* refcount entries per refcount block */
+
+    /* the active L1 table and the refcount table, host-endian in memory */
+    uint64_t *l1;
+    bool l1_dirty;
+    uint64_t *rt;
+    uint64_t rt_entries;
+
+    struct vd_cache *l2_cache;
+    struct vd_cache *rb_cache;
+
+    uint64_t free_hint;       /* no free cluster below this index */
+    uint64_t alloc_end;       /* no cluster is allocated at or past this index */
+    uint64_t *pending_frees;  /* host clusters whose refcount drops at the next flush */
+    size_t npending, pending_cap;
+};
+
+static inline struct qcow2 *qcow2_of(vd_image *img)
+{
+    return img->priv;
+}
+
+/*
+ * Report corruption found in the image: set the message, disable the handle
+ * and, on a writable image, set the corrupt bit on disk (as QEMU does) so that
+ * nobody writes to it again before a repair. Returns VD_ECORRUPT.
+ */
+int qcow2_signal_corruption(vd_image *img, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* header.c */
+int qcow2_probe(const uint8_t *head, size_t len, uint64_t file_size);
+int qcow2_read_header(vd_image *img, struct qcow2 *q);
+/* Rewrite the whole first cluster: header, extensions, backing name. */
+int qcow2_write_header(vd_image *img, struct qcow2 *q);
+int qcow2_write_header_to(vd_file *file, struct qcow2 *q, uint64_t size);
+/* Rewrite just one 64-bit feature field (incompat/compat/autoclear) in place. */
+int qcow2_write_features(vd_image *img, struct qcow2 *q);
+void qcow2_free_header(struct qcow2 *q);
+/* Fill the derived fields from the header fields. */
+void qcow2_derive(struct qcow2 *q);
+
+/* map.c */
+extern const struct vd_cow_ops qcow2_cow_ops;
+int qcow2_write_l1(vd_image *img, struct qcow2 *q);
+
+/* refcount.c */
+/* Entry idx of a refcount block of the given order (sub-byte widths count from the low bit). */
+uint64_t qcow2_refblock_get(const uint8_t *block, uint64_t idx, uint32_t order);
+void qcow2_refblock_set(uint8_t *block, uint64_t idx, uint32_t order, uint64_t value);
+int qcow2_load_refcount_table(vd_image *img, struct qcow2 *q);
+int qcow2_get_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_t *refcount);
+int qcow2_update_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, int64_t delta);
+/* Allocate count contiguous clusters with refcount 1; *host is the first one's offset. */
+int qcow2_alloc_clusters(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t *host);
+/* Drop the refcount of a host cluster at the next flush (after the L2 update is durable). */
+int qcow2_free_cluster_later(vd_image *img, struct qcow2 *q, uint64_t host);
+int qcow2_apply_pending_frees(vd_image *img, struct qcow2 *q);
+/* Before-write hook of the L2 cache: refcount blocks out, then sync. */
+int qcow2_refcounts_durable(void *img);
+
+/* create.c */
+int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts);
+extern const struct vd_option_desc qcow2_create_options[];
+
+#endif

@@ -1,0 +1,325 @@
+/*
+ * qcow2 refcounts: the refcount table (kept in memory), refcount blocks (in
+ * the metadata cache), cluster allocation and deferred freeing.
+ *
+ * Ordering: increases are written before anything that points at the
+ * cluster (the L2 cache's before-write hook is qcow2_refcounts_durable);
+ * decreases wait in pending_frees until the L2 entries that referenced the
+ * cluster are on disk (qcow2_apply_pending_frees runs at the end of a flush).
+ * A crash can leak clusters but never hands out a cluster still in use.
+ */
+#include "formats/qcow2/qcow2.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Entry idx of a refcount block; sub-byte widths count from the low bit. */
+uint64_t qcow2_refblock_get(const uint8_t *block, uint64_t idx, uint32_t order)
+{
+    switch (order) {
+    case 0: case 1: case 2: {
+        unsigned bits = 1u << order, per_byte = 8 >> order;
+        unsigned shift = (unsigned)(idx % per_byte) * bits;
+        return (block[idx / per_byte] >> shift) & ((1u << bits) - 1);
+    }
+    case 3: return block[idx];
+    case 4: return vd_be16(block + idx * 2);
+    case 5: return vd_be32(block + idx * 4);
+    default: return vd_be64(block + idx * 8);
+    }
+}
+
+void qcow2_refblock_set(uint8_t *block, uint64_t idx, uint32_t order, uint64_t value)
+{
+    switch (order) {
+    case 0: case 1: case 2: {
+        unsigned bits = 1u << order, per_byte = 8 >> order;
+        unsigned shift = (unsigned)(idx % per_byte) * bits;
+        uint8_t mask = (uint8_t)(((1u << bits) - 1) << shift);
+        block[idx / per_byte] = (uint8_t)((block[idx / per_byte] & ~mask) | (value << shift));
+        break;
+    }
+    case 3: block[idx] = (uint8_t)value; break;
+    case 4: vd_put_be16(block + idx * 2, (uint16_t)value); break;
+    case 5: vd_put_be32(block + idx * 4, (uint32_t)value); break;
+    default: vd_put_be64(block + idx * 8, value); break;
+    }
+}
+
+int qcow2_load_refcount_table(vd_image *img, struct qcow2 *q)
+{
+    uint64_t bytes = (uint64_t)q->rt_clusters * q->cluster_size;
+    q->rt_entries = bytes / 8;
+    q->rt = malloc((size_t)bytes);
+    if (!q->rt)
+        return vd_err(VD_ENOMEM, "%s: out of memory for the refcount table", img->filename);
+    int rc = vd_file_pread(img->file, q->rt, (size_t)bytes, q->rt_offset);
+    if (rc < 0)
+        return rc;
+    for (uint64_t i = 0; i < q->rt_entries; i++) {
+        q->rt[i] = vd_be64(&q->rt[i]);
+        if (q->rt[i] & (q->cluster_size - 1))
+            return vd_err(VD_ECORRUPT, "%s: refcount block %llu is not cluster aligned",
+                          img->filename, (unsigned long long)i);
+    }
+    return 0;
+}
+
+int qcow2_get_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_t *refcount)
+{
+    uint64_t ti = cluster / q->rb_entries;
+    if (ti >= q->rt_entries || q->rt[ti] == 0) {
+        *refcount = 0;
+        return 0;
+    }
+    void *block;
+    int rc = vd_cache_get(q->rb_cache, q->rt[ti], false, &block);
+    if (rc < 0)
+        return rc;
+    *refcount = qcow2_refblock_get(block, cluster % q->rb_entries, q->refcount_order);
+    vd_cache_put(q->rb_cache, block);
+    return 0;
+}
+
+/* Write one refcount table entry to disk, after the block it names is durable. */
+static int publish_rt_entry(vd_image *img, struct qcow2 *q, uint64_t ti)
+{
+    int rc = vd_cache_writeback(q->rb_cache);
+    if (rc == 0)
+        rc = vd_file_sync(img->file);
+    uint8_t entry[8];
+    vd_put_be64(entry, q->rt[ti]);
+    if (rc == 0)
+        rc = vd_file_pwrite(img->file, entry, sizeof entry, q->rt_offset + ti * 8);
+    img->unsynced = true;
+    return rc < 0 ? vd_image_poison(img, rc) : 0;
+}
+
+int qcow2_update_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, int64_t delta)
+{
+    uint64_t ti = cluster / q->rb_entries;
+    if (ti >= q->rt_entries || q->rt[ti] == 0)
+        return qcow2_signal_corruption(img, "cluster %llu has no refcount block", (unsigned long long)cluster);
+    void *block;
+    int rc = vd_cache_get(q->rb_cache, q->rt[ti], false, &block);
+    if (rc < 0)
+        return rc;
+    uint64_t idx = cluster % q->rb_entries;
+    uint64_t old = qcow2_refblock_get(block, idx, q->refcount_order);
+    if ((delta < 0 && old < (uint64_t)-delta) || (delta > 0 && q->refcount_max - old < (uint64_t)delta)) {
+        vd_cache_put(q->rb_cache, block);
+        if (delta > 0)
+            return vd_err(VD_ETOOBIG, "%s: refcount of cluster %llu would exceed %u bits",
+                          img->filename, (unsigned long long)cluster, 1u << q->refcount_order);
+        return qcow2_signal_corruption(img, "refcount of cluster %llu would drop below zero",
+                                       (unsigned long long)cluster);
+    }
+    qcow2_refblock_set(block, idx, q->refcount_order, old + (uint64_t)delta);
+    vd_cache_mark_dirty(q->rb_cache, block);
+    vd_cache_put(q->rb_cache, block);
+    if (delta < 0 && old + (uint64_t)delta == 0 && cluster < q->free_hint)
+        q->free_hint = cluster;
+    return 0;
+}
+
+/*
+ * Turn the free cluster `cluster` into the refcount block for its own range
+ * (a block that describes itself), and publish it in the refcount table.
+ */
+static int add_self_describing_block(vd_image *img, struct qcow2 *q, uint64_t cluster)
+{
+    uint64_t ti = cluster / q->rb_entries;
+    void *block;
+    int rc = vd_cache_get(q->rb_cache, cluster * q->cluster_size, true, &block);
+    if (rc < 0)
+        return rc;
+    qcow2_refblock_set(block, cluster % q->rb_entries, q->refcount_order, 1);
+    vd_cache_put(q->rb_cache, block);
+    q->rt[ti] = cluster * q->cluster_size;
+    if (cluster + 1 > q->alloc_end)
+        q->alloc_end = cluster + 1;
+    return publish_rt_entry(img, q, ti);
+}
+
+/*
+ * Move the refcount table to the end of the file with room for at least
+ * min_entries entries. The new table and any refcount blocks it needs for
+ * itself are laid out together: [table clusters][new blocks].
+ */
+static int grow_refcount_table(vd_image *img, struct qcow2 *q, uint64_t min_entries)
+{
+    const uint64_t cs = q->cluster_size, per_table_cluster = cs / 8;
+    uint64_t start = q->alloc_end;
+    uint64_t entries = q->rt_entries * 2 > min_entries ? q->rt_entries * 2 : min_entries;
+    uint64_t table_clusters, nblocks = 0;
+    for (;;) {
+        table_clusters = (entries + per_table_cluster - 1) / per_table_cluster;
+        uint64_t end = start + table_clusters + nblocks;
+        uint64_t last_ti = (end - 1) / q->rb_entries;
+        if (last_ti >= entries) {
+            entries = last_ti + 1;
+            continue;
+        }
+        uint64_t missing = 0;
+        for (uint64_t ti = start / q->rb_entries; ti <= last_ti; ti++)
+            missing += ti >= q->rt_entries || q->rt[ti] == 0;
+        if (missing == nblocks)
+            break;
+        nblocks = missing;
+    }
+    entries = table_clusters * per_table_cluster;
+    if (table_clusters * cs > QCOW2_MAX_RT_BYTES)
+        return vd_err(VD_ETOOBIG, "%s: the refcount table would exceed 8 MiB", img->filename);
+
+    uint64_t *rt = calloc((size_t)entries, sizeof *rt);
+    uint8_t *disk = malloc((size_t)(table_clusters * cs));
+    if (!rt || !disk) {
+        free(rt);
+        free(disk);
+        return vd_err(VD_ENOMEM, "%s: out of memory growing the refcount table", img->filename);
+    }
+    memcpy(rt, q->rt, (size_t)q->rt_entries * sizeof *rt);
+    uint64_t end = start + table_clusters + nblocks, next_block = start + table_clusters;
+    for (uint64_t ti = start / q->rb_entries; ti <= (end - 1) / q->rb_entries; ti++)
+        if (rt[ti] == 0)
+            rt[ti] = (next_block++) * cs;
+
+    /* refcounts of the new area: fresh blocks are zeroed first by the cache */
+    uint64_t *old_rt = q->rt, old_entries = q->rt_entries, old_offset = q->rt_offset;
+    uint32_t old_clusters = q->rt_clusters;
+    int rc = 0;
+    for (uint64_t ti = start / q->rb_entries; ti <= (end - 1) / q->rb_entries && rc == 0; ti++) {
+        bool fresh = ti >= old_entries || old_rt[ti] == 0;
+        void *block;
+        if (fresh && (rc = vd_cache_get(q->rb_cache, rt[ti], true, &block)) == 0)
+            vd_cache_put(q->rb_cache, block);
+    }
+    q->rt = rt;
+    q->rt_entries = entries;
+    for (uint64_t c = start; c < end && rc == 0; c++)
+        rc = qcow2_update_refcount(img, q, c, 1);
+    q->alloc_end = end;
+    for (uint64_t i = 0; i < entries; i++)
+        vd_put_be64(disk + i * 8, rt[i]);
+    if (rc == 0)
+        rc = vd_cache_writeback(q->rb_cache);
+    if (rc == 0)
+        rc = vd_file_pwrite(img->file, disk, (size_t)(table_clusters * cs), start * cs);
+    if (rc == 0)
+        rc = vd_file_sync(img->file);
+    free(disk);
+    if (rc < 0) {
+        q->rt = old_rt;
+        q->rt_entries = old_entries;
+        free(rt);
+        return vd_image_poison(img, rc);
+    }
+    /* switch the header over, then release the old table */
+    q->rt_offset = start * cs;
+    q->rt_clusters = (uint32_t)table_clusters;
+    uint8_t fields[12];
+    vd_put_be64(fields, q->rt_offset);
+    vd_put_be32(fields + 8, q->rt_clusters);
+    rc = vd_file_pwrite(img->file, fields, sizeof fields, 48);
+    if (rc == 0)
+        rc = vd_file_sync(img->file);
+    free(old_rt);
+    if (rc < 0)
+        return vd_image_poison(img, rc);
+    for (uint64_t c = 0; c < old_clusters && rc == 0; c++)
+        rc = qcow2_update_refcount(img, q, old_offset / cs + c, -1);
+    return rc;
+}
+
+/* First index >= from of a run of count free clusters. */
+static int find_free_run(vd_image *img, struct qcow2 *q, uint64_t from, uint64_t count,
+                         uint64_t *first)
+{
+    uint64_t run = 0;
+    for (uint64_t c = from;; c++) {
+        uint64_t refcount;
+        if (c >= q->alloc_end) { /* everything from here on is free */
+            *first = run ? c - run : c;
+            return 0;
+        }
+        int rc = qcow2_get_refcount(img, q, c, &refcount);
+        if (rc < 0)
+            return rc;
+        run = refcount ? 0 : run + 1;
+        if (run == count) {
+            *first = c + 1 - count;
+            return 0;
+        }
+    }
+}
+
+int qcow2_alloc_clusters(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t *host)
+{
+    for (;;) {
+        uint64_t first;
+        int rc = find_free_run(img, q, q->free_hint, count, &first);
+        if (rc < 0)
+            return rc;
+        uint64_t last_ti = (first + count - 1) / q->rb_entries;
+        if (last_ti >= q->rt_entries) {
+            if ((rc = grow_refcount_table(img, q, last_ti + 1)) < 0)
+                return rc;
+            continue;
+        }
+        /* every cluster of the run needs a refcount block: make one from the run itself */
+        uint64_t missing = UINT64_MAX;
+        for (uint64_t c = first; c < first + count && missing == UINT64_MAX; c++)
+            if (q->rt[c / q->rb_entries] == 0)
+                missing = c;
+        if (missing != UINT64_MAX) {
+            if ((rc = add_self_describing_block(img, q, missing)) < 0)
+                return rc;
+            continue;
+        }
+        for (uint64_t c = first; c < first + count; c++)
+            if ((rc = qcow2_update_refcount(img, q, c, 1)) < 0)
+                return rc;
+        if (count == 1 || first == q->free_hint)
+            q->free_hint = first + count;
+        if (first + count > q->alloc_end)
+            q->alloc_end = first + count;
+        *host = first * q->cluster_size;
+        return 0;
+    }
+}
+
+int qcow2_free_cluster_later(vd_image *img, struct qcow2 *q, uint64_t host)
+{
+    if (q->npending == q->pending_cap) {
+        size_t cap = q->pending_cap ? q->pending_cap * 2 : 64;
+        uint64_t *grown = realloc(q->pending_frees, cap * sizeof *grown);
+        if (!grown)
+            return vd_image_poison(img, vd_err(VD_ENOMEM, "%s: out of memory", img->filename));
+        q->pending_frees = grown;
+        q->pending_cap = cap;
+    }
+    q->pending_frees[q->npending++] = host / q->cluster_size;
+    return 0;
+}
+
+int qcow2_apply_pending_frees(vd_image *img, struct qcow2 *q)
+{
+    int rc = 0;
+    for (size_t i = 0; i < q->npending && rc == 0; i++)
+        rc = qcow2_update_refcount(img, q, q->pending_frees[i], -1);
+    q->npending = 0;
+    return rc;
+}
+
+int qcow2_refcounts_durable(void *ctx)
+{
+    vd_image *img = ctx;
+    struct qcow2 *q = qcow2_of(img);
+    if (vd_cache_has_dirty(q->rb_cache)) {
+        int rc = vd_cache_writeback(q->rb_cache);
+        if (rc < 0)
+            return rc;
+        img->unsynced = true;
+    }
+    return vd_image_sync(img);
+}
