@@ -96,6 +96,7 @@ typedef struct vd_image vd_image;
 #define VD_OPEN_NO_LOCK     (1u << 2) /* take no file locks (read-only inspection) */
 #define VD_OPEN_CONFINED    (1u << 3) /* refuse any file reference outside the image's directory */
 #define VD_OPEN_UNSAFE_RAW  (1u << 4) /* allow writes that would turn a probed raw image into another format */
+#define VD_OPEN_REPAIR      (1u << 5) /* with RDWR: open an image marked corrupt, for vd_check() repairs only */
 
 /*
  * Extended open options. Set .struct_size = sizeof(vd_open_opts) (the INIT
@@ -223,6 +224,42 @@ typedef struct vd_extent {
  */
 VD_API int vd_block_status(vd_image *img, uint64_t offset, uint64_t length,
                            vd_extent *extent, uint32_t flags);
+
+/* ------------------------------------------------------- check and repair */
+
+/* vd_check() flags */
+#define VD_CHECK_REPAIR_LEAKS (1u << 0) /* free leaked clusters (needs a read-write handle) */
+#define VD_CHECK_REPAIR_ALL   (1u << 1) /* also fix refcount and flag errors */
+
+/* Results of vd_check(). Set .struct_size = sizeof(vd_check_result). */
+typedef struct vd_check_result {
+    uint32_t struct_size;
+    uint32_t reserved_;
+    uint64_t corruptions;          /* errors left in the image */
+    uint64_t leaks;                /* leaked clusters left in the image */
+    uint64_t corruptions_fixed;
+    uint64_t leaks_fixed;
+    uint64_t check_errors;         /* the check itself could not read something */
+    uint64_t total_clusters;       /* guest clusters of the virtual disk */
+    uint64_t allocated_clusters;   /* guest clusters with data in this image */
+    uint64_t fragmented_clusters;  /* allocated clusters not following their predecessor */
+    uint64_t compressed_clusters;
+    uint64_t image_end_offset;     /* end of the last used host cluster */
+} vd_check_result;
+
+#define VD_CHECK_RESULT_INIT { (uint32_t)sizeof(vd_check_result), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+
+/* Receives one line per problem found or repaired ("Leaked cluster 5 refcount=1 reference=0"). */
+typedef void (*vd_check_report_fn)(void *ctx, const char *message);
+
+/*
+ * Check the image's metadata and, with repair flags on a read-write handle,
+ * repair it. Returns 0 when the check ran (inspect the counts), or an error
+ * when it could not (VD_EUNSUPPORTED for formats without checks). report may
+ * be NULL.
+ */
+VD_API int vd_check(vd_image *img, uint32_t flags, vd_check_result *result,
+                    vd_check_report_fn report, void *report_ctx);
 
 /* ---------------------------------------------------------------- formats */
 

@@ -4,20 +4,16 @@
  */
 #include "core/internal.h"
 
-enum access { ACCESS_READ, ACCESS_WRITE };
-
-/* Check the handle and take its lock; on success the caller must unlock. */
-static int enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_flags,
-                 enum access access)
+int vd_enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_flags, bool write)
 {
     vd_err_clear();
     if (!img || img->magic != VD_IMAGE_MAGIC)
         return vd_err(VD_EINVAL, "%s: invalid image handle", call);
     if (flags & ~known_flags)
         return vd_err(VD_EINVAL, "%s: unknown flags 0x%x", call, flags & ~known_flags);
-    if (access == ACCESS_WRITE && img->read_only)
+    if (write && img->read_only)
         return vd_err(VD_EREADONLY, "%s: %s is opened read-only", call, img->filename);
-    if (access == ACCESS_WRITE)
+    if (write)
         pthread_rwlock_wrlock(&img->lock);
     else
         pthread_rwlock_rdlock(&img->lock);
@@ -29,7 +25,7 @@ static int enter(vd_image *img, const char *call, uint32_t flags, uint32_t known
     return 0;
 }
 
-static int leave(vd_image *img, int rc)
+int vd_leave(vd_image *img, int rc)
 {
     pthread_rwlock_unlock(&img->lock);
     return rc;
@@ -47,30 +43,30 @@ static int check_range(const vd_image *img, const char *call, uint64_t off, uint
 
 int vd_read(vd_image *img, uint64_t offset, void *buf, size_t length, uint32_t flags)
 {
-    int rc = enter(img, "vd_read", flags, 0, ACCESS_READ);
+    int rc = vd_enter(img, "vd_read", flags, 0, false);
     if (rc < 0)
         return rc;
     if (!buf && length)
-        return leave(img, vd_err(VD_EINVAL, "vd_read: NULL buffer"));
+        return vd_leave(img, vd_err(VD_EINVAL, "vd_read: NULL buffer"));
     rc = check_range(img, "vd_read", offset, length);
     if (rc == 0 && length)
         rc = img->backend->read(img, offset, buf, length);
-    return leave(img, rc);
+    return vd_leave(img, rc);
 }
 
 int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uint32_t flags)
 {
-    int rc = enter(img, "vd_write", flags, VD_WRITE_FUA, ACCESS_WRITE);
+    int rc = vd_enter(img, "vd_write", flags, VD_WRITE_FUA, true);
     if (rc < 0)
         return rc;
     if (!buf && length)
-        return leave(img, vd_err(VD_EINVAL, "vd_write: NULL buffer"));
+        return vd_leave(img, vd_err(VD_EINVAL, "vd_write: NULL buffer"));
     rc = check_range(img, "vd_write", offset, length);
     if (rc == 0 && length)
         rc = img->backend->write(img, offset, buf, length, flags);
     if (rc == 0 && length && (flags & VD_WRITE_FUA))
         rc = img->backend->flush ? img->backend->flush(img) : vd_file_sync(img->file);
-    return leave(img, rc);
+    return vd_leave(img, rc);
 }
 
 /* Default write_zeroes: the backend's own write of zeroed buffers. */
@@ -82,40 +78,40 @@ static int backend_chunk_writer(void *ctx, const void *buf, size_t len, uint64_t
 
 int vd_write_zeroes(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags)
 {
-    int rc = enter(img, "vd_write_zeroes", flags, VD_ZERO_MAY_UNMAP, ACCESS_WRITE);
+    int rc = vd_enter(img, "vd_write_zeroes", flags, VD_ZERO_MAY_UNMAP, true);
     if (rc < 0)
         return rc;
     rc = check_range(img, "vd_write_zeroes", offset, length);
     if (rc == 0 && length)
         rc = img->backend->write_zeroes ? img->backend->write_zeroes(img, offset, length, flags)
                                         : vd_write_zero_chunks(backend_chunk_writer, img, offset, length);
-    return leave(img, rc);
+    return vd_leave(img, rc);
 }
 
 int vd_discard(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags)
 {
-    int rc = enter(img, "vd_discard", flags, 0, ACCESS_WRITE);
+    int rc = vd_enter(img, "vd_discard", flags, 0, true);
     if (rc < 0)
         return rc;
     rc = check_range(img, "vd_discard", offset, length);
     if (rc == 0 && length && img->backend->discard)
         rc = img->backend->discard(img, offset, length);
-    return leave(img, rc);
+    return vd_leave(img, rc);
 }
 
 int vd_flush(vd_image *img, uint32_t flags)
 {
-    int rc = enter(img, "vd_flush", flags, 0, ACCESS_READ);
+    int rc = vd_enter(img, "vd_flush", flags, 0, false);
     if (rc < 0)
         return rc;
     if (!img->read_only)
         rc = img->backend->flush ? img->backend->flush(img) : vd_file_sync(img->file);
-    return leave(img, rc);
+    return vd_leave(img, rc);
 }
 
 int vd_resize(vd_image *img, uint64_t new_size, uint32_t flags)
 {
-    int rc = enter(img, "vd_resize", flags, VD_RESIZE_SHRINK, ACCESS_WRITE);
+    int rc = vd_enter(img, "vd_resize", flags, VD_RESIZE_SHRINK, true);
     if (rc < 0)
         return rc;
     if (new_size < img->size && !(flags & VD_RESIZE_SHRINK))
@@ -129,25 +125,25 @@ int vd_resize(vd_image *img, uint64_t new_size, uint32_t flags)
                     img->backend->name);
     else if (new_size != img->size)
         rc = img->backend->resize(img, new_size, flags);
-    return leave(img, rc);
+    return vd_leave(img, rc);
 }
 
 int vd_block_status(vd_image *img, uint64_t offset, uint64_t length,
                     vd_extent *extent, uint32_t flags)
 {
-    int rc = enter(img, "vd_block_status", flags, 0, ACCESS_READ);
+    int rc = vd_enter(img, "vd_block_status", flags, 0, false);
     if (rc < 0)
         return rc;
     if (!extent)
-        return leave(img, vd_err(VD_EINVAL, "vd_block_status: NULL extent"));
+        return vd_leave(img, vd_err(VD_EINVAL, "vd_block_status: NULL extent"));
     rc = check_range(img, "vd_block_status", offset, length);
     if (rc == 0 && length == 0)
         rc = vd_err(VD_EINVAL, "vd_block_status: length must not be 0");
     if (rc < 0)
-        return leave(img, rc);
+        return vd_leave(img, rc);
     *extent = (vd_extent){ offset, length, VD_EXTENT_DATA | VD_EXTENT_ALLOCATED, 0,
                            VD_NO_HOST_OFFSET };
     if (img->backend->block_status)
         rc = img->backend->block_status(img, offset, length, extent);
-    return leave(img, rc);
+    return vd_leave(img, rc);
 }

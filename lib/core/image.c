@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #define OPEN_FLAGS_KNOWN (VD_OPEN_RDWR | VD_OPEN_NO_BACKING | VD_OPEN_NO_LOCK | \
-                          VD_OPEN_CONFINED | VD_OPEN_UNSAFE_RAW)
+                          VD_OPEN_CONFINED | VD_OPEN_UNSAFE_RAW | VD_OPEN_REPAIR)
 
 /* Read the first bytes of a file (fewer if it is short; the rest zeroed). */
 static int read_head(vd_file *file, uint8_t *head, uint64_t *file_size)

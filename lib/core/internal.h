@@ -64,6 +64,9 @@ struct vd_backend {
     int (*block_status)(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext); /* default: all data */
     /* Fill format-specific parts of info (cluster size, backing, dirty). */
     void (*get_info)(vd_image *img, vd_info *info);
+    /* Check (and with VD_CHECK_REPAIR_* repair) metadata. Default: VD_EUNSUPPORTED. */
+    int (*check)(vd_image *img, uint32_t flags, vd_check_result *res,
+                 vd_check_report_fn report, void *ctx);
 };
 
 /* ------------------------------------------------------------ image handle */
@@ -99,6 +102,15 @@ int vd_image_sync(vd_image *img);
 /* Append or replace a format-specific property (printf-style value). */
 int vd_image_set_prop(vd_image *img, const char *key, int type, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/*
+ * The front door of every call on a handle: check the handle and the flags,
+ * refuse writes on a read-only handle, take the lock (shared for reads,
+ * exclusive for writes) and refuse a poisoned handle. On success the caller
+ * must end with vd_leave().
+ */
+int vd_enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_flags, bool write);
+int vd_leave(vd_image *img, int rc);
 
 /* Disable the handle after an error that leaves metadata in doubt. */
 int vd_image_poison(vd_image *img, int code);

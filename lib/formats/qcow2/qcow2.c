@@ -80,15 +80,29 @@ int qcow2_signal_corruption(vd_image *img, const char *fmt, ...)
                   mark ? " (marked corrupt; repair it with 'vdisk check -r all')" : "", what);
 }
 
-/* A writable open clears autoclear bits we do not maintain and marks lazy images dirty. */
+/*
+ * A writable open repairs the refcounts of a dirty image (a lazy-refcount
+ * image that was not closed cleanly), clears autoclear bits we do not
+ * maintain, and marks lazy-refcount images dirty while they are open.
+ */
 static int prepare_for_writing(vd_image *img, struct qcow2 *q)
 {
-    uint64_t incompat = q->incompat;
+    uint64_t before_incompat = q->incompat, before_autoclear = q->autoclear;
+    if (q->incompat & QCOW2_INCOMPAT_DIRTY) {
+        vd_check_result res = VD_CHECK_RESULT_INIT;
+        int rc = qcow2_check(img, VD_CHECK_REPAIR_ALL, &res, NULL, NULL);
+        if (rc == 0 && res.corruptions)
+            rc = vd_err(VD_ECORRUPT, "%s: repairing the refcounts of a dirty qcow2 image left %llu "
+                        "errors", img->filename, (unsigned long long)res.corruptions);
+        if (rc < 0)
+            return rc;
+        q->incompat &= ~QCOW2_INCOMPAT_DIRTY;
+    }
     if (q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS)
         q->incompat |= QCOW2_INCOMPAT_DIRTY;
-    if (!q->autoclear && q->incompat == incompat)
-        return 0;
     q->autoclear = 0;
+    if (q->incompat == before_incompat && q->autoclear == before_autoclear)
+        return 0;
     int rc = qcow2_write_features(img, q);
     return rc == 0 ? vd_image_sync(img) : rc;
 }
@@ -100,14 +114,14 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     img->priv = q;
     int rc = qcow2_read_header(img, q);
-    if (rc == 0 && !img->read_only && (q->incompat & QCOW2_INCOMPAT_CORRUPT))
-        rc = vd_err(VD_ECORRUPT, "%s: qcow2 image is marked corrupt; it can only be opened read-only",
-                    img->filename);
-    if (rc == 0 && !img->read_only && (q->incompat & QCOW2_INCOMPAT_DIRTY))
-        rc = vd_err(VD_EUNSUPPORTED, "%s: qcow2 image has the dirty bit set (refcounts need repair); "
-                    "repair it with 'vdisk check -r all' first", img->filename);
+    if (rc == 0 && !img->read_only && (q->incompat & QCOW2_INCOMPAT_CORRUPT) &&
+        !(img->open_flags & VD_OPEN_REPAIR))
+        rc = vd_err(VD_ECORRUPT, "%s: qcow2 image is marked corrupt; it can only be opened read-only "
+                    "(repair it with 'vdisk check -r all')", img->filename);
     if (rc == 0)
         rc = load_l1(img, q);
+    if (rc == 0)
+        rc = qcow2_read_snapshots(img, q);
     if (rc == 0)
         rc = qcow2_load_refcount_table(img, q);
     uint64_t file_size = 0;
@@ -161,9 +175,26 @@ static int q_flush(vd_image *img)
     return flush_metadata(img, qcow2_of(img));
 }
 
+/* An image opened with VD_OPEN_REPAIR stays read-only for data until it is repaired. */
+static int refuse_if_corrupt(vd_image *img)
+{
+    if (qcow2_of(img)->incompat & QCOW2_INCOMPAT_CORRUPT)
+        return vd_err(VD_ECORRUPT, "%s: qcow2 image is marked corrupt; repair it with "
+                      "'vdisk check -r all' before writing", img->filename);
+    return 0;
+}
+
+static int q_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags)
+{
+    int rc = refuse_if_corrupt(img);
+    return rc < 0 ? rc : vd_cow_write(img, off, buf, len, flags);
+}
+
 static int q_discard(vd_image *img, uint64_t off, uint64_t len)
 {
-    int rc = vd_cow_discard(img, off, len);
+    int rc = refuse_if_corrupt(img);
+    if (rc == 0)
+        rc = vd_cow_discard(img, off, len);
     struct qcow2 *q = qcow2_of(img);
     if (rc == 0 && q->npending > MAX_PENDING_FREES)
         rc = flush_metadata(img, q);
@@ -172,7 +203,9 @@ static int q_discard(vd_image *img, uint64_t off, uint64_t len)
 
 static int q_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags)
 {
-    int rc = vd_cow_write_zeroes(img, off, len, flags);
+    int rc = refuse_if_corrupt(img);
+    if (rc == 0)
+        rc = vd_cow_write_zeroes(img, off, len, flags);
     struct qcow2 *q = qcow2_of(img);
     if (rc == 0 && q->npending > MAX_PENDING_FREES)
         rc = flush_metadata(img, q);
@@ -196,6 +229,7 @@ static void q_close(vd_image *img)
     free(q->l1);
     free(q->rt);
     free(q->pending_frees);
+    qcow2_free_snapshots(q);
     qcow2_free_header(q);
     free(q);
     img->priv = NULL;
@@ -219,10 +253,11 @@ const struct vd_backend vd_backend_qcow2 = {
     .open = q_open,
     .close = q_close,
     .read = vd_cow_read,
-    .write = vd_cow_write,
+    .write = q_write,
     .write_zeroes = q_write_zeroes,
     .discard = q_discard,
     .flush = q_flush,
     .block_status = vd_cow_block_status,
     .get_info = q_get_info,
+    .check = qcow2_check,
 };

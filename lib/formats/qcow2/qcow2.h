@@ -68,6 +68,20 @@ struct qcow2_ext {
     uint8_t *data;
 };
 
+/* One entry of the snapshot table. */
+struct qcow2_snapshot {
+    uint64_t l1_offset;
+    uint32_t l1_size;
+    char *id;
+    char *name;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_ns;
+    uint64_t vm_state_size;
+    uint64_t disk_size;
+    uint32_t extra_size;    /* bytes of extra data on disk */
+    uint8_t *extra;         /* kept verbatim beyond the fields we know */
+};
+
 struct qcow2 {
     /* header */
     uint32_t version;
@@ -103,6 +117,9 @@ struct qcow2 {
 
     struct vd_cache *l2_cache;
     struct vd_cache *rb_cache;
+
+    struct qcow2_snapshot *snapshots; /* nb_snapshots entries */
+    uint64_t snapshots_bytes;          /* size of the snapshot table on disk */
 
     uint64_t free_hint;       /* no free cluster below this index */
     uint64_t alloc_end;       /* no cluster is allocated at or past this index */
@@ -152,6 +169,14 @@ int qcow2_free_cluster_later(vd_image *img, struct qcow2 *q, uint64_t host);
 int qcow2_apply_pending_frees(vd_image *img, struct qcow2 *q);
 /* Before-write hook of the L2 cache: refcount blocks out, then sync. */
 int qcow2_refcounts_durable(void *img);
+
+/* snapshot.c */
+int qcow2_read_snapshots(vd_image *img, struct qcow2 *q);
+void qcow2_free_snapshots(struct qcow2 *q);
+
+/* check.c */
+int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
+                vd_check_report_fn report, void *ctx);
 
 /* create.c */
 int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts);

@@ -1,0 +1,467 @@
+/*
+ * qcow2 check and repair: count the references to every host cluster from
+ * all metadata (header, L1/L2 tables of the active state and of snapshots,
+ * refcount structures, snapshot table, bitmaps, encryption header), compare
+ * with the stored refcounts, and verify the COPIED flags. Messages follow
+ * qemu-img check's wording so that the two can be compared.
+ */
+#include "formats/qcow2/qcow2.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_BITMAP_DIR_BYTES   (64u << 20)
+#define MAX_BITMAP_TABLE_SIZE  0x8000000u
+#define BITMAP_ENTRY_BYTES     24
+
+struct checker {
+    vd_image *img;
+    struct qcow2 *q;
+    vd_check_result *res;
+    vd_check_report_fn report;
+    void *ctx;
+    uint32_t *refs;          /* computed references per host cluster */
+    uint64_t nclusters;      /* clusters in the file */
+    uint64_t next_contiguous;
+    uint64_t end_cluster;    /* past the last cluster referenced or with a stored refcount */
+};
+
+static void say(struct checker *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(struct checker *c, const char *fmt, ...)
+{
+    if (!c->report)
+        return;
+    char line[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    c->report(c->ctx, line);
+}
+
+/* Count one reference to every cluster of [off, off+len). */
+static void add_ref(struct checker *c, uint64_t off, uint64_t len)
+{
+    if (!len)
+        return;
+    uint64_t cs = c->q->cluster_size, first = off / cs, last = (off + len - 1) / cs;
+    if (last >= c->nclusters || off + len < off) {
+        say(c, "ERROR: counting reference for region exceeding the end of the file by one cluster "
+               "or more: offset 0x%llx size 0x%llx", (unsigned long long)off, (unsigned long long)len);
+        c->res->corruptions++;
+        return;
+    }
+    for (uint64_t i = first; i <= last; i++)
+        if (c->refs[i] != UINT32_MAX)
+            c->refs[i]++;
+}
+
+static void walk_l2(struct checker *c, const uint8_t *table, bool active)
+{
+    struct qcow2 *q = c->q;
+    const uint64_t cs = q->cluster_size;
+    for (uint64_t i = 0; i < q->l2_entries; i++) {
+        uint64_t word = vd_be64(table + i * q->l2_entry_bytes);
+        if (word & QCOW2_OFLAG_COMPRESSED) {
+            unsigned x = 62 - (q->cluster_bits - 8);
+            uint64_t host = word & ((1ull << x) - 1);
+            uint64_t sectors = ((word >> x) & ((1ull << (q->cluster_bits - 8)) - 1)) + 1;
+            if (word & QCOW2_OFLAG_COPIED) {
+                say(c, "ERROR: coffset=0x%llx: Compressed cluster entry has the COPIED flag set",
+                    (unsigned long long)host);
+                c->res->corruptions++;
+            }
+            add_ref(c, host & ~511ull, sectors * 512);
+            if (active) {
+                c->res->allocated_clusters++;
+                c->res->compressed_clusters++;
+            }
+            continue;
+        }
+        uint64_t host = word & QCOW2_OFFSET_MASK;
+        if (!host)
+            continue;
+        if (host & (cs - 1)) {
+            say(c, "ERROR offset=%llx: Cluster is not properly aligned; L2 entry corrupted",
+                (unsigned long long)host);
+            c->res->corruptions++;
+            continue;
+        }
+        add_ref(c, host, cs);
+        if (active) {
+            c->res->allocated_clusters++;
+            if (c->next_contiguous && host != c->next_contiguous)
+                c->res->fragmented_clusters++;
+            c->next_contiguous = host + cs;
+        }
+    }
+}
+
+/* Count an L1 table, its L2 tables and their clusters. l1 is host-endian. */
+static int walk_l1(struct checker *c, const uint64_t *l1, uint32_t l1_size, uint64_t l1_offset,
+                   bool active)
+{
+    struct qcow2 *q = c->q;
+    add_ref(c, l1_offset, (uint64_t)l1_size * 8);
+    for (uint32_t i = 0; i < l1_size; i++) {
+        uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
+        if (!l2)
+            continue;
+        if (l2 & (q->cluster_size - 1)) {
+            say(c, "ERROR l2_offset=%llx: Table is not cluster aligned; L1 entry corrupted",
+                (unsigned long long)l2);
+            c->res->corruptions++;
+            continue;
+        }
+        if (l2 / q->cluster_size >= c->nclusters) {
+            add_ref(c, l2, q->cluster_size); /* reports it */
+            continue;
+        }
+        add_ref(c, l2, q->cluster_size);
+        uint8_t *table;
+        int rc = vd_cache_get(q->l2_cache, l2, false, (void **)&table);
+        if (rc < 0) {
+            c->res->check_errors++;
+            continue;
+        }
+        walk_l2(c, table, active);
+        vd_cache_put(q->l2_cache, table);
+    }
+    return 0;
+}
+
+static int walk_snapshots(struct checker *c)
+{
+    struct qcow2 *q = c->q;
+    add_ref(c, q->snapshots_offset, q->snapshots_bytes);
+    for (uint32_t s = 0; s < q->nb_snapshots; s++) {
+        const struct qcow2_snapshot *sn = &q->snapshots[s];
+        uint64_t *l1 = calloc(sn->l1_size ? sn->l1_size : 1, 8);
+        if (!l1)
+            return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
+        int rc = sn->l1_size ? vd_file_pread(c->img->file, l1, (size_t)sn->l1_size * 8, sn->l1_offset) : 0;
+        if (rc < 0) {
+            c->res->check_errors++;
+        } else {
+            for (uint32_t i = 0; i < sn->l1_size; i++)
+                l1[i] = vd_be64(&l1[i]);
+            walk_l1(c, l1, sn->l1_size, sn->l1_offset, false);
+        }
+        free(l1);
+    }
+    return 0;
+}
+
+/* Bitmap directory and tables, when the bitmaps are marked consistent. */
+static void walk_bitmaps(struct checker *c, const struct qcow2_ext *ext)
+{
+    if (!(c->q->autoclear & QCOW2_AUTOCLEAR_BITMAPS) || ext->len < 24)
+        return;
+    uint64_t dir_size = vd_be64(ext->data + 8), dir_offset = vd_be64(ext->data + 16);
+    if (dir_size > MAX_BITMAP_DIR_BYTES) {
+        c->res->check_errors++;
+        return;
+    }
+    add_ref(c, dir_offset, dir_size);
+    uint8_t *dir = malloc((size_t)dir_size + 1);
+    if (!dir || vd_file_pread(c->img->file, dir, (size_t)dir_size, dir_offset) < 0) {
+        free(dir);
+        c->res->check_errors++;
+        return;
+    }
+    for (uint64_t pos = 0; pos + BITMAP_ENTRY_BYTES <= dir_size;) {
+        const uint8_t *e = dir + pos;
+        uint64_t table_offset = vd_be64(e);
+        uint32_t table_size = vd_be32(e + 8);
+        uint64_t entry_len = BITMAP_ENTRY_BYTES + (uint64_t)vd_be32(e + 20) + vd_be16(e + 18);
+        pos += (entry_len + 7) & ~7ull;
+        if (table_size > MAX_BITMAP_TABLE_SIZE) {
+            c->res->check_errors++;
+            continue;
+        }
+        add_ref(c, table_offset, (uint64_t)table_size * 8);
+        uint64_t *table = malloc((size_t)table_size * 8 + 8);
+        if (table && vd_file_pread(c->img->file, table, (size_t)table_size * 8, table_offset) == 0)
+            for (uint32_t i = 0; i < table_size; i++) {
+                uint64_t data = vd_be64(&table[i]) & QCOW2_OFFSET_MASK;
+                if (data)
+                    add_ref(c, data, c->q->cluster_size);
+            }
+        else
+            c->res->check_errors++;
+        free(table);
+    }
+    free(dir);
+}
+
+static void count_references(struct checker *c)
+{
+    struct qcow2 *q = c->q;
+    add_ref(c, 0, q->cluster_size);
+    walk_l1(c, q->l1, q->l1_size, q->l1_offset, true);
+    walk_snapshots(c);
+    add_ref(c, q->rt_offset, (uint64_t)q->rt_clusters * q->cluster_size);
+    for (uint64_t i = 0; i < q->rt_entries; i++) {
+        if (!q->rt[i])
+            continue;
+        if (q->rt[i] / q->cluster_size >= c->nclusters) {
+            say(c, "ERROR refcount block %llu is outside image", (unsigned long long)i);
+            c->res->corruptions++;
+            continue;
+        }
+        add_ref(c, q->rt[i], q->cluster_size);
+    }
+    for (size_t i = 0; i < q->nexts; i++) {
+        const struct qcow2_ext *ext = &q->exts[i];
+        if (ext->type == QCOW2_EXT_BITMAPS)
+            walk_bitmaps(c, ext);
+        else if (ext->type == QCOW2_EXT_CRYPTO && ext->len >= 16)
+            add_ref(c, vd_be64(ext->data), vd_be64(ext->data + 8));
+    }
+}
+
+/* Set a stored refcount; false if no refcount block covers the cluster. */
+static bool set_refcount(struct checker *c, uint64_t cluster, uint64_t stored, uint64_t wanted)
+{
+    struct qcow2 *q = c->q;
+    uint64_t ti = cluster / q->rb_entries;
+    if (ti >= q->rt_entries || !q->rt[ti] || wanted > q->refcount_max)
+        return false;
+    return qcow2_update_refcount(c->img, q, cluster, (int64_t)(wanted - stored)) == 0;
+}
+
+/* Compare stored refcounts with the references; repair per flags. */
+static bool compare_refcounts(struct checker *c, uint32_t flags)
+{
+    struct qcow2 *q = c->q;
+    bool need_rebuild = false;
+    uint64_t limit = q->rt_entries * q->rb_entries;
+    for (uint64_t i = 0; i < limit; i++) {
+        if (i >= c->nclusters && !q->rt[i / q->rb_entries]) {
+            i = (i / q->rb_entries + 1) * q->rb_entries - 1; /* skip the missing block */
+            continue;
+        }
+        uint64_t stored, wanted = i < c->nclusters ? c->refs[i] : 0;
+        if (qcow2_get_refcount(c->img, q, i, &stored) < 0) {
+            c->res->check_errors++;
+            continue;
+        }
+        if ((stored || wanted) && i + 1 > c->end_cluster)
+            c->end_cluster = i + 1;
+        if (stored == wanted)
+            continue;
+        bool leak = stored > wanted;
+        bool fix = leak ? (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) != 0
+                        : (flags & VD_CHECK_REPAIR_ALL) != 0;
+        say(c, "%s cluster %llu refcount=%llu reference=%llu", fix ? "Repairing" : leak ? "Leaked" : "ERROR",
+            (unsigned long long)i, (unsigned long long)stored, (unsigned long long)wanted);
+        if (fix && set_refcount(c, i, stored, wanted)) {
+            *(leak ? &c->res->leaks_fixed : &c->res->corruptions_fixed) += 1;
+        } else {
+            *(leak ? &c->res->leaks : &c->res->corruptions) += 1;
+            need_rebuild |= fix;
+        }
+    }
+    return need_rebuild;
+}
+
+/* The COPIED flag must be set exactly when the refcount is 1 (active state only). */
+static void check_copied_flags(struct checker *c, uint32_t flags)
+{
+    struct qcow2 *q = c->q;
+    bool repair = (flags & VD_CHECK_REPAIR_ALL) != 0;
+    for (uint32_t i = 0; i < q->l1_size; i++) {
+        uint64_t l2 = q->l1[i] & QCOW2_OFFSET_MASK, refcount;
+        if (!l2 || (l2 & (q->cluster_size - 1)) || l2 / q->cluster_size >= c->nclusters ||
+            qcow2_get_refcount(c->img, q, l2 / q->cluster_size, &refcount) < 0)
+            continue;
+        if (!!(q->l1[i] & QCOW2_OFLAG_COPIED) != (refcount == 1)) {
+            say(c, "%s OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%llx refcount=%llu",
+                repair ? "Repairing" : "ERROR", i, (unsigned long long)q->l1[i], (unsigned long long)refcount);
+            if (repair) {
+                q->l1[i] ^= QCOW2_OFLAG_COPIED;
+                q->l1_dirty = true;
+                c->res->corruptions_fixed++;
+            } else {
+                c->res->corruptions++;
+            }
+        }
+        uint8_t *table;
+        if (vd_cache_get(q->l2_cache, l2, false, (void **)&table) < 0) {
+            c->res->check_errors++;
+            continue;
+        }
+        for (uint64_t j = 0; j < q->l2_entries; j++) {
+            uint8_t *p = table + j * q->l2_entry_bytes;
+            uint64_t word = vd_be64(p), host = word & QCOW2_OFFSET_MASK;
+            if ((word & QCOW2_OFLAG_COMPRESSED) || !host || (host & (q->cluster_size - 1)) ||
+                host / q->cluster_size >= c->nclusters ||
+                qcow2_get_refcount(c->img, q, host / q->cluster_size, &refcount) < 0)
+                continue;
+            if (!!(word & QCOW2_OFLAG_COPIED) == (refcount == 1))
+                continue;
+            say(c, "%s OFLAG_COPIED data cluster: l2_entry=%llx refcount=%llu",
+                repair ? "Repairing" : "ERROR", (unsigned long long)word, (unsigned long long)refcount);
+            if (repair) {
+                vd_put_be64(p, word ^ QCOW2_OFLAG_COPIED);
+                vd_cache_mark_dirty(q->l2_cache, table);
+                c->res->corruptions_fixed++;
+            } else {
+                c->res->corruptions++;
+            }
+        }
+        vd_cache_put(q->l2_cache, table);
+    }
+}
+
+/*
+ * Replace the refcount structures with new ones at the end of the file, built
+ * from the computed references (used when blocks are missing or unusable).
+ */
+static int rebuild_refcounts(struct checker *c)
+{
+    struct qcow2 *q = c->q;
+    vd_image *img = c->img;
+    const uint64_t cs = q->cluster_size;
+    /* the old structures will no longer be referenced */
+    c->refs[q->rt_offset / cs] = 0;
+    for (uint64_t i = 1; i < q->rt_clusters; i++)
+        c->refs[q->rt_offset / cs + i] = 0;
+    for (uint64_t i = 0; i < q->rt_entries; i++)
+        if (q->rt[i] && q->rt[i] / cs < c->nclusters)
+            c->refs[q->rt[i] / cs] = 0;
+
+    uint64_t start = c->nclusters, nblocks = 1, table_clusters = 1;
+    for (;;) {
+        uint64_t end = start + table_clusters + nblocks;
+        uint64_t need_blocks = (end + q->rb_entries - 1) / q->rb_entries;
+        uint64_t need_table = (need_blocks * 8 + cs - 1) / cs;
+        if (need_blocks == nblocks && need_table == table_clusters)
+            break;
+        nblocks = need_blocks;
+        table_clusters = need_table;
+    }
+    if (table_clusters * cs > QCOW2_MAX_RT_BYTES)
+        return vd_err(VD_ETOOBIG, "%s: the rebuilt refcount table would exceed 8 MiB", img->filename);
+    uint64_t end = start + table_clusters + nblocks;
+    uint8_t *buf = calloc(1, (size_t)(table_clusters * cs > cs ? table_clusters * cs : cs));
+    if (!buf)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    int rc = 0;
+    for (uint64_t b = 0; b < nblocks && rc == 0; b++) {
+        memset(buf, 0, (size_t)cs);
+        for (uint64_t i = b * q->rb_entries; i < (b + 1) * q->rb_entries && i < end; i++) {
+            uint64_t value = i >= start ? 1 : c->refs[i];
+            qcow2_refblock_set(buf, i % q->rb_entries, q->refcount_order,
+                               value > q->refcount_max ? q->refcount_max : value);
+        }
+        rc = vd_file_pwrite(img->file, buf, (size_t)cs, (start + table_clusters + b) * cs);
+    }
+    uint64_t entries = table_clusters * cs / 8;
+    uint64_t *rt = calloc((size_t)entries, sizeof *rt);
+    if (!rt)
+        rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    if (rc == 0) {
+        memset(buf, 0, (size_t)(table_clusters * cs));
+        for (uint64_t b = 0; b < nblocks; b++) {
+            rt[b] = (start + table_clusters + b) * cs;
+            vd_put_be64(buf + b * 8, rt[b]);
+        }
+        rc = vd_file_pwrite(img->file, buf, (size_t)(table_clusters * cs), start * cs);
+    }
+    if (rc == 0)
+        rc = vd_file_sync(img->file);
+    free(buf);
+    if (rc < 0) {
+        free(rt);
+        return rc;
+    }
+    /* switch over: header fields, then the in-memory state */
+    uint8_t fields[12];
+    vd_put_be64(fields, start * cs);
+    vd_put_be32(fields + 8, (uint32_t)table_clusters);
+    rc = vd_file_pwrite(img->file, fields, sizeof fields, 48);
+    if (rc == 0)
+        rc = vd_file_sync(img->file);
+    if (rc < 0) {
+        free(rt);
+        return rc;
+    }
+    free(q->rt);
+    q->rt = rt;
+    q->rt_entries = entries;
+    q->rt_offset = start * cs;
+    q->rt_clusters = (uint32_t)table_clusters;
+    q->alloc_end = end;
+    q->free_hint = 0;
+    struct vd_cache *fresh;
+    rc = vd_cache_new(&fresh, img->file, (size_t)cs, 16);
+    if (rc == 0) {
+        vd_cache_free(q->rb_cache);
+        q->rb_cache = fresh;
+    }
+    say(c, "Rebuilt the refcount structures (new refcount table at offset 0x%llx)",
+        (unsigned long long)(start * cs));
+    return rc;
+}
+
+/* One pass: count, compare, check flags (repairing per flags). */
+static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
+                      vd_check_report_fn report, void *ctx)
+{
+    struct qcow2 *q = qcow2_of(img);
+    uint64_t file_size;
+    int rc = vd_file_get_size(img->file, &file_size);
+    if (rc < 0)
+        return rc;
+    struct checker c = { img, q, res, report, ctx, NULL, (file_size + q->cluster_size - 1) / q->cluster_size, 0, 0 };
+    c.refs = calloc(c.nclusters ? c.nclusters : 1, sizeof *c.refs);
+    if (!c.refs)
+        return vd_err(VD_ENOMEM, "%s: out of memory for the check (%llu clusters)", img->filename,
+                      (unsigned long long)c.nclusters);
+    count_references(&c);
+    bool rebuild = compare_refcounts(&c, flags);
+    res->total_clusters = (img->size + q->cluster_size - 1) / q->cluster_size;
+    res->image_end_offset = c.end_cluster * q->cluster_size;
+    if (rebuild) {
+        rc = rebuild_refcounts(&c);
+        if (rc == 0) {
+            res->corruptions_fixed += res->corruptions;
+            res->leaks_fixed += res->leaks;
+            res->corruptions = res->leaks = 0;
+        }
+    }
+    if (rc == 0)
+        check_copied_flags(&c, flags);
+    free(c.refs);
+    return rc;
+}
+
+int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
+                vd_check_report_fn report, void *ctx)
+{
+    struct qcow2 *q = qcow2_of(img);
+    int rc = 0;
+    if (!img->read_only && (rc = img->backend->flush(img)) < 0)
+        return rc;
+    rc = check_pass(img, flags, res, report, ctx);
+    bool repaired = res->corruptions_fixed || res->leaks_fixed;
+    if (rc == 0 && repaired) {
+        if ((rc = img->backend->flush(img)) < 0)
+            return rc;
+        /* double-check the repaired image; the fixed counts of the first pass stand */
+        vd_check_result again = VD_CHECK_RESULT_INIT;
+        if ((rc = check_pass(img, 0, &again, NULL, NULL)) < 0)
+            return rc;
+        again.corruptions_fixed = res->corruptions_fixed;
+        again.leaks_fixed = res->leaks_fixed;
+        *res = again;
+    }
+    if (rc == 0 && repaired && (q->incompat & QCOW2_INCOMPAT_CORRUPT) && !res->corruptions) {
+        q->incompat &= ~QCOW2_INCOMPAT_CORRUPT;
+        rc = qcow2_write_features(img, q);
+    }
+    return rc;
+}
