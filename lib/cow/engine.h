@@ -33,6 +33,7 @@ enum vd_cow_zero_mode {
     VD_COW_ZERO_KEEP,   /* read as zeroes; keep host clusters allocated if convenient */
     VD_COW_ZERO_UNMAP,  /* read as zeroes; free host clusters */
     VD_COW_DISCARD,     /* free host clusters; reads give zeroes (never stale data) */
+    VD_COW_DEALLOCATE,  /* free host clusters; their content no longer matters (past the end) */
 };
 
 struct vd_cow_ops {

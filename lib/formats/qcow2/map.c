@@ -216,28 +216,34 @@ static bool has_backing(vd_image *img, const struct qcow2 *q)
 static int q_zero_clusters(vd_image *img, uint64_t off, uint64_t len, enum vd_cow_zero_mode mode)
 {
     struct qcow2 *q = qcow2_of(img);
-    bool zero_flag = q->version >= 3;
-    bool need_zero = mode != VD_COW_DISCARD || has_backing(img, q);
-    if (need_zero && !zero_flag)
+    const uint64_t cs = q->cluster_size;
+    /* unallocated clusters read as zeroes unless a backing image shows through */
+    bool unallocated_is_zero = !has_backing(img, q) || mode == VD_COW_DEALLOCATE;
+    bool need_zero_flag = mode != VD_COW_DEALLOCATE && !unallocated_is_zero;
+    if (need_zero_flag && q->version < 3)
         return VD_EUNSUPPORTED; /* v2 with a backing file: the engine writes real zeroes */
     int rc = 0;
-    for (uint64_t c = off; c < off + len && rc == 0; c += q->cluster_size) {
+    for (uint64_t c = off; c < off + len && rc == 0;) {
         struct vd_cow_run run;
-        if ((rc = q_lookup(img, c, q->cluster_size, &run)) < 0)
+        if ((rc = q_lookup(img, c, off + len - c, &run)) < 0)
             break;
-        bool whole = run.length >= q->cluster_size || c + run.length >= img->size;
-        if (!need_zero && run.kind == VD_COW_UNALLOCATED && whole)
+        uint64_t whole = run.length & ~(cs - 1);
+        bool done = (run.kind == VD_COW_UNALLOCATED && unallocated_is_zero) ||
+                    (run.kind == VD_COW_ZERO && mode != VD_COW_DEALLOCATE);
+        if (done && whole) { /* nothing to change in this run */
+            c += whole;
             continue;
-        if (need_zero && run.kind == VD_COW_ZERO && whole)
-            continue;
+        }
+        bool keep = mode == VD_COW_ZERO_KEEP && run.kind == VD_COW_DATA && run.writable &&
+                    run.length >= cs && q->l2_entry_bytes == 8;
         struct l2e e = { 0, 0 };
-        bool keep = mode == VD_COW_ZERO_KEEP && run.kind == VD_COW_DATA && run.writable && whole &&
-                    q->l2_entry_bytes == 8;
-        if (need_zero && q->l2_entry_bytes == 16)
-            e.bitmap = 0xffffffffull << 32;
-        else if (need_zero)
-            e.word = QCOW2_OFLAG_ZERO | (keep ? (run.host & ~(q->cluster_size - 1)) | QCOW2_OFLAG_COPIED : 0);
+        if (keep)
+            e.word = QCOW2_OFLAG_ZERO | (run.host & ~(cs - 1)) | QCOW2_OFLAG_COPIED;
+        else if (need_zero_flag)
+            e = q->l2_entry_bytes == 16 ? (struct l2e){ 0, 0xffffffffull << 32 }
+                                        : (struct l2e){ QCOW2_OFLAG_ZERO, 0 };
         rc = set_entry(img, c, e, keep);
+        c += cs;
     }
     return rc;
 }

@@ -81,17 +81,22 @@ int qcow2_get_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_
     return 0;
 }
 
-/* Write one refcount table entry to disk, after the block it names is durable. */
-static int publish_rt_entry(vd_image *img, struct qcow2 *q, uint64_t ti)
+/* Write refcount table entries [first, last] to disk, after the blocks they name are durable. */
+static int publish_rt_entries(vd_image *img, struct qcow2 *q, uint64_t first, uint64_t last)
 {
+    uint8_t *entries = malloc((size_t)(last - first + 1) * 8);
+    if (!entries)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    for (uint64_t ti = first; ti <= last; ti++)
+        vd_put_be64(entries + (ti - first) * 8, q->rt[ti]);
     int rc = vd_cache_writeback(q->rb_cache);
-    if (rc == 0)
-        rc = vd_file_sync(img->file);
-    uint8_t entry[8];
-    vd_put_be64(entry, q->rt[ti]);
-    if (rc == 0)
-        rc = vd_file_pwrite(img->file, entry, sizeof entry, q->rt_offset + ti * 8);
     img->unsynced = true;
+    if (rc == 0)
+        rc = vd_image_sync(img);
+    if (rc == 0)
+        rc = vd_file_pwrite(img->file, entries, (size_t)(last - first + 1) * 8, q->rt_offset + first * 8);
+    img->unsynced = true;
+    free(entries);
     return rc < 0 ? vd_image_poison(img, rc) : 0;
 }
 
@@ -138,7 +143,7 @@ static int add_self_describing_block(vd_image *img, struct qcow2 *q, uint64_t cl
     q->rt[ti] = cluster * q->cluster_size;
     if (cluster + 1 > q->alloc_end)
         q->alloc_end = cluster + 1;
-    return publish_rt_entry(img, q, ti);
+    return publish_rt_entries(img, q, ti, ti);
 }
 
 /*
@@ -206,7 +211,7 @@ static int grow_refcount_table(vd_image *img, struct qcow2 *q, uint64_t min_entr
     if (rc == 0)
         rc = vd_file_pwrite(img->file, disk, (size_t)(table_clusters * cs), start * cs);
     if (rc == 0)
-        rc = vd_file_sync(img->file);
+        rc = vd_image_sync_now(img);
     free(disk);
     if (rc < 0) {
         q->rt = old_rt;
@@ -222,12 +227,60 @@ static int grow_refcount_table(vd_image *img, struct qcow2 *q, uint64_t min_entr
     vd_put_be32(fields + 8, q->rt_clusters);
     rc = vd_file_pwrite(img->file, fields, sizeof fields, 48);
     if (rc == 0)
-        rc = vd_file_sync(img->file);
+        rc = vd_image_sync_now(img);
     free(old_rt);
     if (rc < 0)
         return vd_image_poison(img, rc);
     for (uint64_t c = 0; c < old_clusters && rc == 0; c++)
         rc = qcow2_update_refcount(img, q, old_offset / cs + c, -1);
+    return rc;
+}
+
+/*
+ * Allocate count clusters at the end of the file, preceded by the refcount
+ * blocks their range lacks: [new blocks][run]. Used when a multi-cluster run
+ * would otherwise be split by self-describing blocks.
+ */
+static int alloc_at_end(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t *host)
+{
+    uint64_t start, nblocks, end;
+    for (;;) {
+        start = q->alloc_end;
+        nblocks = 0;
+        for (;;) {
+            end = start + nblocks + count;
+            uint64_t missing = 0;
+            for (uint64_t ti = start / q->rb_entries; ti <= (end - 1) / q->rb_entries; ti++)
+                missing += ti >= q->rt_entries || q->rt[ti] == 0;
+            if (missing == nblocks)
+                break;
+            nblocks = missing;
+        }
+        uint64_t last_ti = (end - 1) / q->rb_entries;
+        if (last_ti < q->rt_entries)
+            break;
+        int rc = grow_refcount_table(img, q, last_ti + 1); /* moves alloc_end: lay out again */
+        if (rc < 0)
+            return rc;
+    }
+    uint64_t first_ti = start / q->rb_entries, last_ti = (end - 1) / q->rb_entries, next = start;
+    for (uint64_t ti = first_ti; ti <= last_ti; ti++) {
+        if (q->rt[ti])
+            continue;
+        void *block;
+        q->rt[ti] = (next++) * q->cluster_size;
+        int rc = vd_cache_get(q->rb_cache, q->rt[ti], true, &block);
+        if (rc < 0)
+            return rc;
+        vd_cache_put(q->rb_cache, block);
+    }
+    q->alloc_end = end;
+    int rc = 0;
+    for (uint64_t c = start; c < end && rc == 0; c++)
+        rc = qcow2_update_refcount(img, q, c, 1);
+    if (rc == 0)
+        rc = publish_rt_entries(img, q, first_ti, last_ti);
+    *host = (start + nblocks) * q->cluster_size;
     return rc;
 }
 
@@ -271,6 +324,8 @@ int qcow2_alloc_clusters(vd_image *img, struct qcow2 *q, uint64_t count, uint64_
         for (uint64_t c = first; c < first + count && missing == UINT64_MAX; c++)
             if (q->rt[c / q->rb_entries] == 0)
                 missing = c;
+        if (missing != UINT64_MAX && count > 1)
+            return alloc_at_end(img, q, count, host);
         if (missing != UINT64_MAX) {
             if ((rc = add_self_describing_block(img, q, missing)) < 0)
                 return rc;
