@@ -97,6 +97,12 @@ typedef struct vd_image vd_image;
 #define VD_OPEN_CONFINED    (1u << 3) /* refuse any file reference outside the image's directory */
 #define VD_OPEN_UNSAFE_RAW  (1u << 4) /* allow writes that would turn a probed raw image into another format */
 #define VD_OPEN_REPAIR      (1u << 5) /* with RDWR: open an image marked corrupt, for vd_check() repairs only */
+/*
+ * Never sync to stable storage, like qemu's cache=unsafe: vd_flush() and
+ * vd_close() still write every cache out, but a host crash may lose or tear
+ * the image. For scratch output such as a convert target.
+ */
+#define VD_OPEN_NO_FLUSH    (1u << 6)
 
 /*
  * Extended open options. Set .struct_size = sizeof(vd_open_opts) (the INIT
@@ -165,6 +171,11 @@ VD_API int vd_get_size(vd_image *img, uint64_t *size);
 VD_API const char *vd_get_format(vd_image *img);
 /* The path the image was opened with, or NULL for a NULL handle. */
 VD_API const char *vd_get_filename(vd_image *img);
+/*
+ * The next image of the backing chain (opened read-only with this one and
+ * owned by it: never close it), or NULL at the bottom of the chain.
+ */
+VD_API vd_image *vd_get_backing(vd_image *img);
 
 /* Image information. Set .struct_size = sizeof(vd_info) before the call. */
 typedef struct vd_info {
@@ -213,7 +224,7 @@ typedef struct vd_extent {
     uint64_t length;      /* bytes */
     uint32_t flags;       /* VD_EXTENT_* */
     int32_t depth;        /* chain depth that defines it (0 = this image); for unallocated
-                             extents, the depth of the last image in the chain */
+                             extents, the depth of the last image that covers the offset */
     uint64_t host_offset; /* offset in the host file for data, or VD_NO_HOST_OFFSET */
 } vd_extent;
 

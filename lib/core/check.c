@@ -9,10 +9,10 @@ int vd_check(vd_image *img, uint32_t flags, vd_check_result *result,
     if (!result || result->struct_size < offsetof(vd_check_result, image_end_offset) + 8 ||
         result->struct_size > sizeof(vd_check_result))
         return vd_err(VD_EINVAL, "vd_check: result is NULL or has an unknown struct_size");
-    /* repairs need a writable handle; a writable handle is checked exclusively, after a flush */
-    bool exclusive = (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) ||
-                     (img && img->magic == VD_IMAGE_MAGIC && !img->read_only);
-    int rc = vd_enter(img, "vd_check", flags, VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL, exclusive);
+    /* repairs need a writable handle; any check runs alone (it flushes first) */
+    bool repair = (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) != 0;
+    int rc = vd_enter(img, "vd_check", flags, VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL,
+                      repair ? VD_ACCESS_WRITE : VD_ACCESS_EXCLUSIVE);
     if (rc < 0)
         return rc;
     vd_check_result full = VD_CHECK_RESULT_INIT;

@@ -4,16 +4,17 @@
  */
 #include "core/internal.h"
 
-int vd_enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_flags, bool write)
+int vd_enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_flags,
+             enum vd_access access)
 {
     vd_err_clear();
     if (!img || img->magic != VD_IMAGE_MAGIC)
         return vd_err(VD_EINVAL, "%s: invalid image handle", call);
     if (flags & ~known_flags)
         return vd_err(VD_EINVAL, "%s: unknown flags 0x%x", call, flags & ~known_flags);
-    if (write && img->read_only)
+    if (access == VD_ACCESS_WRITE && img->read_only)
         return vd_err(VD_EREADONLY, "%s: %s is opened read-only", call, img->filename);
-    if (write)
+    if (access != VD_ACCESS_SHARED)
         pthread_rwlock_wrlock(&img->lock);
     else
         pthread_rwlock_rdlock(&img->lock);
@@ -43,7 +44,7 @@ static int check_range(const vd_image *img, const char *call, uint64_t off, uint
 
 int vd_read(vd_image *img, uint64_t offset, void *buf, size_t length, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_read", flags, 0, false);
+    int rc = vd_enter(img, "vd_read", flags, 0, VD_ACCESS_SHARED);
     if (rc < 0)
         return rc;
     if (!buf && length)
@@ -56,7 +57,7 @@ int vd_read(vd_image *img, uint64_t offset, void *buf, size_t length, uint32_t f
 
 int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_write", flags, VD_WRITE_FUA, true);
+    int rc = vd_enter(img, "vd_write", flags, VD_WRITE_FUA, VD_ACCESS_WRITE);
     if (rc < 0)
         return rc;
     if (!buf && length)
@@ -65,7 +66,7 @@ int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uin
     if (rc == 0 && length)
         rc = img->backend->write(img, offset, buf, length, flags);
     if (rc == 0 && length && (flags & VD_WRITE_FUA))
-        rc = img->backend->flush ? img->backend->flush(img) : vd_file_sync(img->file);
+        rc = img->backend->flush ? img->backend->flush(img) : vd_image_sync_now(img);
     return vd_leave(img, rc);
 }
 
@@ -78,7 +79,7 @@ static int backend_chunk_writer(void *ctx, const void *buf, size_t len, uint64_t
 
 int vd_write_zeroes(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_write_zeroes", flags, VD_ZERO_MAY_UNMAP, true);
+    int rc = vd_enter(img, "vd_write_zeroes", flags, VD_ZERO_MAY_UNMAP, VD_ACCESS_WRITE);
     if (rc < 0)
         return rc;
     rc = check_range(img, "vd_write_zeroes", offset, length);
@@ -90,7 +91,7 @@ int vd_write_zeroes(vd_image *img, uint64_t offset, uint64_t length, uint32_t fl
 
 int vd_discard(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_discard", flags, 0, true);
+    int rc = vd_enter(img, "vd_discard", flags, 0, VD_ACCESS_WRITE);
     if (rc < 0)
         return rc;
     rc = check_range(img, "vd_discard", offset, length);
@@ -101,17 +102,17 @@ int vd_discard(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags)
 
 int vd_flush(vd_image *img, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_flush", flags, 0, false);
+    int rc = vd_enter(img, "vd_flush", flags, 0, VD_ACCESS_EXCLUSIVE);
     if (rc < 0)
         return rc;
     if (!img->read_only)
-        rc = img->backend->flush ? img->backend->flush(img) : vd_file_sync(img->file);
+        rc = img->backend->flush ? img->backend->flush(img) : vd_image_sync_now(img);
     return vd_leave(img, rc);
 }
 
 int vd_resize(vd_image *img, uint64_t new_size, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_resize", flags, VD_RESIZE_SHRINK, true);
+    int rc = vd_enter(img, "vd_resize", flags, VD_RESIZE_SHRINK, VD_ACCESS_WRITE);
     if (rc < 0)
         return rc;
     if (new_size < img->size && !(flags & VD_RESIZE_SHRINK))
@@ -131,7 +132,7 @@ int vd_resize(vd_image *img, uint64_t new_size, uint32_t flags)
 int vd_block_status(vd_image *img, uint64_t offset, uint64_t length,
                     vd_extent *extent, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_block_status", flags, 0, false);
+    int rc = vd_enter(img, "vd_block_status", flags, 0, VD_ACCESS_SHARED);
     if (rc < 0)
         return rc;
     if (!extent)

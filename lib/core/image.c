@@ -2,13 +2,16 @@
 #include "core/internal.h"
 
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define OPEN_FLAGS_KNOWN (VD_OPEN_RDWR | VD_OPEN_NO_BACKING | VD_OPEN_NO_LOCK | \
-                          VD_OPEN_CONFINED | VD_OPEN_UNSAFE_RAW | VD_OPEN_REPAIR)
+                          VD_OPEN_CONFINED | VD_OPEN_UNSAFE_RAW | VD_OPEN_REPAIR | \
+                          VD_OPEN_NO_FLUSH)
 
 /* Read the first bytes of a file (fewer if it is short; the rest zeroed). */
 static int read_head(vd_file *file, uint8_t *head, uint64_t *file_size)
@@ -63,6 +66,8 @@ static void image_free(vd_image *img)
     free(img);
 }
 
+static void image_close(vd_image *img);
+
 static int image_alloc(vd_image **out, const char *path, uint32_t flags)
 {
     vd_image *img = calloc(1, sizeof *img);
@@ -74,6 +79,122 @@ static int image_alloc(vd_image **out, const char *path, uint32_t flags)
     img->magic = VD_IMAGE_MAGIC;
     img->open_flags = flags;
     img->read_only = !(flags & VD_OPEN_RDWR);
+    *out = img;
+    return 0;
+}
+
+/* Identity of a file in a chain, to detect loops. */
+struct chain_link {
+    dev_t dev;
+    ino_t ino;
+    const struct chain_link *next; /* toward the top of the chain */
+};
+
+static int open_image(vd_image **out, const char *path, const vd_open_opts *o, unsigned depth,
+                      const struct chain_link *above);
+
+/* backing_name resolved as QEMU does: relative names are relative to the overlay's directory. */
+static char *resolve_backing(const char *overlay, const char *backing_name)
+{
+    char *resolved;
+    if (backing_name[0] == '/' || !strchr(overlay, '/'))
+        return strdup(backing_name);
+    int dir_len = (int)(strrchr(overlay, '/') - overlay);
+    return asprintf(&resolved, "%.*s/%s", dir_len, overlay, backing_name) < 0 ? NULL : resolved;
+}
+
+/* With VD_OPEN_CONFINED, a backing file must live in the overlay's directory tree. */
+static int check_confined(const char *overlay, const char *backing)
+{
+    char *dir = strdup(overlay), *real_dir = NULL, *real_backing = realpath(backing, NULL);
+    int rc = 0;
+    if (dir) {
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = '\0';
+        real_dir = realpath(slash ? (dir[0] ? dir : "/") : ".", NULL);
+    }
+    size_t n = real_dir ? strlen(real_dir) : 0;
+    if (!real_dir || !real_backing || strncmp(real_backing, real_dir, n) != 0 ||
+        (real_backing[n] != '/' && !(n == 1 && real_dir[0] == '/')))
+        rc = vd_err(VD_EPERM, "%s: backing file '%s' is outside the image's directory, "
+                    "which VD_OPEN_CONFINED forbids", overlay, backing);
+    free(dir);
+    free(real_dir);
+    free(real_backing);
+    return rc;
+}
+
+/* Open the backing chain below img, as its header records it. */
+static int open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
+                        const struct chain_link *self)
+{
+    vd_info info = VD_INFO_INIT;
+    if (img->backend->get_info)
+        img->backend->get_info(img, &info);
+    if (!info.backing_file || (o->flags & VD_OPEN_NO_BACKING))
+        return 0;
+    if (depth + 1 >= VD_MAX_CHAIN_DEPTH)
+        return vd_err(VD_EBACKING, "%s: backing chain is deeper than %d images", img->filename,
+                      VD_MAX_CHAIN_DEPTH);
+    char *path = resolve_backing(img->filename, info.backing_file);
+    if (!path)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    int rc = (o->flags & VD_OPEN_CONFINED) ? check_confined(img->filename, path) : 0;
+    if (rc == 0) {
+        vd_open_opts below = *o;
+        below.flags = o->flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED); /* backing files are read-only */
+        below.format = info.backing_format;
+        below.snapshot = NULL;
+        rc = open_image(&img->backing, path, &below, depth + 1, self);
+        if (rc < 0) {
+            char msg[768];
+            snprintf(msg, sizeof msg, "%s", vd_errmsg());
+            rc = vd_err(VD_EBACKING, "%s: could not open backing file '%s': %s", img->filename,
+                        path, msg);
+        }
+    }
+    free(path);
+    return rc;
+}
+
+static int open_image(vd_image **out, const char *path, const vd_open_opts *o, unsigned depth,
+                      const struct chain_link *above)
+{
+    const struct vd_backend *be = NULL;
+    if (o->format && !(be = vd_backend_find(o->format)))
+        return vd_err(VD_EFORMAT, "Unknown format '%s'", o->format);
+
+    vd_image *img = NULL;
+    int rc = image_alloc(&img, path, o->flags);
+    if (rc < 0)
+        return rc;
+    rc = vd_file_open(&img->file, path, img->read_only ? 0 : VD_FILE_RDWR);
+    struct stat st;
+    struct chain_link self = { 0, 0, above };
+    if (rc == 0 && vd_file_stat_id(img->file, &st) == 0) {
+        self.dev = st.st_dev;
+        self.ino = st.st_ino;
+        for (const struct chain_link *l = above; l; l = l->next)
+            if (l->dev == self.dev && l->ino == self.ino)
+                rc = vd_err(VD_EBACKING, "%s: backing chain loops back to this file", path);
+    }
+    if (rc == 0 && !be) {
+        img->probed = true;
+        rc = probe_file(img->file, &be);
+    }
+    if (rc == 0) {
+        img->backend = be;
+        rc = be->open(img, o);
+        if (rc < 0)
+            img->backend = NULL; /* a failed open cleans up after itself */
+    }
+    if (rc == 0)
+        rc = open_backing(img, o, depth, &self);
+    if (rc < 0) {
+        image_close(img);
+        return rc;
+    }
     *out = img;
     return 0;
 }
@@ -95,31 +216,7 @@ int vd_open_ext(vd_image **out, const char *path, const vd_open_opts *opts)
     }
     if (o.flags & ~OPEN_FLAGS_KNOWN)
         return vd_err(VD_EINVAL, "vd_open: unknown flags 0x%x", o.flags & ~OPEN_FLAGS_KNOWN);
-
-    const struct vd_backend *be = NULL;
-    if (o.format && !(be = vd_backend_find(o.format)))
-        return vd_err(VD_EFORMAT, "Unknown format '%s'", o.format);
-
-    vd_image *img = NULL;
-    int rc = image_alloc(&img, path, o.flags);
-    if (rc < 0)
-        return rc;
-    rc = vd_file_open(&img->file, path, img->read_only ? 0 : VD_FILE_RDWR);
-    if (rc == 0 && !be) {
-        img->probed = true;
-        rc = probe_file(img->file, &be);
-    }
-    if (rc == 0) {
-        img->backend = be;
-        rc = be->open(img, &o);
-    }
-    if (rc < 0) {
-        img->backend = NULL; /* nothing for close() to undo */
-        image_free(img);
-        return rc;
-    }
-    *out = img;
-    return 0;
+    return open_image(out, path, &o, 0, NULL);
 }
 
 int vd_open(vd_image **out, const char *path, const char *format, uint32_t flags)
@@ -128,6 +225,18 @@ int vd_open(vd_image **out, const char *path, const char *format, uint32_t flags
     o.format = format;
     o.flags = flags;
     return vd_open_ext(out, path, &o);
+}
+
+/* Release a handle and the chain below it (no flush). */
+static void image_close(vd_image *img)
+{
+    while (img) {
+        vd_image *below = img->backing;
+        if (img->backend && img->backend->close)
+            img->backend->close(img);
+        image_free(img);
+        img = below;
+    }
 }
 
 int vd_close(vd_image *img)
@@ -139,10 +248,21 @@ int vd_close(vd_image *img)
     int rc = 0;
     if (!img->read_only && !img->poisoned)
         rc = vd_flush(img, 0);
-    if (img->backend && img->backend->close)
-        img->backend->close(img);
-    image_free(img);
+    image_close(img);
     return rc;
+}
+
+vd_image *vd_get_backing(vd_image *img)
+{
+    return img && img->magic == VD_IMAGE_MAGIC ? img->backing : NULL;
+}
+
+/* Prefix the current message with the file name. */
+static int name_the_file(const char *path, int code)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", vd_errmsg());
+    return vd_err(code, "%s: %s", path, msg);
 }
 
 int vd_create(const char *path, const char *format, uint64_t size,
@@ -158,8 +278,9 @@ int vd_create(const char *path, const char *format, uint64_t size,
         return vd_err(VD_EFORMAT, "Unknown format '%s'", format);
     if (!be->create)
         return vd_err(VD_EUNSUPPORTED, "Format '%s' does not support image creation", format);
-    if (size > INT64_MAX)
+    if (size > INT64_MAX - 511)
         return vd_err(VD_ETOOBIG, "%s: size %llu is too large", path, (unsigned long long)size);
+    size = (size + 511) & ~511ull; /* whole sectors, as qemu-img creates them */
 
     struct vd_kv kv;
     int rc = vd_kv_parse(&kv, options);
@@ -170,15 +291,24 @@ int vd_create(const char *path, const char *format, uint64_t size,
         vd_kv_free(&kv);
         return rc;
     }
+    /* a file that existed before is never deleted on failure; one we made is */
+    struct stat st;
+    bool existed = stat(path, &st) == 0;
+    if (existed && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        vd_kv_free(&kv);
+        return vd_err(VD_EINVAL, "%s: not a regular file or block device", path);
+    }
     vd_file *file;
     rc = vd_file_open(&file, path, VD_FILE_RDWR | VD_FILE_CREATE |
                       ((flags & VD_CREATE_EXCL) ? VD_FILE_EXCL : 0));
     if (rc == 0) {
         rc = be->create(file, size, &kv);
+        if (rc < 0 && strncmp(vd_errmsg(), path, strlen(path)) != 0)
+            rc = name_the_file(path, rc);
         if (rc == 0)
             rc = vd_file_sync(file);
         vd_file_close(file);
-        if (rc < 0) /* a half-written image is worse than none: it was ours */
+        if (rc < 0 && !existed) /* a half-written image is worse than none */
             unlink(path);
     }
     vd_kv_free(&kv);
@@ -288,7 +418,7 @@ int vd_image_poison(vd_image *img, int code)
 
 int vd_image_sync(vd_image *img)
 {
-    if (!img->unsynced)
+    if (!img->unsynced || (img->open_flags & VD_OPEN_NO_FLUSH))
         return 0;
     int rc = vd_file_sync(img->file);
     if (rc == 0)

@@ -19,6 +19,9 @@
 
 #define VD_IMAGE_MAGIC 0x56444b31u /* "VDK1" */
 
+/* The deepest backing chain we open (QEMU has no fixed limit; loops are caught separately). */
+#define VD_MAX_CHAIN_DEPTH 64
+
 /* How many leading bytes probing looks at. */
 #define VD_PROBE_BYTES 512
 
@@ -96,20 +99,35 @@ struct vd_image {
     bool unsynced;           /* written since the last sync of the file */
 };
 
-/* Sync the image's file if anything was written since the last sync. */
+/*
+ * Sync the image's file if anything was written since the last sync (set
+ * img->unsynced after writing). The one way an image reaches stable storage,
+ * so that VD_OPEN_NO_FLUSH is honoured everywhere.
+ */
 int vd_image_sync(vd_image *img);
+static inline int vd_image_sync_now(vd_image *img)
+{
+    img->unsynced = true;
+    return vd_image_sync(img);
+}
 
 /* Append or replace a format-specific property (printf-style value). */
 int vd_image_set_prop(vd_image *img, const char *key, int type, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+enum vd_access {
+    VD_ACCESS_SHARED,    /* reads: run beside other readers */
+    VD_ACCESS_EXCLUSIVE, /* alone on the handle, read-only handles allowed (flush, check) */
+    VD_ACCESS_WRITE,     /* alone on the handle, which must be writable */
+};
+
 /*
  * The front door of every call on a handle: check the handle and the flags,
- * refuse writes on a read-only handle, take the lock (shared for reads,
- * exclusive for writes) and refuse a poisoned handle. On success the caller
- * must end with vd_leave().
+ * refuse writes on a read-only handle, take the lock as access says and
+ * refuse a poisoned handle. On success the caller must end with vd_leave().
  */
-int vd_enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_flags, bool write);
+int vd_enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_flags,
+             enum vd_access access);
 int vd_leave(vd_image *img, int rc);
 
 /* Disable the handle after an error that leaves metadata in doubt. */

@@ -258,8 +258,6 @@ int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ex
         ext->depth++;
         return rc;
     }
-    ext->flags = VD_EXTENT_ZERO;
-    for (vd_image *i = img->backing; i; i = i->backing)
-        ext->depth++;
+    ext->flags = VD_EXTENT_ZERO; /* nothing below covers it: qemu reports this image's depth */
     return 0;
 }

@@ -110,3 +110,10 @@ int vd_file_allocated_bytes(vd_file *f, uint64_t *bytes)
         return vd_file_get_size(f, bytes);
     return f->ops->allocated_bytes(f, bytes);
 }
+
+int vd_file_stat_id(vd_file *f, struct stat *st)
+{
+    if (!f->ops->stat_id)
+        return VD_EUNSUPPORTED;
+    return f->ops->stat_id(f, st);
+}

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 typedef struct vd_file vd_file;
 
@@ -46,6 +47,8 @@ struct vd_file_ops {
     int (*extent)(vd_file *f, uint64_t off, bool *is_data, uint64_t *end);
     /* Bytes the file occupies on the host. */
     int (*allocated_bytes)(vd_file *f, uint64_t *bytes);
+    /* Device and inode (st_dev, st_ino), to recognise the same file twice. */
+    int (*stat_id)(vd_file *f, struct stat *st);
     void (*close)(vd_file *f);
 };
 
@@ -85,6 +88,8 @@ int vd_file_punch_hole(vd_file *f, uint64_t off, uint64_t len);
 int vd_file_allocate(vd_file *f, uint64_t off, uint64_t len);
 int vd_file_extent(vd_file *f, uint64_t off, bool *is_data, uint64_t *end);
 int vd_file_allocated_bytes(vd_file *f, uint64_t *bytes);
+/* Fails with VD_EUNSUPPORTED where the layer has no identity to give. */
+int vd_file_stat_id(vd_file *f, struct stat *st);
 
 /*
  * Write len zero bytes at off through write(ctx, ...), a bounded buffer at a

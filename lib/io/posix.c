@@ -153,6 +153,13 @@ static int posix_allocated_bytes(vd_file *f, uint64_t *bytes)
     return 0;
 }
 
+static int posix_stat_id(vd_file *f, struct stat *st)
+{
+    if (fstat(fd_of(f), st) < 0)
+        return vd_file_errno(f, errno, "stat", UINT64_MAX);
+    return 0;
+}
+
 static void posix_close(vd_file *f)
 {
     struct posix_file *pf = (struct posix_file *)f;
@@ -172,6 +179,7 @@ static const struct vd_file_ops posix_ops = {
     .allocate = posix_allocate,
     .extent = posix_extent,
     .allocated_bytes = posix_allocated_bytes,
+    .stat_id = posix_stat_id,
     .close = posix_close,
 };
 

@@ -372,7 +372,7 @@ static int rebuild_refcounts(struct checker *c)
         rc = vd_file_pwrite(img->file, buf, (size_t)(table_clusters * cs), start * cs);
     }
     if (rc == 0)
-        rc = vd_file_sync(img->file);
+        rc = vd_image_sync_now(img);
     free(buf);
     if (rc < 0) {
         free(rt);
@@ -384,7 +384,7 @@ static int rebuild_refcounts(struct checker *c)
     vd_put_be32(fields + 8, (uint32_t)table_clusters);
     rc = vd_file_pwrite(img->file, fields, sizeof fields, 48);
     if (rc == 0)
-        rc = vd_file_sync(img->file);
+        rc = vd_image_sync_now(img);
     if (rc < 0) {
         free(rt);
         return rc;

@@ -241,7 +241,8 @@ static size_t put_ext(uint8_t *p, uint32_t type, const void *data, uint32_t len)
 {
     vd_put_be32(p, type);
     vd_put_be32(p + 4, len);
-    memcpy(p + 8, data, len);
+    if (len)
+        memcpy(p + 8, data, len);
     size_t padded = ((size_t)len + 7) & ~(size_t)7;
     memset(p + 8 + len, 0, padded - len);
     return 8 + padded;

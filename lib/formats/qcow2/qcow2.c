@@ -74,7 +74,7 @@ int qcow2_signal_corruption(vd_image *img, const char *fmt, ...)
     if (mark) {
         q->incompat |= QCOW2_INCOMPAT_CORRUPT;
         if (qcow2_write_features(img, q) == 0)
-            vd_file_sync(img->file);
+            vd_image_sync_now(img);
     }
     return vd_err(VD_ECORRUPT, "%s: qcow2 image is corrupt%s: %s", img->filename,
                   mark ? " (marked corrupt; repair it with 'vdisk check -r all')" : "", what);
@@ -257,6 +257,7 @@ const struct vd_backend vd_backend_qcow2 = {
     .write_zeroes = q_write_zeroes,
     .discard = q_discard,
     .flush = q_flush,
+    .resize = qcow2_resize,
     .block_status = vd_cow_block_status,
     .get_info = q_get_info,
     .check = qcow2_check,

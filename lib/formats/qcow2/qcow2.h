@@ -178,6 +178,9 @@ void qcow2_free_snapshots(struct qcow2 *q);
 int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
                 vd_check_report_fn report, void *ctx);
 
+/* resize.c */
+int qcow2_resize(vd_image *img, uint64_t size, uint32_t flags);
+
 /* create.c */
 int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts);
 extern const struct vd_option_desc qcow2_create_options[];

@@ -8,6 +8,7 @@
  */
 #include "core/internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 enum prealloc { PREALLOC_OFF, PREALLOC_FALLOC, PREALLOC_FULL };
@@ -39,14 +40,55 @@ static int raw_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     return rc;
 }
 
+/*
+ * The guest sees whole sectors, as QEMU shows raw files: a file of 10000
+ * bytes is a disk of 10240 whose last 240 bytes read as zeroes.
+ */
+struct raw {
+    uint64_t file_size;
+};
+
+static uint64_t round_to_sector(uint64_t n)
+{
+    return (n + 511) & ~511ull;
+}
+
 static int raw_open(vd_image *img, const vd_open_opts *opts)
 {
-    return vd_file_get_size(img->file, &img->size);
+    struct raw *r = calloc(1, sizeof *r);
+    if (!r)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    img->priv = r;
+    int rc = vd_file_get_size(img->file, &r->file_size);
+    if (rc == 0 && r->file_size > INT64_MAX - 511)
+        rc = vd_err(VD_ETOOBIG, "%s: file is too large", img->filename);
+    img->size = round_to_sector(r->file_size);
+    if (rc < 0) {
+        free(r);
+        img->priv = NULL;
+    }
+    return rc;
+}
+
+static void raw_close(vd_image *img)
+{
+    free(img->priv);
 }
 
 static int raw_read(vd_image *img, uint64_t off, void *buf, size_t len)
 {
-    return vd_file_pread(img->file, buf, len, off);
+    uint64_t file_size = ((struct raw *)img->priv)->file_size;
+    size_t in_file = off >= file_size ? 0 : (size_t)(file_size - off < len ? file_size - off : len);
+    memset((char *)buf + in_file, 0, len - in_file);
+    return in_file ? vd_file_pread(img->file, buf, in_file, off) : 0;
+}
+
+/* A write past the end of the file grows it. */
+static void note_written(vd_image *img, uint64_t end)
+{
+    struct raw *r = img->priv;
+    if (end > r->file_size)
+        r->file_size = end;
 }
 
 /*
@@ -59,7 +101,7 @@ static int guard_probe_window(vd_image *img, uint64_t off, const void *buf, size
         return 0;
     uint8_t head[VD_PROBE_BYTES] = { 0 };
     size_t have = img->size < VD_PROBE_BYTES ? (size_t)img->size : VD_PROBE_BYTES;
-    int rc = have ? vd_file_pread(img->file, head, have, 0) : 0;
+    int rc = have ? raw_read(img, 0, head, have) : 0;
     if (rc < 0)
         return rc;
     size_t n = len < VD_PROBE_BYTES - off ? len : VD_PROBE_BYTES - (size_t)off;
@@ -75,7 +117,9 @@ static int guard_probe_window(vd_image *img, uint64_t off, const void *buf, size
 static int raw_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags)
 {
     int rc = guard_probe_window(img, off, buf, len);
-    return rc < 0 ? rc : vd_file_pwrite(img->file, buf, len, off);
+    if (rc == 0 && (rc = vd_file_pwrite(img->file, buf, len, off)) == 0)
+        note_written(img, off + len);
+    return rc;
 }
 
 static int raw_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags)
@@ -88,7 +132,10 @@ static int raw_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t 
         if (rc < 0)
             return rc;
     }
-    return vd_file_write_zeroes(img->file, off, len, (flags & VD_ZERO_MAY_UNMAP) != 0);
+    int rc = vd_file_write_zeroes(img->file, off, len, (flags & VD_ZERO_MAY_UNMAP) != 0);
+    if (rc == 0)
+        note_written(img, off + len);
+    return rc;
 }
 
 static int raw_discard(vd_image *img, uint64_t off, uint64_t len)
@@ -101,8 +148,10 @@ static int raw_discard(vd_image *img, uint64_t off, uint64_t len)
 static int raw_resize(vd_image *img, uint64_t size, uint32_t flags)
 {
     int rc = vd_file_truncate(img->file, size);
-    if (rc == 0)
-        img->size = size;
+    if (rc == 0) {
+        ((struct raw *)img->priv)->file_size = size;
+        img->size = round_to_sector(size);
+    }
     return rc;
 }
 
@@ -113,8 +162,10 @@ static int raw_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent
     int rc = vd_file_extent(img->file, off, &is_data, &end);
     if (rc < 0)
         return rc;
-    if (end <= off) /* the file shrank underneath us: what is left reads as zeroes */
+    if (end <= off) { /* the sector tail past the end of the file reads as zeroes */
+        is_data = false;
         end = off + len;
+    }
     ext->length = end - off < len ? end - off : len;
     ext->flags = VD_EXTENT_ALLOCATED | (is_data ? VD_EXTENT_DATA : VD_EXTENT_ZERO);
     ext->host_offset = off;
@@ -126,6 +177,7 @@ const struct vd_backend vd_backend_raw = {
     .create_options = raw_create_options,
     .create = raw_create,
     .open = raw_open,
+    .close = raw_close,
     .read = raw_read,
     .write = raw_write,
     .write_zeroes = raw_write_zeroes,
