@@ -1,0 +1,84 @@
+#!/bin/sh
+# Build and run a program from nothing but pkg-config's flags.
+#
+#   check_pkgconfig.sh uninstalled BUILDDIR PROGRAM.c CC
+#       against the build tree's meson-uninstalled/libvdisk-uninstalled.pc
+#   check_pkgconfig.sh installed BUILDDIR PROGRAM.c CC MESON
+#       `meson install --destdir` into a temporary root, check what was
+#       installed (library, headers, pc file, the vdisk CLI and its man page),
+#       then build against the installed libvdisk.pc through a sysroot.
+#
+# TEST_CFLAGS (environment) is added to the compile: sanitizer builds need it.
+set -eu
+
+mode=$1 builddir=$2 program=$3 cc=$4 meson=${5:-meson}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+status=0
+fail() { echo "FAIL: $*" >&2; status=1; }
+
+# build_and_run PKG LIBDIR EXPECTED_ROOT: compile with PKG's flags, run the
+# program with LIBDIR first in the search path, and check that the library it
+# loaded lives under EXPECTED_ROOT.
+build_and_run() {
+    flags=$(pkg-config --cflags --libs "$1") || { fail "pkg-config $1 failed"; return; }
+    echo "pkg-config $1: $flags"
+    # shellcheck disable=SC2086 # flags are words
+    if ! $cc ${TEST_CFLAGS:-} -o "$tmp/hello" "$program" $flags; then
+        fail "could not build $program with pkg-config $1's flags"
+        return
+    fi
+    LD_LIBRARY_PATH=$2 "$tmp/hello" || fail "$program built against $1 did not run cleanly"
+    loaded=$(LD_LIBRARY_PATH=$2 ldd "$tmp/hello" | awk '$1 ~ /^libvdisk\.so/ { print $3 }')
+    case $loaded in
+        "$3"/*) ;;
+        *) fail "the program loaded libvdisk from '$loaded', not from under $3" ;;
+    esac
+}
+
+# expect_file ROOT PATTERN WHAT: exactly one file matching the find -path PATTERN.
+expect_file() {
+    found=$(find "$1" -path "$2" \( -type f -o -type l \) | head -n 1)
+    if [ -z "$found" ]; then
+        fail "$3 is not installed (no $2 under $1)"
+    fi
+    echo "$found"
+}
+
+case $mode in
+uninstalled)
+    PKG_CONFIG_PATH=$builddir/meson-uninstalled
+    export PKG_CONFIG_PATH
+    build_and_run libvdisk-uninstalled "$builddir/lib" "$builddir"
+    ;;
+installed)
+    root=$tmp/root
+    "$meson" install -C "$builddir" --destdir "$root" --no-rebuild --quiet ||
+        { echo "FAIL: meson install failed" >&2; exit 1; }
+    pc=$(expect_file "$root" '*/pkgconfig/libvdisk.pc' "libvdisk.pc")
+    soname=$(expect_file "$root" '*/libvdisk.so.1' "libvdisk.so.1")
+    expect_file "$root" '*/libvdisk.so' "the libvdisk.so development link" >/dev/null
+    expect_file "$root" '*/include/libvdisk/libvdisk.h' "libvdisk.h" >/dev/null
+    expect_file "$root" '*/include/libvdisk/version.h' "version.h" >/dev/null
+    cli=$(expect_file "$root" '*/bin/vdisk' "the vdisk CLI")
+    expect_file "$root" '*/man1/vdisk.1*' "the vdisk.1 man page" >/dev/null
+    if [ -n "$cli" ] && [ ! -x "$cli" ]; then
+        fail "$cli is not executable"
+    fi
+    private=$(find "$root" -name 'internal.h' -o -name 'options.h' -o -name 'file.h' -o -name '*.a')
+    [ -z "$private" ] || fail "private files are installed: $private"
+    if [ -n "$soname" ] && readelf -d "$soname" | grep -Eq 'RPATH|RUNPATH'; then
+        fail "the installed library keeps a build-tree RPATH/RUNPATH"
+    fi
+    if [ -n "$pc" ] && [ -n "$soname" ]; then
+        PKG_CONFIG_LIBDIR=$(dirname "$pc") PKG_CONFIG_SYSROOT_DIR=$root
+        export PKG_CONFIG_LIBDIR PKG_CONFIG_SYSROOT_DIR
+        build_and_run libvdisk "$(dirname "$soname")" "$root"
+    fi
+    ;;
+*)
+    echo "usage: $0 uninstalled|installed BUILDDIR PROGRAM.c CC [MESON]" >&2
+    exit 2
+    ;;
+esac
+exit $status

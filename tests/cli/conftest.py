@@ -1,0 +1,72 @@
+"""Fixtures for the vdisk CLI tests: the two tools and sparse test images.
+
+The tests compare vdisk with qemu-img 7.2; meson passes both paths in the
+environment (VDISK, QEMU_IMG).
+"""
+import json
+import os
+import subprocess
+
+import pytest
+
+MiB = 1 << 20
+
+
+def _tool(variable):
+    path = os.environ.get(variable)
+    if not path or not os.access(path, os.X_OK):
+        pytest.skip(f"{variable} does not name an executable (run through meson test)")
+    return path
+
+
+class Tool:
+    """Runs one command line tool and captures its output as text."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, *args, cwd=None, check=None):
+        result = subprocess.run([self.path, *map(str, args)], cwd=cwd, capture_output=True,
+                                text=True, errors="surrogateescape", timeout=60)
+        if check is not None:
+            assert result.returncode == check, (args, result.returncode, result.stdout,
+                                                result.stderr)
+        return result
+
+    def json(self, *args, **kwargs):
+        return json.loads(self(*args, check=0, **kwargs).stdout)
+
+
+@pytest.fixture(scope="session")
+def vdisk():
+    return Tool(_tool("VDISK"))
+
+
+@pytest.fixture(scope="session")
+def qemu_img():
+    return Tool(_tool("QEMU_IMG"))
+
+
+def make_sparse(path, size, data=(), zero_data=()):
+    """A sparse file of size bytes: random bytes in each (offset, length) of
+    data, explicitly written (allocated) zeroes in each of zero_data."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, length in data:
+            f.seek(offset)
+            f.write(os.urandom(length))
+        for offset, length in zero_data:
+            f.seek(offset)
+            f.write(bytes(length))
+    return path
+
+
+def allocated(path):
+    """Bytes the file occupies on disk, once flushed: before writeback, a
+    delayed-allocation file system may not count its extent blocks yet."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        return os.fstat(fd).st_blocks * 512
+    finally:
+        os.close(fd)

@@ -1,0 +1,67 @@
+"""vdisk map against qemu-img map on sparse raw files."""
+import json
+
+import pytest
+
+from conftest import MiB, make_sparse
+
+# (size, data runs, written-zero runs)
+LAYOUTS = {
+    "empty": (0, [], []),
+    "hole": (8 * MiB, [], []),
+    "full": (2 * MiB, [(0, 2 * MiB)], []),
+    "head": (4 * MiB, [(0, MiB)], []),
+    "tail": (4 * MiB, [(3 * MiB, MiB)], []),
+    "mixed": (10 * MiB, [(2 * MiB, MiB), (5 * MiB, 2 * MiB)], []),
+    "small-runs": (MiB, [(i * 8192, 4096) for i in range(0, 128, 3)], []),
+    "adjacent": (4 * MiB, [(MiB, 4096), (MiB + 4096, 4096)], []),
+    "written-zeroes": (4 * MiB, [(0, 4096)], [(MiB, MiB)]),
+    "unaligned-run": (4 * MiB, [(MiB + 100, 10)], []),
+}
+
+
+@pytest.fixture(params=sorted(LAYOUTS))
+def image(request, tmp_path):
+    size, data, zeroes = LAYOUTS[request.param]
+    return make_sparse(tmp_path / f"{request.param}.img", size, data, zeroes)
+
+
+def test_json_identical_to_qemu_img(vdisk, qemu_img, image):
+    ours = vdisk("map", "--output=json", image, check=0).stdout
+    assert ours == qemu_img("map", "--output=json", image, check=0).stdout
+    extents = json.loads(ours)
+    assert sum(e["length"] for e in extents) == image.stat().st_size
+
+
+def test_human_identical_to_qemu_img(vdisk, qemu_img, image):
+    ours = vdisk("map", image, check=0).stdout
+    assert ours == qemu_img("map", "--output=human", image, check=0).stdout
+    assert ours.startswith("Offset          Length          Mapped to       File\n")
+
+
+def test_mixed_layout_content(vdisk, tmp_path):
+    path = make_sparse(tmp_path / "m.img", 10 * MiB, [(2 * MiB, MiB), (5 * MiB, 2 * MiB)])
+    extents = vdisk.json("map", "--output=json", "-f", "raw", "-U", path)
+    assert [(e["start"], e["length"], e["data"], e["zero"]) for e in extents] == [
+        (0, 2 * MiB, False, True),
+        (2 * MiB, MiB, True, False),
+        (3 * MiB, 2 * MiB, False, True),
+        (5 * MiB, 2 * MiB, True, False),
+        (7 * MiB, 3 * MiB, False, True),
+    ]
+    assert all(e["present"] and e["depth"] == 0 and e["offset"] == e["start"] for e in extents)
+    human = vdisk("map", path, check=0).stdout.splitlines()
+    assert human[1:] == [f"0x200000        0x100000        0x200000        {path}",
+                         f"0x500000        0x200000        0x500000        {path}"]
+
+
+def test_missing_file(vdisk, tmp_path):
+    result = vdisk("map", tmp_path / "missing.img", check=1)
+    assert result.stderr.startswith(f"vdisk: Could not open '{tmp_path / 'missing.img'}': ")
+    assert result.stdout == ""
+
+
+def test_bad_output_format(vdisk, tmp_path):
+    path = make_sparse(tmp_path / "a.img", MiB)
+    result = vdisk("map", "--output=yaml", path, check=1)
+    assert result.stderr == "vdisk: --output must be used with human or json as argument.\n"

@@ -1,0 +1,489 @@
+/*
+ * One image handle shared by several threads: writers on disjoint regions
+ * checked against a model (with flushes running beside them), writers and
+ * readers on overlapping blocks checked for torn blocks and half-seen writes,
+ * and readers verifying known content while a writer rewrites it with the
+ * same bytes; and separate handles used at once. Each test runs on raw and on
+ * every other writable format listed in formats[]. Workers record their
+ * first failure; the main thread asserts (Check asserts belong to one thread).
+ * Data races the checks cannot see are TSan's job (scripts/run test).
+ */
+#include "common.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+enum {
+    THREADS = 8,
+    REGION = 1 << 20,            /* each thread's disjoint region */
+    IMAGE_SIZE = THREADS * REGION,
+    BLOCK = 4096,                /* unit of the overlapping phase */
+    SHARED_BLOCKS = 64,
+    MAX_SPAN = 16 * 1024,
+};
+
+struct worker {
+    int id;
+    vd_image *img;
+    uint64_t rng;
+    char error[512];             /* the first failure, or "" */
+    void *state;                 /* phase-specific */
+};
+
+static bool worker_failed(const struct worker *w)
+{
+    return w->error[0] != '\0';
+}
+
+__attribute__((format(printf, 2, 3)))
+static void worker_fail(struct worker *w, const char *fmt, ...)
+{
+    if (worker_failed(w))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->error, sizeof w->error, fmt, ap);
+    va_end(ap);
+}
+
+/* Record a failed libvdisk call; true if rc is an error. */
+static bool call_failed(struct worker *w, int rc, const char *what, uint64_t off)
+{
+    if (rc == 0)
+        return false;
+    worker_fail(w, "thread %d: %s at %llu: %s (%s)", w->id, what, (unsigned long long)off,
+                vd_errname(rc), vd_errmsg());
+    return true;
+}
+
+/* Run body on THREADS workers sharing img; assert that none failed. */
+static void run_workers(vd_image *img, void *(*body)(void *), void *states[THREADS])
+{
+    struct worker workers[THREADS];
+    pthread_t tids[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        workers[i] = (struct worker){ .id = i, .img = img, .rng = 1000u + (uint64_t)i,
+                                      .state = states ? states[i] : NULL };
+        ck_assert_int_eq(pthread_create(&tids[i], NULL, body, &workers[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(tids[i], NULL);
+    for (int i = 0; i < THREADS; i++)
+        ck_assert_msg(!worker_failed(&workers[i]), "%s", workers[i].error);
+}
+
+/* Every test runs on each writable format of this list that the build has. */
+static const char *const formats[] = { "raw", "qcow2" };
+#define N_FORMATS ((int)(sizeof formats / sizeof formats[0]))
+
+/* The format of a loop test's iteration, or NULL (with a note) if it is absent. */
+static const char *loop_format(int i)
+{
+    for (size_t k = 0; vd_format_name(k); k++)
+        if (strcmp(vd_format_name(k), formats[i]) == 0)
+            return formats[i];
+    fprintf(stderr, "note: no %s format in this build; skipped\n", formats[i]);
+    return NULL;
+}
+
+static vd_image *open_shared_image(const char *format, uint64_t size)
+{
+    const char *path = vt_path("shared.img");
+    vt_ok(vd_create(path, format, size, NULL, 0));
+    return vt_open(path, format, VD_OPEN_RDWR);
+}
+
+/* ------------------------------------------------------------ disjoint */
+
+/* Random writes and verifying reads inside the worker's own region. */
+static void *disjoint_body(void *arg)
+{
+    struct worker *w = arg;
+    uint8_t *model = w->state; /* this worker's REGION bytes */
+    const uint64_t base = (uint64_t)w->id * REGION;
+    uint8_t *buf = malloc(MAX_SPAN);
+    for (int i = 0; i < 400 && buf && !worker_failed(w); i++) {
+        uint64_t len = 1 + vt_rand_below(&w->rng, MAX_SPAN);
+        uint64_t rel = vt_rand_below(&w->rng, REGION - len + 1);
+        if (vt_rand_below(&w->rng, 10) < 7) {
+            uint64_t seed = (uint64_t)w->id * 100000u + (uint64_t)i;
+            vt_pattern_fill(model + rel, (size_t)len, seed, base + rel);
+            call_failed(w, vd_write(w->img, base + rel, model + rel, (size_t)len, 0), "vd_write",
+                        base + rel);
+        } else if (!call_failed(w, vd_read(w->img, base + rel, buf, (size_t)len, 0), "vd_read",
+                                base + rel) && memcmp(buf, model + rel, (size_t)len) != 0) {
+            worker_fail(w, "thread %d: read at %llu differs from what it wrote", w->id,
+                        (unsigned long long)(base + rel));
+        }
+    }
+    if (!buf)
+        worker_fail(w, "out of memory");
+    free(buf);
+    return NULL;
+}
+
+/*
+ * Workers with a model region write and read in it; workers without one
+ * (NULL) flush and query the image meanwhile.
+ */
+static void *write_or_flush_body(void *arg)
+{
+    struct worker *w = arg;
+    if (w->state)
+        return disjoint_body(arg);
+    vd_info info = VD_INFO_INIT;
+    for (int i = 0; i < 30 && !worker_failed(w); i++)
+        if (!call_failed(w, vd_flush(w->img, 0), "vd_flush", 0))
+            call_failed(w, vd_get_info(w->img, &info), "vd_get_info", 0);
+    return NULL;
+}
+
+/* Run body on the shared image; check it against the model, then reopened. */
+static void run_model_test(const char *format, void *(*body)(void *), bool every_thread_writes)
+{
+    vd_image *img = open_shared_image(format, IMAGE_SIZE);
+    uint8_t *model = calloc(1, IMAGE_SIZE);
+    ck_assert_ptr_nonnull(model);
+    void *states[THREADS];
+    for (int i = 0; i < THREADS; i++)
+        states[i] = every_thread_writes || i % 2 == 0 ? model + (size_t)i * REGION : NULL;
+    run_workers(img, body, states);
+    vt_assert_image_equals(img, model, IMAGE_SIZE);
+    vt_close(img);
+    img = vt_open(vt_path("shared.img"), format, 0);
+    vt_assert_image_equals(img, model, IMAGE_SIZE);
+    vt_close(img);
+    free(model);
+}
+
+START_TEST(disjoint_writers_match_the_model)
+{
+    const char *format = loop_format(_i);
+    if (format)
+        run_model_test(format, disjoint_body, true);
+}
+END_TEST
+
+START_TEST(flushes_run_safely_beside_writes)
+{
+    const char *format = loop_format(_i);
+    if (format)
+        run_model_test(format, write_or_flush_body, false);
+}
+END_TEST
+
+/* ----------------------------------------------------------- overlapping */
+
+/*
+ * Every write covers whole blocks. Each block of a write starts with the
+ * write's stamp and span and continues with the pattern of seed stamp, so a
+ * reader can tell a torn block, and which other blocks the write covered.
+ */
+struct block_head {
+    uint64_t stamp, first, count;
+};
+
+static void fill_write(uint8_t *buf, uint64_t stamp, uint64_t first, uint64_t count)
+{
+    const struct block_head head = { stamp, first, count };
+    for (uint64_t b = 0; b < count; b++) {
+        uint8_t *block = buf + b * BLOCK;
+        memcpy(block, &head, sizeof head);
+        vt_pattern_fill(block + sizeof head, BLOCK - sizeof head, stamp,
+                        (first + b) * BLOCK + sizeof head);
+    }
+}
+
+static bool block_is_whole(const uint8_t *block, uint64_t index, struct block_head *head)
+{
+    memcpy(head, block, sizeof *head);
+    if (head->stamp == 0)
+        return vt_nonzero_at(block, BLOCK) < 0;
+    return head->first <= index && index - head->first < head->count &&
+           vt_pattern_mismatch(block + sizeof *head, BLOCK - sizeof *head, head->stamp,
+                               index * BLOCK + sizeof *head) < 0;
+}
+
+/*
+ * Read blocks [first, first+count) and check each is whole. With ordered
+ * stamps (one writer, increasing stamps), also check that no write was seen
+ * in part: every block a write covered must hold that write or a later one.
+ */
+static void read_and_check(struct worker *w, uint8_t *buf, uint64_t first, uint64_t count,
+                           bool ordered)
+{
+    struct block_head heads[SHARED_BLOCKS];
+    if (call_failed(w, vd_read(w->img, first * BLOCK, buf, (size_t)(count * BLOCK), 0),
+                    "vd_read", first * BLOCK))
+        return;
+    for (uint64_t b = 0; b < count; b++)
+        if (!block_is_whole(buf + b * BLOCK, first + b, &heads[b]))
+            worker_fail(w, "thread %d: block %llu is torn", w->id, (unsigned long long)(first + b));
+    for (uint64_t b = 0; ordered && b < count && !worker_failed(w); b++) {
+        const struct block_head *h = &heads[b];
+        if (h->stamp == 0)
+            continue;
+        for (uint64_t i = h->first > first ? h->first - first : 0;
+             i < count && first + i < h->first + h->count; i++)
+            if (heads[i].stamp < h->stamp)
+                worker_fail(w, "thread %d: read at block %llu saw write %llu in part (block %llu "
+                            "is older)", w->id, (unsigned long long)first,
+                            (unsigned long long)h->stamp, (unsigned long long)(first + i));
+    }
+}
+
+enum { MAX_WRITE_BLOCKS = 16, MAX_READ_BLOCKS = 16 };
+
+/* A random span of at most max blocks inside the shared area. */
+static void random_span(struct worker *w, uint64_t max, uint64_t *first, uint64_t *count)
+{
+    *count = 1 + vt_rand_below(&w->rng, max);
+    *first = vt_rand_below(&w->rng, SHARED_BLOCKS - *count + 1);
+}
+
+/* Each worker logs the stamps it wrote per block. */
+struct stamp_log {
+    uint64_t stamps[SHARED_BLOCKS][256]; /* 200 writes per worker at most */
+    size_t count[SHARED_BLOCKS];
+};
+
+static void write_logged(struct worker *w, struct stamp_log *log, uint8_t *buf, uint64_t stamp)
+{
+    uint64_t first, count;
+    random_span(w, MAX_WRITE_BLOCKS, &first, &count);
+    fill_write(buf, stamp, first, count);
+    for (uint64_t b = first; b < first + count; b++)
+        if (log->count[b] < sizeof log->stamps[b] / sizeof log->stamps[b][0])
+            log->stamps[b][log->count[b]++] = stamp;
+    call_failed(w, vd_write(w->img, first * BLOCK, buf, (size_t)(count * BLOCK), 0), "vd_write",
+                first * BLOCK);
+}
+
+/* Every worker writes and reads the same blocks. */
+static void *overlap_body(void *arg)
+{
+    struct worker *w = arg;
+    uint8_t *buf = malloc(MAX_READ_BLOCKS * BLOCK);
+    for (uint64_t i = 1; i <= 200 && buf && !worker_failed(w); i++) {
+        if (vt_rand_below(&w->rng, 2) == 0) {
+            write_logged(w, w->state, buf, ((uint64_t)w->id + 1) << 32 | i);
+        } else {
+            uint64_t first, count;
+            random_span(w, MAX_READ_BLOCKS, &first, &count);
+            read_and_check(w, buf, first, count, false);
+        }
+    }
+    if (!buf)
+        worker_fail(w, "out of memory");
+    free(buf);
+    return NULL;
+}
+
+static bool block_was_written(struct stamp_log *logs, uint64_t index)
+{
+    for (int t = 0; t < THREADS; t++)
+        if (logs[t].count[index])
+            return true;
+    return false;
+}
+
+static bool stamp_was_written(struct stamp_log *logs, uint64_t index, uint64_t stamp)
+{
+    for (int t = 0; t < THREADS; t++)
+        for (size_t i = 0; i < logs[t].count[index]; i++)
+            if (logs[t].stamps[index][i] == stamp)
+                return true;
+    return false;
+}
+
+START_TEST(overlapping_writers_never_tear_blocks)
+{
+    const char *format = loop_format(_i);
+    if (!format)
+        return;
+    vd_image *img = open_shared_image(format, SHARED_BLOCKS * BLOCK);
+    struct stamp_log *logs = calloc(THREADS, sizeof *logs);
+    ck_assert_ptr_nonnull(logs);
+    void *states[THREADS];
+    for (int i = 0; i < THREADS; i++)
+        states[i] = &logs[i];
+    run_workers(img, overlap_body, states);
+
+    uint8_t block[BLOCK];
+    for (uint64_t b = 0; b < SHARED_BLOCKS; b++) {
+        struct block_head head;
+        vt_ok(vd_read(img, b * BLOCK, block, BLOCK, 0));
+        ck_assert_msg(block_is_whole(block, b, &head), "block %llu is torn at the end",
+                      (unsigned long long)b);
+        ck_assert_msg(head.stamp == 0 ? !block_was_written(logs, b)
+                                      : stamp_was_written(logs, b, head.stamp),
+                      "block %llu holds stamp %#llx that nobody wrote there",
+                      (unsigned long long)b, (unsigned long long)head.stamp);
+    }
+    vt_close(img);
+    free(logs);
+}
+END_TEST
+
+/* Worker 0 writes with increasing stamps while the others read. */
+static void *one_writer_body(void *arg)
+{
+    struct worker *w = arg;
+    atomic_bool *writer_done = w->state;
+    uint8_t *buf = malloc(MAX_READ_BLOCKS * BLOCK);
+    if (!buf) {
+        worker_fail(w, "out of memory");
+    } else if (w->id == 0) {
+        struct stamp_log *log = calloc(1, sizeof *log);
+        for (uint64_t stamp = 1; stamp <= 200 && log && !worker_failed(w); stamp++)
+            write_logged(w, log, buf, stamp);
+        free(log);
+        atomic_store(writer_done, true);
+    } else {
+        /* a fixed amount of reading: readers may starve the writer */
+        for (int i = 0; i < 150 && !atomic_load(writer_done) && !worker_failed(w); i++) {
+            uint64_t first, count;
+            random_span(w, MAX_READ_BLOCKS, &first, &count);
+            read_and_check(w, buf, first, count, true);
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+START_TEST(readers_never_see_part_of_a_write)
+{
+    const char *format = loop_format(_i);
+    if (!format)
+        return;
+    vd_image *img = open_shared_image(format, SHARED_BLOCKS * BLOCK);
+    atomic_bool writer_done = false;
+    void *states[THREADS];
+    for (int i = 0; i < THREADS; i++)
+        states[i] = &writer_done;
+    run_workers(img, one_writer_body, states);
+    vt_close(img);
+}
+END_TEST
+
+/* -------------------------------------------------------------- readers */
+
+enum { READ_SEED = 99 };
+
+/* Readers check the pattern; worker 0 rewrites it with identical bytes. */
+static void *reader_body(void *arg)
+{
+    struct worker *w = arg;
+    uint8_t *buf = malloc(32 * 1024);
+    for (int i = 0; i < 200 && buf && !worker_failed(w); i++) {
+        uint64_t len = 1 + vt_rand_below(&w->rng, 32 * 1024);
+        uint64_t off = vt_rand_below(&w->rng, IMAGE_SIZE - len + 1);
+        if (w->id == 0) {
+            vt_pattern_fill(buf, (size_t)len, READ_SEED, off);
+            call_failed(w, vd_write(w->img, off, buf, (size_t)len, 0), "vd_write", off);
+            continue;
+        }
+        if (i % 8 == 0) {
+            vd_extent e;
+            if (!call_failed(w, vd_block_status(w->img, off, len, &e, 0), "vd_block_status", off) &&
+                (e.offset != off || e.length == 0 || e.length > len))
+                worker_fail(w, "thread %d: bad extent %llu+%llu for %llu+%llu", w->id,
+                            (unsigned long long)e.offset, (unsigned long long)e.length,
+                            (unsigned long long)off, (unsigned long long)len);
+        }
+        if (!call_failed(w, vd_read(w->img, off, buf, (size_t)len, 0), "vd_read", off) &&
+            vt_pattern_mismatch(buf, (size_t)len, READ_SEED, off) >= 0)
+            worker_fail(w, "thread %d: read at %llu+%llu is not the pattern", w->id,
+                        (unsigned long long)off, (unsigned long long)len);
+    }
+    if (!buf)
+        worker_fail(w, "out of memory");
+    free(buf);
+    return NULL;
+}
+
+START_TEST(concurrent_readers_see_the_content)
+{
+    const char *format = loop_format(_i);
+    if (!format)
+        return;
+    vd_image *img = open_shared_image(format, IMAGE_SIZE);
+    vt_image_write_pattern(img, 0, IMAGE_SIZE, READ_SEED);
+    run_workers(img, reader_body, NULL);
+    vt_assert_image_pattern(img, 0, IMAGE_SIZE, READ_SEED);
+    vt_close(img);
+}
+END_TEST
+
+/* ------------------------------------------------------ separate handles */
+
+struct own_image {
+    char path[4096];
+    const char *format;
+};
+
+/* Each worker creates, fills and checks its own image. */
+static void *own_handle_body(void *arg)
+{
+    struct worker *w = arg;
+    const struct own_image *own = w->state;
+    vd_image *img = NULL;
+    if (call_failed(w, vd_create(own->path, own->format, REGION, NULL, 0), "vd_create", 0) ||
+        call_failed(w, vd_open(&img, own->path, own->format, VD_OPEN_RDWR), "vd_open", 0))
+        return NULL;
+    uint8_t *buf = malloc(REGION);
+    if (buf) {
+        vt_pattern_fill(buf, REGION, (uint64_t)w->id, 0);
+        if (!call_failed(w, vd_write(img, 0, buf, REGION, 0), "vd_write", 0) &&
+            !call_failed(w, vd_read(img, 0, buf, REGION, 0), "vd_read", 0) &&
+            vt_pattern_mismatch(buf, REGION, (uint64_t)w->id, 0) >= 0)
+            worker_fail(w, "thread %d: its own image reads back wrong", w->id);
+    }
+    free(buf);
+    call_failed(w, vd_close(img), "vd_close", 0);
+    return NULL;
+}
+
+START_TEST(separate_handles_are_independent)
+{
+    const char *format = loop_format(_i);
+    if (!format)
+        return;
+    struct own_image own[THREADS];
+    void *states[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "own-%d.img", i);
+        snprintf(own[i].path, sizeof own[i].path, "%s", vt_path(name));
+        own[i].format = format;
+        states[i] = &own[i];
+    }
+    run_workers(NULL, own_handle_body, states);
+    for (int i = 0; i < THREADS; i++) {
+        vd_image *img = vt_open(own[i].path, format, 0);
+        vt_assert_image_pattern(img, 0, REGION, (uint64_t)i);
+        vt_close(img);
+    }
+}
+END_TEST
+
+static Suite *threads_suite(void)
+{
+    Suite *s = suite_create("threads");
+    TCase *tc = vt_tcase(s, "shared handle");
+    tcase_add_loop_test(tc, disjoint_writers_match_the_model, 0, N_FORMATS);
+    tcase_add_loop_test(tc, flushes_run_safely_beside_writes, 0, N_FORMATS);
+    tcase_add_loop_test(tc, overlapping_writers_never_tear_blocks, 0, N_FORMATS);
+    tcase_add_loop_test(tc, readers_never_see_part_of_a_write, 0, N_FORMATS);
+    tcase_add_loop_test(tc, concurrent_readers_see_the_content, 0, N_FORMATS);
+    tcase_add_loop_test(tc, separate_handles_are_independent, 0, N_FORMATS);
+    return s;
+}
+
+int main(void)
+{
+    return vt_run_suite(threads_suite());
+}
