@@ -1,0 +1,214 @@
+/* The error printer, option helpers and image opener shared by all commands. */
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static void print_error_line(const char *fmt, va_list ap, const char *why)
+{
+    /* stdout may hold a half line (a progress bar, "Formatting ..."): keep order */
+    fflush(stdout);
+    fputs(CLI_NAME ": ", stderr);
+    vfprintf(stderr, fmt, ap);
+    if (why)
+        fprintf(stderr, ": %s", why);
+    fputc('\n', stderr);
+}
+
+int cli_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    print_error_line(fmt, ap, NULL);
+    va_end(ap);
+    return EXIT_FAILURE;
+}
+
+int cli_lib_error(int rc, const char *fmt, ...)
+{
+    const char *why = vd_errmsg();
+    if (!why || !*why)
+        why = vd_strerror(rc);
+    va_list ap;
+    va_start(ap, fmt);
+    print_error_line(fmt, ap, why);
+    va_end(ap);
+    return EXIT_FAILURE;
+}
+
+int cli_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    print_error_line(fmt, ap, NULL);
+    va_end(ap);
+    fputs("Try '" CLI_NAME " --help' for more information\n", stderr);
+    return EXIT_FAILURE;
+}
+
+int cli_bad_option(int opt, char **argv)
+{
+    if (opt == ':')
+        return cli_usage_error("missing argument for option '%s'", argv[optind - 1]);
+    return cli_usage_error("unrecognized option '%s'", argv[optind - 1]);
+}
+
+int cli_option_fallback(const struct cli_command *cmd, int opt, char **argv)
+{
+    return opt == 'h' ? cli_command_help(cmd) : cli_bad_option(opt, argv);
+}
+
+int cli_command_help(const struct cli_command *cmd)
+{
+    printf("usage: " CLI_NAME " %s %s\n\n%s.\n\n%s", cmd->name, cmd->synopsis, cmd->summary,
+           cmd->options);
+    return EXIT_SUCCESS;
+}
+
+static bool parse_output(const char *arg, enum output_format *out)
+{
+    if (strcmp(arg, "human") == 0)
+        *out = OUTPUT_HUMAN;
+    else if (strcmp(arg, "json") == 0)
+        *out = OUTPUT_JSON;
+    else
+        return false;
+    return true;
+}
+
+bool cli_parse_image_args(const struct cli_command *cmd, int argc, char **argv,
+                          struct image_args *args, int *status)
+{
+    enum { OPT_OUTPUT = 256 }; /* beyond every short option */
+    static const struct option long_options[] = {
+        CLI_OPTION_HELP,
+        CLI_OPTION_FORCE_SHARE,
+        { "output", required_argument, NULL, OPT_OUTPUT },
+        { NULL, 0, NULL, 0 },
+    };
+    *args = (struct image_args){ .output = OUTPUT_HUMAN };
+    *status = EXIT_FAILURE;
+    int opt;
+    while ((opt = getopt_long(argc, argv, ":hf:U", long_options, NULL)) != -1) {
+        switch (opt) {
+        case 'f':
+            args->format = optarg;
+            break;
+        case 'U':
+            args->open_flags |= VD_OPEN_NO_LOCK;
+            break;
+        case OPT_OUTPUT:
+            if (!parse_output(optarg, &args->output)) {
+                cli_error("--output must be used with human or json as argument.");
+                return false;
+            }
+            break;
+        default:
+            *status = cli_option_fallback(cmd, opt, argv);
+            return false;
+        }
+    }
+    if (optind != argc - 1) {
+        cli_usage_error("Expecting one image file name");
+        return false;
+    }
+    args->filename = argv[optind];
+    return true;
+}
+
+bool cli_format_known(const char *format)
+{
+    for (size_t i = 0; vd_format_name(i); i++)
+        if (strcmp(vd_format_name(i), format) == 0)
+            return true;
+    return false;
+}
+
+vd_image *cli_open_image(const char *path, const char *format, uint32_t flags)
+{
+    vd_image *img;
+    int rc = vd_open(&img, path, format, flags);
+    if (rc < 0) {
+        cli_lib_error(rc, "Could not open '%s'", path);
+        return NULL;
+    }
+    return img;
+}
+
+int cli_check_create_target(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return cli_error("%s: not a regular file; images are created in regular files only", path);
+    return EXIT_SUCCESS;
+}
+
+char *cli_resolve_backing(const char *image_path, const char *backing)
+{
+    const char *slash = strrchr(image_path, '/');
+    if (backing[0] == '/' || !slash)
+        return strdup(backing);
+    char *path;
+    int dir_len = (int)(slash - image_path + 1);
+    return asprintf(&path, "%.*s%s", dir_len, image_path, backing) < 0 ? NULL : path;
+}
+
+bool cli_append_options(char **list, const char *more)
+{
+    char *joined;
+    int n = *list ? asprintf(&joined, "%s,%s", *list, more) : asprintf(&joined, "%s", more);
+    if (n < 0)
+        return false;
+    free(*list);
+    *list = joined;
+    return true;
+}
+
+char *cli_next_option_item(const char **cursor)
+{
+    const char *p = *cursor;
+    if (!p || !*p)
+        return NULL;
+    char *item = malloc(strlen(p) + 1), *out = item;
+    if (!item)
+        return NULL;
+    for (; *p; p++) {
+        if (*p == ',' && p[1] != ',')
+            break;
+        *out++ = *p;
+        p += *p == ','; /* ",," stands for one comma */
+    }
+    *out = '\0';
+    *cursor = *p ? p + 1 : p;
+    return item;
+}
+
+bool cli_options_want_help(const char *list)
+{
+    bool help = false;
+    char *item;
+    while (!help && (item = cli_next_option_item(&list))) {
+        help = strcmp(item, "help") == 0 || strcmp(item, "?") == 0;
+        free(item);
+    }
+    return help;
+}
+
+int cli_print_format_options(const char *format)
+{
+    if (!cli_format_known(format))
+        return cli_error("Unknown file format '%s'", format);
+    printf("Supported %s options:\n", format);
+    const char *name, *help, *default_value;
+    for (size_t i = 0; vd_format_option(format, i, &name, &help, &default_value) == 0; i++) {
+        printf("  %-22s - %s", name, help);
+        if (default_value)
+            printf(" (default: %s)", default_value);
+        putchar('\n');
+    }
+    return EXIT_SUCCESS;
+}

@@ -1,0 +1,123 @@
+/*
+ * Shared pieces of the vdisk command line tool: the command table entry,
+ * the one error printer, option helpers and the image opener every command
+ * uses. Exit codes follow qemu-img: 0 success, 1 any error.
+ */
+#ifndef VDISK_CLI_H
+#define VDISK_CLI_H
+
+#include <libvdisk/libvdisk.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define CLI_NAME "vdisk"
+
+/*
+ * One command. run() gets the arguments after the tool name, so argv[0] is
+ * the command name and getopt_long() starts at argv[1].
+ */
+struct cli_command {
+    const char *name;
+    const char *synopsis; /* arguments after the name, for usage lines */
+    const char *summary;  /* one line for 'vdisk --help' */
+    const char *options;  /* the option list for 'vdisk help NAME' */
+    int (*run)(int argc, char **argv);
+};
+
+extern const struct cli_command cmd_create;
+extern const struct cli_command cmd_info;
+extern const struct cli_command cmd_convert;
+extern const struct cli_command cmd_map;
+
+enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
+
+/* Long options shared by commands; list them in each command's table. */
+#define CLI_OPTION_HELP { "help", no_argument, NULL, 'h' }
+#define CLI_OPTION_FORCE_SHARE { "force-share", no_argument, NULL, 'U' }
+
+/* The arguments of commands that inspect one image (info, map). */
+struct image_args {
+    const char *format;        /* -f, or NULL to probe */
+    enum output_format output; /* --output */
+    uint32_t open_flags;       /* VD_OPEN_NO_LOCK with -U */
+    const char *filename;
+};
+
+/*
+ * Parse "[-f fmt] [--output=human|json] [-U] filename" (and -h/--help).
+ * Returns true when the command should run; otherwise false with *status
+ * the exit status (help printed, or a usage error reported).
+ */
+bool cli_parse_image_args(const struct cli_command *cmd, int argc, char **argv,
+                          struct image_args *args, int *status);
+
+/* Print "vdisk: <message>" on stderr; returns EXIT_FAILURE. */
+int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/*
+ * Print "vdisk: <message>: <why>" where why is the library's message for
+ * the failed call (vd_errmsg(), or vd_strerror(rc) when that is empty).
+ * Returns EXIT_FAILURE.
+ */
+int cli_lib_error(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A usage error: the message plus a pointer to --help. Returns EXIT_FAILURE. */
+int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/*
+ * Report the option getopt_long() just refused: ':' (missing argument) or
+ * '?' (unknown). Requires opterr = 0 and optstrings that start with ':'.
+ * Returns EXIT_FAILURE.
+ */
+int cli_bad_option(int opt, char **argv);
+
+/*
+ * Handle a getopt_long() result that no case of a command took: 'h' prints
+ * the command's help (EXIT_SUCCESS), anything else is cli_bad_option().
+ */
+int cli_option_fallback(const struct cli_command *cmd, int opt, char **argv);
+
+/* Print the help of one command on stdout. Returns EXIT_SUCCESS. */
+int cli_command_help(const struct cli_command *cmd);
+
+/* Whether the library knows this format name. */
+bool cli_format_known(const char *format);
+
+/*
+ * -o option lists ("key=value,key=value"; ",," is a literal comma).
+ * cli_append_options() joins repeated -o arguments as qemu-img does;
+ * *list starts NULL and is malloc'd. Returns false when out of memory.
+ */
+bool cli_append_options(char **list, const char *more);
+/* Whether an option list asks for help ("help" or "?" as an item). */
+bool cli_options_want_help(const char *list);
+/*
+ * The next item of an option list, unescaped, as a malloc'd string; NULL
+ * at the end (or when out of memory). *cursor starts at the list.
+ */
+char *cli_next_option_item(const char **cursor);
+/* List the create options of a format ('-o help'). */
+int cli_print_format_options(const char *format);
+
+/*
+ * Open an image (format NULL to probe) or print "Could not open" and return
+ * NULL. flags are VD_OPEN_* flags.
+ */
+vd_image *cli_open_image(const char *path, const char *format, uint32_t flags);
+
+/*
+ * Check that creating an image at path harms nothing: it must not exist or
+ * be a regular file. (vd_create() removes the path when it fails, which
+ * must never happen to a device node.) Returns EXIT_SUCCESS or reports the
+ * problem and returns EXIT_FAILURE.
+ */
+int cli_check_create_target(const char *path);
+
+/*
+ * The path a backing file name refers to: relative names are relative to
+ * the directory of the image that records them (as qemu resolves them).
+ * Returns a malloc'd string or NULL when out of memory.
+ */
+char *cli_resolve_backing(const char *image_path, const char *backing);
+
+#endif /* VDISK_CLI_H */
