@@ -1,0 +1,30 @@
+"""Python bindings (ctypes) for libvdisk, the virtual disk image library.
+
+>>> import libvdisk
+>>> libvdisk.create("disk.raw", "raw", 1 << 20)
+>>> with libvdisk.open("disk.raw", "r+") as image:
+...     image.pwrite(0, b"hello")
+...     image.pread(0, 5)
+b'hello'
+"""
+
+from . import _lib
+from .errors import *  # noqa: F401,F403 (the generated exception classes)
+from .errors import __all__ as _error_names
+from .formats import FormatOption, create, format_options, formats, options_string, probe
+from .image import Extent, Image, open  # noqa: A004
+
+__all__ = ["open", "create", "probe", "formats", "format_options", "options_string",
+           "version", "Image", "Extent", "FormatOption"] + _error_names
+
+
+def version():
+    """The runtime library's version string, "MAJOR.MINOR.PATCH"."""
+    return _lib.text(_lib.lib().vd_version())
+
+
+def __getattr__(name):
+    """``__version__``: the library version, read when first asked for."""
+    if name == "__version__":
+        return version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,204 @@
+"""Locating and loading libvdisk.so.1, and the ctypes prototypes of its API.
+
+The library is looked up, in order, at:
+
+1. the path in the ``LIBVDISK_LIBRARY`` environment variable;
+2. a meson build directory (one holding ``meson-info/`` and
+   ``lib/libvdisk.so.1``) found by walking up from this package's directory
+   and from the current directory: a directory on the way, or a
+   subdirectory of a libvdisk source tree on the way;
+3. the system's library search path.
+
+Loading happens on first use, so the pure-Python parts of the package work
+without the library.
+"""
+
+import ctypes
+import ctypes.util
+import functools
+import os
+from ctypes import (POINTER, Structure, c_char_p, c_int, c_int32, c_size_t, c_uint,
+                    c_uint32, c_uint64, c_void_p)
+
+from .errors import make_error
+
+ENV_VAR = "LIBVDISK_LIBRARY"
+SONAME = "libvdisk.so.1"
+
+# vd_open() flags
+OPEN_RDWR = 1 << 0
+OPEN_NO_BACKING = 1 << 1
+OPEN_NO_LOCK = 1 << 2
+# vd_create() flags
+CREATE_EXCL = 1 << 0
+# vd_write() flags
+WRITE_FUA = 1 << 0
+# vd_write_zeroes() flags
+ZERO_MAY_UNMAP = 1 << 0
+# vd_resize() flags
+RESIZE_SHRINK = 1 << 0
+# vd_property types
+PROP_STRING, PROP_INT, PROP_BOOL = 0, 1, 2
+# vd_extent flags
+EXTENT_DATA = 1 << 0
+EXTENT_ZERO = 1 << 1
+EXTENT_ALLOCATED = 1 << 2
+NO_HOST_OFFSET = 2**64 - 1
+
+
+class VdImage(Structure):
+    """The opaque ``vd_image``; only ever handled through pointers."""
+
+
+class VdInfo(Structure):
+    """``struct vd_info``."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("cluster_size", c_uint32),
+        ("virtual_size", c_uint64),
+        ("actual_size", c_uint64),
+        ("format", c_char_p),
+        ("filename", c_char_p),
+        ("backing_file", c_char_p),
+        ("backing_format", c_char_p),
+        ("dirty", c_int),
+        ("read_only", c_int),
+        ("encrypted", c_int),
+        ("probed", c_int),
+    ]
+
+
+class VdExtent(Structure):
+    """``struct vd_extent``."""
+
+    _fields_ = [
+        ("offset", c_uint64),
+        ("length", c_uint64),
+        ("flags", c_uint32),
+        ("depth", c_int32),
+        ("host_offset", c_uint64),
+    ]
+
+
+ImagePtr = POINTER(VdImage)
+
+# name: (restype, argtypes)
+_PROTOTYPES = {
+    "vd_strerror": (c_char_p, [c_int]),
+    "vd_errname": (c_char_p, [c_int]),
+    "vd_errmsg": (c_char_p, []),
+    "vd_version": (c_char_p, []),
+    "vd_version_number": (c_uint, []),
+    "vd_open": (c_int, [POINTER(ImagePtr), c_char_p, c_char_p, c_uint32]),
+    "vd_close": (c_int, [ImagePtr]),
+    "vd_create": (c_int, [c_char_p, c_char_p, c_uint64, c_char_p, c_uint32]),
+    "vd_read": (c_int, [ImagePtr, c_uint64, c_void_p, c_size_t, c_uint32]),
+    "vd_write": (c_int, [ImagePtr, c_uint64, c_void_p, c_size_t, c_uint32]),
+    "vd_write_zeroes": (c_int, [ImagePtr, c_uint64, c_uint64, c_uint32]),
+    "vd_discard": (c_int, [ImagePtr, c_uint64, c_uint64, c_uint32]),
+    "vd_flush": (c_int, [ImagePtr, c_uint32]),
+    "vd_resize": (c_int, [ImagePtr, c_uint64, c_uint32]),
+    "vd_get_size": (c_int, [ImagePtr, POINTER(c_uint64)]),
+    "vd_get_format": (c_char_p, [ImagePtr]),
+    "vd_get_filename": (c_char_p, [ImagePtr]),
+    "vd_get_info": (c_int, [ImagePtr, POINTER(VdInfo)]),
+    "vd_get_property": (c_int, [ImagePtr, c_size_t, POINTER(c_char_p), POINTER(c_char_p),
+                                POINTER(c_int)]),
+    "vd_block_status": (c_int, [ImagePtr, c_uint64, c_uint64, POINTER(VdExtent), c_uint32]),
+    "vd_format_name": (c_char_p, [c_size_t]),
+    "vd_format_option": (c_int, [c_char_p, c_size_t, POINTER(c_char_p), POINTER(c_char_p),
+                                 POINTER(c_char_p)]),
+    "vd_probe": (c_int, [c_char_p, POINTER(c_char_p)]),
+}
+
+
+def _is_build_dir(path):
+    """The library path if ``path`` is a meson build directory holding it."""
+    library = os.path.join(path, "lib", SONAME)
+    if os.path.isdir(os.path.join(path, "meson-info")) and os.path.isfile(library):
+        return library
+    return None
+
+
+def _is_source_root(path):
+    """Whether ``path`` is the top of a libvdisk source tree."""
+    return (os.path.isfile(os.path.join(path, "meson.build"))
+            and os.path.isfile(os.path.join(path, "include", "libvdisk", "libvdisk.h")))
+
+
+def _build_tree_library(start):
+    """Walk up from ``start`` to a build directory holding the library.
+
+    At each level, the directory itself may be a build directory; if it is
+    the top of a libvdisk source tree, its subdirectories are candidates too
+    (in name order, so "build" comes before "build-asan").
+    """
+    directory = os.path.abspath(start)
+    while True:
+        found = _is_build_dir(directory)
+        if found:
+            return found
+        if _is_source_root(directory):
+            with os.scandir(directory) as entries:
+                children = sorted(entry.path for entry in entries if entry.is_dir())
+            for child in children:
+                found = _is_build_dir(child)
+                if found:
+                    return found
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
+
+
+def find_library(environ=os.environ, start_dirs=None):
+    """The path or name to load libvdisk from, per the module's lookup order.
+
+    ``start_dirs`` defaults to this package's directory and the current
+    directory.
+    """
+    explicit = environ.get(ENV_VAR)
+    if explicit:
+        return explicit
+    if start_dirs is None:
+        start_dirs = [os.path.dirname(os.path.abspath(__file__)), os.getcwd()]
+    for start in start_dirs:
+        found = _build_tree_library(start)
+        if found:
+            return found
+    return ctypes.util.find_library("vdisk") or SONAME
+
+
+@functools.lru_cache(maxsize=None)
+def lib():
+    """The loaded library with every prototype declared (loaded once)."""
+    path = find_library()
+    try:
+        cdll = ctypes.CDLL(path)
+    except OSError as exc:
+        raise ImportError(f"cannot load libvdisk from {path!r} ({exc}); "
+                          f"set {ENV_VAR} to the full path of {SONAME}") from exc
+    for name, (restype, argtypes) in _PROTOTYPES.items():
+        function = getattr(cdll, name)
+        function.restype = restype
+        function.argtypes = argtypes
+    return cdll
+
+
+def text(value):
+    """Decode a C string from the library (``None`` stays ``None``)."""
+    return None if value is None else value.decode("utf-8", "surrogateescape")
+
+
+def check(rc):
+    """Raise the matching :class:`~libvdisk.Error` if ``rc`` is a failure code.
+
+    Must run on the thread that made the failing call: vd_errmsg() is
+    thread-local (ctypes calls run on the calling thread).
+    """
+    if rc >= 0:
+        return
+    cdll = lib()
+    message = text(cdll.vd_errmsg()) or text(cdll.vd_strerror(rc))
+    raise make_error(rc, message, text(cdll.vd_errname(rc)))

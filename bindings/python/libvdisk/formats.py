@@ -1,0 +1,91 @@
+"""Format-level functions: create, probe, and the registry of formats."""
+
+import ctypes
+import dataclasses
+import os
+
+from . import _lib
+from ._lib import check, lib, text
+from .errors import NotFound
+
+
+@dataclasses.dataclass(frozen=True)
+class FormatOption:
+    """A create option of a format; ``default`` is ``None`` when it has none."""
+
+    name: str
+    help: str
+    default: str = None
+
+
+def _option_value(key, value):
+    """The text of one option value: bools become on/off, ints decimal."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (str, os.PathLike)):
+        return os.fsdecode(value)
+    raise TypeError(f"option {key!r}: expected str, int, bool or path, "
+                    f"not {type(value).__name__}")
+
+
+def options_string(options):
+    """The qemu-img style "k=v,k=v" text for a dict of options.
+
+    Commas in values are doubled; options whose value is ``None`` are left out.
+    """
+    parts = []
+    for key, value in options.items():
+        if not key or "," in key or "=" in key:
+            raise ValueError(f"invalid option name {key!r}")
+        if value is not None:
+            parts.append(f"{key}={_option_value(key, value).replace(',', ',,')}")
+    return ",".join(parts)
+
+
+def create(path, fmt, size, *, exclusive=False, **options):
+    """Create an image of format fmt and virtual size bytes.
+
+    Keyword options are the format's create options (see
+    :func:`format_options`), e.g. ``preallocation="full"`` for raw. An
+    existing file is overwritten unless exclusive is true (then
+    :class:`~libvdisk.AlreadyExists` is raised).
+    """
+    if size < 0:
+        raise ValueError(f"size must not be negative (got {size})")
+    text_options = options_string(options)
+    check(lib().vd_create(os.fsencode(path), fmt.encode(), size,
+                          text_options.encode() if text_options else None,
+                          _lib.CREATE_EXCL if exclusive else 0))
+
+
+def probe(path):
+    """The name of the format of the image at path ("raw" if nothing else matches)."""
+    name = ctypes.c_char_p()
+    check(lib().vd_probe(os.fsencode(path), ctypes.byref(name)))
+    return text(name.value)
+
+
+def formats():
+    """The names of the formats the library supports."""
+    names = []
+    while True:
+        name = lib().vd_format_name(len(names))
+        if name is None:
+            return names
+        names.append(text(name))
+
+
+def format_options(fmt):
+    """The create options of a format as FormatOption records."""
+    options = []
+    name, help_text, default = ctypes.c_char_p(), ctypes.c_char_p(), ctypes.c_char_p()
+    while True:
+        rc = lib().vd_format_option(fmt.encode(), len(options), ctypes.byref(name),
+                                    ctypes.byref(help_text), ctypes.byref(default))
+        if rc == NotFound.code:
+            return options
+        check(rc)
+        options.append(FormatOption(text(name.value), text(help_text.value),
+                                    text(default.value)))
