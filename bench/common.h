@@ -1,0 +1,82 @@
+/*
+ * Shared helpers of the C benchmarks: timing, medians, a seeded PRNG,
+ * aligned buffers, scratch data files, and the interleaved two-contender
+ * comparison that prints one "figure" line with its ratio and verdict.
+ *
+ * Every figure is a ratio measured within one run: the machine may be shared
+ * and noisy, so absolute numbers mean little on their own.
+ */
+#ifndef VDISK_BENCH_COMMON_H
+#define VDISK_BENCH_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------- settings */
+
+/* Timed rounds per figure: $VDISK_BENCH_ROUNDS, or def. */
+unsigned bench_rounds(unsigned def);
+/* Scratch image size in bytes: $VDISK_BENCH_MIB MiB, or def_mib MiB. */
+uint64_t bench_image_bytes(uint64_t def_mib);
+/* Directory for scratch files: $TMPDIR, or /tmp. */
+const char *bench_tmpdir(void);
+
+/* ------------------------------------------------------ timing, numbers */
+
+/* Monotonic time in seconds. */
+double bench_now(void);
+/* The median of n > 0 values (v is left untouched). */
+double bench_median(const double *v, size_t n);
+
+/* --------------------------------------------------------- data, memory */
+
+/* A small, fast, seeded PRNG (splitmix64): equal seeds give equal streams. */
+struct bench_rng {
+    uint64_t state;
+};
+
+uint64_t bench_rng_next(struct bench_rng *rng);
+/* A uniform value in [0, bound), bound > 0. */
+uint64_t bench_rng_below(struct bench_rng *rng, uint64_t bound);
+void bench_fill_random(struct bench_rng *rng, void *buf, size_t len);
+
+/* A page-aligned buffer, or exit(1) if memory runs out. Release with free(). */
+void *bench_alloc(size_t len);
+
+/*
+ * Create a scratch file of size bytes filled with seeded random data in
+ * bench_tmpdir(), flushed to disk and then read once so that it is in the
+ * page cache. Returns its path (free() it) or NULL with a message printed.
+ */
+char *bench_make_data_file(uint64_t size, uint64_t seed);
+
+/* -------------------------------------------------------- comparisons */
+
+/* One way of doing a run of a figure: time it, store the seconds. */
+struct bench_side {
+    const char *name;  /* "libvdisk", "pread", ... */
+    /* One run (round 0 is the untimed warm-up); 0, or -1 with a message printed. */
+    int (*run)(void *ctx, unsigned round, double *seconds);
+    void *ctx;
+};
+
+struct bench_figure {
+    const char *title; /* "raw seq-read 1M" */
+    double work;       /* units of work per run (bytes, operations) */
+    double scale;      /* print work/s divided by this... */
+    const char *unit;  /* ...with this unit: 1e9 "GB/s", 1e3 "kIOPS" */
+    double target;     /* pass if speed(sides[0]) / speed(sides[1]) >= target */
+};
+
+enum bench_verdict { BENCH_BROKEN = -1, BENCH_MISS = 0, BENCH_PASS = 1 };
+
+/*
+ * Compare sides[0] (the contender) with sides[1] (the baseline): one untimed
+ * warm-up run of each, then rounds timed rounds, each running both sides back
+ * to back in alternating order. Prints the median speed of each side and the
+ * median of the per-round speed ratios, with PASS or MISS against the target.
+ */
+enum bench_verdict bench_compare(const struct bench_figure *fig,
+                                 const struct bench_side sides[2], unsigned rounds);
+
+#endif /* VDISK_BENCH_COMMON_H */
