@@ -134,12 +134,20 @@ VD_API int vd_close(vd_image *img);
 
 /* vd_create() flags */
 #define VD_CREATE_EXCL      (1u << 0) /* fail with VD_EEXIST if path exists */
+#define VD_CREATE_UNSAFE_BACKING (1u << 1) /* do not open the backing file (qemu-img create -u):
+                                              size and backing_fmt must then be given */
 
 /*
  * Create an image of the given format and virtual size. options is a
  * qemu-img style "key=value,key=value" list (",," is a literal comma) or
  * NULL; the accepted keys depend on the format (see vd_format_options()).
  * An existing file is truncated and overwritten unless VD_CREATE_EXCL is set.
+ *
+ * Overlays: "backing_file=NAME" (relative names are relative to the new
+ * image's directory) and "backing_fmt=FMT". Without backing_fmt the backing
+ * file is probed and the detected format recorded, but a backing file that
+ * probes as raw is refused (say backing_fmt=raw). A size of 0 takes the
+ * backing file's size.
  */
 VD_API int vd_create(const char *path, const char *format, uint64_t size,
                      const char *options, uint32_t flags);

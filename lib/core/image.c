@@ -67,6 +67,7 @@ static void image_free(vd_image *img)
 }
 
 static void image_close(vd_image *img);
+static char *resolve_backing(const char *overlay, const char *backing_name);
 
 static int image_alloc(vd_image **out, const char *path, uint32_t flags)
 {
@@ -257,6 +258,45 @@ vd_image *vd_get_backing(vd_image *img)
     return img && img->magic == VD_IMAGE_MAGIC ? img->backing : NULL;
 }
 
+/*
+ * Check the backing file an overlay will name: it must open, its format is
+ * recorded (probed if not given, but never a probed raw), and a size of 0
+ * becomes its size.
+ */
+static int prepare_backing(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags)
+{
+    const char *name = vd_kv_get(kv, "backing_file"), *fmt = vd_kv_get(kv, "backing_fmt");
+    if (!name)
+        return fmt ? vd_err(VD_EINVAL, "%s: backing_fmt given without backing_file", path) : 0;
+    if (flags & VD_CREATE_UNSAFE_BACKING) {
+        if (!fmt || !*size)
+            return vd_err(VD_EINVAL, "%s: without checking the backing file, both its format "
+                          "(backing_fmt) and the image size must be given", path);
+        return 0;
+    }
+    char *backing_path = resolve_backing(path, name);
+    if (!backing_path)
+        return vd_err(VD_ENOMEM, "%s: out of memory", path);
+    vd_image *backing;
+    int rc = vd_open(&backing, backing_path, fmt, VD_OPEN_NO_LOCK);
+    free(backing_path);
+    if (rc < 0) {
+        char msg[768];
+        snprintf(msg, sizeof msg, "%s", vd_errmsg());
+        return vd_err(VD_EBACKING, "%s: could not open backing file: %s", path, msg);
+    }
+    const char *detected = vd_get_format(backing);
+    if (!fmt && strcmp(detected, "raw") == 0)
+        rc = vd_err(VD_EINVAL, "%s: backing file '%s' probes as raw; give backing_fmt=raw "
+                    "to confirm (a probed raw backing file is refused)", path, name);
+    if (rc == 0 && !fmt)
+        rc = vd_kv_set(kv, "backing_fmt", detected);
+    if (rc == 0 && !*size)
+        *size = backing->size;
+    vd_close(backing);
+    return rc;
+}
+
 /* Prefix the current message with the file name. */
 static int name_the_file(const char *path, int code)
 {
@@ -271,8 +311,9 @@ int vd_create(const char *path, const char *format, uint64_t size,
     vd_err_clear();
     if (!path || !format)
         return vd_err(VD_EINVAL, "vd_create: path and format must not be NULL");
-    if (flags & ~VD_CREATE_EXCL)
-        return vd_err(VD_EINVAL, "vd_create: unknown flags 0x%x", flags & ~VD_CREATE_EXCL);
+    const uint32_t known = VD_CREATE_EXCL | VD_CREATE_UNSAFE_BACKING;
+    if (flags & ~known)
+        return vd_err(VD_EINVAL, "vd_create: unknown flags 0x%x", flags & ~known);
     const struct vd_backend *be = vd_backend_find(format);
     if (!be)
         return vd_err(VD_EFORMAT, "Unknown format '%s'", format);
@@ -287,6 +328,8 @@ int vd_create(const char *path, const char *format, uint64_t size,
     if (rc < 0)
         return rc;
     rc = vd_kv_check_keys(&kv, be->create_options, format);
+    if (rc == 0)
+        rc = prepare_backing(path, &kv, &size, flags);
     if (rc < 0) {
         vd_kv_free(&kv);
         return rc;

@@ -28,7 +28,7 @@ static const char *copy_token(const char *p, const char *stops, char **out)
     return p;
 }
 
-static int kv_set(struct vd_kv *kv, char *key, char *value)
+static int kv_take(struct vd_kv *kv, char *key, char *value)
 {
     for (size_t i = 0; i < kv->count; i++) {
         if (strcmp(kv->pairs[i].key, key) == 0) {
@@ -65,7 +65,7 @@ int vd_kv_parse(struct vd_kv *kv, const char *text)
             return rc;
         }
         p = copy_token(p + 1, ",", &value);
-        if (!p || kv_set(kv, key, value) < 0) {
+        if (!p || kv_take(kv, key, value) < 0) {
             free(key);
             free(value);
             goto nomem;
@@ -77,6 +77,17 @@ int vd_kv_parse(struct vd_kv *kv, const char *text)
 nomem:
     vd_kv_free(kv);
     return vd_err(VD_ENOMEM, "out of memory parsing options");
+}
+
+int vd_kv_set(struct vd_kv *kv, const char *key, const char *value)
+{
+    char *k = strdup(key), *v = strdup(value);
+    if (!k || !v || kv_take(kv, k, v) < 0) {
+        free(k);
+        free(v);
+        return vd_err(VD_ENOMEM, "out of memory setting option '%s'", key);
+    }
+    return 0;
 }
 
 void vd_kv_free(struct vd_kv *kv)

@@ -36,6 +36,9 @@ void vd_kv_free(struct vd_kv *kv);
 int vd_kv_check_keys(const struct vd_kv *kv, const struct vd_option_desc *allowed,
                      const char *format);
 
+/* Set key to a copy of value (replacing any earlier value). */
+int vd_kv_set(struct vd_kv *kv, const char *key, const char *value);
+
 /* The value of key, or NULL. */
 const char *vd_kv_get(const struct vd_kv *kv, const char *key);
 /* Typed getters: return 0 (leaving *out = dflt when absent) or VD_EINVAL. */

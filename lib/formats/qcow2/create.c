@@ -16,6 +16,8 @@ const struct vd_option_desc qcow2_create_options[] = {
     { "preallocation", "Preallocation mode (off, metadata, falloc, full)", "off" },
     { "extended_l2", "Extended L2 tables with subcluster allocation (v3 only)", "off" },
     { "compression_type", "Compression method for compressed clusters (zlib, zstd; v3 only)", "zlib" },
+    { "backing_file", "File name of a base image", NULL },
+    { "backing_fmt", "Image format of the base image", NULL },
     { NULL, NULL, NULL },
 };
 
@@ -198,6 +200,17 @@ int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     q.l1_size = (uint32_t)l.l1_size;
     if (q.version == 3 && add_feature_table(&q) < 0)
         return vd_err(VD_ENOMEM, "%s: out of memory", file->path);
+    const char *backing = vd_kv_get(opts, "backing_file"), *backing_fmt = vd_kv_get(opts, "backing_fmt");
+    if (backing && strlen(backing) > QCOW2_MAX_BACKING_NAME) {
+        qcow2_free_header(&q);
+        return vd_err(VD_EINVAL, "%s: backing file name is longer than %d bytes", file->path,
+                      QCOW2_MAX_BACKING_NAME);
+    }
+    if ((backing && !(q.backing_file = strdup(backing))) ||
+        (backing_fmt && !(q.backing_format = strdup(backing_fmt)))) {
+        qcow2_free_header(&q);
+        return vd_err(VD_ENOMEM, "%s: out of memory", file->path);
+    }
 
     if ((rc = qcow2_write_header_to(file, &q, size)) == 0 &&
         (rc = write_tables(file, &q, l.rt_start, l.rt_clusters, fill_refcount_table, &l)) == 0 &&
