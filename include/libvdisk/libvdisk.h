@@ -280,6 +280,38 @@ typedef void (*vd_check_report_fn)(void *ctx, const char *message);
 VD_API int vd_check(vd_image *img, uint32_t flags, vd_check_result *result,
                     vd_check_report_fn report, void *report_ctx);
 
+/* ------------------------------------------------------ internal snapshots */
+
+/* One internal snapshot. Set .struct_size = sizeof(vd_snapshot_info). */
+typedef struct vd_snapshot_info {
+    uint32_t struct_size;
+    uint32_t date_nsec;       /* sub-second part of date_sec */
+    const char *id;           /* owned by the image; valid until its snapshots change */
+    const char *name;         /* likewise */
+    uint64_t date_sec;        /* when it was taken, seconds since the Epoch */
+    uint64_t vm_clock_ns;     /* guest run time when it was taken */
+    uint64_t vm_state_size;   /* bytes of saved VM state (libvdisk never saves any) */
+    uint64_t disk_size;       /* virtual size when it was taken */
+} vd_snapshot_info;
+
+#define VD_SNAPSHOT_INFO_INIT { (uint32_t)sizeof(vd_snapshot_info), 0, NULL, NULL, 0, 0, 0, 0 }
+
+/* The number of internal snapshots (0 for formats without them). */
+VD_API int vd_snapshot_count(vd_image *img, size_t *count);
+/* The index-th snapshot, in the order of the image's table. */
+VD_API int vd_snapshot_get(vd_image *img, size_t index, vd_snapshot_info *info);
+/*
+ * Take a snapshot of the current state under a new, unique name (the id is
+ * assigned as qemu-img does). Needs a read-write handle.
+ */
+VD_API int vd_snapshot_create(vd_image *img, const char *name, uint32_t flags);
+/*
+ * Revert the image to a snapshot (referred to by id, or else by name, as
+ * qemu-img does), or delete one. Need a read-write handle.
+ */
+VD_API int vd_snapshot_apply(vd_image *img, const char *id_or_name, uint32_t flags);
+VD_API int vd_snapshot_delete(vd_image *img, const char *id_or_name, uint32_t flags);
+
 /* ---------------------------------------------------------------- formats */
 
 /* The name of the index-th registered format, or NULL past the end. */

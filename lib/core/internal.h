@@ -67,6 +67,12 @@ struct vd_backend {
     int (*block_status)(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext); /* default: all data */
     /* Fill format-specific parts of info (cluster size, backing, dirty). */
     void (*get_info)(vd_image *img, vd_info *info);
+    /* Internal snapshots; all optional (no snapshots: count 0, the rest VD_EUNSUPPORTED). */
+    size_t (*snapshot_count)(vd_image *img);
+    void (*snapshot_get)(vd_image *img, size_t index, vd_snapshot_info *info);
+    int (*snapshot_create)(vd_image *img, const char *name);
+    int (*snapshot_apply)(vd_image *img, const char *id_or_name);
+    int (*snapshot_delete)(vd_image *img, const char *id_or_name);
     /* Check (and with VD_CHECK_REPAIR_* repair) metadata. Default: VD_EUNSUPPORTED. */
     int (*check)(vd_image *img, uint32_t flags, vd_check_result *res,
                  vd_check_report_fn report, void *ctx);

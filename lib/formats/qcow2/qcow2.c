@@ -122,6 +122,10 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
         rc = load_l1(img, q);
     if (rc == 0)
         rc = qcow2_read_snapshots(img, q);
+    if (rc == 0 && opts->snapshot && !img->read_only)
+        rc = vd_err(VD_EINVAL, "%s: a snapshot can only be opened read-only", img->filename);
+    if (rc == 0 && opts->snapshot)
+        rc = qcow2_view_snapshot(img, q, opts->snapshot);
     if (rc == 0)
         rc = qcow2_load_refcount_table(img, q);
     uint64_t file_size = 0;
@@ -148,7 +152,7 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
 }
 
 /* Write all metadata in dependency order and make it durable. */
-static int flush_metadata(vd_image *img, struct qcow2 *q)
+int qcow2_flush_metadata(vd_image *img, struct qcow2 *q)
 {
     int rc = qcow2_refcounts_durable(img);
     if (rc == 0 && vd_cache_has_dirty(q->l2_cache)) {
@@ -172,7 +176,7 @@ static int flush_metadata(vd_image *img, struct qcow2 *q)
 
 static int q_flush(vd_image *img)
 {
-    return flush_metadata(img, qcow2_of(img));
+    return qcow2_flush_metadata(img, qcow2_of(img));
 }
 
 /* An image opened with VD_OPEN_REPAIR stays read-only for data until it is repaired. */
@@ -197,7 +201,7 @@ static int q_discard(vd_image *img, uint64_t off, uint64_t len)
         rc = vd_cow_discard(img, off, len);
     struct qcow2 *q = qcow2_of(img);
     if (rc == 0 && q->npending > MAX_PENDING_FREES)
-        rc = flush_metadata(img, q);
+        rc = qcow2_flush_metadata(img, q);
     return rc;
 }
 
@@ -208,7 +212,7 @@ static int q_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t fl
         rc = vd_cow_write_zeroes(img, off, len, flags);
     struct qcow2 *q = qcow2_of(img);
     if (rc == 0 && q->npending > MAX_PENDING_FREES)
-        rc = flush_metadata(img, q);
+        rc = qcow2_flush_metadata(img, q);
     return rc;
 }
 
@@ -219,7 +223,7 @@ static void q_close(vd_image *img)
         return;
     /* a clean close of a lazy-refcount image: everything is flushed, clear the dirty bit */
     if (!img->read_only && !img->poisoned && q->l2_cache && (q->incompat & QCOW2_INCOMPAT_DIRTY) &&
-        flush_metadata(img, q) == 0) {
+        qcow2_flush_metadata(img, q) == 0) {
         q->incompat &= ~QCOW2_INCOMPAT_DIRTY;
         if (qcow2_write_features(img, q) == 0)
             vd_image_sync(img);
@@ -261,4 +265,9 @@ const struct vd_backend vd_backend_qcow2 = {
     .block_status = vd_cow_block_status,
     .get_info = q_get_info,
     .check = qcow2_check,
+    .snapshot_count = qcow2_snapshot_count,
+    .snapshot_get = qcow2_snapshot_get,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_apply = qcow2_snapshot_apply,
+    .snapshot_delete = qcow2_snapshot_delete,
 };

@@ -173,6 +173,17 @@ int qcow2_refcounts_durable(void *img);
 /* snapshot.c */
 int qcow2_read_snapshots(vd_image *img, struct qcow2 *q);
 void qcow2_free_snapshots(struct qcow2 *q);
+/* Replace the active L1 table in memory with a snapshot's, for a read-only view of it. */
+int qcow2_view_snapshot(vd_image *img, struct qcow2 *q, const char *id_or_name);
+size_t qcow2_snapshot_count(vd_image *img);
+void qcow2_snapshot_get(vd_image *img, size_t index, vd_snapshot_info *info);
+int qcow2_snapshot_create(vd_image *img, const char *name);
+int qcow2_snapshot_apply(vd_image *img, const char *id_or_name);
+int qcow2_snapshot_delete(vd_image *img, const char *id_or_name);
+
+/* qcow2.c */
+/* Write all metadata in dependency order and make it durable. */
+int qcow2_flush_metadata(vd_image *img, struct qcow2 *q);
 
 /* check.c */
 int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
@@ -180,6 +191,10 @@ int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
 
 /* resize.c */
 int qcow2_resize(vd_image *img, uint64_t size, uint32_t flags);
+/* Move the active L1 table to new clusters with room for entries (no-op if it has them). */
+int qcow2_grow_l1(vd_image *img, struct qcow2 *q, uint64_t entries);
+/* Write the virtual size field of the header, durably. */
+int qcow2_write_size(vd_image *img, uint64_t size);
 
 /* create.c */
 int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts);

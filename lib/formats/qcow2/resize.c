@@ -9,17 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Bytes 24..47 of the header: size, crypt method, L1 size, L1 offset. */
-static int write_size_fields(vd_image *img, struct qcow2 *q, uint64_t size)
+int qcow2_write_size(vd_image *img, uint64_t size)
 {
-    uint8_t fields[24];
-    vd_put_be64(fields, size);
-    vd_put_be32(fields + 8, q->crypt_method);
-    vd_put_be32(fields + 12, q->l1_size);
-    vd_put_be64(fields + 16, q->l1_offset);
-    int rc = vd_file_pwrite(img->file, fields, sizeof fields, 24);
-    img->unsynced = true;
-    return rc == 0 ? vd_image_sync(img) : rc;
+    uint8_t field[8];
+    vd_put_be64(field, size);
+    int rc = vd_file_pwrite(img->file, field, sizeof field, 24);
+    return rc == 0 ? vd_image_sync_now(img) : rc;
 }
 
 static uint64_t l1_entries_for(const struct qcow2 *q, uint64_t size)
@@ -28,11 +23,13 @@ static uint64_t l1_entries_for(const struct qcow2 *q, uint64_t size)
     return (clusters + q->l2_entries - 1) / q->l2_entries;
 }
 
-/* Move the L1 table to new clusters with room for entries; the header is not yet changed. */
-static int grow_l1(vd_image *img, struct qcow2 *q, uint64_t entries, uint64_t *old_offset,
-                   uint64_t *old_clusters)
+int qcow2_grow_l1(vd_image *img, struct qcow2 *q, uint64_t entries)
 {
     const uint64_t cs = q->cluster_size;
+    if (entries <= q->l1_size)
+        return 0;
+    if (entries * 8 > QCOW2_MAX_L1_BYTES)
+        return vd_err(VD_ETOOBIG, "%s: the L1 table would exceed 32 MiB", img->filename);
     uint64_t clusters = (entries * 8 + cs - 1) / cs, host;
     uint64_t *l1 = realloc(q->l1, (size_t)entries * sizeof *l1);
     if (!l1)
@@ -42,13 +39,26 @@ static int grow_l1(vd_image *img, struct qcow2 *q, uint64_t entries, uint64_t *o
     int rc = qcow2_alloc_clusters(img, q, clusters, &host);
     if (rc < 0)
         return rc;
-    *old_offset = q->l1_offset;
-    *old_clusters = ((uint64_t)q->l1_size * 8 + cs - 1) / cs;
+    uint64_t old_offset = q->l1_offset, old_clusters = ((uint64_t)q->l1_size * 8 + cs - 1) / cs;
+    uint32_t old_size = q->l1_size;
     q->l1_offset = host;
     q->l1_size = (uint32_t)entries;
-    /* the new table and the refcounts that cover it are durable before the header names them */
-    if ((rc = qcow2_write_l1(img, q)) == 0)
-        rc = qcow2_refcounts_durable(img);
+    /* the new table and its refcounts are durable before the header names them */
+    if ((rc = qcow2_write_l1(img, q)) == 0 && (rc = qcow2_refcounts_durable(img)) == 0) {
+        uint8_t fields[12];
+        vd_put_be32(fields, q->l1_size);
+        vd_put_be64(fields + 4, q->l1_offset);
+        rc = vd_file_pwrite(img->file, fields, sizeof fields, 36);
+        if (rc == 0)
+            rc = vd_image_sync_now(img);
+    }
+    if (rc < 0) {
+        q->l1_offset = old_offset;
+        q->l1_size = old_size;
+        return vd_image_poison(img, rc);
+    }
+    for (uint64_t c = 0; c < old_clusters && old_offset && rc == 0; c++)
+        rc = qcow2_update_refcount(img, q, old_offset / cs + c, -1);
     return rc;
 }
 
@@ -104,15 +114,10 @@ int qcow2_resize(vd_image *img, uint64_t size, uint32_t flags)
             (rc = img->cow->zero_clusters(img, first_free, old_end - first_free, VD_COW_DEALLOCATE)) < 0)
             return rc;
     }
-    if ((rc = img->backend->flush(img)) < 0)
+    if ((rc = img->backend->flush(img)) < 0 || (rc = qcow2_grow_l1(img, q, entries)) < 0)
         return rc;
-    uint64_t old_l1 = 0, old_l1_clusters = 0;
-    if (entries > q->l1_size && (rc = grow_l1(img, q, entries, &old_l1, &old_l1_clusters)) < 0)
-        return vd_image_poison(img, rc);
-    if ((rc = write_size_fields(img, q, size)) < 0)
+    if ((rc = qcow2_write_size(img, size)) < 0)
         return vd_image_poison(img, rc);
     img->size = size;
-    for (uint64_t c = 0; c < old_l1_clusters && rc == 0; c++)
-        rc = qcow2_free_cluster_later(img, q, old_l1 + c * q->cluster_size);
-    return rc == 0 ? img->backend->flush(img) : rc;
+    return img->backend->flush(img);
 }

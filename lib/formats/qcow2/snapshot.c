@@ -1,8 +1,10 @@
 /* The qcow2 internal snapshot table. */
 #include "formats/qcow2/qcow2.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define SNAPSHOT_HEADER_BYTES 40
 #define MAX_EXTRA_BYTES       1024
@@ -105,4 +107,439 @@ int qcow2_read_snapshots(vd_image *img, struct qcow2 *q)
         rc = read_entry(img, q, limit, &pos, i, &q->snapshots[i]);
     q->snapshots_bytes = pos;
     return rc;
+}
+
+/* ------------------------------------------------------- lookup and listing */
+
+/* The snapshot with this id, or else this name (qemu-img's order); -1 if none. */
+static long find_snapshot(const struct qcow2 *q, const char *id_or_name)
+{
+    for (uint32_t i = 0; i < q->nb_snapshots; i++)
+        if (strcmp(q->snapshots[i].id, id_or_name) == 0)
+            return i;
+    for (uint32_t i = 0; i < q->nb_snapshots; i++)
+        if (strcmp(q->snapshots[i].name, id_or_name) == 0)
+            return i;
+    return -1;
+}
+
+static int not_found(vd_image *img, const char *id_or_name)
+{
+    return vd_err(VD_ENOENT, "%s: no snapshot with id or name '%s'", img->filename, id_or_name);
+}
+
+size_t qcow2_snapshot_count(vd_image *img)
+{
+    return qcow2_of(img)->nb_snapshots;
+}
+
+void qcow2_snapshot_get(vd_image *img, size_t index, vd_snapshot_info *info)
+{
+    const struct qcow2_snapshot *sn = &qcow2_of(img)->snapshots[index];
+    info->id = sn->id;
+    info->name = sn->name;
+    info->date_sec = sn->date_sec;
+    info->date_nsec = sn->date_nsec;
+    info->vm_clock_ns = sn->vm_clock_ns;
+    info->vm_state_size = sn->vm_state_size;
+    info->disk_size = sn->disk_size;
+}
+
+/* A snapshot's L1 table, host-endian, padded with zeroes to at least min_entries. */
+static int load_snapshot_l1(vd_image *img, const struct qcow2_snapshot *sn, uint64_t min_entries,
+                            uint64_t **out)
+{
+    uint64_t entries = sn->l1_size > min_entries ? sn->l1_size : min_entries;
+    uint64_t *l1 = calloc(entries ? entries : 1, sizeof *l1);
+    if (!l1)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    int rc = sn->l1_size ? vd_file_pread(img->file, l1, (size_t)sn->l1_size * 8, sn->l1_offset) : 0;
+    for (uint32_t i = 0; rc == 0 && i < sn->l1_size; i++) {
+        l1[i] = vd_be64(&l1[i]);
+        if ((l1[i] & QCOW2_OFFSET_MASK) & (qcow2_of(img)->cluster_size - 1))
+            rc = vd_err(VD_ECORRUPT, "%s: snapshot '%s' has a misaligned L1 entry", img->filename, sn->name);
+    }
+    if (rc < 0) {
+        free(l1);
+        return rc;
+    }
+    *out = l1;
+    return 0;
+}
+
+int qcow2_view_snapshot(vd_image *img, struct qcow2 *q, const char *id_or_name)
+{
+    long i = find_snapshot(q, id_or_name);
+    if (i < 0)
+        return not_found(img, id_or_name);
+    const struct qcow2_snapshot *sn = &q->snapshots[i];
+    uint64_t *l1;
+    int rc = load_snapshot_l1(img, sn, 0, &l1);
+    if (rc < 0)
+        return rc;
+    uint64_t clusters = (sn->disk_size + q->cluster_size - 1) / q->cluster_size;
+    if ((clusters + q->l2_entries - 1) / q->l2_entries > sn->l1_size) {
+        free(l1);
+        return vd_err(VD_ECORRUPT, "%s: snapshot '%s' has an L1 table too small for its size",
+                      img->filename, sn->name);
+    }
+    free(q->l1);
+    q->l1 = l1;
+    q->l1_size = sn->l1_size;
+    q->l1_offset = sn->l1_offset;
+    img->size = sn->disk_size;
+    return 0;
+}
+
+/* ------------------------------------------------------------ refcount walk */
+
+/*
+ * Walk modes: ROOM only checks that every cluster can take one more
+ * reference, so that a refcount overflow refuses the operation before
+ * anything has changed.
+ */
+enum walk { WALK_UPDATE, WALK_ROOM };
+
+static int add_or_check(vd_image *img, struct qcow2 *q, uint64_t cluster, int addend, enum walk mode)
+{
+    if (mode == WALK_UPDATE)
+        return qcow2_update_refcount(img, q, cluster, addend);
+    uint64_t refcount;
+    int rc = qcow2_get_refcount(img, q, cluster, &refcount);
+    if (rc == 0 && refcount >= q->refcount_max)
+        rc = vd_err(VD_ETOOBIG, "%s: cluster %llu already has the largest refcount %u-bit entries "
+                    "hold; this image cannot take another snapshot", img->filename,
+                    (unsigned long long)cluster, 1u << q->refcount_order);
+    return rc;
+}
+
+/* Add addend to the refcount of every host cluster an L2 entry uses. */
+static int update_entry_refcounts(vd_image *img, struct qcow2 *q, uint64_t word, int addend,
+                                  enum walk mode)
+{
+    if (!addend)
+        return 0;
+    if (word & QCOW2_OFLAG_COMPRESSED) {
+        unsigned x = 62 - (q->cluster_bits - 8);
+        uint64_t host = word & ((1ull << x) - 1);
+        uint64_t bytes = (((word >> x) & ((1ull << (q->cluster_bits - 8)) - 1)) + 1) * 512 - (host & 511);
+        int rc = 0;
+        for (uint64_t c = host / q->cluster_size; c <= (host + bytes - 1) / q->cluster_size && rc == 0; c++)
+            rc = add_or_check(img, q, c, addend, mode);
+        return rc;
+    }
+    uint64_t host = word & QCOW2_OFFSET_MASK;
+    return host ? add_or_check(img, q, host / q->cluster_size, addend, mode) : 0;
+}
+
+/* COPIED must be set exactly when the cluster's refcount is 1. */
+static int copied_flag(vd_image *img, struct qcow2 *q, uint64_t host, uint64_t *flag)
+{
+    uint64_t refcount;
+    int rc = qcow2_get_refcount(img, q, host / q->cluster_size, &refcount);
+    *flag = refcount == 1 ? QCOW2_OFLAG_COPIED : 0;
+    return rc;
+}
+
+/*
+ * Add addend (+1, -1, or 0) to the refcount of every L2 table and cluster
+ * that l1 references. With active, also set the COPIED flags of the active
+ * L1 and L2 entries from the resulting refcounts.
+ */
+static int walk_tree(vd_image *img, struct qcow2 *q, uint64_t *l1, uint64_t l1_size, int addend,
+                     bool active, enum walk mode)
+{
+    int rc = 0;
+    for (uint64_t i = 0; i < l1_size && rc == 0; i++) {
+        uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
+        if (!l2)
+            continue;
+        uint8_t *table;
+        if ((rc = vd_cache_get(q->l2_cache, l2, false, (void **)&table)) < 0)
+            break;
+        bool changed = false;
+        for (uint64_t j = 0; j < q->l2_entries && rc == 0; j++) {
+            uint8_t *p = table + j * q->l2_entry_bytes;
+            uint64_t word = vd_be64(p), flag;
+            rc = update_entry_refcounts(img, q, word, addend, mode);
+            if (rc < 0 || !active || mode == WALK_ROOM || (word & QCOW2_OFLAG_COMPRESSED) || !(word & QCOW2_OFFSET_MASK))
+                continue;
+            if ((rc = copied_flag(img, q, word & QCOW2_OFFSET_MASK, &flag)) == 0 &&
+                (word & QCOW2_OFLAG_COPIED) != flag) {
+                vd_put_be64(p, (word & ~QCOW2_OFLAG_COPIED) | flag);
+                changed = true;
+            }
+        }
+        if (changed)
+            vd_cache_mark_dirty(q->l2_cache, table);
+        vd_cache_put(q->l2_cache, table);
+        if (rc == 0 && addend)
+            rc = add_or_check(img, q, l2 / q->cluster_size, addend, mode);
+        if (mode == WALK_ROOM)
+            continue;
+        uint64_t refcount = 1;
+        if (rc == 0 && addend < 0 && (rc = qcow2_get_refcount(img, q, l2 / q->cluster_size, &refcount)) == 0 &&
+            refcount == 0)
+            vd_cache_forget(q->l2_cache, l2);
+        uint64_t flag;
+        if (rc == 0 && active && (rc = copied_flag(img, q, l2, &flag)) == 0 &&
+            (l1[i] & QCOW2_OFLAG_COPIED) != flag) {
+            l1[i] = (l1[i] & ~QCOW2_OFLAG_COPIED) | flag;
+            q->l1_dirty = true;
+        }
+    }
+    return rc;
+}
+
+static int update_tree_refcounts(vd_image *img, struct qcow2 *q, uint64_t *l1, uint64_t l1_size,
+                                 int addend, bool active)
+{
+    return walk_tree(img, q, l1, l1_size, addend, active, WALK_UPDATE);
+}
+
+/* Can everything l1 references take one more reference? */
+static int room_for_reference(vd_image *img, struct qcow2 *q, uint64_t *l1, uint64_t l1_size)
+{
+    return walk_tree(img, q, l1, l1_size, 1, false, WALK_ROOM);
+}
+
+/* ------------------------------------------------------------- table writes */
+
+static uint64_t entry_bytes(const struct qcow2_snapshot *sn)
+{
+    return (40 + (uint64_t)sn->extra_size + strlen(sn->id) + strlen(sn->name) + 7) & ~7ull;
+}
+
+static void serialise(const struct qcow2_snapshot *sn, uint8_t *p)
+{
+    size_t id_len = strlen(sn->id), name_len = strlen(sn->name);
+    memset(p, 0, (size_t)entry_bytes(sn));
+    vd_put_be64(p, sn->l1_offset);
+    vd_put_be32(p + 8, sn->l1_size);
+    vd_put_be16(p + 12, (uint16_t)id_len);
+    vd_put_be16(p + 14, (uint16_t)name_len);
+    vd_put_be32(p + 16, sn->date_sec);
+    vd_put_be32(p + 20, sn->date_nsec);
+    vd_put_be64(p + 24, sn->vm_clock_ns);
+    vd_put_be32(p + 32, sn->vm_state_size > UINT32_MAX ? 0 : (uint32_t)sn->vm_state_size);
+    vd_put_be32(p + 36, sn->extra_size);
+    memcpy(p + 40, sn->extra, sn->extra_size);
+    memcpy(p + 40 + sn->extra_size, sn->id, id_len);
+    memcpy(p + 40 + sn->extra_size + id_len, sn->name, name_len);
+}
+
+/*
+ * Make snapshots[0..count) the image's table: write it to new clusters,
+ * switch the header to it in one sector write, then free the old table.
+ * A crash leaves either table, at worst with leaked clusters.
+ */
+static int publish_table(vd_image *img, struct qcow2 *q, struct qcow2_snapshot *snapshots, uint32_t count)
+{
+    uint64_t bytes = 0;
+    for (uint32_t i = 0; i < count; i++)
+        bytes += entry_bytes(&snapshots[i]);
+    if (bytes > MAX_TABLE_BYTES)
+        return vd_err(VD_ETOOBIG, "%s: the snapshot table would exceed 64 MiB", img->filename);
+    uint64_t offset = 0, clusters = (bytes + q->cluster_size - 1) / q->cluster_size;
+    int rc = 0;
+    if (count) {
+        uint8_t *buf = calloc(1, (size_t)(clusters * q->cluster_size));
+        if (!buf)
+            return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+        for (uint32_t i = 0, pos = 0; i < count; pos += (uint32_t)entry_bytes(&snapshots[i]), i++)
+            serialise(&snapshots[i], buf + pos);
+        if ((rc = qcow2_alloc_clusters(img, q, clusters, &offset)) == 0 &&
+            (rc = vd_file_pwrite(img->file, buf, (size_t)(clusters * q->cluster_size), offset)) == 0)
+            rc = qcow2_refcounts_durable(img);
+        img->unsynced = true;
+        free(buf);
+        if (rc == 0)
+            rc = vd_image_sync(img);
+    }
+    uint8_t fields[12];
+    vd_put_be32(fields, count);
+    vd_put_be64(fields + 4, offset);
+    if (rc == 0 && (rc = vd_file_pwrite(img->file, fields, sizeof fields, 60)) == 0)
+        rc = vd_image_sync_now(img);
+    if (rc < 0)
+        return vd_image_poison(img, rc);
+    uint64_t old = q->snapshots_offset, old_clusters = (q->snapshots_bytes + q->cluster_size - 1) / q->cluster_size;
+    q->snapshots_offset = offset;
+    q->snapshots_bytes = bytes;
+    q->nb_snapshots = count;
+    for (uint64_t c = 0; c < old_clusters && old && rc == 0; c++)
+        rc = qcow2_update_refcount(img, q, old / q->cluster_size + c, -1);
+    return rc;
+}
+
+/* ------------------------------------------------------------- operations */
+
+static char *next_id(const struct qcow2 *q)
+{
+    unsigned long max = 0;
+    for (uint32_t i = 0; i < q->nb_snapshots; i++) {
+        unsigned long v = strtoul(q->snapshots[i].id, NULL, 10);
+        if (v > max)
+            max = v;
+    }
+    char *id;
+    return asprintf(&id, "%lu", max + 1) < 0 ? NULL : id;
+}
+
+/* Fill a new entry for the current state, with a copy of the active L1 at l1_offset. */
+static int new_entry(vd_image *img, struct qcow2 *q, const char *name, uint64_t l1_offset,
+                     struct qcow2_snapshot *sn)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    *sn = (struct qcow2_snapshot){
+        .l1_offset = l1_offset, .l1_size = q->l1_size,
+        .date_sec = (uint32_t)now.tv_sec, .date_nsec = (uint32_t)now.tv_nsec,
+        .disk_size = img->size, .extra_size = 24,
+    };
+    sn->id = next_id(q);
+    sn->name = strdup(name);
+    sn->extra = calloc(1, 24);
+    if (!sn->id || !sn->name || !sn->extra)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    vd_put_be64(sn->extra + 8, img->size);   /* disk size; VM state size stays 0 */
+    vd_put_be64(sn->extra + 16, UINT64_MAX); /* no instruction count recorded */
+    return 0;
+}
+
+static void free_entry(struct qcow2_snapshot *sn)
+{
+    free(sn->id);
+    free(sn->name);
+    free(sn->extra);
+}
+
+int qcow2_snapshot_create(vd_image *img, const char *name)
+{
+    struct qcow2 *q = qcow2_of(img);
+    for (uint32_t i = 0; i < q->nb_snapshots; i++)
+        if (strcmp(q->snapshots[i].name, name) == 0)
+            return vd_err(VD_EEXIST, "%s: a snapshot named '%s' already exists", img->filename, name);
+    if (strlen(name) > UINT16_MAX)
+        return vd_err(VD_EINVAL, "%s: snapshot name is too long", img->filename);
+    if (q->refcount_max < 2)
+        return vd_err(VD_EUNSUPPORTED, "%s: snapshots need refcounts of at least 2 bits", img->filename);
+    if (q->nb_snapshots >= QCOW2_MAX_SNAPSHOTS)
+        return vd_err(VD_ETOOBIG, "%s: too many snapshots", img->filename);
+    int rc = qcow2_flush_metadata(img, q);
+    if (rc == 0)
+        rc = room_for_reference(img, q, q->l1, q->l1_size);
+    if (rc < 0)
+        return rc;
+    /* copy the active L1 table */
+    uint64_t bytes = (uint64_t)q->l1_size * 8, l1_offset;
+    uint64_t clusters = bytes ? (bytes + q->cluster_size - 1) / q->cluster_size : 1;
+    uint8_t *copy = calloc(1, (size_t)(clusters * q->cluster_size));
+    if (!copy)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    for (uint32_t i = 0; i < q->l1_size; i++)
+        vd_put_be64(copy + i * 8, q->l1[i]);
+    if ((rc = qcow2_alloc_clusters(img, q, clusters, &l1_offset)) == 0)
+        rc = vd_file_pwrite(img->file, copy, (size_t)(clusters * q->cluster_size), l1_offset);
+    img->unsynced = true;
+    free(copy);
+    /* everything the copy references gains a reference; the active COPIED flags drop */
+    if (rc == 0)
+        rc = update_tree_refcounts(img, q, q->l1, q->l1_size, 1, true);
+    if (rc == 0)
+        rc = qcow2_flush_metadata(img, q);
+    if (rc < 0)
+        return vd_image_poison(img, rc);
+
+    struct qcow2_snapshot *grown = realloc(q->snapshots, (q->nb_snapshots + 1) * sizeof *grown);
+    if (!grown)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    q->snapshots = grown;
+    struct qcow2_snapshot *sn = &q->snapshots[q->nb_snapshots];
+    if ((rc = new_entry(img, q, name, l1_offset, sn)) == 0)
+        rc = publish_table(img, q, q->snapshots, q->nb_snapshots + 1);
+    if (rc < 0)
+        free_entry(sn);
+    return rc;
+}
+
+int qcow2_snapshot_apply(vd_image *img, const char *id_or_name)
+{
+    struct qcow2 *q = qcow2_of(img);
+    long i = find_snapshot(q, id_or_name);
+    if (i < 0)
+        return not_found(img, id_or_name);
+    const struct qcow2_snapshot *sn = &q->snapshots[i];
+    int rc = qcow2_flush_metadata(img, q);
+    if (rc == 0)
+        rc = qcow2_grow_l1(img, q, sn->l1_size);
+    uint64_t *target = NULL;
+    if (rc == 0)
+        rc = load_snapshot_l1(img, sn, q->l1_size, &target);
+    if (rc == 0)
+        rc = room_for_reference(img, q, target, sn->l1_size);
+    if (rc < 0) {
+        free(target);
+        return rc;
+    }
+    /* the snapshot's clusters gain the active state's reference before it switches */
+    rc = update_tree_refcounts(img, q, target, sn->l1_size, 1, false);
+    if (rc == 0)
+        rc = qcow2_refcounts_durable(img);
+    uint64_t *old = q->l1;
+    if (rc == 0) {
+        q->l1 = target;
+        rc = qcow2_write_l1(img, q);
+        if (rc == 0)
+            rc = vd_image_sync_now(img);
+        if (rc == 0 && sn->disk_size != img->size && (rc = qcow2_write_size(img, sn->disk_size)) == 0)
+            img->size = sn->disk_size;
+    } else {
+        free(target);
+        return vd_image_poison(img, rc);
+    }
+    /* the old active state loses its reference; then COPIED flags follow the refcounts */
+    if (rc == 0)
+        rc = update_tree_refcounts(img, q, old, q->l1_size, -1, false);
+    if (rc == 0)
+        rc = update_tree_refcounts(img, q, q->l1, q->l1_size, 0, true);
+    if (rc == 0)
+        rc = qcow2_flush_metadata(img, q);
+    free(old);
+    return rc < 0 ? vd_image_poison(img, rc) : 0;
+}
+
+int qcow2_snapshot_delete(vd_image *img, const char *id_or_name)
+{
+    struct qcow2 *q = qcow2_of(img);
+    long i = find_snapshot(q, id_or_name);
+    if (i < 0)
+        return not_found(img, id_or_name);
+    int rc = qcow2_flush_metadata(img, q);
+    if (rc < 0)
+        return rc;
+    struct qcow2_snapshot gone = q->snapshots[i];
+    uint64_t *l1;
+    if ((rc = load_snapshot_l1(img, &gone, 0, &l1)) < 0)
+        return rc;
+    memmove(&q->snapshots[i], &q->snapshots[i + 1], (q->nb_snapshots - i - 1) * sizeof *q->snapshots);
+    /* first the table without it, then its references go */
+    rc = publish_table(img, q, q->snapshots, q->nb_snapshots - 1);
+    if (rc < 0) {
+        memmove(&q->snapshots[i + 1], &q->snapshots[i], (q->nb_snapshots - i - 1) * sizeof *q->snapshots);
+        q->snapshots[i] = gone;
+        free(l1);
+        return rc;
+    }
+    rc = update_tree_refcounts(img, q, l1, gone.l1_size, -1, false);
+    uint64_t clusters = ((uint64_t)gone.l1_size * 8 + q->cluster_size - 1) / q->cluster_size;
+    for (uint64_t c = 0; c < (clusters ? clusters : 1) && rc == 0; c++)
+        rc = qcow2_update_refcount(img, q, gone.l1_offset / q->cluster_size + c, -1);
+    if (rc == 0)
+        rc = update_tree_refcounts(img, q, q->l1, q->l1_size, 0, true);
+    if (rc == 0)
+        rc = qcow2_flush_metadata(img, q);
+    free(l1);
+    free_entry(&gone);
+    return rc < 0 ? vd_image_poison(img, rc) : 0;
 }
