@@ -280,6 +280,31 @@ typedef void (*vd_check_report_fn)(void *ctx, const char *message);
 VD_API int vd_check(vd_image *img, uint32_t flags, vd_check_result *result,
                     vd_check_report_fn report, void *report_ctx);
 
+/* ------------------------------------------------------------------ chains */
+
+/* vd_rebase() flags */
+#define VD_REBASE_UNSAFE    (1u << 0) /* only change the recorded backing file (qemu-img rebase -u) */
+
+/*
+ * Make backing_file (relative names are relative to img's directory; NULL or
+ * "" for none) with format backing_format (NULL: probed, but a file that
+ * probes as raw is refused) the backing file of img. The safe mode keeps
+ * what the guest sees: clusters that read differently through the old and
+ * the new backing file are first copied into img. Needs a read-write handle.
+ */
+VD_API int vd_rebase(vd_image *img, const char *backing_file, const char *backing_format,
+                     uint32_t flags);
+
+/* vd_commit() flags */
+#define VD_COMMIT_EMPTY     (1u << 0) /* afterwards make img empty again (qemu-img commit without -d) */
+
+/*
+ * Write everything img holds itself into its backing file (growing it when
+ * img is larger). Needs a read-write handle; the backing file is opened
+ * read-write for the duration.
+ */
+VD_API int vd_commit(vd_image *img, uint32_t flags);
+
 /* ------------------------------------------------------ internal snapshots */
 
 /* One internal snapshot. Set .struct_size = sizeof(vd_snapshot_info). */

@@ -66,8 +66,6 @@ static void image_free(vd_image *img)
     free(img);
 }
 
-static void image_close(vd_image *img);
-static char *resolve_backing(const char *overlay, const char *backing_name);
 
 static int image_alloc(vd_image **out, const char *path, uint32_t flags)
 {
@@ -84,83 +82,9 @@ static int image_alloc(vd_image **out, const char *path, uint32_t flags)
     return 0;
 }
 
-/* Identity of a file in a chain, to detect loops. */
-struct chain_link {
-    dev_t dev;
-    ino_t ino;
-    const struct chain_link *next; /* toward the top of the chain */
-};
 
-static int open_image(vd_image **out, const char *path, const vd_open_opts *o, unsigned depth,
-                      const struct chain_link *above);
-
-/* backing_name resolved as QEMU does: relative names are relative to the overlay's directory. */
-static char *resolve_backing(const char *overlay, const char *backing_name)
-{
-    char *resolved;
-    if (backing_name[0] == '/' || !strchr(overlay, '/'))
-        return strdup(backing_name);
-    int dir_len = (int)(strrchr(overlay, '/') - overlay);
-    return asprintf(&resolved, "%.*s/%s", dir_len, overlay, backing_name) < 0 ? NULL : resolved;
-}
-
-/* With VD_OPEN_CONFINED, a backing file must live in the overlay's directory tree. */
-static int check_confined(const char *overlay, const char *backing)
-{
-    char *dir = strdup(overlay), *real_dir = NULL, *real_backing = realpath(backing, NULL);
-    int rc = 0;
-    if (dir) {
-        char *slash = strrchr(dir, '/');
-        if (slash)
-            *slash = '\0';
-        real_dir = realpath(slash ? (dir[0] ? dir : "/") : ".", NULL);
-    }
-    size_t n = real_dir ? strlen(real_dir) : 0;
-    if (!real_dir || !real_backing || strncmp(real_backing, real_dir, n) != 0 ||
-        (real_backing[n] != '/' && !(n == 1 && real_dir[0] == '/')))
-        rc = vd_err(VD_EPERM, "%s: backing file '%s' is outside the image's directory, "
-                    "which VD_OPEN_CONFINED forbids", overlay, backing);
-    free(dir);
-    free(real_dir);
-    free(real_backing);
-    return rc;
-}
-
-/* Open the backing chain below img, as its header records it. */
-static int open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
-                        const struct chain_link *self)
-{
-    vd_info info = VD_INFO_INIT;
-    if (img->backend->get_info)
-        img->backend->get_info(img, &info);
-    if (!info.backing_file || (o->flags & VD_OPEN_NO_BACKING))
-        return 0;
-    if (depth + 1 >= VD_MAX_CHAIN_DEPTH)
-        return vd_err(VD_EBACKING, "%s: backing chain is deeper than %d images", img->filename,
-                      VD_MAX_CHAIN_DEPTH);
-    char *path = resolve_backing(img->filename, info.backing_file);
-    if (!path)
-        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
-    int rc = (o->flags & VD_OPEN_CONFINED) ? check_confined(img->filename, path) : 0;
-    if (rc == 0) {
-        vd_open_opts below = *o;
-        below.flags = o->flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED); /* backing files are read-only */
-        below.format = info.backing_format;
-        below.snapshot = NULL;
-        rc = open_image(&img->backing, path, &below, depth + 1, self);
-        if (rc < 0) {
-            char msg[768];
-            snprintf(msg, sizeof msg, "%s", vd_errmsg());
-            rc = vd_err(VD_EBACKING, "%s: could not open backing file '%s': %s", img->filename,
-                        path, msg);
-        }
-    }
-    free(path);
-    return rc;
-}
-
-static int open_image(vd_image **out, const char *path, const vd_open_opts *o, unsigned depth,
-                      const struct chain_link *above)
+int vd_open_image(vd_image **out, const char *path, const vd_open_opts *o, unsigned depth,
+                  const struct vd_chain_link *above)
 {
     const struct vd_backend *be = NULL;
     if (o->format && !(be = vd_backend_find(o->format)))
@@ -172,11 +96,11 @@ static int open_image(vd_image **out, const char *path, const vd_open_opts *o, u
         return rc;
     rc = vd_file_open(&img->file, path, img->read_only ? 0 : VD_FILE_RDWR);
     struct stat st;
-    struct chain_link self = { 0, 0, above };
+    struct vd_chain_link self = { 0, 0, above };
     if (rc == 0 && vd_file_stat_id(img->file, &st) == 0) {
         self.dev = st.st_dev;
         self.ino = st.st_ino;
-        for (const struct chain_link *l = above; l; l = l->next)
+        for (const struct vd_chain_link *l = above; l; l = l->next)
             if (l->dev == self.dev && l->ino == self.ino)
                 rc = vd_err(VD_EBACKING, "%s: backing chain loops back to this file", path);
     }
@@ -191,9 +115,9 @@ static int open_image(vd_image **out, const char *path, const vd_open_opts *o, u
             img->backend = NULL; /* a failed open cleans up after itself */
     }
     if (rc == 0)
-        rc = open_backing(img, o, depth, &self);
+        rc = vd_chain_open_backing(img, o, depth, &self);
     if (rc < 0) {
-        image_close(img);
+        vd_image_close_chain(img);
         return rc;
     }
     *out = img;
@@ -217,7 +141,7 @@ int vd_open_ext(vd_image **out, const char *path, const vd_open_opts *opts)
     }
     if (o.flags & ~OPEN_FLAGS_KNOWN)
         return vd_err(VD_EINVAL, "vd_open: unknown flags 0x%x", o.flags & ~OPEN_FLAGS_KNOWN);
-    return open_image(out, path, &o, 0, NULL);
+    return vd_open_image(out, path, &o, 0, NULL);
 }
 
 int vd_open(vd_image **out, const char *path, const char *format, uint32_t flags)
@@ -228,8 +152,7 @@ int vd_open(vd_image **out, const char *path, const char *format, uint32_t flags
     return vd_open_ext(out, path, &o);
 }
 
-/* Release a handle and the chain below it (no flush). */
-static void image_close(vd_image *img)
+void vd_image_close_chain(vd_image *img)
 {
     while (img) {
         vd_image *below = img->backing;
@@ -249,52 +172,13 @@ int vd_close(vd_image *img)
     int rc = 0;
     if (!img->read_only && !img->poisoned)
         rc = vd_flush(img, 0);
-    image_close(img);
+    vd_image_close_chain(img);
     return rc;
 }
 
 vd_image *vd_get_backing(vd_image *img)
 {
     return img && img->magic == VD_IMAGE_MAGIC ? img->backing : NULL;
-}
-
-/*
- * Check the backing file an overlay will name: it must open, its format is
- * recorded (probed if not given, but never a probed raw), and a size of 0
- * becomes its size.
- */
-static int prepare_backing(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags)
-{
-    const char *name = vd_kv_get(kv, "backing_file"), *fmt = vd_kv_get(kv, "backing_fmt");
-    if (!name)
-        return fmt ? vd_err(VD_EINVAL, "%s: backing_fmt given without backing_file", path) : 0;
-    if (flags & VD_CREATE_UNSAFE_BACKING) {
-        if (!fmt || !*size)
-            return vd_err(VD_EINVAL, "%s: without checking the backing file, both its format "
-                          "(backing_fmt) and the image size must be given", path);
-        return 0;
-    }
-    char *backing_path = resolve_backing(path, name);
-    if (!backing_path)
-        return vd_err(VD_ENOMEM, "%s: out of memory", path);
-    vd_image *backing;
-    int rc = vd_open(&backing, backing_path, fmt, VD_OPEN_NO_LOCK);
-    free(backing_path);
-    if (rc < 0) {
-        char msg[768];
-        snprintf(msg, sizeof msg, "%s", vd_errmsg());
-        return vd_err(VD_EBACKING, "%s: could not open backing file: %s", path, msg);
-    }
-    const char *detected = vd_get_format(backing);
-    if (!fmt && strcmp(detected, "raw") == 0)
-        rc = vd_err(VD_EINVAL, "%s: backing file '%s' probes as raw; give backing_fmt=raw "
-                    "to confirm (a probed raw backing file is refused)", path, name);
-    if (rc == 0 && !fmt)
-        rc = vd_kv_set(kv, "backing_fmt", detected);
-    if (rc == 0 && !*size)
-        *size = backing->size;
-    vd_close(backing);
-    return rc;
 }
 
 /* Prefix the current message with the file name. */
@@ -329,7 +213,7 @@ int vd_create(const char *path, const char *format, uint64_t size,
         return rc;
     rc = vd_kv_check_keys(&kv, be->create_options, format);
     if (rc == 0)
-        rc = prepare_backing(path, &kv, &size, flags);
+        rc = vd_chain_prepare_create(path, &kv, &size, flags);
     if (rc < 0) {
         vd_kv_free(&kv);
         return rc;

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "io/file.h"
 #include "core/options.h"
@@ -67,6 +68,8 @@ struct vd_backend {
     int (*block_status)(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext); /* default: all data */
     /* Fill format-specific parts of info (cluster size, backing, dirty). */
     void (*get_info)(vd_image *img, vd_info *info);
+    /* Record a new backing file and format (NULL: none) in the header. Optional. */
+    int (*set_backing)(vd_image *img, const char *file, const char *format);
     /* Internal snapshots; all optional (no snapshots: count 0, the rest VD_EUNSUPPORTED). */
     size_t (*snapshot_count)(vd_image *img);
     void (*snapshot_get)(vd_image *img, size_t index, vd_snapshot_info *info);
@@ -138,6 +141,28 @@ int vd_leave(vd_image *img, int rc);
 
 /* Disable the handle after an error that leaves metadata in doubt. */
 int vd_image_poison(vd_image *img, int code);
+
+/* ------------------------------------------------------------------ chains */
+
+/* Identity of a file in a chain being opened, to detect loops. */
+struct vd_chain_link {
+    dev_t dev;
+    ino_t ino;
+    const struct vd_chain_link *next; /* toward the top of the chain */
+};
+
+/* Open one image and (unless VD_OPEN_NO_BACKING) the chain below it. */
+int vd_open_image(vd_image **out, const char *path, const vd_open_opts *o, unsigned depth,
+                  const struct vd_chain_link *above);
+/* Release a handle and the chain below it, without flushing. */
+void vd_image_close_chain(vd_image *img);
+/* A backing name resolved as QEMU does: relative to the overlay's directory. */
+char *vd_chain_resolve(const char *overlay, const char *backing_name);
+/* Open img->backing as img's header names it. */
+int vd_chain_open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
+                          const struct vd_chain_link *self);
+/* Check the backing_file/backing_fmt options of an image about to be created. */
+int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags);
 
 /* ---------------------------------------------------------------- registry */
 

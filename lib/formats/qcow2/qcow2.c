@@ -239,6 +239,28 @@ static void q_close(vd_image *img)
     img->priv = NULL;
 }
 
+static int q_set_backing(vd_image *img, const char *file, const char *format)
+{
+    struct qcow2 *q = qcow2_of(img);
+    if (file && strlen(file) > QCOW2_MAX_BACKING_NAME)
+        return vd_err(VD_EINVAL, "%s: backing file name is longer than %d bytes", img->filename,
+                      QCOW2_MAX_BACKING_NAME);
+    char *new_file = file ? strdup(file) : NULL, *new_format = format ? strdup(format) : NULL;
+    if ((file && !new_file) || (format && !new_format)) {
+        free(new_file);
+        free(new_format);
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    }
+    free(q->backing_file);
+    free(q->backing_format);
+    q->backing_file = new_file;
+    q->backing_format = new_format;
+    int rc = qcow2_write_header(img, q);
+    if (rc == 0)
+        rc = vd_image_sync(img);
+    return rc < 0 ? vd_image_poison(img, rc) : 0;
+}
+
 static void q_get_info(vd_image *img, vd_info *info)
 {
     struct qcow2 *q = qcow2_of(img);
@@ -265,6 +287,7 @@ const struct vd_backend vd_backend_qcow2 = {
     .block_status = vd_cow_block_status,
     .get_info = q_get_info,
     .check = qcow2_check,
+    .set_backing = q_set_backing,
     .snapshot_count = qcow2_snapshot_count,
     .snapshot_get = qcow2_snapshot_get,
     .snapshot_create = qcow2_snapshot_create,

@@ -1,0 +1,304 @@
+/*
+ * Backing chains: resolving and opening backing files (relative to the
+ * overlay, with the recorded format, confined on request), checking the
+ * backing file of a new overlay, and rebase and commit.
+ */
+#include "core/internal.h"
+#include "cow/engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* backing_name resolved as QEMU does: relative names are relative to the overlay's directory. */
+char *vd_chain_resolve(const char *overlay, const char *backing_name)
+{
+    char *resolved;
+    if (backing_name[0] == '/' || !strchr(overlay, '/'))
+        return strdup(backing_name);
+    int dir_len = (int)(strrchr(overlay, '/') - overlay);
+    return asprintf(&resolved, "%.*s/%s", dir_len, overlay, backing_name) < 0 ? NULL : resolved;
+}
+
+/* With VD_OPEN_CONFINED, a backing file must live in the overlay's directory tree. */
+static int check_confined(const char *overlay, const char *backing)
+{
+    char *dir = strdup(overlay), *real_dir = NULL, *real_backing = realpath(backing, NULL);
+    int rc = 0;
+    if (dir) {
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = '\0';
+        real_dir = realpath(slash ? (dir[0] ? dir : "/") : ".", NULL);
+    }
+    size_t n = real_dir ? strlen(real_dir) : 0;
+    if (!real_dir || !real_backing || strncmp(real_backing, real_dir, n) != 0 ||
+        (real_backing[n] != '/' && !(n == 1 && real_dir[0] == '/')))
+        rc = vd_err(VD_EPERM, "%s: backing file '%s' is outside the image's directory, "
+                    "which VD_OPEN_CONFINED forbids", overlay, backing);
+    free(dir);
+    free(real_dir);
+    free(real_backing);
+    return rc;
+}
+
+/* Open the backing chain below img, as its header records it. */
+int vd_chain_open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
+                          const struct vd_chain_link *self)
+{
+    vd_info info = VD_INFO_INIT;
+    if (img->backend->get_info)
+        img->backend->get_info(img, &info);
+    if (!info.backing_file || (o->flags & VD_OPEN_NO_BACKING))
+        return 0;
+    if (depth + 1 >= VD_MAX_CHAIN_DEPTH)
+        return vd_err(VD_EBACKING, "%s: backing chain is deeper than %d images", img->filename,
+                      VD_MAX_CHAIN_DEPTH);
+    char *path = vd_chain_resolve(img->filename, info.backing_file);
+    if (!path)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    int rc = (o->flags & VD_OPEN_CONFINED) ? check_confined(img->filename, path) : 0;
+    if (rc == 0) {
+        vd_open_opts below = *o;
+        below.flags = o->flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED); /* backing files are read-only */
+        below.format = info.backing_format;
+        below.snapshot = NULL;
+        rc = vd_open_image(&img->backing, path, &below, depth + 1, self);
+        if (rc < 0) {
+            char msg[768];
+            snprintf(msg, sizeof msg, "%s", vd_errmsg());
+            rc = vd_err(VD_EBACKING, "%s: could not open backing file '%s': %s", img->filename,
+                        path, msg);
+        }
+    }
+    free(path);
+    return rc;
+}
+
+/*
+ * Check the backing file an overlay will name: it must open, its format is
+ * recorded (probed if not given, but never a probed raw), and a size of 0
+ * becomes its size.
+ */
+int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags)
+{
+    const char *name = vd_kv_get(kv, "backing_file"), *fmt = vd_kv_get(kv, "backing_fmt");
+    if (!name)
+        return fmt ? vd_err(VD_EINVAL, "%s: backing_fmt given without backing_file", path) : 0;
+    if (flags & VD_CREATE_UNSAFE_BACKING) {
+        if (!fmt || !*size)
+            return vd_err(VD_EINVAL, "%s: without checking the backing file, both its format "
+                          "(backing_fmt) and the image size must be given", path);
+        return 0;
+    }
+    char *backing_path = vd_chain_resolve(path, name);
+    if (!backing_path)
+        return vd_err(VD_ENOMEM, "%s: out of memory", path);
+    vd_image *backing;
+    int rc = vd_open(&backing, backing_path, fmt, VD_OPEN_NO_LOCK);
+    free(backing_path);
+    if (rc < 0) {
+        char msg[768];
+        snprintf(msg, sizeof msg, "%s", vd_errmsg());
+        return vd_err(VD_EBACKING, "%s: could not open backing file: %s", path, msg);
+    }
+    const char *detected = vd_get_format(backing);
+    if (!fmt && strcmp(detected, "raw") == 0)
+        rc = vd_err(VD_EINVAL, "%s: backing file '%s' probes as raw; give backing_fmt=raw "
+                    "to confirm (a probed raw backing file is refused)", path, name);
+    if (rc == 0 && !fmt)
+        rc = vd_kv_set(kv, "backing_fmt", detected);
+    if (rc == 0 && !*size)
+        *size = backing->size;
+    vd_close(backing);
+    return rc;
+}
+
+
+/* ---------------------------------------------------------- rebase, commit */
+
+enum { COPY_CHUNK = 2 << 20 };
+
+/* Reopen img->backing as its header now names it. */
+static int reopen_backing(vd_image *img)
+{
+    vd_image_close_chain(img->backing);
+    img->backing = NULL;
+    vd_open_opts o = VD_OPEN_OPTS_INIT;
+    o.flags = img->open_flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED);
+    return vd_chain_open_backing(img, &o, 0, NULL);
+}
+
+/* The extent at off as img itself defines it (depth 0), or not. */
+static int own_extent(vd_image *img, uint64_t off, vd_extent *ext)
+{
+    *ext = (vd_extent){ off, img->size - off, VD_EXTENT_DATA | VD_EXTENT_ALLOCATED, 0, VD_NO_HOST_OFFSET };
+    return img->backend->block_status ? img->backend->block_status(img, off, img->size - off, ext) : 0;
+}
+
+static bool defined_here(const vd_extent *ext)
+{
+    return (ext->flags & VD_EXTENT_ALLOCATED) && ext->depth == 0;
+}
+
+/* Read [off, off+len) of a backing image as the overlay sees it: zeroes past its end. */
+static int read_backing(vd_image *b, uint64_t off, uint8_t *buf, size_t len)
+{
+    size_t inside = !b || off >= b->size ? 0 : (size_t)(b->size - off < len ? b->size - off : len);
+    memset(buf + inside, 0, len - inside);
+    return inside ? b->backend->read(b, off, buf, inside) : 0;
+}
+
+/*
+ * Safe rebase: copy into img every chunk it does not define itself whose
+ * content differs between the old chain and the new backing image.
+ */
+static int copy_differences(vd_image *img, vd_image *new_backing)
+{
+    uint8_t *old = malloc(COPY_CHUNK), *new = malloc(COPY_CHUNK);
+    int rc = old && new ? 0 : vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    for (uint64_t off = 0; off < img->size && rc == 0;) {
+        vd_extent ext;
+        if ((rc = own_extent(img, off, &ext)) < 0)
+            break;
+        uint64_t end = off + ext.length;
+        while (!defined_here(&ext) && off < end && rc == 0) {
+            size_t n = (size_t)(end - off < COPY_CHUNK ? end - off : COPY_CHUNK);
+            if ((rc = img->backend->read(img, off, old, n)) == 0 &&
+                (rc = read_backing(new_backing, off, new, n)) == 0 && memcmp(old, new, n) != 0)
+                rc = img->backend->write(img, off, old, n, 0);
+            off += n;
+        }
+        off = end;
+    }
+    free(old);
+    free(new);
+    return rc;
+}
+
+/* The new backing image of a rebase, opened read-only; NULL for none. */
+static int open_new_backing(vd_image *img, const char *file, const char *format, vd_image **out)
+{
+    *out = NULL;
+    if (!file || !*file)
+        return 0;
+    struct vd_kv kv = { 0 };
+    uint64_t size = 1;
+    int rc = vd_kv_set(&kv, "backing_file", file);
+    if (rc == 0 && format)
+        rc = vd_kv_set(&kv, "backing_fmt", format);
+    if (rc == 0)
+        rc = vd_chain_prepare_create(img->filename, &kv, &size, 0); /* checks it, probes the format */
+    char *path = rc == 0 ? vd_chain_resolve(img->filename, file) : NULL;
+    if (rc == 0 && !path)
+        rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    if (rc == 0) {
+        vd_open_opts o = VD_OPEN_OPTS_INIT;
+        o.format = vd_kv_get(&kv, "backing_fmt");
+        o.flags = img->open_flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED);
+        rc = vd_open_image(out, path, &o, 1, NULL);
+    }
+    free(path);
+    vd_kv_free(&kv);
+    return rc;
+}
+
+int vd_rebase(vd_image *img, const char *backing_file, const char *backing_format, uint32_t flags)
+{
+    int rc = vd_enter(img, "vd_rebase", flags, VD_REBASE_UNSAFE, VD_ACCESS_WRITE);
+    if (rc < 0)
+        return rc;
+    if (!img->backend->set_backing) {
+        rc = vd_err(VD_EUNSUPPORTED, "%s: format '%s' has no backing files", img->filename,
+                    img->backend->name);
+        return vd_leave(img, rc);
+    }
+    bool none = !backing_file || !*backing_file;
+    vd_image *new_backing = NULL;
+    if (!(flags & VD_REBASE_UNSAFE)) {
+        rc = open_new_backing(img, backing_file, backing_format, &new_backing);
+        if (rc == 0)
+            rc = copy_differences(img, new_backing);
+        if (rc == 0)
+            rc = img->backend->flush ? img->backend->flush(img) : 0;
+        if (rc == 0 && !none && !backing_format)
+            backing_format = new_backing->backend->name;
+    }
+    if (rc == 0)
+        rc = img->backend->set_backing(img, none ? NULL : backing_file, none ? NULL : backing_format);
+    vd_image_close_chain(new_backing);
+    if (rc == 0) {
+        int reopened = reopen_backing(img);
+        /* an unsafe rebase may name a file that is not there (yet): the header stands */
+        if (reopened < 0 && !(flags & VD_REBASE_UNSAFE))
+            rc = reopened;
+    }
+    return vd_leave(img, rc);
+}
+
+/* Copy what img defines itself into the writable backing image b. */
+static int copy_into_backing(vd_image *img, vd_image *b)
+{
+    uint8_t *buf = malloc(COPY_CHUNK);
+    int rc = buf ? 0 : vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    for (uint64_t off = 0; off < img->size && rc == 0;) {
+        vd_extent ext;
+        if ((rc = own_extent(img, off, &ext)) < 0)
+            break;
+        uint64_t end = off + ext.length;
+        if (defined_here(&ext) && (ext.flags & VD_EXTENT_ZERO)) {
+            rc = vd_write_zeroes(b, off, ext.length, 0);
+            off = end;
+        }
+        while (defined_here(&ext) && off < end && rc == 0) {
+            size_t n = (size_t)(end - off < COPY_CHUNK ? end - off : COPY_CHUNK);
+            if ((rc = img->backend->read(img, off, buf, n)) == 0)
+                rc = vd_write(b, off, buf, n, 0);
+            off += n;
+        }
+        off = end;
+    }
+    free(buf);
+    return rc;
+}
+
+int vd_commit(vd_image *img, uint32_t flags)
+{
+    int rc = vd_enter(img, "vd_commit", flags, VD_COMMIT_EMPTY, VD_ACCESS_WRITE);
+    if (rc < 0)
+        return rc;
+    if (!img->backing)
+        return vd_leave(img, vd_err(VD_EINVAL, "%s: image has no backing file to commit into",
+                                    img->filename));
+    if ((flags & VD_COMMIT_EMPTY) && (!img->cow || !img->cow->zero_clusters))
+        return vd_leave(img, vd_err(VD_EUNSUPPORTED, "%s: format '%s' cannot be emptied",
+                                    img->filename, img->backend->name));
+    /* our read-only handle on the backing file goes first: it would be stale */
+    char *path = strdup(img->backing->filename);
+    char *format = strdup(img->backing->backend->name);
+    vd_image_close_chain(img->backing);
+    img->backing = NULL;
+    vd_image *b = NULL;
+    if (!path || !format)
+        rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    if (rc == 0)
+        rc = vd_open(&b, path, format, VD_OPEN_RDWR | (img->open_flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED)));
+    if (rc == 0 && b->size < img->size)
+        rc = vd_resize(b, img->size, 0);
+    if (rc == 0)
+        rc = copy_into_backing(img, b);
+    if (b) {
+        int closed = vd_close(b); /* flushes: the backing file is durable before img empties */
+        rc = rc ? rc : closed;
+    }
+    if (rc == 0 && (flags & VD_COMMIT_EMPTY)) {
+        uint64_t end = (img->size + img->cluster_size - 1) & ~(uint64_t)(img->cluster_size - 1);
+        rc = img->cow->zero_clusters(img, 0, end, VD_COW_DEALLOCATE);
+        if (rc == 0 && img->backend->flush)
+            rc = img->backend->flush(img);
+    }
+    int reopened = reopen_backing(img);
+    free(path);
+    free(format);
+    return vd_leave(img, rc ? rc : reopened);
+}
