@@ -20,6 +20,10 @@
  * corruption) poison the handle: every later call except vd_close() fails
  * with VD_EPOISONED. Data acknowledged by a completed vd_flush() is never lost.
  *
+ * Locks: an open image holds the same byte-range locks as QEMU (readers
+ * coexist; a writer excludes other readers and writers, in any process, QEMU
+ * included). A conflict fails with VD_ELOCKED; VD_OPEN_NO_LOCK skips locking.
+ *
  * ABI: libvdisk.so.1. Structures that may grow carry a size or version field
  * as their first member and only ever grow at the end.
  */
@@ -93,7 +97,7 @@ typedef struct vd_image vd_image;
 /* vd_open() flags */
 #define VD_OPEN_RDWR        (1u << 0) /* read-write; default is read-only */
 #define VD_OPEN_NO_BACKING  (1u << 1) /* open only this image, not its backing chain */
-#define VD_OPEN_NO_LOCK     (1u << 2) /* take no file locks (read-only inspection) */
+#define VD_OPEN_NO_LOCK     (1u << 2) /* take no file locks (read-only inspection, qemu-img -U) */
 #define VD_OPEN_CONFINED    (1u << 3) /* refuse any file reference outside the image's directory */
 #define VD_OPEN_UNSAFE_RAW  (1u << 4) /* allow writes that would turn a probed raw image into another format */
 #define VD_OPEN_REPAIR      (1u << 5) /* with RDWR: open an image marked corrupt, for vd_check() repairs only */

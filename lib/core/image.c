@@ -95,6 +95,8 @@ int vd_open_image(vd_image **out, const char *path, const vd_open_opts *o, unsig
     if (rc < 0)
         return rc;
     rc = vd_file_open(&img->file, path, img->read_only ? 0 : VD_FILE_RDWR);
+    if (rc == 0 && !(o->flags & VD_OPEN_NO_LOCK))
+        rc = vd_file_lock(img->file, !img->read_only);
     struct stat st;
     struct vd_chain_link self = { 0, 0, above };
     if (rc == 0 && vd_file_stat_id(img->file, &st) == 0) {

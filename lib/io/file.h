@@ -47,6 +47,12 @@ struct vd_file_ops {
     int (*extent)(vd_file *f, uint64_t off, bool *is_data, uint64_t *end);
     /* Bytes the file occupies on the host. */
     int (*allocated_bytes)(vd_file *f, uint64_t *bytes);
+    /*
+     * Take QEMU's byte-range locks for a reader (writer false) or a writer,
+     * and fail with VD_ELOCKED if another open file holds conflicting ones.
+     * Optional: a layer without locks shares everything.
+     */
+    int (*lock)(vd_file *f, bool writer);
     /* Device and inode (st_dev, st_ino), to recognise the same file twice. */
     int (*stat_id)(vd_file *f, struct stat *st);
     void (*close)(vd_file *f);
@@ -88,6 +94,7 @@ int vd_file_punch_hole(vd_file *f, uint64_t off, uint64_t len);
 int vd_file_allocate(vd_file *f, uint64_t off, uint64_t len);
 int vd_file_extent(vd_file *f, uint64_t off, bool *is_data, uint64_t *end);
 int vd_file_allocated_bytes(vd_file *f, uint64_t *bytes);
+int vd_file_lock(vd_file *f, bool writer);
 /* Fails with VD_EUNSUPPORTED where the layer has no identity to give. */
 int vd_file_stat_id(vd_file *f, struct stat *st);
 

@@ -1,5 +1,6 @@
 /* The POSIX file layer: pread/pwrite/fdatasync/fallocate/SEEK_DATA. */
 #include "core/internal.h"
+#include "io/lock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -160,6 +161,11 @@ static int posix_stat_id(vd_file *f, struct stat *st)
     return 0;
 }
 
+static int posix_lock(vd_file *f, bool writer)
+{
+    return vd_lock_qemu_style(fd_of(f), f->path, writer);
+}
+
 static void posix_close(vd_file *f)
 {
     struct posix_file *pf = (struct posix_file *)f;
@@ -180,6 +186,7 @@ static const struct vd_file_ops posix_ops = {
     .extent = posix_extent,
     .allocated_bytes = posix_allocated_bytes,
     .stat_id = posix_stat_id,
+    .lock = posix_lock,
     .close = posix_close,
 };
 
