@@ -86,14 +86,23 @@ struct batch {
     const uint8_t *data;    /* count * cluster_size bytes */
 };
 
+/* Write guest data to the host file, unless the format says metadata lives there. */
+static int write_data(vd_image *img, const void *buf, size_t len, uint64_t host)
+{
+    int rc = img->cow->check_write ? img->cow->check_write(img, host, len) : 0;
+    if (rc == 0)
+        rc = vd_file_pwrite(img->file, buf, len, host);
+    img->unsynced = true;
+    return rc;
+}
+
 /* Write a batch of new clusters, then publish them. */
 static int commit_batch(vd_image *img, struct batch *b)
 {
     if (!b->count)
         return 0;
     uint64_t cs = img->cluster_size;
-    int rc = vd_file_pwrite(img->file, b->data, (size_t)(b->count * cs), b->host);
-    img->unsynced = true;
+    int rc = write_data(img, b->data, (size_t)(b->count * cs), b->host);
     for (uint64_t i = 0; i < b->count && rc == 0; i++)
         rc = img->cow->link(img, b->guest + i * cs, b->host + i * cs);
     b->count = 0;
@@ -140,8 +149,7 @@ int vd_cow_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint3
         if (overwritable(&run, img->cluster_size)) {
             rc = commit_batch(img, &batch);
             if (rc == 0)
-                rc = vd_file_pwrite(img->file, src, n, run.host + in);
-            img->unsynced = true;
+                rc = write_data(img, src, n, run.host + in);
         } else if (n == cs) {
             /* whole new cluster: extend the batch when the host space is contiguous */
             uint64_t host;

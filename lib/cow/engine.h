@@ -48,6 +48,8 @@ struct vd_cow_ops {
      * makes the engine write zeroes instead (or ignore a discard).
      */
     int (*zero_clusters)(vd_image *img, uint64_t off, uint64_t len, enum vd_cow_zero_mode mode);
+    /* Refuse (and report corruption) if data written at [host, host+len) would hit metadata. Optional. */
+    int (*check_write)(vd_image *img, uint64_t host, uint64_t len);
     /* Decompress the cluster a COMPRESSED run describes. Optional. */
     int (*read_compressed)(vd_image *img, const struct vd_cow_run *run, void *cluster);
 };

@@ -396,6 +396,7 @@ static int rebuild_refcounts(struct checker *c)
     q->rt_clusters = (uint32_t)table_clusters;
     q->alloc_end = end;
     q->free_hint = 0;
+    q->meta_stale = true;
     struct vd_cache *fresh;
     rc = vd_cache_new(&fresh, img->file, (size_t)cs, 16);
     if (rc == 0) {

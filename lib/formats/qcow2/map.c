@@ -148,7 +148,7 @@ static int writable_l2(vd_image *img, struct qcow2 *q, uint64_t i, uint8_t **tab
         return vd_cache_get(q->l2_cache, old, false, (void **)table);
 
     uint64_t fresh;
-    if ((rc = qcow2_alloc_clusters(img, q, 1, &fresh)) < 0)
+    if ((rc = qcow2_alloc_metadata(img, q, 1, &fresh)) < 0)
         return rc;
     if ((rc = vd_cache_get(q->l2_cache, fresh, true, (void **)table)) < 0)
         return rc;
@@ -234,8 +234,9 @@ static int q_zero_clusters(vd_image *img, uint64_t off, uint64_t len, enum vd_co
             c += whole;
             continue;
         }
+        /* v3 can keep the cluster allocated under the zero flag; v2 has no zero flag */
         bool keep = mode == VD_COW_ZERO_KEEP && run.kind == VD_COW_DATA && run.writable &&
-                    run.length >= cs && q->l2_entry_bytes == 8;
+                    run.length >= cs && q->l2_entry_bytes == 8 && q->version >= 3;
         struct l2e e = { 0, 0 };
         if (keep)
             e.word = QCOW2_OFLAG_ZERO | (run.host & ~(cs - 1)) | QCOW2_OFLAG_COPIED;
@@ -291,6 +292,7 @@ int qcow2_write_l1(vd_image *img, struct qcow2 *q)
 }
 
 const struct vd_cow_ops qcow2_cow_ops = {
+    .check_write = qcow2_check_overlap,
     .lookup = q_lookup,
     .allocate = q_allocate,
     .link = q_link,

@@ -140,6 +140,7 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
         if (!(q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS))
             vd_cache_set_before_write(q->l2_cache, qcow2_refcounts_durable, img);
         q->alloc_end = (file_size + q->cluster_size - 1) / q->cluster_size;
+        q->meta_stale = true;
         img->cow = &qcow2_cow_ops;
         img->cluster_size = (uint32_t)q->cluster_size;
         rc = set_props(img, q);
@@ -233,6 +234,7 @@ static void q_close(vd_image *img)
     free(q->l1);
     free(q->rt);
     free(q->pending_frees);
+    free(q->meta_bits);
     qcow2_free_snapshots(q);
     qcow2_free_header(q);
     free(q);

@@ -121,6 +121,10 @@ struct qcow2 {
     struct qcow2_snapshot *snapshots; /* nb_snapshots entries */
     uint64_t snapshots_bytes;          /* size of the snapshot table on disk */
 
+    uint64_t *meta_bits;      /* host clusters holding metadata (overlap.c) */
+    uint64_t meta_clusters;   /* clusters the bitmap covers */
+    bool meta_stale;          /* metadata moved or clusters were freed since the rebuild */
+
     uint64_t free_hint;       /* no free cluster below this index */
     uint64_t alloc_end;       /* no cluster is allocated at or past this index */
     uint64_t *pending_frees;  /* host clusters whose refcount drops at the next flush */
@@ -164,6 +168,8 @@ int qcow2_get_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_
 int qcow2_update_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, int64_t delta);
 /* Allocate count contiguous clusters with refcount 1; *host is the first one's offset. */
 int qcow2_alloc_clusters(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t *host);
+/* Allocate clusters for metadata (the overlap map learns about them). */
+int qcow2_alloc_metadata(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t *host);
 /* Drop the refcount of a host cluster at the next flush (after the L2 update is durable). */
 int qcow2_free_cluster_later(vd_image *img, struct qcow2 *q, uint64_t host);
 int qcow2_apply_pending_frees(vd_image *img, struct qcow2 *q);
@@ -195,6 +201,9 @@ int qcow2_resize(vd_image *img, uint64_t size, uint32_t flags);
 int qcow2_grow_l1(vd_image *img, struct qcow2 *q, uint64_t entries);
 /* Write the virtual size field of the header, durably. */
 int qcow2_write_size(vd_image *img, uint64_t size);
+
+/* overlap.c: VD_ECORRUPT (and the image marked corrupt) if data would overwrite metadata. */
+int qcow2_check_overlap(vd_image *img, uint64_t host, uint64_t len);
 
 /* create.c */
 int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts);

@@ -122,8 +122,11 @@ int qcow2_update_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, int6
     qcow2_refblock_set(block, idx, q->refcount_order, old + (uint64_t)delta);
     vd_cache_mark_dirty(q->rb_cache, block);
     vd_cache_put(q->rb_cache, block);
-    if (delta < 0 && old + (uint64_t)delta == 0 && cluster < q->free_hint)
-        q->free_hint = cluster;
+    if (delta < 0 && old + (uint64_t)delta == 0) {
+        q->meta_stale = true; /* a freed cluster may have held metadata */
+        if (cluster < q->free_hint)
+            q->free_hint = cluster;
+    }
     return 0;
 }
 
@@ -141,6 +144,7 @@ static int add_self_describing_block(vd_image *img, struct qcow2 *q, uint64_t cl
     qcow2_refblock_set(block, cluster % q->rb_entries, q->refcount_order, 1);
     vd_cache_put(q->rb_cache, block);
     q->rt[ti] = cluster * q->cluster_size;
+    q->meta_stale = true;
     if (cluster + 1 > q->alloc_end)
         q->alloc_end = cluster + 1;
     return publish_rt_entries(img, q, ti, ti);
@@ -201,6 +205,7 @@ static int grow_refcount_table(vd_image *img, struct qcow2 *q, uint64_t min_entr
     }
     q->rt = rt;
     q->rt_entries = entries;
+    q->meta_stale = true;
     for (uint64_t c = start; c < end && rc == 0; c++)
         rc = qcow2_update_refcount(img, q, c, 1);
     q->alloc_end = end;
@@ -275,6 +280,7 @@ static int alloc_at_end(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t
         vd_cache_put(q->rb_cache, block);
     }
     q->alloc_end = end;
+    q->meta_stale = true;
     int rc = 0;
     for (uint64_t c = start; c < end && rc == 0; c++)
         rc = qcow2_update_refcount(img, q, c, 1);
@@ -341,6 +347,12 @@ int qcow2_alloc_clusters(vd_image *img, struct qcow2 *q, uint64_t count, uint64_
         *host = first * q->cluster_size;
         return 0;
     }
+}
+
+int qcow2_alloc_metadata(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t *host)
+{
+    q->meta_stale = true;
+    return qcow2_alloc_clusters(img, q, count, host);
 }
 
 int qcow2_free_cluster_later(vd_image *img, struct qcow2 *q, uint64_t host)

@@ -36,7 +36,7 @@ int qcow2_grow_l1(vd_image *img, struct qcow2 *q, uint64_t entries)
         return vd_err(VD_ENOMEM, "%s: out of memory growing the L1 table", img->filename);
     memset(l1 + q->l1_size, 0, (size_t)(entries - q->l1_size) * sizeof *l1);
     q->l1 = l1;
-    int rc = qcow2_alloc_clusters(img, q, clusters, &host);
+    int rc = qcow2_alloc_metadata(img, q, clusters, &host);
     if (rc < 0)
         return rc;
     uint64_t old_offset = q->l1_offset, old_clusters = ((uint64_t)q->l1_size * 8 + cs - 1) / cs;

@@ -348,7 +348,7 @@ static int publish_table(vd_image *img, struct qcow2 *q, struct qcow2_snapshot *
             return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
         for (uint32_t i = 0, pos = 0; i < count; pos += (uint32_t)entry_bytes(&snapshots[i]), i++)
             serialise(&snapshots[i], buf + pos);
-        if ((rc = qcow2_alloc_clusters(img, q, clusters, &offset)) == 0 &&
+        if ((rc = qcow2_alloc_metadata(img, q, clusters, &offset)) == 0 &&
             (rc = vd_file_pwrite(img->file, buf, (size_t)(clusters * q->cluster_size), offset)) == 0)
             rc = qcow2_refcounts_durable(img);
         img->unsynced = true;
@@ -439,7 +439,7 @@ int qcow2_snapshot_create(vd_image *img, const char *name)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     for (uint32_t i = 0; i < q->l1_size; i++)
         vd_put_be64(copy + i * 8, q->l1[i]);
-    if ((rc = qcow2_alloc_clusters(img, q, clusters, &l1_offset)) == 0)
+    if ((rc = qcow2_alloc_metadata(img, q, clusters, &l1_offset)) == 0)
         rc = vd_file_pwrite(img->file, copy, (size_t)(clusters * q->cluster_size), l1_offset);
     img->unsynced = true;
     free(copy);
