@@ -21,7 +21,7 @@ char *vd_chain_resolve(const char *overlay, const char *backing_name)
 }
 
 /* With VD_OPEN_CONFINED, a backing file must live in the overlay's directory tree. */
-static int check_confined(const char *overlay, const char *backing)
+int vd_chain_check_confined(const char *overlay, const char *backing)
 {
     char *dir = strdup(overlay), *real_dir = NULL, *real_backing = realpath(backing, NULL);
     int rc = 0;
@@ -34,7 +34,7 @@ static int check_confined(const char *overlay, const char *backing)
     size_t n = real_dir ? strlen(real_dir) : 0;
     if (!real_dir || !real_backing || strncmp(real_backing, real_dir, n) != 0 ||
         (real_backing[n] != '/' && !(n == 1 && real_dir[0] == '/')))
-        rc = vd_err(VD_EPERM, "%s: backing file '%s' is outside the image's directory, "
+        rc = vd_err(VD_EPERM, "%s: '%s' is outside the image's directory, "
                     "which VD_OPEN_CONFINED forbids", overlay, backing);
     free(dir);
     free(real_dir);
@@ -57,7 +57,7 @@ int vd_chain_open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
     char *path = vd_chain_resolve(img->filename, info.backing_file);
     if (!path)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
-    int rc = (o->flags & VD_OPEN_CONFINED) ? check_confined(img->filename, path) : 0;
+    int rc = (o->flags & VD_OPEN_CONFINED) ? vd_chain_check_confined(img->filename, path) : 0;
     if (rc == 0) {
         vd_open_opts below = *o;
         below.flags = o->flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED); /* backing files are read-only */

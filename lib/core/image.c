@@ -349,7 +349,9 @@ int vd_image_sync(vd_image *img)
 {
     if (!img->unsynced || (img->open_flags & VD_OPEN_NO_FLUSH))
         return 0;
-    int rc = vd_file_sync(img->file);
+    int rc = img->data_file ? vd_file_sync(img->data_file) : 0; /* data before the metadata naming it */
+    if (rc == 0)
+        rc = vd_file_sync(img->file);
     if (rc == 0)
         img->unsynced = false;
     return rc;

@@ -105,11 +105,18 @@ struct vd_image {
     const struct vd_cow_ops *cow;
     uint32_t cluster_size;
     vd_image *backing;       /* the next image of the chain, or NULL */
+    vd_file *data_file;      /* where guest data lives, if not in file (qcow2 data_file) */
     bool unsynced;           /* written since the last sync of the file */
 };
 
+/* The file that holds guest data. */
+static inline vd_file *vd_image_data(const vd_image *img)
+{
+    return img->data_file ? img->data_file : img->file;
+}
+
 /*
- * Sync the image's file if anything was written since the last sync (set
+ * Sync the image's file (and data file) if anything was written since the last sync (set
  * img->unsynced after writing). The one way an image reaches stable storage,
  * so that VD_OPEN_NO_FLUSH is honoured everywhere.
  */
@@ -161,6 +168,8 @@ char *vd_chain_resolve(const char *overlay, const char *backing_name);
 /* Open img->backing as img's header names it. */
 int vd_chain_open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
                           const struct vd_chain_link *self);
+/* With VD_OPEN_CONFINED: fail unless path lies in the image's directory tree. */
+int vd_chain_check_confined(const char *image, const char *path);
 /* Check the backing_file/backing_fmt options of an image about to be created. */
 int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags);
 

@@ -51,7 +51,7 @@ int vd_cow_read(vd_image *img, uint64_t off, void *buf, size_t len)
         size_t n = (size_t)min_u64(run.length, len);
         switch (run.kind) {
         case VD_COW_DATA:
-            rc = vd_file_pread(img->file, p, n, run.host);
+            rc = vd_file_pread(vd_image_data(img), p, n, run.host);
             break;
         case VD_COW_ZERO:
             memset(p, 0, n);
@@ -91,7 +91,7 @@ static int write_data(vd_image *img, const void *buf, size_t len, uint64_t host)
 {
     int rc = img->cow->check_write ? img->cow->check_write(img, host, len) : 0;
     if (rc == 0)
-        rc = vd_file_pwrite(img->file, buf, len, host);
+        rc = vd_file_pwrite(vd_image_data(img), buf, len, host);
     img->unsynced = true;
     return rc;
 }

@@ -89,7 +89,8 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active)
             c->res->corruptions++;
             continue;
         }
-        add_ref(c, host, cs);
+        if (!qcow2_has_data_file(q))
+            add_ref(c, host, cs);
         if (active) {
             c->res->allocated_clusters++;
             if (c->next_contiguous && host != c->next_contiguous)
@@ -296,7 +297,8 @@ static void check_copied_flags(struct checker *c, uint32_t flags)
         for (uint64_t j = 0; j < q->l2_entries; j++) {
             uint8_t *p = table + j * q->l2_entry_bytes;
             uint64_t word = vd_be64(p), host = word & QCOW2_OFFSET_MASK;
-            if ((word & QCOW2_OFLAG_COMPRESSED) || !host || (host & (q->cluster_size - 1)) ||
+            if (qcow2_has_data_file(q) || (word & QCOW2_OFLAG_COMPRESSED) || !host ||
+                (host & (q->cluster_size - 1)) ||
                 host / q->cluster_size >= c->nclusters ||
                 qcow2_get_refcount(c->img, q, host / q->cluster_size, &refcount) < 0)
                 continue;

@@ -16,6 +16,8 @@ const struct vd_option_desc qcow2_create_options[] = {
     { "preallocation", "Preallocation mode (off, metadata, falloc, full)", "off" },
     { "extended_l2", "Extended L2 tables with subcluster allocation (v3 only)", "off" },
     { "compression_type", "Compression method for compressed clusters (zlib, zstd; v3 only)", "zlib" },
+    { "data_file", "File name of an external data file", NULL },
+    { "data_file_raw", "The external data file must stay valid as a raw image", "off" },
     { "backing_file", "File name of a base image", NULL },
     { "backing_fmt", "Image format of the base image", NULL },
     { NULL, NULL, NULL },
@@ -24,6 +26,7 @@ const struct vd_option_desc qcow2_create_options[] = {
 enum prealloc { PREALLOC_OFF, PREALLOC_METADATA, PREALLOC_FALLOC, PREALLOC_FULL };
 
 struct layout {
+    bool external_data;      /* data clusters live in the data file, at their guest offset */
     uint64_t rt_start, rt_clusters;
     uint64_t rb_start, nblocks;
     uint64_t l1_start, l1_clusters, l1_size;
@@ -40,13 +43,14 @@ static uint64_t div_up(uint64_t a, uint64_t b)
 static void plan(const struct qcow2 *q, uint64_t size, bool prealloc, struct layout *l)
 {
     uint64_t cs = q->cluster_size, clusters = div_up(size, cs);
-    *l = (struct layout){ .rt_clusters = 1, .nblocks = 1 };
+    *l = (struct layout){ .rt_clusters = 1, .nblocks = 1, .external_data = qcow2_has_data_file(q) };
     l->l1_size = div_up(clusters, q->l2_entries);
     l->l1_clusters = l->l1_size ? div_up(l->l1_size * 8, cs) : 1;
     l->nl2 = prealloc ? l->l1_size : 0;
     l->ndata = prealloc ? clusters : 0;
+    uint64_t data_here = l->external_data ? 0 : l->ndata;
     for (;;) { /* refcount blocks and table must also cover themselves */
-        l->total = 1 + l->rt_clusters + l->nblocks + l->l1_clusters + l->nl2 + l->ndata;
+        l->total = 1 + l->rt_clusters + l->nblocks + l->l1_clusters + l->nl2 + data_here;
         uint64_t nblocks = div_up(l->total, q->rb_entries);
         uint64_t rt_clusters = div_up(nblocks * 8, cs);
         if (nblocks == l->nblocks && rt_clusters == l->rt_clusters)
@@ -103,6 +107,27 @@ static int parse_options(const struct vd_kv *opts, uint64_t size, struct qcow2 *
     q->incompat = (extl2 ? QCOW2_INCOMPAT_EXTL2 : 0) |
                   (compression ? QCOW2_INCOMPAT_COMPRESSION : 0);
     q->compression_type = (uint8_t)compression;
+    const char *data_file = vd_kv_get(opts, "data_file");
+    bool data_raw;
+    if ((rc = vd_kv_get_bool(opts, "data_file_raw", false, &data_raw)) < 0)
+        return rc;
+    if (data_raw && !data_file)
+        return vd_err(VD_EINVAL, "data_file_raw needs a data_file");
+    if (data_file && q->version == 2)
+        return vd_err(VD_EINVAL, "External data files only supported with compatibility level 1.1 and above");
+    if (data_file && vd_kv_get(opts, "backing_file") && data_raw)
+        return vd_err(VD_EINVAL, "Backing file and raw external data file cannot be used together");
+    if (data_file && strlen(data_file) > QCOW2_MAX_BACKING_NAME)
+        return vd_err(VD_EINVAL, "data file name is longer than %d bytes", QCOW2_MAX_BACKING_NAME);
+    if (data_file && !(q->data_file_name = strdup(data_file)))
+        return VD_ENOMEM;
+    if (data_file)
+        q->incompat |= QCOW2_INCOMPAT_DATA_FILE;
+    if (data_raw) {
+        q->autoclear |= QCOW2_AUTOCLEAR_DATA_RAW;
+        if (*prealloc == PREALLOC_OFF)
+            *prealloc = PREALLOC_METADATA; /* a raw data file maps every cluster, as in QEMU */
+    }
     q->header_length = q->version == 3 ? QCOW2_HEADER_LEN_MAX : QCOW2_V2_HEADER_LEN;
     qcow2_derive(q);
     uint64_t clusters = div_up(size, q->cluster_size);
@@ -176,12 +201,28 @@ static void fill_l1(const struct qcow2 *q, const struct layout *l, uint64_t i, u
 
 static void fill_l2(const struct qcow2 *q, const struct layout *l, uint64_t i, uint8_t *t)
 {
+    uint64_t first_data = l->external_data ? 0 : l->data_start;
     for (uint64_t e = 0; e < q->l2_entries && i * q->l2_entries + e < l->ndata; e++) {
         uint8_t *p = t + e * q->l2_entry_bytes;
-        vd_put_be64(p, ((l->data_start + i * q->l2_entries + e) * q->cluster_size) | QCOW2_OFLAG_COPIED);
+        vd_put_be64(p, ((first_data + i * q->l2_entries + e) * q->cluster_size) | QCOW2_OFLAG_COPIED);
         if (q->l2_entry_bytes == 16)
             vd_put_be64(p + 8, 0xffffffffull);
     }
+}
+
+/* The external data file, next to the image, sized to the disk (as QEMU makes it). */
+static int create_data_file(const char *image, const char *name, uint64_t size, vd_file **out)
+{
+    char *path = vd_chain_resolve(image, name);
+    if (!path)
+        return vd_err(VD_ENOMEM, "%s: out of memory", image);
+    int rc = vd_file_open(out, path, VD_FILE_RDWR | VD_FILE_CREATE);
+    free(path);
+    if (rc == 0 && (rc = vd_file_truncate(*out, size)) < 0) {
+        vd_file_close(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
@@ -189,8 +230,10 @@ int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     struct qcow2 q = { 0 };
     size_t prealloc;
     int rc = parse_options(opts, size, &q, &prealloc);
-    if (rc < 0)
+    if (rc < 0) {
+        qcow2_free_header(&q);
         return rc;
+    }
     struct layout l;
     plan(&q, size, prealloc != PREALLOC_OFF, &l);
     const uint64_t cs = q.cluster_size;
@@ -218,10 +261,21 @@ int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
         (rc = write_tables(file, &q, l.l1_start, l.l1_clusters, fill_l1, &l)) == 0 &&
         (rc = write_tables(file, &q, l.l2_start, l.nl2, fill_l2, &l)) == 0)
         rc = vd_file_truncate(file, l.total * cs);
+    vd_file *data = file;
+    uint64_t data_start = l.data_start * cs;
+    if (rc == 0 && l.external_data) {
+        rc = create_data_file(file->path, q.data_file_name, size, &data);
+        data_start = 0;
+    }
     if (rc == 0 && l.ndata && prealloc == PREALLOC_FALLOC)
-        rc = vd_file_allocate(file, l.data_start * cs, l.ndata * cs);
+        rc = vd_file_allocate(data, data_start, l.ndata * cs);
     if (rc == 0 && l.ndata && prealloc == PREALLOC_FULL)
-        rc = vd_file_write_zeroes(file, l.data_start * cs, l.ndata * cs, false);
+        rc = vd_file_write_zeroes(data, data_start, l.ndata * cs, false);
+    if (data != file) {
+        if (rc == 0)
+            rc = vd_file_sync(data);
+        vd_file_close(data);
+    }
     qcow2_free_header(&q);
     return rc;
 }

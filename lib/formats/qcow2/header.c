@@ -91,6 +91,12 @@ static int parse_extensions(vd_image *img, struct qcow2 *q, const uint8_t *hdr,
             free(q->backing_format);
             if (!(q->backing_format = dup_string(data, len)))
                 return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+        } else if (type == QCOW2_EXT_DATA_FILE) {
+            if (len > QCOW2_MAX_BACKING_NAME)
+                return corrupt_header(img, "data file name is too long");
+            free(q->data_file_name);
+            if (!(q->data_file_name = dup_string(data, len)))
+                return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
         } else if (add_ext(q, type, data, len) < 0) {
             return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
         }
@@ -116,9 +122,11 @@ static int validate(vd_image *img, struct qcow2 *q, uint64_t backing_off, uint32
         return vd_err(VD_EUNSUPPORTED, "%s: unsupported qcow2 feature: %s", img->filename,
                       feature_name(q, bit, name, sizeof name));
     }
-    if (q->incompat & QCOW2_INCOMPAT_DATA_FILE)
-        return vd_err(VD_EUNSUPPORTED, "%s: unsupported qcow2 feature: %s", img->filename,
-                      feature_name(q, 2, name, sizeof name));
+    if ((q->incompat & QCOW2_INCOMPAT_DATA_FILE) && !q->data_file_name)
+        return vd_err(VD_EUNSUPPORTED, "%s: the image uses an external data file but does not "
+                      "name it", img->filename);
+    if ((q->autoclear & QCOW2_AUTOCLEAR_DATA_RAW) && !(q->incompat & QCOW2_INCOMPAT_DATA_FILE))
+        q->autoclear &= ~QCOW2_AUTOCLEAR_DATA_RAW; /* meaningless without a data file */
     if (q->crypt_method)
         return vd_err(VD_EUNSUPPORTED, "%s: encrypted qcow2 images (method %u) are not supported yet",
                       img->filename, q->crypt_method);
@@ -280,6 +288,8 @@ static int build_header(const char *path, struct qcow2 *q, uint64_t size, uint8_
     size_t need = pos + 8 + backing_len;
     if (q->backing_format)
         need += 8 + ((strlen(q->backing_format) + 7) & ~(size_t)7);
+    if (q->data_file_name)
+        need += 8 + ((strlen(q->data_file_name) + 7) & ~(size_t)7);
     for (size_t i = 0; i < q->nexts; i++)
         need += 8 + ((q->exts[i].len + 7) & ~7u);
     if (need > cs)
@@ -287,6 +297,9 @@ static int build_header(const char *path, struct qcow2 *q, uint64_t size, uint8_
     if (q->backing_format)
         pos += put_ext(buf + pos, QCOW2_EXT_BACKING_FMT, q->backing_format,
                        (uint32_t)strlen(q->backing_format));
+    if (q->data_file_name)
+        pos += put_ext(buf + pos, QCOW2_EXT_DATA_FILE, q->data_file_name,
+                       (uint32_t)strlen(q->data_file_name));
     for (size_t i = 0; i < q->nexts; i++)
         pos += put_ext(buf + pos, q->exts[i].type, q->exts[i].data, q->exts[i].len);
     pos += put_ext(buf + pos, QCOW2_EXT_END, NULL, 0);
@@ -335,7 +348,8 @@ void qcow2_free_header(struct qcow2 *q)
     free(q->exts);
     free(q->backing_file);
     free(q->backing_format);
+    free(q->data_file_name);
     q->exts = NULL;
     q->nexts = 0;
-    q->backing_file = q->backing_format = NULL;
+    q->backing_file = q->backing_format = q->data_file_name = NULL;
 }

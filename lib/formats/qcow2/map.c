@@ -100,6 +100,9 @@ static int q_lookup(vd_image *img, uint64_t off, uint64_t len, struct vd_cow_run
     struct granule first;
     struct l2e e = l2_load(q, table, cluster % q->l2_entries);
     rc = decode(img, q, e, (unsigned)((off % cs) / granule), &first);
+    if (rc == 0 && first.kind == VD_COW_COMPRESSED && qcow2_has_data_file(q))
+        rc = qcow2_signal_corruption(img, "compressed cluster in an image with an external data file (0x%llx)",
+                                     (unsigned long long)e.word);
     if (rc == 0 && first.kind == VD_COW_COMPRESSED) {
         run->kind = VD_COW_COMPRESSED;
         run->length = min_u64(max, cs - off % cs);
@@ -131,7 +134,12 @@ static int q_lookup(vd_image *img, uint64_t off, uint64_t len, struct vd_cow_run
 
 static int q_allocate(vd_image *img, uint64_t guest_off, uint64_t *host)
 {
-    return qcow2_alloc_clusters(img, qcow2_of(img), 1, host);
+    struct qcow2 *q = qcow2_of(img);
+    if (qcow2_has_data_file(q)) { /* the data file mirrors the guest layout */
+        *host = guest_off & ~(q->cluster_size - 1);
+        return 0;
+    }
+    return qcow2_alloc_clusters(img, q, 1, host);
 }
 
 /*
@@ -170,6 +178,8 @@ static int writable_l2(vd_image *img, struct qcow2 *q, uint64_t i, uint8_t **tab
 /* Drop this L2 entry's reference to its host cluster(s), at the next flush. */
 static int release_entry(vd_image *img, struct qcow2 *q, struct l2e e)
 {
+    if (qcow2_has_data_file(q)) /* data file clusters are not refcounted */
+        return 0;
     if (e.word & QCOW2_OFLAG_COMPRESSED) {
         uint64_t host, bytes;
         compressed_extent(q, e.word, &host, &bytes);
@@ -222,6 +232,8 @@ static int q_zero_clusters(vd_image *img, uint64_t off, uint64_t len, enum vd_co
     bool need_zero_flag = mode != VD_COW_DEALLOCATE && !unallocated_is_zero;
     if (need_zero_flag && q->version < 3)
         return VD_EUNSUPPORTED; /* v2 with a backing file: the engine writes real zeroes */
+    if ((q->autoclear & QCOW2_AUTOCLEAR_DATA_RAW) && mode != VD_COW_DEALLOCATE)
+        return VD_EUNSUPPORTED; /* a raw data file must itself read as the guest disk */
     int rc = 0;
     for (uint64_t c = off; c < off + len && rc == 0;) {
         struct vd_cow_run run;

@@ -51,6 +51,8 @@ static int rebuild(vd_image *img, struct qcow2 *q)
 int qcow2_check_overlap(vd_image *img, uint64_t host, uint64_t len)
 {
     struct qcow2 *q = qcow2_of(img);
+    if (qcow2_has_data_file(q)) /* data goes to another file */
+        return 0;
     if (q->meta_stale || host / q->cluster_size >= q->meta_clusters) {
         int rc = rebuild(img, q);
         if (rc < 0)

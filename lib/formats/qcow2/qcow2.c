@@ -49,6 +49,11 @@ static int set_props(vd_image *img, const struct qcow2 *q)
                                (q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) ? "true" : "false");
     if (rc == 0)
         rc = vd_image_set_prop(img, "refcount-bits", VD_PROP_INT, "%u", 1u << q->refcount_order);
+    if (rc == 0 && q->data_file_name)
+        rc = vd_image_set_prop(img, "data-file", VD_PROP_STRING, "%s", q->data_file_name);
+    if (rc == 0 && q->data_file_name)
+        rc = vd_image_set_prop(img, "data-file-raw", VD_PROP_BOOL, "%s",
+                               (q->autoclear & QCOW2_AUTOCLEAR_DATA_RAW) ? "true" : "false");
     if (rc == 0 && v3)
         rc = vd_image_set_prop(img, "corrupt", VD_PROP_BOOL, "%s",
                                (q->incompat & QCOW2_INCOMPAT_CORRUPT) ? "true" : "false");
@@ -59,6 +64,26 @@ static int set_props(vd_image *img, const struct qcow2 *q)
 }
 
 static void q_close(vd_image *img);
+
+/* Open the external data file the header names, next to the image. */
+static int open_data_file(vd_image *img, const struct qcow2 *q)
+{
+    char *path = vd_chain_resolve(img->filename, q->data_file_name);
+    if (!path)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    int rc = (img->open_flags & VD_OPEN_CONFINED) ? vd_chain_check_confined(img->filename, path) : 0;
+    if (rc == 0)
+        rc = vd_file_open(&img->data_file, path, img->read_only ? 0 : VD_FILE_RDWR);
+    if (rc == 0 && !(img->open_flags & VD_OPEN_NO_LOCK))
+        rc = vd_file_lock(img->data_file, !img->read_only);
+    if (rc < 0) {
+        char msg[768];
+        snprintf(msg, sizeof msg, "%s", vd_errmsg());
+        rc = vd_err(rc, "%s: could not open the external data file: %s", img->filename, msg);
+    }
+    free(path);
+    return rc;
+}
 
 int qcow2_signal_corruption(vd_image *img, const char *fmt, ...)
 {
@@ -100,7 +125,7 @@ static int prepare_for_writing(vd_image *img, struct qcow2 *q)
     }
     if (q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS)
         q->incompat |= QCOW2_INCOMPAT_DIRTY;
-    q->autoclear = 0;
+    q->autoclear &= QCOW2_AUTOCLEAR_DATA_RAW; /* the only autoclear feature we keep up to date */
     if (q->incompat == before_incompat && q->autoclear == before_autoclear)
         return 0;
     int rc = qcow2_write_features(img, q);
@@ -118,6 +143,8 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
         !(img->open_flags & VD_OPEN_REPAIR))
         rc = vd_err(VD_ECORRUPT, "%s: qcow2 image is marked corrupt; it can only be opened read-only "
                     "(repair it with 'vdisk check -r all')", img->filename);
+    if (rc == 0 && qcow2_has_data_file(q))
+        rc = open_data_file(img, q);
     if (rc == 0)
         rc = load_l1(img, q);
     if (rc == 0)
@@ -229,6 +256,8 @@ static void q_close(vd_image *img)
         if (qcow2_write_features(img, q) == 0)
             vd_image_sync(img);
     }
+    vd_file_close(img->data_file);
+    img->data_file = NULL;
     vd_cache_free(q->l2_cache);
     vd_cache_free(q->rb_cache);
     free(q->l1);

@@ -100,7 +100,8 @@ struct qcow2 {
     uint8_t compression_type;
     char *backing_file;
     char *backing_format;
-    struct qcow2_ext *exts;  /* every extension but backing format (rebuilt from backing_format) */
+    char *data_file_name;    /* external data file extension, or NULL */
+    struct qcow2_ext *exts;  /* every other extension, kept verbatim */
     size_t nexts;
 
     /* derived */
@@ -134,6 +135,12 @@ struct qcow2 {
 static inline struct qcow2 *qcow2_of(vd_image *img)
 {
     return img->priv;
+}
+
+/* Guest clusters live in an external data file, at their guest offset, without refcounts. */
+static inline bool qcow2_has_data_file(const struct qcow2 *q)
+{
+    return (q->incompat & QCOW2_INCOMPAT_DATA_FILE) != 0;
 }
 
 /*

@@ -424,6 +424,9 @@ int qcow2_snapshot_create(vd_image *img, const char *name)
         return vd_err(VD_EINVAL, "%s: snapshot name is too long", img->filename);
     if (q->refcount_max < 2)
         return vd_err(VD_EUNSUPPORTED, "%s: snapshots need refcounts of at least 2 bits", img->filename);
+    if (qcow2_has_data_file(q))
+        return vd_err(VD_EUNSUPPORTED, "%s: internal snapshots are not possible with an external "
+                      "data file", img->filename);
     if (q->nb_snapshots >= QCOW2_MAX_SNAPSHOTS)
         return vd_err(VD_ETOOBIG, "%s: too many snapshots", img->filename);
     int rc = qcow2_flush_metadata(img, q);
