@@ -81,7 +81,8 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active)
             continue;
         }
         uint64_t host = word & QCOW2_OFFSET_MASK;
-        if (!host)
+        bool data_file_zero = qcow2_has_data_file(q) && (word & QCOW2_OFLAG_COPIED);
+        if (!host && !data_file_zero) /* host 0 is guest cluster 0 only in a data file */
             continue;
         if (host & (cs - 1)) {
             say(c, "ERROR offset=%llx: Cluster is not properly aligned; L2 entry corrupted",

@@ -53,10 +53,13 @@ static int decode(vd_image *img, const struct qcow2 *q, struct l2e e, unsigned s
         bool zero = (e.bitmap >> (32 + subcluster)) & 1, alloc = (e.bitmap >> subcluster) & 1;
         g->kind = zero ? VD_COW_ZERO : alloc ? VD_COW_DATA : VD_COW_UNALLOCATED;
     } else {
+        /* with a data file, host offset 0 is guest cluster 0, marked by COPIED */
+        bool mapped = g->host_cluster || (qcow2_has_data_file(q) && g->writable);
         g->kind = (e.word & QCOW2_OFLAG_ZERO) && q->version >= 3 ? VD_COW_ZERO
-                : g->host_cluster ? VD_COW_DATA : VD_COW_UNALLOCATED;
+                : mapped ? VD_COW_DATA : VD_COW_UNALLOCATED;
     }
-    if (g->kind == VD_COW_DATA && (!g->host_cluster || (g->host_cluster & (q->cluster_size - 1))))
+    bool offset_ok = g->host_cluster ? !(g->host_cluster & (q->cluster_size - 1)) : qcow2_has_data_file(q);
+    if (g->kind == VD_COW_DATA && !offset_ok)
         return qcow2_signal_corruption(img, "L2 entry has an invalid cluster offset (0x%llx)", (unsigned long long)e.word);
     return 0;
 }
