@@ -9,8 +9,8 @@ int qcow2_probe(const uint8_t *head, size_t len, uint64_t file_size)
 {
     if (len < 8 || vd_be32(head) != QCOW2_MAGIC)
         return 0;
-    uint32_t version = vd_be32(head + 4);
-    return version == 2 || version == 3 ? 100 : 0;
+    /* any later version is still qcow2 (and refused by open), never raw: as QEMU probes */
+    return vd_be32(head + 4) >= 2 ? 100 : 0;
 }
 
 void qcow2_derive(struct qcow2 *q)
