@@ -67,8 +67,8 @@ int vd_chain_open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
         if (rc < 0) {
             char msg[768];
             snprintf(msg, sizeof msg, "%s", vd_errmsg());
-            rc = vd_err(VD_EBACKING, "%s: could not open backing file '%s': %s", img->filename,
-                        path, msg);
+            /* the cause's code stands (VD_ENOENT, VD_ELOCKED, ...); the message names both files */
+            rc = vd_err(rc, "%s: could not open backing file '%s': %s", img->filename, path, msg);
         }
     }
     free(path);
@@ -100,7 +100,7 @@ int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, 
     if (rc < 0) {
         char msg[768];
         snprintf(msg, sizeof msg, "%s", vd_errmsg());
-        return vd_err(VD_EBACKING, "%s: could not open backing file: %s", path, msg);
+        return vd_err(rc, "%s: could not open backing file: %s", path, msg);
     }
     const char *detected = vd_get_format(backing);
     if (!fmt && strcmp(detected, "raw") == 0)

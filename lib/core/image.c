@@ -143,6 +143,8 @@ int vd_open_ext(vd_image **out, const char *path, const vd_open_opts *opts)
     }
     if (o.flags & ~OPEN_FLAGS_KNOWN)
         return vd_err(VD_EINVAL, "vd_open: unknown flags 0x%x", o.flags & ~OPEN_FLAGS_KNOWN);
+    if ((o.flags & VD_OPEN_REPAIR) && !(o.flags & VD_OPEN_RDWR))
+        return vd_err(VD_EINVAL, "vd_open: VD_OPEN_REPAIR needs VD_OPEN_RDWR");
     return vd_open_image(out, path, &o, 0, NULL);
 }
 

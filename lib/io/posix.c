@@ -192,7 +192,8 @@ static const struct vd_file_ops posix_ops = {
 
 int vd_file_posix_open(vd_file **out, const char *path, uint32_t flags)
 {
-    int oflags = O_CLOEXEC | ((flags & VD_FILE_RDWR) ? O_RDWR : O_RDONLY);
+    /* non-blocking so that a FIFO named by a hostile image cannot hang the open */
+    int oflags = O_CLOEXEC | O_NONBLOCK | ((flags & VD_FILE_RDWR) ? O_RDWR : O_RDONLY);
     if (flags & VD_FILE_CREATE)
         oflags |= O_CREAT | ((flags & VD_FILE_EXCL) ? O_EXCL : O_TRUNC);
     int fd = open(path, oflags, 0644);
@@ -203,10 +204,11 @@ int vd_file_posix_open(vd_file **out, const char *path, uint32_t flags)
         return vd_err(code, "Could not open '%s': %s", path, strerror(e));
     }
     struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    if (fstat(fd, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
         close(fd);
-        return vd_err(VD_EINVAL, "Could not open '%s': is a directory", path);
+        return vd_err(VD_EINVAL, "Could not open '%s': not a regular file or block device", path);
     }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     struct posix_file *pf = calloc(1, sizeof *pf);
     char *copy = strdup(path);
     if (!pf || !copy) {

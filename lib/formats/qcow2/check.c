@@ -466,6 +466,8 @@ int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
     if (rc == 0 && repaired && (q->incompat & QCOW2_INCOMPAT_CORRUPT) && !res->corruptions) {
         q->incompat &= ~QCOW2_INCOMPAT_CORRUPT;
         rc = qcow2_write_features(img, q);
+        if (rc == 0)
+            rc = qcow2_update_props(img, q);
     }
     return rc;
 }

@@ -36,7 +36,7 @@ static int load_l1(vd_image *img, struct qcow2 *q)
     return rc;
 }
 
-static int set_props(vd_image *img, const struct qcow2 *q)
+int qcow2_update_props(vd_image *img, const struct qcow2 *q)
 {
     static const char *const compression[] = { "zlib", "zstd" };
     bool v3 = q->version >= 3;
@@ -100,6 +100,7 @@ int qcow2_signal_corruption(vd_image *img, const char *fmt, ...)
         q->incompat |= QCOW2_INCOMPAT_CORRUPT;
         if (qcow2_write_features(img, q) == 0)
             vd_image_sync_now(img);
+        qcow2_update_props(img, q);
     }
     return vd_err(VD_ECORRUPT, "%s: qcow2 image is corrupt%s: %s", img->filename,
                   mark ? " (marked corrupt; repair it with 'vdisk check -r all')" : "", what);
@@ -170,7 +171,7 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
         q->meta_stale = true;
         img->cow = &qcow2_cow_ops;
         img->cluster_size = (uint32_t)q->cluster_size;
-        rc = set_props(img, q);
+        rc = qcow2_update_props(img, q);
     }
     if (rc == 0 && !img->read_only)
         rc = prepare_for_writing(img, q);

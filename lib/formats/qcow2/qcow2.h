@@ -195,6 +195,8 @@ int qcow2_snapshot_apply(vd_image *img, const char *id_or_name);
 int qcow2_snapshot_delete(vd_image *img, const char *id_or_name);
 
 /* qcow2.c */
+/* (Re)publish the format-specific properties (qemu-img info's format-specific data). */
+int qcow2_update_props(vd_image *img, const struct qcow2 *q);
 /* Write all metadata in dependency order and make it durable. */
 int qcow2_flush_metadata(vd_image *img, struct qcow2 *q);
 
