@@ -17,8 +17,8 @@ import ctypes
 import ctypes.util
 import functools
 import os
-from ctypes import (POINTER, Structure, c_char_p, c_int, c_int32, c_size_t, c_uint,
-                    c_uint32, c_uint64, c_void_p)
+from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_int32, c_size_t,
+                    c_uint, c_uint32, c_uint64, c_void_p)
 
 from .errors import make_error
 
@@ -29,8 +29,13 @@ SONAME = "libvdisk.so.1"
 OPEN_RDWR = 1 << 0
 OPEN_NO_BACKING = 1 << 1
 OPEN_NO_LOCK = 1 << 2
+OPEN_CONFINED = 1 << 3
+OPEN_UNSAFE_RAW = 1 << 4
+OPEN_REPAIR = 1 << 5
+OPEN_NO_FLUSH = 1 << 6
 # vd_create() flags
 CREATE_EXCL = 1 << 0
+CREATE_UNSAFE_BACKING = 1 << 1
 # vd_write() flags
 WRITE_FUA = 1 << 0
 # vd_write_zeroes() flags
@@ -44,6 +49,9 @@ EXTENT_DATA = 1 << 0
 EXTENT_ZERO = 1 << 1
 EXTENT_ALLOCATED = 1 << 2
 NO_HOST_OFFSET = 2**64 - 1
+# vd_check() flags
+CHECK_REPAIR_LEAKS = 1 << 0
+CHECK_REPAIR_ALL = 1 << 1
 
 
 class VdImage(Structure):
@@ -81,7 +89,28 @@ class VdExtent(Structure):
     ]
 
 
+class VdCheckResult(Structure):
+    """``struct vd_check_result``."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("reserved_", c_uint32),
+        ("corruptions", c_uint64),
+        ("leaks", c_uint64),
+        ("corruptions_fixed", c_uint64),
+        ("leaks_fixed", c_uint64),
+        ("check_errors", c_uint64),
+        ("total_clusters", c_uint64),
+        ("allocated_clusters", c_uint64),
+        ("fragmented_clusters", c_uint64),
+        ("compressed_clusters", c_uint64),
+        ("image_end_offset", c_uint64),
+    ]
+
+
 ImagePtr = POINTER(VdImage)
+# vd_check_report_fn: void (*)(void *ctx, const char *message)
+CheckReportFn = CFUNCTYPE(None, c_void_p, c_char_p)
 
 # name: (restype, argtypes)
 _PROTOTYPES = {
@@ -102,10 +131,12 @@ _PROTOTYPES = {
     "vd_get_size": (c_int, [ImagePtr, POINTER(c_uint64)]),
     "vd_get_format": (c_char_p, [ImagePtr]),
     "vd_get_filename": (c_char_p, [ImagePtr]),
+    "vd_get_backing": (ImagePtr, [ImagePtr]),
     "vd_get_info": (c_int, [ImagePtr, POINTER(VdInfo)]),
     "vd_get_property": (c_int, [ImagePtr, c_size_t, POINTER(c_char_p), POINTER(c_char_p),
                                 POINTER(c_int)]),
     "vd_block_status": (c_int, [ImagePtr, c_uint64, c_uint64, POINTER(VdExtent), c_uint32]),
+    "vd_check": (c_int, [ImagePtr, c_uint32, POINTER(VdCheckResult), CheckReportFn, c_void_p]),
     "vd_format_name": (c_char_p, [c_size_t]),
     "vd_format_option": (c_int, [c_char_p, c_size_t, POINTER(c_char_p), POINTER(c_char_p),
                                  POINTER(c_char_p)]),

@@ -44,20 +44,31 @@ def options_string(options):
     return ",".join(parts)
 
 
-def create(path, fmt, size, *, exclusive=False, **options):
+def create(path, fmt, size=0, *, backing_file=None, backing_fmt=None, unsafe_backing=False,
+           exclusive=False, **options):
     """Create an image of format fmt and virtual size bytes.
 
     Keyword options are the format's create options (see
-    :func:`format_options`), e.g. ``preallocation="full"`` for raw. An
-    existing file is overwritten unless exclusive is true (then
-    :class:`~libvdisk.AlreadyExists` is raised).
+    :func:`format_options`), e.g. ``preallocation="full"`` for raw or
+    ``cluster_size=65536`` for qcow2. An existing file is overwritten unless
+    exclusive is true (then :class:`~libvdisk.AlreadyExists` is raised).
+
+    Overlays (qcow2): ``backing_file`` names the backing file (a relative name
+    is relative to the new image's directory, and is recorded as given);
+    ``backing_fmt`` its format. The backing file is opened to check it:
+    without ``backing_fmt`` its format is probed and recorded, but one that
+    probes as raw is refused (say ``backing_fmt="raw"``); a size of 0 takes
+    the backing file's size. ``unsafe_backing=True`` (``qemu-img create -u``)
+    skips opening it; ``backing_fmt`` and the size must then be given.
     """
     if size < 0:
         raise ValueError(f"size must not be negative (got {size})")
-    text_options = options_string(options)
+    text_options = options_string({"backing_file": backing_file, "backing_fmt": backing_fmt,
+                                   **options})
+    flags = (_lib.CREATE_EXCL if exclusive else 0) | \
+        (_lib.CREATE_UNSAFE_BACKING if unsafe_backing else 0)
     check(lib().vd_create(os.fsencode(path), fmt.encode(), size,
-                          text_options.encode() if text_options else None,
-                          _lib.CREATE_EXCL if exclusive else 0))
+                          os.fsencode(text_options) if text_options else None, flags))
 
 
 def probe(path):

@@ -1,17 +1,29 @@
-"""The :class:`Image` file object and its allocation-map records."""
+"""The :class:`Image` file object, its allocation-map and check records."""
 
+import contextlib
 import ctypes
 import dataclasses
 import io
 import operator
 import os
 import threading
+import weakref
 
 from . import _lib
-from ._lib import check, lib, text
+from ._lib import check as check_status
+from ._lib import lib, text
 from .errors import NotFound, RangeError
 
 _MODES = {"r": 0, "r+": _lib.OPEN_RDWR}
+# open() keyword -> vd_open() flag
+_OPEN_FLAGS = {
+    "no_backing": _lib.OPEN_NO_BACKING,
+    "no_lock": _lib.OPEN_NO_LOCK,
+    "confined": _lib.OPEN_CONFINED,
+    "no_flush": _lib.OPEN_NO_FLUSH,
+    "repair": _lib.OPEN_REPAIR,
+}
+_REPAIR_FLAGS = {None: 0, "leaks": _lib.CHECK_REPAIR_LEAKS, "all": _lib.CHECK_REPAIR_ALL}
 _PROPERTY_TYPES = {
     _lib.PROP_STRING: str,
     _lib.PROP_INT: int,
@@ -24,6 +36,10 @@ class Extent:
     """One run of uniform allocation status, as ``qemu-img map --output=json``.
 
     ``offset`` is the host file offset of the data, or ``None`` if there is none.
+    ``depth`` is the chain depth that defines the run (0: the image itself; for
+    a run no image defines, the depth of the last image that covers it) and
+    ``filename`` the name of the image at that depth, as :meth:`Image.chain`
+    gives it (the "File" column of ``qemu-img map``'s human output).
     """
 
     start: int
@@ -33,12 +49,55 @@ class Extent:
     zero: bool
     data: bool
     offset: int = None
+    filename: str = dataclasses.field(default=None, compare=False)
 
     def to_dict(self):
-        """The record as qemu-img prints it (no ``offset`` key when there is none)."""
+        """The record as qemu-img prints it in JSON (no ``offset`` key when there is
+        none, and no ``filename``: qemu-img's JSON has none)."""
         record = dataclasses.asdict(self)
+        del record["filename"]
         if self.offset is None:
             del record["offset"]
+        return record
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """The outcome of :meth:`Image.check` (``struct vd_check_result``).
+
+    ``corruptions`` and ``leaks`` count the problems left in the image,
+    ``*_fixed`` those repaired; ``check_errors`` counts what the check could
+    not read. ``messages`` holds the report lines, one per problem found or
+    repaired ("Leaked cluster 5 refcount=1 reference=0").
+    """
+
+    corruptions: int
+    leaks: int
+    corruptions_fixed: int
+    leaks_fixed: int
+    check_errors: int
+    total_clusters: int
+    allocated_clusters: int
+    fragmented_clusters: int
+    compressed_clusters: int
+    image_end_offset: int
+    messages: list = dataclasses.field(default_factory=list)
+
+    @property
+    def clean(self):
+        """Whether nothing is wrong with the image now (no corruptions, leaks
+        or check errors left)."""
+        return not (self.corruptions or self.leaks or self.check_errors)
+
+    def to_dict(self):
+        """The counts as ``qemu-img check --output=json`` prints them, without
+        its "filename" and "format" keys: zero counts are left out, except
+        "check-errors"."""
+        record = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name != "messages" and (value or field.name == "check_errors"):
+                record[field.name.replace("_", "-")] = value
         return record
 
 
@@ -75,12 +134,35 @@ def _target_buffer(buffer):
     return (ctypes.c_char * len(view)).from_buffer(view), len(view)
 
 
+class _Owner:
+    """What an opened image shares with the borrowed images of its backing
+    chain: one count of calls in flight (so that closing the opened image
+    waits for calls on any image of its chain) and the borrowed wrappers,
+    which its close() disables."""
+
+    def __init__(self):
+        self.changed = threading.Condition()
+        self.users = 0
+        self.borrowed = weakref.WeakSet()
+
+
 class Image(io.RawIOBase):
     """An open disk image: a seekable binary file over its guest contents.
 
     ``mode`` is "r" (read-only) or "r+" (read-write); ``fmt`` names the format
-    or is ``None`` to probe. ``no_backing`` opens only this image, not its
-    backing chain; ``no_lock`` takes no file locks (for read-only inspection).
+    or is ``None`` to probe. The keyword flags map to ``VD_OPEN_*``:
+
+    - ``no_backing``: open only this image, not its backing chain;
+    - ``no_lock``: take no file locks (read-only inspection, qemu-img -U);
+    - ``confined``: refuse any file reference (backing file, data file)
+      outside the image's directory;
+    - ``no_flush``: never sync to stable storage (qemu's cache=unsafe), for
+      scratch images; close() still writes every cache out;
+    - ``repair``: with "r+", open an image marked corrupt so that
+      :meth:`check` can repair it (data writes stay refused until then).
+
+    Images of the backing chain are reached through :attr:`backing` and
+    :meth:`chain`; they are borrowed from this one (see :attr:`backing`).
 
     The file-position methods (read, readinto, write, seek, tell) share one
     position. :meth:`pread`, :meth:`pwrite` and the other offset-taking methods
@@ -88,65 +170,121 @@ class Image(io.RawIOBase):
     the end of the image raise :class:`RangeError`; grow it with :meth:`resize`.
     """
 
-    def __init__(self, path, mode="r", fmt=None, *, no_backing=False, no_lock=False):
+    def __init__(self, path, mode="r", fmt=None, *, no_backing=False, no_lock=False,
+                 confined=False, no_flush=False, repair=False):
         super().__init__()
-        self._handle = None
-        self._users = 0
-        self._users_changed = threading.Condition()
-        self._position = 0
-        self._position_lock = threading.Lock()
+        self._setup(None, mode, _Owner(), borrowed=False)
         if mode not in _MODES:
             raise ValueError(f"invalid mode {mode!r} (expected 'r' or 'r+')")
+        if repair and mode != "r+":
+            raise ValueError("repair=True opens an image for repairs: it needs mode 'r+'")
         flags = _MODES[mode]
-        if no_backing:
-            flags |= _lib.OPEN_NO_BACKING
-        if no_lock:
-            flags |= _lib.OPEN_NO_LOCK
+        requested = {"no_backing": no_backing, "no_lock": no_lock, "confined": confined,
+                     "no_flush": no_flush, "repair": repair}
+        for name, wanted in requested.items():
+            if wanted:
+                flags |= _OPEN_FLAGS[name]
         handle = _lib.ImagePtr()
-        check(lib().vd_open(ctypes.byref(handle), os.fsencode(path),
-                            None if fmt is None else fmt.encode(), flags))
+        check_status(lib().vd_open(ctypes.byref(handle), os.fsencode(path),
+                                   None if fmt is None else fmt.encode(), flags))
+        self._setup(handle, mode, self._owner, borrowed=False)
+
+    def _setup(self, handle, mode, owner, borrowed):
+        """Set the state of a new wrapper around handle (None while opening)."""
         self._handle = handle
+        self._owner = owner
+        self._borrowed = borrowed
+        self._backing = None  # the wrapper of the next image of the chain, once asked for
         self._mode = mode
-        self._format = text(lib().vd_get_format(handle))
-        self._filename = os.fsdecode(lib().vd_get_filename(handle))
+        self._position = 0
+        self._position_lock = threading.Lock()
+        if handle:
+            self._address = ctypes.cast(handle, ctypes.c_void_p).value
+            self._format = text(lib().vd_get_format(handle))
+            self._filename = os.fsdecode(lib().vd_get_filename(handle))
+
+    @classmethod
+    def _borrow(cls, handle, owner):
+        """A wrapper around a backing image owned by an opened image (under owner.changed)."""
+        image = cls.__new__(cls)
+        io.RawIOBase.__init__(image)
+        image._setup(handle, "r", owner, borrowed=True)
+        owner.borrowed.add(image)
+        return image
 
     def __repr__(self):
         state = " closed" if self.closed else ""
+        borrowed = " (backing image)" if self._borrowed else ""
         return (f"<libvdisk.Image{state} {self._filename!r} "
-                f"format={self._format!r} mode={self._mode!r}>")
+                f"format={self._format!r} mode={self._mode!r}{borrowed}>")
 
     # -- handle use and closing ---------------------------------------------
 
-    def _call(self, function, *args):
-        """Call ``vd_<function>(handle, *args)``, keeping close() from racing it."""
-        with self._users_changed:
+    def _acquire(self):
+        """The handle, counted as in use until :meth:`_release` (close() waits)."""
+        owner = self._owner
+        with owner.changed:
             if self._handle is None:
                 raise ValueError("I/O operation on closed image")
-            self._users += 1
-            handle = self._handle
+            owner.users += 1
+            return self._handle
+
+    def _release(self):
+        owner = self._owner
+        with owner.changed:
+            owner.users -= 1
+            if not owner.users:
+                owner.changed.notify_all()
+
+    @contextlib.contextmanager
+    def _using(self):
+        """The handle, for several calls that close() must not interleave with."""
+        handle = self._acquire()
+        try:
+            yield handle
+        finally:
+            self._release()
+
+    def _call(self, function, *args):
+        """Call ``vd_<function>(handle, *args)``, keeping close() from racing it."""
+        handle = self._acquire()
         try:
             return getattr(lib(), "vd_" + function)(handle, *args)
         finally:
-            with self._users_changed:
-                self._users -= 1
-                if not self._users:
-                    self._users_changed.notify_all()
+            self._release()
 
     def _run(self, function, *args):
         """:meth:`_call` a function returning a status code and check it."""
-        check(self._call(function, *args))
+        check_status(self._call(function, *args))
 
     def close(self):
-        """Close the image (flushing it if writable). Waits for calls in flight."""
-        with self._users_changed:
+        """Close the image (flushing it if writable). Waits for calls in flight.
+
+        Closing an opened image also closes the borrowed images of its chain.
+        Closing a borrowed image only retires that wrapper: the image stays
+        open as part of its chain.
+        """
+        owner = getattr(self, "_owner", None)
+        if owner is None:  # never set up
+            return super().close()
+        borrowed = []
+        with owner.changed:
             handle, self._handle = self._handle, None
-            while self._users:
-                self._users_changed.wait()
+            if not self._borrowed:
+                borrowed = list(owner.borrowed)
+                for image in borrowed:
+                    image._handle = None
+                while owner.users:
+                    owner.changed.wait()
         try:
-            if handle:
-                check(lib().vd_close(handle))
+            if handle and not self._borrowed:
+                check_status(lib().vd_close(handle))
         finally:
-            super().close()
+            try:
+                for image in borrowed:
+                    image.close()
+            finally:
+                super().close()
 
     def flush(self):
         """Make written data durable (vd_flush)."""
@@ -279,6 +417,38 @@ class Image(io.RawIOBase):
 
     name = filename
 
+    @property
+    def backing(self):
+        """The next image of the backing chain, or ``None`` at its bottom (or
+        when opened with ``no_backing``).
+
+        It is borrowed: the library opened it read-only together with this
+        image, which owns it. Closing it only retires the wrapper; closing
+        this image closes it too (later calls raise ValueError, as on any
+        closed image). It does not keep this image alive. The same wrapper is
+        returned each time while it is open.
+        """
+        owner = self._owner
+        with self._using() as handle, owner.changed:
+            pointer = lib().vd_get_backing(handle)
+            address = ctypes.cast(pointer, ctypes.c_void_p).value if pointer else None
+            cached = self._backing
+            if cached is not None and cached._handle is not None and cached._address == address:
+                return cached
+            if cached is not None and cached._address != address:
+                cached._handle = None  # the chain changed below it: retire the stale wrapper
+            self._backing = Image._borrow(pointer, owner) if address else None
+            return self._backing
+
+    def chain(self):
+        """The backing chain from this image down: ``[self, self.backing, ...]``."""
+        images = [self]
+        while True:
+            below = images[-1].backing
+            if below is None:
+                return images
+            images.append(below)
+
     def _properties(self):
         """The format-specific properties as a dict of typed values."""
         properties = {}
@@ -289,7 +459,7 @@ class Image(io.RawIOBase):
                             ctypes.byref(kind))
             if rc == NotFound.code:  # past the last property
                 return properties
-            check(rc)
+            check_status(rc)
             convert = _PROPERTY_TYPES.get(kind.value, str)
             properties[text(key.value)] = convert(text(value.value))
             index += 1
@@ -321,6 +491,32 @@ class Image(io.RawIOBase):
             result["format-specific"] = {"type": result["format"], "data": properties}
         return result
 
+    def check(self, repair=None):
+        """Check the image's metadata (``qemu-img check``); returns a CheckResult.
+
+        ``repair`` is None (only check), "leaks" (free leaked clusters) or
+        "all" (also fix refcount and flag errors, ``qemu-img check -r all``);
+        repairs need an image opened "r+" (:class:`ReadOnly` otherwise).
+        Problems found are counted in the result, not raised; formats without
+        checks (raw) raise :class:`Unsupported`.
+        """
+        try:
+            flags = _REPAIR_FLAGS[repair]
+        except (KeyError, TypeError):
+            raise ValueError(f"invalid repair {repair!r} (expected None, 'leaks' or 'all')") \
+                from None
+        messages = []
+
+        def report(_context, message):
+            messages.append(text(message))
+
+        callback = _lib.CheckReportFn(report)  # kept alive for the duration of the call
+        result = _lib.VdCheckResult(struct_size=ctypes.sizeof(_lib.VdCheckResult))
+        self._run("check", flags, ctypes.byref(result), callback, None)
+        counts = {field.name: getattr(result, field.name)
+                  for field in dataclasses.fields(CheckResult) if field.name != "messages"}
+        return CheckResult(**counts, messages=messages)
+
     def map(self, offset=0, length=None):
         """The allocation status of a range (default: to the end) as Extent records.
 
@@ -337,6 +533,7 @@ class Image(io.RawIOBase):
         extents = []
         extent = _lib.VdExtent()
         end = offset + length
+        names = [image.filename for image in self.chain()]
         while offset < end:
             self._run("block_status", offset, end - offset, ctypes.byref(extent), 0)
             if extent.length == 0:
@@ -349,11 +546,14 @@ class Image(io.RawIOBase):
                 zero=bool(extent.flags & _lib.EXTENT_ZERO),
                 data=bool(extent.flags & _lib.EXTENT_DATA),
                 offset=None if extent.host_offset == _lib.NO_HOST_OFFSET else extent.host_offset,
+                filename=names[extent.depth] if 0 <= extent.depth < len(names) else None,
             ))
             offset += extent.length
         return extents
 
 
-def open(path, mode="r", fmt=None, *, no_backing=False, no_lock=False):  # noqa: A001
+def open(path, mode="r", fmt=None, *, no_backing=False, no_lock=False,  # noqa: A001
+         confined=False, no_flush=False, repair=False):
     """Open a disk image; see :class:`Image`."""
-    return Image(path, mode, fmt, no_backing=no_backing, no_lock=no_lock)
+    return Image(path, mode, fmt, no_backing=no_backing, no_lock=no_lock, confined=confined,
+                 no_flush=no_flush, repair=repair)

@@ -4,6 +4,8 @@ they are skipped when it cannot be found, unless LIBVDISK_LIBRARY names it
 
 import os
 import random
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -15,6 +17,24 @@ if PACKAGE_ROOT not in sys.path:
 from libvdisk import _lib  # noqa: E402
 
 MIB = 1 << 20
+QEMU_IMG = shutil.which("qemu-img") or "/usr/bin/qemu-img"
+QEMU_IO = shutil.which("qemu-io") or "/usr/bin/qemu-io"
+needs_qemu_img = pytest.mark.skipif(not os.access(QEMU_IMG, os.X_OK), reason="no qemu-img")
+needs_qemu_io = pytest.mark.skipif(not os.access(QEMU_IO, os.X_OK), reason="no qemu-io")
+
+
+def qemu_img(*args, cwd=None):
+    """Run qemu-img; the CompletedProcess, with text output."""
+    return subprocess.run([QEMU_IMG, *map(str, args)], capture_output=True, text=True,
+                          check=False, timeout=60, cwd=cwd)
+
+
+def qemu_io(*args, cwd=None):
+    """Run qemu-io, failing the test if it fails."""
+    result = subprocess.run([QEMU_IO, *map(str, args)], capture_output=True, text=True,
+                            check=False, timeout=60, cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
 
 
 def pattern(length, seed=0):

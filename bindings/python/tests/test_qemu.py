@@ -1,29 +1,19 @@
 """Cross-checks against qemu-img: contents, map and info agree."""
 
 import json
-import os
-import shutil
-import subprocess
 
 import pytest
 
 import libvdisk
-from conftest import MIB, pattern
+from conftest import MIB, needs_qemu_img, pattern, qemu_img
 
-QEMU_IMG = shutil.which("qemu-img") or "/usr/bin/qemu-img"
-pytestmark = [pytest.mark.usefixtures("library"),
-              pytest.mark.skipif(not os.access(QEMU_IMG, os.X_OK), reason="no qemu-img")]
+pytestmark = [pytest.mark.usefixtures("library"), needs_qemu_img]
 
 # libvdisk format name -> qemu's, where they differ
 QEMU_NAMES = {"vhd": "vpc"}
 # (offset, data or a zero-length int) edits applied to both the image and the plain file
 EDITS = [(0, pattern(4096, 20)), (65536 + 512, pattern(70000, 21)), (2 * MIB, 300000),
          (3 * MIB - 17, pattern(34, 22)), (4 * MIB - 4096, pattern(4096, 23))]
-
-
-def qemu_img(*args):
-    return subprocess.run([QEMU_IMG, *map(str, args)], capture_output=True, text=True,
-                          check=False, timeout=60)
 
 
 def qemu_formats():
