@@ -172,7 +172,8 @@ VD_API int vd_discard(vd_image *img, uint64_t offset, uint64_t length, uint32_t 
 VD_API int vd_flush(vd_image *img, uint32_t flags);
 
 /* vd_resize() flags */
-#define VD_RESIZE_SHRINK    (1u << 0) /* allow making the image smaller (data past the end is lost) */
+#define VD_RESIZE_SHRINK    (1u << 0) /* allow making the image smaller: raw cuts the data past the
+                                         new end, qcow2 refuses (VD_EPERM) unless it reads as zeroes */
 
 VD_API int vd_resize(vd_image *img, uint64_t new_size, uint32_t flags);
 

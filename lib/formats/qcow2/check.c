@@ -74,9 +74,10 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active)
                 c->res->corruptions++;
             }
             add_ref(c, host & ~511ull, sectors * 512);
-            if (active) {
+            if (active) { /* as qemu-img counts them: every compressed cluster is a fragment */
                 c->res->allocated_clusters++;
                 c->res->compressed_clusters++;
+                c->res->fragmented_clusters++;
             }
             continue;
         }
@@ -273,7 +274,8 @@ static bool compare_refcounts(struct checker *c, uint32_t flags)
 static void check_copied_flags(struct checker *c, uint32_t flags)
 {
     struct qcow2 *q = c->q;
-    bool repair = (flags & VD_CHECK_REPAIR_ALL) != 0;
+    /* qemu-img fixes these flags with -r leaks too, once the refcounts are right */
+    bool repair = (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) != 0;
     for (uint32_t i = 0; i < q->l1_size; i++) {
         uint64_t l2 = q->l1[i] & QCOW2_OFFSET_MASK, refcount;
         if (!l2 || (l2 & (q->cluster_size - 1)) || l2 / q->cluster_size >= c->nclusters ||
@@ -437,8 +439,9 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
             res->corruptions = res->leaks = 0;
         }
     }
+    /* COPIED flags follow the refcounts: fix them only once the refcounts are right */
     if (rc == 0)
-        check_copied_flags(&c, flags);
+        check_copied_flags(&c, (flags & VD_CHECK_REPAIR_ALL) || !res->corruptions ? flags : 0);
     free(c.refs);
     return rc;
 }

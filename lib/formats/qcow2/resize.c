@@ -80,7 +80,7 @@ static int only_zeroes_past(vd_image *img, uint64_t from, uint64_t to)
             size_t n = (size_t)(end - off < img->cluster_size ? end - off : img->cluster_size);
             if ((rc = vd_cow_read(img, off, buf, n)) < 0)
                 break;
-            for (size_t i = 0; i < n; i++)
+            for (size_t i = 0; i < n && rc == 0; i++)
                 if (buf[i])
                     rc = vd_err(VD_EPERM, "%s: shrinking would discard data at offset %llu",
                                 img->filename, (unsigned long long)(off + i));
