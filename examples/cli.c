@@ -40,6 +40,15 @@ int cli_lib_error(int rc, const char *fmt, ...)
     return EXIT_FAILURE;
 }
 
+int cli_file_error(int rc, const char *path)
+{
+    const char *why = vd_errmsg();
+    size_t n = strlen(path);
+    if (why && strncmp(why, path, n) == 0 && strncmp(why + n, ": ", 2) == 0)
+        return cli_error("%s", why);
+    return cli_lib_error(rc, "%s", path);
+}
+
 int cli_usage_error(const char *fmt, ...)
 {
     va_list ap;
@@ -80,20 +89,37 @@ static bool parse_output(const char *arg, enum output_format *out)
     return true;
 }
 
-bool cli_parse_image_args(const struct cli_command *cmd, int argc, char **argv,
+static bool parse_repair(const char *arg, uint32_t *flags)
+{
+    if (strcmp(arg, "leaks") == 0)
+        *flags = VD_CHECK_REPAIR_LEAKS;
+    else if (strcmp(arg, "all") == 0)
+        *flags = VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL;
+    else
+        return false;
+    return true;
+}
+
+bool cli_parse_image_args(const struct cli_command *cmd, unsigned extras, int argc, char **argv,
                           struct image_args *args, int *status)
 {
-    enum { OPT_OUTPUT = 256 }; /* beyond every short option */
-    static const struct option long_options[] = {
+    enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN }; /* beyond every short option */
+    const bool check = extras & IMAGE_ARGS_CHECK;
+    struct option long_options[] = {
         CLI_OPTION_HELP,
         CLI_OPTION_FORCE_SHARE,
         { "output", required_argument, NULL, OPT_OUTPUT },
+        { NULL, 0, NULL, 0 }, /* room for --backing-chain */
         { NULL, 0, NULL, 0 },
     };
+    if (extras & IMAGE_ARGS_BACKING_CHAIN)
+        long_options[3] = (struct option){ "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN };
     *args = (struct image_args){ .output = OUTPUT_HUMAN };
     *status = EXIT_FAILURE;
+    bool src_flush; /* the image is only read: any cache mode reads the same */
     int opt;
-    while ((opt = getopt_long(argc, argv, ":hf:U", long_options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, check ? ":hf:Ur:T:q" : ":hf:U", long_options,
+                              NULL)) != -1) {
         switch (opt) {
         case 'f':
             args->format = optarg;
@@ -101,11 +127,30 @@ bool cli_parse_image_args(const struct cli_command *cmd, int argc, char **argv,
         case 'U':
             args->open_flags |= VD_OPEN_NO_LOCK;
             break;
+        case 'r':
+            if (!parse_repair(optarg, &args->check_flags)) {
+                cli_usage_error("Unknown option value for -r (expecting 'leaks' or 'all'): %s",
+                                optarg);
+                return false;
+            }
+            break;
+        case 'T':
+            if (!cli_parse_cache_mode(optarg, &src_flush)) {
+                cli_error("Invalid source cache option: %s", optarg);
+                return false;
+            }
+            break;
+        case 'q':
+            args->quiet = true;
+            break;
         case OPT_OUTPUT:
             if (!parse_output(optarg, &args->output)) {
                 cli_error("--output must be used with human or json as argument.");
                 return false;
             }
+            break;
+        case OPT_BACKING_CHAIN:
+            args->backing_chain = true;
             break;
         default:
             *status = cli_option_fallback(cmd, opt, argv);
@@ -118,6 +163,20 @@ bool cli_parse_image_args(const struct cli_command *cmd, int argc, char **argv,
     }
     args->filename = argv[optind];
     return true;
+}
+
+bool cli_parse_cache_mode(const char *mode, bool *flush)
+{
+    /* the first never syncs; "off" is qemu's other name for "none" */
+    static const char *const modes[] = { "unsafe", "none", "off", "writeback", "writethrough",
+                                         "directsync" };
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        if (strcmp(mode, modes[i]) == 0) {
+            *flush = i > 0;
+            return true;
+        }
+    }
+    return false;
 }
 
 bool cli_format_known(const char *format)
@@ -166,6 +225,27 @@ bool cli_append_options(char **list, const char *more)
     free(*list);
     *list = joined;
     return true;
+}
+
+bool cli_append_option(char **list, const char *key, const char *value)
+{
+    size_t commas = 0;
+    for (const char *p = value; *p; p++)
+        commas += *p == ',';
+    size_t key_len = strlen(key), value_len = strlen(value);
+    char *item = malloc(key_len + 1 + value_len + commas + 1), *out = item;
+    if (!item)
+        return false;
+    out += sprintf(out, "%s=", key);
+    for (const char *p = value; *p; p++) {
+        *out++ = *p;
+        if (*p == ',')
+            *out++ = ',';
+    }
+    *out = '\0';
+    bool ok = cli_append_options(list, item);
+    free(item);
+    return ok;
 }
 
 char *cli_next_option_item(const char **cursor)

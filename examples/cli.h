@@ -1,7 +1,8 @@
 /*
  * Shared pieces of the vdisk command line tool: the command table entry,
  * the one error printer, option helpers and the image opener every command
- * uses. Exit codes follow qemu-img: 0 success, 1 any error.
+ * uses. Exit codes follow qemu-img: 0 success, 1 any error (check adds its
+ * own: 2, 3 and 63).
  */
 #ifndef VDISK_CLI_H
 #define VDISK_CLI_H
@@ -28,6 +29,8 @@ extern const struct cli_command cmd_create;
 extern const struct cli_command cmd_info;
 extern const struct cli_command cmd_convert;
 extern const struct cli_command cmd_map;
+extern const struct cli_command cmd_check;
+extern const struct cli_command cmd_resize;
 
 enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 
@@ -35,21 +38,36 @@ enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 #define CLI_OPTION_HELP { "help", no_argument, NULL, 'h' }
 #define CLI_OPTION_FORCE_SHARE { "force-share", no_argument, NULL, 'U' }
 
-/* The arguments of commands that inspect one image (info, map). */
+/* The arguments of commands that inspect one image (info, map, check). */
 struct image_args {
     const char *format;        /* -f, or NULL to probe */
     enum output_format output; /* --output */
     uint32_t open_flags;       /* VD_OPEN_NO_LOCK with -U */
+    bool backing_chain;        /* --backing-chain */
+    bool quiet;                /* -q */
+    uint32_t check_flags;      /* VD_CHECK_REPAIR_* from -r */
     const char *filename;
 };
 
+/* Options beyond "-f fmt --output=ofmt -U" that a command accepts. */
+#define IMAGE_ARGS_BACKING_CHAIN (1u << 0) /* --backing-chain */
+#define IMAGE_ARGS_CHECK         (1u << 1) /* -r leaks|all, -T src_cache, -q */
+
 /*
- * Parse "[-f fmt] [--output=human|json] [-U] filename" (and -h/--help).
+ * Parse "[-f fmt] [--output=human|json] [-U] filename" (and -h/--help),
+ * plus the extra options named by the IMAGE_ARGS_* bits in extras.
  * Returns true when the command should run; otherwise false with *status
  * the exit status (help printed, or a usage error reported).
  */
-bool cli_parse_image_args(const struct cli_command *cmd, int argc, char **argv,
+bool cli_parse_image_args(const struct cli_command *cmd, unsigned extras, int argc, char **argv,
                           struct image_args *args, int *status);
+
+/*
+ * A qemu cache mode (-t, -T): none (or off), writeback, writethrough,
+ * directsync or unsafe. *flush says whether the mode syncs the image to
+ * stable storage (all but unsafe). Returns false for an unknown mode.
+ */
+bool cli_parse_cache_mode(const char *mode, bool *flush);
 
 /* Print "vdisk: <message>" on stderr; returns EXIT_FAILURE. */
 int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -60,6 +78,12 @@ int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * Returns EXIT_FAILURE.
  */
 int cli_lib_error(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * cli_lib_error() for a failure about one file: "vdisk: <path>: <why>",
+ * naming the file once when the library's message starts with it already.
+ */
+int cli_file_error(int rc, const char *path);
 
 /* A usage error: the message plus a pointer to --help. Returns EXIT_FAILURE. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -89,6 +113,8 @@ bool cli_format_known(const char *format);
  * *list starts NULL and is malloc'd. Returns false when out of memory.
  */
 bool cli_append_options(char **list, const char *more);
+/* Append one key=value item, doubling the commas of value. */
+bool cli_append_option(char **list, const char *key, const char *value);
 /* Whether an option list asks for help ("help" or "?" as an item). */
 bool cli_options_want_help(const char *list);
 /*

@@ -1,4 +1,5 @@
-/* vdisk convert [-p] [-q] [-U] [-f fmt] [-O fmt] [-o options] [-S size] src dst */
+/* vdisk convert [-p] [-q] [-U] [-f fmt] [-O fmt] [-o options] [-S size] [-t cache] [-T src_cache]
+ *               src dst */
 #include "cli.h"
 #include "copy.h"
 #include "size.h"
@@ -21,6 +22,7 @@ struct convert_args {
     char *options;          /* joined -o arguments, or NULL */
     bool progress, quiet;
     size_t sparse_size;
+    bool flush;             /* sync the destination at the end (-t: all modes but unsafe) */
     uint32_t open_flags;    /* for the source */
     const char *src, *dst;
 };
@@ -56,7 +58,8 @@ static int create_destination(const struct convert_args *a, uint64_t size, bool 
 
 static int copy_to_destination(const struct convert_args *a, vd_image *src, uint64_t size)
 {
-    vd_image *dst = cli_open_image(a->dst, a->out_format, VD_OPEN_RDWR);
+    vd_image *dst = cli_open_image(a->dst, a->out_format,
+                                   VD_OPEN_RDWR | (a->flush ? 0 : VD_OPEN_NO_FLUSH));
     if (!dst)
         return EXIT_FAILURE;
     struct progress progress;
@@ -65,7 +68,7 @@ static int copy_to_destination(const struct convert_args *a, vd_image *src, uint
     struct copy_error err;
     int rc = copy_image(&params, &err);
     progress_finish(&progress, rc == 0);
-    int close_rc = vd_close(dst); /* flushes the destination */
+    int close_rc = vd_close(dst); /* writes the destination out (and syncs it with flush) */
     if (rc < 0)
         return cli_error("error while %s at byte %" PRIu64 ": %s", err.action, err.offset,
                          err.message);
@@ -115,8 +118,9 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
     static const struct option long_options[] = {
         CLI_OPTION_HELP, CLI_OPTION_FORCE_SHARE, { NULL, 0, NULL, 0 },
     };
+    bool src_flush;
     int opt;
-    while ((opt = getopt_long(argc, argv, ":hf:O:o:S:pqU", long_options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":hf:O:o:S:pqUt:T:", long_options, NULL)) != -1) {
         switch (opt) {
         case 'f':
             a->src_format = optarg;
@@ -140,6 +144,14 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
             break;
         case 'U':
             a->open_flags |= VD_OPEN_NO_LOCK;
+            break;
+        case 't':
+            if (!cli_parse_cache_mode(optarg, &a->flush))
+                return cli_error("Invalid cache option: %s", optarg);
+            break;
+        case 'T': /* the source is only read: any mode reads the same */
+            if (!cli_parse_cache_mode(optarg, &src_flush))
+                return cli_error("Invalid source cache option: %s", optarg);
             break;
         default:
             return cli_option_fallback(&cmd_convert, opt, argv);
@@ -167,7 +179,7 @@ static int run_convert(int argc, char **argv)
 const struct cli_command cmd_convert = {
     .name = "convert",
     .synopsis = "[-p] [-q] [-U] [-f fmt] [-O output_fmt] [-o options] [-S sparse_size] "
-                "filename output_filename",
+                "[-t cache] [-T src_cache] filename output_filename",
     .summary = "copy a disk image, possibly to another format",
     .options =
         "  -f fmt          format of the source (default: probe the file)\n"
@@ -177,11 +189,16 @@ const struct cli_command cmd_convert = {
         "  -S sparse_size  leave all-zero runs of this many bytes unwritten so the\n"
         "                  destination stays sparse (default 4k; a multiple of 512 up\n"
         "                  to 16M; 0 writes every byte and fully allocates the output)\n"
+        "  -t cache        cache mode of the destination: 'unsafe' (default) never\n"
+        "                  syncs it; none, writeback, writethrough and directsync sync\n"
+        "                  it to stable storage at the end\n"
+        "  -T src_cache    cache mode of the source (accepted; reads are the same)\n"
         "  -p              show progress (when standard output is a terminal)\n"
         "  -q              quiet: no progress\n"
         "  -U, --force-share\n"
         "                  open the source without taking locks\n"
-        "  filename        the source image\n"
+        "  filename        the source image; an overlay is read through its backing\n"
+        "                  chain, so the destination holds everything (flattened)\n"
         "  output_filename the destination; created, or overwritten if it exists\n",
     .run = run_convert,
 };

@@ -1,4 +1,4 @@
-/* vdisk info [-f fmt] [--output=human|json] [-U] filename */
+/* vdisk info [-f fmt] [--output=human|json] [--backing-chain] [-U] filename */
 #include "cli.h"
 #include "json.h"
 #include "size.h"
@@ -41,29 +41,27 @@ static void json_format_specific(struct json_writer *w, const struct image_facts
 }
 
 /* The members in the order qemu-img 7.2 prints them. */
-static void print_json(const struct image_facts *f)
+static void print_json(struct json_writer *w, const struct image_facts *f)
 {
     const vd_info *info = &f->info;
-    struct json_writer w;
-    json_init(&w, stdout, JSON_PRETTY);
-    json_begin_object(&w, NULL);
+    json_begin_object(w, NULL);
     if (info->backing_file && info->backing_format)
-        json_string(&w, "backing-filename-format", info->backing_format);
-    json_uint(&w, "virtual-size", info->virtual_size);
-    json_string(&w, "filename", info->filename);
+        json_string(w, "backing-filename-format", info->backing_format);
+    json_uint(w, "virtual-size", info->virtual_size);
+    json_string(w, "filename", info->filename);
     if (info->cluster_size)
-        json_uint(&w, "cluster-size", info->cluster_size);
-    json_string(&w, "format", info->format);
-    json_uint(&w, "actual-size", info->actual_size);
-    json_format_specific(&w, f);
+        json_uint(w, "cluster-size", info->cluster_size);
+    json_string(w, "format", info->format);
+    json_uint(w, "actual-size", info->actual_size);
+    json_format_specific(w, f);
     if (f->full_backing)
-        json_string(&w, "full-backing-filename", f->full_backing);
+        json_string(w, "full-backing-filename", f->full_backing);
     if (info->encrypted)
-        json_bool(&w, "encrypted", true);
+        json_bool(w, "encrypted", true);
     if (info->backing_file)
-        json_string(&w, "backing-filename", info->backing_file);
-    json_bool(&w, "dirty-flag", info->dirty != 0);
-    json_end_object(&w);
+        json_string(w, "backing-filename", info->backing_file);
+    json_bool(w, "dirty-flag", info->dirty != 0);
+    json_end_object(w);
 }
 
 /* "compression-type" is shown as "compression type: zlib", as qemu-img does. */
@@ -106,26 +104,73 @@ static void print_human(const struct image_facts *f)
     print_human_properties(f->img);
 }
 
+/* Gather what an image shows; false (the error reported) if that fails. */
+static bool gather_facts(vd_image *img, struct image_facts *f)
+{
+    *f = (struct image_facts){ .img = img, .info = VD_INFO_INIT };
+    int rc = vd_get_info(img, &f->info);
+    if (rc < 0) {
+        cli_lib_error(rc, "%s", vd_get_filename(img));
+        return false;
+    }
+    if (f->info.backing_file &&
+        !(f->full_backing = cli_resolve_backing(f->info.filename, f->info.backing_file))) {
+        cli_error("out of memory");
+        return false;
+    }
+    return true;
+}
+
+/* The images to describe: top, and with --backing-chain everything below it. */
+static size_t chain_length(vd_image *top, bool backing_chain)
+{
+    size_t n = 1;
+    for (vd_image *img = top; backing_chain && (img = vd_get_backing(img));)
+        n++;
+    return n;
+}
+
+/* Everything is gathered before anything is printed: a failure prints no partial output. */
+static void print_images(const struct image_facts *facts, size_t count, const struct image_args *a)
+{
+    struct json_writer w;
+    json_init(&w, stdout, JSON_PRETTY);
+    if (a->output == OUTPUT_JSON && a->backing_chain)
+        json_begin_array(&w, NULL);
+    for (size_t i = 0; i < count; i++) {
+        if (a->output == OUTPUT_JSON) {
+            print_json(&w, &facts[i]);
+        } else {
+            if (i > 0)
+                putchar('\n'); /* a blank line between the images */
+            print_human(&facts[i]);
+        }
+    }
+    if (a->output == OUTPUT_JSON && a->backing_chain)
+        json_end_array(&w);
+}
+
 static int show_info(const struct image_args *a)
 {
-    /* like qemu-img info: only this image, so a missing backing file is no error */
-    struct image_facts f = { .info = VD_INFO_INIT };
-    f.img = cli_open_image(a->filename, a->format, a->open_flags | VD_OPEN_NO_BACKING);
-    if (!f.img)
+    /* like qemu-img info: only this image unless asked for the chain, so a missing
+       backing file is no error then */
+    uint32_t flags = a->open_flags | (a->backing_chain ? 0 : VD_OPEN_NO_BACKING);
+    vd_image *top = cli_open_image(a->filename, a->format, flags);
+    if (!top)
         return EXIT_FAILURE;
-    int status = EXIT_SUCCESS;
-    int rc = vd_get_info(f.img, &f.info);
-    if (rc < 0)
-        status = cli_lib_error(rc, "%s", a->filename);
-    else if (f.info.backing_file &&
-             !(f.full_backing = cli_resolve_backing(f.info.filename, f.info.backing_file)))
-        status = cli_error("out of memory");
-    else if (a->output == OUTPUT_JSON)
-        print_json(&f);
-    else
-        print_human(&f);
-    free(f.full_backing);
-    vd_close(f.img);
+    size_t count = chain_length(top, a->backing_chain), gathered = 0;
+    struct image_facts *facts = calloc(count, sizeof *facts);
+    int status = facts ? EXIT_SUCCESS : cli_error("out of memory");
+    for (vd_image *img = top; status == EXIT_SUCCESS && gathered < count;
+         img = vd_get_backing(img))
+        if (!gather_facts(img, &facts[gathered++]))
+            status = EXIT_FAILURE;
+    if (status == EXIT_SUCCESS)
+        print_images(facts, count, a);
+    for (size_t i = 0; i < gathered; i++)
+        free(facts[i].full_backing);
+    free(facts);
+    vd_close(top);
     return status;
 }
 
@@ -133,17 +178,20 @@ static int run_info(int argc, char **argv)
 {
     struct image_args args;
     int status;
-    return cli_parse_image_args(&cmd_info, argc, argv, &args, &status) ? show_info(&args)
-                                                                        : status;
+    return cli_parse_image_args(&cmd_info, IMAGE_ARGS_BACKING_CHAIN, argc, argv, &args, &status)
+               ? show_info(&args)
+               : status;
 }
 
 const struct cli_command cmd_info = {
     .name = "info",
-    .synopsis = "[-f fmt] [--output=ofmt] [-U] filename",
+    .synopsis = "[-f fmt] [--output=ofmt] [--backing-chain] [-U] filename",
     .summary = "show information about a disk image",
     .options =
         "  -f fmt          image format (default: probe the file)\n"
         "  --output=ofmt   'human' (default) or 'json' (the keys of qemu-img info)\n"
+        "  --backing-chain also describe every image of the backing chain, top first\n"
+        "                  (human: separated by blank lines; json: a list)\n"
         "  -U, --force-share\n"
         "                  open without taking locks (inspect an image in use)\n"
         "  filename        the image to describe\n",

@@ -5,10 +5,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-
-/* Deepest backing chain the human layout names files for. */
-#define MAX_CHAIN 64
 
 /* One run of the map, as qemu-img's MapEntry. */
 struct map_entry {
@@ -18,60 +14,19 @@ struct map_entry {
     bool present, zero, data, has_offset;
 };
 
-/*
- * The files of the backing chain by depth, learned on demand: the human
- * layout names the file each data run lives in, and the API reports only
- * its depth.
- */
-struct chain {
-    vd_image *top;
-    char *names[MAX_CHAIN];
-    char *formats[MAX_CHAIN]; /* recorded backing formats; NULL to probe */
-    int known;                /* names[0 .. known-1] are filled */
-};
-
 struct map_output {
     enum output_format format;
     struct json_writer json;
-    struct chain chain;
+    vd_image *top;
 };
 
-/* Learn the name of the file one level below the deepest one known. */
-static bool chain_descend(struct chain *c)
+/* The name of the file at the given depth of the chain below top; "" if there is none. */
+static const char *chain_file(vd_image *top, int32_t depth)
 {
-    int below = c->known;
-    vd_image *img = c->top;
-    if (below >= MAX_CHAIN)
-        return false;
-    if (below > 1 && vd_open(&img, c->names[below - 1], c->formats[below - 1],
-                             VD_OPEN_NO_BACKING | VD_OPEN_NO_LOCK) < 0)
-        return false;
-    vd_info info = VD_INFO_INIT;
-    if (vd_get_info(img, &info) == 0 && info.backing_file) {
-        c->names[below] = cli_resolve_backing(info.filename, info.backing_file);
-        c->formats[below] = info.backing_format ? strdup(info.backing_format) : NULL;
-        if (c->names[below])
-            c->known++;
-    }
-    if (img != c->top)
-        vd_close(img);
-    return c->known > below;
-}
-
-/* The file holding the given depth of the chain; "" if it cannot be found. */
-static const char *chain_file(struct chain *c, int32_t depth)
-{
-    while (c->known <= depth && chain_descend(c))
-        ;
-    return depth < c->known ? c->names[depth] : "";
-}
-
-static void chain_free(struct chain *c)
-{
-    for (int i = 0; i < c->known; i++) {
-        free(c->names[i]);
-        free(c->formats[i]);
-    }
+    vd_image *img = top;
+    for (int32_t i = 0; img && i < depth; i++)
+        img = vd_get_backing(img);
+    return img ? vd_get_filename(img) : "";
 }
 
 static struct map_entry entry_from_extent(const vd_extent *ext)
@@ -108,7 +63,7 @@ static bool print_human_entry(struct map_output *out, const struct map_entry *e,
     }
     if (e->data && !e->zero)
         printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", e->start, e->length,
-               e->offset, chain_file(&out->chain, e->depth));
+               e->offset, chain_file(out->top, e->depth));
     /* this layout does not tell holes from zeroes: let them coalesce (as qemu-img) */
     if (next && (!next->data || next->zero)) {
         next->data = false;
@@ -181,16 +136,9 @@ static int show_map(const struct image_args *a)
     vd_image *img = cli_open_image(a->filename, a->format, a->open_flags);
     if (!img)
         return EXIT_FAILURE;
-    struct map_output out = { .format = a->output, .chain = { .top = img } };
+    struct map_output out = { .format = a->output, .top = img };
     json_init(&out.json, stdout, JSON_LINES);
-    int status;
-    if (!(out.chain.names[0] = strdup(vd_get_filename(img)))) {
-        status = cli_error("out of memory");
-    } else {
-        out.chain.known = 1;
-        status = map_image(img, &out);
-    }
-    chain_free(&out.chain);
+    int status = map_image(img, &out);
     vd_close(img);
     return status;
 }
@@ -199,7 +147,7 @@ static int run_map(int argc, char **argv)
 {
     struct image_args args;
     int status;
-    return cli_parse_image_args(&cmd_map, argc, argv, &args, &status) ? show_map(&args) : status;
+    return cli_parse_image_args(&cmd_map, 0, argc, argv, &args, &status) ? show_map(&args) : status;
 }
 
 const struct cli_command cmd_map = {

@@ -16,6 +16,8 @@ static const struct cli_command *const commands[] = {
     &cmd_info,
     &cmd_convert,
     &cmd_map,
+    &cmd_check,
+    &cmd_resize,
 };
 
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])
@@ -37,7 +39,7 @@ static int print_version(void)
 static int print_help(void)
 {
     printf("usage: " CLI_NAME " [-h | -V] COMMAND [command options]\n"
-           "Create, inspect and convert virtual disk images with libvdisk.\n\n"
+           "Create, inspect, convert, check and resize virtual disk images with libvdisk.\n\n"
            "  -h, --help       display this help and exit\n"
            "  -V, --version    output version information and exit\n\n"
            "Commands:\n");
@@ -50,7 +52,8 @@ static int print_help(void)
     for (size_t i = 0; vd_format_name(i); i++)
         printf(" %s", vd_format_name(i));
     printf("\n\nRun '" CLI_NAME " help COMMAND' or '" CLI_NAME " COMMAND --help' for the "
-           "options of a command.\nExit status: 0 on success, 1 on any error.\n");
+           "options of a command.\nExit status: 0 on success, 1 on any error (check: see "
+           "'" CLI_NAME " help check').\n");
     return EXIT_SUCCESS;
 }
 

@@ -1,7 +1,7 @@
-"""Fixtures for the vdisk CLI tests: the two tools and sparse test images.
+"""Fixtures for the vdisk CLI tests: the tools and sparse test images.
 
-The tests compare vdisk with qemu-img 7.2; meson passes both paths in the
-environment (VDISK, QEMU_IMG).
+The tests compare vdisk with qemu-img 7.2; meson passes the paths in the
+environment (VDISK, QEMU_IMG, and QEMU_IO when it is installed).
 """
 import json
 import os
@@ -45,6 +45,11 @@ def vdisk():
 @pytest.fixture(scope="session")
 def qemu_img():
     return Tool(_tool("QEMU_IMG"))
+
+
+@pytest.fixture(scope="session")
+def qemu_io():
+    return Tool(_tool("QEMU_IO"))
 
 
 def make_sparse(path, size, data=(), zero_data=()):

@@ -1,6 +1,7 @@
 """vdisk convert: content, sparseness, options and failure handling."""
 import os
 import pty
+import shutil
 import subprocess
 
 import pytest
@@ -185,3 +186,99 @@ def test_refuses_special_file_destination(vdisk, sparse_image, tmp_path):
     result = vdisk("convert", sparse_image, fifo, check=1)
     assert result.stderr.startswith(f"vdisk: {fifo}: not a regular file")
     assert fifo.is_fifo()
+
+
+@pytest.fixture
+def small_image(tmp_path):
+    """Like sparse_image, in 4 MiB: enough for the format and option tests."""
+    return make_sparse(tmp_path / "small.img", 4 * MiB,
+                       data=[(0, 64 * 1024), (MiB + 512, 300 * 1024), (4 * MiB - 4096, 4096)],
+                       zero_data=[(2 * MiB, MiB)])
+
+
+@pytest.fixture
+def qcow2_source(qemu_img, small_image, tmp_path):
+    path = tmp_path / "src.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", small_image, path, check=0)
+    return path
+
+
+QCOW2_OPTIONS = ["", "cluster_size=4k", "compat=0.10", "preallocation=metadata",
+                 "preallocation=full,cluster_size=512k", "lazy_refcounts=on,refcount_bits=1",
+                 "extended_l2=on"]
+
+
+@pytest.mark.parametrize("options", QCOW2_OPTIONS)
+def test_to_qcow2_like_qemu_img(vdisk, qemu_img, small_image, tmp_path, options):
+    ours, theirs = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
+    extra = ["-o", options] if options else []
+    vdisk("convert", "-O", "qcow2", *extra, small_image, ours, check=0)
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", *extra, small_image, theirs, check=0)
+    qemu_img("compare", "-f", "raw", "-F", "qcow2", small_image, ours, check=0)
+    qemu_img("check", ours, check=0)
+    infos = [qemu_img.json("info", "--output=json", path) for path in (ours, theirs)]
+    for key in ("cluster-size", "format-specific", "virtual-size"):
+        assert infos[0][key] == infos[1][key], key
+
+
+def test_from_qcow2(vdisk, qemu_img, small_image, qcow2_source, tmp_path):
+    out = tmp_path / "out.img"
+    vdisk("convert", "-O", "raw", qcow2_source, out, check=0)
+    assert out.read_bytes() == small_image.read_bytes()
+    assert allocated(out) < 4 * MiB
+
+
+def test_qcow2_to_qcow2(vdisk, qemu_img, qcow2_source, tmp_path):
+    out = tmp_path / "out.qcow2"
+    vdisk("convert", "-f", "qcow2", "-O", "qcow2", "-o", "cluster_size=16k", qcow2_source, out,
+          check=0)
+    qemu_img("compare", qcow2_source, out, check=0)
+    qemu_img("check", out, check=0)
+
+
+@pytest.mark.parametrize("mode", ["unsafe", "writeback", "off"])
+def test_cache_modes(vdisk, small_image, tmp_path, mode):
+    out = tmp_path / "out.img"
+    vdisk("convert", "-t", mode, "-T", mode, small_image, out, check=0)
+    assert out.read_bytes() == small_image.read_bytes()
+
+
+@pytest.mark.parametrize("option, message", [("-t", "vdisk: Invalid cache option: fast\n"),
+                                             ("-T", "vdisk: Invalid source cache option: fast\n")])
+def test_bad_cache_mode(vdisk, qemu_img, small_image, tmp_path, option, message):
+    result = vdisk("convert", option, "fast", small_image, tmp_path / "out.img", check=1)
+    assert result.stderr == message
+    assert qemu_img("convert", option, "fast", small_image, tmp_path / "q.img").returncode == 1
+    assert not (tmp_path / "out.img").exists()
+
+
+@pytest.fixture(scope="module")
+def count_syncs():
+    """Counts the fsync and fdatasync calls of a command, with strace where it works."""
+    def run(*args):
+        return subprocess.run(["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync",
+                               *map(str, args)], capture_output=True, text=True, timeout=60)
+    if not shutil.which("strace") or run("true").returncode != 0:
+        pytest.skip("strace is not installed or may not trace here")
+
+    def count(*args):
+        result = run(*args)
+        assert result.returncode == 0, result.stderr
+        return sum("sync(" in line for line in result.stderr.splitlines())
+    return count
+
+
+def test_destination_synced_only_when_asked(vdisk, count_syncs, qcow2_source, tmp_path):
+    out = tmp_path / "out.qcow2"
+    default = count_syncs(vdisk.path, "convert", "-O", "qcow2", qcow2_source, out)
+    assert count_syncs(vdisk.path, "convert", "-t", "unsafe", "-O", "qcow2", qcow2_source,
+                       out) == default
+    assert count_syncs(vdisk.path, "convert", "-t", "writeback", "-O", "qcow2", qcow2_source,
+                       out) > default
+
+
+def test_qcow2_option_help(vdisk):
+    result = vdisk("convert", "-O", "qcow2", "-o", "help", check=0)
+    assert result.stdout.startswith("Supported qcow2 options:\n")
+    for name in ("compat", "cluster_size", "preallocation", "backing_file", "backing_fmt"):
+        assert f"\n  {name} " in result.stdout

@@ -128,3 +128,31 @@ def test_refuses_special_files(vdisk, tmp_path):
     assert result.stderr == (f"vdisk: {fifo}: not a regular file; images are created in "
                              "regular files only\n")
     assert fifo.is_fifo()  # still there
+
+
+@pytest.mark.parametrize("options", [
+    [], ["-o", "cluster_size=4k"], ["-o", "compat=0.10,cluster_size=512"], ["-o", "refcount_bits=8"],
+    ["-o", "preallocation=metadata,lazy_refcounts=on"], ["-o", "extended_l2=on", "-o", "compat=1.1"],
+    ["-o", "data_file=x.data,data_file_raw=on"],
+])
+def test_qcow2_formatting_line_and_image_like_qemu_img(vdisk, qemu_img, tmp_path, options):
+    for name in ("ours", "theirs"):
+        (tmp_path / name).mkdir()
+    ours = vdisk("create", "-f", "qcow2", *options, "x.qcow2", "3M", cwd=tmp_path / "ours")
+    theirs = qemu_img("create", "-f", "qcow2", *options, "x.qcow2", "3M", cwd=tmp_path / "theirs")
+    assert (ours.returncode, ours.stdout, ours.stderr) == (0, theirs.stdout, "")
+    infos = [qemu_img.json("info", "--output=json", "x.qcow2", cwd=tmp_path / name)
+             for name in ("ours", "theirs")]
+    for info in infos:
+        del info["actual-size"]
+    assert infos[0] == infos[1]
+
+
+def test_qcow2_option_help(vdisk):
+    result = vdisk("create", "-f", "qcow2", "-o", "help", check=0)
+    assert result.stdout.startswith("Supported qcow2 options:\n")
+    names = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert {"compat", "cluster_size", "refcount_bits", "lazy_refcounts", "preallocation",
+            "extended_l2", "compression_type", "data_file", "data_file_raw", "backing_file",
+            "backing_fmt"} <= set(names)
+    assert vdisk("create", "-f", "qcow2", "-o", "?", check=0).stdout == result.stdout

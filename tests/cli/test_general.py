@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-COMMANDS = ["create", "info", "convert", "map"]
+COMMANDS = ["create", "info", "convert", "map", "check", "resize"]
 
 
 def test_version(vdisk):
@@ -41,6 +41,10 @@ def test_command_help(vdisk, name):
     (["info"], "vdisk: Expecting one image file name"),
     (["info", "a.img", "b.img"], "vdisk: Expecting one image file name"),
     (["map"], "vdisk: Expecting one image file name"),
+    (["check"], "vdisk: Expecting one image file name"),
+    (["map", "--backing-chain", "x.img"], "vdisk: unrecognized option '--backing-chain'"),
+    (["info", "-r", "all", "x.img"], "vdisk: unrecognized option '-r'"),
+    (["resize", "x.img"], "vdisk: Not enough arguments"),
     (["create"], "vdisk: Expecting image file name"),
     (["create", "a.img", "1M", "extra"], "vdisk: Unexpected argument: extra"),
     (["convert", "a.img"], "vdisk: Expecting a source and a destination file name"),
@@ -67,6 +71,13 @@ def test_usage_errors(vdisk, tmp_path, args, message):
     ["convert", "missing.img", "out.img"],
     ["create", "-f", "nosuchformat", "a.img", "1M"],
     ["create", "a.img", "lots"],
+    ["check"],
+    ["check", "missing.img"],
+    ["check", "-r", "some", "missing.img"],
+    ["resize", "missing.img", "1M"],
+    ["resize", "missing.img"],
+    ["create", "-f", "qcow2", "-b", "missing.img", "-F", "raw", "a.img"],
+    ["info", "--backing-chain", "missing.img"],
 ])
 def test_exit_codes_match_qemu_img(vdisk, qemu_img, tmp_path, args):
     ours = vdisk(*args, cwd=tmp_path)

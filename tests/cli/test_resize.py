@@ -1,0 +1,110 @@
+"""vdisk resize against qemu-img resize."""
+import shutil
+
+import pytest
+
+from conftest import MiB, make_sparse
+
+PROBE_WARNING = "WARNING: Image format was not specified"  # qemu-img's, for probed raw images
+
+
+def both(vdisk, qemu_img, tmp_path, args, create):
+    """Run the same resize on two equal images; returns (ours, theirs, our path, their path)."""
+    ours_path, theirs_path = create(tmp_path / "ours"), tmp_path / "theirs"
+    shutil.copy(ours_path, theirs_path)
+    ours = vdisk("resize", *args(ours_path))
+    theirs = qemu_img("resize", *args(theirs_path))
+    return ours, theirs, ours_path, theirs_path
+
+
+def raw_image(path):
+    return make_sparse(path, 2 * MiB, data=[(0, 4096), (MiB + 512 * 1024, 4096)])
+
+
+def qemu_error_lines(result):
+    return [line.replace("qemu-img: ", "vdisk: ") for line in result.stderr.splitlines()
+            if not line.startswith((PROBE_WARNING, " "))]
+
+
+@pytest.mark.parametrize("args", [
+    ["+1M"], ["3M"], ["2M"], ["--shrink", "-512k"], ["-f", "raw", "--shrink", "1.5M"],
+    ["--", "-1k"], ["-q", "+1.5M"], ["-512k"], ["1M"], ["--shrink", "-2M"], ["0"], ["1.5"],
+    ["-f", "qcow2", "1M"],
+])
+def test_raw_identical_to_qemu_img(vdisk, qemu_img, tmp_path, args):
+    ours, theirs, ours_path, theirs_path = both(
+        vdisk, qemu_img, tmp_path, lambda path: [path, *args], raw_image)
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout)
+    assert ours.stdout in ("Image resized.\n", "")
+    assert ours_path.read_bytes() == theirs_path.read_bytes()
+    if "qcow2" not in args:  # the library words open errors its own way
+        assert ours.stderr.splitlines() == qemu_error_lines(theirs)
+
+
+def test_shrink_needs_the_option(vdisk, tmp_path):
+    path = raw_image(tmp_path / "a.img")
+    result = vdisk("resize", path, "1M", check=1)
+    assert result.stderr == (
+        "vdisk: Use the --shrink option to perform a shrink operation.\n"
+        "vdisk: warning: Shrinking an image will delete all data beyond the shrunken image's end. "
+        "Before performing such an operation, make sure there is no important data there.\n")
+    assert path.stat().st_size == 2 * MiB
+
+
+def qcow2_image(qemu_img, data=((0, 4096),)):
+    """Makes a 2 MiB qcow2 image (written by qemu-img) with data in the given runs."""
+    def create(path):
+        raw = make_sparse(path.with_suffix(".raw"), 2 * MiB, data=data)
+        qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, path, check=0)
+        return path
+    return create
+
+
+@pytest.mark.parametrize("args", [["+1M"], ["3G"], ["--shrink", "1M"], ["--shrink", "1000000"]])
+def test_qcow2_like_qemu_img(vdisk, qemu_img, tmp_path, args):
+    ours, theirs, ours_path, theirs_path = both(
+        vdisk, qemu_img, tmp_path, lambda path: [path, *args], qcow2_image(qemu_img))
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout)
+    qemu_img("compare", "-f", "qcow2", "-F", "qcow2", ours_path, theirs_path, check=0)
+    qemu_img("check", ours_path, check=0)
+
+
+def test_qcow2_shrink_refuses_to_drop_data(vdisk, qemu_img, tmp_path):
+    """A deliberate difference: qemu-img drops the data; libvdisk shrinks qcow2 only when
+    nothing but zeroes would be cut off, and says where the data is."""
+    path = qcow2_image(qemu_img, data=[(0, 4096), (3 * MiB // 2, 4096)])(tmp_path / "s.qcow2")
+    before = path.read_bytes()
+    result = vdisk("resize", path, "--shrink", "1M", check=1)
+    assert "shrinking would discard data at offset 1572864" in result.stderr
+    assert path.read_bytes() == before
+    vdisk("resize", path, "--shrink", "1540k", check=0)  # only zeroes past this end
+    assert vdisk.json("info", "--output=json", path)["virtual-size"] == 1540 * 1024
+    qemu_img("check", path, check=0)
+
+
+def test_overlay_grows_alone(vdisk, qemu_img, tmp_path):
+    base = make_sparse(tmp_path / "base.raw", MiB, data=[(0, MiB)])
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", tmp_path / "top.qcow2",
+             check=0)
+    vdisk("resize", tmp_path / "top.qcow2", "+1M", check=0)
+    assert vdisk.json("info", "--output=json", tmp_path / "top.qcow2")["virtual-size"] == 2 * MiB
+    assert base.stat().st_size == MiB
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "vdisk: Not enough arguments"),
+    (["a.img"], "vdisk: Not enough arguments"),
+    (["a.img", "b.img", "1M"], "vdisk: Expecting image file name and size"),
+    (["--shrink", "1M"], "vdisk: Expecting image file name and size"),
+    (["--bogus", "a.img", "1M"], "vdisk: unrecognized option '--bogus'"),
+])
+def test_usage_errors(vdisk, qemu_img, tmp_path, args, message):
+    ours = vdisk("resize", *args, cwd=tmp_path)
+    assert ours.returncode == qemu_img("resize", *args, cwd=tmp_path).returncode == 1
+    assert ours.stderr == message + "\nTry 'vdisk --help' for more information\n"
+
+
+def test_missing_file(vdisk, qemu_img, tmp_path):
+    ours = vdisk("resize", tmp_path / "missing.img", "1M", check=1)
+    assert ours.stderr.startswith(f"vdisk: Could not open '{tmp_path / 'missing.img'}': ")
+    assert qemu_img("resize", tmp_path / "missing.img", "1M").returncode == 1
