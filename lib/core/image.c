@@ -32,6 +32,10 @@ static int probe_file(vd_file *file, const struct vd_backend **out)
     if (rc < 0)
         return rc;
     const struct vd_backend *be = vd_backend_probe_head(head, sizeof head, size);
+    const char *unsupported = be ? NULL : vd_recognize_unsupported(head, sizeof head, size);
+    if (unsupported) /* never raw: the guest would see (and could overwrite) its metadata */
+        return vd_err(VD_EUNSUPPORTED, "%s: this looks like a %s image, a format libvdisk "
+                      "cannot open yet", file->path, unsupported);
     *out = be ? be : &vd_backend_raw;
     return 0;
 }

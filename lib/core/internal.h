@@ -179,6 +179,9 @@ const struct vd_backend *vd_backend_find(const char *name);
 /* The best non-raw match for a first-bytes buffer, or NULL. */
 const struct vd_backend *vd_backend_probe_head(const uint8_t *head, size_t len, uint64_t file_size);
 
+/* The name of a format we recognise but cannot open yet (lib/formats/recognized.c), or NULL. */
+const char *vd_recognize_unsupported(const uint8_t *head, size_t len, uint64_t file_size);
+
 extern const struct vd_backend vd_backend_raw;
 extern const struct vd_backend vd_backend_qcow2;
 

@@ -81,6 +81,21 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active)
             }
             continue;
         }
+        if (q->l2_entry_bytes == 16) {
+            uint64_t bitmap = vd_be64(table + i * 16 + 8);
+            uint32_t alloc_bits = (uint32_t)bitmap, zero_bits = (uint32_t)(bitmap >> 32);
+            if ((alloc_bits & zero_bits) || (alloc_bits && !(word & QCOW2_OFFSET_MASK) &&
+                                             !qcow2_has_data_file(q))) {
+                say(c, "ERROR: invalid subcluster allocation bitmap 0x%llx in L2 entry 0x%llx",
+                    (unsigned long long)bitmap, (unsigned long long)word);
+                c->res->corruptions++;
+            }
+        }
+        uint64_t reserved = QCOW2_L2_RESERVED | (q->version < 3 ? QCOW2_OFLAG_ZERO : 0);
+        if (word & reserved) {
+            say(c, "ERROR found L2 entry with reserved bits set: 0x%llx", (unsigned long long)word);
+            c->res->corruptions++;
+        }
         uint64_t host = word & QCOW2_OFFSET_MASK;
         bool data_file_zero = qcow2_has_data_file(q) && (word & QCOW2_OFLAG_COPIED);
         if (!host && !data_file_zero) /* host 0 is guest cluster 0 only in a data file */
@@ -110,6 +125,10 @@ static int walk_l1(struct checker *c, const uint64_t *l1, uint32_t l1_size, uint
     add_ref(c, l1_offset, (uint64_t)l1_size * 8);
     for (uint32_t i = 0; i < l1_size; i++) {
         uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
+        if (l1[i] & QCOW2_L1_RESERVED) {
+            say(c, "ERROR found L1 entry with reserved bits set: 0x%llx", (unsigned long long)l1[i]);
+            c->res->corruptions++;
+        }
         if (!l2)
             continue;
         if (l2 & (q->cluster_size - 1)) {
@@ -129,6 +148,7 @@ static int walk_l1(struct checker *c, const uint64_t *l1, uint32_t l1_size, uint
             c->res->check_errors++;
             continue;
         }
+        c->next_contiguous = 0; /* qemu-img counts fragments within each L2 table */
         walk_l2(c, table, active);
         vd_cache_put(q->l2_cache, table);
     }

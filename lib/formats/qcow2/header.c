@@ -292,6 +292,14 @@ static int build_header(const char *path, struct qcow2 *q, uint64_t size, uint8_
         need += 8 + ((strlen(q->data_file_name) + 7) & ~(size_t)7);
     for (size_t i = 0; i < q->nexts; i++)
         need += 8 + ((q->exts[i].len + 7) & ~7u);
+    /* the feature name table is optional: QEMU leaves it out when space is short */
+    for (size_t i = 0; i < q->nexts && need > cs; i++) {
+        if (q->exts[i].type != QCOW2_EXT_FEATURES)
+            continue;
+        need -= 8 + ((q->exts[i].len + 7) & ~7u);
+        free(q->exts[i].data);
+        q->exts[i--] = q->exts[--q->nexts];
+    }
     if (need > cs)
         return vd_err(VD_ETOOBIG, "%s: the qcow2 header does not fit in one cluster", path);
     if (q->backing_format)

@@ -50,7 +50,11 @@ static int decode(vd_image *img, const struct qcow2 *q, struct l2e e, unsigned s
         return 0;
     }
     if (q->l2_entry_bytes == 16) {
-        bool zero = (e.bitmap >> (32 + subcluster)) & 1, alloc = (e.bitmap >> subcluster) & 1;
+        uint32_t alloc_bits = (uint32_t)e.bitmap, zero_bits = (uint32_t)(e.bitmap >> 32);
+        if ((alloc_bits & zero_bits) || (alloc_bits && !g->host_cluster && !qcow2_has_data_file(q)))
+            return qcow2_signal_corruption(img, "invalid subcluster bitmap 0x%llx (entry 0x%llx)",
+                                           (unsigned long long)e.bitmap, (unsigned long long)e.word);
+        bool zero = (zero_bits >> subcluster) & 1, alloc = (alloc_bits >> subcluster) & 1;
         g->kind = zero ? VD_COW_ZERO : alloc ? VD_COW_DATA : VD_COW_UNALLOCATED;
     } else {
         /* with a data file, host offset 0 is guest cluster 0, marked by COPIED */

@@ -124,8 +124,10 @@ static int prepare_for_writing(vd_image *img, struct qcow2 *q)
             return rc;
         q->incompat &= ~QCOW2_INCOMPAT_DIRTY;
     }
-    if (q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS)
+    if (q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) {
         q->incompat |= QCOW2_INCOMPAT_DIRTY;
+        q->dirty_by_us = true;
+    }
     q->autoclear &= QCOW2_AUTOCLEAR_DATA_RAW; /* the only autoclear feature we keep up to date */
     if (q->incompat == before_incompat && q->autoclear == before_autoclear)
         return 0;
@@ -251,7 +253,7 @@ static void q_close(vd_image *img)
     if (!q)
         return;
     /* a clean close of a lazy-refcount image: everything is flushed, clear the dirty bit */
-    if (!img->read_only && !img->poisoned && q->l2_cache && (q->incompat & QCOW2_INCOMPAT_DIRTY) &&
+    if (!img->read_only && !img->poisoned && q->l2_cache && q->dirty_by_us &&
         qcow2_flush_metadata(img, q) == 0) {
         q->incompat &= ~QCOW2_INCOMPAT_DIRTY;
         if (qcow2_write_features(img, q) == 0)

@@ -126,6 +126,8 @@ struct qcow2 {
     uint64_t meta_clusters;   /* clusters the bitmap covers */
     bool meta_stale;          /* metadata moved or clusters were freed since the rebuild */
 
+    bool dirty_by_us;         /* this session set the dirty bit (lazy refcounts) */
+
     uint64_t free_hint;       /* no free cluster below this index */
     uint64_t alloc_end;       /* no cluster is allocated at or past this index */
     uint64_t *pending_frees;  /* host clusters whose refcount drops at the next flush */

@@ -114,10 +114,22 @@ int qcow2_resize(vd_image *img, uint64_t size, uint32_t flags)
             (rc = img->cow->zero_clusters(img, first_free, old_end - first_free, VD_COW_DEALLOCATE)) < 0)
             return rc;
     }
+    /* growing over a larger backing image must not reveal what lies below: zero it */
+    uint64_t old_size = img->size;
+    uint64_t below = img->backing ? img->backing->size : 0;
+    bool reveal = size > old_size && below > old_size;
+    if (reveal && q->version < 3)
+        return vd_err(VD_EUNSUPPORTED, "%s: a v2 image cannot grow over its larger backing file "
+                      "without showing its data", img->filename);
     if ((rc = img->backend->flush(img)) < 0 || (rc = qcow2_grow_l1(img, q, entries)) < 0)
         return rc;
     if ((rc = qcow2_write_size(img, size)) < 0)
         return vd_image_poison(img, rc);
     img->size = size;
+    if (reveal) {
+        uint64_t end = below < size ? below : size;
+        if ((rc = vd_cow_write_zeroes(img, old_size, end - old_size, 0)) < 0)
+            return rc;
+    }
     return img->backend->flush(img);
 }

@@ -107,10 +107,11 @@ static int guard_probe_window(vd_image *img, uint64_t off, const void *buf, size
     size_t n = len < VD_PROBE_BYTES - off ? len : VD_PROBE_BYTES - (size_t)off;
     memcpy(head + off, buf, n);
     const struct vd_backend *other = vd_backend_probe_head(head, sizeof head, img->size);
-    if (other)
+    const char *name = other ? other->name : vd_recognize_unsupported(head, sizeof head, img->size);
+    if (name)
         return vd_err(VD_EPERM, "%s: refusing a write to sector 0 that would make this probed "
                       "raw image look like a %s image; open it with format 'raw' to allow it",
-                      img->filename, other->name);
+                      img->filename, name);
     return 0;
 }
 
