@@ -1,0 +1,186 @@
+"""Deliberately corrupted images: libvdisk's check counts what qemu-img check
+counts, and libvdisk's repair leaves an image qemu-img check finds clean."""
+import shutil
+
+import pytest
+
+from qcow2meta import COPIED, OFFSET_MASK, Qcow2
+from vdhelp import (CHECK_REPAIR_ALL, CHECK_REPAIR_LEAKS, RDWR, REPAIR, MiB, NO_LOCK,
+                    assert_qemu_clean, open_handle, qemu_check, qemu_img, qemu_io, qemu_raw,
+                    vd_check_handle)
+
+DATA_AT = 3 * MiB + 4096  # a guest offset holding data in every base image
+
+
+def make_base(path, options):
+    qemu_img("create", "-q", "-f", "qcow2", "-o", options, path, "16M")
+    qemu_io(path, "write -P 0x5a 0 1M", f"write -P 0x6b {DATA_AT} 300k", "write -P 7 9M 64k",
+            "write -P 8 15M 1M")
+
+
+def leak(q):
+    """A cluster appended to the file with refcount 1 and no reference."""
+    end = q.f.seek(0, 2)
+    end = (end + q.cluster_size - 1) // q.cluster_size * q.cluster_size
+    q.pwrite(end, b"\0" * q.cluster_size)
+    q.set_refcount(end, 1)
+
+
+def refcount_zero(q):
+    q.set_refcount(q.host_cluster(DATA_AT), 0)
+
+
+def refcount_too_high(q):
+    q.set_refcount(q.host_cluster(DATA_AT), 2)
+
+
+def copied_cleared(q):
+    q.set_l2_entry(DATA_AT, q.l2_entry(DATA_AT) & ~COPIED)
+
+
+def copied_set_on_shared(q):
+    """refcount 2 on a cluster named once, with COPIED still set: both an error and a leak."""
+    q.set_refcount(q.host_cluster(9 * MiB), 2)
+
+
+def l1_copied_cleared(q):
+    l1_index, _ = q.l2_location(DATA_AT)
+    q.set_l1_entry(l1_index, q.l1_entry(l1_index) & ~COPIED)
+
+
+def l2_table_refcount_zero(q):
+    l1_index, _ = q.l2_location(DATA_AT)
+    q.set_refcount(q.l1_entry(l1_index) & OFFSET_MASK, 0)
+
+
+def two_leaks_and_an_error(q):
+    leak(q)
+    leak(q)
+    copied_cleared(q)
+
+
+def double_reference(q):
+    """Two guest clusters naming one host cluster whose refcount is 1."""
+    q.set_l2_entry(9 * MiB, q.l2_entry(DATA_AT))
+
+
+def refcount_block_refcount_zero(q):
+    block = int.from_bytes(q.pread(q.h["refcount_table_offset"], 8), "big")
+    q.set_refcount(block, 0)
+
+
+def l2_entry_misaligned(q):
+    q.set_l2_entry(9 * MiB, q.l2_entry(9 * MiB) + 512)
+
+
+def l2_entry_past_eof(q):
+    q.set_l2_entry(9 * MiB, COPIED | (1 << 40))
+
+
+def subcluster_bitmap_invalid(q):
+    """Extended L2 only: a subcluster both allocated and zero."""
+    if not q.extended_l2:
+        pytest.skip("needs extended L2 entries")
+    _, where = q.l2_location(DATA_AT)
+    bitmap = int.from_bytes(q.pread(where + 8, 8), "big")
+    q.pwrite(where + 8, (bitmap | (bitmap << 32)).to_bytes(8, "big"))
+
+
+def count_bug(reason):
+    return pytest.mark.xfail(strict=True, raises=AssertionError, reason="libvdisk bug: " + reason)
+
+
+CORRUPTIONS = [leak, refcount_zero, refcount_too_high, copied_cleared, copied_set_on_shared,
+               l1_copied_cleared, l2_table_refcount_zero, two_leaks_and_an_error,
+               double_reference, refcount_block_refcount_zero,
+               pytest.param(l2_entry_misaligned, marks=count_bug(
+                   "a misaligned L2 entry: qemu counts a reference to the clusters it "
+                   "overlaps (2 corruptions, 0 leaks); libvdisk counts 1 corruption, 1 leak")),
+               pytest.param(l2_entry_past_eof, marks=count_bug(
+                   "an L2 entry past EOF: qemu also reports OFLAG_COPIED with refcount 0 "
+                   "(2 corruptions); libvdisk 1")),
+               pytest.param(subcluster_bitmap_invalid, marks=count_bug(
+                   "a subcluster both allocated and zero is not reported (qemu: 1 "
+                   "corruption) and reads as zeroes instead of failing"))]
+# qemu-img's own repair cannot make these clean either
+UNREPAIRABLE = {l2_entry_misaligned, l2_entry_past_eof}
+
+
+def name_of(value):
+    return getattr(value, "__name__", None)
+BASES = ["cluster_size=64k", "cluster_size=4k,refcount_bits=4", "cluster_size=64k,compat=0.10",
+         "cluster_size=64k,refcount_bits=64,extended_l2=on"]
+
+
+def libvdisk_counts(path):
+    with open_handle(path, NO_LOCK) as handle:
+        rc, counts, lines = vd_check_handle(handle)
+    assert rc == 0, f"vd_check failed: {rc} {lines}"
+    return counts, lines
+
+
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=name_of)
+def test_check_counts_agree_and_repair_is_clean(tmp_path, base, corrupt):
+    if corrupt is refcount_too_high and "refcount_bits=1," in base + ",":
+        pytest.skip("a 1-bit refcount cannot be too high")
+    path = tmp_path / "c.qcow2"
+    make_base(path, base)
+    with Qcow2(path) as q:
+        corrupt(q)
+
+    rc, report = qemu_check(path)
+    assert rc in (2, 3), report  # there is something to find
+    counts, lines = libvdisk_counts(path)
+    assert (counts["corruptions"], counts["leaks"]) == (
+        report.get("corruptions", 0), report.get("leaks", 0)), (report, counts, lines)
+    assert counts["check_errors"] == report.get("check-errors", 0)
+    if corrupt in UNREPAIRABLE:
+        return
+    content = qemu_raw(path)  # repairs keep what the guest sees (the corruption may change it)
+
+    # repair with libvdisk; qemu-img then finds nothing and the guest sees the same disk
+    flags = CHECK_REPAIR_LEAKS | (CHECK_REPAIR_ALL if report.get("corruptions") else 0)
+    with open_handle(path, RDWR | REPAIR) as handle:
+        rc, fixed, lines = vd_check_handle(handle, flags)
+    assert rc == 0, lines
+    assert fixed["corruptions"] == 0 and fixed["leaks"] == 0, (fixed, lines)
+    assert fixed["corruptions_fixed"] + fixed["leaks_fixed"] >= 1, (fixed, lines)
+    assert_qemu_clean(path)
+    assert qemu_raw(path) == content
+    counts, lines = libvdisk_counts(path)
+    assert counts["corruptions"] == 0 and counts["leaks"] == 0, lines
+
+
+@pytest.mark.parametrize("corrupt", [leak, two_leaks_and_an_error, refcount_too_high],
+                         ids=lambda f: f.__name__)
+def test_repair_leaks_only_agrees_with_qemu(tmp_path, corrupt):
+    """Repairing leaks only (qemu-img check -r leaks) leaves what qemu's leaves."""
+    ours, theirs = tmp_path / "v.qcow2", tmp_path / "q.qcow2"
+    make_base(ours, "cluster_size=64k")
+    with Qcow2(ours) as q:
+        corrupt(q)
+    shutil.copy(ours, theirs)
+    _, before = qemu_check(ours)
+    qemu_img("check", "-r", "leaks", theirs, check=False)
+    with open_handle(ours, RDWR | REPAIR) as handle:
+        rc, counts, lines = vd_check_handle(handle, CHECK_REPAIR_LEAKS)
+    assert rc == 0
+    assert counts["leaks_fixed"] == before["leaks"] and counts["leaks"] == 0, (counts, lines)
+    _, after_ours = qemu_check(ours)
+    _, after_theirs = qemu_check(theirs)
+    assert after_ours.get("leaks", 0) == 0
+    assert after_ours.get("corruptions", 0) == after_theirs.get("corruptions", 0), (
+        after_ours, after_theirs)
+    assert qemu_raw(ours) == qemu_raw(theirs)
+
+
+def test_repair_needs_a_writable_handle(tmp_path):
+    path = tmp_path / "c.qcow2"
+    make_base(path, "cluster_size=64k")
+    with Qcow2(path) as q:
+        leak(q)
+    with open_handle(path) as handle:
+        rc, counts, _ = vd_check_handle(handle, CHECK_REPAIR_LEAKS)
+    assert rc < 0
+    assert qemu_check(path)[1]["leaks"] == 1  # nothing was changed
