@@ -186,7 +186,9 @@ VD_API const char *vd_get_format(vd_image *img);
 VD_API const char *vd_get_filename(vd_image *img);
 /*
  * The next image of the backing chain (opened read-only with this one and
- * owned by it: never close it), or NULL at the bottom of the chain.
+ * owned by it: never close it), or NULL at the bottom of the chain. The
+ * pointer stays valid until vd_rebase(), vd_commit() or vd_close() on img;
+ * do not call it while those run in another thread.
  */
 VD_API vd_image *vd_get_backing(vd_image *img);
 
@@ -293,7 +295,7 @@ VD_API int vd_check(vd_image *img, uint32_t flags, vd_check_result *result,
 /*
  * Make backing_file (relative names are relative to img's directory; NULL or
  * "" for none) with format backing_format (NULL: probed, but a file that
- * probes as raw is refused) the backing file of img. The safe mode keeps
+ * probes as raw is refused; an unsafe rebase needs it) the backing file of img. The safe mode keeps
  * what the guest sees: clusters that read differently through the old and
  * the new backing file are first copied into img. Needs a read-write handle.
  */

@@ -203,6 +203,20 @@ static int open_new_backing(vd_image *img, const char *file, const char *format,
     return rc;
 }
 
+/* A new chain that contains img itself would loop: refuse it before the header changes. */
+static int refuse_loop(vd_image *img, vd_image *chain)
+{
+    struct stat self, other;
+    if (vd_file_stat_id(img->file, &self) < 0)
+        return 0;
+    for (vd_image *b = chain; b; b = b->backing)
+        if (vd_file_stat_id(b->file, &other) == 0 && other.st_dev == self.st_dev &&
+            other.st_ino == self.st_ino)
+            return vd_err(VD_EBACKING, "%s: the new backing chain contains the image itself",
+                          img->filename);
+    return 0;
+}
+
 int vd_rebase(vd_image *img, const char *backing_file, const char *backing_format, uint32_t flags)
 {
     int rc = vd_enter(img, "vd_rebase", flags, VD_REBASE_UNSAFE, VD_ACCESS_WRITE);
@@ -214,9 +228,14 @@ int vd_rebase(vd_image *img, const char *backing_file, const char *backing_forma
         return vd_leave(img, rc);
     }
     bool none = !backing_file || !*backing_file;
+    if (!none && (flags & VD_REBASE_UNSAFE) && !backing_format)
+        return vd_leave(img, vd_err(VD_EINVAL, "%s: an unsafe rebase needs the backing format "
+                                    "(it cannot be probed without opening the file)", img->filename));
     vd_image *new_backing = NULL;
     if (!(flags & VD_REBASE_UNSAFE)) {
         rc = open_new_backing(img, backing_file, backing_format, &new_backing);
+        if (rc == 0)
+            rc = refuse_loop(img, new_backing);
         if (rc == 0)
             rc = copy_differences(img, new_backing);
         if (rc == 0)
@@ -247,7 +266,7 @@ static int copy_into_backing(vd_image *img, vd_image *b)
             break;
         uint64_t end = off + ext.length;
         if (defined_here(&ext) && (ext.flags & VD_EXTENT_ZERO)) {
-            rc = vd_write_zeroes(b, off, ext.length, 0);
+            rc = vd_write_zeroes(b, off, ext.length, VD_ZERO_MAY_UNMAP);
             off = end;
         }
         while (defined_here(&ext) && off < end && rc == 0) {

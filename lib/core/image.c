@@ -114,6 +114,8 @@ int vd_open_image(vd_image **out, const char *path, const vd_open_opts *o, unsig
         img->probed = true;
         rc = probe_file(img->file, &be);
     }
+    if (rc == 0 && o->snapshot && !be->snapshot_count)
+        rc = vd_err(VD_EUNSUPPORTED, "%s: format '%s' has no snapshots to open", path, be->name);
     if (rc == 0) {
         img->backend = be;
         rc = be->open(img, o);
