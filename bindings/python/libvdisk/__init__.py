@@ -12,10 +12,10 @@ from . import _lib
 from .errors import *  # noqa: F401,F403 (the generated exception classes)
 from .errors import __all__ as _error_names
 from .formats import FormatOption, create, format_options, formats, options_string, probe
-from .image import CheckResult, Extent, Image, open  # noqa: A004
+from .image import CheckResult, Extent, Image, Snapshot, open  # noqa: A004
 
 __all__ = ["open", "create", "probe", "formats", "format_options", "options_string",
-           "version", "Image", "Extent", "CheckResult", "FormatOption"] + _error_names
+           "version", "Image", "Extent", "CheckResult", "Snapshot", "FormatOption"] + _error_names
 
 
 def version():

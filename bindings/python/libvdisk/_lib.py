@@ -52,6 +52,10 @@ NO_HOST_OFFSET = 2**64 - 1
 # vd_check() flags
 CHECK_REPAIR_LEAKS = 1 << 0
 CHECK_REPAIR_ALL = 1 << 1
+# vd_rebase() flags
+REBASE_UNSAFE = 1 << 0
+# vd_commit() flags
+COMMIT_EMPTY = 1 << 0
 
 
 class VdImage(Structure):
@@ -108,6 +112,34 @@ class VdCheckResult(Structure):
     ]
 
 
+class VdOpenOpts(Structure):
+    """``struct vd_open_opts``."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("flags", c_uint32),
+        ("format", c_char_p),
+        ("cache_bytes", c_uint64),
+        ("snapshot", c_char_p),
+        ("secret", c_char_p),
+    ]
+
+
+class VdSnapshotInfo(Structure):
+    """``struct vd_snapshot_info``."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("date_nsec", c_uint32),
+        ("id", c_char_p),
+        ("name", c_char_p),
+        ("date_sec", c_uint64),
+        ("vm_clock_ns", c_uint64),
+        ("vm_state_size", c_uint64),
+        ("disk_size", c_uint64),
+    ]
+
+
 ImagePtr = POINTER(VdImage)
 # vd_check_report_fn: void (*)(void *ctx, const char *message)
 CheckReportFn = CFUNCTYPE(None, c_void_p, c_char_p)
@@ -120,6 +152,7 @@ _PROTOTYPES = {
     "vd_version": (c_char_p, []),
     "vd_version_number": (c_uint, []),
     "vd_open": (c_int, [POINTER(ImagePtr), c_char_p, c_char_p, c_uint32]),
+    "vd_open_ext": (c_int, [POINTER(ImagePtr), c_char_p, POINTER(VdOpenOpts)]),
     "vd_close": (c_int, [ImagePtr]),
     "vd_create": (c_int, [c_char_p, c_char_p, c_uint64, c_char_p, c_uint32]),
     "vd_read": (c_int, [ImagePtr, c_uint64, c_void_p, c_size_t, c_uint32]),
@@ -137,6 +170,13 @@ _PROTOTYPES = {
                                 POINTER(c_int)]),
     "vd_block_status": (c_int, [ImagePtr, c_uint64, c_uint64, POINTER(VdExtent), c_uint32]),
     "vd_check": (c_int, [ImagePtr, c_uint32, POINTER(VdCheckResult), CheckReportFn, c_void_p]),
+    "vd_rebase": (c_int, [ImagePtr, c_char_p, c_char_p, c_uint32]),
+    "vd_commit": (c_int, [ImagePtr, c_uint32]),
+    "vd_snapshot_count": (c_int, [ImagePtr, POINTER(c_size_t)]),
+    "vd_snapshot_get": (c_int, [ImagePtr, c_size_t, POINTER(VdSnapshotInfo)]),
+    "vd_snapshot_create": (c_int, [ImagePtr, c_char_p, c_uint32]),
+    "vd_snapshot_apply": (c_int, [ImagePtr, c_char_p, c_uint32]),
+    "vd_snapshot_delete": (c_int, [ImagePtr, c_char_p, c_uint32]),
     "vd_format_name": (c_char_p, [c_size_t]),
     "vd_format_option": (c_int, [c_char_p, c_size_t, POINTER(c_char_p), POINTER(c_char_p),
                                  POINTER(c_char_p)]),

@@ -1,8 +1,9 @@
-"""The :class:`Image` file object, its allocation-map and check records."""
+"""The :class:`Image` file object, its allocation-map, check and snapshot records."""
 
 import contextlib
 import ctypes
 import dataclasses
+import datetime
 import io
 import operator
 import os
@@ -101,6 +102,68 @@ class CheckResult:
         return record
 
 
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """One internal snapshot (``struct vd_snapshot_info``), a row of
+    ``qemu-img snapshot -l``.
+
+    ``id`` is the id qemu-img assigned ("1", "2", ...) and ``name`` the
+    snapshot's name; either refers to it (the id first, as in qemu-img).
+    ``date`` is when it was taken, a timezone-aware UTC datetime (to the
+    microsecond); ``date_sec`` and ``date_nsec`` are the exact stored values.
+    ``vm_clock_ns`` is the guest run time then, ``vm_state_size`` the bytes of
+    saved VM state (0 unless QEMU saved one) and ``disk_size`` the virtual size
+    the snapshot has.
+    """
+
+    id: str
+    name: str
+    date: datetime.datetime
+    date_sec: int
+    date_nsec: int
+    vm_clock_ns: int
+    vm_state_size: int
+    disk_size: int
+
+    def to_dict(self):
+        """The record as a "snapshots" entry of ``qemu-img info --output=json``
+        (without "icount", which libvdisk does not report)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "vm-state-size": self.vm_state_size,
+            "date-sec": self.date_sec,
+            "date-nsec": self.date_nsec,
+            "vm-clock-sec": self.vm_clock_ns // 1_000_000_000,
+            "vm-clock-nsec": self.vm_clock_ns % 1_000_000_000,
+        }
+
+    @classmethod
+    def _from_info(cls, info):
+        date = datetime.datetime.fromtimestamp(info.date_sec, datetime.timezone.utc)
+        return cls(id=text(info.id), name=text(info.name),
+                   date=date.replace(microsecond=min(info.date_nsec // 1000, 999999)),
+                   date_sec=info.date_sec, date_nsec=info.date_nsec,
+                   vm_clock_ns=info.vm_clock_ns, vm_state_size=info.vm_state_size,
+                   disk_size=info.disk_size)
+
+
+def _snapshot_ref(value):
+    """The id or name to pass for a snapshot given as a str, an int id or a Snapshot."""
+    if isinstance(value, Snapshot):
+        value = value.id
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"a snapshot is referred to by its id or name (a str), an int id or "
+                        f"a Snapshot record, not {type(value).__name__}")
+    if not value:
+        raise ValueError("a snapshot id or name must not be empty")
+    if "\0" in value:
+        raise ValueError("a snapshot id or name must not contain NUL")
+    return value.encode("utf-8", "surrogateescape")
+
+
 def _count(name, value):
     """``value`` as a non-negative int, for offsets and lengths."""
     value = operator.index(value)
@@ -137,13 +200,24 @@ def _target_buffer(buffer):
 class _Owner:
     """What an opened image shares with the borrowed images of its backing
     chain: one count of calls in flight (so that closing the opened image
-    waits for calls on any image of its chain) and the borrowed wrappers,
-    which its close() disables."""
+    waits for calls on any image of its chain), the count of those made on
+    borrowed images (so that rebase and commit, which replace the chain, wait
+    for them), whether such a replacement is under way, and the borrowed
+    wrappers, which its close(), rebase() and commit() disable."""
 
     def __init__(self):
         self.changed = threading.Condition()
         self.users = 0
+        self.borrowed_users = 0
+        self.rebuilding = 0
         self.borrowed = weakref.WeakSet()
+
+    def retire_borrowed(self):
+        """Under ``changed``: disable every borrowed wrapper; the list of them."""
+        borrowed = list(self.borrowed)
+        for image in borrowed:
+            image._handle = None
+        return borrowed
 
 
 class Image(io.RawIOBase):
@@ -161,6 +235,9 @@ class Image(io.RawIOBase):
     - ``repair``: with "r+", open an image marked corrupt so that
       :meth:`check` can repair it (data writes stay refused until then).
 
+    ``snapshot`` (an id or name, or a :class:`Snapshot`) opens that internal
+    snapshot instead of the current state, read-only: ``mode`` must be "r".
+
     Images of the backing chain are reached through :attr:`backing` and
     :meth:`chain`; they are borrowed from this one (see :attr:`backing`).
 
@@ -171,23 +248,32 @@ class Image(io.RawIOBase):
     """
 
     def __init__(self, path, mode="r", fmt=None, *, no_backing=False, no_lock=False,
-                 confined=False, no_flush=False, repair=False):
+                 confined=False, no_flush=False, repair=False, snapshot=None):
         super().__init__()
         self._setup(None, mode, _Owner(), borrowed=False)
         if mode not in _MODES:
             raise ValueError(f"invalid mode {mode!r} (expected 'r' or 'r+')")
         if repair and mode != "r+":
             raise ValueError("repair=True opens an image for repairs: it needs mode 'r+'")
+        if snapshot is not None:
+            snapshot = _snapshot_ref(snapshot)
+            if mode != "r":
+                raise ValueError("a snapshot can only be opened read-only: it needs mode 'r'")
         flags = _MODES[mode]
         requested = {"no_backing": no_backing, "no_lock": no_lock, "confined": confined,
                      "no_flush": no_flush, "repair": repair}
         for name, wanted in requested.items():
             if wanted:
                 flags |= _OPEN_FLAGS[name]
+        options = _lib.VdOpenOpts(struct_size=ctypes.sizeof(_lib.VdOpenOpts), flags=flags,
+                                  format=None if fmt is None else fmt.encode(),
+                                  snapshot=snapshot)
         handle = _lib.ImagePtr()
-        check_status(lib().vd_open(ctypes.byref(handle), os.fsencode(path),
-                                   None if fmt is None else fmt.encode(), flags))
+        check_status(lib().vd_open_ext(ctypes.byref(handle), os.fsencode(path),
+                                       ctypes.byref(options)))
         self._setup(handle, mode, self._owner, borrowed=False)
+        if snapshot is not None:
+            self._snapshot = text(snapshot)
 
     def _setup(self, handle, mode, owner, borrowed):
         """Set the state of a new wrapper around handle (None while opening)."""
@@ -195,6 +281,7 @@ class Image(io.RawIOBase):
         self._owner = owner
         self._borrowed = borrowed
         self._backing = None  # the wrapper of the next image of the chain, once asked for
+        self._snapshot = None
         self._mode = mode
         self._position = 0
         self._position_lock = threading.Lock()
@@ -215,8 +302,9 @@ class Image(io.RawIOBase):
     def __repr__(self):
         state = " closed" if self.closed else ""
         borrowed = " (backing image)" if self._borrowed else ""
+        snapshot = f" snapshot={self._snapshot!r}" if self._snapshot is not None else ""
         return (f"<libvdisk.Image{state} {self._filename!r} "
-                f"format={self._format!r} mode={self._mode!r}{borrowed}>")
+                f"format={self._format!r} mode={self._mode!r}{snapshot}{borrowed}>")
 
     # -- handle use and closing ---------------------------------------------
 
@@ -227,13 +315,15 @@ class Image(io.RawIOBase):
             if self._handle is None:
                 raise ValueError("I/O operation on closed image")
             owner.users += 1
+            owner.borrowed_users += self._borrowed
             return self._handle
 
     def _release(self):
         owner = self._owner
         with owner.changed:
             owner.users -= 1
-            if not owner.users:
+            owner.borrowed_users -= self._borrowed
+            if not owner.users or not owner.borrowed_users:
                 owner.changed.notify_all()
 
     @contextlib.contextmanager
@@ -271,9 +361,7 @@ class Image(io.RawIOBase):
         with owner.changed:
             handle, self._handle = self._handle, None
             if not self._borrowed:
-                borrowed = list(owner.borrowed)
-                for image in borrowed:
-                    image._handle = None
+                borrowed = owner.retire_borrowed()
                 while owner.users:
                     owner.changed.wait()
         try:
@@ -415,6 +503,12 @@ class Image(io.RawIOBase):
         """The path the image was opened with."""
         return self._filename
 
+    @property
+    def snapshot(self):
+        """The snapshot id or name this image was opened at, or ``None`` for the
+        current state."""
+        return self._snapshot
+
     name = filename
 
     @property
@@ -425,11 +519,17 @@ class Image(io.RawIOBase):
         It is borrowed: the library opened it read-only together with this
         image, which owns it. Closing it only retires the wrapper; closing
         this image closes it too (later calls raise ValueError, as on any
-        closed image). It does not keep this image alive. The same wrapper is
-        returned each time while it is open.
+        closed image), and so do :meth:`rebase` and :meth:`commit`, which
+        replace the chain below (ask again for the new one). It does not keep
+        this image alive. The same wrapper is returned each time while it is
+        open.
         """
         owner = self._owner
         with self._using() as handle, owner.changed:
+            if not self._borrowed:  # the chain below is not being replaced meanwhile
+                owner.changed.wait_for(lambda: not owner.rebuilding)
+            if self._handle is None:  # retired since _using(): a rebase or commit began
+                raise ValueError("I/O operation on closed image")
             pointer = lib().vd_get_backing(handle)
             address = ctypes.cast(pointer, ctypes.c_void_p).value if pointer else None
             cached = self._backing
@@ -449,6 +549,113 @@ class Image(io.RawIOBase):
                 return images
             images.append(below)
 
+    # -- chain changes ------------------------------------------------------
+
+    def _replace_chain(self, function, *args):
+        """Call ``vd_<function>``, which closes and reopens the chain below this
+        image: first retire every borrowed wrapper and wait for the calls in
+        flight on them, so that none can reach a freed handle."""
+        owner = self._owner
+        if self._borrowed or self._mode != "r+":  # the library refuses: nothing changes
+            return self._run(function, *args)
+        retired, handle, rebuilding = [], None, False
+        try:
+            with owner.changed:
+                if self._handle is None:
+                    raise ValueError("I/O operation on closed image")
+                owner.rebuilding += 1  # backing waits; no new borrowed wrapper appears
+                rebuilding = True
+                retired = owner.retire_borrowed()
+                self._backing = None
+                owner.changed.wait_for(lambda: not owner.borrowed_users)
+                handle = self._handle
+                if handle is None:  # closed meanwhile
+                    raise ValueError("I/O operation on closed image")
+                owner.users += 1  # close() waits for this call
+            check_status(getattr(lib(), "vd_" + function)(handle, *args))  # on this thread
+        finally:
+            with owner.changed:
+                owner.rebuilding -= rebuilding
+                owner.users -= handle is not None
+                owner.changed.notify_all()
+            for image in retired:
+                image.close()
+
+    def rebase(self, backing_file, backing_fmt=None, unsafe=False):
+        """Make ``backing_file`` this image's backing file (``qemu-img rebase``).
+
+        ``backing_file`` is recorded as given (relative names are relative to
+        this image's directory); ``None`` or "" leaves the image without one.
+        ``backing_fmt`` is its format; ``None`` probes it, but refuses a file
+        that probes as raw (:class:`InvalidArgument`: say "raw"). The safe mode
+        keeps what the guest sees: whatever reads differently through the new
+        backing file is first copied into this image. ``unsafe=True`` (``-u``)
+        only changes the recorded name, which then need not exist yet.
+
+        Needs an image opened "r+". The borrowed images of the old chain are
+        closed (even if the rebase fails); :attr:`backing` gives the new one.
+        """
+        backing = None if backing_file is None else os.fsencode(backing_file)
+        self._replace_chain("rebase", backing or None,
+                            None if backing_fmt is None else backing_fmt.encode(),
+                            _lib.REBASE_UNSAFE if unsafe else 0)
+
+    def commit(self, empty=True):
+        """Write what this image holds itself into its backing file
+        (``qemu-img commit``), growing that when this image is larger.
+
+        With ``empty=True`` this image is then emptied, as ``qemu-img commit``
+        does (formats that cannot be emptied raise :class:`Unsupported`);
+        ``empty=False`` keeps its data (``qemu-img commit -d``). Needs an image
+        opened "r+" with a backing file (:class:`InvalidArgument` without one).
+        The borrowed images of the chain are closed (even if the commit fails);
+        :attr:`backing` gives the reopened one.
+        """
+        self._replace_chain("commit", _lib.COMMIT_EMPTY if empty else 0)
+
+    # -- internal snapshots -------------------------------------------------
+
+    def snapshots(self):
+        """The internal snapshots as :class:`Snapshot` records, in the order of
+        the image's table (``qemu-img snapshot -l``); ``[]`` for formats
+        without snapshots."""
+        count = ctypes.c_size_t()
+        info = _lib.VdSnapshotInfo()
+        records = []
+        with self._using() as handle:
+            check_status(lib().vd_snapshot_count(handle, ctypes.byref(count)))
+            for index in range(count.value):
+                info.struct_size = ctypes.sizeof(_lib.VdSnapshotInfo)
+                check_status(lib().vd_snapshot_get(handle, index, ctypes.byref(info)))
+                records.append(Snapshot._from_info(info))  # the strings are copied here
+        return records
+
+    def snapshot_create(self, name):
+        """Take a snapshot of the current state named ``name`` (``qemu-img
+        snapshot -c``); returns its :class:`Snapshot` record. The name must be
+        new (:class:`AlreadyExists` otherwise); the id is assigned as qemu-img
+        does. Needs "r+"; formats without snapshots raise :class:`Unsupported`.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"a snapshot name is a str, not {type(name).__name__}")
+        encoded = _snapshot_ref(name)
+        self._run("snapshot_create", encoded, 0)
+        created = [record for record in self.snapshots() if record.name == name]
+        return created[-1] if created else None
+
+    def snapshot_apply(self, snapshot):
+        """Revert the image to a snapshot (``qemu-img snapshot -a``), given by
+        id or else name (a str), an int id or a :class:`Snapshot`. The virtual
+        size becomes the snapshot's. Needs "r+"; an unknown snapshot raises
+        :class:`NotFound`."""
+        self._run("snapshot_apply", _snapshot_ref(snapshot), 0)
+
+    def snapshot_delete(self, snapshot):
+        """Delete a snapshot (``qemu-img snapshot -d``), given as for
+        :meth:`snapshot_apply`. Needs "r+"; an unknown snapshot raises
+        :class:`NotFound`."""
+        self._run("snapshot_delete", _snapshot_ref(snapshot), 0)
+
     def _properties(self):
         """The format-specific properties as a dict of typed values."""
         properties = {}
@@ -465,7 +672,8 @@ class Image(io.RawIOBase):
             index += 1
 
     def info(self):
-        """Image information with the keys of ``qemu-img info --output=json``."""
+        """Image information with the keys of ``qemu-img info --output=json``
+        (with its "snapshots" list when the image has internal snapshots)."""
         info = _lib.VdInfo(struct_size=ctypes.sizeof(_lib.VdInfo))
         self._run("get_info", ctypes.byref(info))
         result = {
@@ -486,6 +694,9 @@ class Image(io.RawIOBase):
             result["backing-filename-format"] = text(info.backing_format)
         if info.encrypted:
             result["encrypted"] = True
+        snapshots = self.snapshots()
+        if snapshots:
+            result["snapshots"] = [snapshot.to_dict() for snapshot in snapshots]
         properties = self._properties()
         if properties:
             result["format-specific"] = {"type": result["format"], "data": properties}
@@ -553,7 +764,7 @@ class Image(io.RawIOBase):
 
 
 def open(path, mode="r", fmt=None, *, no_backing=False, no_lock=False,  # noqa: A001
-         confined=False, no_flush=False, repair=False):
+         confined=False, no_flush=False, repair=False, snapshot=None):
     """Open a disk image; see :class:`Image`."""
     return Image(path, mode, fmt, no_backing=no_backing, no_lock=no_lock, confined=confined,
-                 no_flush=no_flush, repair=repair)
+                 no_flush=no_flush, repair=repair, snapshot=snapshot)
