@@ -324,9 +324,10 @@ typedef struct vd_snapshot_info {
     uint64_t vm_clock_ns;     /* guest run time when it was taken */
     uint64_t vm_state_size;   /* bytes of saved VM state (libvdisk never saves any) */
     uint64_t disk_size;       /* virtual size when it was taken */
+    uint64_t icount;          /* guest instruction count, or UINT64_MAX if none was recorded */
 } vd_snapshot_info;
 
-#define VD_SNAPSHOT_INFO_INIT { (uint32_t)sizeof(vd_snapshot_info), 0, NULL, NULL, 0, 0, 0, 0 }
+#define VD_SNAPSHOT_INFO_INIT { (uint32_t)sizeof(vd_snapshot_info), 0, NULL, NULL, 0, 0, 0, 0, UINT64_MAX }
 
 /* The number of internal snapshots (0 for formats without them). */
 VD_API int vd_snapshot_count(vd_image *img, size_t *count);
@@ -338,8 +339,9 @@ VD_API int vd_snapshot_get(vd_image *img, size_t index, vd_snapshot_info *info);
  */
 VD_API int vd_snapshot_create(vd_image *img, const char *name, uint32_t flags);
 /*
- * Revert the image to a snapshot (referred to by id, or else by name, as
- * qemu-img does), or delete one. Need a read-write handle.
+ * Revert the image to a snapshot, or delete one, referred to by id or else
+ * by name (qemu-img snapshot -a does the same; its -d takes names only).
+ * Need a read-write handle.
  */
 VD_API int vd_snapshot_apply(vd_image *img, const char *id_or_name, uint32_t flags);
 VD_API int vd_snapshot_delete(vd_image *img, const char *id_or_name, uint32_t flags);

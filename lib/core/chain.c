@@ -164,9 +164,15 @@ static int copy_differences(vd_image *img, vd_image *new_backing)
         uint64_t end = off + ext.length;
         while (!defined_here(&ext) && off < end && rc == 0) {
             size_t n = (size_t)(end - off < COPY_CHUNK ? end - off : COPY_CHUNK);
-            if ((rc = img->backend->read(img, off, old, n)) == 0 &&
-                (rc = read_backing(new_backing, off, new, n)) == 0 && memcmp(old, new, n) != 0)
-                rc = img->backend->write(img, off, old, n, 0);
+            if ((rc = img->backend->read(img, off, old, n)) == 0)
+                rc = read_backing(new_backing, off, new, n);
+            /* copy only the clusters that differ, so the overlay stays small */
+            size_t step = img->cluster_size ? img->cluster_size : n;
+            for (size_t at = 0; at < n && rc == 0; at += step) {
+                size_t piece = n - at < step ? n - at : step;
+                if (memcmp(old + at, new + at, piece) != 0)
+                    rc = img->backend->write(img, off + at, old + at, piece, 0);
+            }
             off += n;
         }
         off = end;

@@ -143,6 +143,7 @@ void qcow2_snapshot_get(vd_image *img, size_t index, vd_snapshot_info *info)
     info->vm_clock_ns = sn->vm_clock_ns;
     info->vm_state_size = sn->vm_state_size;
     info->disk_size = sn->disk_size;
+    info->icount = sn->extra_size >= 24 ? vd_be64(sn->extra + 16) : UINT64_MAX;
 }
 
 /* A snapshot's L1 table, host-endian, padded with zeroes to at least min_entries. */
@@ -403,7 +404,7 @@ static int new_entry(vd_image *img, struct qcow2 *q, const char *name, uint64_t 
     if (!sn->id || !sn->name || !sn->extra)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     vd_put_be64(sn->extra + 8, img->size);   /* disk size; VM state size stays 0 */
-    vd_put_be64(sn->extra + 16, UINT64_MAX); /* no instruction count recorded */
+    /* instruction count: 0, as qemu-img records it for snapshots of a stopped guest */
     return 0;
 }
 
