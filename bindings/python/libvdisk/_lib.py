@@ -137,6 +137,7 @@ class VdSnapshotInfo(Structure):
         ("vm_clock_ns", c_uint64),
         ("vm_state_size", c_uint64),
         ("disk_size", c_uint64),
+        ("icount", c_uint64),
     ]
 
 

@@ -124,11 +124,12 @@ class Snapshot:
     vm_clock_ns: int
     vm_state_size: int
     disk_size: int
+    icount: int = None  # guest instruction count; None if none was recorded
 
     def to_dict(self):
-        """The record as a "snapshots" entry of ``qemu-img info --output=json``
-        (without "icount", which libvdisk does not report)."""
-        return {
+        """The record as a "snapshots" entry of ``qemu-img info --output=json``."""
+        recorded = {} if self.icount is None else {"icount": self.icount}
+        return recorded | {
             "id": self.id,
             "name": self.name,
             "vm-state-size": self.vm_state_size,
@@ -145,7 +146,8 @@ class Snapshot:
                    date=date.replace(microsecond=min(info.date_nsec // 1000, 999999)),
                    date_sec=info.date_sec, date_nsec=info.date_nsec,
                    vm_clock_ns=info.vm_clock_ns, vm_state_size=info.vm_state_size,
-                   disk_size=info.disk_size)
+                   disk_size=info.disk_size,
+                   icount=None if info.icount == 2**64 - 1 else info.icount)
 
 
 def _snapshot_ref(value):
