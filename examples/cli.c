@@ -187,15 +187,39 @@ bool cli_format_known(const char *format)
     return false;
 }
 
-vd_image *cli_open_image(const char *path, const char *format, uint32_t flags)
+bool cli_format_has_option(const char *format, const char *option)
 {
+    const char *name, *help, *default_value;
+    for (size_t i = 0; vd_format_option(format, i, &name, &help, &default_value) == 0; i++)
+        if (strcmp(name, option) == 0)
+            return true;
+    return false;
+}
+
+vd_image *cli_open_snapshot(const char *path, const char *format, uint32_t flags,
+                            const char *snapshot)
+{
+    if ((flags & VD_OPEN_RDWR) && (flags & VD_OPEN_NO_LOCK)) {
+        cli_error("Could not open '%s': force-share=on can only be used with read-only images",
+                  path);
+        return NULL;
+    }
+    vd_open_opts opts = VD_OPEN_OPTS_INIT;
+    opts.flags = flags;
+    opts.format = format;
+    opts.snapshot = snapshot;
     vd_image *img;
-    int rc = vd_open(&img, path, format, flags);
+    int rc = vd_open_ext(&img, path, &opts);
     if (rc < 0) {
         cli_lib_error(rc, "Could not open '%s'", path);
         return NULL;
     }
     return img;
+}
+
+vd_image *cli_open_image(const char *path, const char *format, uint32_t flags)
+{
+    return cli_open_snapshot(path, format, flags, NULL);
 }
 
 int cli_check_create_target(const char *path)
@@ -214,6 +238,21 @@ char *cli_resolve_backing(const char *image_path, const char *backing)
     char *path;
     int dir_len = (int)(slash - image_path + 1);
     return asprintf(&path, "%.*s%s", dir_len, image_path, backing) < 0 ? NULL : path;
+}
+
+int cli_try_backing(const char *image_path, const char *backing, const char *format,
+                    uint64_t *size)
+{
+    char *path = cli_resolve_backing(image_path, backing);
+    if (!path)
+        return VD_ENOMEM;
+    vd_image *img = NULL;
+    int rc = vd_open(&img, path, format, VD_OPEN_NO_LOCK | VD_OPEN_NO_BACKING);
+    free(path);
+    if (rc == 0 && size)
+        rc = vd_get_size(img, size);
+    vd_close(img);
+    return rc;
 }
 
 bool cli_append_options(char **list, const char *more)
@@ -246,6 +285,12 @@ bool cli_append_option(char **list, const char *key, const char *value)
     bool ok = cli_append_options(list, item);
     free(item);
     return ok;
+}
+
+bool cli_append_backing(char **list, const char *backing, const char *backing_fmt)
+{
+    return (!backing || cli_append_option(list, "backing_file", backing)) &&
+           (!backing_fmt || cli_append_option(list, "backing_fmt", backing_fmt));
 }
 
 char *cli_next_option_item(const char **cursor)

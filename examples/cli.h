@@ -31,6 +31,9 @@ extern const struct cli_command cmd_convert;
 extern const struct cli_command cmd_map;
 extern const struct cli_command cmd_check;
 extern const struct cli_command cmd_resize;
+extern const struct cli_command cmd_snapshot;
+extern const struct cli_command cmd_rebase;
+extern const struct cli_command cmd_commit;
 
 enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 
@@ -106,6 +109,8 @@ int cli_command_help(const struct cli_command *cmd);
 
 /* Whether the library knows this format name. */
 bool cli_format_known(const char *format);
+/* Whether a (known) format has this create option ("backing_file", ...). */
+bool cli_format_has_option(const char *format, const char *option);
 
 /*
  * -o option lists ("key=value,key=value"; ",," is a literal comma).
@@ -115,6 +120,8 @@ bool cli_format_known(const char *format);
 bool cli_append_options(char **list, const char *more);
 /* Append one key=value item, doubling the commas of value. */
 bool cli_append_option(char **list, const char *key, const char *value);
+/* Append -b/-B and -F (either may be NULL) as backing_file= and backing_fmt= items. */
+bool cli_append_backing(char **list, const char *backing, const char *backing_fmt);
 /* Whether an option list asks for help ("help" or "?" as an item). */
 bool cli_options_want_help(const char *list);
 /*
@@ -127,9 +134,13 @@ int cli_print_format_options(const char *format);
 
 /*
  * Open an image (format NULL to probe) or print "Could not open" and return
- * NULL. flags are VD_OPEN_* flags.
+ * NULL. flags are VD_OPEN_* flags; VD_OPEN_NO_LOCK (-U) with VD_OPEN_RDWR
+ * is refused as qemu-img refuses it.
  */
 vd_image *cli_open_image(const char *path, const char *format, uint32_t flags);
+/* cli_open_image() of an internal snapshot (its id or name), read-only; NULL: the image. */
+vd_image *cli_open_snapshot(const char *path, const char *format, uint32_t flags,
+                            const char *snapshot);
 
 /*
  * Check that creating an image at path harms nothing: it must not exist or
@@ -145,5 +156,15 @@ int cli_check_create_target(const char *path);
  * Returns a malloc'd string or NULL when out of memory.
  */
 char *cli_resolve_backing(const char *image_path, const char *backing);
+
+/*
+ * Open the backing file an image at image_path would get (name resolved as
+ * cli_resolve_backing() does, format NULL to probe) to see that it opens,
+ * as qemu-img does before it changes anything; with size, also take its
+ * virtual size. Returns 0 or a negative VD_E* code with vd_errmsg() set,
+ * for the caller to report in its own words.
+ */
+int cli_try_backing(const char *image_path, const char *backing, const char *format,
+                    uint64_t *size);
 
 #endif /* VDISK_CLI_H */

@@ -96,12 +96,8 @@ static int exit_status(const vd_check_result *r)
 static int check_image(const struct image_args *a)
 {
     uint32_t flags = a->open_flags;
-    if (a->check_flags) {
-        if (flags & VD_OPEN_NO_LOCK)
-            return cli_error("Could not open '%s': --force-share (-U) can only be used with "
-                             "read-only images", a->filename);
-        flags |= VD_OPEN_RDWR | VD_OPEN_REPAIR; /* a repair may open a corrupt-marked image */
-    }
+    if (a->check_flags) /* a repair may open a corrupt-marked image */
+        flags |= VD_OPEN_RDWR | VD_OPEN_REPAIR;
     vd_image *img = cli_open_image(a->filename, a->format, flags);
     if (!img)
         return EXIT_FAILURE;

@@ -122,32 +122,13 @@ static void print_formatting(const struct create_args *a, uint64_t size)
     fflush(stdout);
 }
 
-static bool format_has_option(const char *format, const char *option)
-{
-    const char *name, *help, *default_value;
-    for (size_t i = 0; vd_format_option(format, i, &name, &help, &default_value) == 0; i++)
-        if (strcmp(name, option) == 0)
-            return true;
-    return false;
-}
-
 /*
  * Open the backing file, as qemu-img does before it announces anything: it
  * must exist (in the given format), and an image given no size takes its size.
  */
 static int check_backing(const struct create_args *a, uint64_t *size)
 {
-    char *path = cli_resolve_backing(a->filename, a->backing);
-    if (!path)
-        return cli_error("out of memory");
-    vd_image *backing;
-    int rc = vd_open(&backing, path, a->backing_fmt, VD_OPEN_NO_LOCK | VD_OPEN_NO_BACKING);
-    free(path);
-    if (rc < 0)
-        return cli_lib_error(rc, "%s: Could not open backing image", a->filename);
-    if (!a->size)
-        rc = vd_get_size(backing, size);
-    vd_close(backing);
+    int rc = cli_try_backing(a->filename, a->backing, a->backing_fmt, a->size ? NULL : size);
     return rc < 0 ? cli_lib_error(rc, "%s: Could not open backing image", a->filename)
                   : EXIT_SUCCESS;
 }
@@ -155,7 +136,7 @@ static int check_backing(const struct create_args *a, uint64_t *size)
 /* The virtual size: given, or the backing file's; *size is left alone on failure. */
 static int image_size(const struct create_args *a, uint64_t *size)
 {
-    if (a->backing && !format_has_option(a->format, "backing_file"))
+    if (a->backing && !cli_format_has_option(a->format, "backing_file"))
         return cli_error("%s: Backing file not supported for file format '%s'", a->filename,
                          a->format);
     if (a->size && !size_parse_arg("image size", a->size, INT64_MAX, size))
@@ -217,8 +198,7 @@ static int parse_and_create(int argc, char **argv, struct create_args *a)
             return cli_option_fallback(&cmd_create, opt, argv);
         }
     }
-    if ((backing && !cli_append_option(&a->options, "backing_file", backing)) ||
-        (backing_fmt && !cli_append_option(&a->options, "backing_fmt", backing_fmt)))
+    if (!cli_append_backing(&a->options, backing, backing_fmt))
         return cli_error("out of memory");
     a->backing = given_value(a->options, "backing_file");
     a->backing_fmt = given_value(a->options, "backing_fmt");

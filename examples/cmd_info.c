@@ -2,6 +2,7 @@
 #include "cli.h"
 #include "json.h"
 #include "size.h"
+#include "snapshots.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@ struct image_facts {
     vd_image *img;
     vd_info info;
     char *full_backing; /* the backing file's resolved path, or NULL */
+    struct snapshot_list snapshots;
 };
 
 static bool has_properties(vd_image *img)
@@ -47,6 +49,8 @@ static void print_json(struct json_writer *w, const struct image_facts *f)
     json_begin_object(w, NULL);
     if (info->backing_file && info->backing_format)
         json_string(w, "backing-filename-format", info->backing_format);
+    if (f->snapshots.count)
+        snapshot_list_json(w, &f->snapshots);
     json_uint(w, "virtual-size", info->virtual_size);
     json_string(w, "filename", info->filename);
     if (info->cluster_size)
@@ -101,6 +105,8 @@ static void print_human(const struct image_facts *f)
         if (info->backing_format)
             printf("backing file format: %s\n", info->backing_format);
     }
+    if (f->snapshots.count)
+        snapshot_list_print(&f->snapshots);
     print_human_properties(f->img);
 }
 
@@ -116,6 +122,10 @@ static bool gather_facts(vd_image *img, struct image_facts *f)
     if (f->info.backing_file &&
         !(f->full_backing = cli_resolve_backing(f->info.filename, f->info.backing_file))) {
         cli_error("out of memory");
+        return false;
+    }
+    if ((rc = snapshot_list_load(img, &f->snapshots)) < 0) {
+        cli_lib_error(rc, "%s: Can't get snapshot list", f->info.filename);
         return false;
     }
     return true;
@@ -167,8 +177,10 @@ static int show_info(const struct image_args *a)
             status = EXIT_FAILURE;
     if (status == EXIT_SUCCESS)
         print_images(facts, count, a);
-    for (size_t i = 0; i < gathered; i++)
+    for (size_t i = 0; i < gathered; i++) {
         free(facts[i].full_backing);
+        snapshot_list_free(&facts[i].snapshots);
+    }
     free(facts);
     vd_close(top);
     return status;

@@ -2,8 +2,9 @@
  * The copy runs as a two-stage pipeline so that reading the source overlaps
  * writing the destination: a reader thread walks the source's allocation
  * map and fills buffers with its data runs; the calling thread drops the
- * all-zero blocks from each buffer and writes the rest. Zero and
- * unallocated source runs are never read at all.
+ * blocks the destination reads already from each buffer (all-zero blocks,
+ * or for an overlay the blocks its backing image holds too) and writes the
+ * rest. Zero and unallocated source runs are never read at all.
  */
 #include "copy.h"
 
@@ -19,7 +20,7 @@
 
 enum slot_kind {
     SLOT_DATA,  /* buf holds the source bytes at offset */
-    SLOT_ZERO,  /* the source reads as zeroes here: write zeroes (only with sparse_block 0) */
+    SLOT_ZERO,  /* the source reads as zeroes here (queued with sparse_block 0 or a base) */
     SLOT_END,   /* no more slots: the reader finished or failed */
 };
 
@@ -43,6 +44,8 @@ struct pipeline {
     bool cancelled;              /* the writer failed: the reader stops */
     int read_rc;                 /* the reader's failure, reported after SLOT_END */
     struct copy_error read_error;
+    uint64_t base_size;          /* of params->base */
+    unsigned char *base_buf;     /* the writer's: what base holds at a slot */
 };
 
 static void record_error(struct copy_error *err, const char *action, uint64_t offset, int rc)
@@ -112,9 +115,10 @@ static int queue_image(struct pipeline *p)
             record_error(&p->read_error, "reading block status", offset, rc);
             return rc;
         }
-        /* the destination reads as zeroes already, unless asked to allocate it */
+        /* a destination without base reads as zeroes already, unless asked to allocate it */
         if (ext.flags & VD_EXTENT_ZERO)
-            rc = params->sparse_block ? 0 : queue_run(p, SLOT_ZERO, offset, ext.length);
+            rc = params->sparse_block && !params->base
+                     ? 0 : queue_run(p, SLOT_ZERO, offset, ext.length);
         else
             rc = queue_data(p, offset, ext.length);
         if (rc < 0)
@@ -150,41 +154,145 @@ static size_t block_length(uint64_t offset, uint64_t end, size_t block)
     return (size_t)((boundary < end ? boundary : end) - offset);
 }
 
-/* Write a buffer, leaving out its all-zero blocks so the destination keeps holes. */
-static int write_sparse(vd_image *dst, uint64_t offset, const unsigned char *buf, size_t len,
-                        size_t block, struct copy_error *err)
+enum block_kind {
+    BLOCK_SAME, /* the destination reads this already: leave it unallocated */
+    BLOCK_ZERO, /* write zeroes over what base shows */
+    BLOCK_DATA,
+};
+
+/* A block of the source against what the destination reads: base, or else zeroes. */
+static enum block_kind classify(const unsigned char *src, const unsigned char *base, size_t len)
+{
+    if (!base)
+        return is_zero(src, len) ? BLOCK_SAME : BLOCK_DATA;
+    if (memcmp(src, base, len) == 0)
+        return BLOCK_SAME;
+    return is_zero(src, len) ? BLOCK_ZERO : BLOCK_DATA;
+}
+
+static int write_run(vd_image *dst, enum block_kind kind, uint64_t offset,
+                     const unsigned char *buf, uint64_t len, struct copy_error *err)
+{
+    int rc = kind == BLOCK_DATA ? vd_write(dst, offset, buf, (size_t)len, 0)
+             : kind == BLOCK_ZERO ? vd_write_zeroes(dst, offset, len, 0) : 0;
+    if (rc < 0)
+        record_error(err, "writing", offset, rc);
+    return rc;
+}
+
+/*
+ * Write a buffer block by block, leaving out the blocks the destination
+ * reads already (base: what it shows there, or NULL for zeroes); each run
+ * of blocks of one kind is one call.
+ */
+static int write_blocks(vd_image *dst, uint64_t offset, const unsigned char *buf,
+                        const unsigned char *base, size_t len, size_t block,
+                        struct copy_error *err)
 {
     uint64_t end = offset + len;
-    size_t pos = 0, n = 0;
+    size_t run = 0, pos = 0;
+    enum block_kind run_kind = BLOCK_SAME;
     while (pos < len) {
-        while (pos < len && is_zero(buf + pos, n = block_length(offset + pos, end, block)))
-            pos += n;
-        size_t run = pos;
-        while (pos < len && !is_zero(buf + pos, n = block_length(offset + pos, end, block)))
-            pos += n;
-        int rc = pos > run ? vd_write(dst, offset + run, buf + run, pos - run, 0) : 0;
+        size_t n = block_length(offset + pos, end, block);
+        enum block_kind kind = classify(buf + pos, base ? base + pos : NULL, n);
+        if (kind != run_kind && pos > run) {
+            int rc = write_run(dst, run_kind, offset + run, buf + run, pos - run, err);
+            if (rc < 0)
+                return rc;
+            run = pos;
+        }
+        run_kind = kind;
+        pos += n;
+    }
+    return write_run(dst, run_kind, offset + run, buf + run, len - run, err);
+}
+
+/* What base holds at [offset, offset + len): zeroes where it reads as zeroes and past its end. */
+static int read_base(struct pipeline *p, uint64_t offset, size_t len, struct copy_error *err)
+{
+    vd_image *base = p->params->base;
+    size_t inside = offset >= p->base_size ? 0
+                    : (size_t)(p->base_size - offset < len ? p->base_size - offset : len);
+    memset(p->base_buf + inside, 0, len - inside);
+    vd_extent ext;
+    for (size_t pos = 0; pos < inside; pos += (size_t)ext.length) {
+        int rc = vd_block_status(base, offset + pos, inside - pos, &ext, 0);
+        if (rc == 0 && (ext.flags & VD_EXTENT_ZERO))
+            memset(p->base_buf + pos, 0, (size_t)ext.length);
+        else if (rc == 0)
+            rc = vd_read(base, offset + pos, p->base_buf + pos, (size_t)ext.length, 0);
         if (rc < 0) {
-            record_error(err, "writing", offset + run, rc);
+            record_error(err, "reading the backing file", offset + pos, rc);
             return rc;
         }
     }
     return 0;
 }
 
-static int write_slot(const struct copy_params *params, const struct slot *slot,
-                      struct copy_error *err)
+/* Zeroes over each block of [offset, offset + len) where base_buf (base there) is not zero. */
+static int zero_base_data(struct pipeline *p, uint64_t offset, size_t len, struct copy_error *err)
 {
-    int rc;
+    uint64_t end = offset + len;
+    size_t run = 0, pos = 0; /* [run, pos): blocks to zero */
+    while (pos < len) {
+        size_t n = block_length(offset + pos, end, p->params->compare_block);
+        if (is_zero(p->base_buf + pos, n)) {
+            int rc = pos > run ? write_run(p->params->dst, BLOCK_ZERO, offset + run, NULL,
+                                           pos - run, err) : 0;
+            if (rc < 0)
+                return rc;
+            run = pos + n;
+        }
+        pos += n;
+    }
+    return len > run ? write_run(p->params->dst, BLOCK_ZERO, offset + run, NULL, len - run, err)
+                     : 0;
+}
+
+/* A zero run of the source over a base: zeroes wherever base does not read as zeroes. */
+static int write_zeroes_over_base(struct pipeline *p, const struct slot *slot,
+                                  struct copy_error *err)
+{
+    uint64_t end = slot->offset + slot->length;
+    if (end > p->base_size)
+        end = p->base_size;
+    vd_extent ext;
+    for (uint64_t offset = slot->offset; offset < end; offset += ext.length) {
+        int rc = vd_block_status(p->params->base, offset, end - offset, &ext, 0);
+        if (rc < 0) {
+            record_error(err, "reading block status of the backing file", offset, rc);
+            return rc;
+        }
+        if (ext.flags & VD_EXTENT_ZERO)
+            continue;
+        for (uint64_t done = 0; done < ext.length && rc == 0; done += BUFFER_SIZE) {
+            size_t n = (size_t)(ext.length - done < BUFFER_SIZE ? ext.length - done : BUFFER_SIZE);
+            rc = read_base(p, offset + done, n, err);
+            if (rc == 0)
+                rc = zero_base_data(p, offset + done, n, err);
+        }
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int write_slot(struct pipeline *p, const struct slot *slot, struct copy_error *err)
+{
+    const struct copy_params *params = p->params;
+    if (params->base) {
+        if (slot->kind == SLOT_ZERO)
+            return write_zeroes_over_base(p, slot, err);
+        int rc = read_base(p, slot->offset, (size_t)slot->length, err);
+        return rc < 0 ? rc : write_blocks(params->dst, slot->offset, slot->buf, p->base_buf,
+                                          (size_t)slot->length, params->compare_block, err);
+    }
     if (slot->kind == SLOT_ZERO)
-        rc = vd_write_zeroes(params->dst, slot->offset, slot->length, 0);
-    else if (params->sparse_block == 0)
-        rc = vd_write(params->dst, slot->offset, slot->buf, (size_t)slot->length, 0);
-    else
-        return write_sparse(params->dst, slot->offset, slot->buf, (size_t)slot->length,
-                            params->sparse_block, err);
-    if (rc < 0)
-        record_error(err, "writing", slot->offset, rc);
-    return rc;
+        return write_run(params->dst, BLOCK_ZERO, slot->offset, NULL, slot->length, err);
+    if (params->sparse_block == 0)
+        return write_run(params->dst, BLOCK_DATA, slot->offset, slot->buf, slot->length, err);
+    return write_blocks(params->dst, slot->offset, slot->buf, NULL, (size_t)slot->length,
+                        params->sparse_block, err);
 }
 
 static struct slot *next_filled_slot(struct pipeline *p)
@@ -216,7 +324,7 @@ static int drain(struct pipeline *p, struct copy_error *err)
             release_slot(p, false);
             return 0;
         }
-        int rc = write_slot(params, slot, err);
+        int rc = write_slot(p, slot, err);
         uint64_t done = slot->offset + slot->length;
         release_slot(p, rc < 0);
         if (rc < 0)
@@ -227,24 +335,32 @@ static int drain(struct pipeline *p, struct copy_error *err)
 
 /* ------------------------------------------------------------------ setup */
 
+/* A buffer per slot, and one more for the base's data when there is a base. */
 static int alloc_buffers(struct pipeline *p, struct copy_error *err)
 {
     void *mem;
-    if (posix_memalign(&mem, BUFFER_ALIGN, (size_t)SLOT_COUNT * BUFFER_SIZE) != 0) {
+    size_t count = SLOT_COUNT + (p->params->base != NULL);
+    if (posix_memalign(&mem, BUFFER_ALIGN, count * BUFFER_SIZE) != 0) {
         *err = (struct copy_error){ .action = "allocating buffers" };
         snprintf(err->message, sizeof err->message, "%s", vd_strerror(VD_ENOMEM));
         return VD_ENOMEM;
     }
     for (int i = 0; i < SLOT_COUNT; i++)
         p->slots[i].buf = (unsigned char *)mem + (size_t)i * BUFFER_SIZE;
+    if (p->params->base)
+        p->base_buf = (unsigned char *)mem + (size_t)SLOT_COUNT * BUFFER_SIZE;
     return 0;
 }
 
 int copy_image(const struct copy_params *params, struct copy_error *err)
 {
     struct pipeline p = { .params = params };
-    int rc = alloc_buffers(&p, err);
-    if (rc < 0)
+    int rc = params->base ? vd_get_size(params->base, &p.base_size) : 0;
+    if (rc < 0) {
+        record_error(err, "reading the size of the backing file", 0, rc);
+        return rc;
+    }
+    if ((rc = alloc_buffers(&p, err)) < 0)
         return rc;
     pthread_mutex_init(&p.lock, NULL);
     pthread_cond_init(&p.changed, NULL);

@@ -1,6 +1,7 @@
 /*
  * The image copy behind 'vdisk convert': data only where the source has
- * data, all-zero blocks left out so that the destination stays sparse.
+ * data, all-zero blocks left out so that the destination stays sparse. An
+ * overlay destination gets only what differs from its backing image.
  */
 #ifndef VDISK_COPY_H
 #define VDISK_COPY_H
@@ -13,9 +14,16 @@
 
 struct copy_params {
     vd_image *src;
-    vd_image *dst;         /* freshly created: reads as zeroes everywhere */
+    vd_image *dst;         /* freshly created: reads as zeroes, or as base, everywhere */
     uint64_t size;         /* bytes to copy from offset 0 */
     size_t sparse_block;   /* skip all-zero blocks of this size; 0 writes everything */
+    /*
+     * The destination's backing image, or NULL. Then each compare_block of
+     * the source that reads the same in base is left unallocated; the others
+     * are written, all-zero ones as zeroes. sparse_block does not apply.
+     */
+    vd_image *base;
+    size_t compare_block;
     struct progress *progress;
 };
 

@@ -18,6 +18,9 @@ static const struct cli_command *const commands[] = {
     &cmd_map,
     &cmd_check,
     &cmd_resize,
+    &cmd_snapshot,
+    &cmd_rebase,
+    &cmd_commit,
 };
 
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])
@@ -39,12 +42,13 @@ static int print_version(void)
 static int print_help(void)
 {
     printf("usage: " CLI_NAME " [-h | -V] COMMAND [command options]\n"
-           "Create, inspect, convert, check and resize virtual disk images with libvdisk.\n\n"
+           "Create, inspect, convert, check and resize virtual disk images, manage their\n"
+           "snapshots and backing chains, with libvdisk.\n\n"
            "  -h, --help       display this help and exit\n"
            "  -V, --version    output version information and exit\n\n"
            "Commands:\n");
     for (size_t i = 0; i < COMMAND_COUNT; i++)
-        printf("  %-8s %s\n", commands[i]->name, commands[i]->summary);
+        printf("  %-9s %s\n", commands[i]->name, commands[i]->summary);
     printf("\nCommand syntax:\n");
     for (size_t i = 0; i < COMMAND_COUNT; i++)
         printf("  %s %s\n", commands[i]->name, commands[i]->synopsis);

@@ -66,6 +66,13 @@ def make_sparse(path, size, data=(), zero_data=()):
     return path
 
 
+def same_result(ours, theirs):
+    """Whether vdisk and qemu-img gave the same exit status and output, naming
+    themselves ("vdisk: ...", "Try 'vdisk --help'") where qemu-img names itself."""
+    return (ours.returncode, ours.stdout, ours.stderr) == \
+        (theirs.returncode, theirs.stdout, theirs.stderr.replace("qemu-img", "vdisk"))
+
+
 def allocated(path):
     """Bytes the file occupies on disk, once flushed: before writeback, a
     delayed-allocation file system may not count its extent blocks yet."""

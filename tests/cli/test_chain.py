@@ -4,11 +4,12 @@ The chain: sub/top.qcow2 (6 MiB) -> mid.qcow2 -> ../base.raw (4 MiB), with
 relative names, so that every tool has to resolve them the same way.
 """
 import json
+import os
 import shutil
 
 import pytest
 
-from conftest import MiB, make_sparse
+from conftest import MiB, allocated, make_sparse, same_result
 
 KiB = 1024
 
@@ -157,3 +158,87 @@ def test_create_overlay_then_map(vdisk, qemu_img, chain, tmp_path):
     assert vdisk("map", tmp_path / "x.qcow2", check=0).stdout == \
         qemu_img("map", tmp_path / "x.qcow2", check=0).stdout
     assert vdisk.json("info", "--output=json", tmp_path / "x.qcow2")["virtual-size"] == 6 * MiB
+
+
+def _own_extents(vdisk, image):
+    """(start, length, zero) of the runs the image defines itself, neighbours merged."""
+    runs = []
+    for e in vdisk.json("map", "--output=json", image):
+        if e["depth"] != 0 or not e["present"]:
+            continue
+        if runs and runs[-1][0] + runs[-1][1] == e["start"] and runs[-1][2] == e["zero"]:
+            runs[-1] = (runs[-1][0], runs[-1][1] + e["length"], e["zero"])
+        else:
+            runs.append((e["start"], e["length"], e["zero"]))
+    return runs
+
+
+# what top.qcow2 shows differently from mid.qcow2: its 64k of data at 1M, its zeroes over
+# base.raw's data at 3M, and its data at 5M, past the end of mid.qcow2
+TOP_OVER_MID = [(MiB, 64 * KiB, False), (3 * MiB, 64 * KiB, True), (5 * MiB, 64 * KiB, False)]
+
+
+@pytest.mark.parametrize("how, flat", [
+    (["-B", "BACKING", "-F", "qcow2"], True),
+    (["-B", "BACKING", "-F", "qcow2"], False),
+    (["-B", "BACKING"], True),
+    (["-o", "backing_file=BACKING,backing_fmt=qcow2"], False),
+])
+def test_convert_onto_backing_file(vdisk, qemu_img, chain, tmp_path, how, flat):
+    """Only what differs from the backing file is written; the rest reads through."""
+    src = chain / "sub" / "top.qcow2"
+    if flat:
+        src = tmp_path / "flat.qcow2"
+        qemu_img("convert", "-O", "qcow2", chain / "sub" / "top.qcow2", src, check=0)
+    mid = str(chain / "sub" / "mid.qcow2")
+    args = [arg.replace("BACKING", mid) for arg in how]
+    ours, theirs = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
+    result = vdisk("convert", "-O", "qcow2", *args, src, ours, check=0)
+    assert result.stdout == result.stderr == ""
+    qemu_img("convert", "-O", "qcow2", "-B", mid, "-F", "qcow2", src, theirs, check=0)
+    qemu_img("compare", src, ours, check=0)
+    qemu_img("check", ours, check=0)
+    info = qemu_img.json("info", "--output=json", ours)
+    assert (info["backing-filename"], info["backing-filename-format"]) == (mid, "qcow2")
+    assert info["virtual-size"] == 6 * MiB
+    assert _own_extents(vdisk, ours) == TOP_OVER_MID
+    # qemu-img copies all the data of a flat source, and only the top layer of an overlay
+    assert os.path.getsize(ours) <= os.path.getsize(theirs)
+    if flat:
+        assert allocated(ours) < allocated(theirs) / 4
+
+
+def test_convert_onto_relative_backing_file(vdisk, qemu_img, chain, tmp_path):
+    shutil.copy(chain / "base.raw", tmp_path)
+    (tmp_path / "sub").mkdir()
+    vdisk("convert", "-O", "qcow2", "-B", "../base.raw", "-F", "raw", chain / "sub" / "top.qcow2",
+          "sub/new.qcow2", cwd=tmp_path, check=0)
+    qemu_img("compare", chain / "sub" / "top.qcow2", tmp_path / "sub" / "new.qcow2", check=0)
+    qemu_img("check", tmp_path / "sub" / "new.qcow2", check=0)
+    assert vdisk.json("info", "--output=json", "sub/new.qcow2", cwd=tmp_path)[
+        "backing-filename"] == "../base.raw"
+    # base.raw shows zeroes past its 4 MiB: the data at 5M is written, the zeroes past it not
+    assert [e[:2] for e in _own_extents(vdisk, tmp_path / "sub" / "new.qcow2")] == [
+        (512 * KiB, MiB), (3 * MiB, 64 * KiB), (5 * MiB, 64 * KiB)]
+
+
+def test_convert_backing_file_needs_a_format_with_one(vdisk, qemu_img, chain, tmp_path):
+    args = ["convert", "-B", chain / "base.raw", "-F", "raw", chain / "sub" / "top.qcow2"]
+    assert same_result(vdisk(*args, tmp_path / "out.raw"), qemu_img(*args, tmp_path / "out.raw"))
+    assert not (tmp_path / "out.raw").exists()
+
+
+def test_convert_onto_backing_file_from_raw(vdisk, qemu_img, chain, tmp_path):
+    """A fully allocated source: equal clusters are left out, written zeroes over the
+    backing file's data become zero clusters."""
+    src = tmp_path / "src.raw"
+    data = bytearray((chain / "base.raw").read_bytes())
+    data[4096:8192] = os.urandom(4096)
+    data[3 * MiB:3 * MiB + 64 * KiB] = bytes(64 * KiB)
+    src.write_bytes(data)
+    out = tmp_path / "out.qcow2"
+    vdisk("convert", "-f", "raw", "-O", "qcow2", "-B", chain / "base.raw", "-F", "raw", src, out,
+          check=0)
+    qemu_img("compare", "-f", "raw", src, out, check=0)
+    qemu_img("check", out, check=0)
+    assert _own_extents(vdisk, out) == [(0, 64 * KiB, False), (3 * MiB, 64 * KiB, True)]

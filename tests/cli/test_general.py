@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-COMMANDS = ["create", "info", "convert", "map", "check", "resize"]
+COMMANDS = ["create", "info", "convert", "map", "check", "resize", "snapshot", "rebase", "commit"]
 
 
 def test_version(vdisk):
@@ -48,6 +48,11 @@ def test_command_help(vdisk, name):
     (["create"], "vdisk: Expecting image file name"),
     (["create", "a.img", "1M", "extra"], "vdisk: Unexpected argument: extra"),
     (["convert", "a.img"], "vdisk: Expecting a source and a destination file name"),
+    (["snapshot"], "vdisk: Expecting one image file name"),
+    (["snapshot", "-l", "-d", "x", "a.img"], "vdisk: Cannot mix '-l', '-a', '-c', '-d'"),
+    (["rebase", "-b", "x.img"], "vdisk: Expecting one image file name"),
+    (["rebase", "a.img"], "vdisk: Must specify backing file (-b) or use unsafe mode (-u)"),
+    (["commit"], "vdisk: Expecting one image file name"),
 ])
 def test_usage_errors(vdisk, tmp_path, args, message):
     result = vdisk(*args, cwd=tmp_path, check=1)
@@ -78,6 +83,15 @@ def test_usage_errors(vdisk, tmp_path, args, message):
     ["resize", "missing.img"],
     ["create", "-f", "qcow2", "-b", "missing.img", "-F", "raw", "a.img"],
     ["info", "--backing-chain", "missing.img"],
+    ["snapshot"],
+    ["snapshot", "-l", "missing.img"],
+    ["snapshot", "-c", "x", "missing.img"],
+    ["rebase", "-b", "", "missing.img"],
+    ["rebase", "-u", "-b", "", "missing.img"],
+    ["rebase", "missing.img"],
+    ["commit", "missing.img"],
+    ["convert", "-l", "x", "missing.img", "out.img"],
+    ["convert", "-O", "qcow2", "-B", "missing.img", "-F", "raw", "missing.img", "out.img"],
 ])
 def test_exit_codes_match_qemu_img(vdisk, qemu_img, tmp_path, args):
     ours = vdisk(*args, cwd=tmp_path)
