@@ -114,6 +114,32 @@ static bool overwritable(const struct vd_cow_run *run, uint32_t cluster_size)
     return run->kind == VD_COW_DATA && run->writable && run->length >= cluster_size;
 }
 
+/* Does the cluster described by run read as zeroes (so nothing needs copying)? */
+static bool reads_as_zeroes(vd_image *img, uint64_t cstart, const struct vd_cow_run *run)
+{
+    bool nothing_below = !img->backing || cstart >= img->backing->size;
+    return run->length >= img->cluster_size &&
+           (run->kind == VD_COW_ZERO || (run->kind == VD_COW_UNALLOCATED && nothing_below));
+}
+
+/*
+ * A partial write to a cluster that reads as zeroes: zero a new cluster
+ * cheaply (fallocate where the file system can) and write just the new
+ * bytes, as QEMU does, instead of building and writing the whole cluster.
+ */
+static int fill_zero_cluster(vd_image *img, uint64_t cstart, size_t in, const uint8_t *src, size_t n)
+{
+    struct batch one = { cstart, 0, 0, NULL };
+    int rc = img->cow->allocate(img, cstart, &one.host);
+    if (rc == 0 && img->cow->check_write)
+        rc = img->cow->check_write(img, one.host, img->cluster_size);
+    if (rc == 0)
+        rc = vd_file_write_zeroes(vd_image_data(img), one.host, img->cluster_size, false);
+    if (rc == 0)
+        rc = write_data(img, src, n, one.host + in);
+    return rc == 0 ? img->cow->link(img, cstart, one.host) : rc;
+}
+
 /*
  * Copy-on-write of one partially written cluster: build it whole (old
  * content plus the new bytes), write it to a new cluster, then link.
@@ -161,10 +187,14 @@ int vd_cow_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint3
             batch.count++;
         } else {
             rc = commit_batch(img, &batch);
-            if (rc == 0 && !scratch && !(scratch = malloc(cs)))
-                rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
-            if (rc == 0)
-                rc = cow_partial(img, cstart, in, src, n, scratch);
+            if (rc == 0 && reads_as_zeroes(img, cstart, &run)) {
+                rc = fill_zero_cluster(img, cstart, in, src, n);
+            } else {
+                if (rc == 0 && !scratch && !(scratch = malloc(cs)))
+                    rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+                if (rc == 0)
+                    rc = cow_partial(img, cstart, in, src, n, scratch);
+            }
         }
         src += n;
         off += n;

@@ -53,7 +53,10 @@ int qcow2_check_overlap(vd_image *img, uint64_t host, uint64_t len)
     struct qcow2 *q = qcow2_of(img);
     if (qcow2_has_data_file(q)) /* data goes to another file */
         return 0;
-    if (q->meta_stale || host / q->cluster_size >= q->meta_clusters) {
+    /* every metadata allocation marks the map stale, so past a fresh map there is none */
+    if (!q->meta_stale && host / q->cluster_size >= q->meta_clusters)
+        return 0;
+    if (q->meta_stale) {
         int rc = rebuild(img, q);
         if (rc < 0)
             return rc;
