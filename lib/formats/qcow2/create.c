@@ -161,8 +161,13 @@ static int add_feature_table(struct qcow2 *q)
     return 0;
 }
 
-/* Write count tables of one cluster each, built by fill(index, table). */
+/*
+ * Write count tables of one cluster each, built by fill(index, table). Only
+ * the first used bytes of the area can be non-zero: the rest stays a hole
+ * (the file is extended over it), as QEMU leaves it.
+ */
 static int write_tables(vd_file *file, const struct qcow2 *q, uint64_t first_cluster, uint64_t count,
+                        uint64_t used,
                         void (*fill)(const struct qcow2 *, const struct layout *, uint64_t, uint8_t *),
                         const struct layout *l)
 {
@@ -170,10 +175,12 @@ static int write_tables(vd_file *file, const struct qcow2 *q, uint64_t first_clu
     if (!buf)
         return vd_err(VD_ENOMEM, "%s: out of memory", file->path);
     int rc = 0;
-    for (uint64_t i = 0; i < count && rc == 0; i++) {
+    for (uint64_t i = 0; i < count && rc == 0 && i * q->cluster_size < used; i++) {
         memset(buf, 0, (size_t)q->cluster_size);
         fill(q, l, i, buf);
-        rc = vd_file_pwrite(file, buf, (size_t)q->cluster_size, (first_cluster + i) * q->cluster_size);
+        uint64_t left = used - i * q->cluster_size;
+        size_t n = left < q->cluster_size ? (size_t)((left + 511) & ~511ull) : (size_t)q->cluster_size;
+        rc = vd_file_pwrite(file, buf, n, (first_cluster + i) * q->cluster_size);
     }
     free(buf);
     return rc;
@@ -256,10 +263,10 @@ int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     }
 
     if ((rc = qcow2_write_header_to(file, &q, size)) == 0 &&
-        (rc = write_tables(file, &q, l.rt_start, l.rt_clusters, fill_refcount_table, &l)) == 0 &&
-        (rc = write_tables(file, &q, l.rb_start, l.nblocks, fill_refcount_block, &l)) == 0 &&
-        (rc = write_tables(file, &q, l.l1_start, l.l1_clusters, fill_l1, &l)) == 0 &&
-        (rc = write_tables(file, &q, l.l2_start, l.nl2, fill_l2, &l)) == 0)
+        (rc = write_tables(file, &q, l.rt_start, l.rt_clusters, l.nblocks * 8, fill_refcount_table, &l)) == 0 &&
+        (rc = write_tables(file, &q, l.rb_start, l.nblocks, l.nblocks * cs, fill_refcount_block, &l)) == 0 &&
+        (rc = write_tables(file, &q, l.l1_start, l.l1_clusters, l.nl2 * 8, fill_l1, &l)) == 0 &&
+        (rc = write_tables(file, &q, l.l2_start, l.nl2, l.nl2 * cs, fill_l2, &l)) == 0)
         rc = vd_file_truncate(file, l.total * cs);
     vd_file *data = file;
     uint64_t data_start = l.data_start * cs;
