@@ -172,7 +172,7 @@ static int open_both(char *path, vd_image **img, int *fd)
     *fd = open(path, O_RDWR);
     if (*fd < 0)
         perror(path);
-    unlink(path);
+    bench_remove_scratch(path);
     free(path);
     return rc < 0 || *fd < 0 ? -1 : 0;
 }

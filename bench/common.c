@@ -3,9 +3,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -130,20 +133,87 @@ static int read_all(int fd, uint64_t size, void *buf)
     return 0;
 }
 
-char *bench_make_data_file(uint64_t size, uint64_t seed)
+/* Scratch files to remove at exit (copies of their paths). */
+#define MAX_SCRATCH 16
+static char *scratch_paths[MAX_SCRATCH];
+static volatile sig_atomic_t scratch_count;
+
+static void remove_scratch(void)
+{
+    for (sig_atomic_t i = 0; i < scratch_count; i++)
+        unlink(scratch_paths[i]); /* ENOENT if the caller removed it already */
+}
+
+static void remove_scratch_and_die(int sig)
+{
+    remove_scratch();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void remember_scratch(const char *path)
+{
+    if (scratch_count == 0) {
+        atexit(remove_scratch);
+        signal(SIGINT, remove_scratch_and_die);
+        signal(SIGTERM, remove_scratch_and_die);
+        signal(SIGHUP, remove_scratch_and_die);
+    }
+    char *copy = strdup(path);
+    if (copy && scratch_count < MAX_SCRATCH) {
+        scratch_paths[scratch_count] = copy;
+        scratch_count = scratch_count + 1;
+    } else {
+        free(copy); /* not removed on a crash: harmless, it is in $TMPDIR */
+    }
+}
+
+void bench_remove_scratch(const char *path)
+{
+    unlink(path);
+    for (sig_atomic_t i = 0; i < scratch_count; i++)
+        if (scratch_paths[i][0] && strcmp(scratch_paths[i], path) == 0)
+            scratch_paths[i][0] = '\0'; /* unlink("") fails harmlessly */
+}
+
+/* mkstemp in bench_tmpdir(): the open descriptor, the path in *path (free() it). */
+static int make_scratch(char **path)
 {
     const char *dir = bench_tmpdir();
     size_t len = strlen(dir) + sizeof "/vdisk-bench-XXXXXX";
-    char *path = malloc(len);
-    if (!path)
-        return NULL;
-    snprintf(path, len, "%s/vdisk-bench-XXXXXX", dir);
-    int fd = mkstemp(path);
+    *path = malloc(len);
+    if (!*path) {
+        perror("malloc");
+        return -1;
+    }
+    snprintf(*path, len, "%s/vdisk-bench-XXXXXX", dir);
+    int fd = mkstemp(*path);
     if (fd < 0) {
         fprintf(stderr, "creating a scratch file in %s: %s\n", dir, strerror(errno));
-        free(path);
-        return NULL;
+        free(*path);
+        *path = NULL;
+        return -1;
     }
+    remember_scratch(*path);
+    return fd;
+}
+
+char *bench_scratch_file(void)
+{
+    char *path;
+    int fd = make_scratch(&path);
+    if (fd < 0)
+        return NULL;
+    close(fd);
+    return path;
+}
+
+char *bench_make_data_file(uint64_t size, uint64_t seed)
+{
+    char *path;
+    int fd = make_scratch(&path);
+    if (fd < 0)
+        return NULL;
     void *buf = bench_alloc(CHUNK);
     errno = 0;
     int rc = write_random(fd, size, seed, buf);
@@ -154,11 +224,104 @@ char *bench_make_data_file(uint64_t size, uint64_t seed)
     free(buf);
     close(fd);
     if (rc < 0) {
-        unlink(path);
+        bench_remove_scratch(path);
         free(path);
         return NULL;
     }
     return path;
+}
+
+int bench_warm_file(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        fprintf(stderr, "%s: %s\n", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    void *buf = bench_alloc(CHUNK);
+    errno = 0;
+    int rc = read_all(fd, (uint64_t)st.st_size, buf);
+    if (rc < 0)
+        fprintf(stderr, "reading %s: %s\n", path, errno ? strerror(errno) : "short read");
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+/* ------------------------------------------------------ external commands */
+
+static void print_command(char *const argv[])
+{
+    fprintf(stderr, "FAILED:");
+    for (size_t i = 0; argv[i]; i++)
+        fprintf(stderr, " %s", argv[i]);
+    fprintf(stderr, "\n");
+}
+
+int bench_command(char *const argv[], char *out, size_t outlen, int quiet)
+{
+    char dummy[4096];
+    if (!out || outlen == 0) {
+        out = dummy;
+        outlen = sizeof dummy;
+    }
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) < 0) {
+        perror("pipe");
+        return -1;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        dup2(pipefd[1], STDOUT_FILENO);
+        dup2(pipefd[1], STDERR_FILENO);
+        execvp(argv[0], argv);
+        fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(pipefd[1]);
+    size_t used = 0;
+    for (;;) {
+        char sink[4096];
+        char *dst = used < outlen - 1 ? out + used : sink;
+        size_t room = used < outlen - 1 ? outlen - 1 - used : sizeof sink;
+        ssize_t n = read(pipefd[0], dst, room);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        if (dst != sink)
+            used += (size_t)n;
+    }
+    out[used] = '\0';
+    close(pipefd[0]);
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) {
+            perror("waitpid");
+            return -1;
+        }
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return 0;
+    if (!quiet) {
+        print_command(argv);
+        fputs(out, stderr);
+        if (WIFEXITED(status))
+            fprintf(stderr, "(exit status %d)\n", WEXITSTATUS(status));
+        else
+            fprintf(stderr, "(killed by signal %d)\n", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    }
+    return -1;
 }
 
 /* -------------------------------------------------------- comparisons */
@@ -177,10 +340,15 @@ static int run_round(const struct bench_side sides[2], unsigned round, double se
 static void print_figure(const struct bench_figure *fig, const struct bench_side sides[2],
                          const double speed[2], double ratio)
 {
-    printf("%s: %s %.2f %s, %s %.2f %s, ratio %.2f (target >= %.2f) %s\n", fig->title,
+    /* two decimals, or three where two would round a MISS up to the target */
+    char shown[32];
+    snprintf(shown, sizeof shown, "%.2f", ratio);
+    if (ratio < fig->target && strtod(shown, NULL) >= fig->target)
+        snprintf(shown, sizeof shown, "%.3f", ratio);
+    printf("%s: %s %.2f %s, %s %.2f %s, ratio %s (target >= %.2f) %s\n", fig->title,
            sides[0].name, speed[0] / fig->scale, fig->unit,
            sides[1].name, speed[1] / fig->scale, fig->unit,
-           ratio, fig->target, ratio >= fig->target ? "PASS" : "MISS");
+           shown, fig->target, ratio >= fig->target ? "PASS" : "MISS");
     fflush(stdout);
 }
 

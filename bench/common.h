@@ -44,11 +44,34 @@ void bench_fill_random(struct bench_rng *rng, void *buf, size_t len);
 void *bench_alloc(size_t len);
 
 /*
+ * Create an empty scratch file in bench_tmpdir(). Returns its path (free()
+ * it) or NULL with a message printed. Scratch files still there when the
+ * program exits, or is killed by SIGINT/SIGTERM/SIGHUP, are removed.
+ */
+char *bench_scratch_file(void);
+/* Remove a scratch file now (and forget it). */
+void bench_remove_scratch(const char *path);
+
+/*
  * Create a scratch file of size bytes filled with seeded random data in
  * bench_tmpdir(), flushed to disk and then read once so that it is in the
  * page cache. Returns its path (free() it) or NULL with a message printed.
  */
 char *bench_make_data_file(uint64_t size, uint64_t seed);
+
+/* Read a whole file once, so that it is in the page cache: 0, or -1 with a message printed. */
+int bench_warm_file(const char *path);
+
+/* ------------------------------------------------------ external commands */
+
+/*
+ * Run argv (argv[0] is looked up in PATH) and wait for it. Its standard
+ * output and error are captured together into out (NUL-terminated, cut at
+ * outlen - 1 bytes; out may be NULL). Returns 0 if it exited with status 0;
+ * otherwise -1, with the command and its output printed on stderr unless
+ * quiet.
+ */
+int bench_command(char *const argv[], char *out, size_t outlen, int quiet);
 
 /* -------------------------------------------------------- comparisons */
 

@@ -61,6 +61,12 @@ bench_verdict() {
     awk -v v="$1" -v t="$2" 'BEGIN { print (v >= t ? "PASS" : "MISS") }'
 }
 
+# bench_ratio RATIO TARGET: RATIO with two decimals, or three where two would
+# round a MISS up to the target.
+bench_ratio() {
+    awk -v r="$1" -v t="$2" 'BEGIN { s = sprintf("%.2f", r); if (r < t && s + 0 >= t) s = sprintf("%.3f", r); print s }'
+}
+
 # bench_fmt FORMAT NUMBER: printf with awk (dash's printf has no floats).
 bench_fmt() {
     awk -v f="$1" -v n="$2" 'BEGIN { printf f, n }'
@@ -114,4 +120,153 @@ bench_make_mixed_image() {
     done
     sync "$1"
     cat "$1" >/dev/null
+}
+
+# ------------------------------------------------------------------ convert
+#
+# A convert benchmark:
+#     bench_convert_init NAME VDISK QEMU_IMG
+#     ...make the source images in $BENCH_DIR...
+#     bench_convert_figure SRC SRC_FMT DST_FMT REF REF_FMT RSS_TARGET
+# Each figure: one untimed conversion per tool, whose output must read as REF
+# (qemu-img compare; qcow2 output must also pass qemu-img check), then
+# $(bench_rounds 5) timed rounds, interleaved, and the figure lines.
+
+# bench_skip MESSAGE: exit 77 (meson's skip).
+bench_skip() {
+    echo "$BENCH_NAME: SKIP: $*"
+    exit 77
+}
+
+# bench_broken MESSAGE: exit 1, something is functionally wrong.
+bench_broken() {
+    echo "$BENCH_NAME: BROKEN: $*" >&2
+    exit 1
+}
+
+# bench_convert_init NAME VDISK QEMU_IMG: skip when a tool is missing, make
+# $BENCH_DIR, and choose the destination cache modes:
+#
+# qemu-img convert writes its destination with cache=unsafe by default (no
+# sync at the end). A vdisk with -t does the same by default
+# (VD_OPEN_NO_FLUSH), and both tools then run with their defaults; an older
+# vdisk syncs its output when it closes it, so qemu-img then runs with
+# -t writeback, which syncs too. $VDISK_BENCH_CACHE=MODE passes -t MODE to
+# both instead (it needs a vdisk with -t).
+bench_convert_init() {
+    BENCH_NAME=$1
+    BENCH_VDISK=$2
+    BENCH_QEMU_IMG=$3
+    command -v "$BENCH_VDISK" >/dev/null || bench_skip "no vdisk CLI at $BENCH_VDISK"
+    command -v "$BENCH_QEMU_IMG" >/dev/null || bench_skip "no qemu-img ($BENCH_QEMU_IMG)"
+    BENCH_VDISK_CACHE=
+    BENCH_QEMU_CACHE=
+    # shellcheck disable=SC2034 # BENCH_CACHE_NOTE is for the caller's header line
+    if "$BENCH_VDISK" convert --help 2>&1 | grep -q -- '^ *-t '; then
+        if [ -n "${VDISK_BENCH_CACHE:-}" ]; then
+            BENCH_VDISK_CACHE="-t $VDISK_BENCH_CACHE"
+            BENCH_QEMU_CACHE="-t $VDISK_BENCH_CACHE"
+            BENCH_CACHE_NOTE="destination cache: -t $VDISK_BENCH_CACHE for both"
+        else
+            BENCH_CACHE_NOTE="destination cache: both defaults (unsafe, no sync)"
+        fi
+    else
+        [ -z "${VDISK_BENCH_CACHE:-}" ] ||
+            bench_skip "VDISK_BENCH_CACHE is set but this vdisk convert has no -t"
+        BENCH_QEMU_CACHE="-t writeback"
+        BENCH_CACHE_NOTE="destination cache: this vdisk has no -t and syncs its output, so qemu-img runs with -t writeback (syncs too)"
+    fi
+    bench_workdir
+}
+
+# _bench_convert TOOL SRC SRC_FMT DST_FMT OUT: one conversion with TOOL
+# (vdisk or qemu), timed by bench_run.
+_bench_convert() {
+    case $1 in
+        vdisk) set -- "$BENCH_VDISK" "$BENCH_VDISK_CACHE" "$2" "$3" "$4" "$5" ;;
+        qemu) set -- "$BENCH_QEMU_IMG" "$BENCH_QEMU_CACHE" "$2" "$3" "$4" "$5" ;;
+    esac
+    # shellcheck disable=SC2086 # the cache option is empty or two words
+    bench_run "$1" convert $2 -f "$4" -O "$5" "$3" "$6"
+}
+
+# _bench_convert_check TOOL SRC SRC_FMT DST_FMT REF REF_FMT: the untimed
+# conversion, whose output must read as REF and, as qcow2, pass qemu-img
+# check; prints the bytes the output occupies once flushed (unflushed
+# delayed-allocation files do not count their extent tree yet).
+_bench_convert_check() {
+    _out=$BENCH_DIR/check-$1
+    _bench_convert "$1" "$2" "$3" "$4" "$_out" || bench_broken "$1 convert failed"
+    if ! "$BENCH_QEMU_IMG" compare -f "$6" -F "$4" "$5" "$_out" >"$BENCH_DIR/compare" 2>&1; then
+        cat "$BENCH_DIR/compare" >&2
+        bench_broken "the $1 $3->$4 output differs from the source (qemu-img compare)"
+    fi
+    if [ "$4" = qcow2 ] && ! "$BENCH_QEMU_IMG" check -f qcow2 "$_out" >"$BENCH_DIR/compare" 2>&1; then
+        cat "$BENCH_DIR/compare" >&2
+        bench_broken "the $1 $3->$4 output fails qemu-img check"
+    fi
+    sync "$_out"
+    bench_allocated "$_out"
+    rm -f "$_out"
+}
+
+# _bench_convert_timed TOOL SRC SRC_FMT DST_FMT: one timed conversion, its
+# seconds and peak KiB appended to $BENCH_DIR/TOOL.sec and TOOL.rss; the
+# output is deleted.
+_bench_convert_timed() {
+    _bench_convert "$1" "$2" "$3" "$4" "$BENCH_DIR/out" || bench_broken "$1 convert failed"
+    rm -f "$BENCH_DIR/out"
+    echo "$BENCH_SECONDS" >>"$BENCH_DIR/$1.sec"
+    echo "$BENCH_KIB" >>"$BENCH_DIR/$1.rss"
+}
+
+# bench_convert_figure SRC SRC_FMT DST_FMT REF REF_FMT RSS_TARGET: convert
+# SRC with both tools and print the figure lines: time (ratio qemu-img /
+# vdisk, target >= 1), allocated size (target vdisk <= qemu-img) and peak RSS
+# (a target, vdisk <= qemu-img, if RSS_TARGET is 1; else information).
+bench_convert_figure() {
+    _src=$1 _sfmt=$2 _dfmt=$3 _ref=$4 _rfmt=$5 _rss_target=$6
+    _title="$_sfmt->$_dfmt convert"
+    _rounds=$(bench_rounds 5)
+    rm -f "$BENCH_DIR/vdisk.sec" "$BENCH_DIR/qemu.sec" "$BENCH_DIR/vdisk.rss" "$BENCH_DIR/qemu.rss"
+
+    _vdisk_alloc=$(_bench_convert_check vdisk "$_src" "$_sfmt" "$_dfmt" "$_ref" "$_rfmt") || exit 1
+    _qemu_alloc=$(_bench_convert_check qemu "$_src" "$_sfmt" "$_dfmt" "$_ref" "$_rfmt") || exit 1
+    _checked="qemu-img compare"
+    [ "$_dfmt" != qcow2 ] || _checked="qemu-img compare, qemu-img check"
+    echo "$_title output: identical to the source for vdisk and qemu-img ($_checked)"
+
+    _r=1
+    while [ "$_r" -le "$_rounds" ]; do
+        if [ $((_r % 2)) -eq 1 ]; then
+            _bench_convert_timed vdisk "$_src" "$_sfmt" "$_dfmt"
+            _bench_convert_timed qemu "$_src" "$_sfmt" "$_dfmt"
+        else
+            _bench_convert_timed qemu "$_src" "$_sfmt" "$_dfmt"
+            _bench_convert_timed vdisk "$_src" "$_sfmt" "$_dfmt"
+        fi
+        _r=$((_r + 1))
+    done
+
+    _ratio=$(paste "$BENCH_DIR/qemu.sec" "$BENCH_DIR/vdisk.sec" | awk '{ print $1 / $2 }' | bench_median)
+    echo "$_title $(bench_image_mib 1024)M half-sparse:" \
+         "vdisk $(bench_fmt %.3f "$(bench_median <"$BENCH_DIR/vdisk.sec")") s," \
+         "qemu-img $(bench_fmt %.3f "$(bench_median <"$BENCH_DIR/qemu.sec")") s," \
+         "ratio $(bench_ratio "$_ratio" 1) (target >= 1.00) $(bench_verdict "$_ratio" 1)"
+    echo "$_title allocated: vdisk $_vdisk_alloc B ($(bench_mib "$_vdisk_alloc"))," \
+         "qemu-img $_qemu_alloc B ($(bench_mib "$_qemu_alloc"))" \
+         "(target vdisk <= qemu-img) $(bench_verdict "$_qemu_alloc" "$_vdisk_alloc")"
+    if bench_have_time; then
+        _vdisk_rss=$(bench_median <"$BENCH_DIR/vdisk.rss")
+        _qemu_rss=$(bench_median <"$BENCH_DIR/qemu.rss")
+        if [ "$_rss_target" = 1 ]; then
+            _verdict="(target vdisk <= qemu-img) $(bench_verdict "$_qemu_rss" "$_vdisk_rss")"
+        else
+            _verdict="(information)"
+        fi
+        echo "$_title peak RSS: vdisk $(bench_mib "$_vdisk_rss" 1024)," \
+             "qemu-img $(bench_mib "$_qemu_rss" 1024) $_verdict"
+    else
+        echo "$_title peak RSS: n/a (/usr/bin/time is missing: install the Debian package 'time')"
+    fi
 }
