@@ -362,5 +362,6 @@ int vd_image_sync(vd_image *img)
         rc = vd_file_sync(img->file);
     if (rc == 0)
         img->unsynced = false;
-    return rc;
+    /* after a failed sync the kernel may have dropped the pages: nothing can be trusted */
+    return rc < 0 ? vd_image_poison(img, rc) : 0;
 }

@@ -448,6 +448,8 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
         return vd_err(VD_ENOMEM, "%s: out of memory for the check (%llu clusters)", img->filename,
                       (unsigned long long)c.nclusters);
     count_references(&c);
+    if (res->check_errors) /* never repair from an incomplete count */
+        flags = 0;
     bool rebuild = compare_refcounts(&c, flags);
     res->total_clusters = (img->size + q->cluster_size - 1) / q->cluster_size;
     res->image_end_offset = c.end_cluster * q->cluster_size;

@@ -135,6 +135,11 @@ static int prepare_for_writing(vd_image *img, struct qcow2 *q)
     return rc == 0 ? vd_image_sync(img) : rc;
 }
 
+static int data_durable(void *ctx)
+{
+    return vd_image_sync(ctx);
+}
+
 static int q_open(vd_image *img, const vd_open_opts *opts)
 {
     struct qcow2 *q = calloc(1, sizeof *q);
@@ -167,8 +172,9 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     if (rc == 0)
         rc = vd_cache_new(&q->rb_cache, img->file, (size_t)q->cluster_size, tables / 4);
     if (rc == 0) {
-        if (!(q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS))
-            vd_cache_set_before_write(q->l2_cache, qcow2_refcounts_durable, img);
+        /* data before the L2 entries naming it, always; refcounts too unless lazy */
+        vd_cache_set_before_write(q->l2_cache, (q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) ?
+                                  data_durable : qcow2_refcounts_durable, img);
         q->alloc_end = (file_size + q->cluster_size - 1) / q->cluster_size;
         q->meta_stale = true;
         img->cow = &qcow2_cow_ops;

@@ -123,13 +123,16 @@ int qcow2_resize(vd_image *img, uint64_t size, uint32_t flags)
                       "without showing its data", img->filename);
     if ((rc = img->backend->flush(img)) < 0 || (rc = qcow2_grow_l1(img, q, entries)) < 0)
         return rc;
+    if (reveal) { /* the zeroes are durable before the header shows the new size */
+        uint64_t end = below < size ? below : size;
+        img->size = size;
+        rc = vd_cow_write_zeroes(img, old_size, end - old_size, 0);
+        img->size = old_size;
+        if (rc < 0 || (rc = img->backend->flush(img)) < 0)
+            return rc;
+    }
     if ((rc = qcow2_write_size(img, size)) < 0)
         return vd_image_poison(img, rc);
     img->size = size;
-    if (reveal) {
-        uint64_t end = below < size ? below : size;
-        if ((rc = vd_cow_write_zeroes(img, old_size, end - old_size, 0)) < 0)
-            return rc;
-    }
     return img->backend->flush(img);
 }

@@ -460,8 +460,11 @@ int qcow2_snapshot_create(vd_image *img, const char *name)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     q->snapshots = grown;
     struct qcow2_snapshot *sn = &q->snapshots[q->nb_snapshots];
+    uint32_t count = q->nb_snapshots;
     if ((rc = new_entry(img, q, name, l1_offset, sn)) == 0)
         rc = publish_table(img, q, q->snapshots, q->nb_snapshots + 1);
+    if (rc < 0 && q->nb_snapshots != count)
+        return vd_image_poison(img, rc);
     if (rc < 0)
         free_entry(sn);
     return rc;
@@ -492,11 +495,19 @@ int qcow2_snapshot_apply(vd_image *img, const char *id_or_name)
         rc = qcow2_refcounts_durable(img);
     uint64_t *old = q->l1;
     if (rc == 0) {
+        /* every table the target names is shared with the snapshot now: no COPIED on disk */
+        for (uint32_t j = 0; j < q->l1_size; j++)
+            target[j] &= ~QCOW2_OFLAG_COPIED;
         q->l1 = target;
-        rc = qcow2_write_l1(img, q);
+        /* a smaller size first, a larger one last: a crash between never shows more than either state */
+        bool shrink = sn->disk_size < img->size;
+        if (shrink && (rc = qcow2_write_size(img, sn->disk_size)) == 0)
+            img->size = sn->disk_size;
+        if (rc == 0)
+            rc = qcow2_write_l1(img, q);
         if (rc == 0)
             rc = vd_image_sync_now(img);
-        if (rc == 0 && sn->disk_size != img->size && (rc = qcow2_write_size(img, sn->disk_size)) == 0)
+        if (rc == 0 && !shrink && sn->disk_size != img->size && (rc = qcow2_write_size(img, sn->disk_size)) == 0)
             img->size = sn->disk_size;
     } else {
         free(target);
@@ -528,7 +539,13 @@ int qcow2_snapshot_delete(vd_image *img, const char *id_or_name)
         return rc;
     memmove(&q->snapshots[i], &q->snapshots[i + 1], (q->nb_snapshots - i - 1) * sizeof *q->snapshots);
     /* first the table without it, then its references go */
+    uint32_t count = q->nb_snapshots;
     rc = publish_table(img, q, q->snapshots, q->nb_snapshots - 1);
+    if (rc < 0 && q->nb_snapshots != count) { /* switched; only freeing failed */
+        free(l1);
+        free_entry(&gone);
+        return vd_image_poison(img, rc);
+    }
     if (rc < 0) {
         memmove(&q->snapshots[i + 1], &q->snapshots[i], (q->nb_snapshots - i - 1) * sizeof *q->snapshots);
         q->snapshots[i] = gone;
