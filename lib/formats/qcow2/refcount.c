@@ -136,6 +136,10 @@ int qcow2_update_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, int6
  */
 static int add_self_describing_block(vd_image *img, struct qcow2 *q, uint64_t cluster)
 {
+    /* cluster 0 is the header: a refcount table without block 0 is corrupt (and offset 0
+       would read as "no block" again, looping forever) */
+    if (cluster == 0)
+        return qcow2_signal_corruption(img, "the refcount table has no block for the header cluster");
     uint64_t ti = cluster / q->rb_entries;
     void *block;
     int rc = vd_cache_get(q->rb_cache, cluster * q->cluster_size, true, &block);
