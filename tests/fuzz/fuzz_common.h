@@ -1,0 +1,90 @@
+/*
+ * Shared pieces of the libFuzzer targets: opening the fuzz input as an image
+ * through the in-memory file layer, bounded whole-disk reads, a bounded
+ * block-status walk, and the API-contract assertions that turn a silent
+ * misbehaviour into a crash libFuzzer can report.
+ *
+ * A target built with -DFUZZ_FORMAT='"qcow2"' opens every input as that
+ * format; without it the format is probed.
+ */
+#ifndef VD_FUZZ_COMMON_H
+#define VD_FUZZ_COMMON_H
+
+#include <libvdisk/libvdisk.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "memfile.h"
+
+#ifdef FUZZ_FORMAT
+#define FUZZ_OPEN_FORMAT FUZZ_FORMAT
+#else
+#define FUZZ_OPEN_FORMAT NULL
+#endif
+
+/* Whole-disk reads up to this size; larger disks are sampled. */
+#define FUZZ_FULL_READ_MAX  (64u << 20)
+#define FUZZ_SAMPLE_REGIONS 256
+#define FUZZ_MAX_EXTENTS    10000
+
+/* Abort (a crash for libFuzzer) with a message when an API contract is broken. */
+#define FUZZ_ASSERT(cond, ...)                                                 \
+    do {                                                                       \
+        if (!(cond))                                                           \
+            fuzz_fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                 \
+    } while (0)
+void fuzz_fail(const char *file, int line, const char *cond, const char *fmt, ...)
+    __attribute__((noreturn, format(printf, 4, 5)));
+
+/* Every error a call returns must be one of the table's codes. */
+void fuzz_check_rc(int rc, const char *call);
+
+/* A vd_check report callback that prints each line when FUZZ_VERBOSE=1 (for diagnosis). */
+void fuzz_report(void *ctx, const char *message);
+/* Print when FUZZ_VERBOSE=1. */
+void fuzz_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/*
+ * Library bugs found but not fixed yet. So that the suite stays green, a
+ * target steps around the bug named id (narrowly, where it would report it)
+ * while fuzz_known_bug(id) is true: always, unless FUZZ_KNOWN_BUGS=report.
+ * Every id has its reproducer in tests/fuzz/regressions-pending/ (see the
+ * README there); once the bug is fixed, delete the step-around and move the
+ * reproducer to tests/fuzz/regressions/.
+ */
+bool fuzz_known_bug(const char *id);
+
+/* Install the in-memory opener; call from LLVMFuzzerInitialize or the first input. */
+void fuzz_init(void);
+
+/*
+ * Serve data as MEMFILE_IMAGE and open it read-only (VD_OPEN_CONFINED |
+ * VD_OPEN_NO_LOCK, plus extra_flags) as format (NULL: probe), at snapshot
+ * (NULL: the active state). An image whose backing file cannot be opened (it
+ * never can: the layer refuses it) is opened again with VD_OPEN_NO_BACKING
+ * so that the rest of it is still exercised. Returns 0 or the open error.
+ */
+int fuzz_open(vd_image **img, const uint8_t *data, size_t size, const char *format,
+              const char *snapshot, uint32_t extra_flags);
+/* Close and check that no file handle leaked; forgets the in-memory files. */
+void fuzz_close(vd_image *img);
+
+/* Getters: info, properties, size, backing; checks their invariants. */
+void fuzz_getters(vd_image *img);
+/*
+ * Read the virtual disk: all of it up to FUZZ_FULL_READ_MAX, else
+ * FUZZ_SAMPLE_REGIONS regions spread over it (unaligned ones included).
+ * Stops at the first poisoning error.
+ */
+void fuzz_read_disk(vd_image *img);
+/* Read up to max_regions regions spread over the disk (for snapshot views). */
+void fuzz_read_sample(vd_image *img, unsigned max_regions);
+/*
+ * Walk vd_block_status from 0 for at most FUZZ_MAX_EXTENTS extents, checking
+ * that extents are well formed and that the first zero_check_bytes of
+ * extents flagged VD_EXTENT_ZERO do read as zeroes.
+ */
+void fuzz_block_status_walk(vd_image *img, uint64_t zero_check_bytes);
+
+#endif
