@@ -53,13 +53,14 @@ def qemu_io():
 
 
 def make_sparse(path, size, data=(), zero_data=()):
-    """A sparse file of size bytes: random bytes in each (offset, length) of
-    data, explicitly written (allocated) zeroes in each of zero_data."""
+    """A sparse file of size bytes: random non-zero bytes in each (offset, length)
+    of data (so tests may name the first data byte), explicitly written
+    (allocated) zeroes in each of zero_data."""
     with open(path, "wb") as f:
         f.truncate(size)
         for offset, length in data:
             f.seek(offset)
-            f.write(os.urandom(length))
+            f.write(bytes(b | 1 for b in os.urandom(length)))
         for offset, length in zero_data:
             f.seek(offset)
             f.write(bytes(length))
