@@ -211,10 +211,6 @@ static void verify_created(const char *format, uint64_t size, uint32_t flags)
     vd_check_result res = VD_CHECK_RESULT_INIT;
     rc = vd_check(img, 0, &res, NULL, NULL);
     fuzz_check_rc(rc, "vd_check");
-    /* KNOWN BUG qcow2-create-size0-leak: a 0-byte qcow2 image reserves an L1 cluster it never references */
-    if (rc == 0 && res.leaks && info.virtual_size == 0 && strcmp(format, "qcow2") == 0 &&
-        fuzz_known_bug("qcow2-create-size0-leak"))
-        res.leaks = 0;
     if (rc == 0)
         FUZZ_ASSERT(res.corruptions == 0 && res.leaks == 0 && res.check_errors == 0,
                     "a new image checks with %llu corruptions, %llu leaks, %llu check errors",

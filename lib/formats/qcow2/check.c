@@ -26,6 +26,7 @@ struct checker {
     uint64_t nclusters;      /* clusters in the file */
     uint64_t next_contiguous;
     uint64_t end_cluster;    /* past the last cluster referenced or with a stored refcount */
+    bool rebuild;            /* the refcount structures cannot be repaired in place */
 };
 
 static void say(struct checker *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -226,16 +227,6 @@ static void count_references(struct checker *c)
     walk_l1(c, q->l1, q->l1_size, q->l1_offset, true);
     walk_snapshots(c);
     add_ref(c, q->rt_offset, (uint64_t)q->rt_clusters * q->cluster_size);
-    for (uint64_t i = 0; i < q->rt_entries; i++) {
-        if (!q->rt[i])
-            continue;
-        if (q->rt[i] / q->cluster_size >= c->nclusters) {
-            say(c, "ERROR refcount block %llu is outside image", (unsigned long long)i);
-            c->res->corruptions++;
-            continue;
-        }
-        add_ref(c, q->rt[i], q->cluster_size);
-    }
     for (size_t i = 0; i < q->nexts; i++) {
         const struct qcow2_ext *ext = &q->exts[i];
         if (ext->type == QCOW2_EXT_BITMAPS)
@@ -243,16 +234,35 @@ static void count_references(struct checker *c)
         else if (ext->type == QCOW2_EXT_CRYPTO && ext->len >= 16)
             add_ref(c, vd_be64(ext->data), vd_be64(ext->data + 8));
     }
+    /* refcount blocks last: one that shares its cluster with anything counted
+       before it cannot be repaired in place, the structures must be rebuilt */
+    for (uint64_t i = 0; i < q->rt_entries; i++) {
+        uint64_t cluster = q->rt[i] / q->cluster_size;
+        if (!q->rt[i])
+            continue;
+        if (cluster >= c->nclusters) {
+            say(c, "ERROR refcount block %llu is outside image", (unsigned long long)i);
+            c->res->corruptions++;
+            c->rebuild = true;
+            continue;
+        }
+        add_ref(c, q->rt[i], q->cluster_size);
+        if (c->refs[cluster] != 1) {
+            say(c, "ERROR refcount block %llu refcount=%u", (unsigned long long)i, c->refs[cluster]);
+            c->res->corruptions++;
+            c->rebuild = true;
+        }
+    }
 }
 
 /* Set a stored refcount; false if no refcount block covers the cluster. */
-static bool set_refcount(struct checker *c, uint64_t cluster, uint64_t stored, uint64_t wanted)
+static bool set_refcount(struct checker *c, uint64_t cluster, uint64_t wanted)
 {
     struct qcow2 *q = c->q;
     uint64_t ti = cluster / q->rb_entries;
     if (ti >= q->rt_entries || !q->rt[ti] || wanted > q->refcount_max)
         return false;
-    return qcow2_update_refcount(c->img, q, cluster, (int64_t)(wanted - stored)) == 0;
+    return qcow2_set_refcount(c->img, q, cluster, wanted) == 0;
 }
 
 /* Compare stored refcounts with the references; repair per flags. */
@@ -260,13 +270,10 @@ static bool compare_refcounts(struct checker *c, uint32_t flags)
 {
     struct qcow2 *q = c->q;
     bool need_rebuild = false;
-    uint64_t limit = q->rt_entries * q->rb_entries;
-    for (uint64_t i = 0; i < limit; i++) {
-        if (i >= c->nclusters && !q->rt[i / q->rb_entries]) {
-            i = (i / q->rb_entries + 1) * q->rb_entries - 1; /* skip the missing block */
-            continue;
-        }
-        uint64_t stored, wanted = i < c->nclusters ? c->refs[i] : 0;
+    /* refcounts past the end of the file are left alone, as qemu-img does: nothing there
+       can be referenced (add_ref refuses it), and allocation stays past them */
+    for (uint64_t i = 0; i < c->nclusters; i++) {
+        uint64_t stored, wanted = c->refs[i];
         if (qcow2_get_refcount(c->img, q, i, &stored) < 0) {
             c->res->check_errors++;
             continue;
@@ -280,7 +287,7 @@ static bool compare_refcounts(struct checker *c, uint32_t flags)
                         : (flags & VD_CHECK_REPAIR_ALL) != 0;
         say(c, "%s cluster %llu refcount=%llu reference=%llu", fix ? "Repairing" : leak ? "Leaked" : "ERROR",
             (unsigned long long)i, (unsigned long long)stored, (unsigned long long)wanted);
-        if (fix && set_refcount(c, i, stored, wanted)) {
+        if (fix && set_refcount(c, i, wanted)) {
             *(leak ? &c->res->leaks_fixed : &c->res->corruptions_fixed) += 1;
         } else {
             *(leak ? &c->res->leaks : &c->res->corruptions) += 1;
@@ -350,13 +357,14 @@ static int rebuild_refcounts(struct checker *c)
     struct qcow2 *q = c->q;
     vd_image *img = c->img;
     const uint64_t cs = q->cluster_size;
-    /* the old structures will no longer be referenced */
-    c->refs[q->rt_offset / cs] = 0;
-    for (uint64_t i = 1; i < q->rt_clusters; i++)
-        c->refs[q->rt_offset / cs + i] = 0;
+    /* the old structures drop the references they counted; a cluster they shared
+       with other metadata keeps that metadata's reference */
+    if (q->rt_offset / cs + q->rt_clusters <= c->nclusters) /* else add_ref counted none */
+        for (uint64_t i = 0; i < q->rt_clusters; i++)
+            c->refs[q->rt_offset / cs + i]--;
     for (uint64_t i = 0; i < q->rt_entries; i++)
         if (q->rt[i] && q->rt[i] / cs < c->nclusters)
-            c->refs[q->rt[i] / cs] = 0;
+            c->refs[q->rt[i] / cs]--;
 
     uint64_t start = c->nclusters, nblocks = 1, table_clusters = 1;
     for (;;) {
@@ -427,6 +435,7 @@ static int rebuild_refcounts(struct checker *c)
     if (rc == 0) {
         vd_cache_free(q->rb_cache);
         q->rb_cache = fresh;
+        vd_cache_set_before_write(fresh, qcow2_check_layout, img);
     }
     say(c, "Rebuilt the refcount structures (new refcount table at offset 0x%llx)",
         (unsigned long long)(start * cs));
@@ -442,7 +451,8 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
     int rc = vd_file_get_size(img->file, &file_size);
     if (rc < 0)
         return rc;
-    struct checker c = { img, q, res, report, ctx, NULL, (file_size + q->cluster_size - 1) / q->cluster_size, 0, 0 };
+    struct checker c = { .img = img, .q = q, .res = res, .report = report, .ctx = ctx,
+                         .nclusters = (file_size + q->cluster_size - 1) / q->cluster_size };
     c.refs = calloc(c.nclusters ? c.nclusters : 1, sizeof *c.refs);
     if (!c.refs)
         return vd_err(VD_ENOMEM, "%s: out of memory for the check (%llu clusters)", img->filename,
@@ -450,7 +460,15 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
     count_references(&c);
     if (res->check_errors) /* never repair from an incomplete count */
         flags = 0;
-    bool rebuild = compare_refcounts(&c, flags);
+    bool rebuild;
+    if (c.rebuild && (flags & VD_CHECK_REPAIR_ALL)) {
+        /* repairing refcounts in place would write them into the shared or missing blocks */
+        compare_refcounts(&c, 0);
+        say(&c, "Rebuilding refcount structure");
+        rebuild = true;
+    } else {
+        rebuild = compare_refcounts(&c, flags);
+    }
     res->total_clusters = (img->size + q->cluster_size - 1) / q->cluster_size;
     res->image_end_offset = c.end_cluster * q->cluster_size;
     if (rebuild) {

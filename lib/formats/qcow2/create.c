@@ -45,7 +45,7 @@ static void plan(const struct qcow2 *q, uint64_t size, bool prealloc, struct lay
     uint64_t cs = q->cluster_size, clusters = div_up(size, cs);
     *l = (struct layout){ .rt_clusters = 1, .nblocks = 1, .external_data = qcow2_has_data_file(q) };
     l->l1_size = div_up(clusters, q->l2_entries);
-    l->l1_clusters = l->l1_size ? div_up(l->l1_size * 8, cs) : 1;
+    l->l1_clusters = div_up(l->l1_size * 8, cs); /* none for an empty image, as QEMU */
     l->nl2 = prealloc ? l->l1_size : 0;
     l->ndata = prealloc ? clusters : 0;
     uint64_t data_here = l->external_data ? 0 : l->ndata;
@@ -246,7 +246,7 @@ int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     const uint64_t cs = q.cluster_size;
     q.rt_offset = l.rt_start * cs;
     q.rt_clusters = (uint32_t)l.rt_clusters;
-    q.l1_offset = l.l1_start * cs;
+    q.l1_offset = l.l1_size ? l.l1_start * cs : 0;
     q.l1_size = (uint32_t)l.l1_size;
     if (q.version == 3 && add_feature_table(&q) < 0)
         return vd_err(VD_ENOMEM, "%s: out of memory", file->path);

@@ -135,9 +135,18 @@ static int prepare_for_writing(vd_image *img, struct qcow2 *q)
     return rc == 0 ? vd_image_sync(img) : rc;
 }
 
-static int data_durable(void *ctx)
+/*
+ * Before L2 tables are written back: the layout is sane, and the data they
+ * name is durable, and so are the refcounts unless they are lazy.
+ */
+static int before_l2_write(void *ctx)
 {
-    return vd_image_sync(ctx);
+    vd_image *img = ctx;
+    int rc = qcow2_check_layout(img);
+    if (rc == 0)
+        rc = (qcow2_of(img)->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) ? vd_image_sync(img)
+                                                                   : qcow2_refcounts_durable(img);
+    return rc;
 }
 
 static int q_open(vd_image *img, const vd_open_opts *opts)
@@ -172,10 +181,9 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     if (rc == 0)
         rc = vd_cache_new(&q->rb_cache, img->file, (size_t)q->cluster_size, tables / 4);
     if (rc == 0) {
-        /* data before the L2 entries naming it, always; refcounts too unless lazy */
-        vd_cache_set_before_write(q->l2_cache, (q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) ?
-                                  data_durable : qcow2_refcounts_durable, img);
-        q->alloc_end = (file_size + q->cluster_size - 1) / q->cluster_size;
+        vd_cache_set_before_write(q->l2_cache, before_l2_write, img);
+        vd_cache_set_before_write(q->rb_cache, qcow2_check_layout, img);
+        q->alloc_end = qcow2_alloc_end_past(q, file_size);
         q->meta_stale = true;
         img->cow = &qcow2_cow_ops;
         img->cluster_size = (uint32_t)q->cluster_size;
@@ -272,7 +280,7 @@ static void q_close(vd_image *img)
     free(q->l1);
     free(q->rt);
     free(q->pending_frees);
-    free(q->meta_bits);
+    free(q->meta);
     qcow2_free_snapshots(q);
     qcow2_free_header(q);
     free(q);

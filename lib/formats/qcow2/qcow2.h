@@ -82,6 +82,11 @@ struct qcow2_snapshot {
     uint8_t *extra;         /* kept verbatim beyond the fields we know */
 };
 
+/* Host clusters [first, end) that hold metadata. */
+struct qcow2_meta_range {
+    uint64_t first, end;
+};
+
 struct qcow2 {
     /* header */
     uint32_t version;
@@ -122,8 +127,8 @@ struct qcow2 {
     struct qcow2_snapshot *snapshots; /* nb_snapshots entries */
     uint64_t snapshots_bytes;          /* size of the snapshot table on disk */
 
-    uint64_t *meta_bits;      /* host clusters holding metadata (overlap.c) */
-    uint64_t meta_clusters;   /* clusters the bitmap covers */
+    struct qcow2_meta_range *meta; /* host clusters holding metadata, ascending (overlap.c) */
+    size_t nmeta;
     bool meta_stale;          /* metadata moved or clusters were freed since the rebuild */
 
     bool dirty_by_us;         /* this session set the dirty bit (lazy refcounts) */
@@ -174,7 +179,16 @@ uint64_t qcow2_refblock_get(const uint8_t *block, uint64_t idx, uint32_t order);
 void qcow2_refblock_set(uint8_t *block, uint64_t idx, uint32_t order, uint64_t value);
 int qcow2_load_refcount_table(vd_image *img, struct qcow2 *q);
 int qcow2_get_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_t *refcount);
+/*
+ * The first cluster from which on every refcount is zero, and not before the
+ * end of the file: allocation takes everything from there as free without
+ * reading refcounts. Clusters past the end of a truncated file that still have
+ * a refcount stay below it (QEMU too allocates past the last refcount).
+ */
+uint64_t qcow2_alloc_end_past(struct qcow2 *q, uint64_t file_size);
 int qcow2_update_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, int64_t delta);
+/* Set a refcount outright (repairs). */
+int qcow2_set_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_t value);
 /* Allocate count contiguous clusters with refcount 1; *host is the first one's offset. */
 int qcow2_alloc_clusters(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t *host);
 /* Allocate clusters for metadata (the overlap map learns about them). */
@@ -215,6 +229,9 @@ int qcow2_write_size(vd_image *img, uint64_t size);
 
 /* overlap.c: VD_ECORRUPT (and the image marked corrupt) if data would overwrite metadata. */
 int qcow2_check_overlap(vd_image *img, uint64_t host, uint64_t len);
+/* Fails (and marks the image corrupt) when two metadata structures share a
+   cluster; the before-write hook of the table caches. ctx is the vd_image. */
+int qcow2_check_layout(void *ctx);
 
 /* create.c */
 int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts);

@@ -81,6 +81,25 @@ int qcow2_get_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_
     return 0;
 }
 
+uint64_t qcow2_alloc_end_past(struct qcow2 *q, uint64_t file_size)
+{
+    const uint64_t cs = q->cluster_size;
+    uint64_t end = file_size / cs + (file_size % cs != 0);
+    for (uint64_t ti = q->rt_entries; ti-- > end / q->rb_entries;) {
+        void *block;
+        /* a block past the end of the file holds nothing (the check reports it) */
+        if (!q->rt[ti] || q->rt[ti] >= file_size || vd_cache_get(q->rb_cache, q->rt[ti], false, &block) < 0)
+            continue;
+        uint64_t i = q->rb_entries;
+        while (i > 0 && !qcow2_refblock_get(block, i - 1, q->refcount_order))
+            i--;
+        vd_cache_put(q->rb_cache, block);
+        if (i)
+            return ti * q->rb_entries + i > end ? ti * q->rb_entries + i : end;
+    }
+    return end;
+}
+
 /* Write refcount table entries [first, last] to disk, after the blocks they name are durable. */
 static int publish_rt_entries(vd_image *img, struct qcow2 *q, uint64_t first, uint64_t last)
 {
@@ -100,18 +119,41 @@ static int publish_rt_entries(vd_image *img, struct qcow2 *q, uint64_t first, ui
     return rc < 0 ? vd_image_poison(img, rc) : 0;
 }
 
-int qcow2_update_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, int64_t delta)
+/* The refcount block holding `cluster`'s refcount, from the cache, and that refcount. */
+static int load_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, void **block, uint64_t *value)
 {
     uint64_t ti = cluster / q->rb_entries;
     if (ti >= q->rt_entries || q->rt[ti] == 0)
         return qcow2_signal_corruption(img, "cluster %llu has no refcount block", (unsigned long long)cluster);
+    int rc = vd_cache_get(q->rb_cache, q->rt[ti], false, block);
+    if (rc == 0)
+        *value = qcow2_refblock_get(*block, cluster % q->rb_entries, q->refcount_order);
+    return rc;
+}
+
+/* Store a refcount into the block load_refcount() returned, and release the block. */
+static void store_refcount(struct qcow2 *q, uint64_t cluster, void *block, uint64_t old, uint64_t value)
+{
+    qcow2_refblock_set(block, cluster % q->rb_entries, q->refcount_order, value);
+    vd_cache_mark_dirty(q->rb_cache, block);
+    vd_cache_put(q->rb_cache, block);
+    if (old && !value) {
+        q->meta_stale = true; /* a freed cluster may have held metadata */
+        if (cluster < q->free_hint)
+            q->free_hint = cluster;
+    }
+}
+
+int qcow2_update_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, int64_t delta)
+{
     void *block;
-    int rc = vd_cache_get(q->rb_cache, q->rt[ti], false, &block);
+    uint64_t old;
+    int rc = load_refcount(img, q, cluster, &block, &old);
     if (rc < 0)
         return rc;
-    uint64_t idx = cluster % q->rb_entries;
-    uint64_t old = qcow2_refblock_get(block, idx, q->refcount_order);
-    if ((delta < 0 && old < (uint64_t)-delta) || (delta > 0 && q->refcount_max - old < (uint64_t)delta)) {
+    /* the magnitude in unsigned arithmetic: -INT64_MIN does not fit an int64_t */
+    uint64_t magnitude = delta < 0 ? 0 - (uint64_t)delta : (uint64_t)delta;
+    if ((delta < 0 && old < magnitude) || (delta > 0 && q->refcount_max - old < magnitude)) {
         vd_cache_put(q->rb_cache, block);
         if (delta > 0)
             return vd_err(VD_ETOOBIG, "%s: refcount of cluster %llu would exceed %u bits",
@@ -119,15 +161,21 @@ int qcow2_update_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, int6
         return qcow2_signal_corruption(img, "refcount of cluster %llu would drop below zero",
                                        (unsigned long long)cluster);
     }
-    qcow2_refblock_set(block, idx, q->refcount_order, old + (uint64_t)delta);
-    vd_cache_mark_dirty(q->rb_cache, block);
-    vd_cache_put(q->rb_cache, block);
-    if (delta < 0 && old + (uint64_t)delta == 0) {
-        q->meta_stale = true; /* a freed cluster may have held metadata */
-        if (cluster < q->free_hint)
-            q->free_hint = cluster;
-    }
+    store_refcount(q, cluster, block, old, delta < 0 ? old - magnitude : old + magnitude);
     return 0;
+}
+
+int qcow2_set_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_t value)
+{
+    if (value > q->refcount_max)
+        return vd_err(VD_ETOOBIG, "%s: refcount %llu of cluster %llu does not fit %u bits", img->filename,
+                      (unsigned long long)value, (unsigned long long)cluster, 1u << q->refcount_order);
+    void *block;
+    uint64_t old;
+    int rc = load_refcount(img, q, cluster, &block, &old);
+    if (rc == 0)
+        store_refcount(q, cluster, block, old, value);
+    return rc;
 }
 
 /*

@@ -168,6 +168,19 @@ static int load_snapshot_l1(vd_image *img, const struct qcow2_snapshot *sn, uint
     return 0;
 }
 
+/* A snapshot's size must be one an image may have, and its L1 table must cover it. */
+static int check_snapshot_size(vd_image *img, const struct qcow2 *q, const struct qcow2_snapshot *sn)
+{
+    if (sn->disk_size > INT64_MAX)
+        return vd_err(VD_ECORRUPT, "%s: snapshot '%s' has a size larger than 2^63", img->filename,
+                      sn->name);
+    uint64_t clusters = sn->disk_size / q->cluster_size + (sn->disk_size % q->cluster_size != 0);
+    if (clusters / q->l2_entries + (clusters % q->l2_entries != 0) > sn->l1_size)
+        return vd_err(VD_ECORRUPT, "%s: snapshot '%s' has an L1 table too small for its size",
+                      img->filename, sn->name);
+    return 0;
+}
+
 int qcow2_view_snapshot(vd_image *img, struct qcow2 *q, const char *id_or_name)
 {
     long i = find_snapshot(q, id_or_name);
@@ -178,11 +191,9 @@ int qcow2_view_snapshot(vd_image *img, struct qcow2 *q, const char *id_or_name)
     int rc = load_snapshot_l1(img, sn, 0, &l1);
     if (rc < 0)
         return rc;
-    uint64_t clusters = (sn->disk_size + q->cluster_size - 1) / q->cluster_size;
-    if ((clusters + q->l2_entries - 1) / q->l2_entries > sn->l1_size) {
+    if ((rc = check_snapshot_size(img, q, sn)) < 0) {
         free(l1);
-        return vd_err(VD_ECORRUPT, "%s: snapshot '%s' has an L1 table too small for its size",
-                      img->filename, sn->name);
+        return rc;
     }
     free(q->l1);
     q->l1 = l1;
@@ -477,7 +488,9 @@ int qcow2_snapshot_apply(vd_image *img, const char *id_or_name)
     if (i < 0)
         return not_found(img, id_or_name);
     const struct qcow2_snapshot *sn = &q->snapshots[i];
-    int rc = qcow2_flush_metadata(img, q);
+    int rc = check_snapshot_size(img, q, sn);
+    if (rc == 0)
+        rc = qcow2_flush_metadata(img, q);
     if (rc == 0)
         rc = qcow2_grow_l1(img, q, sn->l1_size);
     uint64_t *target = NULL;
@@ -537,16 +550,19 @@ int qcow2_snapshot_delete(vd_image *img, const char *id_or_name)
     uint64_t *l1;
     if ((rc = load_snapshot_l1(img, &gone, 0, &l1)) < 0)
         return rc;
+    /* first the table without it (in memory too: the overlap map must not list
+       it twice), then its references go */
     memmove(&q->snapshots[i], &q->snapshots[i + 1], (q->nb_snapshots - i - 1) * sizeof *q->snapshots);
-    /* first the table without it, then its references go */
-    uint32_t count = q->nb_snapshots;
-    rc = publish_table(img, q, q->snapshots, q->nb_snapshots - 1);
-    if (rc < 0 && q->nb_snapshots != count) { /* switched; only freeing failed */
+    q->nb_snapshots--;
+    uint64_t old_table = q->snapshots_offset;
+    rc = publish_table(img, q, q->snapshots, q->nb_snapshots);
+    if (rc < 0 && q->snapshots_offset != old_table) { /* switched; only freeing failed */
         free(l1);
         free_entry(&gone);
         return vd_image_poison(img, rc);
     }
     if (rc < 0) {
+        q->nb_snapshots++;
         memmove(&q->snapshots[i + 1], &q->snapshots[i], (q->nb_snapshots - i - 1) * sizeof *q->snapshots);
         q->snapshots[i] = gone;
         free(l1);
