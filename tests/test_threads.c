@@ -79,14 +79,20 @@ static void run_workers(vd_image *img, void *(*body)(void *), void *states[THREA
 static const char *const formats[] = { "raw", "qcow2" };
 #define N_FORMATS ((int)(sizeof formats / sizeof formats[0]))
 
+/* Is format in this build? If not, say that the test is skipped. */
+static bool have_format(const char *format)
+{
+    for (size_t k = 0; vd_format_name(k); k++)
+        if (strcmp(vd_format_name(k), format) == 0)
+            return true;
+    fprintf(stderr, "note: no %s format in this build; skipped\n", format);
+    return false;
+}
+
 /* The format of a loop test's iteration, or NULL (with a note) if it is absent. */
 static const char *loop_format(int i)
 {
-    for (size_t k = 0; vd_format_name(k); k++)
-        if (strcmp(vd_format_name(k), formats[i]) == 0)
-            return formats[i];
-    fprintf(stderr, "note: no %s format in this build; skipped\n", formats[i]);
-    return NULL;
+    return have_format(formats[i]) ? formats[i] : NULL;
 }
 
 static vd_image *open_shared_image(const char *format, uint64_t size)
@@ -237,11 +243,18 @@ static void read_and_check(struct worker *w, uint8_t *buf, uint64_t first, uint6
 
 enum { MAX_WRITE_BLOCKS = 16, MAX_READ_BLOCKS = 16 };
 
+/* A random span of at most max blocks inside the area of blocks [base, base+blocks). */
+static void random_span_in(struct worker *w, uint64_t base, uint64_t blocks, uint64_t max,
+                           uint64_t *first, uint64_t *count)
+{
+    *count = 1 + vt_rand_below(&w->rng, max);
+    *first = base + vt_rand_below(&w->rng, blocks - *count + 1);
+}
+
 /* A random span of at most max blocks inside the shared area. */
 static void random_span(struct worker *w, uint64_t max, uint64_t *first, uint64_t *count)
 {
-    *count = 1 + vt_rand_below(&w->rng, max);
-    *first = vt_rand_below(&w->rng, SHARED_BLOCKS - *count + 1);
+    random_span_in(w, 0, SHARED_BLOCKS, max, first, count);
 }
 
 /* Each worker logs the stamps it wrote per block. */
@@ -470,6 +483,292 @@ START_TEST(separate_handles_are_independent)
 }
 END_TEST
 
+/* ------------------------------------------------------ mixed operations */
+
+/*
+ * Every worker mixes reads, writes, write-zeroes (with and without
+ * VD_ZERO_MAY_UNMAP), discards and flushes, on blocks of its own and on a
+ * shared area, all in whole blocks (writes use fill_write). Each mutation is
+ * logged with two tickets from one counter, taken just before the call and
+ * just after it returned: the library applied it somewhere in between. So an
+ * operation X is certainly overwritten on a block when another one that
+ * defines the block (a write or write-zeroes) took its first ticket after X
+ * took its last. What a block may finally hold is what any operation on it
+ * not certainly overwritten left: a write's stamp, zeroes from write-zeroes,
+ * or zeroes or the previous content from a discard (a hint, libvdisk.h). On a
+ * worker's own blocks the operations follow each other, so this is exact;
+ * on the shared area it is the set of races the library may resolve either
+ * way. Reads of own blocks are checked against the model as they happen.
+ */
+enum {
+    OWN_BLOCKS = 32,  /* per worker; the shared area follows the last worker's */
+    MIXED_BLOCKS = THREADS * OWN_BLOCKS + SHARED_BLOCKS,
+    MAX_OWN_SPAN = 8, /* blocks per operation on the worker's own; shared: MAX_WRITE_BLOCKS */
+    MIXED_OPS = 300,  /* per worker */
+};
+
+/* A stamp no worker uses: what a backing file holds before the run. */
+#define BACKING_STAMP ((uint64_t)(THREADS + 1) << 32)
+
+struct mixed_op {
+    uint64_t stamp;        /* what a write wrote; 0 for zeroes */
+    uint64_t first, count; /* blocks */
+    uint64_t start, end;   /* tickets from just before the call and just after */
+    bool discard;          /* the blocks read as zeroes or as before */
+};
+
+/*
+ * One worker's mutations, oldest first. ops[0] is the content before the
+ * run, with tickets 0: every later operation overwrites it.
+ */
+struct mixed_log {
+    struct mixed_op ops[1 + MIXED_OPS];
+    size_t n;
+};
+
+struct mixed_worker {
+    atomic_uint_least64_t *ticket; /* shared by the workers; starts at 1 */
+    struct mixed_log log;
+};
+
+static bool op_covers(const struct mixed_op *op, uint64_t block)
+{
+    return block - op->first < op->count;
+}
+
+/* The latest first ticket of an operation that defines block (ignoring discards). */
+static uint64_t latest_definition(const struct mixed_log *const logs[], size_t nlogs,
+                                  uint64_t block)
+{
+    uint64_t latest = 0;
+    for (size_t t = 0; t < nlogs; t++)
+        for (size_t i = 0; i < logs[t]->n; i++) {
+            const struct mixed_op *op = &logs[t]->ops[i];
+            if (!op->discard && op_covers(op, block) && op->start > latest)
+                latest = op->start;
+        }
+    return latest;
+}
+
+/* May block hold stamp (0: zeroes) after the logged operations? */
+static bool block_may_hold(const struct mixed_log *const logs[], size_t nlogs, uint64_t block,
+                           uint64_t stamp)
+{
+    uint64_t latest = latest_definition(logs, nlogs, block);
+    for (size_t t = 0; t < nlogs; t++)
+        for (size_t i = 0; i < logs[t]->n; i++) {
+            const struct mixed_op *op = &logs[t]->ops[i];
+            bool overwritten = op->end < latest;
+            if (op_covers(op, block) && !overwritten &&
+                (op->discard ? stamp == 0 : op->stamp == stamp))
+                return true;
+        }
+    return false;
+}
+
+static uint64_t block_stamp(const uint8_t *block)
+{
+    uint64_t stamp;
+    memcpy(&stamp, block, sizeof stamp);
+    return stamp;
+}
+
+enum mixed_kind { MIX_WRITE, MIX_ZERO, MIX_ZERO_UNMAP, MIX_DISCARD };
+
+static int mixed_call(struct worker *w, enum mixed_kind kind, uint8_t *buf, uint64_t first,
+                      uint64_t count)
+{
+    switch (kind) {
+    case MIX_WRITE:
+        return vd_write(w->img, first * BLOCK, buf, (size_t)(count * BLOCK), 0);
+    case MIX_ZERO:
+        return vd_write_zeroes(w->img, first * BLOCK, count * BLOCK, 0);
+    case MIX_ZERO_UNMAP:
+        return vd_write_zeroes(w->img, first * BLOCK, count * BLOCK, VD_ZERO_MAY_UNMAP);
+    case MIX_DISCARD:
+        return vd_discard(w->img, first * BLOCK, count * BLOCK, 0);
+    }
+    return VD_EINVAL;
+}
+
+static const char *const mixed_call_names[] = {
+    [MIX_WRITE] = "vd_write", [MIX_ZERO] = "vd_write_zeroes",
+    [MIX_ZERO_UNMAP] = "vd_write_zeroes(MAY_UNMAP)", [MIX_DISCARD] = "vd_discard",
+};
+
+static void mutate_logged(struct worker *w, struct mixed_worker *mw, uint8_t *buf,
+                          enum mixed_kind kind, uint64_t first, uint64_t count, uint64_t stamp)
+{
+    struct mixed_op *op = &mw->log.ops[mw->log.n++];
+    *op = (struct mixed_op){ .stamp = kind == MIX_WRITE ? stamp : 0, .first = first,
+                             .count = count, .discard = kind == MIX_DISCARD };
+    if (kind == MIX_WRITE)
+        fill_write(buf, stamp, first, count);
+    op->start = atomic_fetch_add(mw->ticket, 1);
+    int rc = mixed_call(w, kind, buf, first, count);
+    op->end = atomic_fetch_add(mw->ticket, 1);
+    call_failed(w, rc, mixed_call_names[kind], first * BLOCK);
+}
+
+/* Read whole blocks; on the worker's own blocks they must also match its log. */
+static void read_mixed(struct worker *w, const struct mixed_log *own, uint8_t *buf,
+                       uint64_t first, uint64_t count)
+{
+    read_and_check(w, buf, first, count, false);
+    for (uint64_t b = 0; own && b < count && !worker_failed(w); b++) {
+        uint64_t stamp = block_stamp(buf + b * BLOCK);
+        if (!block_may_hold(&own, 1, first + b, stamp))
+            worker_fail(w, "thread %d: own block %llu holds stamp %#llx, not what it last wrote",
+                        w->id, (unsigned long long)(first + b), (unsigned long long)stamp);
+    }
+}
+
+static void *mixed_body(void *arg)
+{
+    struct worker *w = arg;
+    struct mixed_worker *mw = w->state;
+    uint8_t *buf = malloc(MAX_WRITE_BLOCKS * BLOCK);
+    for (uint64_t i = 1; i <= MIXED_OPS && buf && !worker_failed(w); i++) {
+        bool own = vt_rand_below(&w->rng, 2) == 0;
+        uint64_t first, count;
+        if (own)
+            random_span_in(w, (uint64_t)w->id * OWN_BLOCKS, OWN_BLOCKS, MAX_OWN_SPAN, &first,
+                           &count);
+        else
+            random_span_in(w, THREADS * OWN_BLOCKS, SHARED_BLOCKS, MAX_WRITE_BLOCKS, &first,
+                           &count);
+        /* 35% reads, 30% writes, 10% zeroes, 10% zeroes that may unmap, 12% discards, 3% flushes */
+        uint64_t dice = vt_rand_below(&w->rng, 100);
+        if (dice < 35)
+            read_mixed(w, own ? &mw->log : NULL, buf, first, count);
+        else if (dice < 65)
+            mutate_logged(w, mw, buf, MIX_WRITE, first, count, ((uint64_t)w->id + 1) << 32 | i);
+        else if (dice < 75)
+            mutate_logged(w, mw, buf, MIX_ZERO, first, count, 0);
+        else if (dice < 85)
+            mutate_logged(w, mw, buf, MIX_ZERO_UNMAP, first, count, 0);
+        else if (dice < 97)
+            mutate_logged(w, mw, buf, MIX_DISCARD, first, count, 0);
+        else
+            call_failed(w, vd_flush(w->img, 0), "vd_flush", 0);
+    }
+    if (!buf)
+        worker_fail(w, "out of memory");
+    free(buf);
+    return NULL;
+}
+
+/* The images of the mixed test. */
+struct mixed_image {
+    const char *format;
+    const char *options;  /* for vd_create */
+    bool backing;         /* options name base.img: make it first, full of BACKING_STAMP */
+    uint64_t cache_bytes; /* vd_open_opts.cache_bytes */
+};
+
+static const struct mixed_image mixed_images[] = {
+    { "raw", NULL, false, 0 },
+    { "qcow2", NULL, false, 0 },
+    /*
+     * 64 L2 entries and 256 refcounts per table: metadata allocates all the
+     * time; and 8 of the 40 L2 tables cached: tables are read, written back
+     * and evicted all the time (while each thread pins one at most)
+     */
+    { "qcow2", "cluster_size=512", false, 8 * 512 },
+    /* partial clusters copy from the backing file; zeroes need zero clusters */
+    { "qcow2", "backing_file=base.img,backing_fmt=raw", true, 0 },
+};
+#define N_MIXED_IMAGES ((int)(sizeof mixed_images / sizeof mixed_images[0]))
+
+static void make_backing_file(void)
+{
+    const char *path = vt_path("base.img");
+    vt_create_raw(path, MIXED_BLOCKS * BLOCK);
+    uint8_t *blocks = malloc(MIXED_BLOCKS * BLOCK);
+    ck_assert_ptr_nonnull(blocks);
+    fill_write(blocks, BACKING_STAMP, 0, MIXED_BLOCKS);
+    vd_image *img = vt_open(path, "raw", VD_OPEN_RDWR);
+    vt_ok(vd_write(img, 0, blocks, MIXED_BLOCKS * BLOCK, 0));
+    vt_close(img);
+    free(blocks);
+}
+
+static vd_image *open_mixed_image(const struct mixed_image *m, const char *path, uint32_t flags)
+{
+    vd_open_opts opts = VD_OPEN_OPTS_INIT;
+    opts.format = m->format;
+    opts.flags = flags;
+    opts.cache_bytes = m->cache_bytes;
+    vd_image *img = NULL;
+    vt_ok(vd_open_ext(&img, path, &opts));
+    return img;
+}
+
+/* Every block is whole and holds what the logs allow. */
+static void assert_mixed_content(vd_image *img, const struct mixed_log *const logs[])
+{
+    uint8_t block[BLOCK];
+    for (uint64_t b = 0; b < MIXED_BLOCKS; b++) {
+        struct block_head head;
+        vt_ok(vd_read(img, b * BLOCK, block, BLOCK, 0));
+        ck_assert_msg(block_is_whole(block, b, &head), "block %llu is torn at the end",
+                      (unsigned long long)b);
+        ck_assert_msg(block_may_hold(logs, THREADS, b, head.stamp),
+                      "block %llu holds stamp %#llx, which no operation left there last",
+                      (unsigned long long)b, (unsigned long long)head.stamp);
+    }
+}
+
+/* qcow2 images must come out of the run without corruption or leaks. */
+static void assert_metadata_clean(vd_image *img)
+{
+    vd_check_result res = VD_CHECK_RESULT_INIT;
+    int rc = vd_check(img, 0, &res, NULL, NULL);
+    if (rc == VD_EUNSUPPORTED && strcmp(vd_get_format(img), "raw") == 0)
+        return; /* raw has no metadata */
+    vt_ok(rc);
+    ck_assert_msg(res.corruptions == 0 && res.leaks == 0 && res.check_errors == 0,
+                  "check: %llu corruptions, %llu leaks, %llu check errors",
+                  (unsigned long long)res.corruptions, (unsigned long long)res.leaks,
+                  (unsigned long long)res.check_errors);
+}
+
+START_TEST(mixed_operations_match_the_model)
+{
+    const struct mixed_image *m = &mixed_images[_i];
+    if (!have_format(m->format))
+        return;
+    if (m->backing)
+        make_backing_file();
+    const char *path = vt_path("shared.img");
+    vt_ok(vd_create(path, m->format, MIXED_BLOCKS * BLOCK, m->options, 0));
+    vd_image *img = open_mixed_image(m, path, VD_OPEN_RDWR);
+
+    atomic_uint_least64_t ticket = 1;
+    struct mixed_worker *mws = calloc(THREADS, sizeof *mws);
+    ck_assert_ptr_nonnull(mws);
+    void *states[THREADS];
+    const struct mixed_log *logs[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        mws[i].ticket = &ticket;
+        mws[i].log.ops[0] = (struct mixed_op){ .stamp = m->backing ? BACKING_STAMP : 0,
+                                               .count = MIXED_BLOCKS };
+        mws[i].log.n = 1;
+        states[i] = &mws[i];
+        logs[i] = &mws[i].log;
+    }
+    run_workers(img, mixed_body, states);
+    assert_mixed_content(img, logs);
+    vt_close(img);
+
+    img = open_mixed_image(m, path, 0);
+    assert_mixed_content(img, logs);
+    assert_metadata_clean(img);
+    vt_close(img);
+    free(mws);
+}
+END_TEST
+
 static Suite *threads_suite(void)
 {
     Suite *s = suite_create("threads");
@@ -480,6 +779,7 @@ static Suite *threads_suite(void)
     tcase_add_loop_test(tc, readers_never_see_part_of_a_write, 0, N_FORMATS);
     tcase_add_loop_test(tc, concurrent_readers_see_the_content, 0, N_FORMATS);
     tcase_add_loop_test(tc, separate_handles_are_independent, 0, N_FORMATS);
+    tcase_add_loop_test(tc, mixed_operations_match_the_model, 0, N_MIXED_IMAGES);
     return s;
 }
 

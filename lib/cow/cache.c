@@ -12,6 +12,7 @@ struct entry {
     size_t next;        /* hash chain */
     unsigned pins;
     bool used, dirty;
+    bool loading;       /* being read from the file (without the lock) */
 };
 
 struct vd_cache {
@@ -22,9 +23,11 @@ struct vd_cache {
     size_t *buckets;
     uint64_t tick;
     size_t ndirty;
+    size_t nloading;
     vd_cache_hook before_write;
     void *hook_ctx;
     pthread_mutex_t lock;
+    pthread_cond_t loaded; /* an entry stopped loading */
 };
 
 static size_t bucket_of(const struct vd_cache *c, uint64_t off)
@@ -49,6 +52,8 @@ int vd_cache_new(struct vd_cache **out, vd_file *file, size_t table_size, size_t
     struct vd_cache *c = calloc(1, sizeof *c);
     if (!c)
         return vd_err(VD_ENOMEM, "%s: out of memory for the metadata cache", file->path);
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->loaded, NULL);
     c->file = file;
     c->table_size = table_size;
     c->capacity = capacity;
@@ -65,7 +70,6 @@ int vd_cache_new(struct vd_cache **out, vd_file *file, size_t table_size, size_t
     }
     for (size_t i = 0; i < c->nbuckets; i++)
         c->buckets[i] = NO_ENTRY;
-    pthread_mutex_init(&c->lock, NULL);
     *out = c;
     return 0;
 }
@@ -74,8 +78,8 @@ void vd_cache_free(struct vd_cache *c)
 {
     if (!c)
         return;
-    if (c->buckets)
-        pthread_mutex_destroy(&c->lock);
+    pthread_cond_destroy(&c->loaded);
+    pthread_mutex_destroy(&c->lock);
     free(c->entries);
     free(c->buckets);
     free(c->tables);
@@ -121,22 +125,31 @@ static int write_entry(struct vd_cache *c, size_t i)
     return rc;
 }
 
-/* A free slot, evicting the least recently used unpinned table. Lock held. */
-static int take_slot(struct vd_cache *c, size_t *slot)
+/* A free slot, else the least recently used unpinned entry, else NO_ENTRY. Lock held. */
+static size_t pick_slot(const struct vd_cache *c)
 {
     size_t victim = NO_ENTRY;
     for (size_t i = 0; i < c->capacity; i++) {
-        if (!c->entries[i].used) {
-            *slot = i;
-            return 0;
-        }
+        if (!c->entries[i].used)
+            return i;
         if (!c->entries[i].pins &&
             (victim == NO_ENTRY || c->entries[i].last_use < c->entries[victim].last_use))
             victim = i;
     }
+    return victim;
+}
+
+/* A free slot, evicting the least recently used unpinned table. Lock held. */
+static int take_slot(struct vd_cache *c, size_t *slot)
+{
+    size_t victim = pick_slot(c);
     if (victim == NO_ENTRY)
         return vd_err(VD_EBUSY, "%s: metadata cache exhausted (all %zu tables in use)",
                       c->file->path, c->capacity);
+    if (!c->entries[victim].used) {
+        *slot = victim;
+        return 0;
+    }
     if (c->entries[victim].dirty) {
         int rc = run_hook(c);
         if (rc == 0)
@@ -149,26 +162,72 @@ static int take_slot(struct vd_cache *c, size_t *slot)
     return 0;
 }
 
+/*
+ * The entry of off once nobody is loading it; or else NO_ENTRY, once a slot
+ * can be taken for it. Tables being loaded are pinned only until their read
+ * ends, so waiting for loads is worth it before running out of slots (and
+ * safe: a load waits for nothing but its read). Lock held, dropped to wait.
+ */
+static size_t find_or_make_room(struct vd_cache *c, uint64_t off)
+{
+    size_t i;
+    while (((i = find(c, off)) != NO_ENTRY && c->entries[i].loading) ||
+           (i == NO_ENTRY && c->nloading && pick_slot(c) == NO_ENTRY))
+        pthread_cond_wait(&c->loaded, &c->lock);
+    return i;
+}
+
+/* Take a slot for the table at off and make it findable. Lock held. */
+static int insert(struct vd_cache *c, uint64_t off, size_t *slot)
+{
+    int rc = take_slot(c, slot);
+    if (rc == 0) {
+        c->entries[*slot] = (struct entry){ .off = off, .used = true,
+                                            .next = c->buckets[bucket_of(c, off)] };
+        c->buckets[bucket_of(c, off)] = *slot;
+    }
+    return rc;
+}
+
+/*
+ * Read the table at off into a new entry, without holding the lock: readers
+ * share the cache, and one must not wait for a table read (from the disk,
+ * perhaps) that it does not need. Meanwhile the entry is pinned, so that
+ * nobody evicts it, and loading, so that whoever wants it waits. What the
+ * file holds is current: a table changes only under the image's exclusive
+ * lock, and a dirty table is written back before it leaves the cache. Lock
+ * held on entry and on return.
+ */
+static int load(struct vd_cache *c, uint64_t off, size_t *slot)
+{
+    int rc = insert(c, off, slot);
+    if (rc < 0)
+        return rc;
+    struct entry *e = &c->entries[*slot];
+    e->loading = true;
+    e->pins++;
+    c->nloading++;
+    pthread_mutex_unlock(&c->lock);
+    rc = vd_file_pread(c->file, table_of(c, *slot), c->table_size, off);
+    pthread_mutex_lock(&c->lock);
+    e->loading = false;
+    e->pins--;
+    c->nloading--;
+    if (rc < 0)
+        unlink_entry(c, *slot);
+    pthread_cond_broadcast(&c->loaded);
+    return rc;
+}
+
 int vd_cache_get(struct vd_cache *c, uint64_t off, bool fresh, void **table)
 {
     pthread_mutex_lock(&c->lock);
-    size_t i = find(c, off);
+    size_t i = find_or_make_room(c, off);
     int rc = 0;
-    if (i == NO_ENTRY) {
-        rc = take_slot(c, &i);
-        if (rc == 0 && fresh)
-            memset(table_of(c, i), 0, c->table_size);
-        else if (rc == 0)
-            rc = vd_file_pread(c->file, table_of(c, i), c->table_size, off);
-        if (rc == 0) {
-            struct entry *e = &c->entries[i];
-            *e = (struct entry){ .off = off, .used = true,
-                                 .next = c->buckets[bucket_of(c, off)] };
-            c->buckets[bucket_of(c, off)] = i;
-        }
-    } else if (fresh) {
+    if (i == NO_ENTRY)
+        rc = fresh ? insert(c, off, &i) : load(c, off, &i);
+    if (rc == 0 && fresh)
         memset(table_of(c, i), 0, c->table_size);
-    }
     if (rc == 0) {
         struct entry *e = &c->entries[i];
         e->pins++;

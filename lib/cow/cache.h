@@ -8,8 +8,10 @@
  * file, so that data and refcount increases reach the disk before the L2
  * entries that point at them).
  *
- * Concurrency: get/put are safe from concurrent readers; changing a table
- * (mark_dirty) requires the image's exclusive lock.
+ * Concurrency: get/put are safe from concurrent readers, and a table that
+ * is not cached is read without the cache's lock, so that one reader's miss
+ * does not hold up the others; changing a table (mark_dirty) requires the
+ * image's exclusive lock.
  */
 #ifndef VD_COW_CACHE_H
 #define VD_COW_CACHE_H
