@@ -385,14 +385,12 @@ static void find_qemu_img(int argc, char **argv)
 {
     static char version[256];
     const char *candidate = argc > 1 ? argv[1] : "qemu-img";
-    char *args[] = { (char *)candidate, "--version", NULL };
-    if (bench_command(args, version, sizeof version, 1) < 0) {
+    if (bench_version(candidate, version, sizeof version) < 0) {
         printf("qcow2-io: no qemu-img (%s): the figures against qemu-img bench are skipped\n",
                candidate);
         return;
     }
     qemu_img = candidate;
-    version[strcspn(version, "\n")] = '\0';
     printf("qcow2-io: against %s\n", version);
 }
 

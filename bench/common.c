@@ -324,6 +324,15 @@ int bench_command(char *const argv[], char *out, size_t outlen, int quiet)
     return -1;
 }
 
+int bench_version(const char *program, char *version, size_t len)
+{
+    char *argv[] = { (char *)program, "--version", NULL };
+    if (bench_command(argv, version, len, 1) < 0)
+        return -1;
+    version[strcspn(version, "\n")] = '\0';
+    return 0;
+}
+
 /* -------------------------------------------------------- comparisons */
 
 /* Run both sides once for a round, the order alternating with the round. */
@@ -352,33 +361,47 @@ static void print_figure(const struct bench_figure *fig, const struct bench_side
     fflush(stdout);
 }
 
+int bench_interleave(const struct bench_side sides[2], unsigned rounds, double *seconds[2])
+{
+    double t[2];
+    if (run_round(sides, 0, t) < 0) /* warm-up */
+        return -1;
+    for (unsigned r = 0; r < rounds; r++) {
+        if (run_round(sides, r + 1, t) < 0)
+            return -1;
+        seconds[0][r] = t[0];
+        seconds[1][r] = t[1];
+    }
+    return 0;
+}
+
 enum bench_verdict bench_compare(const struct bench_figure *fig,
                                  const struct bench_side sides[2], unsigned rounds)
 {
+    double *seconds[2] = { malloc(rounds * sizeof(double)), malloc(rounds * sizeof(double)) };
     double *speed[2] = { malloc(rounds * sizeof(double)), malloc(rounds * sizeof(double)) };
     double *ratio = malloc(rounds * sizeof(double));
-    double seconds[2];
     enum bench_verdict verdict = BENCH_BROKEN;
-    if (!speed[0] || !speed[1] || !ratio) {
+    if (!seconds[0] || !seconds[1] || !speed[0] || !speed[1] || !ratio) {
         perror("malloc");
         goto out;
     }
-    if (run_round(sides, 0, seconds) < 0) /* warm-up */
+    if (bench_interleave(sides, rounds, seconds) < 0)
         goto out;
     for (unsigned r = 0; r < rounds; r++) {
-        if (run_round(sides, r + 1, seconds) < 0)
-            goto out;
-        speed[0][r] = fig->work / seconds[0];
-        speed[1][r] = fig->work / seconds[1];
-        ratio[r] = seconds[1] / seconds[0];
+        speed[0][r] = fig->work / seconds[0][r];
+        speed[1][r] = fig->work / seconds[1][r];
+        ratio[r] = seconds[1][r] / seconds[0][r];
     }
     double med[2] = { bench_median(speed[0], rounds), bench_median(speed[1], rounds) };
     double med_ratio = bench_median(ratio, rounds);
     print_figure(fig, sides, med, med_ratio);
     verdict = med_ratio >= fig->target ? BENCH_PASS : BENCH_MISS;
 out:
-    free(speed[0]);
-    free(speed[1]);
+    for (unsigned s = 0; s < 2; s++) {
+        free(seconds[s]);
+        free(speed[s]);
+    }
     free(ratio);
     return verdict;
 }

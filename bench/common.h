@@ -73,6 +73,12 @@ int bench_warm_file(const char *path);
  */
 int bench_command(char *const argv[], char *out, size_t outlen, int quiet);
 
+/*
+ * Run `program --version`: 0 with the first line of its output in version
+ * (len bytes), or -1, quietly, if it does not run.
+ */
+int bench_version(const char *program, char *version, size_t len);
+
 /* -------------------------------------------------------- comparisons */
 
 /* One way of doing a run of a figure: time it, store the seconds. */
@@ -94,9 +100,16 @@ struct bench_figure {
 enum bench_verdict { BENCH_BROKEN = -1, BENCH_MISS = 0, BENCH_PASS = 1 };
 
 /*
- * Compare sides[0] (the contender) with sides[1] (the baseline): one untimed
- * warm-up run of each, then rounds timed rounds, each running both sides back
- * to back in alternating order. Prints the median speed of each side and the
+ * Time sides[0] and sides[1]: one untimed warm-up run of each, then rounds
+ * timed rounds, each running both sides back to back in alternating order.
+ * seconds[s][r] receives side s's time in round r. 0, or -1 if a run failed.
+ * For figures that bench_compare() does not print.
+ */
+int bench_interleave(const struct bench_side sides[2], unsigned rounds, double *seconds[2]);
+
+/*
+ * Compare sides[0] (the contender) with sides[1] (the baseline), timed by
+ * bench_interleave(). Prints the median speed of each side and the
  * median of the per-round speed ratios, with PASS or MISS against the target.
  */
 enum bench_verdict bench_compare(const struct bench_figure *fig,

@@ -20,12 +20,19 @@ check() {
 
 "$build/bench/bench_raw"
 check $?
+"$build/bench/bench_threads"
+check $?
 # the qemu-img figures of qcow2-io are skipped without qemu-img
 if command -v qemu-img >/dev/null; then
     "$build/bench/bench_qcow2" "$(command -v qemu-img)"
 else
     "$build/bench/bench_qcow2"
 fi
+check $?
+# snapshot-cost's qemu-img figure is skipped without qemu-img in PATH
+"$build/bench/bench_chain" chain-read
+check $?
+"$build/bench/bench_chain" snapshot-cost
 check $?
 sh "$bench_dir/bench_convert.sh" "$build/examples/vdisk"
 check $?
