@@ -1,51 +1,111 @@
 /*
- * The copy runs as a two-stage pipeline so that reading the source overlaps
- * writing the destination: a reader thread walks the source's allocation
- * map and fills buffers with its data runs; the calling thread drops the
- * blocks the destination reads already from each buffer (all-zero blocks,
- * or for an overlay the blocks its backing image holds too) and writes the
- * rest. Zero and unallocated source runs are never read at all.
+ * The copy keeps several chunks in flight, as qemu-img convert does. The
+ * source's allocation map is cut into chunks in image order: a data run
+ * into pieces of one buffer, a zero run into a single chunk, queued only
+ * when the destination must be written there (no sparse detection, or an
+ * overlay). Zero and unallocated source runs are never read at all.
+ *
+ * A chunk is prepared in a slot: read, and its blocks sorted (those the
+ * destination reads already: all-zero, or for an overlay the same as in
+ * its backing image; zeroes over the backing image's data; data). Then it
+ * is written, strictly one chunk at a time and in image order, so that the
+ * destination's layout (a qcow2's cluster order) and the error reported
+ * never depend on thread timing.
+ *
+ * Two threads (the caller and one more) share both jobs rather than owning
+ * a stage each: a thread writes whenever the next chunk in order is
+ * prepared and nobody is writing, and otherwise prepares a new chunk. With
+ * a reader stage and a writer stage, a chunk handed over often meant
+ * waking a sleeping thread, and on a busy machine a wake-up can take
+ * longer than copying the chunk: raw->raw ran at times well below
+ * qemu-img's speed. Now the copy goes on as long as either thread runs,
+ * and uses both cores when it gets them.
  */
 #include "copy.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define BUFFER_SIZE (2u << 20) /* per read, as qemu-img convert */
-#define SLOT_COUNT 4           /* buffers in flight between the two threads */
+#define SLOT_COUNT 4           /* chunks in flight: a thread seldom finds none free */
+/*
+ * One thread writes while the other prepares. Writes are one at a time
+ * anyway; a third thread only contends for the locks (measured slower,
+ * qcow2 most).
+ */
+#define THREAD_COUNT 2
 #define BUFFER_ALIGN 4096      /* page aligned, ready for O_DIRECT backends */
 
-enum slot_kind {
-    SLOT_DATA,  /* buf holds the source bytes at offset */
-    SLOT_ZERO,  /* the source reads as zeroes here (queued with sparse_block 0 or a base) */
-    SLOT_END,   /* no more slots: the reader finished or failed */
+enum chunk_kind {
+    CHUNK_DATA, /* the source has data here: read it */
+    CHUNK_ZERO, /* the source reads as zeroes here */
+};
+
+struct chunk {
+    enum chunk_kind kind;
+    uint64_t offset;
+    uint64_t length;
+    uint64_t turn; /* its place in the write order */
+};
+
+enum block_kind {
+    BLOCK_SAME, /* the destination reads this already: leave it unallocated */
+    BLOCK_ZERO, /* write zeroes over what base shows */
+    BLOCK_DATA,
+};
+
+/* Blocks of one kind, [start, start + length) of a chunk. */
+struct run {
+    enum block_kind kind;
+    size_t start;
+    size_t length;
+};
+
+enum slot_state {
+    SLOT_FREE,
+    SLOT_PREPARING, /* a thread claims a chunk into it and prepares it */
+    SLOT_READY,     /* prepared (or failed to be: rc), waiting for its turn */
 };
 
 struct slot {
-    enum slot_kind kind;
-    uint64_t offset;
-    uint64_t length;
-    unsigned char *buf;
+    enum slot_state state;
+    struct chunk chunk;
+    unsigned char *buf;       /* the chunk's source data */
+    unsigned char *base_buf;  /* what base holds at the chunk, when there is a base */
+    struct run *runs;         /* the chunk's blocks, sorted */
+    size_t run_count;
+    int rc;                   /* preparing it failed */
+    struct copy_error error;  /* recorded by the thread that failed, as vd_errmsg() is its own */
 };
 
-/*
- * A ring of slots. The reader fills slot (filled % SLOT_COUNT) once fewer
- * than SLOT_COUNT are outstanding; the writer consumes them in order.
- */
-struct pipeline {
+struct copy {
     const struct copy_params *params;
-    pthread_mutex_t lock;
-    pthread_cond_t changed;
-    struct slot slots[SLOT_COUNT];
-    unsigned filled, consumed;
-    bool cancelled;              /* the writer failed: the reader stops */
-    int read_rc;                 /* the reader's failure, reported after SLOT_END */
-    struct copy_error read_error;
     uint64_t base_size;          /* of params->base */
-    unsigned char *base_buf;     /* the writer's: what base holds at a slot */
+    size_t block;                /* the unit of sorting: compare_block, sparse_block or 0 */
+
+    /* The walk through the source's allocation map, cut into chunks. */
+    pthread_mutex_t walk_lock;
+    uint64_t walk_offset;        /* where the next chunk starts */
+    uint64_t extent_end;         /* the end of the extent at walk_offset... */
+    uint32_t extent_flags;       /* ...and its VD_EXTENT_* flags */
+    uint64_t chunks_cut;
+    int walk_rc;                 /* the walk failed: no more chunks */
+    struct copy_error walk_error;
+
+    /* The slots and the write order. */
+    pthread_mutex_t lock;
+    pthread_cond_t slot_freed;   /* or the walk ended */
+    struct slot slots[SLOT_COUNT];
+    bool walk_done;              /* no chunks left to claim */
+    bool writing;                /* a thread is writing: the others prepare */
+    uint64_t turn;               /* the chunk to write next */
+    int rc;                      /* the first chunk that failed, in image order */
+    struct copy_error error;
+    atomic_bool failed;          /* set with rc: cut no more chunks */
 };
 
 static void record_error(struct copy_error *err, const char *action, uint64_t offset, int rc)
@@ -56,90 +116,56 @@ static void record_error(struct copy_error *err, const char *action, uint64_t of
     snprintf(err->message, sizeof err->message, "%s", why && *why ? why : vd_strerror(rc));
 }
 
-/* ----------------------------------------------------------------- reader */
+/* ------------------------------------------------------------------- walk */
 
-/* Wait for a free slot; NULL when the writer has given up. */
-static struct slot *claim_slot(struct pipeline *p)
+static int next_extent(struct copy *c)
 {
-    pthread_mutex_lock(&p->lock);
-    while (!p->cancelled && p->filled - p->consumed == SLOT_COUNT)
-        pthread_cond_wait(&p->changed, &p->lock);
-    struct slot *slot = p->cancelled ? NULL : &p->slots[p->filled % SLOT_COUNT];
-    pthread_mutex_unlock(&p->lock);
-    return slot;
-}
-
-static void publish_slot(struct pipeline *p)
-{
-    pthread_mutex_lock(&p->lock);
-    p->filled++;
-    pthread_cond_signal(&p->changed);
-    pthread_mutex_unlock(&p->lock);
-}
-
-/* Queue one run; a data run is read into the slot's buffer first. */
-static int queue_run(struct pipeline *p, enum slot_kind kind, uint64_t offset, uint64_t length)
-{
-    struct slot *slot = claim_slot(p);
-    if (!slot)
-        return VD_EINVAL; /* cancelled; the writer's error is the one reported */
-    *slot = (struct slot){ kind, offset, length, slot->buf };
-    if (kind == SLOT_DATA) {
-        int rc = vd_read(p->params->src, offset, slot->buf, (size_t)length, 0);
-        if (rc < 0) {
-            record_error(&p->read_error, "reading", offset, rc);
-            return rc;
-        }
-    }
-    publish_slot(p);
-    return 0;
-}
-
-static int queue_data(struct pipeline *p, uint64_t offset, uint64_t length)
-{
-    int rc = 0;
-    for (uint64_t done = 0; done < length && rc == 0; done += BUFFER_SIZE) {
-        uint64_t n = length - done < BUFFER_SIZE ? length - done : BUFFER_SIZE;
-        rc = queue_run(p, SLOT_DATA, offset + done, n);
-    }
-    return rc;
-}
-
-static int queue_image(struct pipeline *p)
-{
-    const struct copy_params *params = p->params;
+    const struct copy_params *params = c->params;
     vd_extent ext;
-    for (uint64_t offset = 0; offset < params->size; offset += ext.length) {
-        int rc = vd_block_status(params->src, offset, params->size - offset, &ext, 0);
-        if (rc < 0) {
-            record_error(&p->read_error, "reading block status", offset, rc);
-            return rc;
-        }
-        /* a destination without base reads as zeroes already, unless asked to allocate it */
-        if (ext.flags & VD_EXTENT_ZERO)
-            rc = params->sparse_block && !params->base
-                     ? 0 : queue_run(p, SLOT_ZERO, offset, ext.length);
-        else
-            rc = queue_data(p, offset, ext.length);
-        if (rc < 0)
-            return rc;
+    int rc = vd_block_status(params->src, c->walk_offset, params->size - c->walk_offset, &ext, 0);
+    if (rc < 0) {
+        record_error(&c->walk_error, "reading block status", c->walk_offset, rc);
+        return rc;
     }
+    c->extent_end = c->walk_offset + ext.length;
+    c->extent_flags = ext.flags;
     return 0;
 }
 
-static void *reader_main(void *arg)
+/* Cut the next chunk off the current extent; false for a zero extent the destination reads already. */
+static bool cut_chunk(struct copy *c, struct chunk *chunk)
 {
-    struct pipeline *p = arg;
-    p->read_rc = queue_image(p); /* read by the writer after pthread_join() */
-    /* an END slot needs a free slot too, but no buffer: wait unless cancelled */
-    if (claim_slot(p)) {
-        p->slots[p->filled % SLOT_COUNT].kind = SLOT_END;
-        publish_slot(p);
+    uint64_t left = c->extent_end - c->walk_offset;
+    bool zero = c->extent_flags & VD_EXTENT_ZERO;
+    /* a destination without base reads as zeroes already, unless asked to allocate it */
+    if (zero && c->params->sparse_block && !c->params->base) {
+        c->walk_offset = c->extent_end;
+        return false;
     }
-    return NULL;
+    uint64_t length = zero || left < BUFFER_SIZE ? left : BUFFER_SIZE;
+    *chunk = (struct chunk){ zero ? CHUNK_ZERO : CHUNK_DATA, c->walk_offset, length,
+                             c->chunks_cut++ };
+    c->walk_offset += length;
+    return true;
 }
 
-/* ----------------------------------------------------------------- writer */
+/* The next chunk in image order; false at the end, when the walk fails or a chunk failed. */
+static bool claim_chunk(struct copy *c, struct chunk *chunk)
+{
+    bool found = false;
+    pthread_mutex_lock(&c->walk_lock);
+    while (!found && c->walk_rc == 0 && c->walk_offset < c->params->size &&
+           !atomic_load(&c->failed)) {
+        if (c->walk_offset == c->extent_end)
+            c->walk_rc = next_extent(c);
+        else
+            found = cut_chunk(c, chunk);
+    }
+    pthread_mutex_unlock(&c->walk_lock);
+    return found;
+}
+
+/* ------------------------------------------------------------------ prepare */
 
 static bool is_zero(const unsigned char *buf, size_t len)
 {
@@ -154,11 +180,11 @@ static size_t block_length(uint64_t offset, uint64_t end, size_t block)
     return (size_t)((boundary < end ? boundary : end) - offset);
 }
 
-enum block_kind {
-    BLOCK_SAME, /* the destination reads this already: leave it unallocated */
-    BLOCK_ZERO, /* write zeroes over what base shows */
-    BLOCK_DATA,
-};
+/* The most runs a chunk can have: a partial block at each end, whole ones between. */
+static size_t max_runs(size_t block)
+{
+    return block ? BUFFER_SIZE / block + 2 : 1;
+}
 
 /* A block of the source against what the destination reads: base, or else zeroes. */
 static enum block_kind classify(const unsigned char *src, const unsigned char *base, size_t len)
@@ -170,6 +196,75 @@ static enum block_kind classify(const unsigned char *src, const unsigned char *b
     return is_zero(src, len) ? BLOCK_ZERO : BLOCK_DATA;
 }
 
+static void add_run(struct slot *s, enum block_kind kind, size_t start, size_t length)
+{
+    struct run *last = s->run_count ? &s->runs[s->run_count - 1] : NULL;
+    if (last && last->kind == kind)
+        last->length += length;
+    else
+        s->runs[s->run_count++] = (struct run){ kind, start, length };
+}
+
+/* Sort the chunk's blocks into runs; without a block size, all of it is data. */
+static void sort_blocks(const struct copy *c, struct slot *s)
+{
+    const struct chunk *chunk = &s->chunk;
+    size_t len = (size_t)chunk->length;
+    const unsigned char *base = c->params->base ? s->base_buf : NULL;
+    s->run_count = 0;
+    if (!c->block) {
+        add_run(s, BLOCK_DATA, 0, len);
+        return;
+    }
+    for (size_t pos = 0; pos < len;) {
+        size_t n = block_length(chunk->offset + pos, chunk->offset + len, c->block);
+        add_run(s, classify(s->buf + pos, base ? base + pos : NULL, n), pos, n);
+        pos += n;
+    }
+}
+
+/* What base holds at [offset, offset + len): zeroes where it reads as zeroes and past its end. */
+static int read_base(const struct copy *c, struct slot *s, uint64_t offset, size_t len)
+{
+    vd_image *base = c->params->base;
+    size_t inside = offset >= c->base_size
+                    ? 0 : (size_t)(c->base_size - offset < len ? c->base_size - offset : len);
+    memset(s->base_buf + inside, 0, len - inside);
+    vd_extent ext;
+    for (size_t pos = 0; pos < inside; pos += (size_t)ext.length) {
+        int rc = vd_block_status(base, offset + pos, inside - pos, &ext, 0);
+        if (rc == 0 && (ext.flags & VD_EXTENT_ZERO))
+            memset(s->base_buf + pos, 0, (size_t)ext.length);
+        else if (rc == 0)
+            rc = vd_read(base, offset + pos, s->base_buf + pos, (size_t)ext.length, 0);
+        if (rc < 0) {
+            record_error(&s->error, "reading the backing file", offset + pos, rc);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Read a data chunk (and what base holds there) and sort its blocks; a zero chunk needs nothing. */
+static int prepare_chunk(const struct copy *c, struct slot *s)
+{
+    const struct copy_params *params = c->params;
+    const struct chunk *chunk = &s->chunk;
+    if (chunk->kind == CHUNK_ZERO)
+        return 0;
+    int rc = vd_read(params->src, chunk->offset, s->buf, (size_t)chunk->length, 0);
+    if (rc < 0) {
+        record_error(&s->error, "reading", chunk->offset, rc);
+        return rc;
+    }
+    if (params->base && (rc = read_base(c, s, chunk->offset, (size_t)chunk->length)) < 0)
+        return rc;
+    sort_blocks(c, s);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ write */
+
 static int write_run(vd_image *dst, enum block_kind kind, uint64_t offset,
                      const unsigned char *buf, uint64_t len, struct copy_error *err)
 {
@@ -180,96 +275,46 @@ static int write_run(vd_image *dst, enum block_kind kind, uint64_t offset,
     return rc;
 }
 
-/*
- * Write a buffer block by block, leaving out the blocks the destination
- * reads already (base: what it shows there, or NULL for zeroes); each run
- * of blocks of one kind is one call.
- */
-static int write_blocks(vd_image *dst, uint64_t offset, const unsigned char *buf,
-                        const unsigned char *base, size_t len, size_t block,
-                        struct copy_error *err)
-{
-    uint64_t end = offset + len;
-    size_t run = 0, pos = 0;
-    enum block_kind run_kind = BLOCK_SAME;
-    while (pos < len) {
-        size_t n = block_length(offset + pos, end, block);
-        enum block_kind kind = classify(buf + pos, base ? base + pos : NULL, n);
-        if (kind != run_kind && pos > run) {
-            int rc = write_run(dst, run_kind, offset + run, buf + run, pos - run, err);
-            if (rc < 0)
-                return rc;
-            run = pos;
-        }
-        run_kind = kind;
-        pos += n;
-    }
-    return write_run(dst, run_kind, offset + run, buf + run, len - run, err);
-}
-
-/* What base holds at [offset, offset + len): zeroes where it reads as zeroes and past its end. */
-static int read_base(struct pipeline *p, uint64_t offset, size_t len, struct copy_error *err)
-{
-    vd_image *base = p->params->base;
-    size_t inside = offset >= p->base_size ? 0
-                    : (size_t)(p->base_size - offset < len ? p->base_size - offset : len);
-    memset(p->base_buf + inside, 0, len - inside);
-    vd_extent ext;
-    for (size_t pos = 0; pos < inside; pos += (size_t)ext.length) {
-        int rc = vd_block_status(base, offset + pos, inside - pos, &ext, 0);
-        if (rc == 0 && (ext.flags & VD_EXTENT_ZERO))
-            memset(p->base_buf + pos, 0, (size_t)ext.length);
-        else if (rc == 0)
-            rc = vd_read(base, offset + pos, p->base_buf + pos, (size_t)ext.length, 0);
-        if (rc < 0) {
-            record_error(err, "reading the backing file", offset + pos, rc);
-            return rc;
-        }
-    }
-    return 0;
-}
-
 /* Zeroes over each block of [offset, offset + len) where base_buf (base there) is not zero. */
-static int zero_base_data(struct pipeline *p, uint64_t offset, size_t len, struct copy_error *err)
+static int zero_base_data(const struct copy *c, struct slot *s, uint64_t offset, size_t len)
 {
+    vd_image *dst = c->params->dst;
     uint64_t end = offset + len;
     size_t run = 0, pos = 0; /* [run, pos): blocks to zero */
     while (pos < len) {
-        size_t n = block_length(offset + pos, end, p->params->compare_block);
-        if (is_zero(p->base_buf + pos, n)) {
-            int rc = pos > run ? write_run(p->params->dst, BLOCK_ZERO, offset + run, NULL,
-                                           pos - run, err) : 0;
+        size_t n = block_length(offset + pos, end, c->params->compare_block);
+        if (is_zero(s->base_buf + pos, n)) {
+            int rc = pos > run
+                     ? write_run(dst, BLOCK_ZERO, offset + run, NULL, pos - run, &s->error) : 0;
             if (rc < 0)
                 return rc;
             run = pos + n;
         }
         pos += n;
     }
-    return len > run ? write_run(p->params->dst, BLOCK_ZERO, offset + run, NULL, len - run, err)
-                     : 0;
+    return len > run ? write_run(dst, BLOCK_ZERO, offset + run, NULL, len - run, &s->error) : 0;
 }
 
 /* A zero run of the source over a base: zeroes wherever base does not read as zeroes. */
-static int write_zeroes_over_base(struct pipeline *p, const struct slot *slot,
-                                  struct copy_error *err)
+static int write_zeroes_over_base(const struct copy *c, struct slot *s)
 {
-    uint64_t end = slot->offset + slot->length;
-    if (end > p->base_size)
-        end = p->base_size;
+    uint64_t end = s->chunk.offset + s->chunk.length;
+    if (end > c->base_size)
+        end = c->base_size;
     vd_extent ext;
-    for (uint64_t offset = slot->offset; offset < end; offset += ext.length) {
-        int rc = vd_block_status(p->params->base, offset, end - offset, &ext, 0);
+    for (uint64_t offset = s->chunk.offset; offset < end; offset += ext.length) {
+        int rc = vd_block_status(c->params->base, offset, end - offset, &ext, 0);
         if (rc < 0) {
-            record_error(err, "reading block status of the backing file", offset, rc);
+            record_error(&s->error, "reading block status of the backing file", offset, rc);
             return rc;
         }
         if (ext.flags & VD_EXTENT_ZERO)
             continue;
         for (uint64_t done = 0; done < ext.length && rc == 0; done += BUFFER_SIZE) {
             size_t n = (size_t)(ext.length - done < BUFFER_SIZE ? ext.length - done : BUFFER_SIZE);
-            rc = read_base(p, offset + done, n, err);
+            rc = read_base(c, s, offset + done, n);
             if (rc == 0)
-                rc = zero_base_data(p, offset + done, n, err);
+                rc = zero_base_data(c, s, offset + done, n);
         }
         if (rc < 0)
             return rc;
@@ -277,108 +322,185 @@ static int write_zeroes_over_base(struct pipeline *p, const struct slot *slot,
     return 0;
 }
 
-static int write_slot(struct pipeline *p, const struct slot *slot, struct copy_error *err)
+static int write_chunk(const struct copy *c, struct slot *s)
 {
-    const struct copy_params *params = p->params;
-    if (params->base) {
-        if (slot->kind == SLOT_ZERO)
-            return write_zeroes_over_base(p, slot, err);
-        int rc = read_base(p, slot->offset, (size_t)slot->length, err);
-        return rc < 0 ? rc : write_blocks(params->dst, slot->offset, slot->buf, p->base_buf,
-                                          (size_t)slot->length, params->compare_block, err);
+    const struct copy_params *params = c->params;
+    const struct chunk *chunk = &s->chunk;
+    if (chunk->kind == CHUNK_ZERO)
+        return params->base ? write_zeroes_over_base(c, s)
+               : write_run(params->dst, BLOCK_ZERO, chunk->offset, NULL, chunk->length,
+                           &s->error);
+    int rc = 0;
+    for (size_t i = 0; i < s->run_count && rc == 0; i++) {
+        const struct run *run = &s->runs[i];
+        rc = write_run(params->dst, run->kind, chunk->offset + run->start, s->buf + run->start,
+                       run->length, &s->error);
     }
-    if (slot->kind == SLOT_ZERO)
-        return write_run(params->dst, BLOCK_ZERO, slot->offset, NULL, slot->length, err);
-    if (params->sparse_block == 0)
-        return write_run(params->dst, BLOCK_DATA, slot->offset, slot->buf, slot->length, err);
-    return write_blocks(params->dst, slot->offset, slot->buf, NULL, (size_t)slot->length,
-                        params->sparse_block, err);
+    return rc;
 }
 
-static struct slot *next_filled_slot(struct pipeline *p)
+/*
+ * Write a prepared chunk in its turn (or report why it could not be
+ * prepared), unless an earlier one failed. Only the writing thread gets
+ * here: c->rc, c->error and the progress are its own.
+ */
+static void finish_chunk(struct copy *c, struct slot *s)
 {
-    pthread_mutex_lock(&p->lock);
-    while (p->filled == p->consumed)
-        pthread_cond_wait(&p->changed, &p->lock);
-    struct slot *slot = &p->slots[p->consumed % SLOT_COUNT];
-    pthread_mutex_unlock(&p->lock);
-    return slot;
+    if (c->rc < 0)
+        return;
+    int rc = s->rc < 0 ? s->rc : write_chunk(c, s);
+    if (rc < 0) {
+        c->rc = rc;
+        c->error = s->error;
+        atomic_store(&c->failed, true);
+    } else {
+        progress_update(c->params->progress, s->chunk.offset + s->chunk.length, c->params->size);
+    }
 }
 
-static void release_slot(struct pipeline *p, bool cancel)
+/* ---------------------------------------------------------------- threads */
+
+/* The slot in the given state, and with the chunk whose turn it is when READY; or NULL. */
+static struct slot *find_slot(struct copy *c, enum slot_state state)
 {
-    pthread_mutex_lock(&p->lock);
-    p->consumed++;
-    p->cancelled |= cancel;
-    pthread_cond_signal(&p->changed);
-    pthread_mutex_unlock(&p->lock);
+    for (int i = 0; i < SLOT_COUNT; i++) {
+        struct slot *s = &c->slots[i];
+        if (s->state == state && (state != SLOT_READY || s->chunk.turn == c->turn))
+            return s;
+    }
+    return NULL;
 }
 
-/* Write the queued slots until END or an error. */
-static int drain(struct pipeline *p, struct copy_error *err)
+/* With the lock held: write the chunks that are ready, in order, releasing the lock meanwhile. */
+static void write_ready_chunks(struct copy *c)
 {
-    const struct copy_params *params = p->params;
+    struct slot *s;
+    c->writing = true;
+    while ((s = find_slot(c, SLOT_READY))) {
+        pthread_mutex_unlock(&c->lock);
+        finish_chunk(c, s);
+        pthread_mutex_lock(&c->lock);
+        s->state = SLOT_FREE;
+        c->turn++;
+        pthread_cond_signal(&c->slot_freed);
+    }
+    c->writing = false;
+}
+
+/* With the lock held: claim and prepare a chunk in a free slot, releasing the lock meanwhile. */
+static void prepare_in_slot(struct copy *c, struct slot *s)
+{
+    s->state = SLOT_PREPARING;
+    pthread_mutex_unlock(&c->lock);
+    bool claimed = claim_chunk(c, &s->chunk);
+    if (claimed)
+        s->rc = prepare_chunk(c, s);
+    pthread_mutex_lock(&c->lock);
+    s->state = claimed ? SLOT_READY : SLOT_FREE;
+    if (!claimed) {
+        c->walk_done = true;
+        pthread_cond_broadcast(&c->slot_freed); /* the threads waiting for a slot can stop */
+    }
+}
+
+/*
+ * Write when the next chunk is ready and nobody writes, else prepare one;
+ * wait only when all slots are taken. The thread that makes the next chunk
+ * ready, or the one writing meanwhile, writes it: none is left behind.
+ */
+static void *copy_thread(void *arg)
+{
+    struct copy *c = arg;
+    pthread_mutex_lock(&c->lock);
     for (;;) {
-        struct slot *slot = next_filled_slot(p);
-        if (slot->kind == SLOT_END) {
-            release_slot(p, false);
-            return 0;
-        }
-        int rc = write_slot(p, slot, err);
-        uint64_t done = slot->offset + slot->length;
-        release_slot(p, rc < 0);
-        if (rc < 0)
-            return rc;
-        progress_update(params->progress, done, params->size);
+        struct slot *s;
+        if (!c->writing && find_slot(c, SLOT_READY))
+            write_ready_chunks(c);
+        else if (c->walk_done)
+            break;
+        else if ((s = find_slot(c, SLOT_FREE)))
+            prepare_in_slot(c, s);
+        else
+            pthread_cond_wait(&c->slot_freed, &c->lock);
     }
+    pthread_mutex_unlock(&c->lock);
+    return NULL;
+}
+
+/* The calling thread copies too; a thread that cannot be started only means less overlap. */
+static void run_threads(struct copy *c)
+{
+    pthread_t threads[THREAD_COUNT - 1];
+    int started = 0;
+    while (started < THREAD_COUNT - 1 &&
+           pthread_create(&threads[started], NULL, copy_thread, c) == 0)
+        started++;
+    copy_thread(c);
+    for (int i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
 }
 
 /* ------------------------------------------------------------------ setup */
 
-/* A buffer per slot, and one more for the base's data when there is a base. */
-static int alloc_buffers(struct pipeline *p, struct copy_error *err)
+static int out_of_memory(struct copy_error *err)
 {
+    *err = (struct copy_error){ .action = "allocating buffers" };
+    snprintf(err->message, sizeof err->message, "%s", vd_strerror(VD_ENOMEM));
+    return VD_ENOMEM;
+}
+
+/* Per slot: a data buffer, with a base one for the base's data, and the runs. */
+static int alloc_buffers(struct copy *c, struct copy_error *err)
+{
+    size_t per_slot = c->params->base ? 2 : 1, runs_per_slot = max_runs(c->block);
     void *mem;
-    size_t count = SLOT_COUNT + (p->params->base != NULL);
-    if (posix_memalign(&mem, BUFFER_ALIGN, count * BUFFER_SIZE) != 0) {
-        *err = (struct copy_error){ .action = "allocating buffers" };
-        snprintf(err->message, sizeof err->message, "%s", vd_strerror(VD_ENOMEM));
-        return VD_ENOMEM;
+    if (posix_memalign(&mem, BUFFER_ALIGN, SLOT_COUNT * per_slot * BUFFER_SIZE) != 0)
+        return out_of_memory(err);
+    struct run *runs = calloc(SLOT_COUNT * runs_per_slot, sizeof *runs);
+    if (!runs) {
+        free(mem);
+        return out_of_memory(err);
     }
-    for (int i = 0; i < SLOT_COUNT; i++)
-        p->slots[i].buf = (unsigned char *)mem + (size_t)i * BUFFER_SIZE;
-    if (p->params->base)
-        p->base_buf = (unsigned char *)mem + (size_t)SLOT_COUNT * BUFFER_SIZE;
+    for (size_t i = 0; i < SLOT_COUNT; i++) {
+        struct slot *s = &c->slots[i];
+        s->buf = (unsigned char *)mem + i * per_slot * BUFFER_SIZE;
+        s->base_buf = c->params->base ? s->buf + BUFFER_SIZE : NULL;
+        s->runs = runs + i * runs_per_slot;
+    }
     return 0;
+}
+
+static void free_buffers(struct copy *c)
+{
+    free(c->slots[0].buf);
+    free(c->slots[0].runs);
 }
 
 int copy_image(const struct copy_params *params, struct copy_error *err)
 {
-    struct pipeline p = { .params = params };
-    int rc = params->base ? vd_get_size(params->base, &p.base_size) : 0;
+    struct copy c = {
+        .params = params,
+        .block = params->base ? params->compare_block : params->sparse_block,
+    };
+    atomic_init(&c.failed, false);
+    int rc = params->base ? vd_get_size(params->base, &c.base_size) : 0;
     if (rc < 0) {
         record_error(err, "reading the size of the backing file", 0, rc);
         return rc;
     }
-    if ((rc = alloc_buffers(&p, err)) < 0)
+    if ((rc = alloc_buffers(&c, err)) < 0)
         return rc;
-    pthread_mutex_init(&p.lock, NULL);
-    pthread_cond_init(&p.changed, NULL);
-    pthread_t reader;
-    if (pthread_create(&reader, NULL, reader_main, &p) != 0) {
-        *err = (struct copy_error){ .action = "starting the reader thread" };
-        snprintf(err->message, sizeof err->message, "%s", vd_strerror(VD_ENOMEM));
-        rc = VD_ENOMEM;
-    } else {
-        rc = drain(&p, err);
-        pthread_join(reader, NULL);
-        if (rc == 0 && p.read_rc < 0) {
-            *err = p.read_error;
-            rc = p.read_rc;
-        }
-    }
-    pthread_cond_destroy(&p.changed);
-    pthread_mutex_destroy(&p.lock);
-    free(p.slots[0].buf);
+    pthread_mutex_init(&c.walk_lock, NULL);
+    pthread_mutex_init(&c.lock, NULL);
+    pthread_cond_init(&c.slot_freed, NULL);
+    run_threads(&c);
+    /* a chunk that failed comes before the walk's failure, which ended the chunks */
+    rc = c.rc < 0 ? c.rc : c.walk_rc;
+    if (rc < 0)
+        *err = c.rc < 0 ? c.error : c.walk_error;
+    pthread_cond_destroy(&c.slot_freed);
+    pthread_mutex_destroy(&c.lock);
+    pthread_mutex_destroy(&c.walk_lock);
+    free_buffers(&c);
     return rc;
 }
