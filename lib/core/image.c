@@ -35,7 +35,7 @@ static int probe_file(vd_file *file, const struct vd_backend **out)
     const char *unsupported = be ? NULL : vd_recognize_unsupported(head, sizeof head, size);
     if (unsupported) /* never raw: the guest would see (and could overwrite) its metadata */
         return vd_err(VD_EUNSUPPORTED, "%s: this looks like a %s image, a format libvdisk "
-                      "cannot open yet", file->path, unsupported);
+                      "does not support", file->path, unsupported);
     *out = be ? be : &vd_backend_raw;
     return 0;
 }

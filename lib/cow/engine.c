@@ -264,6 +264,25 @@ int vd_cow_discard(vd_image *img, uint64_t off, uint64_t len)
     return zero_range(img, off, len, VD_COW_DISCARD);
 }
 
+/*
+ * An allocated cluster over a hole in the host file (preallocation=metadata,
+ * or a discard punched through) holds data that reads as zeroes: say both, as
+ * QEMU does, so copies can skip it. The extent is cut where the host file
+ * changes between hole and data.
+ */
+static int mark_host_holes(vd_image *img, vd_extent *ext)
+{
+    bool is_data;
+    uint64_t end;
+    int rc = vd_file_extent(vd_image_data(img), ext->host_offset, &is_data, &end);
+    if (rc < 0 || end <= ext->host_offset) /* past the end of the file: reads will say so */
+        return rc < 0 ? rc : 0;
+    ext->length = min_u64(ext->length, end - ext->host_offset);
+    if (!is_data)
+        ext->flags |= VD_EXTENT_ZERO;
+    return 0;
+}
+
 int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext)
 {
     struct vd_cow_run run;
@@ -277,7 +296,7 @@ int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ex
     case VD_COW_DATA:
         ext->flags = VD_EXTENT_DATA | VD_EXTENT_ALLOCATED;
         ext->host_offset = run.host;
-        return 0;
+        return mark_host_holes(img, ext);
     case VD_COW_COMPRESSED:
         ext->flags = VD_EXTENT_DATA | VD_EXTENT_ALLOCATED;
         return 0;

@@ -41,12 +41,24 @@ static int probe_vdi(const uint8_t *h, size_t len, uint64_t size)
     return len >= 0x44 && vd_le32(h + 0x40) == 0xbeda107fu ? 100 : 0;
 }
 
-static int probe_other(const uint8_t *h, size_t len, uint64_t size)
+static int probe_bochs(const uint8_t *h, size_t len, uint64_t size)
 {
-    return starts_with(h, len, "Bochs Virtual HD Image") ||
-           starts_with(h, len, "#!/bin/sh\n#V2.0 Format\n") ||        /* cloop */
-           starts_with(h, len, "WithoutFreeSpace") || starts_with(h, len, "WithouFreSpacExt") ||
-           starts_with(h, len, "QED\0") ? 100 : 0;
+    return starts_with(h, len, "Bochs Virtual HD Image") ? 100 : 0;
+}
+
+static int probe_cloop(const uint8_t *h, size_t len, uint64_t size)
+{
+    return starts_with(h, len, "#!/bin/sh\n#V2.0 Format\n") ? 100 : 0;
+}
+
+static int probe_parallels(const uint8_t *h, size_t len, uint64_t size)
+{
+    return starts_with(h, len, "WithoutFreeSpace") || starts_with(h, len, "WithouFreSpacExt") ? 100 : 0;
+}
+
+static int probe_qed(const uint8_t *h, size_t len, uint64_t size)
+{
+    return len >= 4 && memcmp(h, "QED", 4) == 0 ? 100 : 0;
 }
 
 static const struct recognized {
@@ -54,7 +66,8 @@ static const struct recognized {
     int (*probe)(const uint8_t *head, size_t len, uint64_t file_size);
 } recognized[] = {
     { "qcow", probe_qcow1 }, { "vmdk", probe_vmdk }, { "vpc", probe_vpc },
-    { "vhdx", probe_vhdx }, { "vdi", probe_vdi }, { "unsupported", probe_other },
+    { "vhdx", probe_vhdx }, { "vdi", probe_vdi }, { "bochs", probe_bochs },
+    { "cloop", probe_cloop }, { "parallels", probe_parallels }, { "qed", probe_qed },
 };
 
 const char *vd_recognize_unsupported(const uint8_t *head, size_t len, uint64_t file_size)

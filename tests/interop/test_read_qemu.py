@@ -137,8 +137,6 @@ def test_map_agrees_on_every_kind_of_cluster(tmp_path):
     assert ours == theirs
 
 
-@pytest.mark.xfail(strict=True, reason="libvdisk bug: block status does not report "
-                   "zero for allocated clusters over holes in the host file")
 def test_map_zero_over_preallocated_holes(tmp_path):
     """preallocation=metadata leaves the data clusters as holes in the file:
     qemu-img map says data and zero; the whole disk reads as zeroes."""

@@ -26,6 +26,7 @@ struct checker {
     uint64_t nclusters;      /* clusters in the file */
     uint64_t next_contiguous;
     uint64_t end_cluster;    /* past the last cluster referenced or with a stored refcount */
+    uint64_t past_eof_end;   /* past the last cluster referenced beyond the end of the file */
     bool rebuild;            /* the refcount structures cannot be repaired in place */
 };
 
@@ -52,6 +53,8 @@ static void add_ref(struct checker *c, uint64_t off, uint64_t len)
         say(c, "ERROR: counting reference for region exceeding the end of the file by one cluster "
                "or more: offset 0x%llx size 0x%llx", (unsigned long long)off, (unsigned long long)len);
         c->res->corruptions++;
+        if (off + len > off && last + 1 > c->past_eof_end)
+            c->past_eof_end = last + 1;
         return;
     }
     for (uint64_t i = first; i <= last; i++)
@@ -366,7 +369,10 @@ static int rebuild_refcounts(struct checker *c)
         if (q->rt[i] && q->rt[i] / cs < c->nclusters)
             c->refs[q->rt[i] / cs]--;
 
-    uint64_t start = c->nclusters, nblocks = 1, table_clusters = 1;
+    /* never where a table entry points past the end of the file: a write
+       through that entry would land on the new structures */
+    uint64_t start = c->nclusters > c->past_eof_end ? c->nclusters : c->past_eof_end;
+    uint64_t nblocks = 1, table_clusters = 1;
     for (;;) {
         uint64_t end = start + table_clusters + nblocks;
         uint64_t need_blocks = (end + q->rb_entries - 1) / q->rb_entries;
@@ -482,6 +488,12 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
     /* COPIED flags follow the refcounts: fix them only once the refcounts are right */
     if (rc == 0)
         check_copied_flags(&c, (flags & VD_CHECK_REPAIR_ALL) || !res->corruptions ? flags : 0);
+    /* clusters that entries name past the end of the file are not free: new
+       ones come after them, so no two guest clusters end up sharing one */
+    if (c.past_eof_end > c.nclusters) {
+        q->claimed_first = c.nclusters;
+        q->claimed_end = c.past_eof_end;
+    }
     free(c.refs);
     return rc;
 }

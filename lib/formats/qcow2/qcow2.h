@@ -135,6 +135,9 @@ struct qcow2 {
 
     uint64_t free_hint;       /* no free cluster below this index */
     uint64_t alloc_end;       /* no cluster is allocated at or past this index */
+    /* [claimed_first, claimed_end): clusters past the end of the file that table
+       entries name (found by a check); never handed out, so nothing aliases them */
+    uint64_t claimed_first, claimed_end;
     uint64_t *pending_frees;  /* host clusters whose refcount drops at the next flush */
     size_t npending, pending_cap;
 };

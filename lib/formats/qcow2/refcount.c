@@ -202,6 +202,12 @@ static int add_self_describing_block(vd_image *img, struct qcow2 *q, uint64_t cl
     return publish_rt_entries(img, q, ti, ti);
 }
 
+/* Where runs laid out at the end of the file may start: past every allocated or claimed cluster. */
+static uint64_t end_of_allocation(const struct qcow2 *q)
+{
+    return q->alloc_end > q->claimed_end ? q->alloc_end : q->claimed_end;
+}
+
 /*
  * Move the refcount table to the end of the file with room for at least
  * min_entries entries. The new table and any refcount blocks it needs for
@@ -210,7 +216,7 @@ static int add_self_describing_block(vd_image *img, struct qcow2 *q, uint64_t cl
 static int grow_refcount_table(vd_image *img, struct qcow2 *q, uint64_t min_entries)
 {
     const uint64_t cs = q->cluster_size, per_table_cluster = cs / 8;
-    uint64_t start = q->alloc_end;
+    uint64_t start = end_of_allocation(q);
     uint64_t entries = q->rt_entries * 2 > min_entries ? q->rt_entries * 2 : min_entries;
     uint64_t table_clusters, nblocks = 0;
     for (;;) {
@@ -302,7 +308,7 @@ static int alloc_at_end(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t
 {
     uint64_t start, nblocks, end;
     for (;;) {
-        start = q->alloc_end;
+        start = end_of_allocation(q);
         nblocks = 0;
         for (;;) {
             end = start + nblocks + count;
@@ -349,6 +355,11 @@ static int find_free_run(vd_image *img, struct qcow2 *q, uint64_t from, uint64_t
     uint64_t run = 0;
     for (uint64_t c = from;; c++) {
         uint64_t refcount;
+        if (c >= q->claimed_first && c < q->claimed_end) {
+            c = q->claimed_end - 1;
+            run = 0;
+            continue;
+        }
         if (c >= q->alloc_end) { /* everything from here on is free */
             *first = run ? c - run : c;
             return 0;
