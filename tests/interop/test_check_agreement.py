@@ -4,10 +4,11 @@ import shutil
 
 import pytest
 
+import libvdisk
 from qcow2meta import COPIED, OFFSET_MASK, Qcow2
 from vdhelp import (CHECK_REPAIR_ALL, CHECK_REPAIR_LEAKS, RDWR, REPAIR, MiB, NO_LOCK,
                     assert_qemu_clean, open_handle, qemu_check, qemu_img, qemu_io, qemu_raw,
-                    vd_check_handle)
+                    run, vd_check_handle, QEMU_IMG)
 
 DATA_AT = 3 * MiB + 4096  # a guest offset holding data in every base image
 
@@ -86,24 +87,12 @@ def subcluster_bitmap_invalid(q):
     q.pwrite(where + 8, (bitmap | (bitmap << 32)).to_bytes(8, "big"))
 
 
-def count_bug(reason):
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason="libvdisk bug: " + reason)
-
-
 CORRUPTIONS = [leak, refcount_zero, refcount_too_high, copied_cleared, copied_set_on_shared,
                l1_copied_cleared, l2_table_refcount_zero, two_leaks_and_an_error,
                double_reference, refcount_block_refcount_zero,
-               pytest.param(l2_entry_misaligned, marks=count_bug(
-                   "a misaligned L2 entry: qemu counts a reference to the clusters it "
-                   "overlaps (2 corruptions, 0 leaks); libvdisk counts 1 corruption, 1 leak")),
-               pytest.param(l2_entry_past_eof, marks=count_bug(
-                   "an L2 entry past EOF: qemu also reports OFLAG_COPIED with refcount 0 "
-                   "(2 corruptions); libvdisk 1")),
-               pytest.param(subcluster_bitmap_invalid, marks=count_bug(
-                   "a subcluster both allocated and zero is not reported (qemu: 1 "
-                   "corruption) and reads as zeroes instead of failing"))]
-# qemu-img's own repair cannot make these clean either
-UNREPAIRABLE = {l2_entry_misaligned, l2_entry_past_eof}
+               l2_entry_misaligned, l2_entry_past_eof, subcluster_bitmap_invalid]
+# qemu-img's own repair cannot make these clean either (nor read the last one)
+UNREPAIRABLE = {l2_entry_misaligned, l2_entry_past_eof, subcluster_bitmap_invalid}
 
 
 def name_of(value):
@@ -184,3 +173,19 @@ def test_repair_needs_a_writable_handle(tmp_path):
         rc, counts, _ = vd_check_handle(handle, CHECK_REPAIR_LEAKS)
     assert rc < 0
     assert qemu_check(path)[1]["leaks"] == 1  # nothing was changed
+
+
+def test_invalid_subcluster_bitmap_fails_reads_as_in_qemu(tmp_path):
+    """A cluster whose subclusters are both allocated and zero is corrupt:
+    qemu-img cannot read it, and neither read nor copy goes through libvdisk."""
+    path = tmp_path / "c.qcow2"
+    make_base(path, "cluster_size=64k,extended_l2=on")
+    with Qcow2(path) as q:
+        subcluster_bitmap_invalid(q)
+    r = run(QEMU_IMG, "convert", "-O", "raw", path, tmp_path / "q.raw", check=False)
+    assert r.returncode == 1 and "Invalid cluster entry" in r.stderr, r.stderr
+    with libvdisk.open(path) as img:
+        assert img.pread(0, 4096) == b"\x5a" * 4096  # the rest of the disk reads
+        with pytest.raises(libvdisk.CorruptImage) as err:
+            img.pread(DATA_AT, 4096)
+    assert "subcluster bitmap" in str(err.value) and path.name in str(err.value)

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_BITMAP_DIR_BYTES   (64u << 20)
 #define MAX_BITMAP_TABLE_SIZE  0x8000000u
 #define BITMAP_ENTRY_BYTES     24
 
@@ -97,18 +96,18 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active)
         }
         uint64_t reserved = QCOW2_L2_RESERVED | (q->version < 3 ? QCOW2_OFLAG_ZERO : 0);
         if (word & reserved) {
-            say(c, "ERROR found L2 entry with reserved bits set: 0x%llx", (unsigned long long)word);
+            say(c, "ERROR found l2 entry with reserved bits set: %llx", (unsigned long long)word);
             c->res->corruptions++;
         }
         uint64_t host = word & QCOW2_OFFSET_MASK;
         bool data_file_zero = qcow2_has_data_file(q) && (word & QCOW2_OFLAG_COPIED);
         if (!host && !data_file_zero) /* host 0 is guest cluster 0 only in a data file */
             continue;
+        /* misaligned: still counted, as qemu-img does, over the clusters it straddles */
         if (host & (cs - 1)) {
-            say(c, "ERROR offset=%llx: Cluster is not properly aligned; L2 entry corrupted",
+            say(c, "ERROR offset=%llx: Data cluster is not properly aligned; L2 entry corrupted.",
                 (unsigned long long)host);
             c->res->corruptions++;
-            continue;
         }
         if (!qcow2_has_data_file(q))
             add_ref(c, host, cs);
@@ -130,22 +129,22 @@ static int walk_l1(struct checker *c, const uint64_t *l1, uint32_t l1_size, uint
     for (uint32_t i = 0; i < l1_size; i++) {
         uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
         if (l1[i] & QCOW2_L1_RESERVED) {
-            say(c, "ERROR found L1 entry with reserved bits set: 0x%llx", (unsigned long long)l1[i]);
+            say(c, "ERROR found L1 entry with reserved bits set: %llx", (unsigned long long)l1[i]);
             c->res->corruptions++;
         }
-        if (!l2)
+        /* an entry of flags only names an L2 table at offset 0 (the header) for
+           qemu-img check; reads treat it as unallocated, as QEMU's do */
+        if (!l1[i])
             continue;
+        add_ref(c, l2, q->cluster_size); /* reports a table past the end of the file */
         if (l2 & (q->cluster_size - 1)) {
             say(c, "ERROR l2_offset=%llx: Table is not cluster aligned; L1 entry corrupted",
                 (unsigned long long)l2);
             c->res->corruptions++;
             continue;
         }
-        if (l2 / q->cluster_size >= c->nclusters) {
-            add_ref(c, l2, q->cluster_size); /* reports it */
+        if (l2 / q->cluster_size >= c->nclusters)
             continue;
-        }
-        add_ref(c, l2, q->cluster_size);
         uint8_t *table;
         int rc = vd_cache_get(q->l2_cache, l2, false, (void **)&table);
         if (rc < 0) {
@@ -187,7 +186,7 @@ static void walk_bitmaps(struct checker *c, const struct qcow2_ext *ext)
     if (!(c->q->autoclear & QCOW2_AUTOCLEAR_BITMAPS) || ext->len < 24)
         return;
     uint64_t dir_size = vd_be64(ext->data + 8), dir_offset = vd_be64(ext->data + 16);
-    if (dir_size > MAX_BITMAP_DIR_BYTES) {
+    if (dir_size > QCOW2_MAX_BITMAP_DIR_BYTES) {
         c->res->check_errors++;
         return;
     }
@@ -308,8 +307,7 @@ static void check_copied_flags(struct checker *c, uint32_t flags)
     bool repair = (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) != 0;
     for (uint32_t i = 0; i < q->l1_size; i++) {
         uint64_t l2 = q->l1[i] & QCOW2_OFFSET_MASK, refcount;
-        if (!l2 || (l2 & (q->cluster_size - 1)) || l2 / q->cluster_size >= c->nclusters ||
-            qcow2_get_refcount(c->img, q, l2 / q->cluster_size, &refcount) < 0)
+        if (!l2 || qcow2_get_refcount(c->img, q, l2 / q->cluster_size, &refcount) < 0)
             continue;
         if (!!(q->l1[i] & QCOW2_OFLAG_COPIED) != (refcount == 1)) {
             say(c, "%s OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%llx refcount=%llu",
@@ -323,16 +321,17 @@ static void check_copied_flags(struct checker *c, uint32_t flags)
             }
         }
         uint8_t *table;
+        if ((l2 & (q->cluster_size - 1)) || l2 / q->cluster_size >= c->nclusters)
+            continue; /* reported by the count; nothing to read */
         if (vd_cache_get(q->l2_cache, l2, false, (void **)&table) < 0) {
             c->res->check_errors++;
             continue;
         }
+        /* entries past the end of the file have refcount 0: their COPIED flag is wrong too */
         for (uint64_t j = 0; j < q->l2_entries; j++) {
             uint8_t *p = table + j * q->l2_entry_bytes;
             uint64_t word = vd_be64(p), host = word & QCOW2_OFFSET_MASK;
             if (qcow2_has_data_file(q) || (word & QCOW2_OFLAG_COMPRESSED) || !host ||
-                (host & (q->cluster_size - 1)) ||
-                host / q->cluster_size >= c->nclusters ||
                 qcow2_get_refcount(c->img, q, host / q->cluster_size, &refcount) < 0)
                 continue;
             if (!!(word & QCOW2_OFLAG_COPIED) == (refcount == 1))
@@ -392,7 +391,8 @@ static int rebuild_refcounts(struct checker *c)
     for (uint64_t b = 0; b < nblocks && rc == 0; b++) {
         memset(buf, 0, (size_t)cs);
         for (uint64_t i = b * q->rb_entries; i < (b + 1) * q->rb_entries && i < end; i++) {
-            uint64_t value = i >= start ? 1 : c->refs[i];
+            /* the new structures; the file's clusters; the gap up to them is free */
+            uint64_t value = i >= start ? 1 : i < c->nclusters ? c->refs[i] : 0;
             qcow2_refblock_set(buf, i % q->rb_entries, q->refcount_order,
                                value > q->refcount_max ? q->refcount_max : value);
         }
@@ -448,6 +448,31 @@ static int rebuild_refcounts(struct checker *c)
     return rc;
 }
 
+/* Snapshot table entries that lack what version 3 requires (repaired by -r all). */
+static int check_snapshot_entries(struct checker *c, uint32_t flags)
+{
+    struct qcow2 *q = c->q;
+    /* rewriting the table allocates: only once the refcounts can be trusted */
+    bool repair = (flags & VD_CHECK_REPAIR_ALL) && !c->res->corruptions;
+    uint32_t incomplete = 0;
+    for (uint32_t i = 0; i < q->nb_snapshots; i++) {
+        if (!qcow2_snapshot_incomplete(q, &q->snapshots[i]))
+            continue;
+        say(c, "%s snapshot table entry %u is incomplete", repair ? "Repairing" : "ERROR", i);
+        incomplete++;
+    }
+    if (!incomplete)
+        return 0;
+    if (!repair) {
+        c->res->corruptions += incomplete;
+        return 0;
+    }
+    int rc = qcow2_complete_snapshots(c->img, q);
+    if (rc == 0)
+        c->res->corruptions_fixed += incomplete;
+    return rc;
+}
+
 /* One pass: count, compare, check flags (repairing per flags). */
 static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
                       vd_check_report_fn report, void *ctx)
@@ -488,6 +513,8 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
     /* COPIED flags follow the refcounts: fix them only once the refcounts are right */
     if (rc == 0)
         check_copied_flags(&c, (flags & VD_CHECK_REPAIR_ALL) || !res->corruptions ? flags : 0);
+    if (rc == 0)
+        rc = check_snapshot_entries(&c, flags);
     /* clusters that entries name past the end of the file are not free: new
        ones come after them, so no two guest clusters end up sharing one */
     if (c.past_eof_end > c.nclusters) {

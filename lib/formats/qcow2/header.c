@@ -73,6 +73,31 @@ static char *dup_string(const uint8_t *p, size_t len)
     return s;
 }
 
+/*
+ * The bitmaps extension, kept verbatim (we neither use nor change bitmaps),
+ * is still validated as QEMU validates it, so that an image QEMU refuses is
+ * not quietly accepted here. Its fields only matter while the autoclear bit
+ * says the bitmaps are consistent.
+ */
+static int check_bitmaps_ext(vd_image *img, const struct qcow2 *q, const uint8_t *data, uint32_t len)
+{
+    if (len != 24)
+        return corrupt_header(img, "bitmaps extension has an invalid length");
+    if (!(q->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
+        return 0;
+    uint32_t nb_bitmaps = vd_be32(data);
+    uint64_t dir_size = vd_be64(data + 8), dir_offset = vd_be64(data + 16);
+    if (vd_be32(data + 4))
+        return corrupt_header(img, "bitmaps extension: reserved field is not zero");
+    if (nb_bitmaps == 0 || nb_bitmaps > QCOW2_MAX_BITMAPS)
+        return corrupt_header(img, "bitmaps extension: the number of bitmaps is out of range");
+    if (dir_offset & ((1ull << q->cluster_bits) - 1)) /* parsed before the sizes are derived */
+        return corrupt_header(img, "bitmaps extension: the bitmap directory is not cluster aligned");
+    if (dir_size > QCOW2_MAX_BITMAP_DIR_BYTES)
+        return corrupt_header(img, "bitmaps extension: the bitmap directory is too large");
+    return 0;
+}
+
 /* Parse the extension area [start, end) of the first cluster. */
 static int parse_extensions(vd_image *img, struct qcow2 *q, const uint8_t *hdr,
                             uint64_t start, uint64_t end)
@@ -85,6 +110,9 @@ static int parse_extensions(vd_image *img, struct qcow2 *q, const uint8_t *hdr,
         if (len > end - pos - 8)
             return corrupt_header(img, "header extension is past the end of the header cluster");
         const uint8_t *data = hdr + pos + 8;
+        int rc = type == QCOW2_EXT_BITMAPS ? check_bitmaps_ext(img, q, data, len) : 0;
+        if (rc < 0)
+            return rc;
         if (type == QCOW2_EXT_BACKING_FMT) {
             if (len > QCOW2_MAX_BACKING_NAME)
                 return corrupt_header(img, "backing format name is too long");

@@ -42,6 +42,9 @@
 #define QCOW2_AUTOCLEAR_DATA_RAW   (1ull << 1)
 
 /* Header extension types */
+#define QCOW2_MAX_BITMAPS          65535u
+#define QCOW2_MAX_BITMAP_DIR_BYTES (64u << 20)
+
 #define QCOW2_EXT_END          0x00000000u
 #define QCOW2_EXT_BACKING_FMT  0xe2792acau
 #define QCOW2_EXT_FEATURES     0x6803f857u
@@ -205,6 +208,10 @@ int qcow2_refcounts_durable(void *img);
 /* snapshot.c */
 int qcow2_read_snapshots(vd_image *img, struct qcow2 *q);
 void qcow2_free_snapshots(struct qcow2 *q);
+/* A version 3 entry without the 16 bytes of extra data the spec requires. */
+bool qcow2_snapshot_incomplete(const struct qcow2 *q, const struct qcow2_snapshot *sn);
+/* Fill in what incomplete entries lack and rewrite the snapshot table. */
+int qcow2_complete_snapshots(vd_image *img, struct qcow2 *q);
 /* Replace the active L1 table in memory with a snapshot's, for a read-only view of it. */
 int qcow2_view_snapshot(vd_image *img, struct qcow2 *q, const char *id_or_name);
 size_t qcow2_snapshot_count(vd_image *img);

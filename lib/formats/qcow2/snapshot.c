@@ -384,6 +384,35 @@ static int publish_table(vd_image *img, struct qcow2 *q, struct qcow2_snapshot *
     return rc;
 }
 
+bool qcow2_snapshot_incomplete(const struct qcow2 *q, const struct qcow2_snapshot *sn)
+{
+    return q->version >= 3 && sn->extra_size < 16;
+}
+
+/*
+ * Version 3 requires every entry's extra data to hold at least the 64-bit VM
+ * state size and the disk size: give the entries that lack them both (as
+ * read: the disk size defaulted to the image's) and rewrite the table.
+ */
+int qcow2_complete_snapshots(vd_image *img, struct qcow2 *q)
+{
+    for (uint32_t i = 0; i < q->nb_snapshots; i++) {
+        struct qcow2_snapshot *sn = &q->snapshots[i];
+        if (!qcow2_snapshot_incomplete(q, sn))
+            continue;
+        uint8_t *extra = calloc(1, 16);
+        if (!extra)
+            return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+        memcpy(extra, sn->extra, sn->extra_size);
+        vd_put_be64(extra, sn->vm_state_size);
+        vd_put_be64(extra + 8, sn->disk_size);
+        free(sn->extra);
+        sn->extra = extra;
+        sn->extra_size = 16;
+    }
+    return publish_table(img, q, q->snapshots, q->nb_snapshots);
+}
+
 /* ------------------------------------------------------------- operations */
 
 static char *next_id(const struct qcow2 *q)
