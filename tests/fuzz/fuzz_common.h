@@ -45,16 +45,6 @@ void fuzz_report(void *ctx, const char *message);
 /* Print when FUZZ_VERBOSE=1. */
 void fuzz_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/*
- * Library bugs found but not fixed yet. So that the suite stays green, a
- * target steps around the bug named id (narrowly, where it would report it)
- * while fuzz_known_bug(id) is true: always, unless FUZZ_KNOWN_BUGS=report.
- * Every id has its reproducer in tests/fuzz/regressions-pending/ (see the
- * README there); once the bug is fixed, delete the step-around and move the
- * reproducer to tests/fuzz/regressions/.
- */
-bool fuzz_known_bug(const char *id);
-
 /* Install the in-memory opener; call from LLVMFuzzerInitialize or the first input. */
 void fuzz_init(void);
 

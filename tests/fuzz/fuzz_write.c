@@ -73,7 +73,7 @@ static int open_rw(vd_image **img, uint32_t *flags)
     return rc;
 }
 
-/* The first broken expectation of this input (reported at the end, unless a known bug explains it). */
+/* The first broken expectation of this input (reported at the end). */
 static char failure[512];
 
 #define EXPECT(cond, ...)                                                      \

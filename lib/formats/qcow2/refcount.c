@@ -221,6 +221,8 @@ static int grow_refcount_table(vd_image *img, struct qcow2 *q, uint64_t min_entr
     uint64_t table_clusters, nblocks = 0;
     for (;;) {
         table_clusters = (entries + per_table_cluster - 1) / per_table_cluster;
+        if (table_clusters * cs > QCOW2_MAX_RT_BYTES) /* also bounds the scan below */
+            return vd_err(VD_ETOOBIG, "%s: the refcount table would exceed 8 MiB", img->filename);
         uint64_t end = start + table_clusters + nblocks;
         uint64_t last_ti = (end - 1) / q->rb_entries;
         if (last_ti >= entries) {
@@ -235,8 +237,6 @@ static int grow_refcount_table(vd_image *img, struct qcow2 *q, uint64_t min_entr
         nblocks = missing;
     }
     entries = table_clusters * per_table_cluster;
-    if (table_clusters * cs > QCOW2_MAX_RT_BYTES)
-        return vd_err(VD_ETOOBIG, "%s: the refcount table would exceed 8 MiB", img->filename);
 
     uint64_t *rt = calloc((size_t)entries, sizeof *rt);
     uint8_t *disk = malloc((size_t)(table_clusters * cs));
