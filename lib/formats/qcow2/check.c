@@ -25,7 +25,7 @@ struct checker {
     uint64_t nclusters;      /* clusters in the file */
     uint64_t next_contiguous;
     uint64_t end_cluster;    /* past the last cluster referenced or with a stored refcount */
-    uint64_t past_eof_end;   /* past the last cluster referenced beyond the end of the file */
+    uint64_t past_eof_first, past_eof_end; /* clusters referenced beyond the end of the file */
     bool rebuild;            /* the refcount structures cannot be repaired in place */
 };
 
@@ -52,8 +52,13 @@ static void add_ref(struct checker *c, uint64_t off, uint64_t len)
         say(c, "ERROR: counting reference for region exceeding the end of the file by one cluster "
                "or more: offset 0x%llx size 0x%llx", (unsigned long long)off, (unsigned long long)len);
         c->res->corruptions++;
-        if (off + len > off && last + 1 > c->past_eof_end)
-            c->past_eof_end = last + 1;
+        if (off + len > off) {
+            uint64_t from = first > c->nclusters ? first : c->nclusters;
+            if (!c->past_eof_end || from < c->past_eof_first)
+                c->past_eof_first = from;
+            if (last + 1 > c->past_eof_end)
+                c->past_eof_end = last + 1;
+        }
         return;
     }
     for (uint64_t i = first; i <= last; i++)
@@ -395,9 +400,13 @@ static int rebuild_refcounts(struct checker *c)
 
     /* never where a table entry points past the end of the file: a write
        through that entry would land on the new structures */
-    uint64_t start = c->nclusters > c->past_eof_end ? c->nclusters : c->past_eof_end;
-    uint64_t nblocks = 1, table_clusters = 1;
+    uint64_t start = c->nclusters, nblocks = 1, table_clusters = 1;
     for (;;) {
+        uint64_t moved = qcow2_skip_claim(q, start, table_clusters + nblocks);
+        if (moved != start) {
+            start = moved;
+            continue;
+        }
         uint64_t end = start + table_clusters + nblocks;
         uint64_t need_blocks = (end + q->rb_entries - 1) / q->rb_entries;
         uint64_t need_table = (need_blocks * 8 + cs - 1) / cs;
@@ -514,6 +523,10 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
         return vd_err(VD_ENOMEM, "%s: out of memory for the check (%llu clusters)", img->filename,
                       (unsigned long long)c.nclusters);
     count_references(&c);
+    /* clusters that entries name past the end of the file are not free: the
+       allocator (and a rebuild) place nothing there, so nothing aliases them */
+    q->claimed_first = c.past_eof_first;
+    q->claimed_end = c.past_eof_end;
     if (res->check_errors) /* never repair from an incomplete count */
         flags = 0;
     bool rebuild;
@@ -540,12 +553,6 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
         check_copied_flags(&c, (flags & VD_CHECK_REPAIR_ALL) || !res->corruptions ? flags : 0);
     if (rc == 0)
         rc = check_snapshot_entries(&c, flags);
-    /* clusters that entries name past the end of the file are not free: new
-       ones come after them, so no two guest clusters end up sharing one */
-    if (c.past_eof_end > c.nclusters) {
-        q->claimed_first = c.nclusters;
-        q->claimed_end = c.past_eof_end;
-    }
     free(c.refs);
     return rc;
 }

@@ -192,6 +192,8 @@ int qcow2_get_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_
  * a refcount stay below it (QEMU too allocates past the last refcount).
  */
 uint64_t qcow2_alloc_end_past(struct qcow2 *q, uint64_t file_size);
+/* Where count clusters starting at start would touch the claimed range: past it; else start. */
+uint64_t qcow2_skip_claim(const struct qcow2 *q, uint64_t start, uint64_t count);
 int qcow2_update_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, int64_t delta);
 /* Set a refcount outright (repairs). */
 int qcow2_set_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_t value);

@@ -202,10 +202,9 @@ static int add_self_describing_block(vd_image *img, struct qcow2 *q, uint64_t cl
     return publish_rt_entries(img, q, ti, ti);
 }
 
-/* Where runs laid out at the end of the file may start: past every allocated or claimed cluster. */
-static uint64_t end_of_allocation(const struct qcow2 *q)
+uint64_t qcow2_skip_claim(const struct qcow2 *q, uint64_t start, uint64_t count)
 {
-    return q->alloc_end > q->claimed_end ? q->alloc_end : q->claimed_end;
+    return start < q->claimed_end && start + count > q->claimed_first ? q->claimed_end : start;
 }
 
 /*
@@ -216,13 +215,18 @@ static uint64_t end_of_allocation(const struct qcow2 *q)
 static int grow_refcount_table(vd_image *img, struct qcow2 *q, uint64_t min_entries)
 {
     const uint64_t cs = q->cluster_size, per_table_cluster = cs / 8;
-    uint64_t start = end_of_allocation(q);
+    uint64_t start = q->alloc_end;
     uint64_t entries = q->rt_entries * 2 > min_entries ? q->rt_entries * 2 : min_entries;
     uint64_t table_clusters, nblocks = 0;
     for (;;) {
         table_clusters = (entries + per_table_cluster - 1) / per_table_cluster;
         if (table_clusters * cs > QCOW2_MAX_RT_BYTES) /* also bounds the scan below */
             return vd_err(VD_ETOOBIG, "%s: the refcount table would exceed 8 MiB", img->filename);
+        uint64_t moved = qcow2_skip_claim(q, start, table_clusters + nblocks);
+        if (moved != start) {
+            start = moved;
+            continue;
+        }
         uint64_t end = start + table_clusters + nblocks;
         uint64_t last_ti = (end - 1) / q->rb_entries;
         if (last_ti >= entries) {
@@ -308,9 +312,14 @@ static int alloc_at_end(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t
 {
     uint64_t start, nblocks, end;
     for (;;) {
-        start = end_of_allocation(q);
+        start = q->alloc_end;
         nblocks = 0;
         for (;;) {
+            uint64_t moved = qcow2_skip_claim(q, start, nblocks + count);
+            if (moved != start) {
+                start = moved;
+                continue;
+            }
             end = start + nblocks + count;
             uint64_t missing = 0;
             for (uint64_t ti = start / q->rb_entries; ti <= (end - 1) / q->rb_entries; ti++)
