@@ -23,6 +23,7 @@ struct checker {
     void *ctx;
     uint32_t *refs;          /* computed references per host cluster */
     uint64_t nclusters;      /* clusters in the file */
+    uint64_t nrefs;          /* entries of refs: the file's, and some past it (see add_ref) */
     uint64_t next_contiguous;
     uint64_t end_cluster;    /* past the last cluster referenced or with a stored refcount */
     uint64_t past_eof_first, past_eof_end; /* clusters referenced beyond the end of the file */
@@ -42,6 +43,33 @@ static void say(struct checker *c, const char *fmt, ...)
     c->report(c->ctx, line);
 }
 
+/*
+ * References up to this many clusters past the end of the file are counted
+ * too (besides being reported, as qemu-img does): a refcount rebuild that
+ * places its structures beyond them then gives them their refcounts, so that
+ * once the file covers them they are not mistaken for free clusters.
+ */
+#define PAST_EOF_COUNTED (1u << 20)
+
+static void count_past_eof(struct checker *c, uint64_t first, uint64_t last)
+{
+    if (last >= c->nclusters + PAST_EOF_COUNTED)
+        return;
+    if (last >= c->nrefs) {
+        uint32_t *refs = realloc(c->refs, (size_t)(last + 1) * sizeof *refs);
+        if (!refs) {
+            c->res->check_errors++;
+            return;
+        }
+        memset(refs + c->nrefs, 0, (size_t)(last + 1 - c->nrefs) * sizeof *refs);
+        c->refs = refs;
+        c->nrefs = last + 1;
+    }
+    for (uint64_t i = first; i <= last; i++)
+        if (c->refs[i] != UINT32_MAX)
+            c->refs[i]++;
+}
+
 /* Count one reference to every cluster of [off, off+len). */
 static void add_ref(struct checker *c, uint64_t off, uint64_t len)
 {
@@ -58,6 +86,7 @@ static void add_ref(struct checker *c, uint64_t off, uint64_t len)
                 c->past_eof_first = from;
             if (last + 1 > c->past_eof_end)
                 c->past_eof_end = last + 1;
+            count_past_eof(c, first, last);
         }
         return;
     }
@@ -425,8 +454,8 @@ static int rebuild_refcounts(struct checker *c)
     for (uint64_t b = 0; b < nblocks && rc == 0; b++) {
         memset(buf, 0, (size_t)cs);
         for (uint64_t i = b * q->rb_entries; i < (b + 1) * q->rb_entries && i < end; i++) {
-            /* the new structures; the file's clusters; the gap up to them is free */
-            uint64_t value = i >= start ? 1 : i < c->nclusters ? c->refs[i] : 0;
+            /* the new structures; counted clusters (the file's, and those named just past it); free */
+            uint64_t value = i >= start ? 1 : i < c->nrefs ? c->refs[i] : 0;
             qcow2_refblock_set(buf, i % q->rb_entries, q->refcount_order,
                                value > q->refcount_max ? q->refcount_max : value);
         }
@@ -518,6 +547,7 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
         return rc;
     struct checker c = { .img = img, .q = q, .res = res, .report = report, .ctx = ctx,
                          .nclusters = (file_size + q->cluster_size - 1) / q->cluster_size };
+    c.nrefs = c.nclusters;
     c.refs = calloc(c.nclusters ? c.nclusters : 1, sizeof *c.refs);
     if (!c.refs)
         return vd_err(VD_ENOMEM, "%s: out of memory for the check (%llu clusters)", img->filename,
