@@ -41,10 +41,11 @@
 #define QCOW2_AUTOCLEAR_BITMAPS    (1ull << 0)
 #define QCOW2_AUTOCLEAR_DATA_RAW   (1ull << 1)
 
-/* Header extension types */
+/* Limits of the bitmaps extension (as QEMU's) */
 #define QCOW2_MAX_BITMAPS          65535u
 #define QCOW2_MAX_BITMAP_DIR_BYTES (64u << 20)
 
+/* Header extension types */
 #define QCOW2_EXT_END          0x00000000u
 #define QCOW2_EXT_BACKING_FMT  0xe2792acau
 #define QCOW2_EXT_FEATURES     0x6803f857u
