@@ -179,6 +179,7 @@ static int writable_l2(vd_image *img, struct qcow2 *q, uint64_t i, uint8_t **tab
     }
     q->l1[i] = fresh | QCOW2_OFLAG_COPIED;
     q->l1_dirty = true;
+    q->meta_stale = true; /* a layout check since the allocation saw the old entry */
     return rc;
 }
 

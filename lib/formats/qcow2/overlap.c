@@ -96,11 +96,12 @@ int qcow2_check_layout(void *ctx)
     return q->meta_stale ? rebuild(img, q) : 0;
 }
 
-int qcow2_check_overlap(vd_image *img, uint64_t host, uint64_t len)
+/* 1 if [host, host+len) of the image file holds metadata, 0 if not, or an error. */
+static int holds_metadata(vd_image *img, uint64_t host, uint64_t len)
 {
     struct qcow2 *q = qcow2_of(img);
     int rc = qcow2_check_layout(img);
-    if (rc < 0 || qcow2_has_data_file(q)) /* data goes to another file */
+    if (rc < 0)
         return rc;
     uint64_t first = host / q->cluster_size, last = (host + len - 1) / q->cluster_size;
     /* the last range starting at or before `last` is the only one that can reach `first` */
@@ -112,9 +113,27 @@ int qcow2_check_overlap(vd_image *img, uint64_t host, uint64_t len)
         else
             hi = mid;
     }
-    if (lo && q->meta[lo - 1].end > first)
+    return lo && q->meta[lo - 1].end > first;
+}
+
+int qcow2_check_overlap(vd_image *img, uint64_t host, uint64_t len)
+{
+    if (qcow2_has_data_file(qcow2_of(img))) /* data goes to another file */
+        return qcow2_check_layout(img);
+    int rc = holds_metadata(img, host, len);
+    if (rc > 0)
         return qcow2_signal_corruption(img, "a data write at host offset %llu would overwrite "
                                        "metadata; the write was not done",
                                        (unsigned long long)host);
-    return 0;
+    return rc;
+}
+
+int qcow2_check_free(vd_image *img, uint64_t host)
+{
+    int rc = holds_metadata(img, host, qcow2_of(img)->cluster_size);
+    if (rc > 0)
+        return qcow2_signal_corruption(img, "the data cluster at host offset %llu, no longer "
+                                       "used, holds metadata; it was not freed",
+                                       (unsigned long long)host);
+    return rc;
 }

@@ -242,6 +242,9 @@ int qcow2_write_size(vd_image *img, uint64_t size);
 
 /* overlap.c: VD_ECORRUPT (and the image marked corrupt) if data would overwrite metadata. */
 int qcow2_check_overlap(vd_image *img, uint64_t host, uint64_t len);
+/* Before a data cluster that nothing references any more is freed: refuse (and
+   report corruption) if it holds metadata, which an L2 entry must never name. */
+int qcow2_check_free(vd_image *img, uint64_t host);
 /* Fails (and marks the image corrupt) when two metadata structures share a
    cluster; the before-write hook of the table caches. ctx is the vd_image. */
 int qcow2_check_layout(void *ctx);

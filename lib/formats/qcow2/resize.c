@@ -43,6 +43,7 @@ int qcow2_grow_l1(vd_image *img, struct qcow2 *q, uint64_t entries)
     uint32_t old_size = q->l1_size;
     q->l1_offset = host;
     q->l1_size = (uint32_t)entries;
+    q->meta_stale = true;
     /* the new table and its refcounts are durable before the header names them */
     if ((rc = qcow2_write_l1(img, q)) == 0 && (rc = qcow2_refcounts_durable(img)) == 0) {
         uint8_t fields[12];

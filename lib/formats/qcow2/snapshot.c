@@ -199,6 +199,7 @@ int qcow2_view_snapshot(vd_image *img, struct qcow2 *q, const char *id_or_name)
     q->l1 = l1;
     q->l1_size = sn->l1_size;
     q->l1_offset = sn->l1_offset;
+    q->meta_stale = true;
     img->size = sn->disk_size;
     return 0;
 }
@@ -541,6 +542,7 @@ int qcow2_snapshot_apply(vd_image *img, const char *id_or_name)
         for (uint32_t j = 0; j < q->l1_size; j++)
             target[j] &= ~QCOW2_OFLAG_COPIED;
         q->l1 = target;
+        q->meta_stale = true;
         /* a smaller size first, a larger one last: a crash between never shows more than either state */
         bool shrink = sn->disk_size < img->size;
         if (shrink && (rc = qcow2_write_size(img, sn->disk_size)) == 0)
