@@ -49,20 +49,6 @@
 #define TARGET_DATA   10.0           /* snapshot create+delete / one read of the data */
 #define TARGET_QEMU   1.0            /* libvdisk / qemu-img */
 
-static int lib_error(const char *what, const char *path)
-{
-    fprintf(stderr, "%s %s: %s\n", what, path, vd_errmsg());
-    return -1;
-}
-
-/* Count a figure's verdict; -1 if it is BROKEN. */
-static int tally(enum bench_verdict v, unsigned *pass, unsigned *n)
-{
-    *pass += v == BENCH_PASS;
-    *n += 1;
-    return v == BENCH_BROKEN ? -1 : 0;
-}
-
 /* ------------------------------------------------ sequential reading */
 
 struct read_job {
@@ -81,33 +67,24 @@ static int read_whole(void *ctx, unsigned round, double *seconds)
     double t0 = bench_now();
     for (uint64_t off = 0; off < j->size; off += j->request)
         if (vd_read(j->img, off, j->buf, j->request, 0) < 0)
-            return lib_error("reading", j->path);
+            return bench_lib_error("reading", j->path);
     *seconds = bench_now() - t0;
     return 0;
 }
 
 /* ------------------------------------------------------ chain-read */
 
+static void fill_random(void *rng, unsigned char *buf, size_t len, uint64_t off)
+{
+    (void)off;
+    bench_fill_random(rng, buf, len);
+}
+
 /* A qcow2 image of size bytes of seeded random data, written through libvdisk. */
 static int make_data_image(const char *path, uint64_t size)
 {
-    vd_image *img;
-    if (vd_create(path, "qcow2", size, "cluster_size=65536", 0) < 0)
-        return lib_error("creating", path);
-    if (vd_open(&img, path, "qcow2", VD_OPEN_RDWR) < 0)
-        return lib_error("opening", path);
     struct bench_rng rng = { SEED };
-    unsigned char *buf = bench_alloc(CHUNK);
-    int rc = 0;
-    for (uint64_t off = 0; off < size && rc == 0; off += CHUNK) {
-        bench_fill_random(&rng, buf, CHUNK);
-        if ((rc = vd_write(img, off, buf, CHUNK, 0)) < 0)
-            lib_error("writing", path);
-    }
-    free(buf);
-    if (vd_close(img) < 0 && rc == 0)
-        rc = lib_error("closing", path);
-    return rc < 0 ? -1 : bench_warm_file(path);
+    return bench_write_image(path, "qcow2", size, "cluster_size=65536", fill_random, &rng);
 }
 
 /*
@@ -121,7 +98,7 @@ static int make_overlay(const char *path, const char *backing)
     char options[256];
     snprintf(options, sizeof options, "backing_file=%s,backing_fmt=qcow2",
              slash ? slash + 1 : backing);
-    return vd_create(path, "qcow2", 0, options, 0) < 0 ? lib_error("creating", path) : 0;
+    return vd_create(path, "qcow2", 0, options, 0) < 0 ? bench_lib_error("creating", path) : 0;
 }
 
 /* paths[0] is the bottom image (with the data), paths[CHAIN_LEN - 1] the top. */
@@ -144,7 +121,7 @@ static int verify_chain(const struct read_job *top, const struct read_job *botto
     vd_extent ext;
     for (uint64_t off = 0; off < top->size; off += ext.length) {
         if (vd_block_status(top->img, off, top->size - off, &ext, 0) < 0)
-            return lib_error("querying", top->path);
+            return bench_lib_error("querying", top->path);
         if (!(ext.flags & VD_EXTENT_DATA) || ext.depth != CHAIN_LEN - 1) {
             fprintf(stderr, "%s at %" PRIu64 ": flags 0x%x at depth %d, not data at depth %u\n",
                     top->path, off, ext.flags, ext.depth, CHAIN_LEN - 1);
@@ -155,9 +132,9 @@ static int verify_chain(const struct read_job *top, const struct read_job *botto
     int rc = 0;
     for (uint64_t off = 0; off < top->size && rc == 0; off += CHUNK) {
         if (vd_read(top->img, off, a, CHUNK, 0) < 0)
-            rc = lib_error("reading", top->path);
+            rc = bench_lib_error("reading", top->path);
         else if (vd_read(bottom->img, off, b, CHUNK, 0) < 0)
-            rc = lib_error("reading", bottom->path);
+            rc = bench_lib_error("reading", bottom->path);
         else if (memcmp(a, b, CHUNK) != 0) {
             fprintf(stderr, "%s reads differently from its bottom image at %" PRIu64 "+1M\n",
                     top->path, off);
@@ -192,9 +169,9 @@ static int chain_read(unsigned rounds)
     vd_image *top = NULL, *bottom = NULL;
     int rc = make_chain(paths, size);
     if (rc == 0 && vd_open(&top, paths[CHAIN_LEN - 1], "qcow2", 0) < 0)
-        rc = lib_error("opening", paths[CHAIN_LEN - 1]);
+        rc = bench_lib_error("opening", paths[CHAIN_LEN - 1]);
     if (rc == 0 && vd_open(&bottom, paths[0], "qcow2", 0) < 0)
-        rc = lib_error("opening", paths[0]);
+        rc = bench_lib_error("opening", paths[0]);
     void *buf = bench_alloc(CHUNK);
     struct read_job top_job = { top, paths[CHAIN_LEN - 1], size, CHUNK, buf };
     struct read_job bottom_job = { bottom, paths[0], size, CHUNK, buf };
@@ -202,9 +179,9 @@ static int chain_read(unsigned rounds)
         rc = verify_chain(&top_job, &bottom_job);
     unsigned pass = 0, n = 0;
     if (rc == 0)
-        rc = tally(chain_figure(&top_job, &bottom_job, CHUNK, "chain seq-read 1M", rounds), &pass, &n);
+        rc = bench_tally(chain_figure(&top_job, &bottom_job, CHUNK, "chain seq-read 1M", rounds), &pass, &n);
     if (rc == 0)
-        rc = tally(chain_figure(&top_job, &bottom_job, 64 << 10, "chain seq-read 64K", rounds), &pass, &n);
+        rc = bench_tally(chain_figure(&top_job, &bottom_job, 64 << 10, "chain seq-read 64K", rounds), &pass, &n);
     if (rc == 0)
         printf("chain-read: %u of %u figures PASS\n", pass, n);
     free(buf);
@@ -231,7 +208,7 @@ static int verify_allocated(const struct snap_image *s)
     vd_extent ext;
     for (uint64_t off = 0; off < s->size; off += ext.length) {
         if (vd_block_status(s->img, off, s->size - off, &ext, 0) < 0)
-            return lib_error("querying", s->path);
+            return bench_lib_error("querying", s->path);
         if (!(ext.flags & VD_EXTENT_DATA) || ext.depth != 0 || ext.host_offset == VD_NO_HOST_OFFSET) {
             fprintf(stderr, "%s is not fully allocated: flags 0x%x at %" PRIu64 "\n", s->path,
                     ext.flags, off);
@@ -244,20 +221,20 @@ static int verify_allocated(const struct snap_image *s)
 static int make_allocated_image(struct snap_image *s)
 {
     if (vd_create(s->path, "qcow2", s->size, "cluster_size=65536,preallocation=metadata", 0) < 0)
-        return lib_error("creating", s->path);
+        return bench_lib_error("creating", s->path);
     if (vd_open(&s->img, s->path, "qcow2", VD_OPEN_RDWR) < 0)
-        return lib_error("opening", s->path);
+        return bench_lib_error("opening", s->path);
     return verify_allocated(s);
 }
 
 static int create_snapshot(vd_image *img, const char *path)
 {
-    return vd_snapshot_create(img, SNAPSHOT, 0) < 0 ? lib_error("creating a snapshot in", path) : 0;
+    return vd_snapshot_create(img, SNAPSHOT, 0) < 0 ? bench_lib_error("creating a snapshot in", path) : 0;
 }
 
 static int delete_snapshot(vd_image *img, const char *path)
 {
-    return vd_snapshot_delete(img, SNAPSHOT, 0) < 0 ? lib_error("deleting a snapshot in", path) : 0;
+    return vd_snapshot_delete(img, SNAPSHOT, 0) < 0 ? bench_lib_error("deleting a snapshot in", path) : 0;
 }
 
 /* One run: create and delete a snapshot on the open image. */
@@ -277,10 +254,10 @@ static int in_own_open(const struct snap_image *s, int (*op)(vd_image *, const c
 {
     vd_image *img;
     if (vd_open(&img, s->path, "qcow2", VD_OPEN_RDWR) < 0)
-        return lib_error("opening", s->path);
+        return bench_lib_error("opening", s->path);
     int rc = op(img, s->path);
     if (vd_close(img) < 0 && rc == 0)
-        rc = lib_error("closing", s->path);
+        rc = bench_lib_error("closing", s->path);
     return rc;
 }
 
@@ -391,8 +368,8 @@ static int verify_after(const struct snap_image *s, const char *qemu_img)
     vd_image *img;
     size_t count = 1;
     if (vd_open(&img, s->path, "qcow2", 0) < 0)
-        return lib_error("opening", s->path);
-    int rc = vd_snapshot_count(img, &count) < 0 ? lib_error("counting snapshots in", s->path) : 0;
+        return bench_lib_error("opening", s->path);
+    int rc = vd_snapshot_count(img, &count) < 0 ? bench_lib_error("counting snapshots in", s->path) : 0;
     vd_close(img);
     if (rc == 0 && count) {
         fprintf(stderr, "%s keeps %zu snapshots after the runs\n", s->path, count);
@@ -410,15 +387,15 @@ static int snapshot_figures(struct snap_image *big, struct snap_image *small,
                             const char *qemu_img, unsigned rounds)
 {
     unsigned pass = 0, n = 0;
-    int rc = tally(scaling_figure(big, small, rounds), &pass, &n);
+    int rc = bench_tally(scaling_figure(big, small, rounds), &pass, &n);
     if (rc == 0)
-        rc = tally(data_figure(big, rounds), &pass, &n);
+        rc = bench_tally(data_figure(big, rounds), &pass, &n);
     /* the qemu-img figure and the checks open the images themselves */
     vd_close(big->img);
     vd_close(small->img);
     big->img = small->img = NULL;
     if (rc == 0 && qemu_img)
-        rc = tally(qemu_figure(big, qemu_img, rounds), &pass, &n);
+        rc = bench_tally(qemu_figure(big, qemu_img, rounds), &pass, &n);
     if (rc == 0)
         rc = verify_after(small, qemu_img);
     if (rc == 0)

@@ -53,12 +53,6 @@ static uint64_t image_size;
 
 /* ------------------------------------------------------------- helpers */
 
-static int lib_error(const char *what, const char *path)
-{
-    fprintf(stderr, "%s %s: %s\n", what, path, vd_errmsg());
-    return -1;
-}
-
 static int qemu(char *out, size_t outlen, char *const argv[])
 {
     return bench_command(argv, out, outlen, 0);
@@ -115,28 +109,28 @@ static bool all_bytes(const unsigned char *p, size_t len, unsigned char value)
 static int fill_qcow2(const char *raw, const char *path)
 {
     if (vd_create(path, "qcow2", image_size, "cluster_size=65536", 0) < 0)
-        return lib_error("creating", path);
+        return bench_lib_error("creating", path);
     vd_image *src = NULL, *dst = NULL;
     int rc = vd_open(&src, raw, "raw", 0);
     if (rc < 0)
-        return lib_error("opening", raw);
+        return bench_lib_error("opening", raw);
     rc = vd_open(&dst, path, "qcow2", VD_OPEN_RDWR);
     if (rc < 0) {
         vd_close(src);
-        return lib_error("opening", path);
+        return bench_lib_error("opening", path);
     }
     unsigned char *buf = bench_alloc(CHUNK);
     for (uint64_t off = 0; off < image_size && rc == 0; off += CHUNK) {
         rc = vd_read(src, off, buf, CHUNK, 0);
         if (rc < 0)
-            lib_error("reading", raw);
+            bench_lib_error("reading", raw);
         else if ((rc = vd_write(dst, off, buf, CHUNK, 0)) < 0)
-            lib_error("writing", path);
+            bench_lib_error("writing", path);
     }
     free(buf);
     vd_close(src);
     if (vd_close(dst) < 0 && rc == 0)
-        rc = lib_error("closing", path);
+        rc = bench_lib_error("closing", path);
     return rc < 0 ? -1 : bench_warm_file(path);
 }
 
@@ -147,9 +141,9 @@ static int verify_copy(const char *raw, vd_image *rawimg, const char *path, vd_i
     int rc = 0;
     for (uint64_t off = 0; off < image_size && rc == 0; off += CHUNK) {
         if (vd_read(rawimg, off, a, CHUNK, 0) < 0)
-            rc = lib_error("reading", raw);
+            rc = bench_lib_error("reading", raw);
         else if (vd_read(img, off, b, CHUNK, 0) < 0)
-            rc = lib_error("reading", path);
+            rc = bench_lib_error("reading", path);
         else if (memcmp(a, b, CHUNK) != 0) {
             fprintf(stderr, "%s reads back differently from %s at %" PRIu64 "+1M\n", path, raw, off);
             rc = -1;
@@ -195,7 +189,7 @@ static int read_libvdisk(void *ctx, unsigned round, double *seconds)
         if (j->random)
             off = bench_rng_below(&rng, blocks) * BLOCK;
         if (vd_read(j->img, off, j->buf, BLOCK, 0) < 0)
-            return lib_error("reading", j->path);
+            return bench_lib_error("reading", j->path);
         if (!j->random)
             off = next_offset(off, step);
     }
@@ -260,12 +254,12 @@ static int verify_written(const char *path, uint64_t ops)
 {
     vd_image *img;
     if (vd_open(&img, path, "qcow2", 0) < 0)
-        return lib_error("opening", path);
+        return bench_lib_error("opening", path);
     unsigned char *buf = bench_alloc(CLUSTER);
     int rc = 0;
     for (uint64_t i = 0; i < image_size / CLUSTER && rc == 0; i++) {
         if (vd_read(img, i * CLUSTER, buf, CLUSTER, 0) < 0)
-            rc = lib_error("reading", path);
+            rc = bench_lib_error("reading", path);
         else if (!all_bytes(buf, BLOCK, i < ops ? PATTERN : 0) ||
                  !all_bytes(buf + BLOCK, CLUSTER - BLOCK, 0)) {
             fprintf(stderr, "%s: cluster %" PRIu64 " does not read back as written\n", path, i);
@@ -282,17 +276,17 @@ static int write_libvdisk(void *ctx, unsigned round, double *seconds)
     const struct write_job *j = ctx;
     vd_image *img;
     if (vd_create(j->path, "qcow2", image_size, "cluster_size=65536", 0) < 0)
-        return lib_error("creating", j->path);
+        return bench_lib_error("creating", j->path);
     if (vd_open(&img, j->path, "qcow2", VD_OPEN_RDWR) < 0)
-        return lib_error("opening", j->path);
+        return bench_lib_error("opening", j->path);
     int rc = 0;
     double t0 = bench_now();
     for (uint64_t i = 0; i < j->ops && rc == 0; i++)
         if ((rc = vd_write(img, i * CLUSTER, j->buf, BLOCK, 0)) < 0)
-            lib_error("writing", j->path);
+            bench_lib_error("writing", j->path);
     *seconds = bench_now() - t0;
     if (vd_close(img) < 0 && rc == 0) /* not timed, as qemu-img bench does not time it */
-        rc = lib_error("closing", j->path);
+        rc = bench_lib_error("closing", j->path);
     if (rc == 0 && round == 0) /* the warm-up run */
         rc = verify_written(j->path, j->ops);
     bench_remove_scratch(j->path);
@@ -356,7 +350,7 @@ static int seq_read(void *ctx, unsigned round, double *seconds)
     double t0 = bench_now();
     for (uint64_t i = 0; i < SEQ_BYTES / CHUNK; i++)
         if (vd_read(j->img, (i % chunks) * CHUNK, j->buf, CHUNK, 0) < 0)
-            return lib_error("reading", j->path);
+            return bench_lib_error("reading", j->path);
     *seconds = bench_now() - t0;
     return 0;
 }
@@ -394,30 +388,22 @@ static void find_qemu_img(int argc, char **argv)
     printf("qcow2-io: against %s\n", version);
 }
 
-/* Count a figure's verdict; false if it is BROKEN. */
-static bool tally(enum bench_verdict v, unsigned *pass, unsigned *n)
-{
-    *pass += v == BENCH_PASS;
-    *n += 1;
-    return v != BENCH_BROKEN;
-}
-
 static int run_all(const char *raw, const char *path, unsigned rounds)
 {
     vd_image *img = NULL, *rawimg = NULL;
     if (vd_open(&rawimg, raw, "raw", 0) < 0)
-        return lib_error("opening", raw);
+        return bench_lib_error("opening", raw);
     int rc = vd_open(&img, path, "qcow2", 0);
     if (rc < 0)
-        lib_error("opening", path);
+        bench_lib_error("opening", path);
     if (rc == 0)
         rc = verify_copy(raw, rawimg, path, img);
     unsigned pass = 0, n = 0;
-    if (rc == 0 && qemu_img && !tally(rand_read(img, path, rounds), &pass, &n))
+    if (rc == 0 && qemu_img && bench_tally(rand_read(img, path, rounds), &pass, &n) < 0)
         rc = -1;
-    if (rc == 0 && qemu_img && !tally(alloc_write(rounds), &pass, &n))
+    if (rc == 0 && qemu_img && bench_tally(alloc_write(rounds), &pass, &n) < 0)
         rc = -1;
-    if (rc == 0 && !tally(seq_read_figure(img, path, rawimg, raw, rounds), &pass, &n))
+    if (rc == 0 && bench_tally(seq_read_figure(img, path, rawimg, raw, rounds), &pass, &n) < 0)
         rc = -1;
     if (rc == 0)
         printf("qcow2-io: %u of %u figures PASS%s\n", pass, n,

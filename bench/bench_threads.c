@@ -45,17 +45,11 @@ static uint64_t image_size;
 
 /* ------------------------------------------------------------ the images */
 
-static int lib_error(const char *what, const char *path)
-{
-    fprintf(stderr, "%s %s: %s\n", what, path, vd_errmsg());
-    return -1;
-}
-
 /* The next chunk of the images' content: random bytes, each block stamped with its offset. */
-static void fill_chunk(struct bench_rng *rng, unsigned char *buf, uint64_t off)
+static void fill_chunk(void *rng, unsigned char *buf, size_t len, uint64_t off)
 {
-    bench_fill_random(rng, buf, CHUNK);
-    for (uint64_t pos = 0; pos < CHUNK; pos += STAMP_EVERY) {
+    bench_fill_random(rng, buf, len);
+    for (uint64_t pos = 0; pos < len; pos += STAMP_EVERY) {
         uint64_t stamp = off + pos;
         memcpy(buf + pos, &stamp, sizeof stamp);
     }
@@ -76,23 +70,8 @@ static bool stamps_match(const unsigned char *buf, size_t len, uint64_t off)
 /* Create the image at path and write the content through libvdisk; leave it in the page cache. */
 static int make_image(const char *path, const char *format, const char *options)
 {
-    vd_image *img;
-    if (vd_create(path, format, image_size, options, 0) < 0)
-        return lib_error("creating", path);
-    if (vd_open(&img, path, format, VD_OPEN_RDWR) < 0)
-        return lib_error("opening", path);
-    unsigned char *buf = bench_alloc(CHUNK);
     struct bench_rng rng = { SEED };
-    int rc = 0;
-    for (uint64_t off = 0; off < image_size && rc == 0; off += CHUNK) {
-        fill_chunk(&rng, buf, off);
-        if ((rc = vd_write(img, off, buf, CHUNK, 0)) < 0)
-            lib_error("writing", path);
-    }
-    free(buf);
-    if (vd_close(img) < 0 && rc == 0)
-        rc = lib_error("closing", path);
-    return rc < 0 ? -1 : bench_warm_file(path);
+    return bench_write_image(path, format, image_size, options, fill_chunk, &rng);
 }
 
 /* The image must read back as written. */
@@ -102,9 +81,9 @@ static int verify_image(vd_image *img, const char *path)
     struct bench_rng rng = { SEED };
     int rc = 0;
     for (uint64_t off = 0; off < image_size && rc == 0; off += CHUNK) {
-        fill_chunk(&rng, want, off);
+        fill_chunk(&rng, want, CHUNK, off);
         if (vd_read(img, off, got, CHUNK, 0) < 0) {
-            rc = lib_error("reading", path);
+            rc = bench_lib_error("reading", path);
         } else if (memcmp(want, got, CHUNK) != 0) {
             fprintf(stderr, "%s does not read back as written at %" PRIu64 "+1M\n", path, off);
             rc = -1;
@@ -279,7 +258,7 @@ static int open_image(struct source *s, const struct image *im, const char *path
     opts.cache_bytes = im->cache_bytes;
     *s = (struct source){ im->name, read_handle, NULL, -1, im->npatterns };
     if (vd_open_ext(&s->img, path, &opts) < 0)
-        return lib_error("opening", path);
+        return bench_lib_error("opening", path);
     return verify_image(s->img, path);
 }
 

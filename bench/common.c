@@ -1,6 +1,8 @@
 /* Shared helpers of the C benchmarks (see common.h). */
 #include "common.h"
 
+#include <libvdisk/libvdisk.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -251,6 +253,35 @@ int bench_warm_file(const char *path)
     return rc;
 }
 
+/* ------------------------------------------------------------ libvdisk */
+
+int bench_lib_error(const char *what, const char *path)
+{
+    fprintf(stderr, "%s %s: %s\n", what, path, vd_errmsg());
+    return -1;
+}
+
+int bench_write_image(const char *path, const char *format, uint64_t size, const char *options,
+                      bench_fill_fn fill, void *ctx)
+{
+    vd_image *img;
+    if (vd_create(path, format, size, options, 0) < 0)
+        return bench_lib_error("creating", path);
+    if (vd_open(&img, path, format, VD_OPEN_RDWR) < 0)
+        return bench_lib_error("opening", path);
+    unsigned char *buf = bench_alloc(CHUNK);
+    int rc = 0;
+    for (uint64_t off = 0; off < size && rc == 0; off += CHUNK) {
+        fill(ctx, buf, CHUNK, off);
+        if ((rc = vd_write(img, off, buf, CHUNK, 0)) < 0)
+            bench_lib_error("writing", path);
+    }
+    free(buf);
+    if (vd_close(img) < 0 && rc == 0)
+        rc = bench_lib_error("closing", path);
+    return rc < 0 ? -1 : bench_warm_file(path);
+}
+
 /* ------------------------------------------------------ external commands */
 
 static void print_command(char *const argv[])
@@ -404,4 +435,11 @@ out:
     }
     free(ratio);
     return verdict;
+}
+
+int bench_tally(enum bench_verdict v, unsigned *pass, unsigned *n)
+{
+    *pass += v == BENCH_PASS;
+    *n += 1;
+    return v == BENCH_BROKEN ? -1 : 0;
 }

@@ -62,6 +62,23 @@ char *bench_make_data_file(uint64_t size, uint64_t seed);
 /* Read a whole file once, so that it is in the page cache: 0, or -1 with a message printed. */
 int bench_warm_file(const char *path);
 
+/* ------------------------------------------------------------ libvdisk */
+
+/* Print "what path: <vd_errmsg()>" on stderr; returns -1. */
+int bench_lib_error(const char *what, const char *path);
+
+/* Fill buf (len bytes) with the content of an image at guest offset off. */
+typedef void (*bench_fill_fn)(void *ctx, unsigned char *buf, size_t len, uint64_t off);
+
+/*
+ * Create an image of size bytes (a multiple of 1 MiB) at path with
+ * vd_create(format, options), write all of it through libvdisk, 1 MiB at a
+ * time from fill, close it and read the file once (page cache warm).
+ * 0, or -1 with a message printed.
+ */
+int bench_write_image(const char *path, const char *format, uint64_t size, const char *options,
+                      bench_fill_fn fill, void *ctx);
+
 /* ------------------------------------------------------ external commands */
 
 /*
@@ -114,5 +131,8 @@ int bench_interleave(const struct bench_side sides[2], unsigned rounds, double *
  */
 enum bench_verdict bench_compare(const struct bench_figure *fig,
                                  const struct bench_side sides[2], unsigned rounds);
+
+/* Count a figure's verdict into pass and n: 0, or -1 if it is BROKEN. */
+int bench_tally(enum bench_verdict v, unsigned *pass, unsigned *n);
 
 #endif /* VDISK_BENCH_COMMON_H */

@@ -246,12 +246,21 @@ void vt_create_raw(const char *path, uint64_t size)
     vt_ok(vd_create(path, "raw", size, NULL, 0));
 }
 
-vd_image *vt_open(const char *path, const char *format, uint32_t flags)
+vd_image *vt_open_cached(const char *path, const char *format, uint32_t flags, uint64_t cache_bytes)
 {
+    vd_open_opts opts = VD_OPEN_OPTS_INIT;
+    opts.format = format;
+    opts.flags = flags;
+    opts.cache_bytes = cache_bytes;
     vd_image *img = NULL;
-    vt_ok(vd_open(&img, path, format, flags));
+    vt_ok(vd_open_ext(&img, path, &opts));
     ck_assert_ptr_nonnull(img);
     return img;
+}
+
+vd_image *vt_open(const char *path, const char *format, uint32_t flags)
+{
+    return vt_open_cached(path, format, flags, 0);
 }
 
 void vt_close(vd_image *img)

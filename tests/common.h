@@ -66,6 +66,8 @@ long long vt_nonzero_at(const void *buf, size_t len);
 void vt_create_raw(const char *path, uint64_t size);
 /* vd_open or fail the test. */
 vd_image *vt_open(const char *path, const char *format, uint32_t flags);
+/* The same with a metadata cache of cache_bytes (vd_open_opts.cache_bytes; 0: the default). */
+vd_image *vt_open_cached(const char *path, const char *format, uint32_t flags, uint64_t cache_bytes);
 /* vd_close or fail the test. */
 void vt_close(vd_image *img);
 /* Write the pattern over [off, off+len) through vd_write. */

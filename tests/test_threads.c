@@ -695,13 +695,7 @@ static void make_backing_file(void)
 
 static vd_image *open_mixed_image(const struct mixed_image *m, const char *path, uint32_t flags)
 {
-    vd_open_opts opts = VD_OPEN_OPTS_INIT;
-    opts.format = m->format;
-    opts.flags = flags;
-    opts.cache_bytes = m->cache_bytes;
-    vd_image *img = NULL;
-    vt_ok(vd_open_ext(&img, path, &opts));
-    return img;
+    return vt_open_cached(path, m->format, flags, m->cache_bytes);
 }
 
 /* Every block is whole and holds what the logs allow. */

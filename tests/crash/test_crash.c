@@ -259,12 +259,7 @@ static void run_workload(struct run *r, const char *path)
     crash_track(path);
 open:
     crash_install();
-    vd_open_opts o = VD_OPEN_OPTS_INIT;
-    o.format = v->format;
-    o.flags = VD_OPEN_RDWR;
-    o.cache_bytes = v->cache_bytes;
-    vd_image *img = NULL;
-    vt_ok(vd_open_ext(&img, path, &o));
+    vd_image *img = vt_open_cached(path, v->format, VD_OPEN_RDWR, v->cache_bytes);
     vd_info info = VD_INFO_INIT;
     vt_ok(vd_get_info(img, &info));
     r->cs = info.cluster_size ? info.cluster_size : 512;

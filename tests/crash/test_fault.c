@@ -447,11 +447,7 @@ static void run_scenario(const struct image_kind *kind, const struct scenario *s
             cu_copy_file(c.base, c.work);
             state_copy(&c, &c.after, &c.before);
             fault_install();
-            vd_open_opts o = VD_OPEN_OPTS_INIT;
-            o.format = "qcow2";
-            o.flags = VD_OPEN_RDWR;
-            o.cache_bytes = kind->cache_bytes;
-            vt_ok(vd_open_ext(&img, c.work, &o));
+            img = vt_open_cached(c.work, "qcow2", VD_OPEN_RDWR, kind->cache_bytes);
             struct fault_plan plan = plans[p].plan;
             plan.nth = n;
             if (getenv("VD_FAULT_VERBOSE"))
