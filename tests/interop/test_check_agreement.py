@@ -1,6 +1,7 @@
 """Deliberately corrupted images: libvdisk's check counts what qemu-img check
 counts, and libvdisk's repair leaves an image qemu-img check finds clean."""
 import shutil
+import struct
 
 import pytest
 
@@ -189,3 +190,32 @@ def test_invalid_subcluster_bitmap_fails_reads_as_in_qemu(tmp_path):
         with pytest.raises(libvdisk.CorruptImage) as err:
             img.pread(DATA_AT, 4096)
     assert "subcluster bitmap" in str(err.value) and path.name in str(err.value)
+
+
+def test_incomplete_snapshot_entry_repaired_as_qemu_img_repairs_it(tmp_path):
+    """A version 3 snapshot entry with only 8 bytes of extra data: both checks
+    call it incomplete; libvdisk's -r all completes it and qemu-img then
+    finds the image clean, with the snapshot still listed and readable."""
+    path = tmp_path / "s.qcow2"
+    make_base(path, "cluster_size=64k")
+    qemu_img("snapshot", "-c", "before", path)
+    with Qcow2(path) as q:
+        at = q.h["snapshots_offset"]
+        head = bytearray(q.pread(at, 40))
+        id_len, name_len = struct.unpack(">HH", head[12:16])
+        extra_len = struct.unpack(">I", head[36:40])[0]
+        rest = q.pread(at + 40, extra_len + id_len + name_len)
+        head[36:40] = struct.pack(">I", 8)
+        q.pwrite(at, bytes(head) + rest[:8] + rest[extra_len:])
+    rc, report = qemu_check(path)
+    assert rc == 2 and report.get("corruptions") == 1, report
+    counts, lines = libvdisk_counts(path)
+    assert counts["corruptions"] == 1 and any("entry 0 is incomplete" in l for l in lines), lines
+    with open_handle(path, RDWR) as handle:
+        rc, fixed, lines = vd_check_handle(handle, CHECK_REPAIR_ALL)
+    assert rc == 0 and fixed["corruptions"] == 0 and fixed["corruptions_fixed"] == 1, lines
+    assert_qemu_clean(path)
+    listing = qemu_img("snapshot", "-l", path).stdout
+    assert "before" in listing
+    with libvdisk.open(path, snapshot="before") as snap:
+        assert snap.pread(0, 4096) == b"\x5a" * 4096
