@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum { CHUNK = 1 << 20, SAMPLE_LEN = 64 << 10 };
 
@@ -61,6 +62,25 @@ void fuzz_init(void)
     }
 }
 
+static double cpu_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* vd_open_ext within FUZZ_OPEN_CPU_SECONDS; the error code checked. */
+static int timed_open(vd_image **img, const vd_open_opts *o)
+{
+    double start = cpu_seconds();
+    int rc = vd_open_ext(img, MEMFILE_IMAGE, o);
+    double spent = cpu_seconds() - start;
+    fuzz_check_rc(rc, "vd_open_ext");
+    FUZZ_ASSERT(spent < FUZZ_OPEN_CPU_SECONDS, "opening took %.2f s of CPU time (flags 0x%x)",
+                spent, o->flags);
+    return rc;
+}
+
 int fuzz_open(vd_image **img, const uint8_t *data, size_t size, const char *format,
               const char *snapshot, uint32_t extra_flags)
 {
@@ -73,8 +93,7 @@ int fuzz_open(vd_image **img, const uint8_t *data, size_t size, const char *form
     o.format = format;
     o.snapshot = snapshot;
     *img = NULL;
-    int rc = vd_open_ext(img, MEMFILE_IMAGE, &o);
-    fuzz_check_rc(rc, "vd_open_ext");
+    int rc = timed_open(img, &o);
     FUZZ_ASSERT((rc == 0) == (*img != NULL), "vd_open_ext returned %d with handle %p", rc,
                 (void *)*img);
     /* the layer and VD_OPEN_CONFINED refuse files with VD_EPERM; a chain error may keep it */
@@ -83,13 +102,71 @@ int fuzz_open(vd_image **img, const uint8_t *data, size_t size, const char *form
         FUZZ_ASSERT(memfile_open_count() == open_before, "a failed open left %zu file(s) open",
                     memfile_open_count() - open_before);
         o.flags |= VD_OPEN_NO_BACKING;
-        rc = vd_open_ext(img, MEMFILE_IMAGE, &o);
-        fuzz_check_rc(rc, "vd_open_ext");
+        rc = timed_open(img, &o);
     }
     if (rc < 0)
         FUZZ_ASSERT(memfile_open_count() == open_before, "a failed open left %zu file(s) open",
                     memfile_open_count() - open_before);
     return rc;
+}
+
+int fuzz_open_rw(vd_image **img, const char *format, uint32_t *flags)
+{
+    vd_open_opts o = VD_OPEN_OPTS_INIT;
+    o.format = format;
+    o.flags = VD_OPEN_RDWR | VD_OPEN_CONFINED | VD_OPEN_NO_LOCK;
+    int rc = VD_EINVAL;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        rc = timed_open(img, &o);
+        if ((rc == VD_EBACKING || rc == VD_EPERM || rc == VD_ENOENT) &&
+            !(o.flags & VD_OPEN_NO_BACKING))
+            o.flags |= VD_OPEN_NO_BACKING;
+        else if (rc == VD_ECORRUPT && !(o.flags & VD_OPEN_REPAIR))
+            o.flags |= VD_OPEN_REPAIR;
+        else
+            break;
+    }
+    *flags = o.flags;
+    return rc;
+}
+
+bool fuzz_check_clean(vd_image *img, bool repair)
+{
+    vd_check_result res = VD_CHECK_RESULT_INIT;
+    fuzz_log("%s", repair ? "repairing" : "checking");
+    int rc = vd_check(img, repair ? VD_CHECK_REPAIR_ALL : 0, &res, fuzz_report, NULL);
+    fuzz_log("check: rc %d, %llu corruptions and %llu leaks left, %llu and %llu fixed", rc,
+             (unsigned long long)res.corruptions, (unsigned long long)res.leaks,
+             (unsigned long long)res.corruptions_fixed, (unsigned long long)res.leaks_fixed);
+    fuzz_check_rc(rc, "vd_check");
+    if (rc == VD_EUNSUPPORTED) /* raw: nothing to check; it is clean */
+        return true;
+    if (rc != 0 || res.corruptions || res.leaks || res.check_errors)
+        return false;
+    if (!repair)
+        return true;
+    vd_check_result after = VD_CHECK_RESULT_INIT;
+    rc = vd_check(img, 0, &after, NULL, NULL);
+    fuzz_check_rc(rc, "vd_check");
+    FUZZ_ASSERT(rc != 0 || (after.corruptions == 0 && after.leaks == 0),
+                "a repair left nothing to fix, but a check then finds %llu corruptions and "
+                "%llu leaks", (unsigned long long)after.corruptions,
+                (unsigned long long)after.leaks);
+    return rc == 0;
+}
+
+void fuzz_count_benign(void *ctx, const char *message)
+{
+    struct fuzz_benign *b = ctx;
+    fuzz_report(NULL, message);
+    const char *entry = strstr(message, "_entry=");
+    unsigned long long cluster;
+    if (strncmp(message, "ERROR OFLAG_COPIED", 18) == 0 && strstr(message, " refcount=1") &&
+        !(strstr(message, " refcount=1") && strstr(message, " refcount=1")[11]) && entry &&
+        !(strtoull(entry + 7, NULL, 16) >> 63))
+        b->corruptions++;
+    if (sscanf(message, "Leaked cluster %llu ", &cluster) == 1 && cluster >= b->old_end)
+        b->leaks++;
 }
 
 void fuzz_close(vd_image *img)

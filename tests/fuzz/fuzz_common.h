@@ -57,6 +57,47 @@ void fuzz_init(void);
  */
 int fuzz_open(vd_image **img, const uint8_t *data, size_t size, const char *format,
               const char *snapshot, uint32_t extra_flags);
+/*
+ * Open MEMFILE_IMAGE (already served writable) read-write as format (NULL: probe),
+ * confined and without locks; retried without its backing chain when that
+ * cannot be opened, and with VD_OPEN_REPAIR when the image is marked corrupt.
+ * *flags gets the flags of the last attempt. Returns 0 or the open error.
+ */
+int fuzz_open_rw(vd_image **img, const char *format, uint32_t *flags);
+
+/*
+ * Opening costs time bounded by the metadata in the file (a few MiB at most
+ * here), never by what a table claims: an open that takes more CPU time than
+ * this is a hang in the making and breaks the contract.
+ */
+#define FUZZ_OPEN_CPU_SECONDS 1.0
+
+/*
+ * Check img, repairing everything when repair is set. True when the image is
+ * clean afterwards (raw, which has nothing to check, is clean); a repair that
+ * reports nothing left must be confirmed by a fresh check.
+ */
+bool fuzz_check_clean(vd_image *img, bool repair);
+
+/*
+ * Check findings that valid writes may cause on a clean image, as in QEMU:
+ * - a cluster two L2 entries shared (refcount 2, which checks clean) is
+ *   written through one of them, and the other is left with refcount 1 but
+ *   without the COPIED flag. Only a missed optimisation (a needless copy on
+ *   the next write); COPIED set on a shared cluster, the dangerous direction,
+ *   stays an error.
+ * - a cluster past the end of the file had a refcount but no reference (the
+ *   check leaves refcounts there alone); allocations go past it, so once the
+ *   file has grown over it, it is a leak.
+ * fuzz_count_benign is a vd_check report callback counting them into a struct
+ * fuzz_benign whose old_end is the clusters of the file before writing.
+ */
+struct fuzz_benign {
+    uint64_t corruptions, leaks;
+    uint64_t old_end;
+};
+void fuzz_count_benign(void *ctx, const char *message);
+
 /* Close and check that no file handle leaked; forgets the in-memory files. */
 void fuzz_close(vd_image *img);
 

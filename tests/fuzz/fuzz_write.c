@@ -53,27 +53,6 @@ static uint8_t pattern(unsigned op, uint64_t pos)
     return (uint8_t)((pos * 2654435761u) >> 13 ^ (op + 1) * 0x3b);
 }
 
-static int open_rw(vd_image **img, uint32_t *flags)
-{
-    vd_open_opts o = VD_OPEN_OPTS_INIT;
-    o.format = FUZZ_OPEN_FORMAT;
-    o.flags = VD_OPEN_RDWR | VD_OPEN_CONFINED | VD_OPEN_NO_LOCK;
-    int rc = VD_EINVAL;
-    for (int attempt = 0; attempt < 3; attempt++) {
-        rc = vd_open_ext(img, MEMFILE_IMAGE, &o);
-        fuzz_check_rc(rc, "vd_open_ext");
-        if ((rc == VD_EBACKING || rc == VD_EPERM || rc == VD_ENOENT) &&
-            !(o.flags & VD_OPEN_NO_BACKING))
-            o.flags |= VD_OPEN_NO_BACKING;
-        else if (rc == VD_ECORRUPT && !(o.flags & VD_OPEN_REPAIR))
-            o.flags |= VD_OPEN_REPAIR;
-        else
-            break;
-    }
-    *flags = o.flags;
-    return rc;
-}
-
 /* The first broken expectation of this input (reported at the end). */
 static char failure[512];
 
@@ -125,36 +104,6 @@ static void apply(struct window *w, unsigned index, const struct op *op)
             w->known[i] = 1;
         }
     }
-}
-
-/*
- * Check findings that valid writes may cause on a clean image, as in QEMU:
- * - a cluster two L2 entries shared (refcount 2, which checks clean) is
- *   written through one of them, and the other is left with refcount 1 but
- *   without the COPIED flag. Only a missed optimisation (a needless copy on
- *   the next write); COPIED set on a shared cluster, the dangerous direction,
- *   stays an error.
- * - a cluster past the end of the file had a refcount but no reference (the
- *   check leaves refcounts there alone); allocations go past it, so once the
- *   file has grown over it, it is a leak.
- */
-struct benign {
-    uint64_t corruptions, leaks;
-    uint64_t old_end;   /* clusters in the file before writing */
-};
-
-static void count_benign(void *ctx, const char *message)
-{
-    struct benign *b = ctx;
-    fuzz_report(NULL, message);
-    const char *entry = strstr(message, "_entry=");
-    unsigned long long cluster;
-    if (strncmp(message, "ERROR OFLAG_COPIED", 18) == 0 && strstr(message, " refcount=1") &&
-        !(strstr(message, " refcount=1") && strstr(message, " refcount=1")[11]) && entry &&
-        !(strtoull(entry + 7, NULL, 16) >> 63))
-        b->corruptions++;
-    if (sscanf(message, "Leaked cluster %llu ", &cluster) == 1 && cluster >= b->old_end)
-        b->leaks++;
 }
 
 static void plan(uint64_t size, struct op *ops)
@@ -255,8 +204,8 @@ static void run(vd_image *img, uint32_t open_flags, bool clean, uint64_t old_end
             if (w[i].expect && !verify(again, &w[i], "after reopening"))
                 break;
         vd_check_result res = VD_CHECK_RESULT_INIT;
-        struct benign benign = { .old_end = old_end };
-        rc = vd_check(again, 0, &res, count_benign, &benign);
+        struct fuzz_benign benign = { .old_end = old_end };
+        rc = vd_check(again, 0, &res, fuzz_count_benign, &benign);
         fuzz_check_rc(rc, "vd_check");
         if (clean && rc == 0)
             EXPECT(res.corruptions <= benign.corruptions && res.leaks <= benign.leaks,
@@ -279,35 +228,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memfile_add_copy(MEMFILE_IMAGE, data, size, size + GROWTH);
     vd_image *img = NULL;
     uint32_t flags;
-    if (open_rw(&img, &flags) < 0) {
+    if (fuzz_open_rw(&img, FUZZ_OPEN_FORMAT, &flags) < 0) {
         memfile_clear();
         return 0;
     }
     /* even-sized inputs are repaired first; odd-sized ones are written as they are (the
      * writable open still repairs a dirty image) */
-    bool repair = size % 2 == 0, clean = false;
-    vd_check_result res = VD_CHECK_RESULT_INIT;
-    fuzz_log("opened with flags 0x%x; %s", flags, repair ? "repairing" : "checking");
-    int rc = vd_check(img, repair ? VD_CHECK_REPAIR_ALL : 0, &res, fuzz_report, NULL);
-    fuzz_log("check: rc %d, %llu corruptions and %llu leaks left, %llu and %llu fixed", rc,
-             (unsigned long long)res.corruptions, (unsigned long long)res.leaks,
-             (unsigned long long)res.corruptions_fixed, (unsigned long long)res.leaks_fixed);
-    fuzz_check_rc(rc, "vd_check");
-    if (rc == 0 && res.corruptions == 0 && res.leaks == 0 && res.check_errors == 0) {
-        clean = true;
-        if (repair) {
-            vd_check_result after = VD_CHECK_RESULT_INIT;
-            rc = vd_check(img, 0, &after, NULL, NULL);
-            fuzz_check_rc(rc, "vd_check");
-            EXPECT(rc != 0 || (after.corruptions == 0 && after.leaks == 0),
-                   "a repair left nothing to fix, but a check then finds %llu corruptions and "
-                   "%llu leaks", (unsigned long long)after.corruptions,
-                   (unsigned long long)after.leaks);
-            clean = rc == 0;
-        }
-    }
-    if (rc == VD_EUNSUPPORTED) /* raw: nothing to check; it is clean */
-        clean = true;
+    bool repair = size % 2 == 0;
+    fuzz_log("opened with flags 0x%x", flags);
+    bool clean = fuzz_check_clean(img, repair);
     expect_data = clean || repair;
     vd_info info = VD_INFO_INIT;
     FUZZ_ASSERT(vd_get_info(img, &info) == 0, "vd_get_info");
