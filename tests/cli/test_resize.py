@@ -108,3 +108,19 @@ def test_missing_file(vdisk, qemu_img, tmp_path):
     ours = vdisk("resize", tmp_path / "missing.img", "1M", check=1)
     assert ours.stderr.startswith(f"vdisk: Could not open '{tmp_path / 'missing.img'}': ")
     assert qemu_img("resize", tmp_path / "missing.img", "1M").returncode == 1
+
+
+@pytest.mark.parametrize("args", [["+1M"], ["--shrink", "-1M"]])
+def test_v2_image_with_snapshots_is_not_resized(vdisk, qemu_img, tmp_path, args):
+    """qemu-img refuses: a v2 snapshot records no size of its own, so after a
+    resize it would take the new one (and qemu cannot apply it any more)."""
+    path = tmp_path / "v2.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "compat=0.10", path, "2M", check=0)
+    qemu_img("snapshot", "-c", "s1", path, check=0)
+    before = path.read_bytes()
+    result = vdisk("resize", path, *args, check=1)
+    assert result.stderr == (f"vdisk: {path}: cannot resize a version 2 (compat=0.10) qcow2 "
+                             "image that has snapshots\n")
+    assert path.read_bytes() == before
+    assert qemu_img("resize", path, *args, check=1).returncode == 1
+    assert qemu_img("snapshot", "-a", "s1", path, check=0).returncode == 0

@@ -98,6 +98,10 @@ int qcow2_resize(vd_image *img, uint64_t size, uint32_t flags)
     struct qcow2 *q = qcow2_of(img);
     if (size % 512)
         return vd_err(VD_EINVAL, "%s: the new size must be a multiple of 512", img->filename);
+    /* a v2 snapshot records no disk size: it would take the new one and lose its own */
+    if (q->nb_snapshots && q->version < 3 && size != img->size)
+        return vd_err(VD_EUNSUPPORTED, "%s: cannot resize a version 2 (compat=0.10) qcow2 image "
+                      "that has snapshots", img->filename);
     if (q->nb_snapshots && size < img->size)
         return vd_err(VD_EUNSUPPORTED, "%s: cannot shrink a qcow2 image that has snapshots", img->filename);
     uint64_t entries = l1_entries_for(q, size);
