@@ -207,6 +207,17 @@ static int op_resize(struct ctx *c, vd_image *img)
     return vd_resize(img, c->after.size, 0);
 }
 
+/* A version 2 image cannot be resized while it has snapshots (qemu-img refuses it too). */
+static void prepare_resize(struct ctx *c, vd_image *img)
+{
+    prepare_common(c, img);
+    if (strstr(c->options, "compat=0.10")) {
+        vt_ok(vd_snapshot_delete(img, "s0", 0));
+        c->before.snaps &= ~1u;
+        vt_ok(vd_flush(img, 0));
+    }
+}
+
 /* A repairing check of an image with leaked clusters. */
 static void prepare_leaks(struct ctx *c, vd_image *img)
 {
@@ -241,7 +252,7 @@ static const struct scenario scenarios[] = {
     { "snapshot-create", prepare_common, op_snapshot_create, false },
     { "snapshot-delete", prepare_common, op_snapshot_delete, false },
     { "snapshot-apply", prepare_common, op_snapshot_apply, false },
-    { "resize", prepare_common, op_resize, false },
+    { "resize", prepare_resize, op_resize, false },
     { "check-repair", prepare_leaks, op_check_repair, true },
 };
 
