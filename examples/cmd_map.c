@@ -20,13 +20,20 @@ struct map_output {
     vd_image *top;
 };
 
-/* The name of the file at the given depth of the chain below top; "" if there is none. */
+/*
+ * The name of the file holding the data of the image at the given depth of
+ * the chain below top (its external data file, if it has one); "" if there
+ * is no such image.
+ */
 static const char *chain_file(vd_image *top, int32_t depth)
 {
     vd_image *img = top;
     for (int32_t i = 0; img && i < depth; i++)
         img = vd_get_backing(img);
-    return img ? vd_get_filename(img) : "";
+    if (!img)
+        return "";
+    vd_info info = VD_INFO_INIT;
+    return vd_get_info(img, &info) == 0 && info.data_file ? info.data_file : vd_get_filename(img);
 }
 
 static struct map_entry entry_from_extent(const vd_extent *ext)

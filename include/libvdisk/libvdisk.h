@@ -206,9 +206,12 @@ typedef struct vd_info {
     int read_only;              /* handle is read-only */
     int encrypted;
     int probed;                 /* the format was found by probing */
+    /* Since 1.1 (callers whose struct_size ends before it never see it): */
+    const char *data_file;      /* the external data file holding guest data, as opened
+                                   (resolved against the image's directory), or NULL */
 } vd_info;
 
-#define VD_INFO_INIT { (uint32_t)sizeof(vd_info), 0, 0, 0, NULL, NULL, NULL, NULL, 0, 0, 0, 0 }
+#define VD_INFO_INIT { (uint32_t)sizeof(vd_info), 0, 0, 0, NULL, NULL, NULL, NULL, 0, 0, 0, 0, NULL }
 
 VD_API int vd_get_info(vd_image *img, vd_info *info);
 

@@ -296,12 +296,14 @@ int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ex
     case VD_COW_DATA:
         ext->flags = VD_EXTENT_DATA | VD_EXTENT_ALLOCATED;
         ext->host_offset = run.host;
-        return mark_host_holes(img, ext);
+        return img->cow->data_over_holes && img->cow->data_over_holes(img) ? mark_host_holes(img, ext) : 0;
     case VD_COW_COMPRESSED:
         ext->flags = VD_EXTENT_DATA | VD_EXTENT_ALLOCATED;
         return 0;
     case VD_COW_ZERO:
         ext->flags = VD_EXTENT_ZERO | VD_EXTENT_ALLOCATED;
+        if (run.has_host)
+            ext->host_offset = run.host;
         return 0;
     case VD_COW_UNALLOCATED:
         break;
@@ -316,5 +318,7 @@ int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ex
         return rc;
     }
     ext->flags = VD_EXTENT_ZERO; /* nothing below covers it: qemu reports this image's depth */
+    if (run.has_host)
+        ext->host_offset = run.host;
     return 0;
 }

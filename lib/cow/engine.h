@@ -24,7 +24,10 @@ enum vd_cow_kind {
 struct vd_cow_run {
     enum vd_cow_kind kind;
     uint64_t length;      /* guest bytes from the queried offset in this state */
-    uint64_t host;        /* DATA: host offset of the queried byte; COMPRESSED: of the compressed bytes */
+    uint64_t host;        /* DATA (and has_host): host offset of the queried byte; COMPRESSED: of the compressed bytes */
+    bool has_host;        /* ZERO, UNALLOCATED: the granule keeps a host cluster (a zero cluster
+                             written without unmapping; unallocated subclusters of an allocated
+                             cluster), at host; block status reports it as qemu-img map does */
     uint64_t comp_bytes;  /* COMPRESSED: upper bound of the compressed length */
     bool writable;        /* DATA: the host cluster belongs to this image alone */
 };
@@ -52,6 +55,12 @@ struct vd_cow_ops {
     int (*check_write)(vd_image *img, uint64_t host, uint64_t len);
     /* Decompress the cluster a COMPRESSED run describes. Optional. */
     int (*read_compressed)(vd_image *img, const struct vd_cow_run *run, void *cluster);
+    /*
+     * Whether data clusters may lie over holes of the host file (metadata
+     * preallocated without data): only then does block status ask the file
+     * whether a data run reads as zeroes, as QEMU does. Optional: never.
+     */
+    bool (*data_over_holes)(vd_image *img);
 };
 
 /* Data-path callbacks for a sparse format's struct vd_backend. */

@@ -65,3 +65,45 @@ def test_bad_output_format(vdisk, tmp_path):
     path = make_sparse(tmp_path / "a.img", MiB)
     result = vdisk("map", "--output=yaml", path, check=1)
     assert result.stderr == "vdisk: --output must be used with human or json as argument.\n"
+
+
+# qcow2 images qemu-img creates and qemu-io writes: (create options, qemu-io commands)
+QCOW2_LAYOUTS = {
+    # a zero cluster that keeps its host cluster (write -z without -u) has an offset
+    "zero-keeps-host": ("", ["write -P 1 0 64k", "write -z 0 64k", "write -P 2 64k 64k"]),
+    "zero-unmapped": ("", ["write -P 1 0 64k", "write -z -u 0 64k"]),
+    # unallocated subclusters of an allocated cluster have an offset too
+    "extl2-partial": ("extended_l2=on", ["write -P 1 0 4k", "write -z 8k 4k",
+                                         "write -P 3 64k 2k", "write -z -u 128k 64k"]),
+    # data clusters over fallocated (unwritten) extents: data, not zero
+    "falloc": ("preallocation=falloc", []),
+    "falloc-written": ("preallocation=falloc", ["write -P 7 64k 4k"]),
+    # data clusters over holes of a metadata-preallocated file: data and zero
+    "metadata": ("preallocation=metadata", ["write -P 7 128k 4k"]),
+}
+
+
+@pytest.fixture(params=sorted(QCOW2_LAYOUTS))
+def qcow2_image(request, tmp_path, qemu_img, qemu_io):
+    options, commands = QCOW2_LAYOUTS[request.param]
+    path = tmp_path / f"{request.param}.qcow2"
+    qemu_img("create", "-f", "qcow2", *(["-o", options] if options else []), path, "1M", check=0)
+    for command in commands:
+        qemu_io("-f", "qcow2", "-c", command, path, check=0)
+    return path
+
+
+@pytest.mark.parametrize("output", ["json", "human"])
+def test_qcow2_map_identical_to_qemu_img(vdisk, qemu_img, qcow2_image, output):
+    ours = vdisk("map", f"--output={output}", qcow2_image, check=0).stdout
+    assert ours == qemu_img("map", f"--output={output}", qcow2_image, check=0).stdout
+
+
+def test_human_map_names_the_external_data_file(vdisk, qemu_img, qemu_io, tmp_path):
+    # qemu-img 7.2 opens a relative data file from the working directory
+    qemu_img("create", "-f", "qcow2", "-o", "data_file=d.raw", "d.qcow2", "1M", cwd=tmp_path,
+             check=0)
+    qemu_io("-f", "qcow2", "-c", "write -P 1 64k 64k", "d.qcow2", cwd=tmp_path, check=0)
+    ours = vdisk("map", "d.qcow2", cwd=tmp_path, check=0).stdout
+    assert ours == qemu_img("map", "d.qcow2", cwd=tmp_path, check=0).stdout
+    assert ours.splitlines()[1:] == ["0x10000         0x10000         0x10000         d.raw"]

@@ -78,6 +78,7 @@ class VdInfo(Structure):
         ("read_only", c_int),
         ("encrypted", c_int),
         ("probed", c_int),
+        ("data_file", c_char_p),
     ]
 
 

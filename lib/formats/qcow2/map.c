@@ -40,6 +40,13 @@ struct granule {
     bool writable;
 };
 
+/* A data granule, or a zero or unallocated one that keeps its host cluster (in the image file). */
+static bool has_host(const struct qcow2 *q, const struct granule *g)
+{
+    return g->kind == VD_COW_DATA || (g->kind != VD_COW_COMPRESSED && g->host_cluster &&
+                                      !qcow2_has_data_file(q));
+}
+
 static int decode(vd_image *img, const struct qcow2 *q, struct l2e e, unsigned subcluster,
                   struct granule *g)
 {
@@ -124,7 +131,8 @@ static int q_lookup(vd_image *img, uint64_t off, uint64_t len, struct vd_cow_run
         uint64_t c = pos / cs;
         rc = decode(img, q, l2_load(q, table, c % q->l2_entries), (unsigned)((pos % cs) / granule), &g);
         if (rc < 0 || g.kind != first.kind || g.writable != first.writable ||
-            (g.kind == VD_COW_DATA && g.host_cluster + pos % cs != first.host_cluster + (pos - (off - off % cs))))
+            has_host(q, &g) != has_host(q, &first) ||
+            (has_host(q, &g) && g.host_cluster + pos % cs != first.host_cluster + (pos - (off - off % cs))))
             break;
         pos += granule;
     }
@@ -134,7 +142,8 @@ static int q_lookup(vd_image *img, uint64_t off, uint64_t len, struct vd_cow_run
     run->kind = first.kind;
     run->length = min_u64(pos, off + max) - off;
     run->writable = first.writable;
-    if (first.kind == VD_COW_DATA)
+    run->has_host = has_host(q, &first);
+    if (run->has_host)
         run->host = first.host_cluster + off % cs;
     return 0;
 }
@@ -318,4 +327,5 @@ const struct vd_cow_ops qcow2_cow_ops = {
     .link = q_link,
     .zero_clusters = q_zero_clusters,
     .read_compressed = q_read_compressed,
+    .data_over_holes = qcow2_metadata_preallocated,
 };

@@ -154,6 +154,7 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     struct qcow2 *q = calloc(1, sizeof *q);
     if (!q)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    q->metadata_prealloc = -1;
     img->priv = q;
     int rc = qcow2_read_header(img, q);
     if (rc == 0 && !img->read_only && (q->incompat & QCOW2_INCOMPAT_CORRUPT) &&
@@ -317,6 +318,7 @@ static void q_get_info(vd_image *img, vd_info *info)
     info->backing_file = q->backing_file;
     info->backing_format = q->backing_format;
     info->encrypted = q->crypt_method != 0;
+    info->data_file = img->data_file ? img->data_file->path : NULL;
 }
 
 const struct vd_backend vd_backend_qcow2 = {

@@ -137,6 +137,7 @@ struct qcow2 {
 
     bool dirty_by_us;         /* this session set the dirty bit (lazy refcounts) */
 
+    int metadata_prealloc;    /* qcow2_metadata_preallocated(): -1 not decided yet, 0, 1 (atomic) */
     uint64_t free_hint;       /* no free cluster below this index */
     uint64_t alloc_end;       /* no cluster is allocated at or past this index */
     /* [claimed_first, claimed_end): clusters past the end of the file that table
@@ -202,6 +203,12 @@ int qcow2_set_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_
 int qcow2_alloc_clusters(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t *host);
 /* Allocate clusters for metadata (the overlap map learns about them). */
 int qcow2_alloc_metadata(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t *host);
+/*
+ * Whether the refcounts name clearly more clusters than the file stores (a
+ * tenth more, and at least two: QEMU's test for metadata preallocation), so
+ * that data clusters may lie over holes. Decided once per handle.
+ */
+bool qcow2_metadata_preallocated(vd_image *img);
 /* Drop the refcount of a host cluster at the next flush (after the L2 update is durable). */
 int qcow2_free_cluster_later(vd_image *img, struct qcow2 *q, uint64_t host);
 int qcow2_apply_pending_frees(vd_image *img, struct qcow2 *q);

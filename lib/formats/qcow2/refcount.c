@@ -471,3 +471,32 @@ int qcow2_refcounts_durable(void *ctx)
     }
     return vd_image_sync(img);
 }
+
+/*
+ * Counted up to the end of the file and no further than the threshold, so
+ * the cost is bounded by the file's size. Block status runs under a shared
+ * lock: two threads may both count, and store the same answer.
+ */
+bool qcow2_metadata_preallocated(vd_image *img)
+{
+    struct qcow2 *q = qcow2_of(img);
+    int known = __atomic_load_n(&q->metadata_prealloc, __ATOMIC_ACQUIRE);
+    if (known >= 0)
+        return known;
+    uint64_t file_size, stored;
+    if (vd_file_get_size(img->file, &file_size) < 0 || vd_file_allocated_bytes(img->file, &stored) < 0)
+        return false; /* not known now; asked again next time */
+    uint64_t stored_clusters = stored / q->cluster_size;
+    uint64_t threshold = stored_clusters * 10 / 9 > stored_clusters + 2 ? stored_clusters * 10 / 9
+                                                                        : stored_clusters + 2;
+    uint64_t end = file_size / q->cluster_size + (file_size % q->cluster_size != 0), counted = 0;
+    for (uint64_t c = 0; c < end && counted < threshold; c++) {
+        uint64_t refcount;
+        if (qcow2_get_refcount(img, q, c, &refcount) < 0)
+            return false;
+        counted += refcount != 0;
+    }
+    bool preallocated = counted >= threshold;
+    __atomic_store_n(&q->metadata_prealloc, preallocated, __ATOMIC_RELEASE);
+    return preallocated;
+}
