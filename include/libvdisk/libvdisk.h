@@ -206,7 +206,7 @@ typedef struct vd_info {
     int read_only;              /* handle is read-only */
     int encrypted;
     int probed;                 /* the format was found by probing */
-    /* Since 1.1 (callers whose struct_size ends before it never see it): */
+    /* Added in 0.2 (a caller built against an older header passes a smaller struct_size): */
     const char *data_file;      /* the external data file holding guest data, as opened
                                    (resolved against the image's directory), or NULL */
 } vd_info;
