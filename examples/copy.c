@@ -86,6 +86,7 @@ struct copy {
     const struct copy_params *params;
     uint64_t base_size;          /* of params->base */
     size_t block;                /* the unit of sorting: compare_block, sparse_block or 0 */
+    uint64_t granule;            /* the destination's cluster size (a power of two <= BUFFER_SIZE) */
 
     /* The walk through the source's allocation map, cut into chunks. */
     pthread_mutex_t walk_lock;
@@ -132,20 +133,43 @@ static int next_extent(struct copy *c)
     return 0;
 }
 
-/* Cut the next chunk off the current extent; false for a zero extent the destination reads already. */
+static uint64_t round_down(uint64_t x, uint64_t unit)
+{
+    return x & ~(unit - 1);
+}
+
+/*
+ * Cut the next chunk off the current extent; false for a zero extent the
+ * destination reads already. Chunks begin and end on the destination's
+ * cluster boundaries (but at the end of the image) and a data chunk never
+ * crosses a multiple of BUFFER_SIZE, so no cluster is written by two chunks:
+ * a cluster that reads as zeroes is written as one zero cluster, never
+ * allocated by a partial write and then filled with zeroes. A data chunk
+ * takes the rest of its last cluster from the next extent (reading zeroes
+ * is cheap), and a zero extent that ends inside a cluster leaves that
+ * cluster to the data chunk after it.
+ */
 static bool cut_chunk(struct copy *c, struct chunk *chunk)
 {
-    uint64_t left = c->extent_end - c->walk_offset;
+    const uint64_t size = c->params->size, g = c->granule;
     bool zero = c->extent_flags & VD_EXTENT_ZERO;
+    uint64_t end = c->extent_end == size ? size : round_down(c->extent_end, g);
+    if (zero && end <= c->walk_offset)
+        zero = false; /* a zero sliver inside one cluster: read it with its neighbours */
+    if (!zero) {
+        uint64_t cluster_end = round_down(c->extent_end + g - 1, g);
+        uint64_t buffer_end = round_down(c->walk_offset, BUFFER_SIZE) + BUFFER_SIZE;
+        end = cluster_end < buffer_end ? cluster_end : buffer_end;
+        end = end < size ? end : size;
+    }
     /* a destination without base reads as zeroes already, unless asked to allocate it */
     if (zero && c->params->sparse_block && !c->params->base) {
-        c->walk_offset = c->extent_end;
+        c->walk_offset = end;
         return false;
     }
-    uint64_t length = zero || left < BUFFER_SIZE ? left : BUFFER_SIZE;
-    *chunk = (struct chunk){ zero ? CHUNK_ZERO : CHUNK_DATA, c->walk_offset, length,
-                             c->chunks_cut++ };
-    c->walk_offset += length;
+    *chunk = (struct chunk){ zero ? CHUNK_ZERO : CHUNK_DATA, c->walk_offset,
+                             end - c->walk_offset, c->chunks_cut++ };
+    c->walk_offset = end;
     return true;
 }
 
@@ -156,7 +180,7 @@ static bool claim_chunk(struct copy *c, struct chunk *chunk)
     pthread_mutex_lock(&c->walk_lock);
     while (!found && c->walk_rc == 0 && c->walk_offset < c->params->size &&
            !atomic_load(&c->failed)) {
-        if (c->walk_offset == c->extent_end)
+        if (c->walk_offset >= c->extent_end) /* a data chunk may end past its extent */
             c->walk_rc = next_extent(c);
         else
             found = cut_chunk(c, chunk);
@@ -483,6 +507,8 @@ int copy_image(const struct copy_params *params, struct copy_error *err)
         .block = params->base ? params->compare_block : params->sparse_block,
     };
     atomic_init(&c.failed, false);
+    vd_info info = VD_INFO_INIT;
+    c.granule = vd_get_info(params->dst, &info) == 0 && info.cluster_size ? info.cluster_size : 512;
     int rc = params->base ? vd_get_size(params->base, &c.base_size) : 0;
     if (rc < 0) {
         record_error(err, "reading the size of the backing file", 0, rc);

@@ -242,3 +242,23 @@ def test_convert_onto_backing_file_from_raw(vdisk, qemu_img, chain, tmp_path):
     qemu_img("compare", "-f", "raw", src, out, check=0)
     qemu_img("check", out, check=0)
     assert _own_extents(vdisk, out) == [(0, 64 * KiB, False), (3 * MiB, 64 * KiB, True)]
+
+
+@pytest.mark.parametrize("layout", ["unaligned-extent", "zeroes-then-hole"])
+def test_convert_onto_backing_file_zero_clusters_never_split(vdisk, qemu_img, tmp_path, layout):
+    """Clusters that read as zeroes over the backing file's data become zero
+    clusters even where the source's extents or the copy's 2 MiB chunks do not
+    fall on cluster boundaries (a cluster zeroed in two pieces would become a
+    data cluster full of zeroes)."""
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\x05" * (8 * MiB))
+    src = make_sparse(tmp_path / "src.raw", 8 * MiB,
+                      data=[(4096, 4096)] if layout == "unaligned-extent" else [],
+                      zero_data=[(8192, 4 * MiB)] if layout == "unaligned-extent"
+                      else [(0, 8192), (2 * MiB - 4096, 8192)])
+    out = tmp_path / "out.qcow2"
+    vdisk("convert", "-f", "raw", "-O", "qcow2", "-B", base, "-F", "raw", src, out, check=0)
+    qemu_img("compare", "-f", "raw", "-F", "qcow2", src, out, check=0)
+    qemu_img("check", out, check=0)
+    data_clusters = [e for e in _own_extents(vdisk, out) if e[2] is False]
+    assert data_clusters == ([(0, 64 * KiB, False)] if layout == "unaligned-extent" else [])
