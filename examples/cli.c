@@ -108,12 +108,13 @@ bool cli_parse_image_args(const struct cli_command *cmd, unsigned extras, int ar
     struct option long_options[] = {
         CLI_OPTION_HELP,
         CLI_OPTION_FORCE_SHARE,
+        CLI_OPTION_SAFE,
         { "output", required_argument, NULL, OPT_OUTPUT },
         { NULL, 0, NULL, 0 }, /* room for --backing-chain */
         { NULL, 0, NULL, 0 },
     };
     if (extras & IMAGE_ARGS_BACKING_CHAIN)
-        long_options[3] = (struct option){ "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN };
+        long_options[4] = (struct option){ "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN };
     *args = (struct image_args){ .output = OUTPUT_HUMAN };
     *status = EXIT_FAILURE;
     bool src_flush; /* the image is only read: any cache mode reads the same */
@@ -126,6 +127,9 @@ bool cli_parse_image_args(const struct cli_command *cmd, unsigned extras, int ar
             break;
         case 'U':
             args->open_flags |= VD_OPEN_NO_LOCK;
+            break;
+        case CLI_OPT_SAFE:
+            args->open_flags |= VD_OPEN_SAFE;
             break;
         case 'r':
             if (!parse_repair(optarg, &args->check_flags)) {
@@ -241,14 +245,14 @@ char *cli_resolve_backing(const char *image_path, const char *backing)
 }
 
 int cli_try_backing(const char *image_path, const char *backing, const char *format,
-                    uint64_t *size)
+                    uint32_t flags, uint64_t *size)
 {
-    char *path = cli_resolve_backing(image_path, backing);
-    if (!path)
-        return VD_ENOMEM;
+    vd_open_opts opts = VD_OPEN_OPTS_INIT;
+    opts.flags = flags | VD_OPEN_NO_LOCK | VD_OPEN_NO_BACKING;
+    opts.format = format;
+    opts.relative_to = image_path;
     vd_image *img = NULL;
-    int rc = vd_open(&img, path, format, VD_OPEN_NO_LOCK | VD_OPEN_NO_BACKING);
-    free(path);
+    int rc = vd_open_ext(&img, backing, &opts);
     if (rc == 0 && size)
         rc = vd_get_size(img, size);
     vd_close(img);

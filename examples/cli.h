@@ -40,24 +40,35 @@ enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 /* Long options shared by commands; list them in each command's table. */
 #define CLI_OPTION_HELP { "help", no_argument, NULL, 'h' }
 #define CLI_OPTION_FORCE_SHARE { "force-share", no_argument, NULL, 'U' }
+/*
+ * --safe: open images with VD_OPEN_SAFE (and create overlays with
+ * VD_CREATE_CONFINED). Shared long-only options take values from 512; a
+ * command's own start at 256.
+ */
+enum { CLI_OPT_SAFE = 512 };
+#define CLI_OPTION_SAFE { "safe", no_argument, NULL, CLI_OPT_SAFE }
+/* Its line in a command's option list. */
+#define CLI_HELP_SAFE \
+    "  --safe          for untrusted images: open only files inside the image's\n" \
+    "                  directory, with their recorded format (see vdisk(1))\n"
 
 /* The arguments of commands that inspect one image (info, map, check). */
 struct image_args {
     const char *format;        /* -f, or NULL to probe */
     enum output_format output; /* --output */
-    uint32_t open_flags;       /* VD_OPEN_NO_LOCK with -U */
+    uint32_t open_flags;       /* VD_OPEN_NO_LOCK with -U, VD_OPEN_SAFE with --safe */
     bool backing_chain;        /* --backing-chain */
     bool quiet;                /* -q */
     uint32_t check_flags;      /* VD_CHECK_REPAIR_* from -r */
     const char *filename;
 };
 
-/* Options beyond "-f fmt --output=ofmt -U" that a command accepts. */
+/* Options beyond "-f fmt --output=ofmt -U --safe" that a command accepts. */
 #define IMAGE_ARGS_BACKING_CHAIN (1u << 0) /* --backing-chain */
 #define IMAGE_ARGS_CHECK         (1u << 1) /* -r leaks|all, -T src_cache, -q */
 
 /*
- * Parse "[-f fmt] [--output=human|json] [-U] filename" (and -h/--help),
+ * Parse "[-f fmt] [--output=human|json] [-U] [--safe] filename" (and -h/--help),
  * plus the extra options named by the IMAGE_ARGS_* bits in extras.
  * Returns true when the command should run; otherwise false with *status
  * the exit status (help printed, or a usage error reported).
@@ -161,10 +172,11 @@ char *cli_resolve_backing(const char *image_path, const char *backing);
  * Open the backing file an image at image_path would get (name resolved as
  * cli_resolve_backing() does, format NULL to probe) to see that it opens,
  * as qemu-img does before it changes anything; with size, also take its
- * virtual size. Returns 0 or a negative VD_E* code with vd_errmsg() set,
- * for the caller to report in its own words.
+ * virtual size. flags: VD_OPEN_SAFE to open it as a safe handle would (only
+ * inside image_path's directory). Returns 0 or a negative VD_E* code with
+ * vd_errmsg() set, for the caller to report in its own words.
  */
 int cli_try_backing(const char *image_path, const char *backing, const char *format,
-                    uint64_t *size);
+                    uint32_t flags, uint64_t *size);
 
 #endif /* VDISK_CLI_H */

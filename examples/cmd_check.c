@@ -1,4 +1,5 @@
-/* vdisk check [-f fmt] [-r leaks|all] [--output=human|json] [-T src_cache] [-U] [-q] filename */
+/* vdisk check [-f fmt] [-r leaks|all] [--output=human|json] [-T src_cache] [-U] [-q] [--safe]
+ *             filename */
 #include "cli.h"
 #include "json.h"
 
@@ -131,7 +132,8 @@ static int run_check(int argc, char **argv)
 
 const struct cli_command cmd_check = {
     .name = "check",
-    .synopsis = "[-q] [-f fmt] [--output=ofmt] [-r leaks|all] [-T src_cache] [-U] filename",
+    .synopsis = "[-q] [-f fmt] [--output=ofmt] [-r leaks|all] [-T src_cache] [-U] [--safe] "
+                "filename",
     .summary = "check a disk image for consistency, and repair it",
     .options =
         "  -f fmt          image format (default: probe the file)\n"
@@ -142,6 +144,7 @@ const struct cli_command cmd_check = {
         "                  unsafe); accepted for qemu-img compatibility\n"
         "  -U, --force-share\n"
         "                  open without taking locks (not with -r)\n"
+        CLI_HELP_SAFE
         "  -q              quiet: print only the problems found, on standard error\n"
         "  filename        the image to check\n"
         "\n"

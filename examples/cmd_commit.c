@@ -1,4 +1,4 @@
-/* vdisk commit [-f fmt] [-t cache] [-d] [-p] [-q] filename */
+/* vdisk commit [-f fmt] [-t cache] [-d] [-p] [-q] [--safe] filename */
 #include "cli.h"
 #include "progress.h"
 
@@ -9,7 +9,7 @@
 struct commit_args {
     const char *format;
     bool keep, progress, quiet; /* keep: -d, the image keeps its data */
-    uint32_t open_flags;        /* VD_OPEN_NO_FLUSH with -t unsafe */
+    uint32_t open_flags;        /* VD_OPEN_NO_FLUSH with -t unsafe, VD_OPEN_SAFE with --safe */
     const char *filename;
 };
 
@@ -40,9 +40,11 @@ static int commit(const struct commit_args *a)
 
 static int run_commit(int argc, char **argv)
 {
-    static const struct option long_options[] = { CLI_OPTION_HELP, { NULL, 0, NULL, 0 } };
+    static const struct option long_options[] = {
+        CLI_OPTION_HELP, CLI_OPTION_SAFE, { NULL, 0, NULL, 0 },
+    };
     struct commit_args args = { 0 };
-    bool flush = true;
+    bool flush = true, safe = false;
     int opt;
     while ((opt = getopt_long(argc, argv, ":hf:t:dpq", long_options, NULL)) != -1) {
         switch (opt) {
@@ -62,20 +64,23 @@ static int run_commit(int argc, char **argv)
         case 'q':
             args.quiet = true;
             break;
+        case CLI_OPT_SAFE:
+            safe = true;
+            break;
         default:
             return cli_option_fallback(&cmd_commit, opt, argv);
         }
     }
     if (optind != argc - 1)
         return cli_usage_error("Expecting one image file name");
-    args.open_flags = flush ? 0 : VD_OPEN_NO_FLUSH;
+    args.open_flags = (flush ? 0 : VD_OPEN_NO_FLUSH) | (safe ? VD_OPEN_SAFE : 0);
     args.filename = argv[optind];
     return commit(&args);
 }
 
 const struct cli_command cmd_commit = {
     .name = "commit",
-    .synopsis = "[-f fmt] [-t cache] [-d] [-p] [-q] filename",
+    .synopsis = "[-f fmt] [-t cache] [-d] [-p] [-q] [--safe] filename",
     .summary = "write the data of an overlay into its backing file",
     .options =
         "  -f fmt          image format (default: probe the file)\n"
@@ -85,6 +90,7 @@ const struct cli_command cmd_commit = {
         "                  directsync sync the images at the end, unsafe does not\n"
         "  -p              show progress (when standard output is a terminal)\n"
         "  -q              quiet: do not print 'Image committed.'\n"
+        CLI_HELP_SAFE
         "  filename        the overlay, opened read-write; its backing file is grown\n"
         "                  when the overlay is larger\n",
     .run = run_commit,

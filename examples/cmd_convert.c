@@ -1,5 +1,5 @@
-/* vdisk convert [-p] [-q] [-U] [-f fmt] [-O fmt] [-B backing [-F backing_fmt]] [-o options]
- *               [-l snapshot_param] [-S size] [-t cache] [-T src_cache] src dst */
+/* vdisk convert [-p] [-q] [-U] [--safe] [-f fmt] [-O fmt] [-B backing [-F backing_fmt]]
+ *               [-o options] [-l snapshot_param] [-S size] [-t cache] [-T src_cache] src dst */
 #include "cli.h"
 #include "copy.h"
 #include "size.h"
@@ -25,7 +25,7 @@ struct convert_args {
     bool progress, quiet;
     size_t sparse_size;
     bool flush;             /* sync the destination at the end (-t: all modes but unsafe) */
-    uint32_t open_flags;    /* for the source */
+    uint32_t open_flags;    /* for the source; with --safe VD_OPEN_SAFE, also for the destination */
     const char *backing;    /* -B, or NULL */
     const char *backing_fmt; /* -F, or NULL */
     /* -l: convert a snapshot, found by id and/or name; with snapshot_either by id or else name */
@@ -56,10 +56,11 @@ static int create_destination(const struct convert_args *a, uint64_t size, bool 
 {
     if (a->backing && !cli_format_has_option(a->out_format, "backing_file"))
         return cli_error("Backing file not supported for file format '%s'", a->out_format);
-    int rc = vd_create(a->dst, a->out_format, size, a->options, VD_CREATE_EXCL);
+    uint32_t confined = (a->open_flags & VD_OPEN_SAFE) ? VD_CREATE_CONFINED : 0;
+    int rc = vd_create(a->dst, a->out_format, size, a->options, VD_CREATE_EXCL | confined);
     *created = rc == 0;
     if (rc == VD_EEXIST) /* like qemu-img, overwrite an existing file */
-        rc = vd_create(a->dst, a->out_format, size, a->options, 0);
+        rc = vd_create(a->dst, a->out_format, size, a->options, confined);
     if (rc < 0)
         return cli_lib_error(rc, "%s: error while converting %s", a->dst, a->out_format);
     return EXIT_SUCCESS;
@@ -68,7 +69,8 @@ static int create_destination(const struct convert_args *a, uint64_t size, bool 
 static int copy_to_destination(const struct convert_args *a, vd_image *src, uint64_t size)
 {
     vd_image *dst = cli_open_image(a->dst, a->out_format,
-                                   VD_OPEN_RDWR | (a->flush ? 0 : VD_OPEN_NO_FLUSH));
+                                   VD_OPEN_RDWR | (a->flush ? 0 : VD_OPEN_NO_FLUSH) |
+                                   (a->open_flags & VD_OPEN_SAFE));
     if (!dst)
         return EXIT_FAILURE;
     /* an overlay (-B or -o backing_file) gets only what differs from its backing image */
@@ -222,7 +224,7 @@ static bool parse_snapshot_param(const char *param, struct convert_args *a)
 static int parse_and_convert(int argc, char **argv, struct convert_args *a)
 {
     static const struct option long_options[] = {
-        CLI_OPTION_HELP, CLI_OPTION_FORCE_SHARE, { NULL, 0, NULL, 0 },
+        CLI_OPTION_HELP, CLI_OPTION_FORCE_SHARE, CLI_OPTION_SAFE, { NULL, 0, NULL, 0 },
     };
     bool src_flush;
     int opt;
@@ -266,6 +268,9 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
         case 'U':
             a->open_flags |= VD_OPEN_NO_LOCK;
             break;
+        case CLI_OPT_SAFE:
+            a->open_flags |= VD_OPEN_SAFE;
+            break;
         case 't':
             if (!cli_parse_cache_mode(optarg, &a->flush))
                 return cli_error("Invalid cache option: %s", optarg);
@@ -303,7 +308,8 @@ static int run_convert(int argc, char **argv)
 
 const struct cli_command cmd_convert = {
     .name = "convert",
-    .synopsis = "[-p] [-q] [-U] [-f fmt] [-O output_fmt] [-B backing_file [-F backing_fmt]] "
+    .synopsis = "[-p] [-q] [-U] [--safe] [-f fmt] [-O output_fmt] "
+                "[-B backing_file [-F backing_fmt]] "
                 "[-o options] [-l snapshot_param] [-S sparse_size] [-t cache] [-T src_cache] "
                 "filename output_filename",
     .summary = "copy a disk image, possibly to another format",
@@ -332,6 +338,8 @@ const struct cli_command cmd_convert = {
         "  -q              quiet: no progress\n"
         "  -U, --force-share\n"
         "                  open the source without taking locks\n"
+        CLI_HELP_SAFE
+        "                  (the source; the destination's -B backing file too)\n"
         "  filename        the source image; an overlay is read through its backing\n"
         "                  chain, so without -B the destination holds everything\n"
         "                  (flattened)\n"

@@ -1,4 +1,5 @@
-/* vdisk create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size] */
+/* vdisk create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] [--safe]
+ *              filename [size] */
 #include "cli.h"
 #include "size.h"
 
@@ -13,6 +14,7 @@ struct create_args {
     char *options; /* joined -o arguments, then -b and -F as options; or NULL */
     bool quiet;
     bool unsafe_backing; /* -u: do not open the backing file */
+    bool safe;           /* --safe: the backing file must be inside the image's directory */
     char *backing, *backing_fmt; /* what the options say (-b, -F or -o) */
     const char *filename;
     const char *size;
@@ -128,7 +130,8 @@ static void print_formatting(const struct create_args *a, uint64_t size)
  */
 static int check_backing(const struct create_args *a, uint64_t *size)
 {
-    int rc = cli_try_backing(a->filename, a->backing, a->backing_fmt, a->size ? NULL : size);
+    int rc = cli_try_backing(a->filename, a->backing, a->backing_fmt, a->safe ? VD_OPEN_SAFE : 0,
+                             a->size ? NULL : size);
     return rc < 0 ? cli_lib_error(rc, "%s: Could not open backing image", a->filename)
                   : EXIT_SUCCESS;
 }
@@ -164,13 +167,16 @@ static int create_image(const struct create_args *a)
     if (!a->quiet)
         print_formatting(a, size);
     int rc = vd_create(a->filename, a->format, size, a->options,
-                       a->unsafe_backing ? VD_CREATE_UNSAFE_BACKING : 0);
+                       (a->unsafe_backing ? VD_CREATE_UNSAFE_BACKING : 0) |
+                       (a->safe ? VD_CREATE_CONFINED : 0));
     return rc < 0 ? cli_file_error(rc, a->filename) : EXIT_SUCCESS;
 }
 
 static int parse_and_create(int argc, char **argv, struct create_args *a)
 {
-    static const struct option long_options[] = { CLI_OPTION_HELP, { NULL, 0, NULL, 0 } };
+    static const struct option long_options[] = {
+        CLI_OPTION_HELP, CLI_OPTION_SAFE, { NULL, 0, NULL, 0 },
+    };
     const char *backing = NULL, *backing_fmt = NULL;
     int opt;
     while ((opt = getopt_long(argc, argv, ":hf:o:qb:F:u", long_options, NULL)) != -1) {
@@ -193,6 +199,9 @@ static int parse_and_create(int argc, char **argv, struct create_args *a)
             break;
         case 'u':
             a->unsafe_backing = true;
+            break;
+        case CLI_OPT_SAFE:
+            a->safe = true;
             break;
         default:
             return cli_option_fallback(&cmd_create, opt, argv);
@@ -223,7 +232,7 @@ static int run_create(int argc, char **argv)
 
 const struct cli_command cmd_create = {
     .name = "create",
-    .synopsis = "[-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] "
+    .synopsis = "[-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] [--safe] "
                 "filename [size]",
     .summary = "create a new disk image",
     .options =
@@ -237,6 +246,8 @@ const struct cli_command cmd_create = {
         "  -o options      format options, key=value[,key=value...]; ',,' is a literal\n"
         "                  comma; '-o help' lists the options of the format\n"
         "  -q              quiet: do not print the 'Formatting ...' line\n"
+        "  --safe          the backing file (and its chain) must lie inside the new\n"
+        "                  image's directory, reached without symbolic links\n"
         "  filename        the image to create; an existing file is overwritten\n"
         "  size            virtual size in bytes, or with a suffix k, M, G, T, P or E\n"
         "                  (powers of 1024; fractions like 1.5G are allowed); with a\n"

@@ -1,4 +1,4 @@
-/* vdisk info [-f fmt] [--output=human|json] [--backing-chain] [-U] filename */
+/* vdisk info [-f fmt] [--output=human|json] [--backing-chain] [-U] [--safe] filename */
 #include "cli.h"
 #include "json.h"
 #include "size.h"
@@ -197,7 +197,7 @@ static int run_info(int argc, char **argv)
 
 const struct cli_command cmd_info = {
     .name = "info",
-    .synopsis = "[-f fmt] [--output=ofmt] [--backing-chain] [-U] filename",
+    .synopsis = "[-f fmt] [--output=ofmt] [--backing-chain] [-U] [--safe] filename",
     .summary = "show information about a disk image",
     .options =
         "  -f fmt          image format (default: probe the file)\n"
@@ -206,6 +206,7 @@ const struct cli_command cmd_info = {
         "                  (human: separated by blank lines; json: a list)\n"
         "  -U, --force-share\n"
         "                  open without taking locks (inspect an image in use)\n"
+        CLI_HELP_SAFE
         "  filename        the image to describe\n",
     .run = run_info,
 };

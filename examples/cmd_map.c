@@ -1,4 +1,4 @@
-/* vdisk map [-f fmt] [--output=human|json] [-U] filename */
+/* vdisk map [-f fmt] [--output=human|json] [-U] [--safe] filename */
 #include "cli.h"
 #include "json.h"
 
@@ -159,7 +159,7 @@ static int run_map(int argc, char **argv)
 
 const struct cli_command cmd_map = {
     .name = "map",
-    .synopsis = "[-f fmt] [--output=ofmt] [-U] filename",
+    .synopsis = "[-f fmt] [--output=ofmt] [-U] [--safe] filename",
     .summary = "show where the data of a disk image is stored",
     .options =
         "  -f fmt          image format (default: probe the file)\n"
@@ -168,6 +168,7 @@ const struct cli_command cmd_map = {
         "                  (start, length, depth, present, zero, data, offset)\n"
         "  -U, --force-share\n"
         "                  open without taking locks (inspect an image in use)\n"
+        CLI_HELP_SAFE
         "  filename        the image to map\n",
     .run = run_map,
 };

@@ -1,5 +1,5 @@
-/* vdisk rebase [-f fmt] [-t cache] [-T src_cache] [-p] [-q] [-u] -b backing_file [-F backing_fmt]
- *              filename */
+/* vdisk rebase [-f fmt] [-t cache] [-T src_cache] [-p] [-q] [-u] [--safe] -b backing_file
+ *              [-F backing_fmt] filename */
 #include "cli.h"
 #include "progress.h"
 
@@ -12,7 +12,7 @@ struct rebase_args {
     const char *backing;      /* -b: the new backing file, "" for none */
     const char *backing_fmt;  /* -F, or NULL to probe */
     bool unsafe, progress, quiet;
-    uint32_t open_flags;      /* VD_OPEN_NO_FLUSH with -t unsafe */
+    uint32_t open_flags;      /* VD_OPEN_NO_FLUSH with -t unsafe, VD_OPEN_SAFE with --safe */
     const char *filename;
 };
 
@@ -29,7 +29,8 @@ static int rebase(const struct rebase_args *a)
         status = cli_error("Could not change the backing file to '%s': backing format must be "
                            "specified", a->backing);
     else if (!a->unsafe && *a->backing &&
-        (rc = cli_try_backing(a->filename, a->backing, a->backing_fmt, NULL)) < 0)
+        (rc = cli_try_backing(a->filename, a->backing, a->backing_fmt,
+                              a->open_flags & VD_OPEN_SAFE, NULL)) < 0)
         status = cli_lib_error(rc, "Could not open new backing file '%s'", a->backing);
     if (status == EXIT_SUCCESS) {
         struct progress progress;
@@ -47,9 +48,11 @@ static int rebase(const struct rebase_args *a)
 
 static int run_rebase(int argc, char **argv)
 {
-    static const struct option long_options[] = { CLI_OPTION_HELP, { NULL, 0, NULL, 0 } };
+    static const struct option long_options[] = {
+        CLI_OPTION_HELP, CLI_OPTION_SAFE, { NULL, 0, NULL, 0 },
+    };
     struct rebase_args args = { 0 };
-    bool flush = true, src_flush;
+    bool flush = true, src_flush, safe = false;
     int opt;
     while ((opt = getopt_long(argc, argv, ":hf:F:b:upqt:T:", long_options, NULL)) != -1) {
         switch (opt) {
@@ -79,6 +82,9 @@ static int run_rebase(int argc, char **argv)
             if (!cli_parse_cache_mode(optarg, &src_flush))
                 return cli_error("Invalid source cache option: %s", optarg);
             break;
+        case CLI_OPT_SAFE:
+            safe = true;
+            break;
         default:
             return cli_option_fallback(&cmd_rebase, opt, argv);
         }
@@ -89,14 +95,14 @@ static int run_rebase(int argc, char **argv)
         return cli_usage_error("Must specify backing file (-b) or use unsafe mode (-u)");
     if (!args.backing) /* qemu-img: -u without -b removes the backing file */
         args.backing = "";
-    args.open_flags = flush ? 0 : VD_OPEN_NO_FLUSH;
+    args.open_flags = (flush ? 0 : VD_OPEN_NO_FLUSH) | (safe ? VD_OPEN_SAFE : 0);
     args.filename = argv[optind];
     return rebase(&args);
 }
 
 const struct cli_command cmd_rebase = {
     .name = "rebase",
-    .synopsis = "[-f fmt] [-t cache] [-T src_cache] [-p] [-q] [-u] -b backing_file "
+    .synopsis = "[-f fmt] [-t cache] [-T src_cache] [-p] [-q] [-u] [--safe] -b backing_file "
                 "[-F backing_fmt] filename",
     .summary = "change the backing file of an image",
     .options =
@@ -114,6 +120,8 @@ const struct cli_command cmd_rebase = {
         "  -T src_cache    cache mode of the backing files (accepted; reads are the same)\n"
         "  -p              show progress (when standard output is a terminal)\n"
         "  -q              quiet: no progress\n"
+        CLI_HELP_SAFE
+        "                  (the new backing file too; then -F is needed)\n"
         "  filename        the image to rebase, opened read-write\n",
     .run = run_rebase,
 };

@@ -1,4 +1,4 @@
-/* vdisk resize [-q] [-f fmt] [--shrink] filename [+|-]size */
+/* vdisk resize [-q] [-f fmt] [--shrink] [--safe] filename [+|-]size */
 #include "cli.h"
 #include "size.h"
 
@@ -9,6 +9,7 @@
 struct resize_args {
     const char *format;
     bool shrink, quiet;
+    uint32_t open_flags;  /* VD_OPEN_SAFE with --safe */
     const char *filename;
     const char *size;     /* "[+|-]size" */
 };
@@ -65,7 +66,7 @@ static int resize(const struct resize_args *a)
     uint64_t n;
     if (!parse_size_arg(a->size, &sign, &n)) /* before opening, as qemu-img */
         return EXIT_FAILURE;
-    vd_image *img = cli_open_image(a->filename, a->format, VD_OPEN_RDWR);
+    vd_image *img = cli_open_image(a->filename, a->format, a->open_flags | VD_OPEN_RDWR);
     if (!img)
         return EXIT_FAILURE;
     int status = resize_image(img, a, sign, n);
@@ -83,6 +84,7 @@ static int run_resize(int argc, char **argv)
     static const struct option long_options[] = {
         CLI_OPTION_HELP,
         { "shrink", no_argument, NULL, OPT_SHRINK },
+        CLI_OPTION_SAFE,
         { NULL, 0, NULL, 0 },
     };
     struct resize_args args = { 0 };
@@ -101,6 +103,9 @@ static int run_resize(int argc, char **argv)
         case OPT_SHRINK:
             args.shrink = true;
             break;
+        case CLI_OPT_SAFE:
+            args.open_flags |= VD_OPEN_SAFE;
+            break;
         default:
             return cli_option_fallback(&cmd_resize, opt, argv);
         }
@@ -115,13 +120,14 @@ static int run_resize(int argc, char **argv)
 
 const struct cli_command cmd_resize = {
     .name = "resize",
-    .synopsis = "[-q] [-f fmt] [--shrink] filename [+|-]size",
+    .synopsis = "[-q] [-f fmt] [--shrink] [--safe] filename [+|-]size",
     .summary = "change the virtual size of a disk image",
     .options =
         "  -f fmt          image format (default: probe the file)\n"
         "  --shrink        allow making the image smaller; the data past the new\n"
         "                  end is lost\n"
         "  -q              quiet: do not print 'Image resized.'\n"
+        CLI_HELP_SAFE
         "  filename        the image to resize\n"
         "  size            the new virtual size, or with + or - the change of the\n"
         "                  size (k, M, G, T, P and E suffixes as for create)\n",

@@ -1,4 +1,5 @@
-/* vdisk snapshot [-f fmt] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename */
+/* vdisk snapshot [-f fmt] [-U] [-q] [--safe] [-l | -a snapshot | -c snapshot | -d snapshot]
+ *                filename */
 #include "cli.h"
 #include "snapshots.h"
 
@@ -10,7 +11,7 @@ enum snapshot_action { ACTION_NONE, ACTION_LIST, ACTION_CREATE, ACTION_APPLY, AC
 
 struct snapshot_args {
     const char *format;
-    uint32_t open_flags;      /* VD_OPEN_NO_LOCK with -U */
+    uint32_t open_flags;      /* VD_OPEN_NO_LOCK with -U, VD_OPEN_SAFE with --safe */
     enum snapshot_action action;
     const char *name;         /* of -c, -a or -d */
     const char *filename;
@@ -100,7 +101,7 @@ static bool set_action(struct snapshot_args *a, enum snapshot_action action, con
 static int run_snapshot(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        CLI_OPTION_HELP, CLI_OPTION_FORCE_SHARE, { NULL, 0, NULL, 0 },
+        CLI_OPTION_HELP, CLI_OPTION_FORCE_SHARE, CLI_OPTION_SAFE, { NULL, 0, NULL, 0 },
     };
     struct snapshot_args args = { 0 };
     int opt;
@@ -112,6 +113,9 @@ static int run_snapshot(int argc, char **argv)
             break;
         case 'U':
             args.open_flags |= VD_OPEN_NO_LOCK;
+            break;
+        case CLI_OPT_SAFE:
+            args.open_flags |= VD_OPEN_SAFE;
             break;
         case 'q': /* nothing is printed but the list, and -l prints it anyway, as qemu-img */
             break;
@@ -141,7 +145,8 @@ static int run_snapshot(int argc, char **argv)
 
 const struct cli_command cmd_snapshot = {
     .name = "snapshot",
-    .synopsis = "[-f fmt] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename",
+    .synopsis = "[-f fmt] [-U] [-q] [--safe] [-l | -a snapshot | -c snapshot | -d snapshot] "
+                "filename",
     .summary = "list, create, apply or delete internal snapshots",
     .options =
         "  -f fmt          image format (default: probe the file)\n"
@@ -152,6 +157,7 @@ const struct cli_command cmd_snapshot = {
         "  -U, --force-share\n"
         "                  open without taking locks (only with -l)\n"
         "  -q              quiet (accepted; -l prints the list anyway)\n"
+        CLI_HELP_SAFE
         "  filename        the image; opened read-write except with -l\n",
     .run = run_snapshot,
 };

@@ -98,7 +98,17 @@ typedef struct vd_image vd_image;
 #define VD_OPEN_RDWR        (1u << 0) /* read-write; default is read-only */
 #define VD_OPEN_NO_BACKING  (1u << 1) /* open only this image, not its backing chain */
 #define VD_OPEN_NO_LOCK     (1u << 2) /* take no file locks (read-only inspection, qemu-img -U) */
-#define VD_OPEN_CONFINED    (1u << 3) /* refuse any file reference outside the image's directory */
+/*
+ * Refuse any file an image names (backing file, external data file) outside
+ * that image's directory. The name is resolved and opened in one step beneath
+ * the directory (openat2 with RESOLVE_BENEATH, or component by component with
+ * O_NOFOLLOW), so a link swapped meanwhile cannot redirect the open: ".." may
+ * not climb out, an absolute name must lead into the directory, and symbolic
+ * links are never followed, not even ones that point inside. Each image of a
+ * chain confines the names it records to its own directory. Refusals fail
+ * with VD_EPERM. Rebase and commit on such a handle are confined too.
+ */
+#define VD_OPEN_CONFINED    (1u << 3)
 #define VD_OPEN_UNSAFE_RAW  (1u << 4) /* allow writes that would turn a probed raw image into another format */
 #define VD_OPEN_REPAIR      (1u << 5) /* with RDWR: open an image marked corrupt, for vd_check() repairs only */
 /*
@@ -107,6 +117,19 @@ typedef struct vd_image vd_image;
  * the image. For scratch output such as a convert target.
  */
 #define VD_OPEN_NO_FLUSH    (1u << 6)
+/*
+ * The profile for images from an untrusted source (backup software, image
+ * uploads): VD_OPEN_CONFINED for the whole chain; VD_OPEN_UNSAFE_RAW is
+ * refused (a probed raw image never becomes another format); a backing file
+ * must have its format recorded in the overlay (probing it would let its
+ * content choose how it is read); vd_open_opts.cache_bytes is capped at
+ * VD_SAFE_MAX_CACHE_BYTES. Combine it with vd_open_opts.formats to refuse
+ * formats the caller does not expect. Policy refusals fail with VD_EPERM.
+ */
+#define VD_OPEN_SAFE        (1u << 7)
+
+/* The largest metadata cache a VD_OPEN_SAFE handle allocates per image. */
+#define VD_SAFE_MAX_CACHE_BYTES (UINT64_C(32) << 20)
 
 /*
  * Extended open options. Set .struct_size = sizeof(vd_open_opts) (the INIT
@@ -119,9 +142,22 @@ typedef struct vd_open_opts {
     uint64_t cache_bytes;    /* metadata cache size; 0 means the default */
     const char *snapshot;    /* open this internal snapshot (name or id) read-only; NULL for the active state */
     const char *secret;      /* passphrase for encrypted images, or NULL */
+    /*
+     * The formats every image of the chain may have, whether named, recorded
+     * or probed: a comma-separated list such as "qcow2,raw" (each a known
+     * format); another format fails with VD_EPERM. NULL allows every format.
+     */
+    const char *formats;
+    /*
+     * NULL, or the path of an image that names path as its backing file: path
+     * is then resolved as that image would resolve it (a relative name
+     * relative to its directory) and, with VD_OPEN_CONFINED, must lie inside
+     * that directory. To check a backing file before recording it.
+     */
+    const char *relative_to;
 } vd_open_opts;
 
-#define VD_OPEN_OPTS_INIT { (uint32_t)sizeof(vd_open_opts), 0, NULL, 0, NULL, NULL }
+#define VD_OPEN_OPTS_INIT { (uint32_t)sizeof(vd_open_opts), 0, NULL, 0, NULL, NULL, NULL, NULL }
 
 /*
  * Open the image at path. format is a name such as "raw" or "qcow2", or NULL
@@ -140,6 +176,8 @@ VD_API int vd_close(vd_image *img);
 #define VD_CREATE_EXCL      (1u << 0) /* fail with VD_EEXIST if path exists */
 #define VD_CREATE_UNSAFE_BACKING (1u << 1) /* do not open the backing file (qemu-img create -u):
                                               size and backing_fmt must then be given */
+#define VD_CREATE_CONFINED  (1u << 2) /* the backing file (and its chain) must lie inside the new
+                                         image's directory, as VD_OPEN_CONFINED checks it */
 
 /*
  * Create an image of the given format and virtual size. options is a
@@ -301,6 +339,9 @@ VD_API int vd_check(vd_image *img, uint32_t flags, vd_check_result *result,
  * probes as raw is refused; an unsafe rebase needs it) the backing file of img. The safe mode keeps
  * what the guest sees: clusters that read differently through the old and
  * the new backing file are first copied into img. Needs a read-write handle.
+ * On a handle opened with VD_OPEN_CONFINED (or VD_OPEN_SAFE) the new backing
+ * file is opened as the handle's own backing files are: confined to img's
+ * directory, so a name outside it fails with VD_EPERM before anything changes.
  */
 VD_API int vd_rebase(vd_image *img, const char *backing_file, const char *backing_format,
                      uint32_t flags);
@@ -311,7 +352,7 @@ VD_API int vd_rebase(vd_image *img, const char *backing_file, const char *backin
 /*
  * Write everything img holds itself into its backing file (growing it when
  * img is larger). Needs a read-write handle; the backing file is opened
- * read-write for the duration.
+ * read-write for the duration, by the name img records (confined as img is).
  */
 VD_API int vd_commit(vd_image *img, uint32_t flags);
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* backing_name resolved as QEMU does: relative names are relative to the overlay's directory. */
 char *vd_chain_resolve(const char *overlay, const char *backing_name)
@@ -20,26 +21,56 @@ char *vd_chain_resolve(const char *overlay, const char *backing_name)
     return asprintf(&resolved, "%.*s/%s", dir_len, overlay, backing_name) < 0 ? NULL : resolved;
 }
 
-/* With VD_OPEN_CONFINED, a backing file must live in the overlay's directory tree. */
-int vd_chain_check_confined(const char *overlay, const char *backing)
+void vd_named_file_release(struct vd_named_file *f)
 {
-    char *dir = strdup(overlay), *real_dir = NULL, *real_backing = realpath(backing, NULL);
-    int rc = 0;
-    if (dir) {
-        char *slash = strrchr(dir, '/');
-        if (slash)
-            *slash = '\0';
-        real_dir = realpath(slash ? (dir[0] ? dir : "/") : ".", NULL);
-    }
-    size_t n = real_dir ? strlen(real_dir) : 0;
-    if (!real_dir || !real_backing || strncmp(real_backing, real_dir, n) != 0 ||
-        (real_backing[n] != '/' && !(n == 1 && real_dir[0] == '/')))
-        rc = vd_err(VD_EPERM, "%s: '%s' is outside the image's directory, "
-                    "which VD_OPEN_CONFINED forbids", overlay, backing);
-    free(dir);
-    free(real_dir);
-    free(real_backing);
+    vd_file_close(f->file);
+    free(f->path);
+    if (f->dir_fd >= 0)
+        close(f->dir_fd);
+    *f = (struct vd_named_file){ NULL, NULL, -1 };
+}
+
+int vd_chain_open_file(struct vd_named_file *out, const struct vd_chain_where *where,
+                       uint32_t file_flags)
+{
+    *out = (struct vd_named_file){ NULL, NULL, -1 };
+    out->path = where->referrer ? vd_chain_resolve(where->referrer, where->name)
+                                : strdup(where->name);
+    if (!out->path)
+        return vd_err(VD_ENOMEM, "%s: out of memory", where->name);
+    const char *leaf;
+    int rc = where->anchor < 0
+                 ? vd_file_open(&out->file, out->path, file_flags)
+                 : vd_dir_open_beneath(where->anchor, where->name, out->path, &out->dir_fd, &leaf);
+    if (rc == 0 && where->anchor >= 0)
+        rc = vd_file_open_at(&out->file, out->dir_fd, leaf, out->path, file_flags);
+    if (rc < 0)
+        vd_named_file_release(out);
     return rc;
+}
+
+int vd_image_anchor(vd_image *img, int *anchor)
+{
+    int rc = 0;
+    if ((img->open_flags & VD_OPEN_CONFINED) && img->dir_fd < 0)
+        rc = vd_dir_open_of(img->filename, &img->dir_fd);
+    *anchor = (img->open_flags & VD_OPEN_CONFINED) ? img->dir_fd : -1;
+    return rc;
+}
+
+/* Where img's recorded name (a backing file) is: confined as img is. */
+static int named_by(vd_image *img, const char *name, struct vd_chain_where *where)
+{
+    *where = (struct vd_chain_where){ img->filename, -1, name };
+    return vd_image_anchor(img, &where->anchor);
+}
+
+/* The cause's code stands (VD_ENOENT, VD_ELOCKED, VD_EPERM, ...); the message names both files. */
+static int backing_failure(const char *overlay, const char *name, int rc)
+{
+    char msg[768];
+    snprintf(msg, sizeof msg, "%s", vd_errmsg());
+    return vd_err(rc, "%s: could not open backing file '%s': %s", overlay, name, msg);
 }
 
 /* Open the backing chain below img, as its header records it. */
@@ -54,31 +85,50 @@ int vd_chain_open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
     if (depth + 1 >= VD_MAX_CHAIN_DEPTH)
         return vd_err(VD_EBACKING, "%s: backing chain is deeper than %d images", img->filename,
                       VD_MAX_CHAIN_DEPTH);
-    char *path = vd_chain_resolve(img->filename, info.backing_file);
-    if (!path)
-        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
-    int rc = (o->flags & VD_OPEN_CONFINED) ? vd_chain_check_confined(img->filename, path) : 0;
-    if (rc == 0) {
-        vd_open_opts below = *o;
-        below.flags = o->flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED); /* backing files are read-only */
-        below.format = info.backing_format;
-        below.snapshot = NULL;
-        rc = vd_open_image(&img->backing, path, &below, depth + 1, self);
-        if (rc < 0) {
-            char msg[768];
-            snprintf(msg, sizeof msg, "%s", vd_errmsg());
-            /* the cause's code stands (VD_ENOENT, VD_ELOCKED, ...); the message names both files */
-            rc = vd_err(rc, "%s: could not open backing file '%s': %s", img->filename, path, msg);
-        }
-    }
-    free(path);
-    return rc;
+    if ((o->flags & VD_OPEN_SAFE) && !info.backing_format)
+        return vd_err(VD_EPERM, "%s: the backing file '%s' has no recorded format, and "
+                      "VD_OPEN_SAFE does not probe backing files (its content would choose "
+                      "how it is read)", img->filename, info.backing_file);
+    struct vd_chain_where where;
+    int rc = named_by(img, info.backing_file, &where);
+    if (rc < 0)
+        return rc;
+    vd_open_opts below = *o;
+    below.flags = o->flags & VD_OPEN_INHERITED; /* backing files are read-only */
+    below.format = info.backing_format;
+    below.snapshot = NULL;
+    rc = vd_open_image(&img->backing, &where, &below, depth + 1, self);
+    return rc < 0 ? backing_failure(img->filename, info.backing_file, rc) : 0;
 }
 
 /*
- * Check the backing file an overlay will name: it must open, its format is
- * recorded (probed if not given, but never a probed raw), and a size of 0
- * becomes its size.
+ * Open the backing file an overlay is to name, read-only with its chain, to
+ * check it before the header records it: where the overlay will find it, in
+ * format (NULL: probed, but a file that probes as raw must be confirmed).
+ */
+static int open_backing_to_be(vd_image **out, const struct vd_chain_where *where,
+                              const char *format, const vd_open_opts *o)
+{
+    vd_open_opts with_format = *o;
+    with_format.format = format;
+    int rc = vd_open_image(out, where, &with_format, 1, NULL);
+    if (rc < 0)
+        return backing_failure(where->referrer, where->name, rc);
+    if (!format && strcmp((*out)->backend->name, "raw") == 0) {
+        vd_image_close_chain(*out);
+        *out = NULL;
+        return vd_err(VD_EINVAL, "%s: backing file '%s' probes as raw; give backing_fmt=raw "
+                      "to confirm (a probed raw backing file is refused)", where->referrer,
+                      where->name);
+    }
+    return 0;
+}
+
+/*
+ * Check the backing file an overlay will name: it must open (inside the
+ * overlay's directory with VD_CREATE_CONFINED), its format is recorded
+ * (probed if not given, but never a probed raw), and a size of 0 becomes its
+ * size.
  */
 int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags)
 {
@@ -91,26 +141,20 @@ int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, 
                           "(backing_fmt) and the image size must be given", path);
         return 0;
     }
-    char *backing_path = vd_chain_resolve(path, name);
-    if (!backing_path)
-        return vd_err(VD_ENOMEM, "%s: out of memory", path);
-    vd_image *backing;
-    int rc = vd_open(&backing, backing_path, fmt, VD_OPEN_NO_LOCK);
-    free(backing_path);
-    if (rc < 0) {
-        char msg[768];
-        snprintf(msg, sizeof msg, "%s", vd_errmsg());
-        return vd_err(rc, "%s: could not open backing file: %s", path, msg);
-    }
-    const char *detected = vd_get_format(backing);
-    if (!fmt && strcmp(detected, "raw") == 0)
-        rc = vd_err(VD_EINVAL, "%s: backing file '%s' probes as raw; give backing_fmt=raw "
-                    "to confirm (a probed raw backing file is refused)", path, name);
+    vd_open_opts o = VD_OPEN_OPTS_INIT;
+    o.flags = VD_OPEN_NO_LOCK | ((flags & VD_CREATE_CONFINED) ? VD_OPEN_CONFINED : 0);
+    struct vd_chain_where where = { path, -1, name };
+    int rc = (flags & VD_CREATE_CONFINED) ? vd_dir_open_of(path, &where.anchor) : 0;
+    vd_image *backing = NULL;
+    if (rc == 0)
+        rc = open_backing_to_be(&backing, &where, fmt, &o);
+    if (where.anchor >= 0)
+        close(where.anchor);
     if (rc == 0 && !fmt)
-        rc = vd_kv_set(kv, "backing_fmt", detected);
+        rc = vd_kv_set(kv, "backing_fmt", backing->backend->name);
     if (rc == 0 && !*size)
         *size = backing->size;
-    vd_close(backing);
+    vd_image_close_chain(backing);
     return rc;
 }
 
@@ -119,13 +163,21 @@ int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, 
 
 enum { COPY_CHUNK = 2 << 20 };
 
+/* The options of the images opened below img: what it was opened with and they inherit. */
+static vd_open_opts inherited_opts(const vd_image *img)
+{
+    vd_open_opts o = VD_OPEN_OPTS_INIT;
+    o.flags = img->open_flags & VD_OPEN_INHERITED;
+    o.formats = img->allowed_formats;
+    return o;
+}
+
 /* Reopen img->backing as its header now names it. */
 static int reopen_backing(vd_image *img)
 {
     vd_image_close_chain(img->backing);
     img->backing = NULL;
-    vd_open_opts o = VD_OPEN_OPTS_INIT;
-    o.flags = img->open_flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED);
+    vd_open_opts o = inherited_opts(img);
     return vd_chain_open_backing(img, &o, 0, NULL);
 }
 
@@ -182,31 +234,22 @@ static int copy_differences(vd_image *img, vd_image *new_backing)
     return rc;
 }
 
-/* The new backing image of a rebase, opened read-only; NULL for none. */
+/*
+ * The new backing image of a rebase, opened read-only as img will open it
+ * (confined as img is); NULL for none.
+ */
 static int open_new_backing(vd_image *img, const char *file, const char *format, vd_image **out)
 {
     *out = NULL;
     if (!file || !*file)
         return 0;
-    struct vd_kv kv = { 0 };
-    uint64_t size = 1;
-    int rc = vd_kv_set(&kv, "backing_file", file);
-    if (rc == 0 && format)
-        rc = vd_kv_set(&kv, "backing_fmt", format);
-    if (rc == 0)
-        rc = vd_chain_prepare_create(img->filename, &kv, &size, 0); /* checks it, probes the format */
-    char *path = rc == 0 ? vd_chain_resolve(img->filename, file) : NULL;
-    if (rc == 0 && !path)
-        rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
-    if (rc == 0) {
-        vd_open_opts o = VD_OPEN_OPTS_INIT;
-        o.format = vd_kv_get(&kv, "backing_fmt");
-        o.flags = img->open_flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED);
-        rc = vd_open_image(out, path, &o, 1, NULL);
-    }
-    free(path);
-    vd_kv_free(&kv);
-    return rc;
+    if ((img->open_flags & VD_OPEN_SAFE) && !format)
+        return vd_err(VD_EPERM, "%s: VD_OPEN_SAFE does not probe backing files: give the "
+                      "format of '%s'", img->filename, file);
+    struct vd_chain_where where;
+    int rc = named_by(img, file, &where);
+    vd_open_opts o = inherited_opts(img);
+    return rc < 0 ? rc : open_backing_to_be(out, &where, format, &o);
 }
 
 /* A new chain that contains img itself would loop: refuse it before the header changes. */
@@ -287,6 +330,19 @@ static int copy_into_backing(vd_image *img, vd_image *b)
     return rc;
 }
 
+/* img's backing file, opened read-write by the name img records, confined as img is. */
+static int open_backing_rw(vd_image *img, const char *format, vd_image **out)
+{
+    vd_info info = VD_INFO_INIT;
+    img->backend->get_info(img, &info);
+    struct vd_chain_where where;
+    int rc = named_by(img, info.backing_file, &where);
+    vd_open_opts o = inherited_opts(img);
+    o.flags |= VD_OPEN_RDWR;
+    o.format = format;
+    return rc < 0 ? rc : vd_open_image(out, &where, &o, 0, NULL);
+}
+
 int vd_commit(vd_image *img, uint32_t flags)
 {
     int rc = vd_enter(img, "vd_commit", flags, VD_COMMIT_EMPTY, VD_ACCESS_WRITE);
@@ -299,15 +355,14 @@ int vd_commit(vd_image *img, uint32_t flags)
         return vd_leave(img, vd_err(VD_EUNSUPPORTED, "%s: format '%s' cannot be emptied",
                                     img->filename, img->backend->name));
     /* our read-only handle on the backing file goes first: it would be stale */
-    char *path = strdup(img->backing->filename);
     char *format = strdup(img->backing->backend->name);
     vd_image_close_chain(img->backing);
     img->backing = NULL;
     vd_image *b = NULL;
-    if (!path || !format)
+    if (!format)
         rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     if (rc == 0)
-        rc = vd_open(&b, path, format, VD_OPEN_RDWR | (img->open_flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED)));
+        rc = open_backing_rw(img, format, &b);
     if (rc == 0 && b->size < img->size)
         rc = vd_resize(b, img->size, 0);
     if (rc == 0)
@@ -323,7 +378,6 @@ int vd_commit(vd_image *img, uint32_t flags)
             rc = img->backend->flush(img);
     }
     int reopened = reopen_backing(img);
-    free(path);
     free(format);
     return vd_leave(img, rc ? rc : reopened);
 }

@@ -11,7 +11,7 @@
 
 #define OPEN_FLAGS_KNOWN (VD_OPEN_RDWR | VD_OPEN_NO_BACKING | VD_OPEN_NO_LOCK | \
                           VD_OPEN_CONFINED | VD_OPEN_UNSAFE_RAW | VD_OPEN_REPAIR | \
-                          VD_OPEN_NO_FLUSH)
+                          VD_OPEN_NO_FLUSH | VD_OPEN_SAFE)
 
 /* Read the first bytes of a file (fewer if it is short; the rest zeroed). */
 static int read_head(vd_file *file, uint8_t *head, uint64_t *file_size)
@@ -64,42 +64,87 @@ static void image_free(vd_image *img)
     }
     free(img->props);
     vd_file_close(img->file);
+    if (img->dir_fd >= 0)
+        close(img->dir_fd);
     pthread_rwlock_destroy(&img->lock);
     free(img->filename);
+    free(img->allowed_formats);
     img->magic = 0;
     free(img);
 }
 
 
-static int image_alloc(vd_image **out, const char *path, uint32_t flags)
+/* A handle on the file found, which it takes over (and releases on failure). */
+static int image_alloc(vd_image **out, struct vd_named_file *found, const vd_open_opts *o)
 {
     vd_image *img = calloc(1, sizeof *img);
-    if (!img || !(img->filename = strdup(path))) {
+    char *formats = o->formats ? strdup(o->formats) : NULL;
+    if (!img || (o->formats && !formats)) {
+        int rc = vd_err(VD_ENOMEM, "%s: out of memory", found->path);
         free(img);
-        return vd_err(VD_ENOMEM, "%s: out of memory", path);
+        free(formats);
+        vd_named_file_release(found);
+        return rc;
     }
     pthread_rwlock_init(&img->lock, NULL);
     img->magic = VD_IMAGE_MAGIC;
-    img->open_flags = flags;
-    img->read_only = !(flags & VD_OPEN_RDWR);
+    img->file = found->file;
+    img->filename = found->path;
+    img->dir_fd = found->dir_fd;
+    *found = (struct vd_named_file){ NULL, NULL, -1 };
+    img->allowed_formats = formats;
+    img->open_flags = o->flags;
+    img->read_only = !(o->flags & VD_OPEN_RDWR);
     *out = img;
     return 0;
 }
 
+/* Whether the comma-separated list names format (a NULL list allows every format). */
+static bool format_allowed(const char *list, const char *format)
+{
+    size_t n = strlen(format);
+    for (const char *p = list; p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+        if (strncmp(p, format, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    return !list;
+}
 
-int vd_open_image(vd_image **out, const char *path, const vd_open_opts *o, unsigned depth,
-                  const struct vd_chain_link *above)
+/* Every name of a formats list must be a format we know: a typo would refuse every image. */
+static int check_formats_list(const char *list)
+{
+    for (const char *p = list;;) {
+        const char *end = strchrnul(p, ',');
+        char name[32];
+        if (end == p || (size_t)(end - p) >= sizeof name)
+            return vd_err(VD_EINVAL, "vd_open: the formats list '%s' has an empty or overlong "
+                          "name", list);
+        memcpy(name, p, (size_t)(end - p));
+        name[end - p] = '\0';
+        if (!vd_backend_find(name))
+            return vd_err(VD_EFORMAT, "vd_open: unknown format '%s' in the formats list '%s'",
+                          name, list);
+        if (!*end)
+            return 0;
+        p = end + 1;
+    }
+}
+
+int vd_open_image(vd_image **out, const struct vd_chain_where *where, const vd_open_opts *o,
+                  unsigned depth, const struct vd_chain_link *above)
 {
     const struct vd_backend *be = NULL;
     if (o->format && !(be = vd_backend_find(o->format)))
         return vd_err(VD_EFORMAT, "Unknown format '%s'", o->format);
 
+    struct vd_named_file found;
+    int rc = vd_chain_open_file(&found, where, (o->flags & VD_OPEN_RDWR) ? VD_FILE_RDWR : 0);
     vd_image *img = NULL;
-    int rc = image_alloc(&img, path, o->flags);
+    if (rc == 0)
+        rc = image_alloc(&img, &found, o);
     if (rc < 0)
         return rc;
-    rc = vd_file_open(&img->file, path, img->read_only ? 0 : VD_FILE_RDWR);
-    if (rc == 0 && !(o->flags & VD_OPEN_NO_LOCK))
+    const char *path = img->filename;
+    if (!(o->flags & VD_OPEN_NO_LOCK))
         rc = vd_file_lock(img->file, !img->read_only);
     struct stat st;
     struct vd_chain_link self = { 0, 0, above };
@@ -114,6 +159,9 @@ int vd_open_image(vd_image **out, const char *path, const vd_open_opts *o, unsig
         img->probed = true;
         rc = probe_file(img->file, &be);
     }
+    if (rc == 0 && !format_allowed(o->formats, be->name))
+        rc = vd_err(VD_EPERM, "%s: the image is %s, which is not among the allowed formats "
+                    "(%s)", path, be->name, o->formats);
     if (rc == 0 && o->snapshot && !be->snapshot_count)
         rc = vd_err(VD_EUNSUPPORTED, "%s: format '%s' has no snapshots to open", path, be->name);
     if (rc == 0) {
@@ -130,6 +178,19 @@ int vd_open_image(vd_image **out, const char *path, const vd_open_opts *o, unsig
     }
     *out = img;
     return 0;
+}
+
+/* The caller's image: path as it is, or as the image o->relative_to would name it. */
+static int open_top(vd_image **out, const char *path, const vd_open_opts *o)
+{
+    struct vd_chain_where where = { o->relative_to, -1, path };
+    int rc = o->relative_to && (o->flags & VD_OPEN_CONFINED)
+                 ? vd_dir_open_of(o->relative_to, &where.anchor) : 0;
+    if (rc == 0)
+        rc = vd_open_image(out, &where, o, 0, NULL);
+    if (where.anchor >= 0)
+        close(where.anchor);
+    return rc;
 }
 
 int vd_open_ext(vd_image **out, const char *path, const vd_open_opts *opts)
@@ -151,7 +212,15 @@ int vd_open_ext(vd_image **out, const char *path, const vd_open_opts *opts)
         return vd_err(VD_EINVAL, "vd_open: unknown flags 0x%x", o.flags & ~OPEN_FLAGS_KNOWN);
     if ((o.flags & VD_OPEN_REPAIR) && !(o.flags & VD_OPEN_RDWR))
         return vd_err(VD_EINVAL, "vd_open: VD_OPEN_REPAIR needs VD_OPEN_RDWR");
-    return vd_open_image(out, path, &o, 0, NULL);
+    if (o.flags & VD_OPEN_SAFE) {
+        if (o.flags & VD_OPEN_UNSAFE_RAW)
+            return vd_err(VD_EINVAL, "vd_open: VD_OPEN_SAFE refuses VD_OPEN_UNSAFE_RAW");
+        o.flags |= VD_OPEN_CONFINED;
+        if (o.cache_bytes > VD_SAFE_MAX_CACHE_BYTES)
+            o.cache_bytes = VD_SAFE_MAX_CACHE_BYTES;
+    }
+    int rc = o.formats ? check_formats_list(o.formats) : 0;
+    return rc < 0 ? rc : open_top(out, path, &o);
 }
 
 int vd_open(vd_image **out, const char *path, const char *format, uint32_t flags)
@@ -205,7 +274,7 @@ int vd_create(const char *path, const char *format, uint64_t size,
     vd_err_clear();
     if (!path || !format)
         return vd_err(VD_EINVAL, "vd_create: path and format must not be NULL");
-    const uint32_t known = VD_CREATE_EXCL | VD_CREATE_UNSAFE_BACKING;
+    const uint32_t known = VD_CREATE_EXCL | VD_CREATE_UNSAFE_BACKING | VD_CREATE_CONFINED;
     if (flags & ~known)
         return vd_err(VD_EINVAL, "vd_create: unknown flags 0x%x", flags & ~known);
     const struct vd_backend *be = vd_backend_find(format);

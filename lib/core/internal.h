@@ -107,6 +107,10 @@ struct vd_image {
     vd_image *backing;       /* the next image of the chain, or NULL */
     vd_file *data_file;      /* where guest data lives, if not in file (qcow2 data_file) */
     bool unsynced;           /* written since the last sync of the file */
+
+    /* Confinement: the directory the names it records resolve beneath (vd_image_anchor()). */
+    int dir_fd;              /* -1 until known */
+    char *allowed_formats;   /* vd_open_opts.formats, for the images opened below it; or NULL */
 };
 
 /* The file that holds guest data. */
@@ -158,9 +162,38 @@ struct vd_chain_link {
     const struct vd_chain_link *next; /* toward the top of the chain */
 };
 
+/* The open flags the images below an image inherit (they are always read-only). */
+#define VD_OPEN_INHERITED (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED | VD_OPEN_SAFE)
+
+/* Where a file is: a name that an image (the referrer) records, or the caller's path. */
+struct vd_chain_where {
+    const char *referrer; /* the recording image's path (relative names start in its
+                             directory), or NULL when name is a path as it is */
+    int anchor;           /* >= 0: confine name beneath this directory (vd_dir_open_beneath()) */
+    const char *name;
+};
+
+/* A file vd_chain_open_file() opened. */
+struct vd_named_file {
+    vd_file *file;
+    char *path;  /* the name resolved as QEMU resolves it */
+    int dir_fd;  /* confined: the directory it was found in, where its own names resolve; or -1 */
+};
+
+/* Open the file where names; file_flags are VD_FILE_* flags. */
+int vd_chain_open_file(struct vd_named_file *out, const struct vd_chain_where *where,
+                       uint32_t file_flags);
+void vd_named_file_release(struct vd_named_file *f);
+/*
+ * The directory that img's recorded names are confined to, or -1 when img is
+ * not opened with VD_OPEN_CONFINED: the directory a confined open found img
+ * in, or else its path's directory, opened on first use.
+ */
+int vd_image_anchor(vd_image *img, int *anchor);
+
 /* Open one image and (unless VD_OPEN_NO_BACKING) the chain below it. */
-int vd_open_image(vd_image **out, const char *path, const vd_open_opts *o, unsigned depth,
-                  const struct vd_chain_link *above);
+int vd_open_image(vd_image **out, const struct vd_chain_where *where, const vd_open_opts *o,
+                  unsigned depth, const struct vd_chain_link *above);
 /* Release a handle and the chain below it, without flushing. */
 void vd_image_close_chain(vd_image *img);
 /* A backing name resolved as QEMU does: relative to the overlay's directory. */
@@ -168,8 +201,6 @@ char *vd_chain_resolve(const char *overlay, const char *backing_name);
 /* Open img->backing as img's header names it. */
 int vd_chain_open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
                           const struct vd_chain_link *self);
-/* With VD_OPEN_CONFINED: fail unless path lies in the image's directory tree. */
-int vd_chain_check_confined(const char *image, const char *path);
 /* Check the backing_file/backing_fmt options of an image about to be created. */
 int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags);
 

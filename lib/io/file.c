@@ -13,10 +13,20 @@ void vd_file_set_opener(vd_file_opener opener)
     atomic_store(&current_opener, opener);
 }
 
-int vd_file_open(vd_file **out, const char *path, uint32_t flags)
+static int open_name(vd_file **out, const struct vd_file_name *name, uint32_t flags)
 {
     vd_file_opener opener = atomic_load(&current_opener);
-    return (opener ? opener : vd_file_posix_open)(out, path, flags);
+    return (opener ? opener : vd_file_posix_open)(out, name, flags);
+}
+
+int vd_file_open(vd_file **out, const char *path, uint32_t flags)
+{
+    return open_name(out, &(struct vd_file_name){ path, -1, NULL }, flags);
+}
+
+int vd_file_open_at(vd_file **out, int dir_fd, const char *leaf, const char *path, uint32_t flags)
+{
+    return open_name(out, &(struct vd_file_name){ path, dir_fd, leaf }, flags);
 }
 
 void vd_file_close(vd_file *f)

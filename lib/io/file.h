@@ -65,15 +65,51 @@ struct vd_file {
 };
 
 /*
+ * A file to open: path as it is, or (dir_fd >= 0) the entry leaf of the open
+ * directory dir_fd, never through a symbolic link, which a confined open
+ * resolves to (see vd_dir_open_beneath()); path then names the file in
+ * messages and for layers that key their files by name.
+ */
+struct vd_file_name {
+    const char *path;
+    int dir_fd;       /* -1: open path */
+    const char *leaf; /* with dir_fd: one path component, never "." or ".." */
+};
+
+/*
  * Opening goes through a replaceable opener so that tests can interpose a
  * layer. vd_file_posix_open is the default.
  */
-typedef int (*vd_file_opener)(vd_file **out, const char *path, uint32_t flags);
-int vd_file_posix_open(vd_file **out, const char *path, uint32_t flags);
+typedef int (*vd_file_opener)(vd_file **out, const struct vd_file_name *name, uint32_t flags);
+int vd_file_posix_open(vd_file **out, const struct vd_file_name *name, uint32_t flags);
 /* Install an opener for files opened from now on; NULL restores POSIX. */
 void vd_file_set_opener(vd_file_opener opener);
 
+/* Open a file by its path. */
 int vd_file_open(vd_file **out, const char *path, uint32_t flags);
+/* Open the entry leaf of the directory dir_fd (path in messages), refusing a symbolic link. */
+int vd_file_open_at(vd_file **out, int dir_fd, const char *leaf, const char *path, uint32_t flags);
+
+/*
+ * Confinement: a name an image records (a backing file, a data file) is
+ * resolved inside the directory dir_fd that the image's names are relative
+ * to, and opened in the same resolution, so that the file checked is the file
+ * read (no second lookup by name that a swapped link could redirect).
+ *
+ * vd_dir_open_beneath() opens the directory holding name, beneath dir_fd:
+ * with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) where the kernel has
+ * it, else component by component with O_NOFOLLOW. ".." may be used as long
+ * as it stays inside; an absolute name only when a leading part of it is
+ * dir_fd itself (the rest is then resolved beneath dir_fd); every symbolic
+ * link is refused, even one that points inside. *parent_fd receives the
+ * directory (an O_PATH descriptor, the caller closes it) and *leaf the last
+ * component of name, for vd_file_open_at(). path names the file in messages.
+ * Refusals are VD_EPERM with a message saying why.
+ */
+int vd_dir_open_beneath(int dir_fd, const char *name, const char *path, int *parent_fd,
+                        const char **leaf);
+/* Open the directory part of path ("." if it has none), the anchor of its image's names. */
+int vd_dir_open_of(const char *path, int *dir_fd);
 void vd_file_close(vd_file *f);
 
 static inline int vd_file_pread(vd_file *f, void *buf, size_t len, uint64_t off)

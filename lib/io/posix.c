@@ -190,15 +190,21 @@ static const struct vd_file_ops posix_ops = {
     .close = posix_close,
 };
 
-int vd_file_posix_open(vd_file **out, const char *path, uint32_t flags)
+int vd_file_posix_open(vd_file **out, const struct vd_file_name *name, uint32_t flags)
 {
+    const char *path = name->path;
     /* non-blocking so that a FIFO named by a hostile image cannot hang the open */
     int oflags = O_CLOEXEC | O_NONBLOCK | ((flags & VD_FILE_RDWR) ? O_RDWR : O_RDONLY);
     if (flags & VD_FILE_CREATE)
         oflags |= O_CREAT | ((flags & VD_FILE_EXCL) ? O_EXCL : O_TRUNC);
-    int fd = open(path, oflags, 0644);
+    int fd = name->dir_fd < 0 ? open(path, oflags, 0644)
+                              : openat(name->dir_fd, name->leaf, oflags | O_NOFOLLOW, 0644);
     if (fd < 0) {
         int e = errno;
+        if (name->dir_fd >= 0 && e == ELOOP)
+            return vd_err(VD_EPERM, "Could not open '%s': it is a symbolic link, which a "
+                          "confined open does not follow (it could lead outside the image's "
+                          "directory)", path);
         int code = e == ENOENT ? VD_ENOENT : e == EEXIST ? VD_EEXIST
                  : (e == EACCES || e == EPERM || e == EROFS) ? VD_EPERM : VD_EIO;
         return vd_err(code, "Could not open '%s': %s", path, strerror(e));

@@ -309,10 +309,11 @@ static bool tracked(const char *path)
     return yes;
 }
 
-static int crash_open(vd_file **out, const char *path, uint32_t flags)
+static int crash_open(vd_file **out, const struct vd_file_name *name, uint32_t flags)
 {
+    const char *path = name->path;
     vd_file *in;
-    int rc = vd_file_posix_open(&in, path, flags);
+    int rc = vd_file_posix_open(&in, name, flags);
     if (rc < 0 || !tracked(path)) {
         if (rc == 0)
             *out = in;

@@ -147,10 +147,11 @@ static const struct vd_file_ops fault_ops = {
     .close = f_close,
 };
 
-static int fault_open(vd_file **out, const char *path, uint32_t flags)
+static int fault_open(vd_file **out, const struct vd_file_name *name, uint32_t flags)
 {
+    const char *path = name->path;
     vd_file *in;
-    int rc = vd_file_posix_open(&in, path, flags);
+    int rc = vd_file_posix_open(&in, name, flags);
     if (rc < 0)
         return rc;
     struct fault_file *ff = calloc(1, sizeof *ff);

@@ -211,8 +211,9 @@ static struct entry *find(const char *path)
     return NULL;
 }
 
-static int mem_open(vd_file **out, const char *path, uint32_t flags)
+static int mem_open(vd_file **out, const struct vd_file_name *name, uint32_t flags)
 {
+    const char *path = name->path;
     struct entry *e = find(path);
     if (!e)
         return vd_err(VD_EPERM, "Could not open '%s': the fuzz harness serves no such file", path);

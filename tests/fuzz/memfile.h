@@ -25,7 +25,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* A directory that does not exist, so that VD_OPEN_CONFINED's realpath() checks always fail. */
+/*
+ * A directory that does not exist: VD_OPEN_CONFINED cannot open it, so it
+ * refuses every file the image names.
+ */
 #define MEMFILE_DIR   "/nonexistent-vdisk-fuzz"
 #define MEMFILE_IMAGE MEMFILE_DIR "/image"
 

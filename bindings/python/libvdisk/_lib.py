@@ -33,9 +33,11 @@ OPEN_CONFINED = 1 << 3
 OPEN_UNSAFE_RAW = 1 << 4
 OPEN_REPAIR = 1 << 5
 OPEN_NO_FLUSH = 1 << 6
+OPEN_SAFE = 1 << 7
 # vd_create() flags
 CREATE_EXCL = 1 << 0
 CREATE_UNSAFE_BACKING = 1 << 1
+CREATE_CONFINED = 1 << 2
 # vd_write() flags
 WRITE_FUA = 1 << 0
 # vd_write_zeroes() flags
@@ -123,6 +125,8 @@ class VdOpenOpts(Structure):
         ("cache_bytes", c_uint64),
         ("snapshot", c_char_p),
         ("secret", c_char_p),
+        ("formats", c_char_p),
+        ("relative_to", c_char_p),
     ]
 
 

@@ -45,7 +45,7 @@ def options_string(options):
 
 
 def create(path, fmt, size=0, *, backing_file=None, backing_fmt=None, unsafe_backing=False,
-           exclusive=False, **options):
+           exclusive=False, confined=False, **options):
     """Create an image of format fmt and virtual size bytes.
 
     Keyword options are the format's create options (see
@@ -60,13 +60,17 @@ def create(path, fmt, size=0, *, backing_file=None, backing_fmt=None, unsafe_bac
     probes as raw is refused (say ``backing_fmt="raw"``); a size of 0 takes
     the backing file's size. ``unsafe_backing=True`` (``qemu-img create -u``)
     skips opening it; ``backing_fmt`` and the size must then be given.
+    ``confined=True`` refuses a backing file (or one of its chain) outside the
+    new image's directory, as ``open(confined=True)`` does
+    (:class:`PermissionDenied`).
     """
     if size < 0:
         raise ValueError(f"size must not be negative (got {size})")
     text_options = options_string({"backing_file": backing_file, "backing_fmt": backing_fmt,
                                    **options})
     flags = (_lib.CREATE_EXCL if exclusive else 0) | \
-        (_lib.CREATE_UNSAFE_BACKING if unsafe_backing else 0)
+        (_lib.CREATE_UNSAFE_BACKING if unsafe_backing else 0) | \
+        (_lib.CREATE_CONFINED if confined else 0)
     check(lib().vd_create(os.fsencode(path), fmt.encode(), size,
                           os.fsencode(text_options) if text_options else None, flags))
 

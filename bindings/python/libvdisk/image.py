@@ -21,6 +21,7 @@ _OPEN_FLAGS = {
     "no_backing": _lib.OPEN_NO_BACKING,
     "no_lock": _lib.OPEN_NO_LOCK,
     "confined": _lib.OPEN_CONFINED,
+    "safe": _lib.OPEN_SAFE,
     "no_flush": _lib.OPEN_NO_FLUSH,
     "repair": _lib.OPEN_REPAIR,
 }
@@ -166,6 +167,16 @@ def _snapshot_ref(value):
     return value.encode("utf-8", "surrogateescape")
 
 
+def _formats_list(formats):
+    """The ``formats`` argument as vd_open_opts.formats: "qcow2,raw", or None."""
+    if formats is None:
+        return None
+    names = [formats] if isinstance(formats, str) else list(formats)
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(f"formats must be format names, not {formats!r}")
+    return ",".join(names).encode()
+
+
 def _count(name, value):
     """``value`` as a non-negative int, for offsets and lengths."""
     value = operator.index(value)
@@ -231,7 +242,13 @@ class Image(io.RawIOBase):
     - ``no_backing``: open only this image, not its backing chain;
     - ``no_lock``: take no file locks (read-only inspection, qemu-img -U);
     - ``confined``: refuse any file reference (backing file, data file)
-      outside the image's directory;
+      outside the image's directory, resolved and opened in one step so that
+      a link swapped meanwhile cannot redirect it; symbolic links are never
+      followed there;
+    - ``safe``: the profile for images from an untrusted source: confined,
+      a probed raw image never becomes another format, a backing file must
+      have its format recorded (it is never probed), and the metadata cache
+      is bounded. Backup software should pass it (with ``formats``);
     - ``no_flush``: never sync to stable storage (qemu's cache=unsafe), for
       scratch images; close() still writes every cache out;
     - ``repair``: with "r+", open an image marked corrupt so that
@@ -239,6 +256,10 @@ class Image(io.RawIOBase):
 
     ``snapshot`` (an id or name, or a :class:`Snapshot`) opens that internal
     snapshot instead of the current state, read-only: ``mode`` must be "r".
+
+    ``formats`` (a list of names, or one name) are the formats any image of
+    the chain may have, whether given, recorded or probed; another raises
+    :class:`PermissionDenied`. ``None`` allows every format.
 
     Images of the backing chain are reached through :attr:`backing` and
     :meth:`chain`; they are borrowed from this one (see :attr:`backing`).
@@ -250,7 +271,8 @@ class Image(io.RawIOBase):
     """
 
     def __init__(self, path, mode="r", fmt=None, *, no_backing=False, no_lock=False,
-                 confined=False, no_flush=False, repair=False, snapshot=None):
+                 confined=False, no_flush=False, repair=False, snapshot=None, safe=False,
+                 formats=None):
         super().__init__()
         self._setup(None, mode, _Owner(), borrowed=False)
         if mode not in _MODES:
@@ -263,13 +285,13 @@ class Image(io.RawIOBase):
                 raise ValueError("a snapshot can only be opened read-only: it needs mode 'r'")
         flags = _MODES[mode]
         requested = {"no_backing": no_backing, "no_lock": no_lock, "confined": confined,
-                     "no_flush": no_flush, "repair": repair}
+                     "no_flush": no_flush, "repair": repair, "safe": safe}
         for name, wanted in requested.items():
             if wanted:
                 flags |= _OPEN_FLAGS[name]
         options = _lib.VdOpenOpts(struct_size=ctypes.sizeof(_lib.VdOpenOpts), flags=flags,
                                   format=None if fmt is None else fmt.encode(),
-                                  snapshot=snapshot)
+                                  snapshot=snapshot, formats=_formats_list(formats))
         handle = _lib.ImagePtr()
         check_status(lib().vd_open_ext(ctypes.byref(handle), os.fsencode(path),
                                        ctypes.byref(options)))
@@ -766,7 +788,8 @@ class Image(io.RawIOBase):
 
 
 def open(path, mode="r", fmt=None, *, no_backing=False, no_lock=False,  # noqa: A001
-         confined=False, no_flush=False, repair=False, snapshot=None):
-    """Open a disk image; see :class:`Image`."""
+         confined=False, no_flush=False, repair=False, snapshot=None, safe=False, formats=None):
+    """Open a disk image; see :class:`Image`. For images from an untrusted source,
+    pass ``safe=True`` (and ``formats``): the default follows qemu-img."""
     return Image(path, mode, fmt, no_backing=no_backing, no_lock=no_lock, confined=confined,
-                 no_flush=no_flush, repair=repair, snapshot=snapshot)
+                 no_flush=no_flush, repair=repair, snapshot=snapshot, safe=safe, formats=formats)

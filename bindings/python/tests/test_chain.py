@@ -341,6 +341,63 @@ def test_confined(tmp_path):
         assert image.backing.filename == str(inside / "local.qcow2")
 
 
+def _untrusted_layout(tmp_path):
+    """vm/ with fine.qcow2 -> local.qcow2, escaping.qcow2 -> ../outside.qcow2 and
+    via-link.qcow2 -> link.qcow2, a symbolic link to ../outside.qcow2."""
+    inside = tmp_path / "vm"
+    inside.mkdir()
+    libvdisk.create(tmp_path / "outside.qcow2", "qcow2", MIB)
+    libvdisk.create(inside / "local.qcow2", "qcow2", MIB)
+    libvdisk.create(inside / "escaping.qcow2", "qcow2", backing_file="../outside.qcow2")
+    (inside / "link.qcow2").symlink_to(tmp_path / "outside.qcow2")
+    libvdisk.create(inside / "via-link.qcow2", "qcow2", backing_file="link.qcow2")
+    libvdisk.create(inside / "fine.qcow2", "qcow2", backing_file="local.qcow2")
+    return inside
+
+
+def test_safe_profile(tmp_path):
+    inside = _untrusted_layout(tmp_path)
+    for name in ("escaping.qcow2", "via-link.qcow2"):
+        with pytest.raises(libvdisk.PermissionDenied, match="outside"):
+            libvdisk.open(inside / name, safe=True)
+    with libvdisk.open(inside / "fine.qcow2", safe=True, formats=["qcow2"]) as image:
+        assert [i.format for i in image.chain()] == ["qcow2", "qcow2"]
+    with pytest.raises(libvdisk.PermissionDenied, match="not among the allowed formats"):
+        libvdisk.open(inside / "fine.qcow2", safe=True, formats="raw")
+    with pytest.raises(libvdisk.FormatError, match="qcow3"):
+        libvdisk.open(inside / "fine.qcow2", formats=["qcow2", "qcow3"])
+    with pytest.raises(ValueError):
+        libvdisk.open(inside / "fine.qcow2", formats=[])
+    with libvdisk.open(inside / "escaping.qcow2") as image:  # the default follows qemu-img
+        assert image.backing is not None
+
+
+def test_safe_profile_never_probes_a_backing_file(tmp_path):
+    inside = _untrusted_layout(tmp_path)
+    unnamed = inside / "fine.qcow2"
+    data = bytearray(unnamed.read_bytes())
+    at = data.find(bytes.fromhex("e2792aca"))  # the backing format extension: now unknown
+    data[at:at + 4] = bytes.fromhex("0badcafe")
+    unnamed.write_bytes(data)
+    with libvdisk.open(unnamed, confined=True) as image:
+        assert image.backing.format == "qcow2"  # probed
+    with pytest.raises(libvdisk.PermissionDenied, match="no recorded format"):
+        libvdisk.open(unnamed, safe=True)
+
+
+def test_safe_rebase_and_confined_create_refuse_a_backing_file_outside(tmp_path):
+    inside = _untrusted_layout(tmp_path)
+    with libvdisk.open(inside / "fine.qcow2", "r+", safe=True) as image:
+        with pytest.raises(libvdisk.PermissionDenied, match="outside"):
+            image.rebase("../outside.qcow2", "qcow2")
+        assert image.info()["backing-filename"] == "local.qcow2"
+    for backing in ("../outside.qcow2", "link.qcow2"):
+        with pytest.raises(libvdisk.PermissionDenied, match="outside"):
+            libvdisk.create(inside / "new.qcow2", "qcow2", backing_file=backing, confined=True)
+        assert not (inside / "new.qcow2").exists()
+    libvdisk.create(inside / "new.qcow2", "qcow2", backing_file="local.qcow2", confined=True)
+
+
 def test_no_lock(tmp_path):
     path = tmp_path / "locked.qcow2"
     libvdisk.create(path, "qcow2", MIB)

@@ -68,12 +68,14 @@ static void q_close(vd_image *img);
 /* Open the external data file the header names, next to the image. */
 static int open_data_file(vd_image *img, const struct qcow2 *q)
 {
-    char *path = vd_chain_resolve(img->filename, q->data_file_name);
-    if (!path)
-        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
-    int rc = (img->open_flags & VD_OPEN_CONFINED) ? vd_chain_check_confined(img->filename, path) : 0;
+    struct vd_chain_where where = { img->filename, -1, q->data_file_name };
+    struct vd_named_file found = { NULL, NULL, -1 };
+    int rc = vd_image_anchor(img, &where.anchor); /* confined as the image is */
     if (rc == 0)
-        rc = vd_file_open(&img->data_file, path, img->read_only ? 0 : VD_FILE_RDWR);
+        rc = vd_chain_open_file(&found, &where, img->read_only ? 0 : VD_FILE_RDWR);
+    img->data_file = found.file;
+    found.file = NULL;
+    vd_named_file_release(&found);
     if (rc == 0 && !(img->open_flags & VD_OPEN_NO_LOCK))
         rc = vd_file_lock(img->data_file, !img->read_only);
     if (rc < 0) {
@@ -81,7 +83,6 @@ static int open_data_file(vd_image *img, const struct qcow2 *q)
         snprintf(msg, sizeof msg, "%s", vd_errmsg());
         rc = vd_err(rc, "%s: could not open the external data file: %s", img->filename, msg);
     }
-    free(path);
     return rc;
 }
 
