@@ -362,9 +362,9 @@ static int publish_table(vd_image *img, struct qcow2 *q, struct qcow2_snapshot *
         for (uint32_t i = 0, pos = 0; i < count; pos += (uint32_t)entry_bytes(&snapshots[i]), i++)
             serialise(&snapshots[i], buf + pos);
         if ((rc = qcow2_alloc_metadata(img, q, clusters, &offset)) == 0 &&
-            (rc = vd_file_pwrite(img->file, buf, (size_t)(clusters * q->cluster_size), offset)) == 0)
+            (rc = qcow2_write_meta(img, QCOW2_META_NONE, offset, buf,
+                                   (size_t)(clusters * q->cluster_size))) == 0)
             rc = qcow2_refcounts_durable(img);
-        img->unsynced = true;
         free(buf);
         if (rc == 0)
             rc = vd_image_sync(img);
@@ -372,7 +372,7 @@ static int publish_table(vd_image *img, struct qcow2 *q, struct qcow2_snapshot *
     uint8_t fields[12];
     vd_put_be32(fields, count);
     vd_put_be64(fields + 4, offset);
-    if (rc == 0 && (rc = vd_file_pwrite(img->file, fields, sizeof fields, 60)) == 0)
+    if (rc == 0 && (rc = qcow2_write_meta(img, QCOW2_META_HEADER, 60, fields, sizeof fields)) == 0)
         rc = vd_image_sync_now(img);
     if (rc < 0)
         return vd_image_poison(img, rc);
@@ -380,6 +380,7 @@ static int publish_table(vd_image *img, struct qcow2 *q, struct qcow2_snapshot *
     q->snapshots_offset = offset;
     q->snapshots_bytes = bytes;
     q->nb_snapshots = count;
+    q->meta_stale = true;
     for (uint64_t c = 0; c < old_clusters && old && rc == 0; c++)
         rc = qcow2_update_refcount(img, q, old / q->cluster_size + c, -1);
     return rc;
@@ -485,8 +486,7 @@ int qcow2_snapshot_create(vd_image *img, const char *name)
     for (uint32_t i = 0; i < q->l1_size; i++)
         vd_put_be64(copy + i * 8, q->l1[i]);
     if ((rc = qcow2_alloc_metadata(img, q, clusters, &l1_offset)) == 0)
-        rc = vd_file_pwrite(img->file, copy, (size_t)(clusters * q->cluster_size), l1_offset);
-    img->unsynced = true;
+        rc = qcow2_write_meta(img, QCOW2_META_NONE, l1_offset, copy, (size_t)(clusters * q->cluster_size));
     free(copy);
     /* everything the copy references gains a reference; the active COPIED flags drop */
     if (rc == 0)
@@ -585,6 +585,7 @@ int qcow2_snapshot_delete(vd_image *img, const char *id_or_name)
        it twice), then its references go */
     memmove(&q->snapshots[i], &q->snapshots[i + 1], (q->nb_snapshots - i - 1) * sizeof *q->snapshots);
     q->nb_snapshots--;
+    q->meta_stale = true;
     uint64_t old_table = q->snapshots_offset;
     rc = publish_table(img, q, q->snapshots, q->nb_snapshots);
     if (rc < 0 && q->snapshots_offset != old_table) { /* switched; only freeing failed */
@@ -596,6 +597,7 @@ int qcow2_snapshot_delete(vd_image *img, const char *id_or_name)
         q->nb_snapshots++;
         memmove(&q->snapshots[i + 1], &q->snapshots[i], (q->nb_snapshots - i - 1) * sizeof *q->snapshots);
         q->snapshots[i] = gone;
+        q->meta_stale = true;
         free(l1);
         return rc;
     }
