@@ -123,3 +123,21 @@ class Qcow2:
         byte = self.pread(where, 1)[0]
         byte = (byte & ~(mask << shift)) | ((value & mask) << shift)
         self.pwrite(where, bytes([byte]))
+
+    # snapshot table
+    def _snapshot_entry(self, index):
+        """The file offset of snapshot table entry index."""
+        where = self.h["snapshots_offset"]
+        assert index < self.h["nb_snapshots"], f"no snapshot {index}"
+        for _ in range(index):
+            id_len, name_len = struct.unpack(">HH", self.pread(where + 12, 4))
+            extra = struct.unpack(">I", self.pread(where + 36, 4))[0]
+            where += (40 + extra + id_len + name_len + 7) // 8 * 8
+        return where
+
+    def snapshot_l1(self, index):
+        """(l1_table_offset, l1_size) of snapshot index."""
+        return struct.unpack(">QI", self.pread(self._snapshot_entry(index), 12))
+
+    def set_snapshot_l1(self, index, offset, size):
+        self.pwrite(self._snapshot_entry(index), struct.pack(">QI", offset, size))

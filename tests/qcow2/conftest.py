@@ -5,6 +5,7 @@ import pytest
 
 QEMU_IMG = os.environ.get("QEMU_IMG", "qemu-img")
 QEMU_IO = os.environ.get("QEMU_IO", "qemu-io")
+VDISK = os.environ.get("VDISK", "vdisk")
 
 
 def run(*args, cwd=None, check=True):
@@ -22,6 +23,11 @@ def qemu_img():
 @pytest.fixture
 def qemu_io():
     return lambda *a, **kw: run(QEMU_IO, *a, **kw)
+
+
+@pytest.fixture
+def vdisk():
+    return lambda *a, **kw: run(VDISK, *a, **kw)
 
 
 def assert_clean(path):

@@ -409,6 +409,23 @@ static void check_copied_flags(struct checker *c, uint32_t flags)
     }
 }
 
+/* A refcount table as the in-memory state holds it. */
+struct refcount_table {
+    uint64_t *entries;
+    uint64_t count;
+    uint64_t offset;
+    uint32_t clusters;
+};
+
+static void use_refcount_table(struct qcow2 *q, struct refcount_table t)
+{
+    q->rt = t.entries;
+    q->rt_entries = t.count;
+    q->rt_offset = t.offset;
+    q->rt_clusters = t.clusters;
+    q->meta_stale = true;
+}
+
 /*
  * Replace the refcount structures with new ones at the end of the file, built
  * from the computed references (used when blocks are missing or unusable).
@@ -446,10 +463,20 @@ static int rebuild_refcounts(struct checker *c)
     }
     if (table_clusters * cs > QCOW2_MAX_RT_BYTES)
         return vd_err(VD_ETOOBIG, "%s: the rebuilt refcount table would exceed 8 MiB", img->filename);
-    uint64_t end = start + table_clusters + nblocks;
+    uint64_t end = start + table_clusters + nblocks, entries = table_clusters * cs / 8;
     uint8_t *buf = calloc(1, (size_t)(table_clusters * cs > cs ? table_clusters * cs : cs));
-    if (!buf)
+    uint64_t *rt = calloc((size_t)entries, sizeof *rt);
+    if (!buf || !rt) {
+        free(buf);
+        free(rt);
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    }
+    for (uint64_t b = 0; b < nblocks; b++)
+        rt[b] = (start + table_clusters + b) * cs;
+    /* the new structures replace the old ones in memory first: the overlap checks of
+       the writes below see them in place of the old ones, which may share clusters */
+    struct refcount_table old = { q->rt, q->rt_entries, q->rt_offset, q->rt_clusters };
+    use_refcount_table(q, (struct refcount_table){ rt, entries, start * cs, (uint32_t)table_clusters });
     int rc = 0;
     for (uint64_t b = 0; b < nblocks && rc == 0; b++) {
         memset(buf, 0, (size_t)cs);
@@ -459,46 +486,31 @@ static int rebuild_refcounts(struct checker *c)
             qcow2_refblock_set(buf, i % q->rb_entries, q->refcount_order,
                                value > q->refcount_max ? q->refcount_max : value);
         }
-        rc = vd_file_pwrite(img->file, buf, (size_t)cs, (start + table_clusters + b) * cs);
+        rc = qcow2_write_meta(img, QCOW2_META_REFCOUNT_BLOCK, rt[b], buf, (size_t)cs);
     }
-    uint64_t entries = table_clusters * cs / 8;
-    uint64_t *rt = calloc((size_t)entries, sizeof *rt);
-    if (!rt)
-        rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     if (rc == 0) {
         memset(buf, 0, (size_t)(table_clusters * cs));
-        for (uint64_t b = 0; b < nblocks; b++) {
-            rt[b] = (start + table_clusters + b) * cs;
+        for (uint64_t b = 0; b < nblocks; b++)
             vd_put_be64(buf + b * 8, rt[b]);
-        }
-        rc = vd_file_pwrite(img->file, buf, (size_t)(table_clusters * cs), start * cs);
+        rc = qcow2_write_meta(img, QCOW2_META_REFCOUNT_TABLE, start * cs, buf, (size_t)(table_clusters * cs));
     }
     if (rc == 0)
         rc = vd_image_sync_now(img);
     free(buf);
-    if (rc < 0) {
-        free(rt);
-        return rc;
-    }
-    /* switch over: header fields, then the in-memory state */
+    /* switch over on disk: the header fields */
     uint8_t fields[12];
     vd_put_be64(fields, start * cs);
     vd_put_be32(fields + 8, (uint32_t)table_clusters);
-    rc = vd_file_pwrite(img->file, fields, sizeof fields, 48);
-    if (rc == 0)
+    if (rc == 0 && (rc = qcow2_write_meta(img, QCOW2_META_HEADER, 48, fields, sizeof fields)) == 0)
         rc = vd_image_sync_now(img);
     if (rc < 0) {
+        use_refcount_table(q, old);
         free(rt);
         return rc;
     }
-    free(q->rt);
-    q->rt = rt;
-    q->rt_entries = entries;
-    q->rt_offset = start * cs;
-    q->rt_clusters = (uint32_t)table_clusters;
+    free(old.entries);
     q->alloc_end = end;
     q->free_hint = 0;
-    q->meta_stale = true;
     struct vd_cache *fresh;
     rc = vd_cache_new(&fresh, img->file, (size_t)cs, 16);
     if (rc == 0) {

@@ -217,6 +217,18 @@ static void fill_l2(const struct qcow2 *q, const struct layout *l, uint64_t i, u
     }
 }
 
+static int write_header(vd_file *file, struct qcow2 *q, uint64_t size)
+{
+    uint8_t *buf = malloc((size_t)q->cluster_size);
+    if (!buf)
+        return vd_err(VD_ENOMEM, "%s: out of memory", file->path);
+    int rc = qcow2_build_header(file->path, q, size, buf);
+    if (rc == 0)
+        rc = vd_file_pwrite(file, buf, (size_t)q->cluster_size, 0);
+    free(buf);
+    return rc;
+}
+
 /* The external data file, next to the image, sized to the disk (as QEMU makes it). */
 static int create_data_file(const char *image, const char *name, uint64_t size, vd_file **out)
 {
@@ -262,7 +274,7 @@ int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
         return vd_err(VD_ENOMEM, "%s: out of memory", file->path);
     }
 
-    if ((rc = qcow2_write_header_to(file, &q, size)) == 0 &&
+    if ((rc = write_header(file, &q, size)) == 0 &&
         (rc = write_tables(file, &q, l.rt_start, l.rt_clusters, l.nblocks * 8, fill_refcount_table, &l)) == 0 &&
         (rc = write_tables(file, &q, l.rb_start, l.nblocks, l.nblocks * cs, fill_refcount_block, &l)) == 0 &&
         (rc = write_tables(file, &q, l.l1_start, l.l1_clusters, l.nl2 * 8, fill_l1, &l)) == 0 &&

@@ -284,8 +284,7 @@ static size_t put_ext(uint8_t *p, uint32_t type, const void *data, uint32_t len)
     return 8 + padded;
 }
 
-/* Serialise the header cluster into buf (cluster_size bytes). */
-static int build_header(const char *path, struct qcow2 *q, uint64_t size, uint8_t *buf)
+int qcow2_build_header(const char *path, struct qcow2 *q, uint64_t size, uint8_t *buf)
 {
     size_t cs = (size_t)q->cluster_size;
     memset(buf, 0, cs);
@@ -347,25 +346,19 @@ static int build_header(const char *path, struct qcow2 *q, uint64_t size, uint8_
     return 0;
 }
 
-int qcow2_write_header_to(vd_file *file, struct qcow2 *q, uint64_t size)
+int qcow2_write_header(vd_image *img, struct qcow2 *q)
 {
     uint8_t *buf = malloc((size_t)q->cluster_size);
     if (!buf)
-        return vd_err(VD_ENOMEM, "%s: out of memory", file->path);
-    int rc = build_header(file->path, q, size, buf);
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    int rc = qcow2_build_header(img->filename, q, img->size, buf);
     if (rc == 0)
-        rc = vd_file_pwrite(file, buf, (size_t)q->cluster_size, 0);
+        rc = qcow2_write_meta(img, QCOW2_META_HEADER, 0, buf, (size_t)q->cluster_size);
     free(buf);
     return rc;
 }
 
-int qcow2_write_header(vd_image *img, struct qcow2 *q)
-{
-    img->unsynced = true;
-    return qcow2_write_header_to(img->file, q, img->size);
-}
-
-int qcow2_write_features(vd_image *img, struct qcow2 *q)
+static int write_features(vd_image *img, struct qcow2 *q, unsigned may_overlap)
 {
     if (q->version < 3)
         return 0;
@@ -373,8 +366,23 @@ int qcow2_write_features(vd_image *img, struct qcow2 *q)
     vd_put_be64(f, q->incompat);
     vd_put_be64(f + 8, q->compat);
     vd_put_be64(f + 16, q->autoclear);
-    img->unsynced = true;
-    return vd_file_pwrite(img->file, f, sizeof f, 72);
+    return qcow2_write_meta(img, may_overlap, 72, f, sizeof f);
+}
+
+int qcow2_write_features(vd_image *img, struct qcow2 *q)
+{
+    return write_features(img, q, QCOW2_META_HEADER);
+}
+
+/*
+ * The corrupt bit goes into the header even when another structure claims
+ * its cluster, as QEMU's does: such a layout is what it reports, and the bit
+ * is what keeps the image from further use.
+ */
+int qcow2_write_corrupt_bit(vd_image *img, struct qcow2 *q)
+{
+    q->incompat |= QCOW2_INCOMPAT_CORRUPT;
+    return write_features(img, q, QCOW2_META_ALL);
 }
 
 void qcow2_free_header(struct qcow2 *q)

@@ -312,9 +312,8 @@ int qcow2_write_l1(vd_image *img, struct qcow2 *q)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     for (uint32_t i = 0; i < q->l1_size; i++)
         vd_put_be64(disk + i * 8, q->l1[i]);
-    int rc = vd_file_pwrite(img->file, disk, bytes, q->l1_offset);
+    int rc = qcow2_write_meta(img, QCOW2_META_ACTIVE_L1, q->l1_offset, disk, bytes);
     free(disk);
-    img->unsynced = true;
     if (rc == 0)
         q->l1_dirty = false;
     return rc;

@@ -2,14 +2,22 @@
  * Metadata overlap protection: before data is written to a host cluster,
  * make sure no metadata lives there (a hostile or corrupted image can point
  * an L2 entry at the L1 table, or have refcounts that call a refcount block
- * free). A sorted list of the cluster ranges holding metadata is rebuilt from
- * the in-memory tables whenever metadata was allocated or any cluster was
- * freed, so the check itself is one binary search. Tables and blocks that
- * share a cluster with another structure are found by the same rebuild,
- * before any table is written back (a refcount block that is also the
- * refcount table would otherwise overwrite it). The list is as long as
- * the tables are, wherever a hostile image puts them; a bitmap over the host
- * clusters would be as large as the offsets it names.
+ * free). A sorted list of the cluster ranges holding metadata, each labelled
+ * with its kind, is rebuilt from the in-memory tables whenever metadata was
+ * allocated or moved or any cluster was freed, so the check itself is one
+ * binary search. Tables and blocks that share a cluster with another
+ * structure are found by the same rebuild, before any table is written back
+ * (a refcount block that is also the refcount table would otherwise overwrite
+ * it). The list is as long as the tables are, wherever a hostile image puts
+ * them; a bitmap over the host clusters would be as large as the offsets it
+ * names.
+ *
+ * The same list guards metadata itself: qcow2_write_meta, the one way this
+ * backend writes metadata outside the table caches (whose before-write hook
+ * is the layout check), refuses a write onto any structure but the ones it
+ * rewrites, as QEMU's qcow2_pre_write_overlap_check does with its ignore
+ * mask; and the allocator refuses to hand out a cluster with refcount 0
+ * that metadata occupies.
  *
  * Covered, as QEMU's default "cached" mode: the header, the active L1 table
  * and its L2 tables, the refcount table and blocks, the snapshot table and
@@ -24,12 +32,13 @@ struct ranges {
     size_t count;
 };
 
-static void add(const struct qcow2 *q, struct ranges *r, uint64_t off, uint64_t len)
+static void add(const struct qcow2 *q, struct ranges *r, enum qcow2_meta_kind kind, uint64_t off,
+                uint64_t len)
 {
     if (!len || off + len < off)
         return;
     r->items[r->count++] = (struct qcow2_meta_range){
-        .first = off / q->cluster_size, .end = (off + len - 1) / q->cluster_size + 1 };
+        .first = off / q->cluster_size, .end = (off + len - 1) / q->cluster_size + 1, .kind = kind };
 }
 
 static int by_first(const void *a, const void *b)
@@ -39,8 +48,9 @@ static int by_first(const void *a, const void *b)
 }
 
 /*
- * Sort, and merge touching ranges, so that they are disjoint and ascending.
- * Two structures that share a cluster are corruption: false, naming one such cluster.
+ * Sort, and merge touching ranges of one kind, so that they are disjoint and
+ * ascending. Two structures that share a cluster are corruption: false,
+ * naming one such cluster.
  */
 static bool normalize(struct ranges *r, uint64_t *shared)
 {
@@ -51,7 +61,7 @@ static bool normalize(struct ranges *r, uint64_t *shared)
             *shared = r->items[i].first;
             return false;
         }
-        if (out && r->items[i].first == r->items[out - 1].end)
+        if (out && r->items[i].first == r->items[out - 1].end && r->items[i].kind == r->items[out - 1].kind)
             r->items[out - 1].end = r->items[i].end;
         else
             r->items[out++] = r->items[i];
@@ -66,16 +76,17 @@ static int rebuild(vd_image *img, struct qcow2 *q)
     struct ranges r = { .items = malloc(most * sizeof *r.items) };
     if (!r.items)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
-    add(q, &r, 0, q->cluster_size);
-    add(q, &r, q->l1_offset, (uint64_t)q->l1_size * 8);
+    add(q, &r, QCOW2_META_HEADER, 0, q->cluster_size);
+    add(q, &r, QCOW2_META_ACTIVE_L1, q->l1_offset, (uint64_t)q->l1_size * 8);
     for (uint32_t i = 0; i < q->l1_size; i++)
-        add(q, &r, q->l1[i] & QCOW2_OFFSET_MASK, (q->l1[i] & QCOW2_OFFSET_MASK) ? q->cluster_size : 0);
-    add(q, &r, q->rt_offset, (uint64_t)q->rt_clusters * q->cluster_size);
+        add(q, &r, QCOW2_META_ACTIVE_L2, q->l1[i] & QCOW2_OFFSET_MASK,
+            (q->l1[i] & QCOW2_OFFSET_MASK) ? q->cluster_size : 0);
+    add(q, &r, QCOW2_META_REFCOUNT_TABLE, q->rt_offset, (uint64_t)q->rt_clusters * q->cluster_size);
     for (uint64_t i = 0; i < q->rt_entries; i++)
-        add(q, &r, q->rt[i], q->rt[i] ? q->cluster_size : 0);
-    add(q, &r, q->snapshots_offset, q->snapshots_bytes);
+        add(q, &r, QCOW2_META_REFCOUNT_BLOCK, q->rt[i], q->rt[i] ? q->cluster_size : 0);
+    add(q, &r, QCOW2_META_SNAPSHOT_TABLE, q->snapshots_offset, q->snapshots_bytes);
     for (uint32_t i = 0; i < q->nb_snapshots; i++)
-        add(q, &r, q->snapshots[i].l1_offset, (uint64_t)q->snapshots[i].l1_size * 8);
+        add(q, &r, QCOW2_META_SNAPSHOT_L1, q->snapshots[i].l1_offset, (uint64_t)q->snapshots[i].l1_size * 8);
     uint64_t shared;
     if (!normalize(&r, &shared)) {
         free(r.items);
@@ -96,15 +107,29 @@ int qcow2_check_layout(void *ctx)
     return q->meta_stale ? rebuild(img, q) : 0;
 }
 
-/* 1 if [host, host+len) of the image file holds metadata, 0 if not, or an error. */
-static int holds_metadata(vd_image *img, uint64_t host, uint64_t len)
+const char *qcow2_meta_name(enum qcow2_meta_kind kind)
+{
+    switch (kind) {
+    case QCOW2_META_HEADER: return "qcow2 header";
+    case QCOW2_META_ACTIVE_L1: return "active L1 table";
+    case QCOW2_META_ACTIVE_L2: return "active L2 table";
+    case QCOW2_META_REFCOUNT_TABLE: return "refcount table";
+    case QCOW2_META_REFCOUNT_BLOCK: return "refcount block";
+    case QCOW2_META_SNAPSHOT_TABLE: return "snapshot table";
+    case QCOW2_META_SNAPSHOT_L1: return "L1 table of a snapshot";
+    }
+    return "metadata";
+}
+
+int qcow2_metadata_at(vd_image *img, uint64_t host, uint64_t len, unsigned ignore)
 {
     struct qcow2 *q = qcow2_of(img);
     int rc = qcow2_check_layout(img);
-    if (rc < 0)
+    if (rc < 0 || !len)
         return rc;
     uint64_t first = host / q->cluster_size, last = (host + len - 1) / q->cluster_size;
-    /* the last range starting at or before `last` is the only one that can reach `first` */
+    /* ranges are disjoint and ascending: those reaching [first, last] end the ones starting
+       at or before `last`, and sit together */
     size_t lo = 0, hi = q->nmeta;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -113,27 +138,57 @@ static int holds_metadata(vd_image *img, uint64_t host, uint64_t len)
         else
             hi = mid;
     }
-    return lo && q->meta[lo - 1].end > first;
+    for (size_t i = lo; i-- > 0 && q->meta[i].end > first;)
+        if (!(q->meta[i].kind & ignore))
+            return (int)q->meta[i].kind;
+    return 0;
+}
+
+int qcow2_write_meta(vd_image *img, unsigned may_overlap, uint64_t off, const void *buf, size_t len)
+{
+    /* the corrupt bit skips the layout: a layout found broken is what it reports */
+    int kind = may_overlap == QCOW2_META_ALL ? 0 : qcow2_metadata_at(img, off, len, may_overlap);
+    if (kind < 0)
+        return kind;
+    if (kind > 0)
+        return qcow2_signal_corruption(img, "preventing an invalid metadata write of %zu bytes at "
+                                       "host offset %llu: it overlaps the %s", len,
+                                       (unsigned long long)off, qcow2_meta_name(kind));
+    img->unsynced = true;
+    return len ? vd_file_pwrite(img->file, buf, len, off) : 0;
 }
 
 int qcow2_check_overlap(vd_image *img, uint64_t host, uint64_t len)
 {
     if (qcow2_has_data_file(qcow2_of(img))) /* data goes to another file */
         return qcow2_check_layout(img);
-    int rc = holds_metadata(img, host, len);
-    if (rc > 0)
+    int kind = qcow2_metadata_at(img, host, len, QCOW2_META_NONE);
+    if (kind > 0)
         return qcow2_signal_corruption(img, "a data write at host offset %llu would overwrite "
-                                       "metadata; the write was not done",
-                                       (unsigned long long)host);
-    return rc;
+                                       "metadata (the %s); the write was not done",
+                                       (unsigned long long)host, qcow2_meta_name(kind));
+    return kind;
 }
 
 int qcow2_check_free(vd_image *img, uint64_t host)
 {
-    int rc = holds_metadata(img, host, qcow2_of(img)->cluster_size);
-    if (rc > 0)
+    int kind = qcow2_metadata_at(img, host, qcow2_of(img)->cluster_size, QCOW2_META_NONE);
+    if (kind > 0)
         return qcow2_signal_corruption(img, "the data cluster at host offset %llu, no longer "
-                                       "used, holds metadata; it was not freed",
-                                       (unsigned long long)host);
-    return rc;
+                                       "used, holds metadata (the %s); it was not freed",
+                                       (unsigned long long)host, qcow2_meta_name(kind));
+    return kind;
+}
+
+int qcow2_check_unused(vd_image *img, uint64_t first_cluster, uint64_t count)
+{
+    struct qcow2 *q = qcow2_of(img);
+    int kind = qcow2_metadata_at(img, first_cluster * q->cluster_size, count * q->cluster_size,
+                                 QCOW2_META_NONE);
+    if (kind > 0)
+        return qcow2_signal_corruption(img, "preventing an allocation at host offset %llu: its "
+                                       "refcount is 0, but it overlaps the %s",
+                                       (unsigned long long)(first_cluster * q->cluster_size),
+                                       qcow2_meta_name(kind));
+    return kind;
 }

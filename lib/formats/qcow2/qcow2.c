@@ -98,8 +98,7 @@ int qcow2_signal_corruption(vd_image *img, const char *fmt, ...)
                 q->version >= 3;
     vd_image_poison(img, VD_ECORRUPT);
     if (mark) {
-        q->incompat |= QCOW2_INCOMPAT_CORRUPT;
-        if (qcow2_write_features(img, q) == 0)
+        if (qcow2_write_corrupt_bit(img, q) == 0)
             vd_image_sync_now(img);
         qcow2_update_props(img, q);
     }

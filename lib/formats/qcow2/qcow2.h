@@ -6,6 +6,9 @@
  *   refcount.c  refcount table and blocks, cluster allocation and freeing
  *   create.c    new images
  *   check.c     consistency check and repair
+ *   snapshot.c  internal snapshots
+ *   resize.c    resize, L1 table growth
+ *   overlap.c   the metadata layout: overlap checks, and the one metadata writer
  *   qcow2.c     open, close, flush, info and the backend table
  * All numbers on disk are big-endian.
  */
@@ -86,9 +89,24 @@ struct qcow2_snapshot {
     uint8_t *extra;         /* kept verbatim beyond the fields we know */
 };
 
-/* Host clusters [first, end) that hold metadata. */
+/* The kinds of metadata structure, as bits (the names of QEMU's overlap checks). */
+enum qcow2_meta_kind {
+    QCOW2_META_HEADER         = 1u << 0,
+    QCOW2_META_ACTIVE_L1      = 1u << 1,
+    QCOW2_META_ACTIVE_L2      = 1u << 2,
+    QCOW2_META_REFCOUNT_TABLE = 1u << 3,
+    QCOW2_META_REFCOUNT_BLOCK = 1u << 4,
+    QCOW2_META_SNAPSHOT_TABLE = 1u << 5,
+    QCOW2_META_SNAPSHOT_L1    = 1u << 6,
+};
+/* Sets of kinds a write may overlap: none (new clusters), or all (the corrupt bit only). */
+#define QCOW2_META_NONE 0u
+#define QCOW2_META_ALL  0x7fu
+
+/* Host clusters [first, end) holding metadata of one kind. */
 struct qcow2_meta_range {
     uint64_t first, end;
+    enum qcow2_meta_kind kind;
 };
 
 struct qcow2 {
@@ -168,11 +186,14 @@ int qcow2_signal_corruption(vd_image *img, const char *fmt, ...) __attribute__((
 /* header.c */
 int qcow2_probe(const uint8_t *head, size_t len, uint64_t file_size);
 int qcow2_read_header(vd_image *img, struct qcow2 *q);
-/* Rewrite the whole first cluster: header, extensions, backing name. */
+/* Serialise the header cluster (header, extensions, backing name) into buf, cluster_size bytes. */
+int qcow2_build_header(const char *path, struct qcow2 *q, uint64_t size, uint8_t *buf);
+/* Rewrite the whole first cluster. */
 int qcow2_write_header(vd_image *img, struct qcow2 *q);
-int qcow2_write_header_to(vd_file *file, struct qcow2 *q, uint64_t size);
-/* Rewrite just one 64-bit feature field (incompat/compat/autoclear) in place. */
+/* Rewrite the three 64-bit feature fields (incompat/compat/autoclear) in place. */
 int qcow2_write_features(vd_image *img, struct qcow2 *q);
+/* Set the corrupt bit and write it, whatever else claims the header's cluster. */
+int qcow2_write_corrupt_bit(vd_image *img, struct qcow2 *q);
 void qcow2_free_header(struct qcow2 *q);
 /* Fill the derived fields from the header fields. */
 void qcow2_derive(struct qcow2 *q);
@@ -247,8 +268,24 @@ int qcow2_grow_l1(vd_image *img, struct qcow2 *q, uint64_t entries);
 /* Write the virtual size field of the header, durably. */
 int qcow2_write_size(vd_image *img, uint64_t size);
 
-/* overlap.c: VD_ECORRUPT (and the image marked corrupt) if data would overwrite metadata. */
+/*
+ * overlap.c. Every qcow2 metadata write goes through qcow2_write_meta: it
+ * refuses (reporting corruption, writing nothing) when [off, off+len) holds
+ * metadata of a kind not in may_overlap, the structures the write rewrites in
+ * place. A structure written to new clusters, which no structure lists yet,
+ * passes QCOW2_META_NONE; the corrupt bit alone passes QCOW2_META_ALL.
+ */
+int qcow2_write_meta(vd_image *img, unsigned may_overlap, uint64_t off, const void *buf, size_t len);
+/* The kind of metadata, other than those in ignore, that holds part of host bytes
+   [host, host+len): 0 if none, or an error (a layout whose structures share a cluster). */
+int qcow2_metadata_at(vd_image *img, uint64_t host, uint64_t len, unsigned ignore);
+/* A kind's name for messages. */
+const char *qcow2_meta_name(enum qcow2_meta_kind kind);
+/* VD_ECORRUPT (and the image marked corrupt) if data would overwrite metadata. */
 int qcow2_check_overlap(vd_image *img, uint64_t host, uint64_t len);
+/* Before clusters whose refcount is 0 are handed out: refuse (and report
+   corruption) if metadata lives there all the same. */
+int qcow2_check_unused(vd_image *img, uint64_t first_cluster, uint64_t count);
 /* Before a data cluster that nothing references any more is freed: refuse (and
    report corruption) if it holds metadata, which an L2 entry must never name. */
 int qcow2_check_free(vd_image *img, uint64_t host);

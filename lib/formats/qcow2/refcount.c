@@ -113,8 +113,8 @@ static int publish_rt_entries(vd_image *img, struct qcow2 *q, uint64_t first, ui
     if (rc == 0)
         rc = vd_image_sync(img);
     if (rc == 0)
-        rc = vd_file_pwrite(img->file, entries, (size_t)(last - first + 1) * 8, q->rt_offset + first * 8);
-    img->unsynced = true;
+        rc = qcow2_write_meta(img, QCOW2_META_REFCOUNT_TABLE, q->rt_offset + first * 8, entries,
+                              (size_t)(last - first + 1) * 8);
     free(entries);
     return rc < 0 ? vd_image_poison(img, rc) : 0;
 }
@@ -241,6 +241,9 @@ static int grow_refcount_table(vd_image *img, struct qcow2 *q, uint64_t min_entr
         nblocks = missing;
     }
     entries = table_clusters * per_table_cluster;
+    int rc = qcow2_check_unused(img, start, table_clusters + nblocks);
+    if (rc < 0)
+        return rc;
 
     uint64_t *rt = calloc((size_t)entries, sizeof *rt);
     uint8_t *disk = malloc((size_t)(table_clusters * cs));
@@ -258,7 +261,6 @@ static int grow_refcount_table(vd_image *img, struct qcow2 *q, uint64_t min_entr
     /* refcounts of the new area: fresh blocks are zeroed first by the cache */
     uint64_t *old_rt = q->rt, old_entries = q->rt_entries, old_offset = q->rt_offset;
     uint32_t old_clusters = q->rt_clusters;
-    int rc = 0;
     for (uint64_t ti = start / q->rb_entries; ti <= (end - 1) / q->rb_entries && rc == 0; ti++) {
         bool fresh = ti >= old_entries || old_rt[ti] == 0;
         void *block;
@@ -276,23 +278,25 @@ static int grow_refcount_table(vd_image *img, struct qcow2 *q, uint64_t min_entr
     if (rc == 0)
         rc = vd_cache_writeback(q->rb_cache);
     if (rc == 0)
-        rc = vd_file_pwrite(img->file, disk, (size_t)(table_clusters * cs), start * cs);
+        rc = qcow2_write_meta(img, QCOW2_META_NONE, start * cs, disk, (size_t)(table_clusters * cs));
     if (rc == 0)
         rc = vd_image_sync_now(img);
     free(disk);
     if (rc < 0) {
         q->rt = old_rt;
         q->rt_entries = old_entries;
+        q->meta_stale = true;
         free(rt);
         return vd_image_poison(img, rc);
     }
     /* switch the header over, then release the old table */
     q->rt_offset = start * cs;
     q->rt_clusters = (uint32_t)table_clusters;
+    q->meta_stale = true;
     uint8_t fields[12];
     vd_put_be64(fields, q->rt_offset);
     vd_put_be32(fields + 8, q->rt_clusters);
-    rc = vd_file_pwrite(img->file, fields, sizeof fields, 48);
+    rc = qcow2_write_meta(img, QCOW2_META_HEADER, 48, fields, sizeof fields);
     if (rc == 0)
         rc = vd_image_sync_now(img);
     free(old_rt);
@@ -335,20 +339,21 @@ static int alloc_at_end(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t
         if (rc < 0)
             return rc;
     }
+    int rc = qcow2_check_unused(img, start, end - start);
+    if (rc < 0)
+        return rc;
     uint64_t first_ti = start / q->rb_entries, last_ti = (end - 1) / q->rb_entries, next = start;
     for (uint64_t ti = first_ti; ti <= last_ti; ti++) {
         if (q->rt[ti])
             continue;
         void *block;
         q->rt[ti] = (next++) * q->cluster_size;
-        int rc = vd_cache_get(q->rb_cache, q->rt[ti], true, &block);
-        if (rc < 0)
+        if ((rc = vd_cache_get(q->rb_cache, q->rt[ti], true, &block)) < 0)
             return rc;
         vd_cache_put(q->rb_cache, block);
     }
     q->alloc_end = end;
     q->meta_stale = true;
-    int rc = 0;
     for (uint64_t c = start; c < end && rc == 0; c++)
         rc = qcow2_update_refcount(img, q, c, 1);
     if (rc == 0)
@@ -404,6 +409,8 @@ int qcow2_alloc_clusters(vd_image *img, struct qcow2 *q, uint64_t count, uint64_
                 missing = c;
         if (missing != UINT64_MAX && count > 1)
             return alloc_at_end(img, q, count, host);
+        if ((rc = qcow2_check_unused(img, first, count)) < 0)
+            return rc;
         if (missing != UINT64_MAX) {
             if ((rc = add_self_describing_block(img, q, missing)) < 0)
                 return rc;
@@ -423,8 +430,9 @@ int qcow2_alloc_clusters(vd_image *img, struct qcow2 *q, uint64_t count, uint64_
 
 int qcow2_alloc_metadata(vd_image *img, struct qcow2 *q, uint64_t count, uint64_t *host)
 {
-    q->meta_stale = true;
-    return qcow2_alloc_clusters(img, q, count, host);
+    int rc = qcow2_alloc_clusters(img, q, count, host);
+    q->meta_stale = true; /* the caller is about to record a new structure there */
+    return rc;
 }
 
 int qcow2_free_cluster_later(vd_image *img, struct qcow2 *q, uint64_t host)

@@ -13,7 +13,7 @@ int qcow2_write_size(vd_image *img, uint64_t size)
 {
     uint8_t field[8];
     vd_put_be64(field, size);
-    int rc = vd_file_pwrite(img->file, field, sizeof field, 24);
+    int rc = qcow2_write_meta(img, QCOW2_META_HEADER, 24, field, sizeof field);
     return rc == 0 ? vd_image_sync_now(img) : rc;
 }
 
@@ -49,13 +49,14 @@ int qcow2_grow_l1(vd_image *img, struct qcow2 *q, uint64_t entries)
         uint8_t fields[12];
         vd_put_be32(fields, q->l1_size);
         vd_put_be64(fields + 4, q->l1_offset);
-        rc = vd_file_pwrite(img->file, fields, sizeof fields, 36);
+        rc = qcow2_write_meta(img, QCOW2_META_HEADER, 36, fields, sizeof fields);
         if (rc == 0)
             rc = vd_image_sync_now(img);
     }
     if (rc < 0) {
         q->l1_offset = old_offset;
         q->l1_size = old_size;
+        q->meta_stale = true;
         return vd_image_poison(img, rc);
     }
     for (uint64_t c = 0; c < old_clusters && old_offset && rc == 0; c++)

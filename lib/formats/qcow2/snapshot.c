@@ -226,23 +226,32 @@ static int add_or_check(vd_image *img, struct qcow2 *q, uint64_t cluster, int ad
     return rc;
 }
 
-/* Add addend to the refcount of every host cluster an L2 entry uses. */
-static int update_entry_refcounts(vd_image *img, struct qcow2 *q, uint64_t word, int addend,
-                                  enum walk mode)
+/* The host clusters [*first, *end) an L2 entry uses (none when equal). */
+static void entry_clusters(const struct qcow2 *q, uint64_t word, uint64_t *first, uint64_t *end)
 {
-    if (!addend)
-        return 0;
     if (word & QCOW2_OFLAG_COMPRESSED) {
         unsigned x = 62 - (q->cluster_bits - 8);
         uint64_t host = word & ((1ull << x) - 1);
         uint64_t bytes = (((word >> x) & ((1ull << (q->cluster_bits - 8)) - 1)) + 1) * 512 - (host & 511);
-        int rc = 0;
-        for (uint64_t c = host / q->cluster_size; c <= (host + bytes - 1) / q->cluster_size && rc == 0; c++)
-            rc = add_or_check(img, q, c, addend, mode);
-        return rc;
+        *first = host / q->cluster_size;
+        *end = (host + bytes - 1) / q->cluster_size + 1;
+        return;
     }
     uint64_t host = word & QCOW2_OFFSET_MASK;
-    return host ? add_or_check(img, q, host / q->cluster_size, addend, mode) : 0;
+    *first = host / q->cluster_size;
+    *end = host ? *first + 1 : *first;
+}
+
+/* Add addend to the refcount of every host cluster an L2 entry uses. */
+static int update_entry_refcounts(vd_image *img, struct qcow2 *q, uint64_t word, int addend,
+                                  enum walk mode)
+{
+    uint64_t first, end;
+    entry_clusters(q, word, &first, &end);
+    int rc = 0;
+    for (uint64_t c = first; c < end && addend && rc == 0; c++)
+        rc = add_or_check(img, q, c, addend, mode);
+    return rc;
 }
 
 /* COPIED must be set exactly when the cluster's refcount is 1. */
@@ -362,9 +371,9 @@ static int publish_table(vd_image *img, struct qcow2 *q, struct qcow2_snapshot *
         for (uint32_t i = 0, pos = 0; i < count; pos += (uint32_t)entry_bytes(&snapshots[i]), i++)
             serialise(&snapshots[i], buf + pos);
         if ((rc = qcow2_alloc_metadata(img, q, clusters, &offset)) == 0 &&
-            (rc = vd_file_pwrite(img->file, buf, (size_t)(clusters * q->cluster_size), offset)) == 0)
+            (rc = qcow2_write_meta(img, QCOW2_META_NONE, offset, buf,
+                                   (size_t)(clusters * q->cluster_size))) == 0)
             rc = qcow2_refcounts_durable(img);
-        img->unsynced = true;
         free(buf);
         if (rc == 0)
             rc = vd_image_sync(img);
@@ -372,7 +381,7 @@ static int publish_table(vd_image *img, struct qcow2 *q, struct qcow2_snapshot *
     uint8_t fields[12];
     vd_put_be32(fields, count);
     vd_put_be64(fields + 4, offset);
-    if (rc == 0 && (rc = vd_file_pwrite(img->file, fields, sizeof fields, 60)) == 0)
+    if (rc == 0 && (rc = qcow2_write_meta(img, QCOW2_META_HEADER, 60, fields, sizeof fields)) == 0)
         rc = vd_image_sync_now(img);
     if (rc < 0)
         return vd_image_poison(img, rc);
@@ -380,6 +389,7 @@ static int publish_table(vd_image *img, struct qcow2 *q, struct qcow2_snapshot *
     q->snapshots_offset = offset;
     q->snapshots_bytes = bytes;
     q->nb_snapshots = count;
+    q->meta_stale = true;
     for (uint64_t c = 0; c < old_clusters && old && rc == 0; c++)
         rc = qcow2_update_refcount(img, q, old / q->cluster_size + c, -1);
     return rc;
@@ -426,6 +436,28 @@ static char *next_id(const struct qcow2 *q)
     }
     char *id;
     return asprintf(&id, "%lu", max + 1) < 0 ? NULL : id;
+}
+
+/*
+ * Write a copy of the active L1 table to new clusters, at *offset. An empty
+ * table (a 0-byte image) takes no cluster and has offset 0, as QEMU records it.
+ */
+static int copy_active_l1(vd_image *img, struct qcow2 *q, uint64_t *offset)
+{
+    uint64_t clusters = ((uint64_t)q->l1_size * 8 + q->cluster_size - 1) / q->cluster_size;
+    *offset = 0;
+    if (!clusters)
+        return 0;
+    uint8_t *copy = calloc(1, (size_t)(clusters * q->cluster_size));
+    if (!copy)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    for (uint32_t i = 0; i < q->l1_size; i++)
+        vd_put_be64(copy + i * 8, q->l1[i]);
+    int rc = qcow2_alloc_metadata(img, q, clusters, offset);
+    if (rc == 0)
+        rc = qcow2_write_meta(img, QCOW2_META_NONE, *offset, copy, (size_t)(clusters * q->cluster_size));
+    free(copy);
+    return rc;
 }
 
 /* Fill a new entry for the current state, with a copy of the active L1 at l1_offset. */
@@ -476,18 +508,8 @@ int qcow2_snapshot_create(vd_image *img, const char *name)
         rc = room_for_reference(img, q, q->l1, q->l1_size);
     if (rc < 0)
         return rc;
-    /* copy the active L1 table */
-    uint64_t bytes = (uint64_t)q->l1_size * 8, l1_offset;
-    uint64_t clusters = bytes ? (bytes + q->cluster_size - 1) / q->cluster_size : 1;
-    uint8_t *copy = calloc(1, (size_t)(clusters * q->cluster_size));
-    if (!copy)
-        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
-    for (uint32_t i = 0; i < q->l1_size; i++)
-        vd_put_be64(copy + i * 8, q->l1[i]);
-    if ((rc = qcow2_alloc_metadata(img, q, clusters, &l1_offset)) == 0)
-        rc = vd_file_pwrite(img->file, copy, (size_t)(clusters * q->cluster_size), l1_offset);
-    img->unsynced = true;
-    free(copy);
+    uint64_t l1_offset;
+    rc = copy_active_l1(img, q, &l1_offset);
     /* everything the copy references gains a reference; the active COPIED flags drop */
     if (rc == 0)
         rc = update_tree_refcounts(img, q, q->l1, q->l1_size, 1, true);
@@ -568,6 +590,122 @@ int qcow2_snapshot_apply(vd_image *img, const char *id_or_name)
     return rc < 0 ? vd_image_poison(img, rc) : 0;
 }
 
+/* ------------------------------------------------------- delete validation */
+
+static uint64_t l1_clusters(const struct qcow2 *q, const struct qcow2_snapshot *sn)
+{
+    return ((uint64_t)sn->l1_size * 8 + q->cluster_size - 1) / q->cluster_size;
+}
+
+/* A snapshot's L1 table lies inside the file, in clusters with a refcount. */
+static int check_l1_clusters(vd_image *img, struct qcow2 *q, const struct qcow2_snapshot *sn,
+                             uint64_t file_size)
+{
+    uint64_t bytes = (uint64_t)sn->l1_size * 8;
+    if (bytes && (sn->l1_offset > file_size || bytes > file_size - sn->l1_offset))
+        return qcow2_signal_corruption(img, "the L1 table of snapshot '%s' is past the end of the file",
+                                       sn->name);
+    int rc = 0;
+    for (uint64_t c = 0; c < l1_clusters(q, sn) && rc == 0; c++) {
+        uint64_t cluster = sn->l1_offset / q->cluster_size + c, refcount;
+        if ((rc = qcow2_get_refcount(img, q, cluster, &refcount)) == 0 && refcount == 0)
+            rc = qcow2_signal_corruption(img, "the L1 table of snapshot '%s' is in host cluster %llu, "
+                                         "whose refcount is 0", sn->name, (unsigned long long)cluster);
+    }
+    return rc;
+}
+
+/* Fail (reporting corruption) if what an entry names at [host, host+len) holds metadata not in shared. */
+static int refuse_metadata_target(vd_image *img, uint64_t host, uint64_t len, unsigned shared,
+                                  const char *what)
+{
+    int kind = qcow2_metadata_at(img, host, len, shared);
+    if (kind > 0)
+        return qcow2_signal_corruption(img, "%s at host offset %llu is also the %s", what,
+                                       (unsigned long long)host, qcow2_meta_name(kind));
+    return kind;
+}
+
+/* An L2 table of the active state or of a snapshot: neither it nor its clusters hold metadata. */
+static int check_l2_targets(vd_image *img, struct qcow2 *q, uint64_t l2)
+{
+    /* snapshots share L2 tables with the active state: those are the only overlap allowed */
+    int rc = refuse_metadata_target(img, l2, q->cluster_size, QCOW2_META_ACTIVE_L2, "an L2 table");
+    uint8_t *table;
+    if (rc < 0 || (rc = vd_cache_get(q->l2_cache, l2, false, (void **)&table)) < 0)
+        return rc;
+    /* with an external data file, entries name offsets in that file */
+    for (uint64_t j = 0; j < q->l2_entries && rc == 0 && !qcow2_has_data_file(q); j++) {
+        uint64_t first, end;
+        entry_clusters(q, vd_be64(table + j * q->l2_entry_bytes), &first, &end);
+        if (first < end)
+            rc = refuse_metadata_target(img, first * q->cluster_size, (end - first) * q->cluster_size,
+                                        QCOW2_META_NONE, "a data cluster");
+    }
+    vd_cache_put(q->l2_cache, table);
+    return rc;
+}
+
+/* Offsets of L2 tables, gathered from several L1 tables. */
+struct table_list {
+    uint64_t *offsets;
+    size_t count;
+};
+
+static int add_l2_tables(vd_image *img, struct table_list *list, const uint64_t *l1, uint64_t l1_size)
+{
+    uint64_t *grown = realloc(list->offsets, (list->count + l1_size + 1) * sizeof *grown);
+    if (!grown)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    list->offsets = grown;
+    for (uint64_t i = 0; i < l1_size; i++)
+        if (l1[i] & QCOW2_OFFSET_MASK)
+            list->offsets[list->count++] = l1[i] & QCOW2_OFFSET_MASK;
+    return 0;
+}
+
+static int by_offset(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/*
+ * Before a delete frees anything: every snapshot's L1 table must lie in
+ * clusters of its own, allocated, holding no other structure (the overlap
+ * map, which lists the snapshots' L1 tables too), and used as data or as an
+ * L2 table by no entry of the active state or of any snapshot; else a hostile
+ * table offset would free a live cluster. The L1 tables are disjoint and
+ * inside the file once this holds, and each L2 table is read once however
+ * many snapshots share it: the cost is that of the metadata present.
+ */
+static int check_snapshot_l1_tables(vd_image *img, struct qcow2 *q)
+{
+    uint64_t file_size;
+    int rc = qcow2_check_layout(img);
+    if (rc == 0)
+        rc = vd_file_get_size(img->file, &file_size);
+    for (uint32_t s = 0; s < q->nb_snapshots && rc == 0; s++)
+        rc = check_l1_clusters(img, q, &q->snapshots[s], file_size);
+    struct table_list tables = { 0 };
+    if (rc == 0)
+        rc = add_l2_tables(img, &tables, q->l1, q->l1_size);
+    for (uint32_t s = 0; s < q->nb_snapshots && rc == 0; s++) {
+        uint64_t *l1;
+        if ((rc = load_snapshot_l1(img, &q->snapshots[s], 0, &l1)) == 0) {
+            rc = add_l2_tables(img, &tables, l1, q->snapshots[s].l1_size);
+            free(l1);
+        }
+    }
+    if (rc == 0 && tables.count)
+        qsort(tables.offsets, tables.count, sizeof *tables.offsets, by_offset);
+    for (size_t i = 0; i < tables.count && rc == 0; i++)
+        if (i == 0 || tables.offsets[i] != tables.offsets[i - 1])
+            rc = check_l2_targets(img, q, tables.offsets[i]);
+    free(tables.offsets);
+    return rc;
+}
+
 int qcow2_snapshot_delete(vd_image *img, const char *id_or_name)
 {
     struct qcow2 *q = qcow2_of(img);
@@ -575,6 +713,8 @@ int qcow2_snapshot_delete(vd_image *img, const char *id_or_name)
     if (i < 0)
         return not_found(img, id_or_name);
     int rc = qcow2_flush_metadata(img, q);
+    if (rc == 0)
+        rc = check_snapshot_l1_tables(img, q);
     if (rc < 0)
         return rc;
     struct qcow2_snapshot gone = q->snapshots[i];
@@ -585,6 +725,7 @@ int qcow2_snapshot_delete(vd_image *img, const char *id_or_name)
        it twice), then its references go */
     memmove(&q->snapshots[i], &q->snapshots[i + 1], (q->nb_snapshots - i - 1) * sizeof *q->snapshots);
     q->nb_snapshots--;
+    q->meta_stale = true;
     uint64_t old_table = q->snapshots_offset;
     rc = publish_table(img, q, q->snapshots, q->nb_snapshots);
     if (rc < 0 && q->snapshots_offset != old_table) { /* switched; only freeing failed */
@@ -596,12 +737,13 @@ int qcow2_snapshot_delete(vd_image *img, const char *id_or_name)
         q->nb_snapshots++;
         memmove(&q->snapshots[i + 1], &q->snapshots[i], (q->nb_snapshots - i - 1) * sizeof *q->snapshots);
         q->snapshots[i] = gone;
+        q->meta_stale = true;
         free(l1);
         return rc;
     }
     rc = update_tree_refcounts(img, q, l1, gone.l1_size, -1, false);
-    uint64_t clusters = ((uint64_t)gone.l1_size * 8 + q->cluster_size - 1) / q->cluster_size;
-    for (uint64_t c = 0; c < (clusters ? clusters : 1) && rc == 0; c++)
+    /* exactly the clusters of its L1 table: an empty one has none (QEMU records offset 0) */
+    for (uint64_t c = 0; c < l1_clusters(q, &gone) && rc == 0; c++)
         rc = qcow2_update_refcount(img, q, gone.l1_offset / q->cluster_size + c, -1);
     if (rc == 0)
         rc = update_tree_refcounts(img, q, q->l1, q->l1_size, 0, true);
