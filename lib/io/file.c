@@ -117,8 +117,3 @@ int vd_file_stat_id(vd_file *f, struct stat *st)
         return VD_EUNSUPPORTED;
     return f->ops->stat_id(f, st);
 }
-
-int vd_file_lock(vd_file *f, bool writer)
-{
-    return f->ops->lock ? f->ops->lock(f, writer) : 0;
-}
