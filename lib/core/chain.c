@@ -42,6 +42,42 @@ int vd_chain_check_confined(const char *overlay, const char *backing)
     return rc;
 }
 
+int vd_chain_refuse_repeat(const struct vd_chain_link *links, const struct stat *st,
+                           const char *path, const char *data_file_of)
+{
+    const struct vd_chain_link *l = links;
+    while (l && (l->dev != st->st_dev || l->ino != st->st_ino))
+        l = l->next;
+    if (!l)
+        return 0;
+    if (!data_file_of && !l->data_file)
+        return vd_err(VD_EBACKING, "%s: backing chain loops back to this file", path);
+    if (!data_file_of)
+        return vd_err(VD_EBACKING, "%s: the file is also the external data file of image '%s'",
+                      path, l->image);
+    if (!l->data_file)
+        return vd_err(VD_EBACKING, "%s: the external data file '%s' is the same file as image "
+                      "'%s': guest writes would overwrite the image", data_file_of, path, l->image);
+    return vd_err(VD_EBACKING, "%s: the external data file '%s' is also the external data file "
+                  "of image '%s'", data_file_of, path, l->image);
+}
+
+/*
+ * The chain links of an open image (its file, then its data file), for
+ * opening a backing chain below it; NULL where its file has no identity.
+ */
+static const struct vd_chain_link *links_of(vd_image *img, struct vd_chain_link links[2])
+{
+    struct stat st;
+    if (vd_file_stat_id(img->file, &st) < 0)
+        return NULL;
+    links[0] = (struct vd_chain_link){ st.st_dev, st.st_ino, img->filename, false, NULL };
+    if (!img->data_file || vd_file_stat_id(img->data_file, &st) < 0)
+        return &links[0];
+    links[1] = (struct vd_chain_link){ st.st_dev, st.st_ino, img->filename, true, &links[0] };
+    return &links[1];
+}
+
 /* Open the backing chain below img, as its header records it. */
 int vd_chain_open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
                           const struct vd_chain_link *self)
@@ -80,8 +116,11 @@ int vd_chain_open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
  * recorded (probed if not given, but never a probed raw), and a size of 0
  * becomes its size.
  */
-int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags)
+int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags,
+                            vd_image **backing_out)
 {
+    if (backing_out)
+        *backing_out = NULL;
     const char *name = vd_kv_get(kv, "backing_file"), *fmt = vd_kv_get(kv, "backing_fmt");
     if (!name)
         return fmt ? vd_err(VD_EINVAL, "%s: backing_fmt given without backing_file", path) : 0;
@@ -110,7 +149,10 @@ int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, 
         rc = vd_kv_set(kv, "backing_fmt", detected);
     if (rc == 0 && !*size)
         *size = backing->size;
-    vd_close(backing);
+    if (rc == 0 && backing_out)
+        *backing_out = backing;
+    else
+        vd_close(backing);
     return rc;
 }
 
@@ -126,7 +168,8 @@ static int reopen_backing(vd_image *img)
     img->backing = NULL;
     vd_open_opts o = VD_OPEN_OPTS_INIT;
     o.flags = img->open_flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED);
-    return vd_chain_open_backing(img, &o, 0, NULL);
+    struct vd_chain_link links[2];
+    return vd_chain_open_backing(img, &o, 0, links_of(img, links));
 }
 
 /* The extent at off as img itself defines it (depth 0), or not. */
@@ -182,7 +225,11 @@ static int copy_differences(vd_image *img, vd_image *new_backing)
     return rc;
 }
 
-/* The new backing image of a rebase, opened read-only; NULL for none. */
+/*
+ * The new backing image of a rebase, opened read-only; NULL for none. A
+ * chain that contains a file of img itself would loop (or have guest writes
+ * overwrite an image): it is refused before the header changes.
+ */
 static int open_new_backing(vd_image *img, const char *file, const char *format, vd_image **out)
 {
     *out = NULL;
@@ -194,7 +241,7 @@ static int open_new_backing(vd_image *img, const char *file, const char *format,
     if (rc == 0 && format)
         rc = vd_kv_set(&kv, "backing_fmt", format);
     if (rc == 0)
-        rc = vd_chain_prepare_create(img->filename, &kv, &size, 0); /* checks it, probes the format */
+        rc = vd_chain_prepare_create(img->filename, &kv, &size, 0, NULL); /* checks it, probes the format */
     char *path = rc == 0 ? vd_chain_resolve(img->filename, file) : NULL;
     if (rc == 0 && !path)
         rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
@@ -202,25 +249,12 @@ static int open_new_backing(vd_image *img, const char *file, const char *format,
         vd_open_opts o = VD_OPEN_OPTS_INIT;
         o.format = vd_kv_get(&kv, "backing_fmt");
         o.flags = img->open_flags & (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED);
-        rc = vd_open_image(out, path, &o, 1, NULL);
+        struct vd_chain_link links[2];
+        rc = vd_open_image(out, path, &o, 1, links_of(img, links));
     }
     free(path);
     vd_kv_free(&kv);
     return rc;
-}
-
-/* A new chain that contains img itself would loop: refuse it before the header changes. */
-static int refuse_loop(vd_image *img, vd_image *chain)
-{
-    struct stat self, other;
-    if (vd_file_stat_id(img->file, &self) < 0)
-        return 0;
-    for (vd_image *b = chain; b; b = b->backing)
-        if (vd_file_stat_id(b->file, &other) == 0 && other.st_dev == self.st_dev &&
-            other.st_ino == self.st_ino)
-            return vd_err(VD_EBACKING, "%s: the new backing chain contains the image itself",
-                          img->filename);
-    return 0;
 }
 
 int vd_rebase(vd_image *img, const char *backing_file, const char *backing_format, uint32_t flags)
@@ -240,8 +274,6 @@ int vd_rebase(vd_image *img, const char *backing_file, const char *backing_forma
     vd_image *new_backing = NULL;
     if (!(flags & VD_REBASE_UNSAFE)) {
         rc = open_new_backing(img, backing_file, backing_format, &new_backing);
-        if (rc == 0)
-            rc = refuse_loop(img, new_backing);
         if (rc == 0)
             rc = copy_differences(img, new_backing);
         if (rc == 0)

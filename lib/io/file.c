@@ -117,3 +117,10 @@ int vd_file_stat_id(vd_file *f, struct stat *st)
         return VD_EUNSUPPORTED;
     return f->ops->stat_id(f, st);
 }
+
+bool vd_file_same(vd_file *a, vd_file *b)
+{
+    struct stat sa, sb;
+    return vd_file_stat_id(a, &sa) == 0 && vd_file_stat_id(b, &sb) == 0 &&
+           sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}

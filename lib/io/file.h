@@ -19,7 +19,8 @@ typedef struct vd_file vd_file;
 
 /* vd_file_open() flags */
 #define VD_FILE_RDWR    (1u << 0)
-#define VD_FILE_CREATE  (1u << 1) /* create if missing, truncate if present */
+/* Create if missing. Never truncates: a file may only be emptied once it is locked. */
+#define VD_FILE_CREATE  (1u << 1)
 #define VD_FILE_EXCL    (1u << 2) /* with CREATE: fail if present */
 
 /*
@@ -106,6 +107,8 @@ int vd_file_allocated_bytes(vd_file *f, uint64_t *bytes);
 int vd_file_lock(vd_file *f, bool writer);
 /* Fails with VD_EUNSUPPORTED where the layer has no identity to give. */
 int vd_file_stat_id(vd_file *f, struct stat *st);
+/* Are a and b the same file (device and inode), whatever their names? */
+bool vd_file_same(vd_file *a, vd_file *b);
 
 /*
  * Write len zero bytes at off through write(ctx, ...), a bounded buffer at a

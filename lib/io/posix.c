@@ -207,7 +207,7 @@ int vd_file_posix_open(vd_file **out, const char *path, uint32_t flags)
     /* non-blocking so that a FIFO named by a hostile image cannot hang the open */
     int oflags = O_CLOEXEC | O_NONBLOCK | ((flags & VD_FILE_RDWR) ? O_RDWR : O_RDONLY);
     if (flags & VD_FILE_CREATE)
-        oflags |= O_CREAT | ((flags & VD_FILE_EXCL) ? O_EXCL : O_TRUNC);
+        oflags |= O_CREAT | ((flags & VD_FILE_EXCL) ? O_EXCL : 0);
     int fd = open(path, oflags, 0644);
     if (fd < 0) {
         int e = errno;

@@ -336,8 +336,6 @@ static int crash_open(vd_file **out, const char *path, uint32_t flags)
     cf->base.path = copy;
     cf->base.writable = in->writable;
     cf->inner = in;
-    if (flags & VD_FILE_CREATE) /* the open truncated it */
-        record(CH_TRUNCATE, 0, 0, NULL);
     *out = &cf->base;
     return 0;
 }

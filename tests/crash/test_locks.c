@@ -135,6 +135,26 @@ START_TEST(a_lock_conflict_releases_the_bytes_it_took)
 }
 END_TEST
 
+/* Creating over an image on a file system without locks fails before anything is truncated. */
+START_TEST(create_fails_before_truncating_where_locks_fail)
+{
+    const char *path = vt_path("image.raw");
+    uint8_t data[4096];
+    vt_pattern_fill(data, sizeof data, 7, 0);
+    vt_write_file(path, data, sizeof data);
+    fault_install();
+    struct fault_plan plan = { .kinds = FAULT_LOCK, .nth = 1, .errnum = ENOLCK, .persistent = true };
+    fault_arm(&plan);
+    vt_err(vd_create(path, "raw", MiB, NULL, 0), VD_EUNSUPPORTED);
+    vt_assert_errmsg_has(path);
+    fault_uninstall();
+    uint8_t after[sizeof data];
+    ck_assert_uint_eq(vt_file_size(path), sizeof data);
+    vt_pread_file(path, 0, after, sizeof after);
+    ck_assert_mem_eq(after, data, sizeof data);
+}
+END_TEST
+
 static Suite *locks_suite(void)
 {
     Suite *s = suite_create("locks");
@@ -143,6 +163,7 @@ static Suite *locks_suite(void)
     tcase_add_test(tc, no_lock_opens_where_locks_fail);
     tcase_add_loop_test(tc, a_failed_lock_releases_the_bytes_it_took, 0, N_ERRNOS);
     tcase_add_test(tc, a_lock_conflict_releases_the_bytes_it_took);
+    tcase_add_test(tc, create_fails_before_truncating_where_locks_fail);
     return s;
 }
 

@@ -65,7 +65,10 @@ int qcow2_update_props(vd_image *img, const struct qcow2 *q)
 
 static void q_close(vd_image *img);
 
-/* Open the external data file the header names, next to the image. */
+/*
+ * Open the external data file the header names, next to the image. Core
+ * then checks that it is a file of its own and locks it (vd_open_image).
+ */
 static int open_data_file(vd_image *img, const struct qcow2 *q)
 {
     char *path = vd_chain_resolve(img->filename, q->data_file_name);
@@ -74,8 +77,6 @@ static int open_data_file(vd_image *img, const struct qcow2 *q)
     int rc = (img->open_flags & VD_OPEN_CONFINED) ? vd_chain_check_confined(img->filename, path) : 0;
     if (rc == 0)
         rc = vd_file_open(&img->data_file, path, img->read_only ? 0 : VD_FILE_RDWR);
-    if (rc == 0 && !(img->open_flags & VD_OPEN_NO_LOCK))
-        rc = vd_file_lock(img->data_file, !img->read_only);
     if (rc < 0) {
         char msg[768];
         snprintf(msg, sizeof msg, "%s", vd_errmsg());
