@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* qemu-img's bounds for -S: whole sectors, at most its largest buffer */
@@ -34,24 +33,11 @@ struct convert_args {
     const char *src, *dst;
 };
 
-static bool same_file(const struct stat *a, const struct stat *b)
-{
-    return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
-}
-
-/* Refuse destinations that overwriting would harm: special files and the source itself. */
-static int check_destination(const struct convert_args *a)
-{
-    struct stat src_st, dst_st;
-    if (cli_check_create_target(a->dst) != EXIT_SUCCESS)
-        return EXIT_FAILURE;
-    if (stat(a->dst, &dst_st) == 0 && stat(a->src, &src_st) == 0 && same_file(&src_st, &dst_st))
-        return cli_error("%s: error while converting %s: the destination is the source image",
-                         a->dst, a->out_format);
-    return EXIT_SUCCESS;
-}
-
-/* Create the destination; *created says whether the path is new, and so ours to remove. */
+/*
+ * Create the destination; *created says whether the path is new, and so
+ * ours to remove. vd_create() refuses a destination in use: the source, a
+ * file of its chain (open here), or an image another process holds.
+ */
 static int create_destination(const struct convert_args *a, uint64_t size, bool *created)
 {
     if (a->backing && !cli_format_has_option(a->out_format, "backing_file"))
@@ -143,7 +129,7 @@ static int convert(const struct convert_args *a)
     uint64_t size;
     bool created = false;
     int rc = vd_get_size(src, &size);
-    int status = rc < 0 ? cli_lib_error(rc, "%s", a->src) : check_destination(a);
+    int status = rc < 0 ? cli_lib_error(rc, "%s", a->src) : cli_check_create_target(a->dst);
     if (status == EXIT_SUCCESS)
         status = create_destination(a, size, &created);
     if (status == EXIT_SUCCESS)

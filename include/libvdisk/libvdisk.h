@@ -20,9 +20,13 @@
  * corruption) poison the handle: every later call except vd_close() fails
  * with VD_EPOISONED. Data acknowledged by a completed vd_flush() is never lost.
  *
- * Locks: an open image holds the same byte-range locks as QEMU (readers
- * coexist; a writer excludes other readers and writers, in any process, QEMU
- * included). A conflict fails with VD_ELOCKED; VD_OPEN_NO_LOCK skips locking.
+ * Locks: an open image (and its external data file) holds the same
+ * byte-range locks as QEMU (readers coexist; a writer excludes other readers
+ * and writers, in any process, QEMU included). A conflict fails with
+ * VD_ELOCKED. Where the file system cannot lock (ENOLCK, EOPNOTSUPP), the
+ * open fails with VD_EUNSUPPORTED, as in QEMU, rather than go on unprotected;
+ * VD_OPEN_NO_LOCK skips locking altogether. vd_create() takes the writer's
+ * lock before it empties a file.
  *
  * ABI: libvdisk.so.1. Structures that may grow carry a size or version field
  * as their first member and only ever grow at the end.
@@ -97,7 +101,12 @@ typedef struct vd_image vd_image;
 /* vd_open() flags */
 #define VD_OPEN_RDWR        (1u << 0) /* read-write; default is read-only */
 #define VD_OPEN_NO_BACKING  (1u << 1) /* open only this image, not its backing chain */
-#define VD_OPEN_NO_LOCK     (1u << 2) /* take no file locks (read-only inspection, qemu-img -U) */
+/*
+ * Take no file locks (qemu-img -U): to inspect an image another process
+ * uses (what is read may be inconsistent), or on a file system that cannot
+ * lock, when the caller knows that nothing else uses the image.
+ */
+#define VD_OPEN_NO_LOCK     (1u << 2)
 /*
  * Refuse any file an image names (backing file, external data file) outside
  * that image's directory. The name is resolved and opened in one step beneath
@@ -161,7 +170,11 @@ typedef struct vd_open_opts {
 
 /*
  * Open the image at path. format is a name such as "raw" or "qcow2", or NULL
- * to probe (raw is chosen only when no other format matches).
+ * to probe (raw is chosen only when no other format matches). Every file of
+ * the chain must be a file of its own: a backing chain that loops, or an
+ * external data file that is the image itself (a hard link included) or
+ * another file of the chain, whose metadata guest writes would overwrite, is
+ * refused with VD_EBACKING.
  */
 VD_API int vd_open(vd_image **out, const char *path, const char *format, uint32_t flags);
 VD_API int vd_open_ext(vd_image **out, const char *path, const vd_open_opts *opts);
@@ -183,7 +196,14 @@ VD_API int vd_close(vd_image *img);
  * Create an image of the given format and virtual size. options is a
  * qemu-img style "key=value,key=value" list (",," is a literal comma) or
  * NULL; the accepted keys depend on the format (see vd_format_options()).
- * An existing file is truncated and overwritten unless VD_CREATE_EXCL is set.
+ * An existing file is truncated and overwritten unless VD_CREATE_EXCL is set,
+ * but only once it is known not to be in use: the file (and a qcow2
+ * data_file) is opened without truncating, refused with VD_EBUSY if an image
+ * open in this process uses it (any image of any open chain, or its external
+ * data file: the source of a copy, the new image's own backing file), locked
+ * as a writer (VD_ELOCKED if another process holds it, VD_EUNSUPPORTED if the
+ * file system cannot lock), and only then emptied, as qemu-img does. A qcow2
+ * data_file that is the new image file itself is refused (VD_EINVAL).
  *
  * Overlays: "backing_file=NAME" (relative names are relative to the new
  * image's directory) and "backing_fmt=FMT". Without backing_fmt the backing

@@ -73,6 +73,42 @@ static int backing_failure(const char *overlay, const char *name, int rc)
     return vd_err(rc, "%s: could not open backing file '%s': %s", overlay, name, msg);
 }
 
+int vd_chain_refuse_repeat(const struct vd_chain_link *links, const struct stat *st,
+                           const char *path, const char *data_file_of)
+{
+    const struct vd_chain_link *l = links;
+    while (l && (l->dev != st->st_dev || l->ino != st->st_ino))
+        l = l->next;
+    if (!l)
+        return 0;
+    if (!data_file_of && !l->data_file)
+        return vd_err(VD_EBACKING, "%s: backing chain loops back to this file", path);
+    if (!data_file_of)
+        return vd_err(VD_EBACKING, "%s: the file is also the external data file of image '%s'",
+                      path, l->image);
+    if (!l->data_file)
+        return vd_err(VD_EBACKING, "%s: the external data file '%s' is the same file as image "
+                      "'%s': guest writes would overwrite the image", data_file_of, path, l->image);
+    return vd_err(VD_EBACKING, "%s: the external data file '%s' is also the external data file "
+                  "of image '%s'", data_file_of, path, l->image);
+}
+
+/*
+ * The chain links of an open image (its file, then its data file), for
+ * opening a backing chain below it; NULL where its file has no identity.
+ */
+static const struct vd_chain_link *links_of(vd_image *img, struct vd_chain_link links[2])
+{
+    struct stat st;
+    if (vd_file_stat_id(img->file, &st) < 0)
+        return NULL;
+    links[0] = (struct vd_chain_link){ st.st_dev, st.st_ino, img->filename, false, NULL };
+    if (!img->data_file || vd_file_stat_id(img->data_file, &st) < 0)
+        return &links[0];
+    links[1] = (struct vd_chain_link){ st.st_dev, st.st_ino, img->filename, true, &links[0] };
+    return &links[1];
+}
+
 /* Open the backing chain below img, as its header records it. */
 int vd_chain_open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
                           const struct vd_chain_link *self)
@@ -107,11 +143,12 @@ int vd_chain_open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
  * format (NULL: probed, but a file that probes as raw must be confirmed).
  */
 static int open_backing_to_be(vd_image **out, const struct vd_chain_where *where,
-                              const char *format, const vd_open_opts *o)
+                              const char *format, const vd_open_opts *o,
+                              const struct vd_chain_link *above)
 {
     vd_open_opts with_format = *o;
     with_format.format = format;
-    int rc = vd_open_image(out, where, &with_format, 1, NULL);
+    int rc = vd_open_image(out, where, &with_format, 1, above);
     if (rc < 0)
         return backing_failure(where->referrer, where->name, rc);
     if (!format && strcmp((*out)->backend->name, "raw") == 0) {
@@ -130,8 +167,11 @@ static int open_backing_to_be(vd_image **out, const struct vd_chain_where *where
  * (probed if not given, but never a probed raw), and a size of 0 becomes its
  * size.
  */
-int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags)
+int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags,
+                            vd_image **backing_out)
 {
+    if (backing_out)
+        *backing_out = NULL;
     const char *name = vd_kv_get(kv, "backing_file"), *fmt = vd_kv_get(kv, "backing_fmt");
     if (!name)
         return fmt ? vd_err(VD_EINVAL, "%s: backing_fmt given without backing_file", path) : 0;
@@ -147,14 +187,17 @@ int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, 
     int rc = (flags & VD_CREATE_CONFINED) ? vd_dir_open_of(path, &where.anchor) : 0;
     vd_image *backing = NULL;
     if (rc == 0)
-        rc = open_backing_to_be(&backing, &where, fmt, &o);
+        rc = open_backing_to_be(&backing, &where, fmt, &o, NULL);
     if (where.anchor >= 0)
         close(where.anchor);
     if (rc == 0 && !fmt)
         rc = vd_kv_set(kv, "backing_fmt", backing->backend->name);
     if (rc == 0 && !*size)
         *size = backing->size;
-    vd_image_close_chain(backing);
+    if (rc == 0 && backing_out)
+        *backing_out = backing;
+    else
+        vd_image_close_chain(backing);
     return rc;
 }
 
@@ -178,7 +221,8 @@ static int reopen_backing(vd_image *img)
     vd_image_close_chain(img->backing);
     img->backing = NULL;
     vd_open_opts o = inherited_opts(img);
-    return vd_chain_open_backing(img, &o, 0, NULL);
+    struct vd_chain_link links[2];
+    return vd_chain_open_backing(img, &o, 0, links_of(img, links));
 }
 
 /* The extent at off as img itself defines it (depth 0), or not. */
@@ -236,7 +280,9 @@ static int copy_differences(vd_image *img, vd_image *new_backing)
 
 /*
  * The new backing image of a rebase, opened read-only as img will open it
- * (confined as img is); NULL for none.
+ * (confined as img is); NULL for none. A chain that contains a file of img
+ * itself would loop (or have guest writes overwrite an image): it is refused
+ * before the header changes.
  */
 static int open_new_backing(vd_image *img, const char *file, const char *format, vd_image **out)
 {
@@ -249,21 +295,8 @@ static int open_new_backing(vd_image *img, const char *file, const char *format,
     struct vd_chain_where where;
     int rc = named_by(img, file, &where);
     vd_open_opts o = inherited_opts(img);
-    return rc < 0 ? rc : open_backing_to_be(out, &where, format, &o);
-}
-
-/* A new chain that contains img itself would loop: refuse it before the header changes. */
-static int refuse_loop(vd_image *img, vd_image *chain)
-{
-    struct stat self, other;
-    if (vd_file_stat_id(img->file, &self) < 0)
-        return 0;
-    for (vd_image *b = chain; b; b = b->backing)
-        if (vd_file_stat_id(b->file, &other) == 0 && other.st_dev == self.st_dev &&
-            other.st_ino == self.st_ino)
-            return vd_err(VD_EBACKING, "%s: the new backing chain contains the image itself",
-                          img->filename);
-    return 0;
+    struct vd_chain_link links[2];
+    return rc < 0 ? rc : open_backing_to_be(out, &where, format, &o, links_of(img, links));
 }
 
 int vd_rebase(vd_image *img, const char *backing_file, const char *backing_format, uint32_t flags)
@@ -283,8 +316,6 @@ int vd_rebase(vd_image *img, const char *backing_file, const char *backing_forma
     vd_image *new_backing = NULL;
     if (!(flags & VD_REBASE_UNSAFE)) {
         rc = open_new_backing(img, backing_file, backing_format, &new_backing);
-        if (rc == 0)
-            rc = refuse_loop(img, new_backing);
         if (rc == 0)
             rc = copy_differences(img, new_backing);
         if (rc == 0)

@@ -56,6 +56,78 @@ int vd_probe(const char *path, const char **format)
     return rc;
 }
 
+/*
+ * Every image open in this process, each image of every chain, so that
+ * vd_create() does not overwrite one in use (vd_claim_for_create).
+ */
+static pthread_mutex_t open_images_lock = PTHREAD_MUTEX_INITIALIZER;
+static vd_image *open_images;
+
+static void list_open_image(vd_image *img)
+{
+    pthread_mutex_lock(&open_images_lock);
+    img->open_prev = NULL;
+    img->open_next = open_images;
+    if (open_images)
+        open_images->open_prev = img;
+    open_images = img;
+    img->listed_open = true;
+    pthread_mutex_unlock(&open_images_lock);
+}
+
+static void unlist_open_image(vd_image *img)
+{
+    if (!img->listed_open)
+        return;
+    pthread_mutex_lock(&open_images_lock);
+    if (img->open_prev)
+        img->open_prev->open_next = img->open_next;
+    else
+        open_images = img->open_next;
+    if (img->open_next)
+        img->open_next->open_prev = img->open_prev;
+    img->listed_open = false;
+    pthread_mutex_unlock(&open_images_lock);
+}
+
+static bool is_file(vd_file *f, const struct stat *st)
+{
+    struct stat other;
+    return f && vd_file_stat_id(f, &other) == 0 && other.st_dev == st->st_dev &&
+           other.st_ino == st->st_ino;
+}
+
+/* Refuse a file (identity st) that an image open in this process uses. */
+static int refuse_open_here(const char *path, const struct stat *st)
+{
+    int rc = 0;
+    pthread_mutex_lock(&open_images_lock);
+    for (vd_image *img = open_images; img && rc == 0; img = img->open_next) {
+        if (is_file(img->file, st))
+            rc = vd_err(VD_EBUSY, "%s: the file is in use: this process has it open as image "
+                        "'%s'; refusing to overwrite it", path, img->filename);
+        else if (is_file(img->data_file, st))
+            rc = vd_err(VD_EBUSY, "%s: the file is in use: this process has it open as the "
+                        "external data file of image '%s'; refusing to overwrite it", path,
+                        img->filename);
+    }
+    pthread_mutex_unlock(&open_images_lock);
+    return rc;
+}
+
+int vd_claim_for_create(vd_file *file)
+{
+    struct stat st;
+    bool identified = vd_file_stat_id(file, &st) == 0;
+    int rc = identified ? refuse_open_here(file->path, &st) : 0;
+    if (rc == 0)
+        rc = vd_file_lock(file, true);
+    /* a block device keeps its size; a regular file is emptied now that it is ours */
+    if (rc == 0 && (!identified || S_ISREG(st.st_mode)))
+        rc = vd_file_truncate(file, 0);
+    return rc;
+}
+
 static void image_free(vd_image *img)
 {
     for (size_t i = 0; i < img->nprops; i++) {
@@ -129,6 +201,25 @@ static int check_formats_list(const char *list)
     }
 }
 
+/*
+ * The external data file a backend opened must be a file of its own:
+ * guest writes through it would otherwise overwrite the image itself (or
+ * another image of the chain). Then it is locked like the image.
+ */
+static int claim_data_file(vd_image *img, struct vd_chain_link *link)
+{
+    struct stat st;
+    int rc = 0;
+    if (vd_file_stat_id(img->data_file, &st) == 0) {
+        link->dev = st.st_dev;
+        link->ino = st.st_ino;
+        rc = vd_chain_refuse_repeat(link->next, &st, img->data_file->path, img->filename);
+    }
+    if (rc == 0 && !(img->open_flags & VD_OPEN_NO_LOCK))
+        rc = vd_file_lock(img->data_file, !img->read_only);
+    return rc;
+}
+
 int vd_open_image(vd_image **out, const struct vd_chain_where *where, const vd_open_opts *o,
                   unsigned depth, const struct vd_chain_link *above)
 {
@@ -144,17 +235,15 @@ int vd_open_image(vd_image **out, const struct vd_chain_where *where, const vd_o
     if (rc < 0)
         return rc;
     const char *path = img->filename;
-    if (!(o->flags & VD_OPEN_NO_LOCK))
-        rc = vd_file_lock(img->file, !img->read_only);
     struct stat st;
-    struct vd_chain_link self = { 0, 0, above };
+    struct vd_chain_link self = { 0, 0, path, false, above };
     if (rc == 0 && vd_file_stat_id(img->file, &st) == 0) {
         self.dev = st.st_dev;
         self.ino = st.st_ino;
-        for (const struct vd_chain_link *l = above; l; l = l->next)
-            if (l->dev == self.dev && l->ino == self.ino)
-                rc = vd_err(VD_EBACKING, "%s: backing chain loops back to this file", path);
+        rc = vd_chain_refuse_repeat(above, &st, path, NULL);
     }
+    if (rc == 0 && !(o->flags & VD_OPEN_NO_LOCK))
+        rc = vd_file_lock(img->file, !img->read_only);
     if (rc == 0 && !be) {
         img->probed = true;
         rc = probe_file(img->file, &be);
@@ -170,8 +259,13 @@ int vd_open_image(vd_image **out, const struct vd_chain_where *where, const vd_o
         if (rc < 0)
             img->backend = NULL; /* a failed open cleans up after itself */
     }
-    if (rc == 0)
-        rc = vd_chain_open_backing(img, o, depth, &self);
+    struct vd_chain_link data_link = { 0, 0, path, true, &self };
+    if (rc == 0 && img->data_file)
+        rc = claim_data_file(img, &data_link);
+    if (rc == 0) {
+        list_open_image(img);
+        rc = vd_chain_open_backing(img, o, depth, img->data_file ? &data_link : &self);
+    }
     if (rc < 0) {
         vd_image_close_chain(img);
         return rc;
@@ -235,6 +329,7 @@ void vd_image_close_chain(vd_image *img)
 {
     while (img) {
         vd_image *below = img->backing;
+        unlist_open_image(img);
         if (img->backend && img->backend->close)
             img->backend->close(img);
         image_free(img);
@@ -290,25 +385,22 @@ int vd_create(const char *path, const char *format, uint64_t size,
     int rc = vd_kv_parse(&kv, options);
     if (rc < 0)
         return rc;
+    /* open while the image is created: it is in use, so the new image cannot overwrite it */
+    vd_image *backing = NULL;
     rc = vd_kv_check_keys(&kv, be->create_options, format);
     if (rc == 0)
-        rc = vd_chain_prepare_create(path, &kv, &size, flags);
-    if (rc < 0) {
-        vd_kv_free(&kv);
-        return rc;
-    }
+        rc = vd_chain_prepare_create(path, &kv, &size, flags, &backing);
     /* a file that existed before is never deleted on failure; one we made is */
     struct stat st;
     bool existed = stat(path, &st) == 0;
-    if (existed && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-        vd_kv_free(&kv);
-        return vd_err(VD_EINVAL, "%s: not a regular file or block device", path);
-    }
+    if (rc == 0 && existed && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+        rc = vd_err(VD_EINVAL, "%s: not a regular file or block device", path);
     vd_file *file;
-    rc = vd_file_open(&file, path, VD_FILE_RDWR | VD_FILE_CREATE |
-                      ((flags & VD_CREATE_EXCL) ? VD_FILE_EXCL : 0));
-    if (rc == 0) {
-        rc = be->create(file, size, &kv);
+    if (rc == 0 && (rc = vd_file_open(&file, path, VD_FILE_RDWR | VD_FILE_CREATE |
+                                      ((flags & VD_CREATE_EXCL) ? VD_FILE_EXCL : 0))) == 0) {
+        rc = vd_claim_for_create(file);
+        if (rc == 0)
+            rc = be->create(file, size, &kv);
         if (rc < 0 && strncmp(vd_errmsg(), path, strlen(path)) != 0)
             rc = name_the_file(path, rc);
         if (rc == 0)
@@ -317,6 +409,7 @@ int vd_create(const char *path, const char *format, uint64_t size,
         if (rc < 0 && !existed) /* a half-written image is worse than none */
             unlink(path);
     }
+    vd_close(backing);
     vd_kv_free(&kv);
     return rc;
 }

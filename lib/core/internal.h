@@ -111,6 +111,9 @@ struct vd_image {
     /* Confinement: the directory the names it records resolve beneath (vd_image_anchor()). */
     int dir_fd;              /* -1 until known */
     char *allowed_formats;   /* vd_open_opts.formats, for the images opened below it; or NULL */
+    /* The list of images open in this process (see vd_claim_for_create). */
+    vd_image *open_prev, *open_next;
+    bool listed_open;
 };
 
 /* The file that holds guest data. */
@@ -155,10 +158,15 @@ int vd_image_poison(vd_image *img, int code);
 
 /* ------------------------------------------------------------------ chains */
 
-/* Identity of a file in a chain being opened, to detect loops. */
+/*
+ * Identity of a file in a chain being opened (an image file or an external
+ * data file), so that no file takes a second place in it.
+ */
 struct vd_chain_link {
     dev_t dev;
     ino_t ino;
+    const char *image;     /* the image this file is, or whose data file it is */
+    bool data_file;        /* the external data file of image, not the image */
     const struct vd_chain_link *next; /* toward the top of the chain */
 };
 
@@ -201,8 +209,30 @@ char *vd_chain_resolve(const char *overlay, const char *backing_name);
 /* Open img->backing as img's header names it. */
 int vd_chain_open_backing(vd_image *img, const vd_open_opts *o, unsigned depth,
                           const struct vd_chain_link *self);
-/* Check the backing_file/backing_fmt options of an image about to be created. */
-int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags);
+/*
+ * Refuse a file that already has a place in the chain (links): as an image
+ * file (data_file_of NULL) the backing chain would loop; as the external
+ * data file of image data_file_of, guest writes would overwrite an image.
+ */
+int vd_chain_refuse_repeat(const struct vd_chain_link *links, const struct stat *st,
+                           const char *path, const char *data_file_of);
+/*
+ * Check the backing_file/backing_fmt options of an image about to be
+ * created. With backing, the backing image stays open (or NULL: none) for
+ * the caller to close after the create, so that the new image cannot
+ * overwrite a file of its own chain (see vd_claim_for_create).
+ */
+int vd_chain_prepare_create(const char *path, struct vd_kv *kv, uint64_t *size, uint32_t flags,
+                            vd_image **backing);
+
+/*
+ * Make a file opened with VD_FILE_CREATE ready to receive a new image:
+ * refuse it (VD_EBUSY) if an image open in this process uses it, take the
+ * writer's lock, and only then empty it, so that an image in use is never
+ * destroyed. Locks alone do not suffice: a handle opened with
+ * VD_OPEN_NO_LOCK holds none.
+ */
+int vd_claim_for_create(vd_file *file);
 
 /* ---------------------------------------------------------------- registry */
 

@@ -128,7 +128,9 @@ int vd_file_stat_id(vd_file *f, struct stat *st)
     return f->ops->stat_id(f, st);
 }
 
-int vd_file_lock(vd_file *f, bool writer)
+bool vd_file_same(vd_file *a, vd_file *b)
 {
-    return f->ops->lock ? f->ops->lock(f, writer) : 0;
+    struct stat sa, sb;
+    return vd_file_stat_id(a, &sa) == 0 && vd_file_stat_id(b, &sb) == 0 &&
+           sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }

@@ -19,7 +19,8 @@ typedef struct vd_file vd_file;
 
 /* vd_file_open() flags */
 #define VD_FILE_RDWR    (1u << 0)
-#define VD_FILE_CREATE  (1u << 1) /* create if missing, truncate if present */
+/* Create if missing. Never truncates: a file may only be emptied once it is locked. */
+#define VD_FILE_CREATE  (1u << 1)
 #define VD_FILE_EXCL    (1u << 2) /* with CREATE: fail if present */
 
 /*
@@ -48,11 +49,16 @@ struct vd_file_ops {
     /* Bytes the file occupies on the host. */
     int (*allocated_bytes)(vd_file *f, uint64_t *bytes);
     /*
-     * Take QEMU's byte-range locks for a reader (writer false) or a writer,
-     * and fail with VD_ELOCKED if another open file holds conflicting ones.
-     * Optional: a layer without locks shares everything.
+     * One-byte locks, the primitives of QEMU's lock protocol (lib/io/lock.c):
+     * lock_byte takes a shared lock on a byte (take) or releases it (!take);
+     * byte_locked_elsewhere says whether another open file holds a lock on
+     * it. Unlike the other operations they return 0 or a negative errno,
+     * which the protocol interprets (EAGAIN or EACCES: a conflict; ENOLCK,
+     * EOPNOTSUPP or EINVAL: the file system cannot lock). Optional, both or
+     * neither: a layer without them (an in-memory file) shares everything.
      */
-    int (*lock)(vd_file *f, bool writer);
+    int (*lock_byte)(vd_file *f, uint64_t byte, bool take);
+    int (*byte_locked_elsewhere)(vd_file *f, uint64_t byte, bool *locked);
     /* Device and inode (st_dev, st_ino), to recognise the same file twice. */
     int (*stat_id)(vd_file *f, struct stat *st);
     void (*close)(vd_file *f);
@@ -130,9 +136,15 @@ int vd_file_punch_hole(vd_file *f, uint64_t off, uint64_t len);
 int vd_file_allocate(vd_file *f, uint64_t off, uint64_t len);
 int vd_file_extent(vd_file *f, uint64_t off, bool *is_data, uint64_t *end);
 int vd_file_allocated_bytes(vd_file *f, uint64_t *bytes);
+/*
+ * Take QEMU's locks for a reader (writer false) or a writer (lib/io/lock.c),
+ * failing with VD_ELOCKED if another open file holds conflicting ones.
+ */
 int vd_file_lock(vd_file *f, bool writer);
 /* Fails with VD_EUNSUPPORTED where the layer has no identity to give. */
 int vd_file_stat_id(vd_file *f, struct stat *st);
+/* Are a and b the same file (device and inode), whatever their names? */
+bool vd_file_same(vd_file *a, vd_file *b);
 
 /*
  * Write len zero bytes at off through write(ctx, ...), a bounded buffer at a

@@ -1,6 +1,5 @@
 /* The POSIX file layer: pread/pwrite/fdatasync/fallocate/SEEK_DATA. */
 #include "core/internal.h"
-#include "io/lock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -161,9 +160,21 @@ static int posix_stat_id(vd_file *f, struct stat *st)
     return 0;
 }
 
-static int posix_lock(vd_file *f, bool writer)
+/* Open-file-description locks, as QEMU takes them: per open, not per process. */
+static int posix_lock_byte(vd_file *f, uint64_t byte, bool take)
 {
-    return vd_lock_qemu_style(fd_of(f), f->path, writer);
+    struct flock fl = { .l_type = take ? F_RDLCK : F_UNLCK, .l_whence = SEEK_SET,
+                        .l_start = (off_t)byte, .l_len = 1 };
+    return fcntl(fd_of(f), F_OFD_SETLK, &fl) == 0 ? 0 : -errno;
+}
+
+static int posix_byte_locked_elsewhere(vd_file *f, uint64_t byte, bool *locked)
+{
+    struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = (off_t)byte, .l_len = 1 };
+    if (fcntl(fd_of(f), F_OFD_GETLK, &fl) < 0)
+        return -errno;
+    *locked = fl.l_type != F_UNLCK;
+    return 0;
 }
 
 static void posix_close(vd_file *f)
@@ -186,7 +197,8 @@ static const struct vd_file_ops posix_ops = {
     .extent = posix_extent,
     .allocated_bytes = posix_allocated_bytes,
     .stat_id = posix_stat_id,
-    .lock = posix_lock,
+    .lock_byte = posix_lock_byte,
+    .byte_locked_elsewhere = posix_byte_locked_elsewhere,
     .close = posix_close,
 };
 
@@ -196,7 +208,7 @@ int vd_file_posix_open(vd_file **out, const struct vd_file_name *name, uint32_t 
     /* non-blocking so that a FIFO named by a hostile image cannot hang the open */
     int oflags = O_CLOEXEC | O_NONBLOCK | ((flags & VD_FILE_RDWR) ? O_RDWR : O_RDONLY);
     if (flags & VD_FILE_CREATE)
-        oflags |= O_CREAT | ((flags & VD_FILE_EXCL) ? O_EXCL : O_TRUNC);
+        oflags |= O_CREAT | ((flags & VD_FILE_EXCL) ? O_EXCL : 0);
     int fd = name->dir_fd < 0 ? open(path, oflags, 0644)
                               : openat(name->dir_fd, name->leaf, oflags | O_NOFOLLOW, 0644);
     if (fd < 0) {

@@ -3,6 +3,8 @@
 The tests compare vdisk with qemu-img 7.2; meson passes the paths in the
 environment (VDISK, QEMU_IMG, and QEMU_IO when it is installed).
 """
+import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -83,3 +85,24 @@ def allocated(path):
         return os.fstat(fd).st_blocks * 512
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def held_by_qemu_io(qemu_io, path, fmt="qcow2"):
+    """An interactive qemu-io holding the image read-write (and so its QEMU
+    write lock), as a running virtual machine would, until the block ends."""
+    holder = subprocess.Popen([qemu_io.path, "-f", fmt, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        holder.stdin.write("read 0 512\n")
+        holder.stdin.flush()
+        answer = holder.stdout.readline()  # once a read is answered, the image is open
+        assert "read 512/512 bytes" in answer, answer
+        yield holder
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def md5(path):
+    return hashlib.md5(open(path, "rb").read()).hexdigest()

@@ -268,9 +268,14 @@ static int c_allocated_bytes(vd_file *f, uint64_t *bytes)
     return vd_file_allocated_bytes(inner(f), bytes);
 }
 
-static int c_lock(vd_file *f, bool writer)
+static int c_lock_byte(vd_file *f, uint64_t byte, bool take)
 {
-    return vd_file_lock(inner(f), writer);
+    return inner(f)->ops->lock_byte(inner(f), byte, take);
+}
+
+static int c_byte_locked_elsewhere(vd_file *f, uint64_t byte, bool *locked)
+{
+    return inner(f)->ops->byte_locked_elsewhere(inner(f), byte, locked);
 }
 
 static int c_stat_id(vd_file *f, struct stat *st)
@@ -296,7 +301,8 @@ static const struct vd_file_ops crash_ops = {
     .allocate = c_allocate,
     .extent = c_extent,
     .allocated_bytes = c_allocated_bytes,
-    .lock = c_lock,
+    .lock_byte = c_lock_byte,
+    .byte_locked_elsewhere = c_byte_locked_elsewhere,
     .stat_id = c_stat_id,
     .close = c_close,
 };
@@ -331,8 +337,6 @@ static int crash_open(vd_file **out, const struct vd_file_name *name, uint32_t f
     cf->base.path = copy;
     cf->base.writable = in->writable;
     cf->inner = in;
-    if (flags & VD_FILE_CREATE) /* the open truncated it */
-        record(CH_TRUNCATE, 0, 0, NULL);
     *out = &cf->base;
     return 0;
 }

@@ -114,9 +114,19 @@ static int f_allocated_bytes(vd_file *f, uint64_t *bytes)
     return vd_file_allocated_bytes(inner(f), bytes);
 }
 
-static int f_lock(vd_file *f, bool writer)
+/* The lock primitives speak errno (see lib/io/file.h): the injected errnum itself. */
+static int f_lock_byte(vd_file *f, uint64_t byte, bool take)
 {
-    return vd_file_lock(inner(f), writer);
+    if (should_fail(FAULT_LOCK))
+        return -F.plan.errnum;
+    return inner(f)->ops->lock_byte(inner(f), byte, take);
+}
+
+static int f_byte_locked_elsewhere(vd_file *f, uint64_t byte, bool *locked)
+{
+    if (should_fail(FAULT_LOCK))
+        return -F.plan.errnum;
+    return inner(f)->ops->byte_locked_elsewhere(inner(f), byte, locked);
 }
 
 static int f_stat_id(vd_file *f, struct stat *st)
@@ -142,7 +152,8 @@ static const struct vd_file_ops fault_ops = {
     .allocate = f_allocate,
     .extent = f_extent,
     .allocated_bytes = f_allocated_bytes,
-    .lock = f_lock,
+    .lock_byte = f_lock_byte,
+    .byte_locked_elsewhere = f_byte_locked_elsewhere,
     .stat_id = f_stat_id,
     .close = f_close,
 };
@@ -221,6 +232,7 @@ const char *fault_kind_name(unsigned kinds)
     case FAULT_PWRITE: return "pwrite";
     case FAULT_SYNC: return "sync";
     case FAULT_OTHER: return "truncate/punch/zero/allocate";
+    case FAULT_LOCK: return "lock";
     case FAULT_ANY: return "any call";
     default: return "mixed";
     }

@@ -19,7 +19,8 @@ enum fault_kind {
     FAULT_PWRITE = 1u << 1,
     FAULT_SYNC   = 1u << 2,
     FAULT_OTHER  = 1u << 3, /* truncate, punch_hole, zero_range, allocate */
-    FAULT_ANY    = 0xfu,
+    FAULT_LOCK   = 1u << 4, /* taking, releasing or testing one lock byte: fails with -errnum */
+    FAULT_ANY    = 0xfu,    /* every kind but FAULT_LOCK, which the I/O fault tests leave alone */
 };
 
 void fault_install(void);

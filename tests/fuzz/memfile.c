@@ -229,8 +229,6 @@ static int mem_open(vd_file **out, const struct vd_file_name *name, uint32_t fla
         free(copy);
         return vd_err(VD_ENOMEM, "%s: out of memory", path);
     }
-    if (flags & VD_FILE_CREATE)
-        e->size = 0;
     mf->base.ops = &mem_ops;
     mf->base.path = copy;
     mf->base.writable = rdwr;

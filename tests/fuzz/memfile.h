@@ -13,8 +13,8 @@
  *   scratch files    writable and growable up to a cap (writes, truncates and
  *                    preallocations past it fail with VD_ENOSPC), for
  *                    vd_create() (empty) and the write target (a copy of the
- *                    input); VD_FILE_CREATE truncates one, it never creates
- *                    an unregistered path
+ *                    input); VD_FILE_CREATE opens one (vd_create() then
+ *                    empties it), it never creates an unregistered path
  *
  * Nothing here touches the disk. Not thread-safe: the fuzz targets are
  * single-threaded.

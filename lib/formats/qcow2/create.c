@@ -229,18 +229,33 @@ static int write_header(vd_file *file, struct qcow2 *q, uint64_t size)
     return rc;
 }
 
-/* The external data file, next to the image, sized to the disk (as QEMU makes it). */
-static int create_data_file(const char *image, const char *name, uint64_t size, vd_file **out)
+/*
+ * The external data file, next to the image, sized to the disk (as QEMU
+ * makes it); claimed as the image was (locked before it is emptied), and
+ * never the image file itself, whose metadata guest writes would overwrite.
+ */
+static int create_data_file(vd_file *image, const char *name, uint64_t size, vd_file **out)
 {
-    char *path = vd_chain_resolve(image, name);
+    char *path = vd_chain_resolve(image->path, name);
     if (!path)
-        return vd_err(VD_ENOMEM, "%s: out of memory", image);
+        return vd_err(VD_ENOMEM, "%s: out of memory", image->path);
     int rc = vd_file_open(out, path, VD_FILE_RDWR | VD_FILE_CREATE);
-    free(path);
-    if (rc == 0 && (rc = vd_file_truncate(*out, size)) < 0) {
+    if (rc < 0) {
+        free(path);
+        return rc;
+    }
+    if (vd_file_same(*out, image))
+        rc = vd_err(VD_EINVAL, "%s: the external data file '%s' is the image file itself",
+                    image->path, path);
+    if (rc == 0)
+        rc = vd_claim_for_create(*out);
+    if (rc == 0)
+        rc = vd_file_truncate(*out, size);
+    if (rc < 0) {
         vd_file_close(*out);
         *out = NULL;
     }
+    free(path);
     return rc;
 }
 
@@ -283,7 +298,7 @@ int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     vd_file *data = file;
     uint64_t data_start = l.data_start * cs;
     if (rc == 0 && l.external_data) {
-        rc = create_data_file(file->path, q.data_file_name, size, &data);
+        rc = create_data_file(file, q.data_file_name, size, &data);
         data_start = 0;
     }
     if (rc == 0 && l.ndata && prealloc == PREALLOC_FALLOC)

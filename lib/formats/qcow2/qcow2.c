@@ -65,7 +65,10 @@ int qcow2_update_props(vd_image *img, const struct qcow2 *q)
 
 static void q_close(vd_image *img);
 
-/* Open the external data file the header names, next to the image. */
+/*
+ * Open the external data file the header names, next to the image. Core
+ * then checks that it is a file of its own and locks it (vd_open_image).
+ */
 static int open_data_file(vd_image *img, const struct qcow2 *q)
 {
     struct vd_chain_where where = { img->filename, -1, q->data_file_name };
@@ -76,8 +79,6 @@ static int open_data_file(vd_image *img, const struct qcow2 *q)
     img->data_file = found.file;
     found.file = NULL;
     vd_named_file_release(&found);
-    if (rc == 0 && !(img->open_flags & VD_OPEN_NO_LOCK))
-        rc = vd_file_lock(img->data_file, !img->read_only);
     if (rc < 0) {
         char msg[768];
         snprintf(msg, sizeof msg, "%s", vd_errmsg());
