@@ -183,7 +183,9 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     if (rc == 0) {
         vd_cache_set_before_write(q->l2_cache, before_l2_write, img);
         vd_cache_set_before_write(q->rb_cache, qcow2_check_layout, img);
-        q->alloc_end = qcow2_alloc_end_past(q, file_size);
+        rc = qcow2_alloc_end_past(img, q, file_size, &q->alloc_end);
+    }
+    if (rc == 0) {
         q->meta_stale = true;
         img->cow = &qcow2_cow_ops;
         img->cluster_size = (uint32_t)q->cluster_size;

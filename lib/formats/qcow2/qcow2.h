@@ -190,9 +190,10 @@ int qcow2_get_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_
  * The first cluster from which on every refcount is zero, and not before the
  * end of the file: allocation takes everything from there as free without
  * reading refcounts. Clusters past the end of a truncated file that still have
- * a refcount stay below it (QEMU too allocates past the last refcount).
+ * a refcount stay below it (QEMU too allocates past the last refcount). Reads
+ * each distinct refcount block at most once, however often the table names it.
  */
-uint64_t qcow2_alloc_end_past(struct qcow2 *q, uint64_t file_size);
+int qcow2_alloc_end_past(vd_image *img, struct qcow2 *q, uint64_t file_size, uint64_t *alloc_end);
 /* Where count clusters starting at start would touch the claimed range: past it; else start. */
 uint64_t qcow2_skip_claim(const struct qcow2 *q, uint64_t start, uint64_t count);
 int qcow2_update_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, int64_t delta);
