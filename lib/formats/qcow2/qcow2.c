@@ -163,6 +163,8 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     if (rc == 0 && qcow2_has_data_file(q))
         rc = open_data_file(img, q);
     if (rc == 0)
+        rc = qcow2_read_bitmap_directory(img, q);
+    if (rc == 0)
         rc = load_l1(img, q);
     if (rc == 0)
         rc = qcow2_read_snapshots(img, q);
@@ -283,6 +285,7 @@ static void q_close(vd_image *img)
     free(q->rt);
     free(q->pending_frees);
     free(q->meta);
+    free(q->bitmap_tables);
     qcow2_free_snapshots(q);
     qcow2_free_header(q);
     free(q);

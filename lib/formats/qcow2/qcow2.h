@@ -4,6 +4,7 @@
  *   header.c    header and header extensions: parse, validate, write
  *   map.c       L1/L2 cluster map: lookup, link, zero/discard (engine hooks)
  *   refcount.c  refcount table and blocks, cluster allocation and freeing
+ *   bitmap.c    the bitmap directory: validation at open
  *   create.c    new images
  *   check.c     consistency check and repair
  *   qcow2.c     open, close, flush, info and the backend table
@@ -86,6 +87,12 @@ struct qcow2_snapshot {
     uint8_t *extra;         /* kept verbatim beyond the fields we know */
 };
 
+/* The bitmap table of one bitmap directory entry (the directory passed QEMU's checks). */
+struct qcow2_bitmap_table {
+    uint64_t offset;
+    uint32_t entries;
+};
+
 /* Host clusters [first, end) that hold metadata. */
 struct qcow2_meta_range {
     uint64_t first, end;
@@ -130,6 +137,10 @@ struct qcow2 {
 
     struct qcow2_snapshot *snapshots; /* nb_snapshots entries */
     uint64_t snapshots_bytes;          /* size of the snapshot table on disk */
+
+    /* the bitmaps' tables, while the autoclear bit says the bitmaps are consistent */
+    struct qcow2_bitmap_table *bitmap_tables;
+    uint32_t nbitmap_tables;
 
     struct qcow2_meta_range *meta; /* host clusters holding metadata, ascending (overlap.c) */
     size_t nmeta;
@@ -223,6 +234,12 @@ void qcow2_snapshot_get(vd_image *img, size_t index, vd_snapshot_info *info);
 int qcow2_snapshot_create(vd_image *img, const char *name);
 int qcow2_snapshot_apply(vd_image *img, const char *id_or_name);
 int qcow2_snapshot_delete(vd_image *img, const char *id_or_name);
+
+/* bitmap.c */
+/* The bitmaps extension while the autoclear bit says the bitmaps are consistent, else NULL. */
+const struct qcow2_ext *qcow2_bitmaps_ext(const struct qcow2 *q);
+/* Read the bitmap directory and refuse it where QEMU does; keep its tables. */
+int qcow2_read_bitmap_directory(vd_image *img, struct qcow2 *q);
 
 /* qcow2.c */
 /* (Re)publish the format-specific properties (qemu-img info's format-specific data). */
