@@ -1,4 +1,12 @@
-/* The metadata table cache: LRU eviction over a small hash of host offsets. */
+/*
+ * The metadata table cache: a hash of host offsets finds a table, and CLOCK
+ * (second chance) picks the table to evict: every use marks its entry, the
+ * hand sweeps the slots clearing marks and evicts the first unpinned entry
+ * not marked since its last pass. A miss thus costs O(1) amortised, however
+ * many tables the cache holds (scanning every slot for the least recently
+ * used one made a check of a 512-byte-cluster image, 65536 tables, spend
+ * most of its time here). Free slots wait on a stack.
+ */
 #include "cow/cache.h"
 
 #include <stdlib.h>
@@ -8,10 +16,10 @@
 
 struct entry {
     uint64_t off;       /* host offset; valid only when used */
-    uint64_t last_use;  /* LRU tick */
     size_t next;        /* hash chain */
     unsigned pins;
     bool used, dirty;
+    bool referenced;    /* used since the clock hand last passed */
     bool loading;       /* being read from the file (without the lock) */
 };
 
@@ -21,7 +29,10 @@ struct vd_cache {
     uint8_t *tables;    /* capacity * table_size bytes */
     struct entry *entries;
     size_t *buckets;
-    uint64_t tick;
+    size_t *free_slots; /* a stack of the unused slots */
+    size_t nfree;
+    size_t npinned;     /* entries with pins */
+    size_t hand;        /* the clock hand: the next slot it looks at */
     size_t ndirty;
     size_t nloading;
     vd_cache_hook before_write;
@@ -61,15 +72,18 @@ int vd_cache_new(struct vd_cache **out, vd_file *file, size_t table_size, size_t
         ;
     c->entries = calloc(capacity, sizeof *c->entries);
     c->buckets = malloc(c->nbuckets * sizeof *c->buckets);
+    c->free_slots = malloc(capacity * sizeof *c->free_slots);
     if (posix_memalign((void **)&c->tables, 4096, capacity * table_size) != 0)
         c->tables = NULL;
-    if (!c->entries || !c->buckets || !c->tables) {
+    if (!c->entries || !c->buckets || !c->free_slots || !c->tables) {
         vd_cache_free(c);
         return vd_err(VD_ENOMEM, "%s: out of memory for the metadata cache (%zu tables)",
                       file->path, capacity);
     }
     for (size_t i = 0; i < c->nbuckets; i++)
         c->buckets[i] = NO_ENTRY;
+    for (size_t i = 0; i < capacity; i++) /* slot 0 on top */
+        c->free_slots[c->nfree++] = capacity - 1 - i;
     *out = c;
     return 0;
 }
@@ -82,6 +96,7 @@ void vd_cache_free(struct vd_cache *c)
     pthread_mutex_destroy(&c->lock);
     free(c->entries);
     free(c->buckets);
+    free(c->free_slots);
     free(c->tables);
     free(c);
 }
@@ -100,6 +115,7 @@ static size_t find(const struct vd_cache *c, uint64_t off)
     return NO_ENTRY;
 }
 
+/* Drop entry i from the hash and put its slot on the free stack. */
 static void unlink_entry(struct vd_cache *c, size_t i)
 {
     size_t *link = &c->buckets[bucket_of(c, c->entries[i].off)];
@@ -107,6 +123,25 @@ static void unlink_entry(struct vd_cache *c, size_t i)
         link = &c->entries[*link].next;
     *link = c->entries[i].next;
     c->entries[i].used = false;
+    c->free_slots[c->nfree++] = i;
+}
+
+static void pin(struct vd_cache *c, struct entry *e)
+{
+    if (e->pins++ == 0)
+        c->npinned++;
+}
+
+static void unpin(struct vd_cache *c, struct entry *e)
+{
+    if (--e->pins == 0)
+        c->npinned--;
+}
+
+/* Whether a slot can be taken: one is free, or some entry is not pinned. Lock held. */
+static bool slot_available(const struct vd_cache *c)
+{
+    return c->npinned < c->capacity;
 }
 
 static int run_hook(struct vd_cache *c)
@@ -125,40 +160,43 @@ static int write_entry(struct vd_cache *c, size_t i)
     return rc;
 }
 
-/* A free slot, else the least recently used unpinned entry, else NO_ENTRY. Lock held. */
-static size_t pick_slot(const struct vd_cache *c)
+/*
+ * The entry to evict when no slot is free: the first unpinned one the hand
+ * finds unmarked, clearing the marks it passes. Within two sweeps, since one
+ * entry at least is unpinned (slot_available). Lock held.
+ */
+static size_t clock_victim(struct vd_cache *c)
 {
-    size_t victim = NO_ENTRY;
-    for (size_t i = 0; i < c->capacity; i++) {
-        if (!c->entries[i].used)
+    for (;;) {
+        struct entry *e = &c->entries[c->hand];
+        size_t i = c->hand;
+        c->hand = (c->hand + 1) % c->capacity;
+        if (e->pins)
+            continue;
+        if (!e->referenced)
             return i;
-        if (!c->entries[i].pins &&
-            (victim == NO_ENTRY || c->entries[i].last_use < c->entries[victim].last_use))
-            victim = i;
+        e->referenced = false;
     }
-    return victim;
 }
 
-/* A free slot, evicting the least recently used unpinned table. Lock held. */
+/* A free slot, evicting (and first writing) an unpinned table if need be. Lock held. */
 static int take_slot(struct vd_cache *c, size_t *slot)
 {
-    size_t victim = pick_slot(c);
-    if (victim == NO_ENTRY)
-        return vd_err(VD_EBUSY, "%s: metadata cache exhausted (all %zu tables in use)",
-                      c->file->path, c->capacity);
-    if (!c->entries[victim].used) {
-        *slot = victim;
-        return 0;
+    if (!c->nfree) {
+        if (!slot_available(c))
+            return vd_err(VD_EBUSY, "%s: metadata cache exhausted (all %zu tables in use)",
+                          c->file->path, c->capacity);
+        size_t victim = clock_victim(c);
+        if (c->entries[victim].dirty) {
+            int rc = run_hook(c);
+            if (rc == 0)
+                rc = write_entry(c, victim);
+            if (rc < 0)
+                return rc;
+        }
+        unlink_entry(c, victim); /* onto the free stack */
     }
-    if (c->entries[victim].dirty) {
-        int rc = run_hook(c);
-        if (rc == 0)
-            rc = write_entry(c, victim);
-        if (rc < 0)
-            return rc;
-    }
-    unlink_entry(c, victim);
-    *slot = victim;
+    *slot = c->free_slots[--c->nfree];
     return 0;
 }
 
@@ -172,7 +210,7 @@ static size_t find_or_make_room(struct vd_cache *c, uint64_t off)
 {
     size_t i;
     while (((i = find(c, off)) != NO_ENTRY && c->entries[i].loading) ||
-           (i == NO_ENTRY && c->nloading && pick_slot(c) == NO_ENTRY))
+           (i == NO_ENTRY && c->nloading && !slot_available(c)))
         pthread_cond_wait(&c->loaded, &c->lock);
     return i;
 }
@@ -205,13 +243,13 @@ static int load(struct vd_cache *c, uint64_t off, size_t *slot)
         return rc;
     struct entry *e = &c->entries[*slot];
     e->loading = true;
-    e->pins++;
+    pin(c, e);
     c->nloading++;
     pthread_mutex_unlock(&c->lock);
     rc = vd_file_pread(c->file, table_of(c, *slot), c->table_size, off);
     pthread_mutex_lock(&c->lock);
     e->loading = false;
-    e->pins--;
+    unpin(c, e);
     c->nloading--;
     if (rc < 0)
         unlink_entry(c, *slot);
@@ -230,8 +268,8 @@ int vd_cache_get(struct vd_cache *c, uint64_t off, bool fresh, void **table)
         memset(table_of(c, i), 0, c->table_size);
     if (rc == 0) {
         struct entry *e = &c->entries[i];
-        e->pins++;
-        e->last_use = ++c->tick;
+        pin(c, e);
+        e->referenced = true;
         if (fresh && !e->dirty) {
             e->dirty = true;
             c->ndirty++;
@@ -245,7 +283,7 @@ int vd_cache_get(struct vd_cache *c, uint64_t off, bool fresh, void **table)
 void vd_cache_put(struct vd_cache *c, void *table)
 {
     pthread_mutex_lock(&c->lock);
-    c->entries[index_of(c, table)].pins--;
+    unpin(c, &c->entries[index_of(c, table)]);
     pthread_mutex_unlock(&c->lock);
 }
 

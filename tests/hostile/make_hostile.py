@@ -87,9 +87,12 @@ class Image:
         self.version = self.get("version")
         self.cluster_size = 1 << self.get("cluster_bits")
 
-    def save(self):
+    def save(self, size=None):
+        """Write the bytes back; size extends the file with a hole up to it."""
         with open(self.path, "wb") as f:
             f.write(self.data)
+            if size is not None and size > len(self.data):
+                f.truncate(size)
 
     def _fit(self, end):
         if end > len(self.data):
@@ -560,6 +563,65 @@ for base in ("v3", "v2"):
     @variant(f"reftable-points-at-l1-{base}", base, "refcount table entry 0 = the L1 table")
     def _(img, d):
         img.pack(img.get("refcount_table_offset"), ">Q", img.get("l1_table_offset"))
+
+
+# ------------------------------------------------------------ amplification
+#
+# Tables whose entries all name one structure: small files that claim far
+# more work than they hold. Opening and checking must cost time bounded by
+# the file, not by the claim (test_hangs.py times them at several cluster
+# sizes; the corpus gets the 4 KiB ones).
+
+def repeat_zero_refblock(img, table_bytes):
+    """Move the refcount table to the end of the file, table_bytes long: its
+    first entry the image's real refcount block, every other one the same
+    all-zero cluster (appended too)."""
+    cs = img.cluster_size
+    zero = align_up(img.eof, cs)
+    table = zero + cs
+    entries = [img.refcount_block()] + [zero] * (table_bytes // 8 - 1)
+    img.write(zero, bytes(cs))
+    img.write(table, struct.pack(f">{len(entries)}Q", *entries))
+    img.set("refcount_table_offset", table)
+    img.set("refcount_table_clusters", table_bytes // cs)
+
+
+BITMAP_ENTRY = ">QIIBBHI"  # table offset, table size, flags, type, granularity bits, name size, extra
+
+
+BITMAP_IN_USE = 1
+
+
+def bitmap_directory(img, count, table_offset, table_size, granularity_bits=16, flags=0):
+    """A bitmaps extension and directory of count entries (autoclear bit set),
+    each a dirty tracking bitmap "b<n>" whose table is table_size entries at
+    table_offset; the directory goes at the end of the file."""
+    directory = bytearray()
+    for n in range(count):
+        name = b"b%d" % n
+        entry = struct.pack(BITMAP_ENTRY, table_offset, table_size, flags, 1, granularity_bits,
+                            len(name), 0) + name
+        directory += entry + bytes(-len(entry) % 8)
+    where = align_up(img.eof, img.cluster_size)
+    img.write(where, bytes(directory))
+    img.set_extensions([e for e in img.extensions() if e[0] != EXT_BITMAPS] +
+                       [(EXT_BITMAPS, struct.pack(">IIQQ", count, 0, len(directory), where))],
+                       backing=img.backing_name() or None)
+    img.set("autoclear_features", img.get("autoclear_features") | 1)
+
+
+@variant("amp-reftable-one-zero-block-v3", "v3",
+         "a 512 KiB refcount table whose entries all name one zero cluster")
+def _(img, d):
+    repeat_zero_refblock(img, 512 << 10)
+
+
+@variant("amp-bitmaps-huge-tables-v3", "v3",
+         "2000 bitmaps, each naming the same 16 MiB table (in a sparse 16 MiB file)")
+def _(img, d):
+    bitmap_directory(img, 2000, img.cluster_size, (16 << 20) // 8)
+    img.save(size=img.cluster_size + (16 << 20))
+    return "reload"
 
 
 # --------------------------------------------------------------- snapshots

@@ -12,8 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_BITMAP_TABLE_SIZE  0x8000000u
-#define BITMAP_ENTRY_BYTES     24
+/* bits 1..8 and 56..63 of a bitmap table entry are reserved; bit 0 (all ones) only without an offset */
+#define BITMAP_ENTRY_RESERVED  0xff000000000001feull
+#define BITMAP_ENTRY_ALL_ONES  1ull
 
 struct checker {
     vd_image *img;
@@ -51,7 +52,13 @@ static void say(struct checker *c, const char *fmt, ...)
  */
 #define PAST_EOF_COUNTED (1u << 20)
 
-static void count_past_eof(struct checker *c, uint64_t first, uint64_t last)
+/* *ref += weight, saturating */
+static void add_weight(uint32_t *ref, uint32_t weight)
+{
+    *ref = UINT32_MAX - *ref < weight ? UINT32_MAX : *ref + weight;
+}
+
+static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uint32_t weight)
 {
     if (last >= c->nclusters + PAST_EOF_COUNTED)
         return;
@@ -66,12 +73,14 @@ static void count_past_eof(struct checker *c, uint64_t first, uint64_t last)
         c->nrefs = last + 1;
     }
     for (uint64_t i = first; i <= last; i++)
-        if (c->refs[i] != UINT32_MAX)
-            c->refs[i]++;
+        add_weight(&c->refs[i], weight);
 }
 
-/* Count one reference to every cluster of [off, off+len). */
-static void add_ref(struct checker *c, uint64_t off, uint64_t len)
+/*
+ * Count weight references to every cluster of [off, off+len): as many as
+ * identical structures name it (reported once, counted weight times).
+ */
+static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint32_t weight)
 {
     if (!len)
         return;
@@ -79,20 +88,25 @@ static void add_ref(struct checker *c, uint64_t off, uint64_t len)
     if (last >= c->nclusters || off + len < off) {
         say(c, "ERROR: counting reference for region exceeding the end of the file by one cluster "
                "or more: offset 0x%llx size 0x%llx", (unsigned long long)off, (unsigned long long)len);
-        c->res->corruptions++;
+        c->res->corruptions += weight;
         if (off + len > off) {
             uint64_t from = first > c->nclusters ? first : c->nclusters;
             if (!c->past_eof_end || from < c->past_eof_first)
                 c->past_eof_first = from;
             if (last + 1 > c->past_eof_end)
                 c->past_eof_end = last + 1;
-            count_past_eof(c, first, last);
+            count_past_eof(c, first, last, weight);
         }
         return;
     }
     for (uint64_t i = first; i <= last; i++)
-        if (c->refs[i] != UINT32_MAX)
-            c->refs[i]++;
+        add_weight(&c->refs[i], weight);
+}
+
+/* Count one reference to every cluster of [off, off+len). */
+static void add_ref(struct checker *c, uint64_t off, uint64_t len)
+{
+    add_refs(c, off, len, 1);
 }
 
 static void walk_l2(struct checker *c, const uint8_t *table, bool active)
@@ -220,8 +234,12 @@ static bool inside_file(const struct checker *c, uint64_t off, uint64_t len)
     return off <= file_bytes && len <= file_bytes - off;
 }
 
-/* Count the data clusters of a bitmap table (in the file), a cluster of entries at a time. */
-static void walk_bitmap_table(struct checker *c, uint64_t offset, uint32_t entries)
+/*
+ * Count the data clusters of a bitmap table (in the file), weight times each,
+ * reading a cluster of entries at a time. An invalid entry is a corruption, as
+ * for qemu-img check.
+ */
+static void walk_bitmap_table(struct checker *c, const struct qcow2_bitmap_table *t, uint32_t weight)
 {
     const uint64_t cs = c->q->cluster_size, per_cluster = cs / 8;
     uint8_t *buf = malloc((size_t)cs);
@@ -229,56 +247,67 @@ static void walk_bitmap_table(struct checker *c, uint64_t offset, uint32_t entri
         c->res->check_errors++;
         return;
     }
-    for (uint64_t first = 0; first < entries; first += per_cluster) {
-        uint64_t n = entries - first < per_cluster ? entries - first : per_cluster;
-        if (vd_file_pread(c->img->file, buf, (size_t)(n * 8), offset + first * 8) < 0) {
+    for (uint64_t first = 0; first < t->entries; first += per_cluster) {
+        uint64_t n = t->entries - first < per_cluster ? t->entries - first : per_cluster;
+        if (vd_file_pread(c->img->file, buf, (size_t)(n * 8), t->offset + first * 8) < 0) {
             c->res->check_errors++;
             break;
         }
         for (uint64_t i = 0; i < n; i++) {
-            uint64_t data = vd_be64(buf + i * 8) & QCOW2_OFFSET_MASK;
-            if (data)
-                add_ref(c, data, cs);
+            uint64_t entry = vd_be64(buf + i * 8), data = entry & QCOW2_OFFSET_MASK;
+            if ((entry & BITMAP_ENTRY_RESERVED) ||
+                (data && ((entry & BITMAP_ENTRY_ALL_ONES) || (data & (cs - 1)))))
+                c->res->corruptions += weight;
+            else if (data)
+                add_refs(c, data, cs, weight);
         }
     }
     free(buf);
 }
 
-/* Bitmap directory and tables, when the bitmaps are marked consistent. */
-static void walk_bitmaps(struct checker *c, const struct qcow2_ext *ext)
+static int by_offset_then_size(const void *a, const void *b)
 {
-    if (!(c->q->autoclear & QCOW2_AUTOCLEAR_BITMAPS) || ext->len < 24)
+    const struct qcow2_bitmap_table *x = a, *y = b;
+    if (x->offset != y->offset)
+        return (x->offset > y->offset) - (x->offset < y->offset);
+    return (x->entries > y->entries) - (x->entries < y->entries);
+}
+
+/*
+ * The bitmap directory and tables, when the bitmaps are marked consistent
+ * (open validated the directory). Entries may still name one table many
+ * times: each table is read once, its references counted once per entry
+ * naming it; a table that overlaps one read before (a corruption its
+ * refcounts show) is not read again. So the reads are bounded by the file.
+ */
+static void walk_bitmaps(struct checker *c)
+{
+    struct qcow2 *q = c->q;
+    const struct qcow2_ext *ext = qcow2_bitmaps_ext(q);
+    if (!ext)
         return;
-    uint64_t dir_size = vd_be64(ext->data + 8), dir_offset = vd_be64(ext->data + 16);
-    if (dir_size > QCOW2_MAX_BITMAP_DIR_BYTES) {
+    add_ref(c, vd_be64(ext->data + 16), vd_be64(ext->data + 8));
+    struct qcow2_bitmap_table *tables = malloc((q->nbitmap_tables + 1) * sizeof *tables);
+    if (!tables) {
         c->res->check_errors++;
         return;
     }
-    add_ref(c, dir_offset, dir_size);
-    if (!inside_file(c, dir_offset, dir_size))
-        return;
-    uint8_t *dir = malloc((size_t)dir_size + 1);
-    if (!dir || vd_file_pread(c->img->file, dir, (size_t)dir_size, dir_offset) < 0) {
-        free(dir);
-        c->res->check_errors++;
-        return;
-    }
-    for (uint64_t pos = 0; pos + BITMAP_ENTRY_BYTES <= dir_size;) {
-        const uint8_t *e = dir + pos;
-        uint64_t table_offset = vd_be64(e);
-        uint32_t table_size = vd_be32(e + 8);
-        uint64_t entry_len = BITMAP_ENTRY_BYTES + (uint64_t)vd_be32(e + 20) + vd_be16(e + 18);
-        pos += (entry_len + 7) & ~7ull;
-        if (table_size > MAX_BITMAP_TABLE_SIZE) {
-            c->res->check_errors++;
+    memcpy(tables, q->bitmap_tables, q->nbitmap_tables * sizeof *tables);
+    qsort(tables, q->nbitmap_tables, sizeof *tables, by_offset_then_size);
+    uint64_t read_end = 0; /* the tables read so far end here */
+    for (uint32_t i = 0, same; i < q->nbitmap_tables; i += same) {
+        const struct qcow2_bitmap_table *t = &tables[i];
+        for (same = 1; i + same < q->nbitmap_tables && !by_offset_then_size(t, t + same); same++)
+            ;
+        uint64_t bytes = (uint64_t)t->entries * 8;
+        for (uint32_t k = 0; k < same; k++)
+            add_ref(c, t->offset, bytes); /* reports a table past the end of the file each time */
+        if (!inside_file(c, t->offset, bytes) || t->offset < read_end)
             continue;
-        }
-        add_ref(c, table_offset, (uint64_t)table_size * 8);
-        if (!inside_file(c, table_offset, (uint64_t)table_size * 8))
-            continue; /* reported by add_ref */
-        walk_bitmap_table(c, table_offset, table_size);
+        walk_bitmap_table(c, t, same);
+        read_end = t->offset + bytes;
     }
-    free(dir);
+    free(tables);
 }
 
 static void count_references(struct checker *c)
@@ -288,11 +317,10 @@ static void count_references(struct checker *c)
     walk_l1(c, q->l1, q->l1_size, q->l1_offset, true);
     walk_snapshots(c);
     add_ref(c, q->rt_offset, (uint64_t)q->rt_clusters * q->cluster_size);
+    walk_bitmaps(c);
     for (size_t i = 0; i < q->nexts; i++) {
         const struct qcow2_ext *ext = &q->exts[i];
-        if (ext->type == QCOW2_EXT_BITMAPS)
-            walk_bitmaps(c, ext);
-        else if (ext->type == QCOW2_EXT_CRYPTO && ext->len >= 16)
+        if (ext->type == QCOW2_EXT_CRYPTO && ext->len >= 16)
             add_ref(c, vd_be64(ext->data), vd_be64(ext->data + 8));
     }
     /* refcount blocks last: one that shares its cluster with anything counted

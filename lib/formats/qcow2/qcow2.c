@@ -165,6 +165,8 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     if (rc == 0 && qcow2_has_data_file(q))
         rc = open_data_file(img, q);
     if (rc == 0)
+        rc = qcow2_read_bitmap_directory(img, q);
+    if (rc == 0)
         rc = load_l1(img, q);
     if (rc == 0)
         rc = qcow2_read_snapshots(img, q);
@@ -185,7 +187,9 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     if (rc == 0) {
         vd_cache_set_before_write(q->l2_cache, before_l2_write, img);
         vd_cache_set_before_write(q->rb_cache, qcow2_check_layout, img);
-        q->alloc_end = qcow2_alloc_end_past(q, file_size);
+        rc = qcow2_alloc_end_past(img, q, file_size, &q->alloc_end);
+    }
+    if (rc == 0) {
         q->meta_stale = true;
         img->cow = &qcow2_cow_ops;
         img->cluster_size = (uint32_t)q->cluster_size;
@@ -283,6 +287,7 @@ static void q_close(vd_image *img)
     free(q->rt);
     free(q->pending_frees);
     free(q->meta);
+    free(q->bitmap_tables);
     qcow2_free_snapshots(q);
     qcow2_free_header(q);
     free(q);

@@ -4,6 +4,7 @@
  *   header.c    header and header extensions: parse, validate, write
  *   map.c       L1/L2 cluster map: lookup, link, zero/discard (engine hooks)
  *   refcount.c  refcount table and blocks, cluster allocation and freeing
+ *   bitmap.c    the bitmap directory: validation at open
  *   create.c    new images
  *   check.c     consistency check and repair
  *   snapshot.c  internal snapshots
@@ -89,6 +90,12 @@ struct qcow2_snapshot {
     uint8_t *extra;         /* kept verbatim beyond the fields we know */
 };
 
+/* The bitmap table of one bitmap directory entry (the directory passed QEMU's checks). */
+struct qcow2_bitmap_table {
+    uint64_t offset;
+    uint32_t entries;
+};
+
 /* The kinds of metadata structure, as bits (the names of QEMU's overlap checks). */
 enum qcow2_meta_kind {
     QCOW2_META_HEADER         = 1u << 0,
@@ -148,6 +155,10 @@ struct qcow2 {
 
     struct qcow2_snapshot *snapshots; /* nb_snapshots entries */
     uint64_t snapshots_bytes;          /* size of the snapshot table on disk */
+
+    /* the bitmaps' tables, while the autoclear bit says the bitmaps are consistent */
+    struct qcow2_bitmap_table *bitmap_tables;
+    uint32_t nbitmap_tables;
 
     struct qcow2_meta_range *meta; /* host clusters holding metadata, ascending (overlap.c) */
     size_t nmeta;
@@ -212,9 +223,10 @@ int qcow2_get_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_
  * The first cluster from which on every refcount is zero, and not before the
  * end of the file: allocation takes everything from there as free without
  * reading refcounts. Clusters past the end of a truncated file that still have
- * a refcount stay below it (QEMU too allocates past the last refcount).
+ * a refcount stay below it (QEMU too allocates past the last refcount). Reads
+ * each distinct refcount block at most once, however often the table names it.
  */
-uint64_t qcow2_alloc_end_past(struct qcow2 *q, uint64_t file_size);
+int qcow2_alloc_end_past(vd_image *img, struct qcow2 *q, uint64_t file_size, uint64_t *alloc_end);
 /* Where count clusters starting at start would touch the claimed range: past it; else start. */
 uint64_t qcow2_skip_claim(const struct qcow2 *q, uint64_t start, uint64_t count);
 int qcow2_update_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, int64_t delta);
@@ -250,6 +262,12 @@ void qcow2_snapshot_get(vd_image *img, size_t index, vd_snapshot_info *info);
 int qcow2_snapshot_create(vd_image *img, const char *name);
 int qcow2_snapshot_apply(vd_image *img, const char *id_or_name);
 int qcow2_snapshot_delete(vd_image *img, const char *id_or_name);
+
+/* bitmap.c */
+/* The bitmaps extension while the autoclear bit says the bitmaps are consistent, else NULL. */
+const struct qcow2_ext *qcow2_bitmaps_ext(const struct qcow2 *q);
+/* Read the bitmap directory and refuse it where QEMU does; keep its tables. */
+int qcow2_read_bitmap_directory(vd_image *img, struct qcow2 *q);
 
 /* qcow2.c */
 /* (Re)publish the format-specific properties (qemu-img info's format-specific data). */

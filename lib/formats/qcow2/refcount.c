@@ -81,23 +81,78 @@ int qcow2_get_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_
     return 0;
 }
 
-uint64_t qcow2_alloc_end_past(struct qcow2 *q, uint64_t file_size)
+/*
+ * Offsets of refcount blocks already found all zero. A hostile refcount table
+ * may name one block in every entry: remembering the blocks read makes each
+ * distinct block cost one scan, so that the search below is bounded by the
+ * file, not by the table. Open addressing; offset 0 marks a free slot (the
+ * header is never a refcount block worth scanning: entries of 0 are skipped).
+ */
+struct block_set {
+    uint64_t *slots;
+    size_t mask;
+};
+
+static bool block_set_init(struct block_set *set, uint64_t most)
+{
+    size_t size = 8;
+    while (size < most * 2)
+        size *= 2;
+    set->mask = size - 1;
+    set->slots = calloc(size, sizeof *set->slots);
+    return set->slots != NULL;
+}
+
+/* Whether off is in the set; if not, add it (the caller sizes the set for every block). */
+static bool block_set_test_and_add(struct block_set *set, uint64_t off)
+{
+    size_t i = (size_t)((off * 0x9E3779B97F4A7C15ull) >> 32) & set->mask;
+    for (; set->slots[i]; i = (i + 1) & set->mask)
+        if (set->slots[i] == off)
+            return true;
+    set->slots[i] = off;
+    return false;
+}
+
+/* One past the last non-zero refcount of the block at off; 0 if all are zero or unreadable. */
+static uint64_t refblock_used_end(struct qcow2 *q, uint64_t off)
+{
+    void *block;
+    if (vd_cache_get(q->rb_cache, off, false, &block) < 0)
+        return 0;
+    uint64_t i = q->rb_entries;
+    while (i > 0 && !qcow2_refblock_get(block, i - 1, q->refcount_order))
+        i--;
+    vd_cache_put(q->rb_cache, block);
+    return i;
+}
+
+int qcow2_alloc_end_past(vd_image *img, struct qcow2 *q, uint64_t file_size, uint64_t *alloc_end)
 {
     const uint64_t cs = q->cluster_size;
-    uint64_t end = file_size / cs + (file_size % cs != 0);
-    for (uint64_t ti = q->rt_entries; ti-- > end / q->rb_entries;) {
-        void *block;
-        /* a block past the end of the file holds nothing (the check reports it) */
-        if (!q->rt[ti] || q->rt[ti] >= file_size || vd_cache_get(q->rb_cache, q->rt[ti], false, &block) < 0)
+    uint64_t end = file_size / cs + (file_size % cs != 0), first_ti = end / q->rb_entries;
+    *alloc_end = end;
+    if (first_ti >= q->rt_entries)
+        return 0;
+    /* distinct blocks inside the file: no more than the table's entries, nor the file's clusters */
+    struct block_set seen;
+    uint64_t entries = q->rt_entries - first_ti;
+    if (!block_set_init(&seen, entries < end ? entries : end))
+        return vd_err(VD_ENOMEM, "%s: out of memory scanning the refcount blocks", img->filename);
+    for (uint64_t ti = q->rt_entries; ti-- > first_ti;) {
+        /* a block past the end of the file holds nothing (the check reports it); a
+           block seen before was all zero, else the scan would have stopped there */
+        if (!q->rt[ti] || q->rt[ti] >= file_size || block_set_test_and_add(&seen, q->rt[ti]))
             continue;
-        uint64_t i = q->rb_entries;
-        while (i > 0 && !qcow2_refblock_get(block, i - 1, q->refcount_order))
-            i--;
-        vd_cache_put(q->rb_cache, block);
-        if (i)
-            return ti * q->rb_entries + i > end ? ti * q->rb_entries + i : end;
+        uint64_t used = refblock_used_end(q, q->rt[ti]);
+        if (used) {
+            if (ti * q->rb_entries + used > end)
+                *alloc_end = ti * q->rb_entries + used;
+            break;
+        }
     }
-    return end;
+    free(seen.slots);
+    return 0;
 }
 
 /* Write refcount table entries [first, last] to disk, after the blocks they name are durable. */
