@@ -172,14 +172,17 @@ static void reopen_and_verify(struct state *s, uint32_t open_flags, bool clean, 
     vd_close(again);
 }
 
-/* The first snapshot's id, copied (NULL if there is none). */
+/* The first snapshot's id (or name, where the id is empty), copied; NULL if there is none. */
 static char *first_snapshot_id(vd_image *img)
 {
     size_t count = 0;
     vd_snapshot_info info = VD_SNAPSHOT_INFO_INIT;
     if (vd_snapshot_count(img, &count) < 0 || !count || vd_snapshot_get(img, 0, &info) < 0)
         return NULL;
-    char *id = strdup(info.id);
+    const char *which = *info.id ? info.id : info.name;
+    if (!*which) /* nothing names it: an empty name is an invalid argument */
+        return NULL;
+    char *id = strdup(which);
     FUZZ_ASSERT(id, "out of memory");
     return id;
 }
