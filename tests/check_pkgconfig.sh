@@ -3,10 +3,12 @@
 #
 #   check_pkgconfig.sh uninstalled BUILDDIR PROGRAM.c CC
 #       against the build tree's meson-uninstalled/libvdisk-uninstalled.pc
-#   check_pkgconfig.sh installed BUILDDIR PROGRAM.c CC MESON
+#   check_pkgconfig.sh installed BUILDDIR PROGRAM.c CC MESON [PYTHON]
 #       `meson install --destdir` into a temporary root, check what was
 #       installed (library, headers, pc file, the vdisk CLI and its man page),
-#       then build against the installed libvdisk.pc through a sysroot.
+#       then build against the installed libvdisk.pc through a sysroot. With
+#       PYTHON: the Python package is installed too (with py.typed), and
+#       imports and opens an image with the installed library.
 #
 # Both modes check that the pc file's Requires.private names exactly the
 # pkg-config modules in REQUIRES_PRIVATE (environment: what the library links,
@@ -19,7 +21,7 @@
 # (and rule out the fully static link).
 set -eu
 
-mode=$1 builddir=$2 program=$3 cc=$4 meson=${5:-meson}
+mode=$1 builddir=$2 program=$3 cc=$4 meson=${5:-meson} python=${6:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 status=0
@@ -77,6 +79,30 @@ build_static() {
         fail "$program built with pkg-config --static $1 did not run cleanly"
 }
 
+# check_python_package ROOT LIBDIR: the installed package, run from a
+# directory outside any build tree (where it would look for the library
+# first), creates and opens an image through the library installed in LIBDIR.
+check_python_package() {
+    init=$(expect_file "$1" '*-packages/libvdisk/__init__.py' "the Python package")
+    expect_file "$1" '*-packages/libvdisk/py.typed' "the Python package's py.typed" >/dev/null
+    [ -n "$init" ] || return 0
+    site=$(dirname "$(dirname "$init")")
+    echo "Python package: $site/libvdisk"
+    # shellcheck disable=SC2016 # $-less Python
+    (cd "$tmp" && env -u LIBVDISK_LIBRARY PYTHONPATH="$site" LD_LIBRARY_PATH="$2" \
+        "$python" -c '
+import sys, libvdisk
+assert libvdisk.__file__.startswith(sys.argv[1]), libvdisk.__file__
+libvdisk.create("disk.qcow2", "qcow2", 1 << 20)
+with libvdisk.open("disk.qcow2", "r+") as image:
+    image.pwrite(0, b"installed")
+    assert image.pread(0, 9) == b"installed" and image.size == 1 << 20
+loaded = [line.split()[-1] for line in open("/proc/self/maps") if "libvdisk.so" in line]
+assert loaded and all(p.startswith(sys.argv[1]) for p in loaded), loaded
+print("the installed package opened an image with", loaded[0])
+' "$1") || fail "the installed Python package did not work with the installed library"
+}
+
 # expect_file ROOT PATTERN WHAT: exactly one file matching the find -path PATTERN.
 expect_file() {
     found=$(find "$1" -path "$2" \( -type f -o -type l \) | head -n 1)
@@ -107,6 +133,9 @@ installed)
     expect_file "$root" '*/man1/vdisk.1*' "the vdisk.1 man page" >/dev/null
     if [ -n "$cli" ] && [ ! -x "$cli" ]; then
         fail "$cli is not executable"
+    fi
+    if [ -n "$python" ] && [ -n "$soname" ]; then
+        check_python_package "$root" "$(dirname "$soname")"
     fi
     private=$(find "$root" -name 'internal.h' -o -name 'options.h' -o -name 'file.h' \
                    -o -name '*.a' ! -name libvdisk.a)
