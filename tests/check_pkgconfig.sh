@@ -5,7 +5,8 @@
 #       against the build tree's meson-uninstalled/libvdisk-uninstalled.pc
 #   check_pkgconfig.sh installed BUILDDIR PROGRAM.c CC MESON [PYTHON]
 #       `meson install --destdir` into a temporary root, check what was
-#       installed (library, headers, pc file, the vdisk CLI and its man page),
+#       installed (library, headers, pc file, the vdisk CLI and its man page,
+#       the API reference's man pages),
 #       then build against the installed libvdisk.pc through a sysroot. With
 #       PYTHON: the Python package is installed too (with py.typed), and
 #       imports and opens an image with the installed library.
@@ -131,6 +132,8 @@ installed)
     expect_file "$root" '*/include/libvdisk/version.h' "version.h" >/dev/null
     cli=$(expect_file "$root" '*/bin/vdisk' "the vdisk CLI")
     expect_file "$root" '*/man1/vdisk.1*' "the vdisk.1 man page" >/dev/null
+    expect_file "$root" '*/man3/libvdisk.3*' "the API reference (libvdisk.3)" >/dev/null
+    expect_file "$root" '*/man3/vd_open.3*' "the API reference's vd_open.3" >/dev/null
     if [ -n "$cli" ] && [ ! -x "$cli" ]; then
         fail "$cli is not executable"
     fi
