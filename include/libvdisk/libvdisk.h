@@ -96,6 +96,7 @@ VD_API unsigned vd_version_number(void);
 
 /* ------------------------------------------------------------ open / close */
 
+/* An open image and its backing chain: an opaque handle, owned by the caller until vd_close(). */
 typedef struct vd_image vd_image;
 
 /* vd_open() flags */
@@ -177,6 +178,13 @@ typedef struct vd_open_opts {
  * refused with VD_EBACKING.
  */
 VD_API int vd_open(vd_image **out, const char *path, const char *format, uint32_t flags);
+/*
+ * Open the image at path as vd_open() does, with the extended options of
+ * opts (VD_OPEN_OPTS_INIT, then set what is needed): opts->format and
+ * opts->flags (VD_OPEN_*) as vd_open() takes them, a metadata cache size,
+ * an internal snapshot to open read-only, the formats allowed in the chain,
+ * and the image a backing file is resolved against. opts may be NULL.
+ */
 VD_API int vd_open_ext(vd_image **out, const char *path, const vd_open_opts *opts);
 
 /*
@@ -222,21 +230,58 @@ VD_API int vd_create(const char *path, const char *format, uint64_t size,
 /* vd_write_zeroes() flags */
 #define VD_ZERO_MAY_UNMAP   (1u << 0) /* the range may be deallocated */
 
+/*
+ * Read length bytes of guest data at offset into buf, all of them or fail:
+ * through the backing chain where the image has no data of its own, zeroes
+ * where no image of the chain has any. The range must lie inside the image
+ * (VD_ERANGE). No flags are defined yet: pass 0.
+ */
 VD_API int vd_read(vd_image *img, uint64_t offset, void *buf, size_t length, uint32_t flags);
+/*
+ * Write length bytes from buf at offset, all of them or fail. Needs a
+ * read-write handle (VD_EREADONLY); the range must lie inside the image
+ * (VD_ERANGE): writes never grow an image, vd_resize() does. Copy-on-write
+ * images allocate what the write needs; data reaches stable storage at the
+ * next vd_flush(), or before the call returns with VD_WRITE_FUA.
+ */
 VD_API int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uint32_t flags);
+/*
+ * Make length bytes at offset read as zeroes, without sending zeroes:
+ * zero clusters in qcow2, fallocate or the device's own zeroing in raw.
+ * With VD_ZERO_MAY_UNMAP the range may also be deallocated. Needs a
+ * read-write handle.
+ */
 VD_API int vd_write_zeroes(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags);
-/* Discard is a hint: the range may read back as zeroes or as before. */
+/*
+ * Tell the image that length bytes at offset are no longer needed, so that
+ * their space may be released. Discard is a hint: the range may read back
+ * as zeroes or as before. Needs a read-write handle. No flags are defined
+ * yet: pass 0.
+ */
 VD_API int vd_discard(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags);
+/*
+ * Write every cached change out and sync the image (and its external data
+ * file) to stable storage, unless it was opened with VD_OPEN_NO_FLUSH. Data
+ * written before a successful vd_flush() survives a crash. No flags are
+ * defined yet: pass 0.
+ */
 VD_API int vd_flush(vd_image *img, uint32_t flags);
 
 /* vd_resize() flags */
 #define VD_RESIZE_SHRINK    (1u << 0) /* allow making the image smaller: raw cuts the data past the
                                          new end, qcow2 refuses (VD_EPERM) unless it reads as zeroes */
 
+/*
+ * Change the virtual size to new_size bytes (whole sectors). Growing reads
+ * as zeroes; shrinking needs VD_RESIZE_SHRINK. Needs a read-write handle. A
+ * block device is never resized (VD_EUNSUPPORTED), nor a version 2 qcow2
+ * image with snapshots.
+ */
 VD_API int vd_resize(vd_image *img, uint64_t new_size, uint32_t flags);
 
 /* ------------------------------------------------------------------ getters */
 
+/* The virtual size of the image in bytes (the guest disk's size) into *size. */
 VD_API int vd_get_size(vd_image *img, uint64_t *size);
 /* The format name ("raw", "qcow2", ...), or NULL for a NULL handle. */
 VD_API const char *vd_get_format(vd_image *img);
@@ -271,6 +316,11 @@ typedef struct vd_info {
 
 #define VD_INFO_INIT { (uint32_t)sizeof(vd_info), 0, 0, 0, NULL, NULL, NULL, NULL, 0, 0, 0, 0, NULL }
 
+/*
+ * Fill *info with what qemu-img info shows (set info->struct_size first:
+ * VD_INFO_INIT does). Strings are owned by the image and valid until it is
+ * closed.
+ */
 VD_API int vd_get_info(vd_image *img, vd_info *info);
 
 /* Types of vd_property values. */
@@ -293,6 +343,7 @@ VD_API int vd_get_property(vd_image *img, size_t index, const char **key,
 #define VD_EXTENT_ZERO      (1u << 1) /* reads as zeroes */
 #define VD_EXTENT_ALLOCATED (1u << 2) /* defined by some image in the chain (not a hole falling to the end) */
 
+/* vd_extent.host_offset of a range that has no place in a host file */
 #define VD_NO_HOST_OFFSET   UINT64_MAX
 
 typedef struct vd_extent {
@@ -354,9 +405,10 @@ VD_API int vd_check(vd_image *img, uint32_t flags, vd_check_result *result,
 #define VD_REBASE_UNSAFE    (1u << 0) /* only change the recorded backing file (qemu-img rebase -u) */
 
 /*
- * Make backing_file (relative names are relative to img's directory; NULL or
- * "" for none) with format backing_format (NULL: probed, but a file that
- * probes as raw is refused; an unsafe rebase needs it) the backing file of img. The safe mode keeps
+ * Make backing_file, of format backing_format, the backing file of img.
+ * A relative backing_file is relative to img's directory; NULL or "" makes
+ * img stand alone. A NULL backing_format is probed, but a file that probes
+ * as raw is refused; an unsafe rebase needs it. The safe mode keeps
  * what the guest sees: clusters that read differently through the old and
  * the new backing file are first copied into img. Needs a read-write handle.
  * On a handle opened with VD_OPEN_CONFINED (or VD_OPEN_SAFE) the new backing
@@ -403,11 +455,15 @@ VD_API int vd_snapshot_get(vd_image *img, size_t index, vd_snapshot_info *info);
  */
 VD_API int vd_snapshot_create(vd_image *img, const char *name, uint32_t flags);
 /*
- * Revert the image to a snapshot, or delete one, referred to by id or else
- * by name (qemu-img snapshot -a does the same; its -d takes names only).
- * Need a read-write handle.
+ * Revert the image to a snapshot, referred to by id or else by name, as
+ * qemu-img snapshot -a does, its size included. Needs a read-write handle.
  */
 VD_API int vd_snapshot_apply(vd_image *img, const char *id_or_name, uint32_t flags);
+/*
+ * Delete a snapshot, referred to by id or else by name (qemu-img snapshot
+ * -d takes names only), freeing the clusters only it used. Needs a
+ * read-write handle.
+ */
 VD_API int vd_snapshot_delete(vd_image *img, const char *id_or_name, uint32_t flags);
 
 /* ---------------------------------------------------------------- formats */

@@ -82,6 +82,13 @@ int vd_file_punch_hole(vd_file *f, uint64_t off, uint64_t len)
     return f->ops->punch_hole(f, off, len);
 }
 
+int vd_file_discard(vd_file *f, uint64_t off, uint64_t len)
+{
+    if (f->ops->discard)
+        return f->ops->discard(f, off, len);
+    return vd_file_punch_hole(f, off, len);
+}
+
 int vd_file_write_zeroes(vd_file *f, uint64_t off, uint64_t len, bool may_punch)
 {
     if (len == 0)

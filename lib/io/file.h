@@ -39,6 +39,12 @@ struct vd_file_ops {
     int (*punch_hole)(vd_file *f, uint64_t off, uint64_t len);
     /* Make a range read as zeroes, keeping it allocated. */
     int (*zero_range)(vd_file *f, uint64_t off, uint64_t len);
+    /*
+     * Tell the storage a range is no longer needed: a hint, after which it
+     * may read back as zeroes or as before. Optional: punch_hole serves
+     * where it is missing.
+     */
+    int (*discard)(vd_file *f, uint64_t off, uint64_t len);
     /* Reserve space for a range (posix_fallocate semantics). */
     int (*allocate)(vd_file *f, uint64_t off, uint64_t len);
     /*
@@ -133,6 +139,8 @@ static inline int vd_file_truncate(vd_file *f, uint64_t size) { return f->ops->t
 /* Write zeroes over a range: punch (if allowed), zero_range, or plain writes. */
 int vd_file_write_zeroes(vd_file *f, uint64_t off, uint64_t len, bool may_punch);
 int vd_file_punch_hole(vd_file *f, uint64_t off, uint64_t len);
+/* Discard a range (a hint); VD_EUNSUPPORTED where the file cannot. */
+int vd_file_discard(vd_file *f, uint64_t off, uint64_t len);
 int vd_file_allocate(vd_file *f, uint64_t off, uint64_t len);
 int vd_file_extent(vd_file *f, uint64_t off, bool *is_data, uint64_t *end);
 int vd_file_allocated_bytes(vd_file *f, uint64_t *bytes);

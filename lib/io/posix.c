@@ -1,16 +1,22 @@
-/* The POSIX file layer: pread/pwrite/fdatasync/fallocate/SEEK_DATA. */
+/*
+ * The POSIX file layer: pread/pwrite/fdatasync/fallocate/SEEK_DATA on regular
+ * files, and block devices as raw images of the device's size.
+ */
 #include "core/internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 struct posix_file {
     vd_file base;
     int fd;
+    uint64_t block_size; /* a block device's logical block size, the unit of a discard (else 0) */
 };
 
 static int fd_of(vd_file *f)
@@ -185,6 +191,67 @@ static void posix_close(vd_file *f)
     free(pf);
 }
 
+/*
+ * Block devices. The size comes from the driver (st_size is 0), the device
+ * keeps it (no truncation), every byte of it is data (no holes, no
+ * preallocation to do), and zeroes and discards are the device's own
+ * operations, which never deallocate anything a file system would have to
+ * know about.
+ */
+static int device_get_size(vd_file *f, uint64_t *size)
+{
+    if (ioctl(fd_of(f), BLKGETSIZE64, size) < 0)
+        return vd_file_errno(f, errno, "reading the device size", UINT64_MAX);
+    return 0;
+}
+
+/* Only the device's own size can be set: that is creating a raw image on it. */
+static int device_truncate(vd_file *f, uint64_t size)
+{
+    uint64_t device_size;
+    int rc = device_get_size(f, &device_size);
+    if (rc == 0 && size != device_size)
+        rc = vd_err(VD_EUNSUPPORTED, "%s: a block device cannot be resized (it has %llu bytes, "
+                    "not %llu)", f->path, (unsigned long long)device_size,
+                    (unsigned long long)size);
+    return rc;
+}
+
+/* The device writes the zeroes itself (WRITE ZEROES, or the kernel's own fallback). */
+static int device_zero_range(vd_file *f, uint64_t off, uint64_t len)
+{
+    uint64_t range[2] = { off, len };
+    if (ioctl(fd_of(f), BLKZEROOUT, range) < 0)
+        return vd_file_errno(f, errno, "zero range", off);
+    return 0;
+}
+
+/* A hint: the device may read the range back as zeroes or as before. */
+static int device_discard(vd_file *f, uint64_t off, uint64_t len)
+{
+    /* the device discards whole logical blocks: keep to those inside the range */
+    uint64_t block = ((struct posix_file *)f)->block_size;
+    uint64_t start = (off + block - 1) / block * block;
+    uint64_t end = (off + len) / block * block;
+    if (end <= start)
+        return 0;
+    uint64_t range[2] = { start, end - start };
+    if (ioctl(fd_of(f), BLKDISCARD, range) < 0)
+        return vd_file_errno(f, errno, "discard", start);
+    return 0;
+}
+
+/* The whole device is there already: reserving space inside it has nothing to do. */
+static int device_allocate(vd_file *f, uint64_t off, uint64_t len)
+{
+    uint64_t size;
+    int rc = device_get_size(f, &size);
+    if (rc == 0 && (off > size || len > size - off))
+        rc = vd_err(VD_ENOSPC, "%s: cannot preallocate past the end of the block device "
+                    "(%llu bytes)", f->path, (unsigned long long)size);
+    return rc;
+}
+
 static const struct vd_file_ops posix_ops = {
     .pread = posix_pread,
     .pwrite = posix_pwrite,
@@ -201,6 +268,43 @@ static const struct vd_file_ops posix_ops = {
     .byte_locked_elsewhere = posix_byte_locked_elsewhere,
     .close = posix_close,
 };
+
+/*
+ * No punch_hole (nothing to deallocate: a write of zeroes that may unmap
+ * zeroes through the device), and no extent or allocated_bytes: the defaults
+ * in file.c make a file without them data from start to end.
+ */
+static const struct vd_file_ops device_ops = {
+    .pread = posix_pread,
+    .pwrite = posix_pwrite,
+    .sync = posix_sync,
+    .get_size = device_get_size,
+    .truncate = device_truncate,
+    .zero_range = device_zero_range,
+    .discard = device_discard,
+    .allocate = device_allocate,
+    .stat_id = posix_stat_id,
+    .lock_byte = posix_lock_byte,
+    .byte_locked_elsewhere = posix_byte_locked_elsewhere,
+    .close = posix_close,
+};
+
+/*
+ * The operations for a file of this type, or NULL (and *kind says what it
+ * is) for the types whose size cannot be known: a character device, a FIFO
+ * or a socket would read as an empty image, or as an endless one, and a
+ * backup of it would silently hold nothing.
+ */
+static const struct vd_file_ops *ops_for_type(mode_t mode, const char **kind)
+{
+    if (S_ISREG(mode))
+        return &posix_ops;
+    if (S_ISBLK(mode))
+        return &device_ops;
+    *kind = S_ISCHR(mode) ? "a character device" : S_ISFIFO(mode) ? "a FIFO"
+          : S_ISSOCK(mode) ? "a socket" : S_ISDIR(mode) ? "a directory" : "a special file";
+    return NULL;
+}
 
 int vd_file_posix_open(vd_file **out, const struct vd_file_name *name, uint32_t flags)
 {
@@ -222,9 +326,24 @@ int vd_file_posix_open(vd_file **out, const struct vd_file_name *name, uint32_t 
         return vd_err(code, "Could not open '%s': %s", path, strerror(e));
     }
     struct stat st;
-    if (fstat(fd, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
         close(fd);
-        return vd_err(VD_EINVAL, "Could not open '%s': not a regular file or block device", path);
+        return vd_err(VD_EIO, "Could not open '%s': %s", path, strerror(e));
+    }
+    const char *kind;
+    const struct vd_file_ops *ops = ops_for_type(st.st_mode, &kind);
+    if (!ops) {
+        close(fd);
+        return vd_err(VD_EINVAL, "Could not open '%s': it is %s; an image must be a regular "
+                      "file or a block device, whose size can be known", path, kind);
+    }
+    int block_size = 0;
+    if (S_ISBLK(st.st_mode) && ioctl(fd, BLKSSZGET, &block_size) < 0) {
+        int e = errno;
+        close(fd);
+        return vd_err(VD_EIO, "Could not open '%s': reading its block size failed: %s", path,
+                      strerror(e));
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     struct posix_file *pf = calloc(1, sizeof *pf);
@@ -235,10 +354,11 @@ int vd_file_posix_open(vd_file **out, const struct vd_file_name *name, uint32_t 
         close(fd);
         return vd_err(VD_ENOMEM, "%s: out of memory", path);
     }
-    pf->base.ops = &posix_ops;
+    pf->base.ops = ops;
     pf->base.path = copy;
     pf->base.writable = (flags & VD_FILE_RDWR) != 0;
     pf->fd = fd;
+    pf->block_size = (uint64_t)block_size;
     *out = &pf->base;
     return 0;
 }

@@ -8,6 +8,8 @@
 b'hello'
 """
 
+from __future__ import annotations
+
 from . import _lib
 from .errors import *  # noqa: F401,F403 (the generated exception classes)
 from .errors import __all__ as _error_names
@@ -18,7 +20,7 @@ __all__ = ["open", "create", "probe", "formats", "format_options", "options_stri
            "version", "Image", "Extent", "CheckResult", "Snapshot", "FormatOption"] + _error_names
 
 
-def version():
+def version() -> str:
     """The runtime library's version string, "MAJOR.MINOR.PATCH"."""
     return _lib.text(_lib.lib().vd_version())
 

@@ -1,8 +1,11 @@
 """Format-level functions: create, probe, and the registry of formats."""
 
+from __future__ import annotations
+
 import ctypes
 import dataclasses
 import os
+from typing import Optional, Union
 
 from . import _lib
 from ._lib import check, lib, text
@@ -15,7 +18,7 @@ class FormatOption:
 
     name: str
     help: str
-    default: str = None
+    default: Optional[str] = None
 
 
 def _option_value(key, value):
@@ -30,7 +33,7 @@ def _option_value(key, value):
                     f"not {type(value).__name__}")
 
 
-def options_string(options):
+def options_string(options: dict) -> str:
     """The qemu-img style "k=v,k=v" text for a dict of options.
 
     Commas in values are doubled; options whose value is ``None`` are left out.
@@ -44,8 +47,11 @@ def options_string(options):
     return ",".join(parts)
 
 
-def create(path, fmt, size=0, *, backing_file=None, backing_fmt=None, unsafe_backing=False,
-           exclusive=False, confined=False, **options):
+def create(path: Union[str, bytes, os.PathLike], fmt: str, size: int = 0, *,
+           backing_file: Optional[Union[str, os.PathLike]] = None,
+           backing_fmt: Optional[str] = None, unsafe_backing: bool = False,
+           exclusive: bool = False, confined: bool = False,
+           **options: Union[str, int, bool, os.PathLike, None]) -> None:
     """Create an image of format fmt and virtual size bytes.
 
     Keyword options are the format's create options (see
@@ -75,14 +81,14 @@ def create(path, fmt, size=0, *, backing_file=None, backing_fmt=None, unsafe_bac
                           os.fsencode(text_options) if text_options else None, flags))
 
 
-def probe(path):
+def probe(path: Union[str, bytes, os.PathLike]) -> str:
     """The name of the format of the image at path ("raw" if nothing else matches)."""
     name = ctypes.c_char_p()
     check(lib().vd_probe(os.fsencode(path), ctypes.byref(name)))
     return text(name.value)
 
 
-def formats():
+def formats() -> list[str]:
     """The names of the formats the library supports."""
     names = []
     while True:
@@ -92,7 +98,7 @@ def formats():
         names.append(text(name))
 
 
-def format_options(fmt):
+def format_options(fmt: str) -> list[FormatOption]:
     """The create options of a format as FormatOption records."""
     options = []
     name, help_text, default = ctypes.c_char_p(), ctypes.c_char_p(), ctypes.c_char_p()

@@ -1,5 +1,7 @@
 """The :class:`Image` file object, its allocation-map, check and snapshot records."""
 
+from __future__ import annotations
+
 import contextlib
 import ctypes
 import dataclasses
@@ -9,6 +11,7 @@ import operator
 import os
 import threading
 import weakref
+from typing import Iterable, Optional, Union
 
 from . import _lib
 from ._lib import check as check_status
@@ -50,10 +53,10 @@ class Extent:
     present: bool
     zero: bool
     data: bool
-    offset: int = None
-    filename: str = dataclasses.field(default=None, compare=False)
+    offset: Optional[int] = None
+    filename: Optional[str] = dataclasses.field(default=None, compare=False)
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         """The record as qemu-img prints it in JSON (no ``offset`` key when there is
         none, and no ``filename``: qemu-img's JSON has none)."""
         record = dataclasses.asdict(self)
@@ -83,15 +86,15 @@ class CheckResult:
     fragmented_clusters: int
     compressed_clusters: int
     image_end_offset: int
-    messages: list = dataclasses.field(default_factory=list)
+    messages: list[str] = dataclasses.field(default_factory=list)
 
     @property
-    def clean(self):
+    def clean(self) -> bool:
         """Whether nothing is wrong with the image now (no corruptions, leaks
         or check errors left)."""
         return not (self.corruptions or self.leaks or self.check_errors)
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         """The counts as ``qemu-img check --output=json`` prints them, without
         its "filename" and "format" keys: zero counts are left out, except
         "check-errors"."""
@@ -125,9 +128,9 @@ class Snapshot:
     vm_clock_ns: int
     vm_state_size: int
     disk_size: int
-    icount: int = None  # guest instruction count; None if none was recorded
+    icount: Optional[int] = None  # guest instruction count; None if none was recorded
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         """The record as a "snapshots" entry of ``qemu-img info --output=json``."""
         recorded = {} if self.icount is None else {"icount": self.icount}
         return recorded | {
@@ -270,9 +273,11 @@ class Image(io.RawIOBase):
     the end of the image raise :class:`RangeError`; grow it with :meth:`resize`.
     """
 
-    def __init__(self, path, mode="r", fmt=None, *, no_backing=False, no_lock=False,
-                 confined=False, no_flush=False, repair=False, snapshot=None, safe=False,
-                 formats=None):
+    def __init__(self, path: Union[str, bytes, os.PathLike], mode: str = "r",
+                 fmt: Optional[str] = None, *, no_backing: bool = False, no_lock: bool = False,
+                 confined: bool = False, no_flush: bool = False, repair: bool = False,
+                 snapshot: Union[str, int, Snapshot, None] = None, safe: bool = False,
+                 formats: Optional[Iterable[str]] = None) -> None:
         super().__init__()
         self._setup(None, mode, _Owner(), borrowed=False)
         if mode not in _MODES:
@@ -371,7 +376,7 @@ class Image(io.RawIOBase):
         """:meth:`_call` a function returning a status code and check it."""
         check_status(self._call(function, *args))
 
-    def close(self):
+    def close(self) -> None:
         """Close the image (flushing it if writable). Waits for calls in flight.
 
         Closing an opened image also closes the borrowed images of its chain.
@@ -398,7 +403,7 @@ class Image(io.RawIOBase):
             finally:
                 super().close()
 
-    def flush(self):
+    def flush(self) -> None:
         """Make written data durable (vd_flush)."""
         super().flush()  # raises ValueError once closed
         if self._handle is not None:  # None only while close() runs; it flushes itself
@@ -407,19 +412,19 @@ class Image(io.RawIOBase):
     # -- io.RawIOBase -------------------------------------------------------
 
     @property
-    def mode(self):
+    def mode(self) -> str:
         """The mode the image was opened with, "r" or "r+"."""
         return self._mode
 
-    def readable(self):
+    def readable(self) -> bool:
         self._check_open()
         return True
 
-    def writable(self):
+    def writable(self) -> bool:
         self._check_open()
         return self._mode == "r+"
 
-    def seekable(self):
+    def seekable(self) -> bool:
         self._check_open()
         return True
 
@@ -427,7 +432,7 @@ class Image(io.RawIOBase):
         if self.closed or self._handle is None:
             raise ValueError("I/O operation on closed image")
 
-    def seek(self, offset, whence=io.SEEK_SET):
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         """Move the file position; returns the new position. Past the end is allowed."""
         offset = operator.index(offset)
         with self._position_lock:
@@ -451,7 +456,7 @@ class Image(io.RawIOBase):
         available = max(self.size - self._position, 0)
         return available if limit is None or limit < 0 else min(limit, available)
 
-    def read(self, size=-1):
+    def read(self, size: Optional[int] = -1) -> bytes:
         """Read up to size bytes (all up to the end if negative); b"" at the end."""
         with self._position_lock:
             count = self._take(size)
@@ -459,11 +464,11 @@ class Image(io.RawIOBase):
             self._position += count
             return data
 
-    def readall(self):
+    def readall(self) -> bytes:
         """Read from the position to the end of the image."""
         return self.read()
 
-    def readinto(self, buffer):
+    def readinto(self, buffer) -> int:
         """Read into a writable buffer; returns the byte count (0 at the end)."""
         target, length = _target_buffer(buffer)
         with self._position_lock:
@@ -473,7 +478,7 @@ class Image(io.RawIOBase):
             self._position += count
             return count
 
-    def write(self, data):
+    def write(self, data) -> int:
         """Write all of data at the position; returns its length."""
         source, length = _source_buffer(data)
         with self._position_lock:
@@ -483,52 +488,52 @@ class Image(io.RawIOBase):
 
     # -- positional I/O -----------------------------------------------------
 
-    def pread(self, offset, length):
+    def pread(self, offset: int, length: int) -> bytes:
         """Read exactly length bytes at offset; a range past the end raises RangeError."""
         buffer = ctypes.create_string_buffer(_count("length", length))
         self._run("read", _count("offset", offset), buffer, len(buffer), 0)
         return buffer.raw
 
-    def pwrite(self, offset, data, *, fua=False):
+    def pwrite(self, offset: int, data, *, fua: bool = False) -> None:
         """Write all of data at offset; with fua, it is durable on return."""
         source, length = _source_buffer(data)
         self._run("write", _count("offset", offset), source, length,
                   _lib.WRITE_FUA if fua else 0)
 
-    def write_zeroes(self, offset, length, may_unmap=False):
+    def write_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
         """Make a range read as zeroes; may_unmap lets it be deallocated."""
         self._run("write_zeroes", _count("offset", offset), _count("length", length),
                   _lib.ZERO_MAY_UNMAP if may_unmap else 0)
 
-    def discard(self, offset, length):
+    def discard(self, offset: int, length: int) -> None:
         """Hint that a range is unused; it may then read as zeroes or as before."""
         self._run("discard", _count("offset", offset), _count("length", length), 0)
 
-    def resize(self, size, shrink=False):
+    def resize(self, size: int, shrink: bool = False) -> None:
         """Change the virtual size; making it smaller needs shrink=True."""
         self._run("resize", _count("size", size), _lib.RESIZE_SHRINK if shrink else 0)
 
     # -- information --------------------------------------------------------
 
     @property
-    def size(self):
+    def size(self) -> int:
         """The virtual size in bytes."""
         size = ctypes.c_uint64()
         self._run("get_size", ctypes.byref(size))
         return size.value
 
     @property
-    def format(self):
+    def format(self) -> str:
         """The format name, such as "raw" or "qcow2"."""
         return self._format
 
     @property
-    def filename(self):
+    def filename(self) -> str:
         """The path the image was opened with."""
         return self._filename
 
     @property
-    def snapshot(self):
+    def snapshot(self) -> Optional[str]:
         """The snapshot id or name this image was opened at, or ``None`` for the
         current state."""
         return self._snapshot
@@ -536,7 +541,7 @@ class Image(io.RawIOBase):
     name = filename
 
     @property
-    def backing(self):
+    def backing(self) -> Optional[Image]:
         """The next image of the backing chain, or ``None`` at its bottom (or
         when opened with ``no_backing``).
 
@@ -564,7 +569,7 @@ class Image(io.RawIOBase):
             self._backing = Image._borrow(pointer, owner) if address else None
             return self._backing
 
-    def chain(self):
+    def chain(self) -> list[Image]:
         """The backing chain from this image down: ``[self, self.backing, ...]``."""
         images = [self]
         while True:
@@ -605,7 +610,8 @@ class Image(io.RawIOBase):
             for image in retired:
                 image.close()
 
-    def rebase(self, backing_file, backing_fmt=None, unsafe=False):
+    def rebase(self, backing_file: Union[str, os.PathLike, None],
+               backing_fmt: Optional[str] = None, unsafe: bool = False) -> None:
         """Make ``backing_file`` this image's backing file (``qemu-img rebase``).
 
         ``backing_file`` is recorded as given (relative names are relative to
@@ -624,7 +630,7 @@ class Image(io.RawIOBase):
                             None if backing_fmt is None else backing_fmt.encode(),
                             _lib.REBASE_UNSAFE if unsafe else 0)
 
-    def commit(self, empty=True):
+    def commit(self, empty: bool = True) -> None:
         """Write what this image holds itself into its backing file
         (``qemu-img commit``), growing that when this image is larger.
 
@@ -639,7 +645,7 @@ class Image(io.RawIOBase):
 
     # -- internal snapshots -------------------------------------------------
 
-    def snapshots(self):
+    def snapshots(self) -> list[Snapshot]:
         """The internal snapshots as :class:`Snapshot` records, in the order of
         the image's table (``qemu-img snapshot -l``); ``[]`` for formats
         without snapshots."""
@@ -654,7 +660,7 @@ class Image(io.RawIOBase):
                 records.append(Snapshot._from_info(info))  # the strings are copied here
         return records
 
-    def snapshot_create(self, name):
+    def snapshot_create(self, name: str) -> Snapshot:
         """Take a snapshot of the current state named ``name`` (``qemu-img
         snapshot -c``); returns its :class:`Snapshot` record. The name must be
         new (:class:`AlreadyExists` otherwise); the id is assigned as qemu-img
@@ -667,14 +673,14 @@ class Image(io.RawIOBase):
         created = [record for record in self.snapshots() if record.name == name]
         return created[-1] if created else None
 
-    def snapshot_apply(self, snapshot):
+    def snapshot_apply(self, snapshot: Union[str, int, Snapshot]) -> None:
         """Revert the image to a snapshot (``qemu-img snapshot -a``), given by
         id or else name (a str), an int id or a :class:`Snapshot`. The virtual
         size becomes the snapshot's. Needs "r+"; an unknown snapshot raises
         :class:`NotFound`."""
         self._run("snapshot_apply", _snapshot_ref(snapshot), 0)
 
-    def snapshot_delete(self, snapshot):
+    def snapshot_delete(self, snapshot: Union[str, int, Snapshot]) -> None:
         """Delete a snapshot (``qemu-img snapshot -d``), given as for
         :meth:`snapshot_apply`. Needs "r+"; an unknown snapshot raises
         :class:`NotFound`."""
@@ -695,7 +701,7 @@ class Image(io.RawIOBase):
             properties[text(key.value)] = convert(text(value.value))
             index += 1
 
-    def info(self):
+    def info(self) -> dict:
         """Image information with the keys of ``qemu-img info --output=json``
         (with its "snapshots" list when the image has internal snapshots)."""
         info = _lib.VdInfo(struct_size=ctypes.sizeof(_lib.VdInfo))
@@ -726,7 +732,7 @@ class Image(io.RawIOBase):
             result["format-specific"] = {"type": result["format"], "data": properties}
         return result
 
-    def check(self, repair=None):
+    def check(self, repair: Optional[str] = None) -> CheckResult:
         """Check the image's metadata (``qemu-img check``); returns a CheckResult.
 
         ``repair`` is None (only check), "leaks" (free leaked clusters) or
@@ -752,7 +758,7 @@ class Image(io.RawIOBase):
                   for field in dataclasses.fields(CheckResult) if field.name != "messages"}
         return CheckResult(**counts, messages=messages)
 
-    def map(self, offset=0, length=None):
+    def map(self, offset: int = 0, length: Optional[int] = None) -> list[Extent]:
         """The allocation status of a range (default: to the end) as Extent records.
 
         One record per vd_block_status() answer; nothing is merged.
@@ -787,8 +793,11 @@ class Image(io.RawIOBase):
         return extents
 
 
-def open(path, mode="r", fmt=None, *, no_backing=False, no_lock=False,  # noqa: A001
-         confined=False, no_flush=False, repair=False, snapshot=None, safe=False, formats=None):
+def open(path: Union[str, bytes, os.PathLike], mode: str = "r",  # noqa: A001
+         fmt: Optional[str] = None, *, no_backing: bool = False, no_lock: bool = False,
+         confined: bool = False, no_flush: bool = False, repair: bool = False,
+         snapshot: Union[str, int, Snapshot, None] = None, safe: bool = False,
+         formats: Optional[Iterable[str]] = None) -> Image:
     """Open a disk image; see :class:`Image`. For images from an untrusted source,
     pass ``safe=True`` (and ``formats``): the default follows qemu-img."""
     return Image(path, mode, fmt, no_backing=no_backing, no_lock=no_lock, confined=confined,

@@ -1,6 +1,7 @@
 /*
- * The raw format: the guest disk is the file itself. Sparse-aware: holes
- * report as zero extents, discard punches holes, write-zeroes uses fallocate.
+ * The raw format: the guest disk is the file itself, a regular file or a
+ * block device. Sparse-aware: holes report as zero extents, discard punches
+ * holes (a device discards), write-zeroes uses fallocate (a device zeroes).
  *
  * A raw image found by probing guards its first sector: a guest write that
  * would make the file probe as another format (a qcow2 header naming a host
@@ -141,8 +142,9 @@ static int raw_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t 
 
 static int raw_discard(vd_image *img, uint64_t off, uint64_t len)
 {
-    int rc = vd_file_punch_hole(img->file, off, len);
-    /* discard is advisory: a file system without hole punching ignores it */
+    int rc = vd_file_discard(img->file, off, len);
+    /* discard is advisory: a file system that cannot punch holes, or a device that
+       cannot discard, ignores it */
     return rc == VD_EUNSUPPORTED ? 0 : rc;
 }
 
