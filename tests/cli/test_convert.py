@@ -141,10 +141,39 @@ def test_option_help(vdisk):
     assert result.stdout.startswith("Supported raw options:\n")
 
 
-def test_progress_only_on_a_terminal(vdisk, sparse_image, tmp_path):
-    result = vdisk("convert", "-p", sparse_image, tmp_path / "piped.img", check=0)
-    assert result.stdout == ""  # not a terminal: no progress
+def progress_output(tool, *args):
+    """The bytes a convert -p prints into a pipe."""
+    return subprocess.run([tool.path, "convert", "-p", *map(str, args)], capture_output=True,
+                          check=True, timeout=60).stdout
 
+
+@pytest.mark.parametrize("out_format", ["raw", "qcow2"])
+def test_progress_into_a_pipe_like_qemu_img(vdisk, qemu_img, tmp_path, out_format):
+    """qemu-img prints its progress into a pipe too, in steps of the data copied."""
+    src = make_sparse(tmp_path / "src.img", 64 * MiB,
+                      data=[(offset * MiB, MiB) for offset in (0, 9, 20, 40, 63)])
+    ours = progress_output(vdisk, "-O", out_format, src, tmp_path / "ours")
+    theirs = progress_output(qemu_img, "-O", out_format, src, tmp_path / "theirs")
+    assert ours == theirs
+    assert ours == b"".join(b"    (%.2f/100%%)\r" % p for p in (0, 20, 40, 60, 80, 100, 100)) + b"\n"
+
+
+def test_progress_follows_the_data_not_the_offset(vdisk, tmp_path):
+    """Half the data at the start, half at the end of a sparse image: 50% after the first."""
+    src = make_sparse(tmp_path / "src.img", 256 * MiB, data=[(0, MiB), (255 * MiB, MiB)])
+    steps = progress_output(vdisk, src, tmp_path / "out.img").split(b"\r")
+    assert steps == [b"    (0.00/100%)", b"    (50.00/100%)", b"    (100.00/100%)",
+                     b"    (100.00/100%)", b"\n"]
+
+
+def test_progress_of_an_empty_image_like_qemu_img(vdisk, qemu_img, tmp_path):
+    src = make_sparse(tmp_path / "src.img", 16 * MiB)
+    assert progress_output(vdisk, src, tmp_path / "ours") == \
+        progress_output(qemu_img, src, tmp_path / "theirs") == \
+        b"    (0.00/100%)\r    (100.00/100%)\r\n"
+
+
+def test_progress_on_a_terminal(vdisk, sparse_image, tmp_path):
     controller, terminal = pty.openpty()
     process = subprocess.Popen([vdisk.path, "convert", "-p", sparse_image, tmp_path / "tty.img"],
                                stdout=terminal, stderr=subprocess.PIPE)
@@ -184,7 +213,8 @@ def test_refuses_special_file_destination(vdisk, sparse_image, tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     result = vdisk("convert", sparse_image, fifo, check=1)
-    assert result.stderr.startswith(f"vdisk: {fifo}: not a regular file")
+    assert result.stderr == (f"vdisk: {fifo}: error while converting raw: {fifo}: not a regular "
+                             "file or block device\n")
     assert fifo.is_fifo()
 
 
