@@ -75,7 +75,7 @@ extern "C" {
     X(EBUSY,     -16, "resource busy")                                        \
     X(ETOOBIG,   -17, "size exceeds a format or safety limit")                \
     X(EKEY,      -18, "missing or wrong encryption key")                      \
-    X(ECANCELED, -19, "operation cancelled")
+    X(ECANCELED, -19, "operation cancelled") /* added with vd_convert() */
 
 #define VD_ERROR_ENUM_ENTRY_(name, value, text) VD_##name = value,
 typedef enum vd_error { VD_ERROR_TABLE(VD_ERROR_ENUM_ENTRY_) VD_ERROR_END_ = -1000 } vd_error;
@@ -509,8 +509,10 @@ typedef struct vd_convert_opts {
  * existing one) of any format: qemu-img convert. Only what the source
  * allocates is read (block status), all-zero blocks inside its data are
  * found and left as holes or zero clusters, and when the destination reads
- * as zeroes nothing is written for zero runs. Raw to raw copies data with
- * copy_file_range(2), a reflink where the file system has one.
+ * as zeroes nothing is written for zero runs. Raw to raw with sparse_size 0
+ * copies data with copy_file_range(2), a reflink where the file system has
+ * one (with sparse detection the data is read to find its zero blocks, and
+ * written from that buffer).
  *
  * The destination is created as vd_create() creates it (an existing file is
  * overwritten, but never one in use: the source, a file of its chain, an

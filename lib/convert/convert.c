@@ -150,6 +150,15 @@ static int create_destination(const vd_convert_opts *o, const char *format, uint
     return 0;
 }
 
+/* Close img after a failure without losing the message that says why. */
+static void close_after_error(vd_image *img, int rc)
+{
+    char why[1024];
+    snprintf(why, sizeof why, "%s", vd_errmsg());
+    vd_close(img);
+    vd_err(rc, "%s", why);
+}
+
 static int open_destination(const vd_convert_opts *o, const char *format, uint64_t src_size,
                             vd_image **dst)
 {
@@ -165,7 +174,7 @@ static int open_destination(const vd_convert_opts *o, const char *format, uint64
         rc = vd_err(VD_ERANGE, "%s: output file is smaller than input file (%llu < %llu bytes)",
                     o->dst_path, (unsigned long long)size, (unsigned long long)src_size);
     if (rc < 0) {
-        vd_close(*dst);
+        close_after_error(*dst, rc);
         *dst = NULL;
     }
     return rc;
@@ -192,37 +201,42 @@ static int copy_into(const vd_convert_opts *o, vd_image *src, vd_image *dst, uin
     return vd_copy_image(&params);
 }
 
-/* Into the destination, which is closed (written out, synced unless NO_FLUSH) at the end. */
-static int convert_to(const vd_convert_opts *o, vd_image *src, uint64_t size, bool *created)
+/*
+ * Into the destination, which is closed (written out, synced unless
+ * NO_FLUSH) at the end. *created: the call made the file; *written: the copy
+ * began writing into it.
+ */
+static int convert_to(const vd_convert_opts *o, vd_image *src, uint64_t size, bool *created,
+                      bool *written)
 {
     const char *format = o->dst_format ? o->dst_format : "raw";
     int rc = (o->flags & VD_CONVERT_EXISTING) ? 0 : create_destination(o, format, size, created);
     vd_image *dst = NULL;
     if (rc == 0)
         rc = open_destination(o, format, size, &dst);
-    if (rc == 0)
-        rc = copy_into(o, src, dst, size);
-    if (dst) {
-        char why[1024];
-        snprintf(why, sizeof why, "%s", vd_errmsg());
-        int close_rc = vd_close(dst);
-        if (rc == 0 && close_rc < 0) {
-            char context[512];
-            snprintf(context, sizeof context, "error while writing '%s'", o->dst_path);
-            rc = prefix_error(close_rc, context);
-        } else if (rc < 0) {
-            vd_err(rc, "%s", why); /* the close does not hide why the copy failed */
-        }
+    if (rc < 0)
+        return rc;
+    *written = true;
+    rc = copy_into(o, src, dst, size);
+    if (rc < 0) {
+        close_after_error(dst, rc);
+        return rc;
     }
-    return rc;
+    rc = vd_close(dst);
+    if (rc < 0) {
+        char context[512];
+        snprintf(context, sizeof context, "error while writing '%s'", o->dst_path);
+        return prefix_error(rc, context);
+    }
+    return 0;
 }
 
 /* After a failure: remove what the call created; say what is left of an existing target. */
-static int clean_up(const vd_convert_opts *o, int rc, bool created)
+static int clean_up(const vd_convert_opts *o, int rc, bool created, bool written)
 {
     if (created) {
         unlink(o->dst_path);
-    } else if (o->flags & VD_CONVERT_EXISTING) {
+    } else if (written && (o->flags & VD_CONVERT_EXISTING)) {
         char why[768];
         snprintf(why, sizeof why, "%s", vd_errmsg());
         vd_err(rc, "%s; the existing target '%s' is left as written so far", why, o->dst_path);
@@ -249,12 +263,12 @@ int vd_convert(const vd_convert_opts *opts)
     if (!src && (rc = open_source(opts, &src)) < 0)
         return rc;
     uint64_t size;
-    bool created = false;
+    bool created = false, written = false;
     rc = vd_get_size(src, &size);
     if (rc == 0)
-        rc = convert_to(opts, src, size, &created);
+        rc = convert_to(opts, src, size, &created, &written);
     if (rc < 0)
-        rc = clean_up(opts, rc, created);
+        rc = clean_up(opts, rc, created, written);
     if (!opts->src)
         vd_close(src);
     return rc;
