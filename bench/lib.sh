@@ -122,6 +122,26 @@ bench_make_mixed_image() {
     cat "$1" >/dev/null
 }
 
+# bench_make_quarters_image PATH MIB: a raw image of MIB MiB (a multiple of
+# 4) in quarters: random data, text-like data, zeroes written as data, and
+# a hole. Flushed and read once, as bench_make_mixed_image.
+bench_make_quarters_image() {
+    _bench_templates "$BENCH_DIR"
+    _q=$(($2 / 4))
+    rm -f "$1"
+    truncate -s "${2}M" "$1"
+    head -c "$((_q * 1048576))" /dev/urandom |
+        dd of="$1" bs=1M conv=notrunc iflag=fullblock status=none
+    _i=0
+    while [ "$_i" -lt "$_q" ]; do
+        _bench_put "$1" "$((_q + _i))" "$BENCH_DIR/text"
+        _i=$((_i + 1))
+    done
+    dd if=/dev/zero of="$1" bs=1M count="$_q" seek="$((2 * _q))" conv=notrunc status=none
+    sync "$1"
+    cat "$1" >/dev/null
+}
+
 # ------------------------------------------------------------------ convert
 #
 # A convert benchmark:
@@ -180,11 +200,12 @@ bench_convert_init() {
 }
 
 # _bench_convert TOOL SRC SRC_FMT DST_FMT OUT: one conversion with TOOL
-# (vdisk or qemu), timed by bench_run.
+# (vdisk or qemu), timed by bench_run; qemu-img also gets $BENCH_QEMU_EXTRA
+# (such as -W).
 _bench_convert() {
     case $1 in
         vdisk) set -- "$BENCH_VDISK" "$BENCH_VDISK_CACHE" "$2" "$3" "$4" "$5" ;;
-        qemu) set -- "$BENCH_QEMU_IMG" "$BENCH_QEMU_CACHE" "$2" "$3" "$4" "$5" ;;
+        qemu) set -- "$BENCH_QEMU_IMG" "$BENCH_QEMU_CACHE ${BENCH_QEMU_EXTRA:-}" "$2" "$3" "$4" "$5" ;;
     esac
     # shellcheck disable=SC2086 # the cache option is empty or two words
     bench_run "$1" convert $2 -f "$4" -O "$5" "$3" "$6"
@@ -226,7 +247,7 @@ _bench_convert_timed() {
 # (a target, vdisk <= qemu-img, if RSS_TARGET is 1; else information).
 bench_convert_figure() {
     _src=$1 _sfmt=$2 _dfmt=$3 _ref=$4 _rfmt=$5 _rss_target=$6
-    _title="$_sfmt->$_dfmt convert"
+    _title="$_sfmt->$_dfmt convert${BENCH_QEMU_EXTRA:+ (qemu-img $BENCH_QEMU_EXTRA)}"
     _rounds=$(bench_rounds 5)
     rm -f "$BENCH_DIR/vdisk.sec" "$BENCH_DIR/qemu.sec" "$BENCH_DIR/vdisk.rss" "$BENCH_DIR/qemu.rss"
 
@@ -249,7 +270,7 @@ bench_convert_figure() {
     done
 
     _ratio=$(paste "$BENCH_DIR/qemu.sec" "$BENCH_DIR/vdisk.sec" | awk '{ print $1 / $2 }' | bench_median)
-    echo "$_title $(bench_image_mib 1024)M half-sparse:" \
+    echo "$_title $(bench_image_mib 1024)M ${BENCH_IMAGE_KIND:-half-sparse}:" \
          "vdisk $(bench_fmt %.3f "$(bench_median <"$BENCH_DIR/vdisk.sec")") s," \
          "qemu-img $(bench_fmt %.3f "$(bench_median <"$BENCH_DIR/qemu.sec")") s," \
          "ratio $(bench_ratio "$_ratio" 1) (target >= 1.00) $(bench_verdict "$_ratio" 1)"

@@ -40,4 +40,6 @@ sh "$bench_dir/bench_convert_qcow2.sh" "$build/examples/vdisk"
 check $?
 sh "$bench_dir/bench_check_qcow2.sh" "$build/examples/vdisk"
 check $?
+sh "$bench_dir/bench_convert_mixed.sh" "$build/examples/vdisk"
+check $?
 exit "$status"

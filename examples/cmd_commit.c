@@ -88,7 +88,7 @@ const struct cli_command cmd_commit = {
         "                  afterwards, so that it reads through to the backing file\n"
         "  -t cache        cache mode: writeback (default), none, writethrough and\n"
         "                  directsync sync the images at the end, unsafe does not\n"
-        "  -p              show progress (when standard output is a terminal)\n"
+        "  -p              show progress (0% and 100%)\n"
         "  -q              quiet: do not print 'Image committed.'\n"
         CLI_HELP_SAFE
         "  filename        the overlay, opened read-write; its backing file is grown\n"

@@ -1,30 +1,35 @@
-/* vdisk convert [-p] [-q] [-U] [--safe] [-f fmt] [-O fmt] [-B backing [-F backing_fmt]]
- *               [-o options] [-l snapshot_param] [-S size] [-t cache] [-T src_cache] src dst */
+/* vdisk convert [-p] [-q] [-U] [--safe] [-n] [--target-is-zero] [-W] [-m num] [-f fmt] [-O fmt]
+ *               [-B backing [-F backing_fmt]] [-o options] [-l snapshot_param] [-S size]
+ *               [-t cache] [-T src_cache] src dst
+ * The work is vd_convert()'s; this parses qemu-img's options, opens the source (and finds
+ * the snapshot -l names, as qemu-img looks it up) and shows the progress. */
 #include "cli.h"
-#include "copy.h"
+#include "progress.h"
 #include "size.h"
 #include "snapshots.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* qemu-img's bounds for -S: whole sectors, at most its largest buffer */
 #define SECTOR_SIZE 512
-#define MAX_SPARSE_SIZE (16u << 20)
-#define DEFAULT_SPARSE_SIZE 4096
+
+enum { OPT_TARGET_IS_ZERO = 256 };
 
 struct convert_args {
     const char *src_format;
     const char *out_format;
     char *options;          /* joined -o arguments, or NULL */
     bool progress, quiet;
-    size_t sparse_size;
+    uint64_t sparse_size;
     bool flush;             /* sync the destination at the end (-t: all modes but unsafe) */
     uint32_t open_flags;    /* for the source; with --safe VD_OPEN_SAFE, also for the destination */
+    uint32_t convert_flags; /* VD_CONVERT_* of -n, --target-is-zero, -W */
+    unsigned parallel;      /* -m, or 0 */
     const char *backing;    /* -B, or NULL */
     const char *backing_fmt; /* -F, or NULL */
     /* -l: convert a snapshot, found by id and/or name; with snapshot_either by id or else name */
@@ -33,56 +38,36 @@ struct convert_args {
     const char *src, *dst;
 };
 
-/*
- * Create the destination; *created says whether the path is new, and so
- * ours to remove. vd_create() refuses a destination in use: the source, a
- * file of its chain (open here), or an image another process holds.
- */
-static int create_destination(const struct convert_args *a, uint64_t size, bool *created)
+/* vd_convert()'s progress callback: qemu-img's display; never cancels. */
+static int show_progress(void *ctx, uint64_t done, uint64_t total)
 {
-    if (a->backing && !cli_format_has_option(a->out_format, "backing_file"))
-        return cli_error("Backing file not supported for file format '%s'", a->out_format);
-    uint32_t confined = (a->open_flags & VD_OPEN_SAFE) ? VD_CREATE_CONFINED : 0;
-    int rc = vd_create(a->dst, a->out_format, size, a->options, VD_CREATE_EXCL | confined);
-    *created = rc == 0;
-    if (rc == VD_EEXIST) /* like qemu-img, overwrite an existing file */
-        rc = vd_create(a->dst, a->out_format, size, a->options, confined);
-    if (rc < 0)
-        return cli_lib_error(rc, "%s: error while converting %s", a->dst, a->out_format);
-    return EXIT_SUCCESS;
+    progress_update(ctx, done, total);
+    return 0;
 }
 
-static int copy_to_destination(const struct convert_args *a, vd_image *src, uint64_t size)
+static int copy_to_destination(const struct convert_args *a, vd_image *src)
 {
-    vd_image *dst = cli_open_image(a->dst, a->out_format,
-                                   VD_OPEN_RDWR | (a->flush ? 0 : VD_OPEN_NO_FLUSH) |
-                                   (a->open_flags & VD_OPEN_SAFE));
-    if (!dst)
-        return EXIT_FAILURE;
-    /* an overlay (-B or -o backing_file) gets only what differs from its backing image */
-    vd_info info = VD_INFO_INIT;
-    vd_image *base = vd_get_backing(dst);
-    int rc = base ? vd_get_info(dst, &info) : 0;
-    if (rc < 0) {
-        vd_close(dst);
-        return cli_lib_error(rc, "%s", a->dst);
-    }
     struct progress progress;
     progress_start(&progress, a->progress && !a->quiet);
-    struct copy_params params = {
-        .src = src, .dst = dst, .size = size, .sparse_block = a->sparse_size, .base = base,
-        .compare_block = info.cluster_size ? info.cluster_size : DEFAULT_SPARSE_SIZE,
-        .progress = &progress,
-    };
-    struct copy_error err;
-    rc = copy_image(&params, &err);
+    vd_convert_opts opts = VD_CONVERT_OPTS_INIT;
+    opts.flags = a->convert_flags;
+    opts.src = src;
+    opts.dst_path = a->dst;
+    opts.dst_format = a->out_format;
+    opts.dst_options = a->options;
+    opts.dst_open_flags = (a->flush ? 0 : VD_OPEN_NO_FLUSH) | (a->open_flags & VD_OPEN_SAFE);
+    opts.backing_file = a->backing;
+    opts.backing_format = a->backing_fmt;
+    opts.sparse_size = a->sparse_size;
+    opts.parallel = a->parallel;
+    if (progress.enabled) {
+        opts.progress = show_progress;
+        opts.progress_ctx = &progress;
+    }
+    int rc = vd_convert(&opts);
     progress_finish(&progress, rc == 0);
-    int close_rc = vd_close(dst); /* writes the destination out (and syncs it with flush) */
-    if (rc < 0)
-        return cli_error("error while %s at byte %" PRIu64 ": %s", err.action, err.offset,
-                         err.message);
-    if (close_rc < 0)
-        return cli_lib_error(close_rc, "error while writing '%s'", a->dst);
+    if (rc < 0) /* the library's message says what failed and names the file */
+        return cli_error("%s", *vd_errmsg() ? vd_errmsg() : vd_strerror(rc));
     return EXIT_SUCCESS;
 }
 
@@ -126,32 +111,38 @@ static int convert(const struct convert_args *a)
     vd_image *src = open_source(a);
     if (!src)
         return EXIT_FAILURE;
-    uint64_t size;
-    bool created = false;
-    int rc = vd_get_size(src, &size);
-    int status = rc < 0 ? cli_lib_error(rc, "%s", a->src) : cli_check_create_target(a->dst);
-    if (status == EXIT_SUCCESS)
-        status = create_destination(a, size, &created);
-    if (status == EXIT_SUCCESS)
-        status = copy_to_destination(a, src, size);
-    if (status != EXIT_SUCCESS && created) /* a half-written image of ours is worse than none */
-        unlink(a->dst);
+    int status = copy_to_destination(a, src);
     vd_close(src);
     return status;
 }
 
-static bool parse_sparse_size(const char *text, size_t *out)
+static bool parse_sparse_size(const char *text, uint64_t *out)
 {
     uint64_t size;
     if (!size_parse_arg("buffer size for sparse output", text, INT64_MAX, &size))
         return false;
-    if (size % SECTOR_SIZE || size > MAX_SPARSE_SIZE) {
+    if (size % SECTOR_SIZE || size > VD_CONVERT_MAX_SPARSE_SIZE) {
         cli_error("Invalid buffer size for sparse output specified. Valid sizes are multiples "
-                  "of %u up to %u. Select 0 to disable sparse detection (fully allocates "
-                  "output).", SECTOR_SIZE, MAX_SPARSE_SIZE);
+                  "of %u up to %" PRIu64 ". Select 0 to disable sparse detection (fully "
+                  "allocates output).", SECTOR_SIZE, VD_CONVERT_MAX_SPARSE_SIZE);
         return false;
     }
-    *out = (size_t)size;
+    *out = size;
+    return true;
+}
+
+/* -m: chunks in flight, as qemu-img's coroutines. */
+static bool parse_parallel(const char *text, unsigned *out)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(text, &end, 10);
+    if (errno || end == text || *end || n < 1 || n > VD_CONVERT_MAX_PARALLEL) {
+        cli_error("Invalid number of coroutines. Allowed number of coroutines is between 1 "
+                  "and %d", VD_CONVERT_MAX_PARALLEL);
+        return false;
+    }
+    *out = (unsigned)n;
     return true;
 }
 
@@ -210,11 +201,13 @@ static bool parse_snapshot_param(const char *param, struct convert_args *a)
 static int parse_and_convert(int argc, char **argv, struct convert_args *a)
 {
     static const struct option long_options[] = {
-        CLI_OPTION_HELP, CLI_OPTION_FORCE_SHARE, CLI_OPTION_SAFE, { NULL, 0, NULL, 0 },
+        CLI_OPTION_HELP, CLI_OPTION_FORCE_SHARE, CLI_OPTION_SAFE,
+        { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
+        { NULL, 0, NULL, 0 },
     };
     bool src_flush;
     int opt;
-    while ((opt = getopt_long(argc, argv, ":hf:O:o:B:F:l:s:S:pqUt:T:", long_options, NULL)) !=
+    while ((opt = getopt_long(argc, argv, ":hf:O:o:B:F:l:s:S:pqUt:T:nm:W", long_options, NULL)) !=
            -1) {
         switch (opt) {
         case 'f':
@@ -248,6 +241,19 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
         case 'p':
             a->progress = true;
             break;
+        case 'n':
+            a->convert_flags |= VD_CONVERT_EXISTING;
+            break;
+        case OPT_TARGET_IS_ZERO:
+            a->convert_flags |= VD_CONVERT_TARGET_IS_ZERO;
+            break;
+        case 'm':
+            if (!parse_parallel(optarg, &a->parallel))
+                return EXIT_FAILURE;
+            break;
+        case 'W':
+            a->convert_flags |= VD_CONVERT_OUT_OF_ORDER;
+            break;
         case 'q':
             a->quiet = true;
             break;
@@ -269,8 +275,6 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
             return cli_option_fallback(&cmd_convert, opt, argv);
         }
     }
-    if (!cli_append_backing(&a->options, a->backing, a->backing_fmt))
-        return cli_error("out of memory");
     if (cli_options_want_help(a->options))
         return cli_print_format_options(a->out_format);
     if (argc - optind < 2)
@@ -284,7 +288,8 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
 
 static int run_convert(int argc, char **argv)
 {
-    struct convert_args args = { .out_format = "raw", .sparse_size = DEFAULT_SPARSE_SIZE };
+    vd_convert_opts defaults = VD_CONVERT_OPTS_INIT;
+    struct convert_args args = { .out_format = "raw", .sparse_size = defaults.sparse_size };
     int status = parse_and_convert(argc, argv, &args);
     free(args.options);
     free(args.snapshot_id);
@@ -294,7 +299,8 @@ static int run_convert(int argc, char **argv)
 
 const struct cli_command cmd_convert = {
     .name = "convert",
-    .synopsis = "[-p] [-q] [-U] [--safe] [-f fmt] [-O output_fmt] "
+    .synopsis = "[-p] [-q] [-U] [--safe] [-n] [--target-is-zero] [-W] [-m num_coroutines] "
+                "[-f fmt] [-O output_fmt] "
                 "[-B backing_file [-F backing_fmt]] "
                 "[-o options] [-l snapshot_param] [-S sparse_size] [-t cache] [-T src_cache] "
                 "filename output_filename",
@@ -320,7 +326,18 @@ const struct cli_command cmd_convert = {
         "                  syncs it; none, writeback, writethrough and directsync sync\n"
         "                  it to stable storage at the end\n"
         "  -T src_cache    cache mode of the source (accepted; reads are the same)\n"
-        "  -p              show progress (when standard output is a terminal)\n"
+        "  -n              write into an existing destination instead of creating it;\n"
+        "                  it must be at least as large as the source, and -o cannot\n"
+        "                  be given; on failure it is left as written so far\n"
+        "  --target-is-zero\n"
+        "                  with -n: the destination reads as zeroes, so zero runs of\n"
+        "                  the source are not written\n"
+        "  -m num_coroutines\n"
+        "                  chunks of the copy in flight, 1 to 16 (default 4)\n"
+        "  -W              write chunks as soon as they are read, out of order; can be\n"
+        "                  faster, but a qcow2 destination's cluster order then\n"
+        "                  depends on timing\n"
+        "  -p              show progress: the share of the source's data copied\n"
         "  -q              quiet: no progress\n"
         "  -U, --force-share\n"
         "                  open the source without taking locks\n"
@@ -329,6 +346,7 @@ const struct cli_command cmd_convert = {
         "  filename        the source image; an overlay is read through its backing\n"
         "                  chain, so without -B the destination holds everything\n"
         "                  (flattened)\n"
-        "  output_filename the destination; created, or overwritten if it exists\n",
+        "  output_filename the destination; created, or overwritten if it exists (a\n"
+        "                  destination this command created is removed if it fails)\n",
     .run = run_convert,
 };

@@ -118,7 +118,7 @@ const struct cli_command cmd_rebase = {
         "  -t cache        cache mode of the image: writeback (default), none,\n"
         "                  writethrough and directsync sync it at the end, unsafe does not\n"
         "  -T src_cache    cache mode of the backing files (accepted; reads are the same)\n"
-        "  -p              show progress (when standard output is a terminal)\n"
+        "  -p              show progress (0% and 100%)\n"
         "  -q              quiet: no progress\n"
         CLI_HELP_SAFE
         "                  (the new backing file too; then -F is needed)\n"

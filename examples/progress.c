@@ -1,10 +1,9 @@
-/* The progress bar, printed as qemu's util/qemu-progress.c does. */
+/* The progress display, printed as qemu's util/qemu-progress.c does. */
 #include "progress.h"
 
 #include <stdio.h>
-#include <unistd.h>
 
-/* Print when the value moved at least this many percent (qemu-img convert's step). */
+/* Print when the value moved more than this many percent (qemu-img convert's step). */
 #define MIN_STEP 1.0
 
 static void print_percent(struct progress *p, double percent)
@@ -16,17 +15,17 @@ static void print_percent(struct progress *p, double percent)
 
 void progress_start(struct progress *p, bool requested)
 {
-    p->enabled = requested && isatty(STDOUT_FILENO);
+    p->enabled = requested;
     if (p->enabled)
         print_percent(p, 0.0);
 }
 
 void progress_update(struct progress *p, uint64_t done, uint64_t total)
 {
-    if (!p->enabled)
+    if (!p->enabled || !total) /* no work at all: only the final 100% */
         return;
-    double percent = total ? 100.0 * (double)done / (double)total : 100.0;
-    if (percent >= p->last_printed + MIN_STEP)
+    double percent = 100.0 * (double)done / (double)total;
+    if (percent > p->last_printed + MIN_STEP || (percent == 100.0 && done))
         print_percent(p, percent);
 }
 

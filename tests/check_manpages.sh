@@ -20,6 +20,7 @@ section_text() {
 names=$(sed -e 's|/\*.*\*/||g' "$map" | awk '
     /global:/ { on = 1; next }
     /local:/  { on = 0 }
+    /^[ \t]*}/ { on = 0 }
     on { gsub(/[ \t;]/, ""); if ($0 != "") print }')
 [ -n "$names" ] || fail "no global: names in $map"
 for name in $names; do

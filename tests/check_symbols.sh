@@ -1,6 +1,7 @@
 #!/bin/sh
 # ABI check of the shared library: its exported symbols are exactly the
-# global: names of the version script, all vd_*, all versioned LIBVDISK_1.0,
+# global: names of the version script, all vd_*, each versioned by the node
+# of the script that lists it (LIBVDISK_1.0, LIBVDISK_1.1, ...),
 # every function the public header declares is among them, and the SONAME
 # is libvdisk.so.1.
 #
@@ -21,7 +22,7 @@ sed 's/@.*//' "$tmp/versioned" | sort -u > "$tmp/exported"
 # The global: names of the version script.
 sed -e 's|/\*.*\*/||g' "$map" | awk '
     /global:/ { on = 1; next }
-    /local:/  { on = 0 }
+    /local:|}/ { on = 0 }
     on { gsub(/[ \t;]/, ""); if ($0 != "") print }' | sort -u > "$tmp/map"
 [ -s "$tmp/map" ] || fail "no global: names in $map"
 
@@ -39,8 +40,17 @@ if ! cmp -s "$tmp/header" "$tmp/map"; then
 fi
 bad=$(grep -v '^vd_' "$tmp/exported" || true)
 [ -z "$bad" ] || fail "exported symbols without the vd_ prefix: $bad"
-unversioned=$(grep -v '@@\?LIBVDISK_1\.0$' "$tmp/versioned" || true)
-[ -z "$unversioned" ] || fail "symbols not versioned LIBVDISK_1.0: $unversioned"
+# NAME@@NODE for each global: name, NODE being the version node that lists it.
+sed -e 's|/\*.*\*/||g' "$map" | awk '
+    /^[A-Z_0-9.]+ *\{/ { node = $1 }
+    /global:/ { on = 1; next }
+    /local:|}/ { on = 0 }
+    on { gsub(/[ \t;]/, ""); if ($0 != "") print $0 "@@" node }' | sort -u > "$tmp/map-versioned"
+sort -u "$tmp/versioned" > "$tmp/versioned-sorted"
+if ! cmp -s "$tmp/versioned-sorted" "$tmp/map-versioned"; then
+    fail "symbol versions differ from the nodes of $map (< exported only, > map only):"
+    diff "$tmp/versioned-sorted" "$tmp/map-versioned" | grep '^[<>]' >&2 || true
+fi
 
 soname=$(readelf -d "$lib" | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
 [ "$soname" = libvdisk.so.1 ] || fail "SONAME is '$soname', expected libvdisk.so.1"

@@ -36,12 +36,13 @@ START_TEST(table_values_are_distinct_and_non_positive)
     ck_assert_int_eq(VD_OK, 0);
     ck_assert_int_eq(VD_EINVAL, -1);
     ck_assert_int_eq(VD_EKEY, -18);
+    ck_assert_int_eq(VD_ECANCELED, -19);
 }
 END_TEST
 
 START_TEST(unknown_codes_are_named_vd_e_question_mark)
 {
-    static const int unknown[] = { 1, 2, 42, -19, -100, -1000, INT_MIN, INT_MAX };
+    static const int unknown[] = { 1, 2, 42, -20, -100, -1000, INT_MIN, INT_MAX };
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         ck_assert_str_eq(vd_errname(unknown[i]), "VD_E?");
         const char *text = vd_strerror(unknown[i]);

@@ -74,7 +74,8 @@ extern "C" {
     X(EBACKING,  -15, "backing chain error")                                  \
     X(EBUSY,     -16, "resource busy")                                        \
     X(ETOOBIG,   -17, "size exceeds a format or safety limit")                \
-    X(EKEY,      -18, "missing or wrong encryption key")
+    X(EKEY,      -18, "missing or wrong encryption key")                      \
+    X(ECANCELED, -19, "operation cancelled") /* added with vd_convert() */
 
 #define VD_ERROR_ENUM_ENTRY_(name, value, text) VD_##name = value,
 typedef enum vd_error { VD_ERROR_TABLE(VD_ERROR_ENUM_ENTRY_) VD_ERROR_END_ = -1000 } vd_error;
@@ -465,6 +466,120 @@ VD_API int vd_snapshot_apply(vd_image *img, const char *id_or_name, uint32_t fla
  * read-write handle.
  */
 VD_API int vd_snapshot_delete(vd_image *img, const char *id_or_name, uint32_t flags);
+
+/* ----------------------------------------------------------------- convert */
+
+/* vd_convert_opts.flags */
+/*
+ * Write into the existing image at dst_path (qemu-img convert -n): nothing
+ * is created, dst_options must be NULL, the target must be at least as large
+ * as the source, and its own backing chain (if any) is what it reads where
+ * nothing is written. Zero runs of the source are written as zeroes, since
+ * the target may hold data there, unless VD_CONVERT_TARGET_IS_ZERO.
+ */
+#define VD_CONVERT_EXISTING       (1u << 0)
+/* With VD_CONVERT_EXISTING: the target reads as zeroes, so zero runs are left alone. */
+#define VD_CONVERT_TARGET_IS_ZERO (1u << 1)
+/*
+ * Write chunks in the order they are read rather than in image order
+ * (qemu-img -W): faster where reads and writes can overlap, but a sparse
+ * destination's layout (the order of a qcow2's clusters) then depends on
+ * timing.
+ */
+#define VD_CONVERT_OUT_OF_ORDER   (1u << 2)
+/* Reserved for compressed output (qemu-img -c); refused with VD_EUNSUPPORTED for now. */
+#define VD_CONVERT_COMPRESS       (1u << 3)
+/* Reserved for copying persistent bitmaps (qemu-img --bitmaps); refused with VD_EUNSUPPORTED. */
+#define VD_CONVERT_BITMAPS        (1u << 4)
+
+/* The most chunks vd_convert_opts.parallel may keep in flight (qemu-img -m's limit). */
+#define VD_CONVERT_MAX_PARALLEL   16
+/* The largest vd_convert_opts.sparse_size (qemu-img -S's limit). */
+#define VD_CONVERT_MAX_SPARSE_SIZE (UINT64_C(16) << 20)
+
+/*
+ * Progress of vd_convert(): done of total bytes of work, where the work is
+ * the source's allocated data (and the zeroes that must be written), not its
+ * virtual size, so that holes cost nothing. Called with done == 0 before the
+ * copy starts and after each piece written, the last time with done ==
+ * total; called by one thread at a time, but not always the caller's.
+ * Return 0 to go on; anything else cancels the conversion, which then fails
+ * with VD_ECANCELED.
+ */
+typedef int (*vd_convert_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+
+/*
+ * Options of vd_convert(). Start from VD_CONVERT_OPTS_INIT, which sets
+ * .struct_size = sizeof(vd_convert_opts) and the defaults noted below.
+ */
+typedef struct vd_convert_opts {
+    uint32_t struct_size;
+    uint32_t flags;              /* VD_CONVERT_* */
+    /* The source: an open handle (not closed, read through its chain), or else a path. */
+    vd_image *src;
+    const char *src_path;
+    const char *src_format;      /* with src_path: format name, or NULL to probe */
+    uint32_t src_open_flags;     /* with src_path: VD_OPEN_NO_LOCK, VD_OPEN_CONFINED, VD_OPEN_SAFE */
+    /*
+     * VD_OPEN_* flags of the destination besides VD_OPEN_RDWR: VD_OPEN_NO_FLUSH
+     * (the default: never sync, qemu-img's cache=unsafe; clear it to sync the
+     * result to stable storage at the end, as every other cache mode does),
+     * VD_OPEN_CONFINED and VD_OPEN_SAFE (which also create it with
+     * VD_CREATE_CONFINED, so its backing file must lie in its directory).
+     */
+    uint32_t dst_open_flags;
+    const char *snapshot;        /* with src_path: convert this internal snapshot (id or name), or NULL */
+    const char *dst_path;
+    const char *dst_format;      /* NULL: "raw" */
+    const char *dst_options;     /* vd_create() options of the destination, or NULL */
+    /*
+     * Make the destination an overlay of this image (qemu-img -B; relative
+     * names are relative to the destination's directory) with this format
+     * (NULL: probed, as vd_create() does). Only what reads differently from
+     * it is written, so a source chain is rebased onto it; without a backing
+     * file the chain is flattened. The same as backing_file= and backing_fmt=
+     * in dst_options.
+     */
+    const char *backing_file;
+    const char *backing_format;
+    /*
+     * Leave all-zero blocks of this many bytes unwritten, so that they stay
+     * holes (or become zero clusters over a backing file's data); a multiple
+     * of 512 up to VD_CONVERT_MAX_SPARSE_SIZE, default 4096; 0 writes every
+     * byte of the source's data and zero runs and fully allocates the output.
+     */
+    uint64_t sparse_size;
+    /* Chunks in flight, 1 to VD_CONVERT_MAX_PARALLEL; 0 (the default) picks a number. */
+    uint32_t parallel;
+    uint32_t reserved_;          /* must be 0 */
+    vd_convert_progress_fn progress; /* or NULL */
+    void *progress_ctx;
+} vd_convert_opts;
+
+#define VD_CONVERT_OPTS_INIT { (uint32_t)sizeof(vd_convert_opts), 0, NULL, NULL, NULL, 0,        \
+                               VD_OPEN_NO_FLUSH, NULL, NULL, NULL, NULL, NULL, NULL, 4096, 0, 0, \
+                               NULL, NULL }
+
+/*
+ * Copy a disk image into a new image (or, with VD_CONVERT_EXISTING, an
+ * existing one) of any format: qemu-img convert. Only what the source
+ * allocates is read (block status), all-zero blocks inside its data are
+ * found and left as holes or zero clusters, and when the destination reads
+ * as zeroes nothing is written for zero runs. Raw to raw with sparse_size 0
+ * copies data with copy_file_range(2), a reflink where the file system has
+ * one (with sparse detection the data is read to find its zero blocks, and
+ * written from that buffer).
+ *
+ * The destination is created as vd_create() creates it (an existing file is
+ * overwritten, but never one in use: the source, a file of its chain, an
+ * image another process holds). When the conversion fails or is cancelled,
+ * a destination the call created is removed; an existing target
+ * (VD_CONVERT_EXISTING) is left as written so far, and vd_errmsg() says so.
+ * Messages name the file concerned; a failed copy reports "error while
+ * reading at byte N: ..." or "error while writing at byte N: ...", as
+ * qemu-img does. Exported with the symbol version LIBVDISK_1.1.
+ */
+VD_API int vd_convert(const vd_convert_opts *opts);
 
 /* ---------------------------------------------------------------- formats */
 

@@ -244,6 +244,15 @@ const struct vd_backend *vd_backend_probe_head(const uint8_t *head, size_t len, 
 const char *vd_recognize_unsupported(const uint8_t *head, size_t len, uint64_t file_size);
 
 extern const struct vd_backend vd_backend_raw;
+
+/*
+ * Raw to raw without a buffer: whether dst and src are both raw images, and
+ * copying [off, off + len) of src's file into dst's (what lies past the end
+ * of src's file becomes zeroes). VD_EUNSUPPORTED when the file system
+ * cannot copy between the two files; then nothing needs undoing.
+ */
+bool vd_raw_can_copy_range(vd_image *dst, vd_image *src);
+int vd_raw_copy_range(vd_image *dst, vd_image *src, uint64_t off, uint64_t len);
 extern const struct vd_backend vd_backend_qcow2;
 
 /* ------------------------------------------------------------------- misc */

@@ -128,6 +128,15 @@ int vd_file_allocated_bytes(vd_file *f, uint64_t *bytes)
     return f->ops->allocated_bytes(f, bytes);
 }
 
+int vd_file_copy_range(vd_file *f, uint64_t to_off, vd_file *from, uint64_t from_off,
+                       uint64_t len)
+{
+    if (!f->ops->copy_range || from->ops != f->ops)
+        return vd_err(VD_EUNSUPPORTED, "%s: cannot copy from %s in the file system",
+                      f->path, from->path);
+    return f->ops->copy_range(f, to_off, from, from_off, len);
+}
+
 int vd_file_stat_id(vd_file *f, struct stat *st)
 {
     if (!f->ops->stat_id)

@@ -65,6 +65,15 @@ struct vd_file_ops {
      */
     int (*lock_byte)(vd_file *f, uint64_t byte, bool take);
     int (*byte_locked_elsewhere)(vd_file *f, uint64_t byte, bool *locked);
+    /*
+     * Copy len bytes at from_off of from, a file of the same layer, to
+     * to_off of f, all or error, letting the file system share the blocks
+     * (a reflink) where it can; VD_EUNSUPPORTED when it cannot copy between
+     * the two files at all. Bytes past the end of from are not there to
+     * copy: VD_ERANGE. Optional.
+     */
+    int (*copy_range)(vd_file *f, uint64_t to_off, vd_file *from, uint64_t from_off,
+                      uint64_t len);
     /* Device and inode (st_dev, st_ino), to recognise the same file twice. */
     int (*stat_id)(vd_file *f, struct stat *st);
     void (*close)(vd_file *f);
@@ -144,6 +153,9 @@ int vd_file_discard(vd_file *f, uint64_t off, uint64_t len);
 int vd_file_allocate(vd_file *f, uint64_t off, uint64_t len);
 int vd_file_extent(vd_file *f, uint64_t off, bool *is_data, uint64_t *end);
 int vd_file_allocated_bytes(vd_file *f, uint64_t *bytes);
+/* The copy_range operation: VD_EUNSUPPORTED between layers or in one without it. */
+int vd_file_copy_range(vd_file *f, uint64_t to_off, vd_file *from, uint64_t from_off,
+                       uint64_t len);
 /*
  * Take QEMU's locks for a reader (writer false) or a writer (lib/io/lock.c),
  * failing with VD_ELOCKED if another open file holds conflicting ones.

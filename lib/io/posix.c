@@ -159,6 +159,30 @@ static int posix_allocated_bytes(vd_file *f, uint64_t *bytes)
     return 0;
 }
 
+/* copy_file_range(2): a reflink where the file system has them, else a copy in the kernel. */
+static int posix_copy_range(vd_file *f, uint64_t to_off, vd_file *from, uint64_t from_off,
+                            uint64_t len)
+{
+    loff_t in = (loff_t)from_off, out = (loff_t)to_off;
+    while (len) {
+        ssize_t n = copy_file_range(fd_of(from), &in, fd_of(f), &out, len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        /* EXDEV across file systems (before 5.3), ENOSYS, EOPNOTSUPP, EINVAL: no such copy */
+        if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP ||
+                      errno == EINVAL))
+            return vd_err(VD_EUNSUPPORTED, "%s: copy_file_range from %s: %s", f->path,
+                          from->path, strerror(errno));
+        if (n < 0)
+            return vd_file_errno(f, errno, "copy_file_range", (uint64_t)out);
+        if (n == 0)
+            return vd_err(VD_ERANGE, "%s: copy_file_range: %s ends at offset %llu", f->path,
+                          from->path, (unsigned long long)in);
+        len -= (uint64_t)n;
+    }
+    return 0;
+}
+
 static int posix_stat_id(vd_file *f, struct stat *st)
 {
     if (fstat(fd_of(f), st) < 0)
@@ -263,6 +287,7 @@ static const struct vd_file_ops posix_ops = {
     .allocate = posix_allocate,
     .extent = posix_extent,
     .allocated_bytes = posix_allocated_bytes,
+    .copy_range = posix_copy_range,
     .stat_id = posix_stat_id,
     .lock_byte = posix_lock_byte,
     .byte_locked_elsewhere = posix_byte_locked_elsewhere,

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import MiB, allocated, make_sparse
+from conftest import MiB, allocated, make_sparse, same_result
 
 SIZE = 16 * MiB
 
@@ -141,10 +141,39 @@ def test_option_help(vdisk):
     assert result.stdout.startswith("Supported raw options:\n")
 
 
-def test_progress_only_on_a_terminal(vdisk, sparse_image, tmp_path):
-    result = vdisk("convert", "-p", sparse_image, tmp_path / "piped.img", check=0)
-    assert result.stdout == ""  # not a terminal: no progress
+def progress_output(tool, *args):
+    """The bytes a convert -p prints into a pipe."""
+    return subprocess.run([tool.path, "convert", "-p", *map(str, args)], capture_output=True,
+                          check=True, timeout=60).stdout
 
+
+@pytest.mark.parametrize("out_format", ["raw", "qcow2"])
+def test_progress_into_a_pipe_like_qemu_img(vdisk, qemu_img, tmp_path, out_format):
+    """qemu-img prints its progress into a pipe too, in steps of the data copied."""
+    src = make_sparse(tmp_path / "src.img", 64 * MiB,
+                      data=[(offset * MiB, MiB) for offset in (0, 9, 20, 40, 63)])
+    ours = progress_output(vdisk, "-O", out_format, src, tmp_path / "ours")
+    theirs = progress_output(qemu_img, "-O", out_format, src, tmp_path / "theirs")
+    assert ours == theirs
+    assert ours == b"".join(b"    (%.2f/100%%)\r" % p for p in (0, 20, 40, 60, 80, 100, 100)) + b"\n"
+
+
+def test_progress_follows_the_data_not_the_offset(vdisk, tmp_path):
+    """Half the data at the start, half at the end of a sparse image: 50% after the first."""
+    src = make_sparse(tmp_path / "src.img", 256 * MiB, data=[(0, MiB), (255 * MiB, MiB)])
+    steps = progress_output(vdisk, src, tmp_path / "out.img").split(b"\r")
+    assert steps == [b"    (0.00/100%)", b"    (50.00/100%)", b"    (100.00/100%)",
+                     b"    (100.00/100%)", b"\n"]
+
+
+def test_progress_of_an_empty_image_like_qemu_img(vdisk, qemu_img, tmp_path):
+    src = make_sparse(tmp_path / "src.img", 16 * MiB)
+    assert progress_output(vdisk, src, tmp_path / "ours") == \
+        progress_output(qemu_img, src, tmp_path / "theirs") == \
+        b"    (0.00/100%)\r    (100.00/100%)\r\n"
+
+
+def test_progress_on_a_terminal(vdisk, sparse_image, tmp_path):
     controller, terminal = pty.openpty()
     process = subprocess.Popen([vdisk.path, "convert", "-p", sparse_image, tmp_path / "tty.img"],
                                stdout=terminal, stderr=subprocess.PIPE)
@@ -184,7 +213,8 @@ def test_refuses_special_file_destination(vdisk, sparse_image, tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     result = vdisk("convert", sparse_image, fifo, check=1)
-    assert result.stderr.startswith(f"vdisk: {fifo}: not a regular file")
+    assert result.stderr == (f"vdisk: {fifo}: error while converting raw: {fifo}: not a regular "
+                             "file or block device\n")
     assert fifo.is_fifo()
 
 
@@ -285,3 +315,89 @@ def test_qcow2_option_help(vdisk):
     assert result.stdout.startswith("Supported qcow2 options:\n")
     for name in ("compat", "cluster_size", "preallocation", "backing_file", "backing_fmt"):
         assert f"\n  {name} " in result.stdout
+
+
+def dirty_target(path, size):
+    path.write_bytes(b"\xee" * size)
+    return path
+
+
+def test_existing_target_like_qemu_img(vdisk, qemu_img, sparse_image, tmp_path):
+    """-n writes the data and zeroes over the rest; past the source's end stays as it was."""
+    ours = dirty_target(tmp_path / "ours.img", SIZE + MiB)
+    theirs = dirty_target(tmp_path / "theirs.img", SIZE + MiB)
+    assert vdisk("convert", "-n", "-O", "raw", sparse_image, ours, check=0).stderr == ""
+    qemu_img("convert", "-n", "-O", "raw", sparse_image, theirs, check=0)
+    assert ours.read_bytes() == theirs.read_bytes()
+    assert ours.read_bytes()[:SIZE] == sparse_image.read_bytes()
+
+
+def test_existing_qcow2_target(vdisk, qemu_img, small_image, tmp_path):
+    out = tmp_path / "out.qcow2"
+    qemu_img("create", "-f", "qcow2", out, "4M", check=0)
+    qemu_img("convert", "-O", "qcow2", "-n", tmp_path / "small.img", out, check=0)
+    vdisk("convert", "-n", "-O", "qcow2", small_image, out, check=0)
+    qemu_img("compare", "-f", "raw", "-F", "qcow2", small_image, out, check=0)
+    qemu_img("check", out, check=0)
+
+
+def test_target_is_zero_like_qemu_img(vdisk, qemu_img, sparse_image, tmp_path):
+    """The target is said to read as zeroes: the source's zero runs are not written."""
+    ours = dirty_target(tmp_path / "ours.img", SIZE)
+    theirs = dirty_target(tmp_path / "theirs.img", SIZE)
+    vdisk("convert", "-n", "--target-is-zero", sparse_image, ours, check=0)
+    qemu_img("convert", "-n", "--target-is-zero", sparse_image, theirs, check=0)
+    assert ours.read_bytes() == theirs.read_bytes()
+    assert ours.read_bytes()[6 * MiB:6 * MiB + 4] == b"\xee" * 4  # a hole of the source
+
+
+@pytest.mark.parametrize("args", [
+    ["-n"],                                 # the target is smaller than the source
+    ["-n", "-o", "preallocation=off"],      # -o has no effect with -n
+    ["--target-is-zero"],                   # without -n
+    ["-n", "--target-is-zero", "-O", "raw", "-f", "raw"],
+])
+def test_existing_target_errors_like_qemu_img(vdisk, qemu_img, sparse_image, tmp_path, args):
+    ours = dirty_target(tmp_path / "ours.img", MiB)
+    theirs = dirty_target(tmp_path / "theirs.img", MiB)
+    result = vdisk("convert", *args, sparse_image, ours, check=1)
+    assert qemu_img("convert", *args, sparse_image, theirs).returncode == 1
+    assert result.stderr.startswith("vdisk: ")
+    assert ours.read_bytes() == b"\xee" * MiB
+
+
+def test_existing_target_must_exist(vdisk, qemu_img, sparse_image, tmp_path):
+    result = vdisk("convert", "-n", sparse_image, tmp_path / "missing.img", check=1)
+    assert result.stderr.startswith(f"vdisk: Could not open '{tmp_path / 'missing.img'}': ")
+    assert qemu_img("convert", "-n", sparse_image, tmp_path / "missing.img").returncode == 1
+    assert not (tmp_path / "missing.img").exists()
+
+
+@pytest.mark.parametrize("args", [["-m", "1"], ["-m", "16"], ["-W"], ["-m", "8", "-W"],
+                                  ["-W", "-S", "0"]])
+@pytest.mark.parametrize("out_format", ["raw", "qcow2"])
+def test_parallel_and_out_of_order(vdisk, qemu_img, sparse_image, tmp_path, args, out_format):
+    out = tmp_path / "out"
+    vdisk("convert", *args, "-O", out_format, sparse_image, out, check=0)
+    qemu_img("compare", "-f", "raw", "-F", out_format, sparse_image, out, check=0)
+    if out_format == "qcow2":
+        qemu_img("check", out, check=0)
+
+
+@pytest.mark.parametrize("value", ["0", "17", "x", "1x"])
+def test_bad_parallel_like_qemu_img(vdisk, qemu_img, sparse_image, tmp_path, value):
+    assert same_result(vdisk("convert", "-m", value, sparse_image, tmp_path / "out.img"),
+                       qemu_img("convert", "-m", value, sparse_image, tmp_path / "out.img"))
+    assert not (tmp_path / "out.img").exists()
+
+
+def test_read_error_midway_removes_the_destination(vdisk, qemu_img, small_image, tmp_path):
+    """A qcow2 source whose last data cluster was cut off its file (qemu-img reads
+    zeroes there; libvdisk reports the short read)."""
+    src = tmp_path / "cut.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", small_image, src, check=0)
+    os.truncate(src, os.path.getsize(src) - 65536)
+    result = vdisk("convert", "-O", "qcow2", src, tmp_path / "out.qcow2", check=1)
+    assert result.stderr.startswith("vdisk: error while reading at byte ")
+    assert str(src) in result.stderr
+    assert not (tmp_path / "out.qcow2").exists()

@@ -13,10 +13,11 @@ from __future__ import annotations
 from . import _lib
 from .errors import *  # noqa: F401,F403 (the generated exception classes)
 from .errors import __all__ as _error_names
+from .convert import convert
 from .formats import FormatOption, create, format_options, formats, options_string, probe
 from .image import CheckResult, Extent, Image, Snapshot, open  # noqa: A004
 
-__all__ = ["open", "create", "probe", "formats", "format_options", "options_string",
+__all__ = ["open", "create", "convert", "probe", "formats", "format_options", "options_string",
            "version", "Image", "Extent", "CheckResult", "Snapshot", "FormatOption"] + _error_names
 
 

@@ -58,6 +58,11 @@ CHECK_REPAIR_ALL = 1 << 1
 REBASE_UNSAFE = 1 << 0
 # vd_commit() flags
 COMMIT_EMPTY = 1 << 0
+# vd_convert_opts.flags
+CONVERT_EXISTING = 1 << 0
+CONVERT_TARGET_IS_ZERO = 1 << 1
+CONVERT_OUT_OF_ORDER = 1 << 2
+CONVERT_MAX_PARALLEL = 16
 
 
 class VdImage(Structure):
@@ -149,6 +154,33 @@ class VdSnapshotInfo(Structure):
 ImagePtr = POINTER(VdImage)
 # vd_check_report_fn: void (*)(void *ctx, const char *message)
 CheckReportFn = CFUNCTYPE(None, c_void_p, c_char_p)
+# vd_convert_progress_fn: int (*)(void *ctx, uint64_t done, uint64_t total)
+ConvertProgressFn = CFUNCTYPE(c_int, c_void_p, c_uint64, c_uint64)
+
+
+class VdConvertOpts(Structure):
+    """``struct vd_convert_opts``."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("flags", c_uint32),
+        ("src", ImagePtr),
+        ("src_path", c_char_p),
+        ("src_format", c_char_p),
+        ("src_open_flags", c_uint32),
+        ("dst_open_flags", c_uint32),
+        ("snapshot", c_char_p),
+        ("dst_path", c_char_p),
+        ("dst_format", c_char_p),
+        ("dst_options", c_char_p),
+        ("backing_file", c_char_p),
+        ("backing_format", c_char_p),
+        ("sparse_size", c_uint64),
+        ("parallel", c_uint32),
+        ("reserved_", c_uint32),
+        ("progress", ConvertProgressFn),
+        ("progress_ctx", c_void_p),
+    ]
 
 # name: (restype, argtypes)
 _PROTOTYPES = {
@@ -187,6 +219,7 @@ _PROTOTYPES = {
     "vd_format_option": (c_int, [c_char_p, c_size_t, POINTER(c_char_p), POINTER(c_char_p),
                                  POINTER(c_char_p)]),
     "vd_probe": (c_int, [c_char_p, POINTER(c_char_p)]),
+    "vd_convert": (c_int, [POINTER(VdConvertOpts)]),
 }
 
 

@@ -41,6 +41,7 @@ ERROR_TABLE = (
     ("EBUSY", -16, "resource busy", "Busy", (), None),
     ("ETOOBIG", -17, "size exceeds a format or safety limit", "TooBig", (), None),
     ("EKEY", -18, "missing or wrong encryption key", "EncryptionKeyError", (), None),
+    ("ECANCELED", -19, "operation cancelled", "Cancelled", (), None),
 )
 
 _BY_CODE = {}

@@ -19,6 +19,7 @@ STRUCTS = {
     "vd_check_result": _lib.VdCheckResult,
     "vd_open_opts": _lib.VdOpenOpts,
     "vd_snapshot_info": _lib.VdSnapshotInfo,
+    "vd_convert_opts": _lib.VdConvertOpts,
 }
 # _lib constant -> header macro
 FLAGS = {
@@ -32,7 +33,9 @@ FLAGS = {
     "EXTENT_DATA": "VD_EXTENT_DATA", "EXTENT_ZERO": "VD_EXTENT_ZERO",
     "EXTENT_ALLOCATED": "VD_EXTENT_ALLOCATED", "CHECK_REPAIR_LEAKS": "VD_CHECK_REPAIR_LEAKS",
     "CHECK_REPAIR_ALL": "VD_CHECK_REPAIR_ALL", "REBASE_UNSAFE": "VD_REBASE_UNSAFE",
-    "COMMIT_EMPTY": "VD_COMMIT_EMPTY",
+    "COMMIT_EMPTY": "VD_COMMIT_EMPTY", "CONVERT_EXISTING": "VD_CONVERT_EXISTING",
+    "CONVERT_TARGET_IS_ZERO": "VD_CONVERT_TARGET_IS_ZERO",
+    "CONVERT_OUT_OF_ORDER": "VD_CONVERT_OUT_OF_ORDER",
 }
 
 needs_header = pytest.mark.skipif(not os.path.exists(HEADER), reason="not in a source tree")

@@ -175,6 +175,45 @@ static int raw_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent
     return 0;
 }
 
+bool vd_raw_can_copy_range(vd_image *dst, vd_image *src)
+{
+    return dst->backend == &vd_backend_raw && src->backend == &vd_backend_raw;
+}
+
+/* With dst held for writing and src for reading. */
+static int copy_range_locked(vd_image *dst, vd_image *src, uint64_t off, uint64_t len)
+{
+    uint64_t end = off + len, src_file_size = ((struct raw *)src->priv)->file_size;
+    uint64_t in_file = off >= src_file_size ? 0 : (end < src_file_size ? end : src_file_size) - off;
+    int rc = 0;
+    if (off < VD_PROBE_BYTES && dst->probed)
+        rc = vd_err(VD_EUNSUPPORTED, "%s: the probed image's first sector is written through "
+                    "its guard", dst->filename);
+    if (rc == 0 && in_file)
+        rc = vd_file_copy_range(dst->file, off, src->file, off, in_file);
+    if (rc == 0 && in_file < len) /* the sector tail past the end of src's file */
+        rc = vd_file_write_zeroes(dst->file, off + in_file, len - in_file, false);
+    if (rc == 0) {
+        note_written(dst, end);
+        dst->unsynced = true;
+    }
+    return rc;
+}
+
+int vd_raw_copy_range(vd_image *dst, vd_image *src, uint64_t off, uint64_t len)
+{
+    int rc = vd_enter(dst, "vd_raw_copy_range", 0, 0, VD_ACCESS_WRITE);
+    if (rc < 0)
+        return rc;
+    uint64_t end;
+    if (vd_add_overflows(off, len, &end) || end > dst->size || end > src->size)
+        return vd_leave(dst, vd_err(VD_ERANGE, "vd_raw_copy_range: range past the end"));
+    rc = vd_enter(src, "vd_raw_copy_range", 0, 0, VD_ACCESS_SHARED);
+    if (rc == 0)
+        rc = vd_leave(src, copy_range_locked(dst, src, off, len));
+    return vd_leave(dst, rc);
+}
+
 const struct vd_backend vd_backend_raw = {
     .name = "raw",
     .create_options = raw_create_options,
