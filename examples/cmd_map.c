@@ -171,4 +171,5 @@ const struct cli_command cmd_map = {
         CLI_HELP_SAFE
         "  filename        the image to map\n",
     .run = run_map,
+    .image_opts = true,
 };
