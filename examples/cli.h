@@ -41,6 +41,7 @@ extern const struct cli_command cmd_snapshot;
 extern const struct cli_command cmd_rebase;
 extern const struct cli_command cmd_commit;
 extern const struct cli_command cmd_compare;
+extern const struct cli_command cmd_measure;
 
 enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 

@@ -22,6 +22,7 @@ static const struct cli_command *const commands[] = {
     &cmd_rebase,
     &cmd_commit,
     &cmd_compare,
+    &cmd_measure,
 };
 
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])

@@ -1,6 +1,6 @@
 #!/bin/sh
 # ABI check of the shared library: its exported symbols are exactly the
-# global: names of the version script, all vd_*, all versioned LIBVDISK_1.0,
+# global: names of the version script, all vd_*, all versioned LIBVDISK_1.N,
 # every function the public header declares is among them, and the SONAME
 # is libvdisk.so.1.
 #
@@ -21,7 +21,7 @@ sed 's/@.*//' "$tmp/versioned" | sort -u > "$tmp/exported"
 # The global: names of the version script.
 sed -e 's|/\*.*\*/||g' "$map" | awk '
     /global:/ { on = 1; next }
-    /local:/  { on = 0 }
+    /local:|}/ { on = 0 }
     on { gsub(/[ \t;]/, ""); if ($0 != "") print }' | sort -u > "$tmp/map"
 [ -s "$tmp/map" ] || fail "no global: names in $map"
 
@@ -39,8 +39,8 @@ if ! cmp -s "$tmp/header" "$tmp/map"; then
 fi
 bad=$(grep -v '^vd_' "$tmp/exported" || true)
 [ -z "$bad" ] || fail "exported symbols without the vd_ prefix: $bad"
-unversioned=$(grep -v '@@\?LIBVDISK_1\.0$' "$tmp/versioned" || true)
-[ -z "$unversioned" ] || fail "symbols not versioned LIBVDISK_1.0: $unversioned"
+unversioned=$(grep -v '@@\?LIBVDISK_1\.[0-9][0-9]*$' "$tmp/versioned" || true)
+[ -z "$unversioned" ] || fail "symbols not versioned LIBVDISK_1.N: $unversioned"
 
 soname=$(readelf -d "$lib" | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
 [ "$soname" = libvdisk.so.1 ] || fail "SONAME is '$soname', expected libvdisk.so.1"

@@ -4,7 +4,7 @@ import re
 import pytest
 
 COMMANDS = ["create", "info", "convert", "map", "check", "resize", "snapshot", "rebase", "commit",
-            "compare"]
+            "compare", "measure"]
 
 
 def test_version(vdisk):

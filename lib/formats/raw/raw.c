@@ -173,6 +173,20 @@ static int raw_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent
     return 0;
 }
 
+/*
+ * A raw image is as large as its virtual size whatever it holds (QEMU's
+ * raw_measure(): holes count too); a new size is rounded up to whole sectors.
+ */
+static int raw_measure(const struct vd_kv *opts, uint64_t size, vd_image *source,
+                       vd_measure_result *res)
+{
+    (void)opts;
+    if (!source && size > UINT64_MAX - 511)
+        return vd_err(VD_ETOOBIG, "The image size is too large");
+    res->required = res->fully_allocated = source ? size : (size + 511) & ~UINT64_C(511);
+    return 0;
+}
+
 const struct vd_backend vd_backend_raw = {
     .name = "raw",
     .create_options = raw_create_options,
@@ -185,4 +199,5 @@ const struct vd_backend vd_backend_raw = {
     .discard = raw_discard,
     .resize = raw_resize,
     .block_status = raw_block_status,
+    .measure = raw_measure,
 };
