@@ -23,6 +23,7 @@ static const struct cli_command *const commands[] = {
     &cmd_commit,
     &cmd_compare,
     &cmd_measure,
+    &cmd_dd,
 };
 
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])

@@ -4,7 +4,7 @@ import re
 import pytest
 
 COMMANDS = ["create", "info", "convert", "map", "check", "resize", "snapshot", "rebase", "commit",
-            "compare", "measure"]
+            "compare", "measure", "dd"]
 
 
 def test_version(vdisk):
