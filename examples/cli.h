@@ -43,6 +43,7 @@ extern const struct cli_command cmd_commit;
 extern const struct cli_command cmd_compare;
 extern const struct cli_command cmd_measure;
 extern const struct cli_command cmd_dd;
+extern const struct cli_command cmd_bench;
 
 enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 

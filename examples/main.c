@@ -24,6 +24,7 @@ static const struct cli_command *const commands[] = {
     &cmd_compare,
     &cmd_measure,
     &cmd_dd,
+    &cmd_bench,
 };
 
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])

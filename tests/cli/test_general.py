@@ -4,7 +4,7 @@ import re
 import pytest
 
 COMMANDS = ["create", "info", "convert", "map", "check", "resize", "snapshot", "rebase", "commit",
-            "compare", "measure", "dd"]
+            "compare", "measure", "dd", "bench"]
 
 
 def test_version(vdisk):
