@@ -1,5 +1,6 @@
 /* The error printer, option helpers and image opener shared by all commands. */
 #include "cli.h"
+#include "size.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -107,19 +108,26 @@ static bool parse_repair(const char *arg, uint32_t *flags)
 bool cli_parse_image_args(const struct cli_command *cmd, unsigned extras, int argc, char **argv,
                           struct image_args *args, int *status)
 {
-    enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN }; /* beyond every short option */
+    enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN, OPT_START_OFFSET, OPT_MAX_LENGTH };
     const bool check = extras & IMAGE_ARGS_CHECK;
     struct option long_options[] = {
         CLI_OPTION_HELP,
         CLI_OPTION_FORCE_SHARE,
         CLI_OPTION_SAFE,
         { "output", required_argument, NULL, OPT_OUTPUT },
-        { NULL, 0, NULL, 0 }, /* room for --backing-chain */
+        { NULL, 0, NULL, 0 }, /* room for --backing-chain, or --start-offset and --max-length */
+        { NULL, 0, NULL, 0 },
         { NULL, 0, NULL, 0 },
     };
     if (extras & IMAGE_ARGS_BACKING_CHAIN)
         long_options[4] = (struct option){ "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN };
-    *args = (struct image_args){ .output = OUTPUT_HUMAN };
+    if (extras & IMAGE_ARGS_RANGE) {
+        long_options[4] = (struct option){ "start-offset", required_argument, NULL,
+                                           OPT_START_OFFSET };
+        long_options[5] = (struct option){ "max-length", required_argument, NULL,
+                                           OPT_MAX_LENGTH };
+    }
+    *args = (struct image_args){ .output = OUTPUT_HUMAN, .max_length = UINT64_MAX };
     *status = EXIT_FAILURE;
     bool src_flush; /* the image is only read: any cache mode reads the same */
     int opt;
@@ -159,6 +167,14 @@ bool cli_parse_image_args(const struct cli_command *cmd, unsigned extras, int ar
             break;
         case OPT_BACKING_CHAIN:
             args->backing_chain = true;
+            break;
+        case OPT_START_OFFSET:
+            if (!size_parse_arg("start offset", optarg, INT64_MAX, &args->start_offset))
+                return false;
+            break;
+        case OPT_MAX_LENGTH:
+            if (!size_parse_arg("max length", optarg, INT64_MAX, &args->max_length))
+                return false;
             break;
         default:
             *status = cli_option_fallback(cmd, opt, argv);

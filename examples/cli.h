@@ -101,12 +101,15 @@ struct image_args {
     bool backing_chain;        /* --backing-chain */
     bool quiet;                /* -q */
     uint32_t check_flags;      /* VD_CHECK_REPAIR_* from -r */
+    uint64_t start_offset;     /* --start-offset, 0 unless given */
+    uint64_t max_length;       /* --max-length, UINT64_MAX unless given */
     const char *filename;
 };
 
 /* Options beyond "-f fmt --output=ofmt -U --safe" that a command accepts. */
 #define IMAGE_ARGS_BACKING_CHAIN (1u << 0) /* --backing-chain */
 #define IMAGE_ARGS_CHECK         (1u << 1) /* -r leaks|all, -T src_cache, -q */
+#define IMAGE_ARGS_RANGE         (1u << 2) /* --start-offset=N, --max-length=N */
 
 /*
  * Parse "[-f fmt] [--output=human|json] [-U] [--safe] filename" (and -h/--help),
