@@ -443,6 +443,14 @@ struct image_opts {
 };
 
 /* Take one "key=value" item of an --image-opts string into o. */
+static bool set_text(char **slot, const char *value)
+{
+    free(*slot);
+    if (!(*slot = strdup(value)))
+        cli_error("out of memory");
+    return *slot != NULL;
+}
+
 static bool take_image_opt(const char *opts, char *item, struct image_opts *o)
 {
     char *eq = strchr(item, '=');
@@ -450,31 +458,27 @@ static bool take_image_opt(const char *opts, char *item, struct image_opts *o)
     if (eq)
         *eq = '\0';
     bool on;
-    char **text = strcmp(item, "driver") == 0                                        ? &o->driver
-                  : strcmp(item, "file.filename") == 0 || strcmp(item, "filename") == 0
-                      ? &o->filename
-                      : NULL;
-    if (text) {
-        free(*text);
-        if (!(*text = strdup(value)))
-            cli_error("out of memory");
-        return *text != NULL;
-    }
-    if (strcmp(item, "file.driver") == 0 && strcmp(value, "file") != 0)
+    if (strcmp(item, "driver") == 0)
+        return set_text(&o->driver, value);
+    if (strcmp(item, "file.filename") == 0 || strcmp(item, "filename") == 0)
+        return set_text(&o->filename, value);
+    if (strcmp(item, "file.driver") == 0 && strcmp(value, "file") == 0)
+        return true;
+    if (strcmp(item, "file.driver") == 0) {
         cli_error("Could not open '%s': libvdisk reads images from files only (file.driver=file)",
                   opts);
-    else if (strcmp(item, "file.driver") == 0)
-        return true;
-    else if (strcmp(item, "force-share") == 0 || strcmp(item, "file.locking") == 0) {
+        return false;
+    }
+    if (strcmp(item, "force-share") == 0 || strcmp(item, "file.locking") == 0) {
         if (!parse_on_off(opts, item, value, &on))
             return false;
         /* force-share=on and file.locking=off both mean: no locks */
-        if (on == (item[0] == 'f'))
+        if (on == (strcmp(item, "force-share") == 0))
             o->flags |= VD_OPEN_NO_LOCK;
         return true;
-    } else
-        cli_error("Could not open '%s': Block format '%s' does not support the option '%s'",
-                  opts, o->driver ? o->driver : "file", item);
+    }
+    cli_error("Could not open '%s': Block format '%s' does not support the option '%s'", opts,
+              o->driver ? o->driver : "file", item);
     return false;
 }
 

@@ -1,7 +1,7 @@
 """--object and --image-opts, parsed once for every command, against qemu-img."""
 import pytest
 
-from conftest import MiB, make_sparse, same_result
+from conftest import held_by_qemu_io, same_result
 
 
 @pytest.fixture
@@ -75,3 +75,12 @@ def test_image_opts_with_format_refused(vdisk, qemu_img, image):
 def test_image_opts_only_where_qemu_img_takes_it(vdisk, tmp_path):
     result = vdisk("create", "--image-opts", "-f", "raw", tmp_path / "x.raw", "1M", check=1)
     assert result.stderr.startswith("vdisk: unrecognized option '--image-opts'")
+
+
+@pytest.mark.parametrize("opts", ["force-share=on", "file.locking=off", "file.locking=on",
+                                  "force-share=off"])
+def test_image_opts_locking(vdisk, qemu_img, qemu_io, image, opts):
+    with held_by_qemu_io(qemu_io, image):
+        args = ["info", "--image-opts", f"driver=qcow2,file.filename={image},{opts}"]
+        ours, theirs = vdisk(*args), qemu_img(*args)
+        assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout), (ours, theirs)
