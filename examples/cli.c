@@ -1,6 +1,9 @@
 /* The error printer, option helpers and image opener shared by all commands. */
 #include "cli.h"
+#include "size.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -75,6 +78,8 @@ int cli_command_help(const struct cli_command *cmd)
 {
     printf("usage: " CLI_NAME " %s %s\n\n%s.\n\n%s", cmd->name, cmd->synopsis, cmd->summary,
            cmd->options);
+    printf("\nOptions every command takes:\n%s%s",
+           cmd->image_opts ? CLI_HELP_IMAGE_OPTS : "", CLI_HELP_OBJECT);
     return EXIT_SUCCESS;
 }
 
@@ -103,19 +108,26 @@ static bool parse_repair(const char *arg, uint32_t *flags)
 bool cli_parse_image_args(const struct cli_command *cmd, unsigned extras, int argc, char **argv,
                           struct image_args *args, int *status)
 {
-    enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN }; /* beyond every short option */
+    enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN, OPT_START_OFFSET, OPT_MAX_LENGTH };
     const bool check = extras & IMAGE_ARGS_CHECK;
     struct option long_options[] = {
         CLI_OPTION_HELP,
         CLI_OPTION_FORCE_SHARE,
         CLI_OPTION_SAFE,
         { "output", required_argument, NULL, OPT_OUTPUT },
-        { NULL, 0, NULL, 0 }, /* room for --backing-chain */
+        { NULL, 0, NULL, 0 }, /* room for --backing-chain, or --start-offset and --max-length */
+        { NULL, 0, NULL, 0 },
         { NULL, 0, NULL, 0 },
     };
     if (extras & IMAGE_ARGS_BACKING_CHAIN)
         long_options[4] = (struct option){ "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN };
-    *args = (struct image_args){ .output = OUTPUT_HUMAN };
+    if (extras & IMAGE_ARGS_RANGE) {
+        long_options[4] = (struct option){ "start-offset", required_argument, NULL,
+                                           OPT_START_OFFSET };
+        long_options[5] = (struct option){ "max-length", required_argument, NULL,
+                                           OPT_MAX_LENGTH };
+    }
+    *args = (struct image_args){ .output = OUTPUT_HUMAN, .max_length = UINT64_MAX };
     *status = EXIT_FAILURE;
     bool src_flush; /* the image is only read: any cache mode reads the same */
     int opt;
@@ -155,6 +167,14 @@ bool cli_parse_image_args(const struct cli_command *cmd, unsigned extras, int ar
             break;
         case OPT_BACKING_CHAIN:
             args->backing_chain = true;
+            break;
+        case OPT_START_OFFSET:
+            if (!size_parse_arg("start offset", optarg, INT64_MAX, &args->start_offset))
+                return false;
+            break;
+        case OPT_MAX_LENGTH:
+            if (!size_parse_arg("max length", optarg, INT64_MAX, &args->max_length))
+                return false;
             break;
         default:
             *status = cli_option_fallback(cmd, opt, argv);
@@ -200,12 +220,195 @@ bool cli_format_has_option(const char *format, const char *option)
     return false;
 }
 
-vd_image *cli_open_snapshot(const char *path, const char *format, uint32_t flags,
-                            const char *snapshot)
+/* --image-opts, as main() found it for the running command. */
+static bool image_opts_mode;
+
+struct cli_secret *cli_secrets;
+size_t cli_secret_count;
+
+/* qemu's identifiers: letters, digits, '-', '.', '_', starting with a letter. */
+static bool is_identifier(const char *id)
+{
+    if (!isalpha((unsigned char)id[0]))
+        return false;
+    for (const char *p = id; *p; p++)
+        if (!isalnum((unsigned char)*p) && !strchr("-._", *p))
+            return false;
+    return true;
+}
+
+/* The whole content of a secret's file, malloc'd; NULL (reported) on failure. */
+static char *read_secret_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *data = NULL;
+    size_t size = 0;
+    if (f) {
+        FILE *mem = open_memstream(&data, &size);
+        int c;
+        while (mem && (c = getc(f)) != EOF)
+            putc(c, mem);
+        if (!mem || ferror(f) || fclose(mem) != 0) {
+            free(data);
+            data = NULL;
+        }
+        fclose(f);
+    }
+    if (!data)
+        cli_error("Unable to read %s: %s", path, strerror(errno));
+    return data;
+}
+
+/* Take one "key=value" item of a secret definition into s; false (reported) if bad. */
+static bool take_secret_item(char *item, struct cli_secret *s, char **file, bool *typed)
+{
+    char *eq = strchr(item, '=');
+    if (!eq) { /* the first item may name the type without "qom-type=" */
+        cli_error("Parameter '%s' is unexpected", item);
+        return false;
+    }
+    *eq = '\0';
+    const char *value = eq + 1;
+    char **slot = strcmp(item, "id") == 0       ? &s->id
+                  : strcmp(item, "data") == 0   ? &s->data
+                  : strcmp(item, "file") == 0   ? file
+                  : strcmp(item, "format") == 0 ? &s->format
+                                                : NULL;
+    if (strcmp(item, "qom-type") == 0 && strcmp(value, "secret") == 0)
+        return *typed = true;
+    if (strcmp(item, "qom-type") == 0) {
+        cli_error("Parameter 'qom-type' does not accept value '%s'", value);
+        return false;
+    }
+    if (!slot) {
+        cli_error("Parameter '%s' is unexpected", item);
+        return false;
+    }
+    if (slot == &s->format && strcmp(value, "raw") != 0 && strcmp(value, "base64") != 0) {
+        cli_error("Parameter 'format' does not accept value '%s'", value);
+        return false;
+    }
+    free(*slot);
+    if (!(*slot = strdup(value)))
+        cli_error("out of memory");
+    return *slot != NULL;
+}
+
+static bool check_secret(struct cli_secret *s, char *file)
+{
+    if (!s->id) {
+        cli_error("Parameter 'id' is missing");
+        return false;
+    }
+    if (!is_identifier(s->id)) {
+        cli_error("Parameter 'id' expects an identifier");
+        fputs("Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.\n",
+              stderr);
+        return false;
+    }
+    if (file && s->data) {
+        cli_error("'file' and 'data' are mutually exclusive");
+        return false;
+    }
+    if (!file && !s->data) {
+        cli_error("Either 'file' or 'data' must be provided");
+        return false;
+    }
+    for (size_t i = 0; i < cli_secret_count; i++) {
+        if (strcmp(cli_secrets[i].id, s->id) == 0) {
+            cli_error("attempt to add duplicate property '%s' to object (type 'container')",
+                      s->id);
+            return false;
+        }
+    }
+    return s->data || (s->data = read_secret_file(file));
+}
+
+/*
+ * --object: only the "secret" type (qemu-img knows more, for its other
+ * block drivers); "secret,id=..." or "qom-type=secret,id=...".
+ */
+static bool add_object(const char *def)
+{
+    const char *cursor = def;
+    char *item = cli_next_option_item(&cursor), *file = NULL;
+    struct cli_secret s = { 0 };
+    bool ok = true, typed = item && strcmp(item, "secret") == 0;
+    if (item && !typed && !strchr(item, '='))
+        ok = !cli_error("Parameter 'qom-type' does not accept value '%s'", item);
+    else if (item && !typed)
+        ok = take_secret_item(item, &s, &file, &typed);
+    free(item);
+    while (ok && (item = cli_next_option_item(&cursor))) {
+        ok = take_secret_item(item, &s, &file, &typed);
+        free(item);
+    }
+    if (ok && !typed)
+        ok = !cli_error("Parameter 'qom-type' is missing");
+    ok = ok && check_secret(&s, file);
+    free(file);
+    struct cli_secret *grown = NULL;
+    if (ok && !(grown = realloc(cli_secrets, (cli_secret_count + 1) * sizeof *grown)))
+        ok = !cli_error("out of memory");
+    if (!ok) {
+        free(s.id);
+        free(s.data);
+        free(s.format);
+        return false;
+    }
+    cli_secrets = grown;
+    cli_secrets[cli_secret_count++] = s;
+    return true;
+}
+
+bool cli_take_global_options(const struct cli_command *cmd, int *argc, char **argv,
+                             int *status)
+{
+    *status = EXIT_FAILURE;
+    image_opts_mode = false;
+    int kept = 1; /* argv[0] is the command name */
+    for (int i = 1; i < *argc; i++) {
+        const char *arg = argv[i], *def = NULL;
+        if (strcmp(arg, "--") == 0) { /* the rest are operands */
+            while (i < *argc)
+                argv[kept++] = argv[i++];
+            break;
+        }
+        if (cmd->image_opts && strcmp(arg, "--image-opts") == 0) {
+            image_opts_mode = true;
+            continue;
+        }
+        if (strncmp(arg, "--object=", 9) == 0)
+            def = arg + 9;
+        else if (strcmp(arg, "--object") == 0 && i + 1 < *argc)
+            def = argv[++i];
+        else if (strcmp(arg, "--object") == 0) {
+            cli_usage_error("missing argument for option '--object'");
+            return false;
+        }
+        if (!def) {
+            argv[kept++] = argv[i];
+            continue;
+        }
+        if (strcmp(def, "help") == 0) {
+            printf("List of user creatable objects:\n  secret\n");
+            *status = EXIT_SUCCESS;
+            return false;
+        }
+        if (!add_object(def))
+            return false;
+    }
+    argv[kept] = NULL;
+    *argc = kept;
+    return true;
+}
+
+static vd_image *open_path(const char *path, const char *shown, const char *format,
+                           uint32_t flags, const char *snapshot)
 {
     if ((flags & VD_OPEN_RDWR) && (flags & VD_OPEN_NO_LOCK)) {
         cli_error("Could not open '%s': force-share=on can only be used with read-only images",
-                  path);
+                  shown);
         return NULL;
     }
     vd_open_opts opts = VD_OPEN_OPTS_INIT;
@@ -215,15 +418,113 @@ vd_image *cli_open_snapshot(const char *path, const char *format, uint32_t flags
     vd_image *img;
     int rc = vd_open_ext(&img, path, &opts);
     if (rc < 0) {
-        cli_lib_error(rc, "Could not open '%s'", path);
+        cli_lib_error(rc, "Could not open '%s'", shown);
         return NULL;
     }
     return img;
 }
 
-vd_image *cli_open_image(const char *path, const char *format, uint32_t flags)
+/* An on/off value of an --image-opts item, as qemu's boolean options take it. */
+static bool parse_on_off(const char *opts, const char *key, const char *value, bool *out)
 {
-    return cli_open_snapshot(path, format, flags, NULL);
+    if (strcmp(value, "on") == 0 || strcmp(value, "off") == 0) {
+        *out = value[1] == 'n';
+        return true;
+    }
+    cli_error("Could not open '%s': Parameter '%s' expects 'on' or 'off'", opts, key);
+    return false;
+}
+
+/* What an --image-opts string says: the file, its format and open flags. */
+struct image_opts {
+    char *driver;   /* or NULL to probe */
+    char *filename;
+    uint32_t flags; /* VD_OPEN_NO_LOCK for force-share=on or file.locking=off */
+};
+
+/* Take one "key=value" item of an --image-opts string into o. */
+static bool set_text(char **slot, const char *value)
+{
+    free(*slot);
+    if (!(*slot = strdup(value)))
+        cli_error("out of memory");
+    return *slot != NULL;
+}
+
+static bool take_image_opt(const char *opts, char *item, struct image_opts *o)
+{
+    char *eq = strchr(item, '=');
+    const char *value = eq ? eq + 1 : "on"; /* a bare key means "on", as in qemu */
+    if (eq)
+        *eq = '\0';
+    bool on;
+    if (strcmp(item, "driver") == 0)
+        return set_text(&o->driver, value);
+    if (strcmp(item, "file.filename") == 0 || strcmp(item, "filename") == 0)
+        return set_text(&o->filename, value);
+    if (strcmp(item, "file.driver") == 0 && strcmp(value, "file") == 0)
+        return true;
+    if (strcmp(item, "file.driver") == 0) {
+        cli_error("Could not open '%s': libvdisk reads images from files only (file.driver=file)",
+                  opts);
+        return false;
+    }
+    if (strcmp(item, "force-share") == 0 || strcmp(item, "file.locking") == 0) {
+        if (!parse_on_off(opts, item, value, &on))
+            return false;
+        /* force-share=on and file.locking=off both mean: no locks */
+        if (on == (strcmp(item, "force-share") == 0))
+            o->flags |= VD_OPEN_NO_LOCK;
+        return true;
+    }
+    cli_error("Could not open '%s': Block format '%s' does not support the option '%s'", opts,
+              o->driver ? o->driver : "file", item);
+    return false;
+}
+
+static bool parse_image_opts(const char *opts, struct image_opts *o)
+{
+    *o = (struct image_opts){ 0 };
+    const char *cursor = opts;
+    char *item;
+    bool ok = true;
+    while (ok && (item = cli_next_option_item(&cursor))) {
+        ok = take_image_opt(opts, item, o);
+        free(item);
+    }
+    if (ok && !o->filename) {
+        cli_error("Could not open '%s': A block device must be specified for \"file\"", opts);
+        ok = false;
+    }
+    return ok;
+}
+
+vd_image *cli_open_snapshot(const char *image, const char *format, uint32_t flags,
+                            const char *snapshot)
+{
+    if (!image_opts_mode)
+        return open_path(image, image, format, flags, snapshot);
+    if (format) {
+        cli_error("--image-opts and --format are mutually exclusive");
+        return NULL;
+    }
+    struct image_opts o;
+    vd_image *img = NULL;
+    if (parse_image_opts(image, &o))
+        img = open_path(o.filename, image, o.driver, flags | o.flags, snapshot);
+    free(o.driver);
+    free(o.filename);
+    return img;
+}
+
+vd_image *cli_open_image(const char *image, const char *format, uint32_t flags)
+{
+    return cli_open_snapshot(image, format, flags, NULL);
+}
+
+vd_image *cli_open_path(const char *path, const char *format, uint32_t flags)
+{
+    return open_path(path, path, format, flags, NULL);
 }
 
 int cli_check_create_target(const char *path)

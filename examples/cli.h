@@ -23,6 +23,12 @@ struct cli_command {
     const char *summary;  /* one line for 'vdisk --help' */
     const char *options;  /* the option list for 'vdisk help NAME' */
     int (*run)(int argc, char **argv);
+    /*
+     * Whether the command takes --image-opts (as its qemu-img counterpart
+     * does): its image argument is then an option string. --object is taken
+     * by every command. main() removes both before run() (cli_take_global_options).
+     */
+    bool image_opts;
 };
 
 extern const struct cli_command cmd_create;
@@ -34,6 +40,10 @@ extern const struct cli_command cmd_resize;
 extern const struct cli_command cmd_snapshot;
 extern const struct cli_command cmd_rebase;
 extern const struct cli_command cmd_commit;
+extern const struct cli_command cmd_compare;
+extern const struct cli_command cmd_measure;
+extern const struct cli_command cmd_dd;
+extern const struct cli_command cmd_bench;
 
 enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 
@@ -52,6 +62,37 @@ enum { CLI_OPT_SAFE = 512 };
     "  --safe          for untrusted images: open only files inside the image's\n" \
     "                  directory, with their recorded format (see vdisk(1))\n"
 
+/* Their lines in a command's option list. */
+#define CLI_HELP_OBJECT \
+    "  --object secret,id=ID,data=TEXT|file=PATH\n" \
+    "                  define a secret (accepted and kept for encrypted images;\n" \
+    "                  no command uses one yet)\n"
+#define CLI_HELP_IMAGE_OPTS \
+    "  --image-opts    the image argument is an option string\n" \
+    "                  'driver=FMT,file.filename=PATH[,force-share=on]'\n"
+
+/*
+ * A secret defined with --object secret,id=ID,data=TEXT or file=PATH (the
+ * file is read when the option is parsed, as qemu-img does). Kept for
+ * encrypted images: no command uses them yet.
+ */
+struct cli_secret {
+    char *id;
+    char *data;
+    char *format; /* "raw" (default) or "base64", as given */
+};
+extern struct cli_secret *cli_secrets;
+extern size_t cli_secret_count;
+
+/*
+ * Remove the options every command shares from a command's arguments:
+ * --object (every command) and --image-opts (where cmd->image_opts says).
+ * Returns true when the command should run; otherwise false with *status
+ * the exit status (an invalid --object reported, or --object help printed).
+ */
+bool cli_take_global_options(const struct cli_command *cmd, int *argc, char **argv,
+                             int *status);
+
 /* The arguments of commands that inspect one image (info, map, check). */
 struct image_args {
     const char *format;        /* -f, or NULL to probe */
@@ -60,12 +101,15 @@ struct image_args {
     bool backing_chain;        /* --backing-chain */
     bool quiet;                /* -q */
     uint32_t check_flags;      /* VD_CHECK_REPAIR_* from -r */
+    uint64_t start_offset;     /* --start-offset, 0 unless given */
+    uint64_t max_length;       /* --max-length, UINT64_MAX unless given */
     const char *filename;
 };
 
 /* Options beyond "-f fmt --output=ofmt -U --safe" that a command accepts. */
 #define IMAGE_ARGS_BACKING_CHAIN (1u << 0) /* --backing-chain */
 #define IMAGE_ARGS_CHECK         (1u << 1) /* -r leaks|all, -T src_cache, -q */
+#define IMAGE_ARGS_RANGE         (1u << 2) /* --start-offset=N, --max-length=N */
 
 /*
  * Parse "[-f fmt] [--output=human|json] [-U] [--safe] filename" (and -h/--help),
@@ -144,14 +188,19 @@ char *cli_next_option_item(const char **cursor);
 int cli_print_format_options(const char *format);
 
 /*
- * Open an image (format NULL to probe) or print "Could not open" and return
- * NULL. flags are VD_OPEN_* flags; VD_OPEN_NO_LOCK (-U) with VD_OPEN_RDWR
- * is refused as qemu-img refuses it.
+ * Open the image a command names (format NULL to probe) or print "Could not
+ * open" and return NULL. With --image-opts, image is an option string
+ * (driver=, file.filename=, ...) and format must be NULL. flags are
+ * VD_OPEN_* flags; VD_OPEN_NO_LOCK (-U) with VD_OPEN_RDWR is refused as
+ * qemu-img refuses it.
  */
-vd_image *cli_open_image(const char *path, const char *format, uint32_t flags);
+vd_image *cli_open_image(const char *image, const char *format, uint32_t flags);
 /* cli_open_image() of an internal snapshot (its id or name), read-only; NULL: the image. */
-vd_image *cli_open_snapshot(const char *path, const char *format, uint32_t flags,
+vd_image *cli_open_snapshot(const char *image, const char *format, uint32_t flags,
                             const char *snapshot);
+/* cli_open_image() of a plain path, whatever --image-opts says (an output file). */
+vd_image *cli_open_path(const char *path, const char *format, uint32_t flags);
+
 
 /*
  * Check that creating an image at path harms nothing: it must not exist or

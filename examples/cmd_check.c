@@ -151,4 +151,5 @@ const struct cli_command cmd_check = {
         "Exit status: 0 no problems, 1 the check failed, 2 errors remain, 3 only\n"
         "leaked clusters remain, 63 the format does not support checks.\n",
     .run = run_check,
+    .image_opts = true,
 };

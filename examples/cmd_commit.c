@@ -94,4 +94,5 @@ const struct cli_command cmd_commit = {
         "  filename        the overlay, opened read-write; its backing file is grown\n"
         "                  when the overlay is larger\n",
     .run = run_commit,
+    .image_opts = true,
 };

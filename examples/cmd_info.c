@@ -209,4 +209,5 @@ const struct cli_command cmd_info = {
         CLI_HELP_SAFE
         "  filename        the image to describe\n",
     .run = run_info,
+    .image_opts = true,
 };

@@ -1,4 +1,5 @@
-/* vdisk map [-f fmt] [--output=human|json] [-U] [--safe] filename */
+/* vdisk map [-f fmt] [--start-offset=N] [--max-length=N] [--output=human|json] [-U] [--safe]
+ *           filename */
 #include "cli.h"
 #include "json.h"
 
@@ -103,19 +104,24 @@ static bool print_entry(struct map_output *out, const struct map_entry *e, struc
     return true;
 }
 
-/* Walk the image, merging adjacent extents with the same attributes. */
-static int map_image(vd_image *img, struct map_output *out)
+/*
+ * Walk [start, start + max_length) of the image (as far as it goes), merging
+ * adjacent extents with the same attributes.
+ */
+static int map_image(vd_image *img, uint64_t start, uint64_t max_length, struct map_output *out)
 {
     uint64_t size;
     int rc = vd_get_size(img, &size);
     if (rc < 0)
         return cli_lib_error(rc, "%s", vd_get_filename(img));
+    if (max_length < size && start < size - max_length)
+        size = start + max_length;
     if (out->format == OUTPUT_HUMAN)
         printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
     else
         json_begin_array(&out->json, NULL);
 
-    struct map_entry curr = { 0 };
+    struct map_entry curr = { .start = start };
     while (curr.start + curr.length < size) {
         uint64_t offset = curr.start + curr.length;
         vd_extent ext;
@@ -145,7 +151,7 @@ static int show_map(const struct image_args *a)
         return EXIT_FAILURE;
     struct map_output out = { .format = a->output, .top = img };
     json_init(&out.json, stdout, JSON_LINES);
-    int status = map_image(img, &out);
+    int status = map_image(img, a->start_offset, a->max_length, &out);
     vd_close(img);
     return status;
 }
@@ -154,15 +160,22 @@ static int run_map(int argc, char **argv)
 {
     struct image_args args;
     int status;
-    return cli_parse_image_args(&cmd_map, 0, argc, argv, &args, &status) ? show_map(&args) : status;
+    return cli_parse_image_args(&cmd_map, IMAGE_ARGS_RANGE, argc, argv, &args, &status)
+               ? show_map(&args)
+               : status;
 }
 
 const struct cli_command cmd_map = {
     .name = "map",
-    .synopsis = "[-f fmt] [--output=ofmt] [-U] [--safe] filename",
+    .synopsis = "[-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] "
+                "[--safe] filename",
     .summary = "show where the data of a disk image is stored",
     .options =
         "  -f fmt          image format (default: probe the file)\n"
+        "  --start-offset=offset\n"
+        "                  map from this guest offset on (default 0)\n"
+        "  --max-length=len\n"
+        "                  map at most this many bytes (default: to the end)\n"
         "  --output=ofmt   'human' (default): the data runs with their offset in the\n"
         "                  file holding them; 'json': every run with its attributes\n"
         "                  (start, length, depth, present, zero, data, offset)\n"
@@ -171,4 +184,5 @@ const struct cli_command cmd_map = {
         CLI_HELP_SAFE
         "  filename        the image to map\n",
     .run = run_map,
+    .image_opts = true,
 };

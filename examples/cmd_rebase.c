@@ -124,4 +124,5 @@ const struct cli_command cmd_rebase = {
         "                  (the new backing file too; then -F is needed)\n"
         "  filename        the image to rebase, opened read-write\n",
     .run = run_rebase,
+    .image_opts = true,
 };

@@ -132,4 +132,5 @@ const struct cli_command cmd_resize = {
         "  size            the new virtual size, or with + or - the change of the\n"
         "                  size (k, M, G, T, P and E suffixes as for create)\n",
     .run = run_resize,
+    .image_opts = true,
 };

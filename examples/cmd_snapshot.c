@@ -160,4 +160,5 @@ const struct cli_command cmd_snapshot = {
         CLI_HELP_SAFE
         "  filename        the image; opened read-write except with -l\n",
     .run = run_snapshot,
+    .image_opts = true,
 };

@@ -21,6 +21,10 @@ static const struct cli_command *const commands[] = {
     &cmd_snapshot,
     &cmd_rebase,
     &cmd_commit,
+    &cmd_compare,
+    &cmd_measure,
+    &cmd_dd,
+    &cmd_bench,
 };
 
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])
@@ -107,5 +111,10 @@ int main(int argc, char **argv)
     if (strcmp(name, "help") == 0)
         return run_help(cmd_argc, cmd_argv);
     const struct cli_command *cmd = find_command(name);
-    return cmd ? cmd->run(cmd_argc, cmd_argv) : command_not_found(name);
+    if (!cmd)
+        return command_not_found(name);
+    int status;
+    return cli_take_global_options(cmd, &cmd_argc, cmd_argv, &status)
+               ? cmd->run(cmd_argc, cmd_argv)
+               : status;
 }

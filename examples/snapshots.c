@@ -1,4 +1,5 @@
 /* Snapshot tables printed as qemu's bdrv_snapshot_dump() and qmp_query_snapshots() do. */
+#include "cli.h"
 #include "snapshots.h"
 #include "size.h"
 
@@ -102,4 +103,79 @@ const vd_snapshot_info *snapshot_list_find_id_or_name(const struct snapshot_list
 {
     const vd_snapshot_info *sn = snapshot_list_find(list, id_or_name, NULL);
     return sn ? sn : snapshot_list_find(list, NULL, id_or_name);
+}
+
+void snapshot_param_free(struct snapshot_param *p)
+{
+    free(p->id);
+    free(p->name);
+    *p = (struct snapshot_param){ 0 };
+}
+
+bool snapshot_param_parse(const char *param, struct snapshot_param *out)
+{
+    snapshot_param_free(out);
+    if (strncmp(param, "snapshot.", strlen("snapshot.")) != 0) {
+        out->either = true;
+        if ((out->id = strdup(param)))
+            return true;
+        cli_error("out of memory");
+        return false;
+    }
+    const char *cursor = param;
+    char *item;
+    while ((item = cli_next_option_item(&cursor))) {
+        char *eq = strchr(item, '=');
+        if (eq)
+            *eq = '\0';
+        char **value = strcmp(item, "snapshot.id") == 0     ? &out->id
+                       : strcmp(item, "snapshot.name") == 0 ? &out->name : NULL;
+        if (value) {
+            free(*value);
+            *value = strdup(eq ? eq + 1 : "on"); /* a bare key means "on", as in qemu */
+        } else {
+            cli_error("Invalid parameter '%s'", item);
+            cli_error("Failed in parsing snapshot param '%s'", param);
+        }
+        free(item);
+        if (!value)
+            return false;
+        if (!*value) {
+            cli_error("out of memory");
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The id of the snapshot p names, malloc'd; NULL (reported) if there is none such. */
+static char *find_snapshot_id(vd_image *img, const struct snapshot_param *p)
+{
+    struct snapshot_list list;
+    int rc = snapshot_list_load(img, &list);
+    const vd_snapshot_info *sn = rc < 0       ? NULL
+                                 : p->either ? snapshot_list_find_id_or_name(&list, p->id)
+                                             : snapshot_list_find(&list, p->id, p->name);
+    char *id = sn ? strdup(sn->id) : NULL;
+    snapshot_list_free(&list);
+    if (rc < 0)
+        cli_lib_error(rc, "Failed to load snapshot");
+    else if (!sn)
+        cli_error("Failed to load snapshot: Can't find snapshot");
+    else if (!id)
+        cli_error("out of memory");
+    return id;
+}
+
+vd_image *snapshot_param_open(const char *image, const char *format, uint32_t flags,
+                              const struct snapshot_param *p)
+{
+    vd_image *img = cli_open_image(image, format, flags);
+    if (!img || (!p->id && !p->name))
+        return img;
+    char *id = find_snapshot_id(img, p);
+    vd_close(img);
+    img = id ? cli_open_snapshot(image, format, flags, id) : NULL;
+    free(id);
+    return img;
 }

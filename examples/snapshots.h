@@ -9,6 +9,7 @@
 #include "json.h"
 
 #include <libvdisk/libvdisk.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 struct snapshot_list {
@@ -34,5 +35,25 @@ const vd_snapshot_info *snapshot_list_find(const struct snapshot_list *list, con
                                            const char *name);
 const vd_snapshot_info *snapshot_list_find_id_or_name(const struct snapshot_list *list,
                                                       const char *id_or_name);
+
+/*
+ * -l snapshot_param as qemu-img takes it: "snapshot.id=ID,snapshot.name=NAME"
+ * (either or both), or else an id or a name. Fills out->id and out->name
+ * (malloc'd, NULL when not given) and out->either (the plain form, kept in
+ * id: the id, else the name). A later -l replaces an earlier one. Returns
+ * false (reported) for a malformed parameter.
+ */
+struct snapshot_param {
+    char *id, *name;
+    bool either;
+};
+bool snapshot_param_parse(const char *param, struct snapshot_param *out);
+void snapshot_param_free(struct snapshot_param *p);
+/*
+ * Open image's snapshot named by p (when p->id or p->name is set; else the
+ * image), read-only, reporting "Failed to load snapshot" as qemu-img does.
+ */
+vd_image *snapshot_param_open(const char *image, const char *format, uint32_t flags,
+                              const struct snapshot_param *p);
 
 #endif /* VDISK_SNAPSHOTS_H */

@@ -379,6 +379,43 @@ START_TEST(getters_report_format_and_filename)
 }
 END_TEST
 
+/* The figures qemu-img measure prints for the same sizes and options. */
+START_TEST(measure_matches_qemu_img_figures)
+{
+    vd_measure_result r = VD_MEASURE_RESULT_INIT;
+    vt_ok(vd_measure(&r, "qcow2", NULL, NULL, UINT64_C(1) << 30, 0));
+    ck_assert_uint_eq(r.required, 393216);
+    ck_assert_uint_eq(r.fully_allocated, 1074135040);
+    ck_assert_int_eq(r.has_bitmaps, 0);
+    vt_ok(vd_measure(&r, "qcow2", "preallocation=full", NULL, UINT64_C(1) << 30, 0));
+    ck_assert_uint_eq(r.required, 1074135040);
+    vt_ok(vd_measure(&r, "raw", NULL, NULL, 1000, 0));
+    ck_assert_uint_eq(r.required, 1024);
+    ck_assert_uint_eq(r.fully_allocated, 1024);
+
+    vd_image *img = open_sample(0); /* a raw source: all data, its whole size */
+    vt_ok(vd_measure(&r, "raw", NULL, img, 0, 0));
+    ck_assert_uint_eq(r.required, IMAGE_SIZE);
+    vt_err(vd_measure(&r, "raw", NULL, img, 4096, 0), VD_EINVAL); /* a source or a size */
+    vt_close(img);
+}
+END_TEST
+
+START_TEST(measure_rejects_bad_arguments)
+{
+    vd_measure_result r = VD_MEASURE_RESULT_INIT;
+    vt_err(vd_measure(&r, "no-such-format", NULL, NULL, 4096, 0), VD_EFORMAT);
+    vt_err(vd_measure(&r, "qcow2", "bogus=1", NULL, 4096, 0), VD_EINVAL);
+    vt_assert_errmsg_has("bogus");
+    vt_err(vd_measure(&r, "qcow2", "cluster_size=1000", NULL, 4096, 0), VD_EINVAL);
+    vt_err(vd_measure(&r, "qcow2", NULL, NULL, UINT64_C(1) << 62, 0), VD_ETOOBIG);
+    vt_err(vd_measure(&r, "qcow2", NULL, NULL, 4096, 1), VD_EINVAL);
+    r.struct_size = 8;
+    vt_err(vd_measure(&r, "qcow2", NULL, NULL, 4096, 0), VD_EINVAL);
+    vt_err(vd_measure(NULL, "qcow2", NULL, NULL, 4096, 0), VD_EINVAL);
+}
+END_TEST
+
 static Suite *api_suite(void)
 {
     Suite *s = suite_create("api");
@@ -400,6 +437,9 @@ static Suite *api_suite(void)
     tcase_add_test(tc, open_ext_rejects_a_too_small_struct_size);
     tcase_add_test(tc, get_info_rejects_a_zero_struct_size);
     tcase_add_test(tc, getters_report_format_and_filename);
+    tc = vt_tcase(s, "measure");
+    tcase_add_test(tc, measure_matches_qemu_img_figures);
+    tcase_add_test(tc, measure_rejects_bad_arguments);
     return s;
 }
 

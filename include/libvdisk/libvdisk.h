@@ -581,6 +581,35 @@ typedef struct vd_convert_opts {
  */
 VD_API int vd_convert(const vd_convert_opts *opts);
 
+/* ------------------------------------------------------------------ measure */
+
+/*
+ * The result of vd_measure() (added in 0.2, symbol version LIBVDISK_1.1).
+ * Set .struct_size = sizeof(vd_measure_result) (the INIT macro does).
+ */
+typedef struct vd_measure_result {
+    uint32_t struct_size;
+    uint32_t has_bitmaps;     /* nonzero: bitmaps is meaningful (source and format keep them) */
+    uint64_t required;        /* file bytes a new image needs for what the source holds */
+    uint64_t fully_allocated; /* file bytes of the image with every cluster allocated */
+    uint64_t bitmaps;         /* file bytes the source's persistent bitmaps would take */
+} vd_measure_result;
+
+#define VD_MEASURE_RESULT_INIT { (uint32_t)sizeof(vd_measure_result), 0, 0, 0, 0 }
+
+/*
+ * How large an image of format, created with options (a vd_create() option
+ * list, or NULL), would be on the host: holding the data of source (its
+ * whole chain, as read) or, with source NULL, an empty image of size bytes.
+ * The figures are qemu-img measure's for the same input and options. The
+ * time taken is bounded by the source's allocation metadata (block status),
+ * never by its virtual size. flags must be 0. A format that cannot measure
+ * fails with VD_EUNSUPPORTED; measuring a source's persistent dirty bitmaps
+ * is not supported yet (VD_EUNSUPPORTED).
+ */
+VD_API int vd_measure(vd_measure_result *result, const char *format, const char *options,
+                      vd_image *source, uint64_t size, uint32_t flags);
+
 /* ---------------------------------------------------------------- formats */
 
 /* The name of the index-th registered format, or NULL past the end. */

@@ -76,6 +76,13 @@ struct vd_backend {
     int (*snapshot_create)(vd_image *img, const char *name);
     int (*snapshot_apply)(vd_image *img, const char *id_or_name);
     int (*snapshot_delete)(vd_image *img, const char *id_or_name);
+    /*
+     * How large a new image with these create options would be: holding the
+     * data of source (read through its chain; NULL for an empty image), whose
+     * virtual size is size. Fill res's counts. Default: VD_EUNSUPPORTED.
+     */
+    int (*measure)(const struct vd_kv *opts, uint64_t size, vd_image *source,
+                   vd_measure_result *res);
     /* Check (and with VD_CHECK_REPAIR_* repair) metadata. Default: VD_EUNSUPPORTED. */
     int (*check)(vd_image *img, uint32_t flags, vd_check_result *res,
                  vd_check_report_fn report, void *ctx);

@@ -3,7 +3,8 @@ import re
 
 import pytest
 
-COMMANDS = ["create", "info", "convert", "map", "check", "resize", "snapshot", "rebase", "commit"]
+COMMANDS = ["create", "info", "convert", "map", "check", "resize", "snapshot", "rebase", "commit",
+            "compare", "measure", "dd", "bench"]
 
 
 def test_version(vdisk):

@@ -107,3 +107,20 @@ def test_human_map_names_the_external_data_file(vdisk, qemu_img, qemu_io, tmp_pa
     ours = vdisk("map", "d.qcow2", cwd=tmp_path, check=0).stdout
     assert ours == qemu_img("map", "d.qcow2", cwd=tmp_path, check=0).stdout
     assert ours.splitlines()[1:] == ["0x10000         0x10000         0x10000         d.raw"]
+
+
+@pytest.mark.parametrize("output", ["json", "human"])
+@pytest.mark.parametrize("window", [
+    ["--start-offset=128k"], ["--start-offset=100000", "--max-length=1000"],
+    ["--max-length=1500k"], ["--start-offset=8M"], ["--start-offset=4M"], ["--max-length=0"],
+    ["--start-offset=1M", "--max-length=9E"], ["--start-offset=3M", "--max-length=8E"],
+    ["--start-offset=-1"], ["--max-length=x"],
+], ids=" ".join)
+def test_window_as_qemu_img(vdisk, qemu_img, qemu_io, tmp_path, window, output):
+    path = tmp_path / "w.qcow2"
+    qemu_img("create", "-f", "qcow2", path, "4M", check=0)
+    qemu_io("-f", "qcow2", "-c", "write -P 1 64k 1M", "-c", "write -z 2M 64k", path, check=0)
+    args = ["map", f"--output={output}", *window, path]
+    ours, theirs = vdisk(*args), qemu_img(*args)
+    assert (ours.returncode, ours.stdout, ours.stderr) == \
+        (theirs.returncode, theirs.stdout, theirs.stderr.replace("qemu-img", "vdisk"))

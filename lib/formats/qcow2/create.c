@@ -23,7 +23,6 @@ const struct vd_option_desc qcow2_create_options[] = {
     { NULL, NULL, NULL },
 };
 
-enum prealloc { PREALLOC_OFF, PREALLOC_METADATA, PREALLOC_FALLOC, PREALLOC_FULL };
 
 struct layout {
     bool external_data;      /* data clusters live in the data file, at their guest offset */
@@ -65,7 +64,8 @@ static void plan(const struct qcow2 *q, uint64_t size, bool prealloc, struct lay
     l->data_start = l->l2_start + l->nl2;
 }
 
-static int parse_options(const struct vd_kv *opts, uint64_t size, struct qcow2 *q, size_t *prealloc)
+int qcow2_parse_create_options(const struct vd_kv *opts, uint64_t size, struct qcow2 *q,
+                                size_t *prealloc)
 {
     static const char *const compat_names[] = { "0.10", "v2", "1.1", "v3", NULL };
     static const char *const prealloc_names[] = { "off", "metadata", "falloc", "full", NULL };
@@ -263,7 +263,7 @@ int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
 {
     struct qcow2 q = { 0 };
     size_t prealloc;
-    int rc = parse_options(opts, size, &q, &prealloc);
+    int rc = qcow2_parse_create_options(opts, size, &q, &prealloc);
     if (rc < 0) {
         qcow2_free_header(&q);
         return rc;

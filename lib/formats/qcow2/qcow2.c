@@ -343,6 +343,7 @@ const struct vd_backend vd_backend_qcow2 = {
     .block_status = vd_cow_block_status,
     .get_info = q_get_info,
     .check = qcow2_check,
+    .measure = qcow2_measure,
     .set_backing = q_set_backing,
     .snapshot_count = qcow2_snapshot_count,
     .snapshot_get = qcow2_snapshot_get,

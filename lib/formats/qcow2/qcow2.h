@@ -313,6 +313,18 @@ int qcow2_check_layout(void *ctx);
 
 /* create.c */
 int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts);
+enum qcow2_prealloc { PREALLOC_OFF, PREALLOC_METADATA, PREALLOC_FALLOC, PREALLOC_FULL };
+/*
+ * Parse and check create options into the header fields of q (derived
+ * fields included) and *prealloc (an enum qcow2_prealloc). q->data_file_name
+ * is malloc'd when given. size is checked against the L1 table limit.
+ */
+int qcow2_parse_create_options(const struct vd_kv *opts, uint64_t size, struct qcow2 *q,
+                               size_t *prealloc);
+
+/* measure.c */
+int qcow2_measure(const struct vd_kv *opts, uint64_t size, vd_image *source,
+                  vd_measure_result *res);
 extern const struct vd_option_desc qcow2_create_options[];
 
 #endif

@@ -214,6 +214,20 @@ int vd_raw_copy_range(vd_image *dst, vd_image *src, uint64_t off, uint64_t len)
     return vd_leave(dst, rc);
 }
 
+/*
+ * A raw image is as large as its virtual size whatever it holds (QEMU's
+ * raw_measure(): holes count too); a new size is rounded up to whole sectors.
+ */
+static int raw_measure(const struct vd_kv *opts, uint64_t size, vd_image *source,
+                       vd_measure_result *res)
+{
+    (void)opts;
+    if (!source && size > UINT64_MAX - 511)
+        return vd_err(VD_ETOOBIG, "The image size is too large");
+    res->required = res->fully_allocated = source ? size : (size + 511) & ~UINT64_C(511);
+    return 0;
+}
+
 const struct vd_backend vd_backend_raw = {
     .name = "raw",
     .create_options = raw_create_options,
@@ -226,4 +240,5 @@ const struct vd_backend vd_backend_raw = {
     .discard = raw_discard,
     .resize = raw_resize,
     .block_status = raw_block_status,
+    .measure = raw_measure,
 };
