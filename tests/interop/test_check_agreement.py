@@ -314,3 +314,46 @@ def test_truncated_inside_the_snapshot_table(tmp_path):
     rc, report = assert_checks_agree(path)
     assert rc == 2, report
     repair_both_and_compare(path, tmp_path)
+
+
+# ---------------------------------------------------------- verdicts and counts
+
+@pytest.mark.parametrize("base", ["cluster_size=64k", "cluster_size=4k,compat=0.10"])
+def test_misaligned_l1_entry_walks_the_table_where_it_points(tmp_path, base):
+    """qemu-img check reads the L2 table at the misaligned offset and counts what it names."""
+    path = tmp_path / "m.qcow2"
+    make_base(path, base)
+    with Qcow2(path) as q:
+        l1_index, _ = q.l2_location(DATA_AT)
+        q.set_l1_entry(l1_index, q.l1_entry(l1_index) + 512)
+    rc, report = assert_checks_agree(path)
+    assert rc == 2, report
+
+
+def test_refcount_overflow_counts_every_reference_beyond_the_width(tmp_path):
+    """Four references to one cluster, with 2-bit refcounts: an overflow, counted as qemu-img does."""
+    path = tmp_path / "o.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "refcount_bits=2", path, "16M")
+    qemu_io(path, "write -P 1 0 64k")
+    with Qcow2(path) as q:
+        entry = q.l2_entry(0)
+        for guest in (1, 2, 3):
+            q.set_l2_entry(guest * 65536, entry & ~COPIED)
+        q.set_refcount(entry & OFFSET_MASK, 3)
+    rc, report = assert_checks_agree(path)
+    assert rc == 2 and report["corruptions"] >= 2, report
+
+
+def test_repairing_leaks_fails_when_the_refcounts_need_a_rebuild(tmp_path):
+    """qemu-img check -r leaks: 'Check failed', exit 1, no report, nothing written."""
+    path = tmp_path / "r.qcow2"
+    make_base(path, "cluster_size=64k")
+    with Qcow2(path) as q:
+        q.pwrite(rt_entry(q, 1), (1).to_bytes(8, "big"))
+    before = path.read_bytes()
+    theirs = run(QEMU_IMG, "check", "-r", "leaks", "--output=json", path, check=False)
+    ours = run(os.environ["VDISK"], "check", "-r", "leaks", "--output=json", path, check=False)
+    assert theirs.returncode == ours.returncode == 1, (theirs.stderr, ours.stderr)
+    assert not theirs.stdout.strip() and not ours.stdout.strip()
+    assert "Check failed" in ours.stderr and "need to rebuild" in ours.stderr
+    assert path.read_bytes() == before

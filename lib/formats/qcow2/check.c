@@ -58,10 +58,22 @@ static void say(struct checker *c, const char *fmt, ...)
  */
 #define PAST_EOF_COUNTED (1u << 20)
 
-/* *ref += weight, saturating */
-static void add_weight(uint32_t *ref, uint32_t weight)
+/*
+ * weight more references to cluster i. As qemu-img check counts them, a
+ * count stops at the largest refcount the image can store, and each
+ * reference beyond it is a corruption of its own (an overflow).
+ */
+static void add_weight(struct checker *c, uint64_t i, uint32_t weight)
 {
-    *ref = UINT32_MAX - *ref < weight ? UINT32_MAX : *ref + weight;
+    uint64_t most = c->q->refcount_max < UINT32_MAX ? c->q->refcount_max : UINT32_MAX;
+    uint64_t room = most - c->refs[i];
+    if (weight > room) {
+        say(c, "ERROR: overflow cluster offset=0x%llx",
+            (unsigned long long)(i * c->q->cluster_size));
+        c->res->corruptions += weight - room;
+        weight = (uint32_t)room;
+    }
+    c->refs[i] += weight;
 }
 
 static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uint32_t weight)
@@ -79,7 +91,7 @@ static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uin
         c->nrefs = last + 1;
     }
     for (uint64_t i = first; i <= last; i++)
-        add_weight(&c->refs[i], weight);
+        add_weight(c, i, weight);
 }
 
 /*
@@ -105,7 +117,7 @@ static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint32_t wei
     }
     if (last < c->nclusters) {
         for (uint64_t i = first; i <= last; i++)
-            add_weight(&c->refs[i], weight);
+            add_weight(c, i, weight);
         return;
     }
     uint64_t from = first > c->nclusters ? first : c->nclusters;
@@ -189,15 +201,22 @@ static bool cluster_inside_file(const struct checker *c, uint64_t off)
     return off <= c->file_size && c->q->cluster_size <= c->file_size - off;
 }
 
+/* Whether get_table() takes the table at off from the cache: aligned and wholly in the file. */
+static bool table_cached(const struct checker *c, uint64_t off)
+{
+    return !(off & (c->q->cluster_size - 1)) && cluster_inside_file(c, off);
+}
+
 /*
  * The L2 table at off: from the cache, or, when the end of the file cuts it
- * short, read with zeroes for the missing part (as qemu-img check reads it)
- * into a buffer that nothing writes back. Release it with put_table(off).
+ * short or the offset is misaligned, read as qemu-img check reads it (zeroes
+ * past the end of the file) into a buffer that nothing writes back. Release
+ * it with put_table(off).
  */
 static int get_table(struct checker *c, uint64_t off, uint8_t **table)
 {
     struct qcow2 *q = c->q;
-    if (cluster_inside_file(c, off))
+    if (table_cached(c, off))
         return vd_cache_get(q->l2_cache, off, false, (void **)table);
     if (!(*table = malloc((size_t)q->cluster_size)))
         return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
@@ -209,7 +228,7 @@ static int get_table(struct checker *c, uint64_t off, uint8_t **table)
 
 static void put_table(struct checker *c, uint64_t off, uint8_t *table)
 {
-    if (cluster_inside_file(c, off))
+    if (table_cached(c, off))
         vd_cache_put(c->q->l2_cache, table);
     else
         free(table);
@@ -232,11 +251,11 @@ static int walk_l1(struct checker *c, const uint64_t *l1, uint32_t l1_size, uint
         if (!l1[i])
             continue;
         add_ref(c, l2, q->cluster_size); /* reports a table past the end of the file */
+        /* a misaligned table is still walked where it points, as qemu-img walks it */
         if (l2 & (q->cluster_size - 1)) {
             say(c, "ERROR l2_offset=%llx: Table is not cluster aligned; L1 entry corrupted",
                 (unsigned long long)l2);
             c->res->corruptions++;
-            continue;
         }
         if (l2 / q->cluster_size >= c->nclusters)
             continue;
@@ -720,6 +739,7 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
                          .nclusters = (file_size + q->cluster_size - 1) / q->cluster_size,
                          .file_size = file_size };
     c.compare_end = c.nclusters;
+    c.end_cluster = 1; /* as qemu-img: the image ends after the header cluster at least */
     c.nrefs = c.nclusters;
     c.refs = calloc(c.nclusters ? c.nclusters : 1, sizeof *c.refs);
     if (!c.refs)
@@ -737,12 +757,19 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
     q->claimed_end = c.past_eof_end;
     if (res->check_errors) /* never repair from an incomplete count */
         flags = 0;
-    bool rebuild;
-    if (c.rebuild && (flags & VD_CHECK_REPAIR_ALL)) {
+    bool rebuild = false;
+    if (c.rebuild && flags) {
         /* repairing refcounts in place would write them into the shared or missing blocks */
         compare_refcounts(&c, 0);
-        say(&c, "Rebuilding refcount structure");
-        rebuild = true;
+        if (flags & VD_CHECK_REPAIR_ALL) {
+            say(&c, "Rebuilding refcount structure");
+            rebuild = true;
+        } else { /* as qemu-img check -r leaks: the check fails, nothing is written */
+            say(&c, "ERROR need to rebuild refcount structures");
+            res->check_errors++;
+            rc = vd_err(VD_ECORRUPT, "%s: the refcount structures need a rebuild (check -r all)",
+                        img->filename);
+        }
     } else {
         rebuild = compare_refcounts(&c, flags);
     }
