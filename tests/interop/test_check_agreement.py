@@ -1,5 +1,6 @@
 """Deliberately corrupted images: libvdisk's check counts what qemu-img check
 counts, and libvdisk's repair leaves an image qemu-img check finds clean."""
+import os
 import shutil
 import struct
 
@@ -9,7 +10,7 @@ import libvdisk
 from qcow2meta import COPIED, OFFSET_MASK, Qcow2
 from vdhelp import (CHECK_REPAIR_ALL, CHECK_REPAIR_LEAKS, RDWR, REPAIR, MiB, NO_LOCK,
                     assert_qemu_clean, open_handle, qemu_check, qemu_img, qemu_io, qemu_raw,
-                    run, vd_check_handle, QEMU_IMG)
+                    read_all, run, vd_check_handle, vdisk_check, QEMU_IMG)
 
 DATA_AT = 3 * MiB + 4096  # a guest offset holding data in every base image
 
@@ -219,3 +220,140 @@ def test_incomplete_snapshot_entry_repaired_as_qemu_img_repairs_it(tmp_path):
     assert "before" in listing
     with libvdisk.open(path, snapshot="before") as snap:
         assert snap.pread(0, 4096) == b"\x5a" * 4096
+
+
+# ---------------------------------------------------------- images check must open
+
+def assert_checks_agree(path):
+    """vdisk check and qemu-img check: same exit status and counts. Returns qemu's report."""
+    rc, report = qemu_check(path)
+    ours = vdisk_check(path)
+    if ours is None:
+        pytest.skip("no vdisk CLI")
+    keys = ("corruptions", "leaks", "check-errors")
+    assert (ours[0], [ours[1].get(k, 0) for k in keys]) == (rc, [report.get(k, 0) for k in keys]), (
+        ours, report)
+    return rc, report
+
+
+def repair_both_and_compare(path, tmp_path):
+    """-r all by vdisk and by qemu-img on copies: ours is no worse, and the guest data
+    qemu-img reads is the same."""
+    ours, theirs = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
+    shutil.copy(path, ours)
+    shutil.copy(path, theirs)
+    r = run(os.environ["VDISK"], "check", "-r", "all", ours, check=False)
+    assert r.returncode in (0, 3), r.stdout + r.stderr
+    qemu_img("check", "-r", "all", theirs, check=False)
+    assert_qemu_clean(ours)
+    assert qemu_raw(ours) == qemu_raw(theirs)
+    return ours
+
+
+def rt_entry(q, index):
+    return q.h["refcount_table_offset"] + 8 * index
+
+
+def test_unused_refcount_table_entry_with_reserved_bits(tmp_path):
+    """qemu-img counts one corruption; the open no longer refuses the image."""
+    path = tmp_path / "r.qcow2"
+    make_base(path, "cluster_size=64k")
+    with Qcow2(path) as q:
+        q.pwrite(rt_entry(q, 1), (1).to_bytes(8, "big"))
+    rc, report = assert_checks_agree(path)
+    assert rc == 2 and report["corruptions"] == 1
+    repair_both_and_compare(path, tmp_path)
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_refcount_block_past_the_end_of_the_file(tmp_path, index):
+    """Block 0 past the end reads as zeroes, as for qemu-img: every cluster's refcount is wrong."""
+    path = tmp_path / "r.qcow2"
+    make_base(path, "cluster_size=64k")
+    with Qcow2(path) as q:
+        q.pwrite(rt_entry(q, index), (1 << 30).to_bytes(8, "big"))
+    rc, report = assert_checks_agree(path)
+    assert rc == 2 and report["corruptions"] >= 1
+    repair_both_and_compare(path, tmp_path)
+
+
+def test_truncated_inside_an_all_zero_l1_table(tmp_path):
+    """The missing part of the L1 table reads as zeroes: no errors for either check; the
+    image opens read-only, read-write only to be repaired, and -r all makes the file whole."""
+    path = tmp_path / "t.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", path, "64M")
+    content = qemu_raw(path)
+    with Qcow2(path) as q:  # an empty image: its L1 table is last
+        assert file_size(q) == q.h["l1_table_offset"] + 8 * q.h["l1_size"]
+        q.f.truncate(q.h["l1_table_offset"] + 8 * q.h["l1_size"] - 100)
+    rc, _ = assert_checks_agree(path)
+    assert rc == 0
+    assert read_all(path) == content
+    with pytest.raises(libvdisk.CorruptImage, match="L1 table extends past the end"):
+        open_handle(path, RDWR).__enter__()
+    repaired = repair_both_and_compare(path, tmp_path)
+    with open_handle(repaired, RDWR):
+        pass
+    assert read_all(repaired) == content
+
+
+def file_size(q):
+    return q.f.seek(0, 2)
+
+
+def test_truncated_inside_the_snapshot_table(tmp_path):
+    """The missing entries read as zeroes, incomplete for version 3: both checks count
+    them, and -r all completes them."""
+    path = tmp_path / "s.qcow2"
+    make_base(path, "cluster_size=64k")
+    for name in ("one", "two", "three"):
+        qemu_img("snapshot", "-c", name, path)
+    with Qcow2(path) as q:
+        assert q.h["snapshots_offset"] + q.cluster_size >= file_size(q), "table not last"
+        q.f.truncate(q.h["snapshots_offset"] + 60)
+    rc, report = assert_checks_agree(path)
+    assert rc == 2, report
+    repair_both_and_compare(path, tmp_path)
+
+
+# ---------------------------------------------------------- verdicts and counts
+
+@pytest.mark.parametrize("base", ["cluster_size=64k", "cluster_size=4k,compat=0.10"])
+def test_misaligned_l1_entry_walks_the_table_where_it_points(tmp_path, base):
+    """qemu-img check reads the L2 table at the misaligned offset and counts what it names."""
+    path = tmp_path / "m.qcow2"
+    make_base(path, base)
+    with Qcow2(path) as q:
+        l1_index, _ = q.l2_location(DATA_AT)
+        q.set_l1_entry(l1_index, q.l1_entry(l1_index) + 512)
+    rc, report = assert_checks_agree(path)
+    assert rc == 2, report
+
+
+def test_refcount_overflow_counts_every_reference_beyond_the_width(tmp_path):
+    """Four references to one cluster, with 2-bit refcounts: an overflow, counted as qemu-img does."""
+    path = tmp_path / "o.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "refcount_bits=2", path, "16M")
+    qemu_io(path, "write -P 1 0 64k")
+    with Qcow2(path) as q:
+        entry = q.l2_entry(0)
+        for guest in (1, 2, 3):
+            q.set_l2_entry(guest * 65536, entry & ~COPIED)
+        q.set_refcount(entry & OFFSET_MASK, 3)
+    rc, report = assert_checks_agree(path)
+    assert rc == 2 and report["corruptions"] >= 2, report
+
+
+def test_repairing_leaks_fails_when_the_refcounts_need_a_rebuild(tmp_path):
+    """qemu-img check -r leaks: 'Check failed', exit 1, no report, nothing written."""
+    path = tmp_path / "r.qcow2"
+    make_base(path, "cluster_size=64k")
+    with Qcow2(path) as q:
+        q.pwrite(rt_entry(q, 1), (1).to_bytes(8, "big"))
+    before = path.read_bytes()
+    theirs = run(QEMU_IMG, "check", "-r", "leaks", "--output=json", path, check=False)
+    ours = run(os.environ["VDISK"], "check", "-r", "leaks", "--output=json", path, check=False)
+    assert theirs.returncode == ours.returncode == 1, (theirs.stderr, ours.stderr)
+    assert not theirs.stdout.strip() and not ours.stdout.strip()
+    assert "Check failed" in ours.stderr and "need to rebuild" in ours.stderr
+    assert path.read_bytes() == before

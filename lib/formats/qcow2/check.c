@@ -28,7 +28,13 @@ struct checker {
     uint64_t next_contiguous;
     uint64_t end_cluster;    /* past the last cluster referenced or with a stored refcount */
     uint64_t past_eof_first, past_eof_end; /* clusters referenced beyond the end of the file */
+    uint64_t compare_end;    /* refcounts compared below this cluster (add_refs) */
     bool rebuild;            /* the refcount structures cannot be repaired in place */
+    uint64_t file_size;
+    /* the last refcount block read that the end of the file cuts short (zero-filled) */
+    uint8_t *cut_block;
+    uint64_t cut_block_off;
+    uint64_t *raw_rt;        /* the refcount table with its reserved bits (read_raw_refcount_table) */
 };
 
 static void say(struct checker *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -52,10 +58,22 @@ static void say(struct checker *c, const char *fmt, ...)
  */
 #define PAST_EOF_COUNTED (1u << 20)
 
-/* *ref += weight, saturating */
-static void add_weight(uint32_t *ref, uint32_t weight)
+/*
+ * weight more references to cluster i. As qemu-img check counts them, a
+ * count stops at the largest refcount the image can store, and each
+ * reference beyond it is a corruption of its own (an overflow).
+ */
+static void add_weight(struct checker *c, uint64_t i, uint32_t weight)
 {
-    *ref = UINT32_MAX - *ref < weight ? UINT32_MAX : *ref + weight;
+    uint64_t most = c->q->refcount_max < UINT32_MAX ? c->q->refcount_max : UINT32_MAX;
+    uint64_t room = most - c->refs[i];
+    if (weight > room) {
+        say(c, "ERROR: overflow cluster offset=0x%llx",
+            (unsigned long long)(i * c->q->cluster_size));
+        c->res->corruptions += weight - room;
+        weight = (uint32_t)room;
+    }
+    c->refs[i] += weight;
 }
 
 static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uint32_t weight)
@@ -73,34 +91,43 @@ static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uin
         c->nrefs = last + 1;
     }
     for (uint64_t i = first; i <= last; i++)
-        add_weight(&c->refs[i], weight);
+        add_weight(c, i, weight);
 }
 
 /*
  * Count weight references to every cluster of [off, off+len): as many as
  * identical structures name it (reported once, counted weight times).
+ * qemu-img check measures the file in 512-byte sectors and calls a region
+ * corrupt only when it ends a cluster or more past that length; a region
+ * that ends less far past it is counted, and compared, like any other.
  */
 static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint32_t weight)
 {
     if (!len)
         return;
     uint64_t cs = c->q->cluster_size, first = off / cs, last = (off + len - 1) / cs;
-    if (last >= c->nclusters || off + len < off) {
+    uint64_t file_len = (c->file_size + 511) & ~511ull;
+    bool wraps = off + len < off, far_past_eof = wraps || off + len - file_len >= cs;
+    if (off + len > file_len && far_past_eof) {
         say(c, "ERROR: counting reference for region exceeding the end of the file by one cluster "
                "or more: offset 0x%llx size 0x%llx", (unsigned long long)off, (unsigned long long)len);
         c->res->corruptions += weight;
-        if (off + len > off) {
-            uint64_t from = first > c->nclusters ? first : c->nclusters;
-            if (!c->past_eof_end || from < c->past_eof_first)
-                c->past_eof_first = from;
-            if (last + 1 > c->past_eof_end)
-                c->past_eof_end = last + 1;
-            count_past_eof(c, first, last, weight);
-        }
+        if (wraps)
+            return;
+    }
+    if (last < c->nclusters) {
+        for (uint64_t i = first; i <= last; i++)
+            add_weight(c, i, weight);
         return;
     }
-    for (uint64_t i = first; i <= last; i++)
-        add_weight(&c->refs[i], weight);
+    uint64_t from = first > c->nclusters ? first : c->nclusters;
+    if (!c->past_eof_end || from < c->past_eof_first)
+        c->past_eof_first = from;
+    if (last + 1 > c->past_eof_end)
+        c->past_eof_end = last + 1;
+    count_past_eof(c, first, last, weight);
+    if (!(off + len > file_len && far_past_eof) && last < c->nrefs && last + 1 > c->compare_end)
+        c->compare_end = last + 1;
 }
 
 /* Count one reference to every cluster of [off, off+len). */
@@ -168,6 +195,45 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active)
     }
 }
 
+/* Whether the cluster at off lies wholly inside the file. */
+static bool cluster_inside_file(const struct checker *c, uint64_t off)
+{
+    return off <= c->file_size && c->q->cluster_size <= c->file_size - off;
+}
+
+/* Whether get_table() takes the table at off from the cache: aligned and wholly in the file. */
+static bool table_cached(const struct checker *c, uint64_t off)
+{
+    return !(off & (c->q->cluster_size - 1)) && cluster_inside_file(c, off);
+}
+
+/*
+ * The L2 table at off: from the cache, or, when the end of the file cuts it
+ * short or the offset is misaligned, read as qemu-img check reads it (zeroes
+ * past the end of the file) into a buffer that nothing writes back. Release
+ * it with put_table(off).
+ */
+static int get_table(struct checker *c, uint64_t off, uint8_t **table)
+{
+    struct qcow2 *q = c->q;
+    if (table_cached(c, off))
+        return vd_cache_get(q->l2_cache, off, false, (void **)table);
+    if (!(*table = malloc((size_t)q->cluster_size)))
+        return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
+    int rc = qcow2_pread_table(c->img, *table, q->cluster_size, off, NULL);
+    if (rc < 0)
+        free(*table);
+    return rc;
+}
+
+static void put_table(struct checker *c, uint64_t off, uint8_t *table)
+{
+    if (table_cached(c, off))
+        vd_cache_put(c->q->l2_cache, table);
+    else
+        free(table);
+}
+
 /* Count an L1 table, its L2 tables and their clusters. l1 is host-endian. */
 static int walk_l1(struct checker *c, const uint64_t *l1, uint32_t l1_size, uint64_t l1_offset,
                    bool active)
@@ -185,23 +251,22 @@ static int walk_l1(struct checker *c, const uint64_t *l1, uint32_t l1_size, uint
         if (!l1[i])
             continue;
         add_ref(c, l2, q->cluster_size); /* reports a table past the end of the file */
+        /* a misaligned table is still walked where it points, as qemu-img walks it */
         if (l2 & (q->cluster_size - 1)) {
             say(c, "ERROR l2_offset=%llx: Table is not cluster aligned; L1 entry corrupted",
                 (unsigned long long)l2);
             c->res->corruptions++;
-            continue;
         }
         if (l2 / q->cluster_size >= c->nclusters)
             continue;
         uint8_t *table;
-        int rc = vd_cache_get(q->l2_cache, l2, false, (void **)&table);
-        if (rc < 0) {
+        if (get_table(c, l2, &table) < 0) {
             c->res->check_errors++;
             continue;
         }
         c->next_contiguous = 0; /* qemu-img counts fragments within each L2 table */
         walk_l2(c, table, active);
-        vd_cache_put(q->l2_cache, table);
+        put_table(c, l2, table);
     }
     return 0;
 }
@@ -215,7 +280,8 @@ static int walk_snapshots(struct checker *c)
         uint64_t *l1 = calloc(sn->l1_size ? sn->l1_size : 1, 8);
         if (!l1)
             return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
-        int rc = sn->l1_size ? vd_file_pread(c->img->file, l1, (size_t)sn->l1_size * 8, sn->l1_offset) : 0;
+        /* past the end of the file the table reads as zeroes, as qemu-img check reads it */
+        int rc = qcow2_pread_table(c->img, l1, (uint64_t)sn->l1_size * 8, sn->l1_offset, NULL);
         if (rc < 0) {
             c->res->check_errors++;
         } else {
@@ -310,6 +376,75 @@ static void walk_bitmaps(struct checker *c)
     free(tables);
 }
 
+/* What a refcount table entry names, as qemu-img check sees it. */
+enum refblock_state {
+    REFBLOCK_NONE,          /* no block */
+    REFBLOCK_RESERVED_BITS, /* reserved bits set (the open ignores them, as QEMU does) */
+    REFBLOCK_MISALIGNED,
+    REFBLOCK_OUTSIDE,       /* past the end of the file */
+    REFBLOCK_COUNTED,       /* a block in the file: its cluster is counted */
+};
+
+static enum refblock_state refblock_state(const struct checker *c, uint64_t i)
+{
+    if (c->raw_rt[i] & QCOW2_RT_RESERVED)
+        return REFBLOCK_RESERVED_BITS;
+    if (!c->q->rt[i])
+        return REFBLOCK_NONE;
+    if (qcow2_refblock_misaligned(c->q, i))
+        return REFBLOCK_MISALIGNED;
+    return c->q->rt[i] / c->q->cluster_size >= c->nclusters ? REFBLOCK_OUTSIDE : REFBLOCK_COUNTED;
+}
+
+/* The refcount table as the file holds it, reserved bits included, host-endian. */
+static int read_raw_refcount_table(struct checker *c)
+{
+    struct qcow2 *q = c->q;
+    if (!(c->raw_rt = malloc((size_t)q->rt_entries * 8 + 1)))
+        return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
+    int rc = qcow2_pread_table(c->img, c->raw_rt, q->rt_entries * 8, q->rt_offset, NULL);
+    for (uint64_t i = 0; rc == 0 && i < q->rt_entries; i++)
+        c->raw_rt[i] = vd_be64(&c->raw_rt[i]);
+    return rc;
+}
+
+/*
+ * The refcount blocks, last: one that shares its cluster with anything
+ * counted before it cannot be repaired in place, nor can a table entry that
+ * names no usable block: the structures must be rebuilt.
+ */
+static void count_refcount_blocks(struct checker *c)
+{
+    struct qcow2 *q = c->q;
+    for (uint64_t i = 0; i < q->rt_entries; i++) {
+        unsigned long long index = i;
+        switch (refblock_state(c, i)) {
+        case REFBLOCK_NONE:
+            continue;
+        case REFBLOCK_RESERVED_BITS:
+            say(c, "ERROR refcount table entry %llu has reserved bits set", index);
+            break;
+        case REFBLOCK_MISALIGNED:
+            say(c, "ERROR refcount block %llu is not cluster aligned; refcount table entry corrupted",
+                index);
+            break;
+        case REFBLOCK_OUTSIDE:
+            say(c, "ERROR refcount block %llu is outside image", index);
+            break;
+        case REFBLOCK_COUNTED: {
+            uint64_t cluster = q->rt[i] / q->cluster_size;
+            add_ref(c, q->rt[i], q->cluster_size);
+            if (c->refs[cluster] == 1)
+                continue;
+            say(c, "ERROR refcount block %llu refcount=%u", index, c->refs[cluster]);
+            break;
+        }
+        }
+        c->res->corruptions++;
+        c->rebuild = true;
+    }
+}
+
 static void count_references(struct checker *c)
 {
     struct qcow2 *q = c->q;
@@ -323,33 +458,45 @@ static void count_references(struct checker *c)
         if (ext->type == QCOW2_EXT_CRYPTO && ext->len >= 16)
             add_ref(c, vd_be64(ext->data), vd_be64(ext->data + 8));
     }
-    /* refcount blocks last: one that shares its cluster with anything counted
-       before it cannot be repaired in place, the structures must be rebuilt */
-    for (uint64_t i = 0; i < q->rt_entries; i++) {
-        uint64_t cluster = q->rt[i] / q->cluster_size;
-        if (!q->rt[i])
-            continue;
-        if (cluster >= c->nclusters) {
-            say(c, "ERROR refcount block %llu is outside image", (unsigned long long)i);
-            c->res->corruptions++;
-            c->rebuild = true;
-            continue;
-        }
-        add_ref(c, q->rt[i], q->cluster_size);
-        if (c->refs[cluster] != 1) {
-            say(c, "ERROR refcount block %llu refcount=%u", (unsigned long long)i, c->refs[cluster]);
-            c->res->corruptions++;
-            c->rebuild = true;
-        }
-    }
+    count_refcount_blocks(c);
 }
 
-/* Set a stored refcount; false if no refcount block covers the cluster. */
+/*
+ * The stored refcount of a cluster as qemu-img check reads it: a block that
+ * lies past the end of the file, or that the end cuts short, reads as zeroes
+ * there; a misaligned block cannot be read (a check error, as for qemu-img).
+ */
+static int stored_refcount(struct checker *c, uint64_t cluster, uint64_t *refcount)
+{
+    struct qcow2 *q = c->q;
+    uint64_t ti = cluster / q->rb_entries, off = ti < q->rt_entries ? q->rt[ti] : 0;
+    *refcount = 0;
+    if (!off || off >= c->file_size)
+        return 0;
+    if (qcow2_refblock_misaligned(q, ti))
+        return VD_ECORRUPT;
+    if (cluster_inside_file(c, off))
+        return qcow2_get_refcount(c->img, q, cluster, refcount);
+    if (!c->cut_block || c->cut_block_off != off) {
+        if (!c->cut_block && !(c->cut_block = malloc((size_t)q->cluster_size)))
+            return VD_ENOMEM;
+        c->cut_block_off = 0;
+        int rc = qcow2_pread_table(c->img, c->cut_block, q->cluster_size, off, NULL);
+        if (rc < 0)
+            return rc;
+        c->cut_block_off = off;
+    }
+    *refcount = qcow2_refblock_get(c->cut_block, cluster % q->rb_entries, q->refcount_order);
+    return 0;
+}
+
+/* Set a stored refcount; false where it cannot be set in place (no usable block). */
 static bool set_refcount(struct checker *c, uint64_t cluster, uint64_t wanted)
 {
     struct qcow2 *q = c->q;
     uint64_t ti = cluster / q->rb_entries;
-    if (ti >= q->rt_entries || !q->rt[ti] || wanted > q->refcount_max)
+    if (ti >= q->rt_entries || !q->rt[ti] || qcow2_refblock_misaligned(q, ti) ||
+        !cluster_inside_file(c, q->rt[ti]) || wanted > q->refcount_max)
         return false;
     return qcow2_set_refcount(c->img, q, cluster, wanted) == 0;
 }
@@ -357,13 +504,13 @@ static bool set_refcount(struct checker *c, uint64_t cluster, uint64_t wanted)
 /* Compare stored refcounts with the references; repair per flags. */
 static bool compare_refcounts(struct checker *c, uint32_t flags)
 {
-    struct qcow2 *q = c->q;
     bool need_rebuild = false;
-    /* refcounts past the end of the file are left alone, as qemu-img does: nothing there
-       can be referenced (add_ref refuses it), and allocation stays past them */
-    for (uint64_t i = 0; i < c->nclusters; i++) {
+    /* refcounts past the end of the file are left alone, as qemu-img does, but for the
+       clusters that references just past it name (add_refs); allocation stays past them */
+    for (uint64_t i = 0; i < c->compare_end; i++) {
         uint64_t stored, wanted = c->refs[i];
-        if (qcow2_get_refcount(c->img, q, i, &stored) < 0) {
+        if (stored_refcount(c, i, &stored) < 0) {
+            say(c, "Can't get refcount for cluster %llu", (unsigned long long)i);
             c->res->check_errors++;
             continue;
         }
@@ -394,7 +541,7 @@ static void check_copied_flags(struct checker *c, uint32_t flags)
     bool repair = (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) != 0;
     for (uint32_t i = 0; i < q->l1_size; i++) {
         uint64_t l2 = q->l1[i] & QCOW2_OFFSET_MASK, refcount;
-        if (!l2 || qcow2_get_refcount(c->img, q, l2 / q->cluster_size, &refcount) < 0)
+        if (!l2 || stored_refcount(c, l2 / q->cluster_size, &refcount) < 0)
             continue;
         if (!!(q->l1[i] & QCOW2_OFLAG_COPIED) != (refcount == 1)) {
             say(c, "%s OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%llx refcount=%llu",
@@ -410,22 +557,25 @@ static void check_copied_flags(struct checker *c, uint32_t flags)
         uint8_t *table;
         if ((l2 & (q->cluster_size - 1)) || l2 / q->cluster_size >= c->nclusters)
             continue; /* reported by the count; nothing to read */
-        if (vd_cache_get(q->l2_cache, l2, false, (void **)&table) < 0) {
+        if (get_table(c, l2, &table) < 0) {
             c->res->check_errors++;
             continue;
         }
+        /* a table that the end of the file cuts short is reported, not repaired in place */
+        bool repair_table = repair && cluster_inside_file(c, l2);
         /* entries past the end of the file have refcount 0: their COPIED flag is wrong too */
         for (uint64_t j = 0; j < q->l2_entries; j++) {
             uint8_t *p = table + j * q->l2_entry_bytes;
             uint64_t word = vd_be64(p), host = word & QCOW2_OFFSET_MASK;
             if (qcow2_has_data_file(q) || (word & QCOW2_OFLAG_COMPRESSED) || !host ||
-                qcow2_get_refcount(c->img, q, host / q->cluster_size, &refcount) < 0)
+                stored_refcount(c, host / q->cluster_size, &refcount) < 0)
                 continue;
             if (!!(word & QCOW2_OFLAG_COPIED) == (refcount == 1))
                 continue;
             say(c, "%s OFLAG_COPIED data cluster: l2_entry=%llx refcount=%llu",
-                repair ? "Repairing" : "ERROR", (unsigned long long)word, (unsigned long long)refcount);
-            if (repair) {
+                repair_table ? "Repairing" : "ERROR", (unsigned long long)word,
+                (unsigned long long)refcount);
+            if (repair_table) {
                 vd_put_be64(p, word ^ QCOW2_OFLAG_COPIED);
                 vd_cache_mark_dirty(q->l2_cache, table);
                 c->res->corruptions_fixed++;
@@ -433,7 +583,7 @@ static void check_copied_flags(struct checker *c, uint32_t flags)
                 c->res->corruptions++;
             }
         }
-        vd_cache_put(q->l2_cache, table);
+        put_table(c, l2, table);
     }
 }
 
@@ -465,11 +615,11 @@ static int rebuild_refcounts(struct checker *c)
     const uint64_t cs = q->cluster_size;
     /* the old structures drop the references they counted; a cluster they shared
        with other metadata keeps that metadata's reference */
-    if (q->rt_offset / cs + q->rt_clusters <= c->nclusters) /* else add_ref counted none */
-        for (uint64_t i = 0; i < q->rt_clusters; i++)
-            c->refs[q->rt_offset / cs + i]--;
+    for (uint64_t i = q->rt_offset / cs; i < q->rt_offset / cs + q->rt_clusters && i < c->nrefs; i++)
+        if (c->refs[i]) /* add_refs counts no cluster far past the end of the file */
+            c->refs[i]--;
     for (uint64_t i = 0; i < q->rt_entries; i++)
-        if (q->rt[i] && q->rt[i] / cs < c->nclusters)
+        if (refblock_state(c, i) == REFBLOCK_COUNTED)
             c->refs[q->rt[i] / cs]--;
 
     /* never where a table entry points past the end of the file: a write
@@ -586,12 +736,20 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
     if (rc < 0)
         return rc;
     struct checker c = { .img = img, .q = q, .res = res, .report = report, .ctx = ctx,
-                         .nclusters = (file_size + q->cluster_size - 1) / q->cluster_size };
+                         .nclusters = (file_size + q->cluster_size - 1) / q->cluster_size,
+                         .file_size = file_size };
+    c.compare_end = c.nclusters;
+    c.end_cluster = 1; /* as qemu-img: the image ends after the header cluster at least */
     c.nrefs = c.nclusters;
     c.refs = calloc(c.nclusters ? c.nclusters : 1, sizeof *c.refs);
     if (!c.refs)
         return vd_err(VD_ENOMEM, "%s: out of memory for the check (%llu clusters)", img->filename,
                       (unsigned long long)c.nclusters);
+    if ((rc = read_raw_refcount_table(&c)) < 0) {
+        free(c.refs);
+        free(c.raw_rt);
+        return rc;
+    }
     count_references(&c);
     /* clusters that entries name past the end of the file are not free: the
        allocator (and a rebuild) place nothing there, so nothing aliases them */
@@ -599,12 +757,19 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
     q->claimed_end = c.past_eof_end;
     if (res->check_errors) /* never repair from an incomplete count */
         flags = 0;
-    bool rebuild;
-    if (c.rebuild && (flags & VD_CHECK_REPAIR_ALL)) {
+    bool rebuild = false;
+    if (c.rebuild && flags) {
         /* repairing refcounts in place would write them into the shared or missing blocks */
         compare_refcounts(&c, 0);
-        say(&c, "Rebuilding refcount structure");
-        rebuild = true;
+        if (flags & VD_CHECK_REPAIR_ALL) {
+            say(&c, "Rebuilding refcount structure");
+            rebuild = true;
+        } else { /* as qemu-img check -r leaks: the check fails, nothing is written */
+            say(&c, "ERROR need to rebuild refcount structures");
+            res->check_errors++;
+            rc = vd_err(VD_ECORRUPT, "%s: the refcount structures need a rebuild (check -r all)",
+                        img->filename);
+        }
     } else {
         rebuild = compare_refcounts(&c, flags);
     }
@@ -612,6 +777,8 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
     res->image_end_offset = c.end_cluster * q->cluster_size;
     if (rebuild) {
         rc = rebuild_refcounts(&c);
+        if (rc == 0) /* the new structures lie past the old end of the file */
+            rc = vd_file_get_size(img->file, &c.file_size);
         if (rc == 0) {
             res->corruptions_fixed += res->corruptions;
             res->leaks_fixed += res->leaks;
@@ -624,7 +791,43 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
     if (rc == 0)
         rc = check_snapshot_entries(&c, flags);
     free(c.refs);
+    free(c.cut_block);
+    free(c.raw_rt);
     return rc;
+}
+
+/*
+ * A table that the end of the file cuts short was read as zeroes, as QEMU
+ * reads it (not an error for qemu-img check). A repair makes the file cover
+ * it, holding those zeroes, so that the image opens read-write again.
+ */
+static int cover_tables_past_eof(vd_image *img, struct qcow2 *q, uint32_t flags,
+                                 vd_check_report_fn report, void *ctx)
+{
+    struct checker c = { .img = img, .q = q, .report = report, .ctx = ctx };
+    if (!q->table_past_eof)
+        return 0;
+    if (!(flags & VD_CHECK_REPAIR_ALL)) {
+        say(&c, "Warning: the %s extends past the end of the file (read as zeroes there)",
+            q->table_past_eof);
+        return 0;
+    }
+    const uint64_t cs = q->cluster_size;
+    uint64_t ends[] = { q->l1_offset + (uint64_t)q->l1_size * 8, q->rt_offset + q->rt_clusters * cs,
+                        q->nb_snapshots ? q->snapshots_offset + q->snapshots_bytes : 0 };
+    uint64_t end = 0, file_size;
+    for (size_t i = 0; i < sizeof ends / sizeof *ends; i++)
+        end = ends[i] > end ? ends[i] : end;
+    end = (end + cs - 1) / cs * cs;
+    int rc = vd_file_get_size(img->file, &file_size);
+    if (rc == 0 && end > file_size)
+        rc = vd_file_truncate(img->file, end);
+    if (rc < 0)
+        return rc;
+    say(&c, "Repairing the %s: it extended past the end of the file, which now ends at 0x%llx",
+        q->table_past_eof, (unsigned long long)end);
+    q->table_past_eof = NULL;
+    return vd_image_sync_now(img);
 }
 
 int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
@@ -633,6 +836,8 @@ int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
     struct qcow2 *q = qcow2_of(img);
     int rc = 0;
     if (!img->read_only && (rc = img->backend->flush(img)) < 0)
+        return rc;
+    if ((rc = cover_tables_past_eof(img, q, flags, report, ctx)) < 0)
         return rc;
     rc = check_pass(img, flags, res, report, ctx);
     bool repaired = res->corruptions_fixed || res->leaks_fixed;

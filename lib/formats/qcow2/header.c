@@ -182,12 +182,12 @@ static int validate(vd_image *img, struct qcow2 *q, uint64_t backing_off, uint32
         return corrupt_header(img, "a table offset is not aligned to a cluster");
     if (q->rt_clusters == 0 || q->rt_offset == 0)
         return corrupt_header(img, "the refcount table is empty");
+    /* tables may extend past the end of the file: that part reads as zeroes (qcow2_pread_table) */
     uint64_t end;
-    if (vd_add_overflows(q->l1_offset, (uint64_t)q->l1_size * 8, &end) ||
-        (q->l1_size && end > file_size))
-        return corrupt_header(img, "the L1 table is past the end of the file");
-    if (vd_add_overflows(q->rt_offset, (uint64_t)q->rt_clusters * cs, &end) || end > file_size)
-        return corrupt_header(img, "the refcount table is past the end of the file");
+    if (vd_add_overflows(q->l1_offset, (uint64_t)q->l1_size * 8, &end))
+        return corrupt_header(img, "the L1 table is past the end of the address space");
+    if (vd_add_overflows(q->rt_offset, (uint64_t)q->rt_clusters * cs, &end))
+        return corrupt_header(img, "the refcount table is past the end of the address space");
     /* the L1 table must cover the virtual size */
     uint64_t clusters = img->size / cs + (img->size % cs != 0);
     uint64_t l1_needed = clusters / q->l2_entries + (clusters % q->l2_entries != 0);

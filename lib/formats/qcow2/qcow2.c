@@ -25,12 +25,26 @@ static size_t l2_cache_tables(const struct qcow2 *q, uint64_t virtual_size, uint
     return (size_t)(bytes / q->cluster_size);
 }
 
+int qcow2_pread_table(vd_image *img, void *buf, uint64_t len, uint64_t off, const char *name)
+{
+    uint64_t file_size;
+    int rc = vd_file_get_size(img->file, &file_size);
+    if (rc < 0)
+        return rc;
+    uint64_t present = off >= file_size ? 0 : file_size - off < len ? file_size - off : len;
+    struct qcow2 *q = qcow2_of(img);
+    if (present < len && name && !q->table_past_eof)
+        q->table_past_eof = name;
+    memset((uint8_t *)buf + present, 0, (size_t)(len - present));
+    return present ? vd_file_pread(img->file, buf, (size_t)present, off) : 0;
+}
+
 static int load_l1(vd_image *img, struct qcow2 *q)
 {
     q->l1 = calloc(q->l1_size ? q->l1_size : 1, sizeof *q->l1);
     if (!q->l1)
         return vd_err(VD_ENOMEM, "%s: out of memory for the L1 table", img->filename);
-    int rc = q->l1_size ? vd_file_pread(img->file, q->l1, (size_t)q->l1_size * 8, q->l1_offset) : 0;
+    int rc = qcow2_pread_table(img, q->l1, (uint64_t)q->l1_size * 8, q->l1_offset, "L1 table");
     for (uint32_t i = 0; rc == 0 && i < q->l1_size; i++)
         q->l1[i] = vd_be64(&q->l1[i]);
     return rc;
@@ -176,6 +190,10 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
         rc = qcow2_view_snapshot(img, q, opts->snapshot);
     if (rc == 0)
         rc = qcow2_load_refcount_table(img, q);
+    if (rc == 0 && q->table_past_eof && !img->read_only && !(img->open_flags & VD_OPEN_REPAIR))
+        rc = vd_err(VD_ECORRUPT, "%s: the qcow2 %s extends past the end of the file (a truncated "
+                    "copy?); it can only be opened read-only (repair it with 'vdisk check -r all')",
+                    img->filename, q->table_past_eof);
     uint64_t file_size = 0;
     if (rc == 0)
         rc = vd_file_get_size(img->file, &file_size);

@@ -64,6 +64,7 @@
 #define QCOW2_OFFSET_MASK      0x00fffffffffffe00ull /* bits 9..55 */
 #define QCOW2_L1_RESERVED      0x7f000000000001ffull
 #define QCOW2_L2_RESERVED      0x3f000000000001feull
+#define QCOW2_RT_RESERVED      0x1ffull /* refcount table entries: bits 0..8 */
 
 #define QCOW2_SUBCLUSTERS      32
 
@@ -165,6 +166,10 @@ struct qcow2 {
     bool meta_stale;          /* metadata moved or clusters were freed since the rebuild */
 
     bool dirty_by_us;         /* this session set the dirty bit (lazy refcounts) */
+    /* the first table found at open to extend past the end of the file (its missing
+       part read as zeroes, as QEMU reads it), or NULL; set, the image opens read-write
+       only for a repair, which extends the file over the table */
+    const char *table_past_eof;
 
     int metadata_prealloc;    /* qcow2_metadata_preallocated(): -1 not decided yet, 0, 1 (atomic) */
     uint64_t free_hint;       /* no free cluster below this index */
@@ -194,6 +199,14 @@ static inline bool qcow2_has_data_file(const struct qcow2 *q)
  */
 int qcow2_signal_corruption(vd_image *img, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/*
+ * Read len bytes of a table at off; bytes past the end of the file read as
+ * zeroes, as QEMU's block layer reads them (a truncated copy). A table that
+ * extends past the end of the file and has a name (open passes one) is
+ * remembered in q->table_past_eof.
+ */
+int qcow2_pread_table(vd_image *img, void *buf, uint64_t len, uint64_t off, const char *name);
+
 /* header.c */
 int qcow2_probe(const uint8_t *head, size_t len, uint64_t file_size);
 int qcow2_read_header(vd_image *img, struct qcow2 *q);
@@ -218,6 +231,8 @@ int qcow2_write_l1(vd_image *img, struct qcow2 *q);
 uint64_t qcow2_refblock_get(const uint8_t *block, uint64_t idx, uint32_t order);
 void qcow2_refblock_set(uint8_t *block, uint64_t idx, uint32_t order, uint64_t value);
 int qcow2_load_refcount_table(vd_image *img, struct qcow2 *q);
+/* Refcount table entry ti names an offset inside a cluster (corrupt; reads of it refused). */
+bool qcow2_refblock_misaligned(const struct qcow2 *q, uint64_t ti);
 int qcow2_get_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_t *refcount);
 /*
  * The first cluster from which on every refcount is zero, and not before the

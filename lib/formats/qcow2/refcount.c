@@ -53,27 +53,40 @@ int qcow2_load_refcount_table(vd_image *img, struct qcow2 *q)
     q->rt = malloc((size_t)bytes);
     if (!q->rt)
         return vd_err(VD_ENOMEM, "%s: out of memory for the refcount table", img->filename);
-    int rc = vd_file_pread(img->file, q->rt, (size_t)bytes, q->rt_offset);
+    int rc = qcow2_pread_table(img, q->rt, bytes, q->rt_offset, "refcount table");
     if (rc < 0)
         return rc;
-    for (uint64_t i = 0; i < q->rt_entries; i++) {
-        q->rt[i] = vd_be64(&q->rt[i]);
-        if (q->rt[i] & (q->cluster_size - 1))
-            return vd_err(VD_ECORRUPT, "%s: refcount block %llu is not cluster aligned",
-                          img->filename, (unsigned long long)i);
-    }
+    /* the reserved bits are not part of the offset, as for QEMU (check reports them);
+       an offset inside a cluster is refused when the block is needed (block_offset) */
+    for (uint64_t i = 0; i < q->rt_entries; i++)
+        q->rt[i] = vd_be64(&q->rt[i]) & ~QCOW2_RT_RESERVED;
+    return 0;
+}
+
+bool qcow2_refblock_misaligned(const struct qcow2 *q, uint64_t ti)
+{
+    return (q->rt[ti] & (q->cluster_size - 1)) != 0;
+}
+
+/* The offset of refcount block ti: 0 if there is none; corruption if misaligned. */
+static int block_offset(vd_image *img, struct qcow2 *q, uint64_t ti, uint64_t *off)
+{
+    *off = ti < q->rt_entries ? q->rt[ti] : 0;
+    if (*off && qcow2_refblock_misaligned(q, ti))
+        return qcow2_signal_corruption(img, "refcount block %llu at offset 0x%llx is not cluster "
+                                       "aligned", (unsigned long long)ti, (unsigned long long)*off);
     return 0;
 }
 
 int qcow2_get_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, uint64_t *refcount)
 {
-    uint64_t ti = cluster / q->rb_entries;
-    if (ti >= q->rt_entries || q->rt[ti] == 0) {
-        *refcount = 0;
-        return 0;
-    }
+    uint64_t off;
+    int rc = block_offset(img, q, cluster / q->rb_entries, &off);
+    *refcount = 0;
+    if (rc < 0 || !off)
+        return rc;
     void *block;
-    int rc = vd_cache_get(q->rb_cache, q->rt[ti], false, &block);
+    rc = vd_cache_get(q->rb_cache, off, false, &block);
     if (rc < 0)
         return rc;
     *refcount = qcow2_refblock_get(block, cluster % q->rb_entries, q->refcount_order);
@@ -140,9 +153,10 @@ int qcow2_alloc_end_past(vd_image *img, struct qcow2 *q, uint64_t file_size, uin
     if (!block_set_init(&seen, entries < end ? entries : end))
         return vd_err(VD_ENOMEM, "%s: out of memory scanning the refcount blocks", img->filename);
     for (uint64_t ti = q->rt_entries; ti-- > first_ti;) {
-        /* a block past the end of the file holds nothing (the check reports it); a
-           block seen before was all zero, else the scan would have stopped there */
-        if (!q->rt[ti] || q->rt[ti] >= file_size || block_set_test_and_add(&seen, q->rt[ti]))
+        /* a block past the end of the file or misaligned holds nothing (the check reports
+           it); a block seen before was all zero, else the scan would have stopped there */
+        if (!q->rt[ti] || q->rt[ti] >= file_size || qcow2_refblock_misaligned(q, ti) ||
+            block_set_test_and_add(&seen, q->rt[ti]))
             continue;
         uint64_t used = refblock_used_end(q, q->rt[ti]);
         if (used) {
@@ -177,10 +191,12 @@ static int publish_rt_entries(vd_image *img, struct qcow2 *q, uint64_t first, ui
 /* The refcount block holding `cluster`'s refcount, from the cache, and that refcount. */
 static int load_refcount(vd_image *img, struct qcow2 *q, uint64_t cluster, void **block, uint64_t *value)
 {
-    uint64_t ti = cluster / q->rb_entries;
-    if (ti >= q->rt_entries || q->rt[ti] == 0)
-        return qcow2_signal_corruption(img, "cluster %llu has no refcount block", (unsigned long long)cluster);
-    int rc = vd_cache_get(q->rb_cache, q->rt[ti], false, block);
+    uint64_t off;
+    int rc = block_offset(img, q, cluster / q->rb_entries, &off);
+    if (rc == 0 && !off)
+        rc = qcow2_signal_corruption(img, "cluster %llu has no refcount block", (unsigned long long)cluster);
+    if (rc == 0)
+        rc = vd_cache_get(q->rb_cache, off, false, block);
     if (rc == 0)
         *value = qcow2_refblock_get(*block, cluster % q->rb_entries, q->refcount_order);
     return rc;
