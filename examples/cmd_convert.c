@@ -32,9 +32,7 @@ struct convert_args {
     unsigned parallel;      /* -m, or 0 */
     const char *backing;    /* -B, or NULL */
     const char *backing_fmt; /* -F, or NULL */
-    /* -l: convert a snapshot, found by id and/or name; with snapshot_either by id or else name */
-    char *snapshot_id, *snapshot_name;
-    bool snapshot_either;
+    struct snapshot_param snapshot; /* -l or -s: convert a snapshot */
     const char *src, *dst;
 };
 
@@ -71,44 +69,11 @@ static int copy_to_destination(const struct convert_args *a, vd_image *src)
     return EXIT_SUCCESS;
 }
 
-/* The id of the snapshot -l asks for, malloc'd; NULL (reported) if there is none such. */
-static char *find_snapshot_id(const struct convert_args *a, vd_image *img)
-{
-    struct snapshot_list list;
-    int rc = snapshot_list_load(img, &list);
-    const vd_snapshot_info *sn =
-        rc < 0 ? NULL
-        : a->snapshot_either ? snapshot_list_find_id_or_name(&list, a->snapshot_id)
-                             : snapshot_list_find(&list, a->snapshot_id, a->snapshot_name);
-    char *id = sn ? strdup(sn->id) : NULL;
-    snapshot_list_free(&list);
-    if (rc < 0)
-        cli_lib_error(rc, "Failed to load snapshot");
-    else if (!sn)
-        cli_error("Failed to load snapshot: Can't find snapshot");
-    else if (!id)
-        cli_error("out of memory");
-    return id;
-}
-
-/* The source: the image, or with -l one of its snapshots (looked up as qemu-img does). */
-static vd_image *open_source(const struct convert_args *a)
-{
-    vd_image *img = cli_open_image(a->src, a->src_format, a->open_flags);
-    if (!img || (!a->snapshot_id && !a->snapshot_name))
-        return img;
-    char *id = find_snapshot_id(a, img);
-    vd_close(img);
-    img = id ? cli_open_snapshot(a->src, a->src_format, a->open_flags, id) : NULL;
-    free(id);
-    return img;
-}
-
 static int convert(const struct convert_args *a)
 {
     if (!cli_format_known(a->out_format))
         return cli_error("Unknown file format '%s'", a->out_format);
-    vd_image *src = open_source(a);
+    vd_image *src = snapshot_param_open(a->src, a->src_format, a->open_flags, &a->snapshot);
     if (!src)
         return EXIT_FAILURE;
     int status = copy_to_destination(a, src);
@@ -146,58 +111,6 @@ static bool parse_parallel(const char *text, unsigned *out)
     return true;
 }
 
-/* Forget an earlier -l or -s: the last one counts. */
-static void clear_snapshot(struct convert_args *a)
-{
-    free(a->snapshot_id);
-    free(a->snapshot_name);
-    a->snapshot_id = a->snapshot_name = NULL;
-    a->snapshot_either = false;
-}
-
-/* -s, or -l without "snapshot.": a snapshot id or name. */
-static bool set_snapshot_id_or_name(const char *id_or_name, struct convert_args *a)
-{
-    clear_snapshot(a);
-    a->snapshot_either = true;
-    if ((a->snapshot_id = strdup(id_or_name)))
-        return true;
-    cli_error("out of memory");
-    return false;
-}
-
-/* -l: "snapshot.id=ID,snapshot.name=NAME" (one or both), or else an id or a name. */
-static bool parse_snapshot_param(const char *param, struct convert_args *a)
-{
-    if (strncmp(param, "snapshot.", strlen("snapshot.")) != 0)
-        return set_snapshot_id_or_name(param, a);
-    clear_snapshot(a);
-    const char *cursor = param;
-    char *item;
-    while ((item = cli_next_option_item(&cursor))) {
-        char *eq = strchr(item, '=');
-        if (eq)
-            *eq = '\0';
-        char **value = strcmp(item, "snapshot.id") == 0     ? &a->snapshot_id
-                       : strcmp(item, "snapshot.name") == 0 ? &a->snapshot_name : NULL;
-        if (value) {
-            free(*value);
-            *value = strdup(eq ? eq + 1 : "on"); /* a bare key means "on", as in qemu */
-        } else {
-            cli_error("Invalid parameter '%s'", item);
-            cli_error("Failed in parsing snapshot param '%s'", param);
-        }
-        free(item);
-        if (!value)
-            return false;
-        if (!*value) {
-            cli_error("out of memory");
-            return false;
-        }
-    }
-    return true;
-}
-
 static int parse_and_convert(int argc, char **argv, struct convert_args *a)
 {
     static const struct option long_options[] = {
@@ -227,11 +140,11 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
             a->backing_fmt = optarg;
             break;
         case 'l':
-            if (!parse_snapshot_param(optarg, a))
+            if (!snapshot_param_parse(optarg, &a->snapshot))
                 return EXIT_FAILURE;
             break;
         case 's': /* the older qemu-img spelling of -l ID_OR_NAME */
-            if (!set_snapshot_id_or_name(optarg, a))
+            if (!snapshot_param_parse_id_or_name(optarg, &a->snapshot))
                 return EXIT_FAILURE;
             break;
         case 'S':
@@ -292,8 +205,7 @@ static int run_convert(int argc, char **argv)
     struct convert_args args = { .out_format = "raw", .sparse_size = defaults.sparse_size };
     int status = parse_and_convert(argc, argv, &args);
     free(args.options);
-    free(args.snapshot_id);
-    free(args.snapshot_name);
+    snapshot_param_free(&args.snapshot);
     return status;
 }
 

@@ -112,16 +112,21 @@ void snapshot_param_free(struct snapshot_param *p)
     *p = (struct snapshot_param){ 0 };
 }
 
-bool snapshot_param_parse(const char *param, struct snapshot_param *out)
+bool snapshot_param_parse_id_or_name(const char *id_or_name, struct snapshot_param *out)
 {
     snapshot_param_free(out);
-    if (strncmp(param, "snapshot.", strlen("snapshot.")) != 0) {
-        out->either = true;
-        if ((out->id = strdup(param)))
-            return true;
-        cli_error("out of memory");
-        return false;
-    }
+    out->either = true;
+    if ((out->id = strdup(id_or_name)))
+        return true;
+    cli_error("out of memory");
+    return false;
+}
+
+bool snapshot_param_parse(const char *param, struct snapshot_param *out)
+{
+    if (strncmp(param, "snapshot.", strlen("snapshot.")) != 0)
+        return snapshot_param_parse_id_or_name(param, out);
+    snapshot_param_free(out);
     const char *cursor = param;
     char *item;
     while ((item = cli_next_option_item(&cursor))) {

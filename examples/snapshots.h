@@ -48,6 +48,8 @@ struct snapshot_param {
     bool either;
 };
 bool snapshot_param_parse(const char *param, struct snapshot_param *out);
+/* The plain form alone (convert's -s): the snapshot with this id, else this name. */
+bool snapshot_param_parse_id_or_name(const char *id_or_name, struct snapshot_param *out);
 void snapshot_param_free(struct snapshot_param *p);
 /*
  * Open image's snapshot named by p (when p->id or p->name is set; else the
