@@ -1,4 +1,4 @@
-/* vdisk rebase [-f fmt] [-t cache] [-T src_cache] [-p] [-q] [-u] [--safe] -b backing_file
+/* vdisk rebase [-f fmt] [-t cache] [-T src_cache] [-p] [-q] [-u] [-U] [--safe] -b backing_file
  *              [-F backing_fmt] filename */
 #include "cli.h"
 #include "progress.h"
@@ -12,6 +12,7 @@ struct rebase_args {
     const char *backing;      /* -b: the new backing file, "" for none */
     const char *backing_fmt;  /* -F, or NULL to probe */
     bool unsafe, progress, quiet;
+    bool force_share;         /* -U: the new backing chain is opened without locks */
     uint32_t open_flags;      /* VD_OPEN_NO_FLUSH with -t unsafe, VD_OPEN_SAFE with --safe */
     const char *filename;
 };
@@ -35,7 +36,9 @@ static int rebase(const struct rebase_args *a)
     if (status == EXIT_SUCCESS) {
         struct progress progress;
         progress_start(&progress, a->progress && !a->quiet);
-        rc = vd_rebase(img, a->backing, a->backing_fmt, a->unsafe ? VD_REBASE_UNSAFE : 0);
+        rc = vd_rebase(img, a->backing, a->backing_fmt,
+                       (a->unsafe ? VD_REBASE_UNSAFE : 0) |
+                       (a->force_share ? VD_REBASE_NO_LOCK : 0));
         progress_finish(&progress, rc == 0);
         if (rc < 0)
             status = cli_lib_error(rc, "Could not change the backing file to '%s'", a->backing);
@@ -49,12 +52,12 @@ static int rebase(const struct rebase_args *a)
 static int run_rebase(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        CLI_OPTION_HELP, CLI_OPTION_SAFE, { NULL, 0, NULL, 0 },
+        CLI_OPTION_HELP, CLI_OPTION_FORCE_SHARE, CLI_OPTION_SAFE, { NULL, 0, NULL, 0 },
     };
     struct rebase_args args = { 0 };
     bool flush = true, src_flush, safe = false;
     int opt;
-    while ((opt = getopt_long(argc, argv, ":hf:F:b:upqt:T:", long_options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":hf:F:b:upqUt:T:", long_options, NULL)) != -1) {
         switch (opt) {
         case 'f':
             args.format = optarg;
@@ -67,6 +70,9 @@ static int run_rebase(int argc, char **argv)
             break;
         case 'u':
             args.unsafe = true;
+            break;
+        case 'U':
+            args.force_share = true;
             break;
         case 'p':
             args.progress = true;
@@ -102,7 +108,7 @@ static int run_rebase(int argc, char **argv)
 
 const struct cli_command cmd_rebase = {
     .name = "rebase",
-    .synopsis = "[-f fmt] [-t cache] [-T src_cache] [-p] [-q] [-u] [--safe] -b backing_file "
+    .synopsis = "[-f fmt] [-t cache] [-T src_cache] [-p] [-q] [-u] [-U] [--safe] -b backing_file "
                 "[-F backing_fmt] filename",
     .summary = "change the backing file of an image",
     .options =
@@ -120,6 +126,11 @@ const struct cli_command cmd_rebase = {
         "  -T src_cache    cache mode of the backing files (accepted; reads are the same)\n"
         "  -p              show progress (0% and 100%)\n"
         "  -q              quiet: no progress\n"
+        "  -U, --force-share\n"
+        "                  open the new backing file (and its chain) without taking\n"
+        "                  locks, so another process may hold it, even read-write;\n"
+        "                  the image itself and its old backing chain are locked\n"
+        "                  as without -U (as qemu-img does)\n"
         CLI_HELP_SAFE
         "                  (the new backing file too; then -F is needed)\n"
         "  filename        the image to rebase, opened read-write\n",

@@ -404,6 +404,13 @@ VD_API int vd_check(vd_image *img, uint32_t flags, vd_check_result *result,
 
 /* vd_rebase() flags */
 #define VD_REBASE_UNSAFE    (1u << 0) /* only change the recorded backing file (qemu-img rebase -u) */
+/*
+ * Open the new backing chain without locks (qemu-img rebase -U): to compare
+ * it with the old one, and as img's backing chain afterwards, so another
+ * process may hold it, even read-write. The old chain keeps the locks img
+ * was opened with.
+ */
+#define VD_REBASE_NO_LOCK   (1u << 1)
 
 /*
  * Make backing_file, of format backing_format, the backing file of img.

@@ -215,12 +215,13 @@ static vd_open_opts inherited_opts(const vd_image *img)
     return o;
 }
 
-/* Reopen img->backing as its header now names it. */
-static int reopen_backing(vd_image *img)
+/* Reopen img->backing as its header now names it; extra_flags: VD_OPEN_NO_LOCK or 0. */
+static int reopen_backing(vd_image *img, uint32_t extra_flags)
 {
     vd_image_close_chain(img->backing);
     img->backing = NULL;
     vd_open_opts o = inherited_opts(img);
+    o.flags |= extra_flags;
     struct vd_chain_link links[2];
     return vd_chain_open_backing(img, &o, 0, links_of(img, links));
 }
@@ -284,7 +285,8 @@ static int copy_differences(vd_image *img, vd_image *new_backing)
  * itself would loop (or have guest writes overwrite an image): it is refused
  * before the header changes.
  */
-static int open_new_backing(vd_image *img, const char *file, const char *format, vd_image **out)
+static int open_new_backing(vd_image *img, const char *file, const char *format,
+                            uint32_t extra_flags, vd_image **out)
 {
     *out = NULL;
     if (!file || !*file)
@@ -295,13 +297,15 @@ static int open_new_backing(vd_image *img, const char *file, const char *format,
     struct vd_chain_where where;
     int rc = named_by(img, file, &where);
     vd_open_opts o = inherited_opts(img);
+    o.flags |= extra_flags;
     struct vd_chain_link links[2];
     return rc < 0 ? rc : open_backing_to_be(out, &where, format, &o, links_of(img, links));
 }
 
 int vd_rebase(vd_image *img, const char *backing_file, const char *backing_format, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_rebase", flags, VD_REBASE_UNSAFE, VD_ACCESS_WRITE);
+    int rc = vd_enter(img, "vd_rebase", flags, VD_REBASE_UNSAFE | VD_REBASE_NO_LOCK,
+                      VD_ACCESS_WRITE);
     if (rc < 0)
         return rc;
     if (!img->backend->set_backing) {
@@ -313,9 +317,10 @@ int vd_rebase(vd_image *img, const char *backing_file, const char *backing_forma
     if (!none && (flags & VD_REBASE_UNSAFE) && !backing_format)
         return vd_leave(img, vd_err(VD_EINVAL, "%s: an unsafe rebase needs the backing format "
                                     "(it cannot be probed without opening the file)", img->filename));
+    uint32_t new_chain_flags = (flags & VD_REBASE_NO_LOCK) ? VD_OPEN_NO_LOCK : 0;
     vd_image *new_backing = NULL;
     if (!(flags & VD_REBASE_UNSAFE)) {
-        rc = open_new_backing(img, backing_file, backing_format, &new_backing);
+        rc = open_new_backing(img, backing_file, backing_format, new_chain_flags, &new_backing);
         if (rc == 0)
             rc = copy_differences(img, new_backing);
         if (rc == 0)
@@ -327,7 +332,7 @@ int vd_rebase(vd_image *img, const char *backing_file, const char *backing_forma
         rc = img->backend->set_backing(img, none ? NULL : backing_file, none ? NULL : backing_format);
     vd_image_close_chain(new_backing);
     if (rc == 0) {
-        int reopened = reopen_backing(img);
+        int reopened = reopen_backing(img, new_chain_flags);
         /* an unsafe rebase may name a file that is not there (yet): the header stands */
         if (reopened < 0 && !(flags & VD_REBASE_UNSAFE))
             rc = reopened;
@@ -408,7 +413,7 @@ int vd_commit(vd_image *img, uint32_t flags)
         if (rc == 0 && img->backend->flush)
             rc = img->backend->flush(img);
     }
-    int reopened = reopen_backing(img);
+    int reopened = reopen_backing(img, 0);
     free(format);
     return vd_leave(img, rc ? rc : reopened);
 }

@@ -88,10 +88,12 @@ def allocated(path):
 
 
 @contextlib.contextmanager
-def held_by_qemu_io(qemu_io, path, fmt="qcow2"):
+def held_by_qemu_io(qemu_io, path, fmt="qcow2", read_only=False):
     """An interactive qemu-io holding the image read-write (and so its QEMU
-    write lock), as a running virtual machine would, until the block ends."""
-    holder = subprocess.Popen([qemu_io.path, "-f", fmt, str(path)], stdin=subprocess.PIPE,
+    write lock), as a running virtual machine would, or read-only, until the
+    block ends."""
+    mode = ["-r"] if read_only else []
+    holder = subprocess.Popen([qemu_io.path, *mode, "-f", fmt, str(path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         holder.stdin.write("read 0 512\n")

@@ -92,3 +92,32 @@ def test_create_over_its_own_backing_file(vdisk, qemu_img, image):
     assert md5(image) == before
     assert_refused(ours, image, "in use")
     assert theirs.returncode == ours.returncode
+
+
+@pytest.mark.parametrize("force_share", [[], ["-U"]])
+@pytest.mark.parametrize("read_only", [False, True], ids=["held-rw", "held-ro"])
+@pytest.mark.parametrize("held", ["new", "old"])
+def test_rebase_while_qemu_holds_a_backing_file(vdisk, qemu_img, qemu_io, chain, image, tmp_path,
+                                                force_share, read_only, held):
+    """rebase -U opens the new backing file without locks: it succeeds while
+    another process holds that file read-write, as qemu-img's does. The old
+    backing file is opened with the image (locked, -U or not), so a writer
+    holding it makes both tools fail."""
+    new = tmp_path / "new.qcow2"
+    qemu_img("create", "-f", "qcow2", new, "1M", check=0)
+    qemu_io("-c", "write -P 0x77 0 32k", new, check=0)
+    ours_image, theirs_image = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
+    for copy in ours_image, theirs_image:
+        copy.write_bytes(chain.read_bytes())
+    args = ["rebase", *force_share, "-f", "qcow2", "-b", new.name, "-F", "qcow2"]
+    with held_by_qemu_io(qemu_io, new if held == "new" else image, read_only=read_only):
+        ours = vdisk(*args, ours_image)
+        theirs = qemu_img(*args, theirs_image)
+    assert ours.returncode == theirs.returncode, (ours.stderr, theirs.stderr)
+    assert ours.returncode == (1 if not read_only and (held == "old" or not force_share) else 0)
+    if ours.returncode:
+        assert '"write" lock' in ours.stderr, ours.stderr
+    # either rebased, or untouched: the guest sees the same data both ways
+    assert qemu_img("compare", "-f", "qcow2", "-F", "qcow2", chain, ours_image).returncode == 0
+    assert qemu_img.json("info", "--output=json", ours_image).get("backing-filename") == \
+        qemu_img.json("info", "--output=json", theirs_image).get("backing-filename")
