@@ -435,13 +435,6 @@ static bool parse_on_off(const char *opts, const char *key, const char *value, b
     return false;
 }
 
-/* What an --image-opts string says: the file, its format and open flags. */
-struct image_opts {
-    char *driver;   /* or NULL to probe */
-    char *filename;
-    uint32_t flags; /* VD_OPEN_NO_LOCK for force-share=on or file.locking=off */
-};
-
 /* Take one "key=value" item of an --image-opts string into o. */
 static bool set_text(char **slot, const char *value)
 {
@@ -451,7 +444,7 @@ static bool set_text(char **slot, const char *value)
     return *slot != NULL;
 }
 
-static bool take_image_opt(const char *opts, char *item, struct image_opts *o)
+static bool take_image_opt(const char *opts, char *item, struct cli_image_opts *o)
 {
     char *eq = strchr(item, '=');
     const char *value = eq ? eq + 1 : "on"; /* a bare key means "on", as in qemu */
@@ -482,9 +475,9 @@ static bool take_image_opt(const char *opts, char *item, struct image_opts *o)
     return false;
 }
 
-static bool parse_image_opts(const char *opts, struct image_opts *o)
+bool cli_parse_image_opts(const char *opts, struct cli_image_opts *o)
 {
-    *o = (struct image_opts){ 0 };
+    *o = (struct cli_image_opts){ 0 };
     const char *cursor = opts;
     char *item;
     bool ok = true;
@@ -508,13 +501,18 @@ vd_image *cli_open_snapshot(const char *image, const char *format, uint32_t flag
         cli_error("--image-opts and --format are mutually exclusive");
         return NULL;
     }
-    struct image_opts o;
+    struct cli_image_opts o;
     vd_image *img = NULL;
-    if (parse_image_opts(image, &o))
+    if (cli_parse_image_opts(image, &o))
         img = open_path(o.filename, image, o.driver, flags | o.flags, snapshot);
-    free(o.driver);
-    free(o.filename);
+    cli_image_opts_free(&o);
     return img;
+}
+
+void cli_image_opts_free(struct cli_image_opts *o)
+{
+    free(o->driver);
+    free(o->filename);
 }
 
 vd_image *cli_open_image(const char *image, const char *format, uint32_t flags)

@@ -198,6 +198,19 @@ vd_image *cli_open_image(const char *image, const char *format, uint32_t flags);
 /* cli_open_image() of an internal snapshot (its id or name), read-only; NULL: the image. */
 vd_image *cli_open_snapshot(const char *image, const char *format, uint32_t flags,
                             const char *snapshot);
+/* What an --image-opts string says: the file, its format and open flags. */
+struct cli_image_opts {
+    char *driver;   /* or NULL to probe */
+    char *filename;
+    uint32_t flags; /* VD_OPEN_NO_LOCK for force-share=on or file.locking=off */
+};
+/*
+ * Parse an --image-opts string ("driver=FMT,file.filename=PATH,..."), as
+ * cli_open_image() takes it, reporting what is wrong. Free the result with
+ * cli_image_opts_free(), also when this fails.
+ */
+bool cli_parse_image_opts(const char *opts, struct cli_image_opts *o);
+void cli_image_opts_free(struct cli_image_opts *o);
 /* cli_open_image() of a plain path, whatever --image-opts says (an output file). */
 vd_image *cli_open_path(const char *path, const char *format, uint32_t flags);
 

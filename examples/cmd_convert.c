@@ -1,4 +1,5 @@
-/* vdisk convert [-p] [-q] [-U] [--safe] [-n] [--target-is-zero] [-W] [-m num] [-f fmt] [-O fmt]
+/* vdisk convert [-p] [-q] [-U] [--safe] [--image-opts] [--target-image-opts] [-n]
+ *               [--target-is-zero] [-W] [-m num] [-f fmt] [-O fmt]
  *               [-B backing [-F backing_fmt]] [-o options] [-l snapshot_param] [-S size]
  *               [-t cache] [-T src_cache] src dst
  * The work is vd_convert()'s; this parses qemu-img's options, opens the source (and finds
@@ -18,11 +19,12 @@
 /* qemu-img's bounds for -S: whole sectors, at most its largest buffer */
 #define SECTOR_SIZE 512
 
-enum { OPT_TARGET_IS_ZERO = 256 };
+enum { OPT_TARGET_IS_ZERO = 256, OPT_TARGET_IMAGE_OPTS };
 
 struct convert_args {
     const char *src_format;
-    const char *out_format;
+    const char *out_format; /* -O, or NULL (raw; with --target-image-opts its driver) */
+    bool target_image_opts; /* dst is an option string (with -n only) */
     char *options;          /* joined -o arguments, or NULL */
     bool progress, quiet;
     uint64_t sparse_size;
@@ -43,15 +45,16 @@ static int show_progress(void *ctx, uint64_t done, uint64_t total)
     return 0;
 }
 
-static int copy_to_destination(const struct convert_args *a, vd_image *src)
+static int copy_to_destination(const struct convert_args *a, vd_image *src, const char *dst,
+                               const char *dst_format)
 {
     struct progress progress;
     progress_start(&progress, a->progress && !a->quiet);
     vd_convert_opts opts = VD_CONVERT_OPTS_INIT;
     opts.flags = a->convert_flags;
     opts.src = src;
-    opts.dst_path = a->dst;
-    opts.dst_format = a->out_format;
+    opts.dst_path = dst;
+    opts.dst_format = dst_format;
     opts.dst_options = a->options;
     opts.dst_open_flags = (a->flush ? 0 : VD_OPEN_NO_FLUSH) | (a->open_flags & VD_OPEN_SAFE);
     opts.backing_file = a->backing;
@@ -69,14 +72,53 @@ static int copy_to_destination(const struct convert_args *a, vd_image *src)
     return EXIT_SUCCESS;
 }
 
+/*
+ * The format of an existing destination named by --target-image-opts
+ * without driver=: probed, as qemu-img probes it. NULL (reported) on failure.
+ */
+static char *probe_target_format(const char *path, const char *shown)
+{
+    vd_image *img = cli_open_path(path, NULL, VD_OPEN_NO_LOCK | VD_OPEN_NO_BACKING);
+    if (!img)
+        return NULL;
+    vd_info info = VD_INFO_INIT;
+    char *format = vd_get_info(img, &info) == 0 ? strdup(info.format) : NULL;
+    if (!format)
+        cli_error("Could not open '%s': cannot tell its format", shown);
+    vd_close(img);
+    return format;
+}
+
+static int convert_from(const struct convert_args *a, vd_image *src)
+{
+    if (!a->target_image_opts)
+        return copy_to_destination(a, src, a->dst, a->out_format);
+    struct cli_image_opts target;
+    int status = EXIT_FAILURE;
+    if (!cli_parse_image_opts(a->dst, &target))
+        goto out;
+    /* the destination is written, and vd_convert() always locks it */
+    if (target.flags & VD_OPEN_NO_LOCK) {
+        cli_error("Could not open '%s': force-share=on can only be used with read-only images",
+                  a->dst);
+        goto out;
+    }
+    if (!target.driver && !(target.driver = probe_target_format(target.filename, a->dst)))
+        goto out;
+    status = copy_to_destination(a, src, target.filename, target.driver);
+out:
+    cli_image_opts_free(&target);
+    return status;
+}
+
 static int convert(const struct convert_args *a)
 {
-    if (!cli_format_known(a->out_format))
+    if (a->out_format && !cli_format_known(a->out_format))
         return cli_error("Unknown file format '%s'", a->out_format);
     vd_image *src = snapshot_param_open(a->src, a->src_format, a->open_flags, &a->snapshot);
     if (!src)
         return EXIT_FAILURE;
-    int status = copy_to_destination(a, src);
+    int status = convert_from(a, src);
     vd_close(src);
     return status;
 }
@@ -116,6 +158,7 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
     static const struct option long_options[] = {
         CLI_OPTION_HELP, CLI_OPTION_FORCE_SHARE, CLI_OPTION_SAFE,
         { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
+        { "target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS },
         { NULL, 0, NULL, 0 },
     };
     bool src_flush;
@@ -160,6 +203,9 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
         case OPT_TARGET_IS_ZERO:
             a->convert_flags |= VD_CONVERT_TARGET_IS_ZERO;
             break;
+        case OPT_TARGET_IMAGE_OPTS:
+            a->target_image_opts = true;
+            break;
         case 'm':
             if (!parse_parallel(optarg, &a->parallel))
                 return EXIT_FAILURE;
@@ -188,8 +234,15 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
             return cli_option_fallback(&cmd_convert, opt, argv);
         }
     }
+    /* qemu-img's checks, in its order */
+    if (a->target_image_opts && !(a->convert_flags & VD_CONVERT_EXISTING))
+        return cli_error("--target-image-opts requires use of -n flag");
+    if (a->target_image_opts && a->out_format)
+        return cli_error("--image-opts and --format are mutually exclusive");
+    if (!a->target_image_opts && !a->out_format)
+        a->out_format = "raw";
     if (cli_options_want_help(a->options))
-        return cli_print_format_options(a->out_format);
+        return cli_print_format_options(a->out_format ? a->out_format : "raw");
     if (argc - optind < 2)
         return cli_usage_error("Expecting a source and a destination file name");
     if (argc - optind > 2)
@@ -202,7 +255,7 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
 static int run_convert(int argc, char **argv)
 {
     vd_convert_opts defaults = VD_CONVERT_OPTS_INIT;
-    struct convert_args args = { .out_format = "raw", .sparse_size = defaults.sparse_size };
+    struct convert_args args = { .sparse_size = defaults.sparse_size };
     int status = parse_and_convert(argc, argv, &args);
     free(args.options);
     snapshot_param_free(&args.snapshot);
@@ -211,7 +264,8 @@ static int run_convert(int argc, char **argv)
 
 const struct cli_command cmd_convert = {
     .name = "convert",
-    .synopsis = "[-p] [-q] [-U] [--safe] [-n] [--target-is-zero] [-W] [-m num_coroutines] "
+    .synopsis = "[-p] [-q] [-U] [--safe] [--image-opts] [--target-image-opts] [-n] "
+                "[--target-is-zero] [-W] [-m num_coroutines] "
                 "[-f fmt] [-O output_fmt] "
                 "[-B backing_file [-F backing_fmt]] "
                 "[-o options] [-l snapshot_param] [-S sparse_size] [-t cache] [-T src_cache] "
@@ -241,6 +295,10 @@ const struct cli_command cmd_convert = {
         "  -n              write into an existing destination instead of creating it;\n"
         "                  it must be at least as large as the source, and -o cannot\n"
         "                  be given; on failure it is left as written so far\n"
+        "  --target-image-opts\n"
+        "                  with -n: output_filename is an option string, as the source's\n"
+        "                  with --image-opts (driver=FMT,file.filename=PATH; without\n"
+        "                  driver= the format is probed); -O cannot be given\n"
         "  --target-is-zero\n"
         "                  with -n: the destination reads as zeroes, so zero runs of\n"
         "                  the source are not written\n"
@@ -261,4 +319,5 @@ const struct cli_command cmd_convert = {
         "  output_filename the destination; created, or overwritten if it exists (a\n"
         "                  destination this command created is removed if it fails)\n",
     .run = run_convert,
+    .image_opts = true,
 };

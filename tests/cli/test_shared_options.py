@@ -84,3 +84,60 @@ def test_image_opts_locking(vdisk, qemu_img, qemu_io, image, opts):
         args = ["info", "--image-opts", f"driver=qcow2,file.filename={image},{opts}"]
         ours, theirs = vdisk(*args), qemu_img(*args)
         assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout), (ours, theirs)
+
+
+@pytest.fixture
+def data_image(image, qemu_io):
+    qemu_io("-c", "write -P 0x5a 64k 128k", image, check=0)
+    return image
+
+
+@pytest.mark.parametrize("opts", [
+    "driver=qcow2,file.filename={}",
+    "file.filename={}",
+    "driver=qcow2,file.filename={},force-share=on",
+    "driver=raw,file.filename={}",
+    "driver=qcow2,file.filename={}.missing",
+    "driver=qcow2,file.filename={},bogus=1",
+    "driver=qcow2",
+])
+def test_convert_image_opts_as_qemu_img(vdisk, qemu_img, data_image, tmp_path, opts):
+    """convert --image-opts: the source is an option string."""
+    source = opts.format(data_image)
+    ours, theirs = (tool("convert", "--image-opts", "-O", "qcow2", source, tmp_path / out)
+                    for tool, out in ((vdisk, "ours.qcow2"), (qemu_img, "theirs.qcow2")))
+    assert ours.returncode == theirs.returncode, (ours, theirs)
+    if theirs.returncode == 1:
+        assert ours.stderr.startswith(f"vdisk: Could not open '{source}': "), ours.stderr
+    else:
+        qemu_img("compare", "-f", "qcow2", "-F", "qcow2", tmp_path / "ours.qcow2",
+                 tmp_path / "theirs.qcow2", check=0)
+
+
+@pytest.mark.parametrize("args", [
+    ["-n", "--target-image-opts", "{src}", "driver=qcow2,file.filename={dst}"],
+    ["-n", "--target-image-opts", "{src}", "file.filename={dst}"],   # the format is probed
+    ["-n", "--target-image-opts", "{src}", "driver=qcow2,file.filename={dst},force-share=on"],
+    ["-n", "--target-image-opts", "{src}", "driver=raw,file.filename={dst}"],  # smaller
+    ["-n", "--target-image-opts", "{src}", "driver=qcow2"],
+    ["--target-image-opts", "{src}", "driver=qcow2,file.filename={dst}"],  # needs -n
+    ["-n", "--target-image-opts", "-O", "qcow2", "{src}", "driver=qcow2,file.filename={dst}"],
+    ["--image-opts", "-n", "--target-image-opts", "driver=qcow2,file.filename={src}",
+     "driver=qcow2,file.filename={dst}"],
+])
+def test_convert_target_image_opts_as_qemu_img(vdisk, qemu_img, data_image, tmp_path, args):
+    """convert --target-image-opts: with -n, the destination is an option string."""
+    results = []
+    for tool, name in ((vdisk, "ours.qcow2"), (qemu_img, "theirs.qcow2")):
+        dst = tmp_path / name
+        qemu_img("create", "-f", "qcow2", dst, "1M", check=0)
+        results.append(tool("convert", *(a.format(src=data_image, dst=dst) for a in args)))
+    ours, theirs = results
+    assert ours.returncode == theirs.returncode, (ours, theirs)
+    assert ours.stdout == theirs.stdout
+    if theirs.returncode == 0:
+        for name in "ours.qcow2", "theirs.qcow2":
+            qemu_img("compare", "-f", "qcow2", "-F", "qcow2", data_image, tmp_path / name,
+                     check=0)
+    elif "--target-image-opts requires" in theirs.stderr or "mutually" in theirs.stderr:
+        assert ours.stderr == theirs.stderr.replace("qemu-img", "vdisk")
