@@ -291,3 +291,70 @@ bench_convert_figure() {
         echo "$_title peak RSS: n/a (/usr/bin/time is missing: install the Debian package 'time')"
     fi
 }
+
+# ------------------------------------------------------------ paired figures
+#
+# bench_pair TITLE TARGET A B: the caller defines shell functions side_A and
+# side_B, each running one command through bench_run (and tidying up after
+# it). Each runs once untimed, then $(bench_rounds 5) rounds interleaved (the
+# order alternating); prints the median times, the median per-round time
+# ratio A / B (target <= TARGET; "-" for information only) and the median
+# peak RSS of both (target A <= B).
+bench_pair() {
+    _title=$1 _target=$2 _a=$3 _b=$4
+    rm -f "$BENCH_DIR/$_a.sec" "$BENCH_DIR/$_b.sec" "$BENCH_DIR/$_a.rss" "$BENCH_DIR/$_b.rss"
+    "side_$_a" || bench_broken "$_title: $_a failed"
+    "side_$_b" || bench_broken "$_title: $_b failed"
+    _r=1
+    while [ "$_r" -le "$(bench_rounds 5)" ]; do
+        if [ $((_r % 2)) -eq 1 ]; then
+            _bench_pair_timed "$_title" "$_a"
+            _bench_pair_timed "$_title" "$_b"
+        else
+            _bench_pair_timed "$_title" "$_b"
+            _bench_pair_timed "$_title" "$_a"
+        fi
+        _r=$((_r + 1))
+    done
+    _ratio=$(paste "$BENCH_DIR/$_a.sec" "$BENCH_DIR/$_b.sec" | awk '{ print $1 / $2 }' | bench_median)
+    _rss_a=$(bench_median <"$BENCH_DIR/$_a.rss")
+    _rss_b=$(bench_median <"$BENCH_DIR/$_b.rss")
+    if [ "$_target" = - ]; then
+        _verdict="(information)"
+        _rss_verdict="(information)"
+    else
+        _verdict="(target <= $_target) $(bench_verdict "$_target" "$_ratio")"
+        _rss_verdict="(target $(_bench_label "$_a") <= $(_bench_label "$_b")) $(bench_verdict "$_rss_b" "$_rss_a")"
+    fi
+    _line="$_title: $(_bench_label "$_a") $(bench_fmt %.3f "$(bench_median <"$BENCH_DIR/$_a.sec")") s,"
+    _line="$_line $(_bench_label "$_b") $(bench_fmt %.3f "$(bench_median <"$BENCH_DIR/$_b.sec")") s,"
+    _line="$_line ratio $(_bench_label "$_a")/$(_bench_label "$_b") $(bench_fmt %.2f "$_ratio") $_verdict"
+    if bench_have_time; then
+        _line="$_line; peak RSS $(_bench_label "$_a") $(bench_mib "$_rss_a" 1024),"
+        _line="$_line $(_bench_label "$_b") $(bench_mib "$_rss_b" 1024) $_rss_verdict"
+    fi
+    echo "$_line"
+}
+
+# _bench_label SIDE: how a side is named in figure lines (side "qemu" is qemu-img).
+_bench_label() {
+    if [ "$1" = qemu ]; then echo qemu-img; else echo "$1"; fi
+}
+
+# _bench_pair_timed TITLE SIDE: one timed run of side_SIDE, recorded.
+_bench_pair_timed() {
+    "side_$2" || bench_broken "$1: $2 failed"
+    echo "$BENCH_SECONDS" >>"$BENCH_DIR/$2.sec"
+    echo "$BENCH_KIB" >>"$BENCH_DIR/$2.rss"
+}
+
+# bench_same_output TITLE CMD_A CMD_B: both commands (strings, word-split)
+# must succeed and print the same thing (else BROKEN).
+bench_same_output() {
+    # shellcheck disable=SC2086 # the commands are word lists
+    $2 >"$BENCH_DIR/out.a" 2>&1 || { cat "$BENCH_DIR/out.a" >&2; bench_broken "$1: $2 failed"; }
+    # shellcheck disable=SC2086
+    $3 >"$BENCH_DIR/out.b" 2>&1 || { cat "$BENCH_DIR/out.b" >&2; bench_broken "$1: $3 failed"; }
+    cmp -s "$BENCH_DIR/out.a" "$BENCH_DIR/out.b" ||
+        { diff "$BENCH_DIR/out.a" "$BENCH_DIR/out.b" | head -n 20 >&2; bench_broken "$1: outputs differ"; }
+}
