@@ -92,6 +92,21 @@ static int l2_offset(vd_image *img, const struct qcow2 *q, uint64_t i, uint64_t 
     return 0;
 }
 
+/*
+ * How many of the n L2 entries from index i are all zero bytes: unallocated
+ * clusters without a host cluster, whatever the image's features. Counted a
+ * word at a time, since sparse tables are mostly such entries and decoding
+ * each one dominated map, measure and convert of large sparse images.
+ */
+static uint64_t zero_entries(const struct qcow2 *q, const uint8_t *table, uint64_t i, uint64_t n)
+{
+    const uint8_t *p = table + i * q->l2_entry_bytes;
+    uint64_t bytes = n * q->l2_entry_bytes, done = 0, word;
+    while (done < bytes && (memcpy(&word, p + done, sizeof word), word == 0))
+        done += sizeof word;
+    return done / q->l2_entry_bytes;
+}
+
 static int q_lookup(vd_image *img, uint64_t off, uint64_t len, struct vd_cow_run *run)
 {
     struct qcow2 *q = qcow2_of(img);
@@ -126,6 +141,11 @@ static int q_lookup(vd_image *img, uint64_t off, uint64_t len, struct vd_cow_run
     }
     /* extend over following granules in the same state (and contiguous, for data) */
     uint64_t pos = (off / granule + 1) * granule;
+    if (rc == 0 && e.word == 0 && e.bitmap == 0) {
+        uint64_t entries = min_u64(q->l2_entries - cluster % q->l2_entries,
+                                   (off + max + cs - 1) / cs - cluster);
+        pos = (cluster + zero_entries(q, table, cluster % q->l2_entries, entries)) * cs;
+    }
     while (rc == 0 && pos < off + max) {
         struct granule g;
         uint64_t c = pos / cs;
