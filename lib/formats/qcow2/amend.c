@@ -103,18 +103,21 @@ static int check_backing(const struct qcow2 *q, const struct vd_kv *opts)
     return 0;
 }
 
-/* Call visit on one L2 table: shared tables are visited once per naming L1 entry. */
-typedef int (*l2_visitor)(vd_image *img, struct qcow2 *q, uint64_t l2_offset, void *ctx);
+/*
+ * Called for each L2 table an L1 table names (active: the active one's);
+ * shared tables are visited once per naming L1 entry.
+ */
+typedef int (*l2_visitor)(vd_image *img, struct qcow2 *q, uint64_t l2_offset, bool active, void *ctx);
 
 static int visit_l1(vd_image *img, struct qcow2 *q, const uint64_t *l1, uint32_t entries,
-                    l2_visitor visit, void *ctx)
+                    bool active, l2_visitor visit, void *ctx)
 {
     for (uint32_t i = 0; i < entries; i++) {
         uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
         if (l2 & (q->cluster_size - 1))
             return qcow2_signal_corruption(img, "L1 entry is not cluster aligned (0x%llx)",
                                            (unsigned long long)l1[i]);
-        int rc = l2 ? visit(img, q, l2, ctx) : 0;
+        int rc = l2 ? visit(img, q, l2, active, ctx) : 0;
         if (rc < 0)
             return rc;
     }
@@ -124,7 +127,7 @@ static int visit_l1(vd_image *img, struct qcow2 *q, const uint64_t *l1, uint32_t
 /* Visit the L2 tables of the active L1 table and of every snapshot's. */
 static int visit_l2_tables(vd_image *img, struct qcow2 *q, l2_visitor visit, void *ctx)
 {
-    int rc = visit_l1(img, q, q->l1, q->l1_size, visit, ctx);
+    int rc = visit_l1(img, q, q->l1, q->l1_size, true, visit, ctx);
     for (uint32_t s = 0; s < q->nb_snapshots && rc == 0; s++) {
         const struct qcow2_snapshot *sn = &q->snapshots[s];
         uint64_t *l1 = calloc(sn->l1_size ? sn->l1_size : 1, sizeof *l1);
@@ -134,15 +137,16 @@ static int visit_l2_tables(vd_image *img, struct qcow2 *q, l2_visitor visit, voi
         for (uint32_t i = 0; rc == 0 && i < sn->l1_size; i++)
             l1[i] = vd_be64(&l1[i]);
         if (rc == 0)
-            rc = visit_l1(img, q, l1, sn->l1_size, visit, ctx);
+            rc = visit_l1(img, q, l1, sn->l1_size, false, visit, ctx);
         free(l1);
     }
     return rc;
 }
 
-static int find_compressed(vd_image *img, struct qcow2 *q, uint64_t l2_offset, void *ctx)
+static int find_compressed(vd_image *img, struct qcow2 *q, uint64_t l2_offset, bool active,
+                           void *ctx)
 {
-    (void)img;
+    (void)img, (void)active;
     uint8_t *table;
     int rc = vd_cache_get(q->l2_cache, l2_offset, false, (void **)&table);
     for (uint64_t i = 0; rc == 0 && i < q->l2_entries; i++)
@@ -322,10 +326,12 @@ static int upgrade(vd_image *img, struct qcow2 *q)
  * of its own and drops its references to the shared one after the L2
  * update is durable. The zeroes and refcount increases are durable before
  * the L2 tables change (the L2 cache's write-back orders that), so a crash
- * leaves zero clusters or leaks.
+ * leaves zero clusters or leaks. A new cluster is marked COPIED only in an
+ * active table: the flag means nothing elsewhere, and applying a snapshot
+ * counts on its tables not having it.
  */
 static int expand_zero_entry(vd_image *img, struct qcow2 *q, uint64_t *entry, uint64_t l2_refcount,
-                             const uint8_t *zeroes)
+                             bool active, const uint8_t *zeroes)
 {
     uint64_t host = *entry & QCOW2_OFFSET_MASK, host_refcount = 0;
     int rc = host ? qcow2_get_refcount(img, q, host / q->cluster_size, &host_refcount) : 0;
@@ -344,7 +350,7 @@ static int expand_zero_entry(vd_image *img, struct qcow2 *q, uint64_t *entry, ui
         rc = qcow2_alloc_clusters(img, q, 1, &host);
         if (rc == 0 && l2_refcount > 1)
             rc = qcow2_update_refcount(img, q, host / q->cluster_size, (int64_t)(l2_refcount - 1));
-        flags = l2_refcount == 1 ? QCOW2_OFLAG_COPIED : 0;
+        flags = active && l2_refcount == 1 ? QCOW2_OFLAG_COPIED : 0;
     }
     if (rc == 0)
         rc = qcow2_check_overlap(img, host, q->cluster_size);
@@ -356,7 +362,8 @@ static int expand_zero_entry(vd_image *img, struct qcow2 *q, uint64_t *entry, ui
     return rc;
 }
 
-static int expand_zero_clusters(vd_image *img, struct qcow2 *q, uint64_t l2_offset, void *zeroes)
+static int expand_zero_clusters(vd_image *img, struct qcow2 *q, uint64_t l2_offset, bool active,
+                                void *zeroes)
 {
     uint64_t l2_refcount;
     uint8_t *table;
@@ -367,7 +374,7 @@ static int expand_zero_clusters(vd_image *img, struct qcow2 *q, uint64_t l2_offs
         uint64_t entry = vd_be64(table + i * 8);
         if ((entry & QCOW2_OFLAG_COMPRESSED) || !(entry & QCOW2_OFLAG_ZERO))
             continue;
-        if ((rc = expand_zero_entry(img, q, &entry, l2_refcount, zeroes)) == 0) {
+        if ((rc = expand_zero_entry(img, q, &entry, l2_refcount, active, zeroes)) == 0) {
             vd_put_be64(table + i * 8, entry);
             vd_cache_mark_dirty(q->l2_cache, table);
         }
