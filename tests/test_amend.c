@@ -1,6 +1,6 @@
 /*
- * vd_amend() and vd_amend_option(): qcow2 compat both ways and lazy
- * refcounts on an image with data, zero clusters and a snapshot, checked
+ * vd_amend() and vd_amend_option(): qcow2 compat both ways, refcount
+ * widths and lazy refcounts on an image with data, zero clusters and a snapshot, checked
  * and read back after each step; refusals that leave the image as it was.
  */
 #include "common.h"
@@ -103,6 +103,27 @@ START_TEST(compat_both_ways_keeps_content)
 }
 END_TEST
 
+START_TEST(refcount_width_both_ways_keeps_content)
+{
+    const char *path = make_image("compat=1.1");
+    static const char *const widths[] = { "64", "2", "8", "16" };
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++) {
+        char options[32];
+        snprintf(options, sizeof options, "refcount_bits=%s", widths[i]);
+        amend(path, options);
+        assert_property(path, "refcount-bits", widths[i]);
+        assert_clean(path);
+        assert_content(path);
+    }
+    /* the snapshot shares clusters: two references do not fit in one bit */
+    vd_image *img = vt_open(path, "qcow2", VD_OPEN_RDWR);
+    vt_err(vd_amend(img, "refcount_bits=1", 0), VD_EINVAL);
+    vt_assert_errmsg_has("Cannot decrease refcount entry width to 1 bits");
+    vt_close(img);
+    assert_property(path, "refcount-bits", "16");
+}
+END_TEST
+
 START_TEST(lazy_refcounts_off_writes_refcounts_first)
 {
     const char *path = make_image("lazy_refcounts=on");
@@ -172,6 +193,7 @@ int main(void)
     Suite *s = suite_create("amend");
     TCase *tc = vt_tcase(s, "qcow2");
     tcase_add_test(tc, compat_both_ways_keeps_content);
+    tcase_add_test(tc, refcount_width_both_ways_keeps_content);
     tcase_add_test(tc, lazy_refcounts_off_writes_refcounts_first);
     tcase_add_test(tc, refusals_change_nothing);
     tc = vt_tcase(s, "options");

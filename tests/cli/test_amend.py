@@ -53,6 +53,10 @@ def lazy(qemu_img, qemu_io, d):
     return plain(qemu_img, qemu_io, d, "lazy_refcounts=on")
 
 
+def narrow(qemu_img, qemu_io, d):
+    return plain(qemu_img, qemu_io, d, "refcount_bits=8")
+
+
 def v2(qemu_img, qemu_io, d):
     return with_snapshots(qemu_img, qemu_io, d, "compat=0.10")
 
@@ -61,7 +65,8 @@ def v2_overlay(qemu_img, qemu_io, d):
     return with_backing(qemu_img, qemu_io, d, "compat=0.10")
 
 
-IMAGES = {f.__name__: f for f in (plain, with_backing, with_snapshots, lazy, v2, v2_overlay)}
+IMAGES = {f.__name__: f for f in (plain, with_backing, with_snapshots, lazy, narrow, v2,
+                                  v2_overlay)}
 
 
 def prepare(qemu_img, qemu_io, tmp_path, kind):
@@ -115,6 +120,12 @@ def assert_reads_as(qemu_img, tmp_path, amended, original):
     ("with_backing", "backing_file=base.raw,backing_fmt=raw"),
     ("plain", "size=32M"),
     ("plain", "lazy_refcounts=on,size=24M"),
+    ("plain", "refcount_bits=1"),
+    ("with_snapshots", "refcount_bits=2"),
+    ("with_backing", "refcount_bits=64"),
+    ("lazy", "refcount_bits=8"),
+    ("narrow", "compat=0.10,refcount_bits=16"),
+    ("v2", "compat=1.1,refcount_bits=4"),
 ])
 def test_amend_as_qemu_img(vdisk, qemu_img, qemu_io, tmp_path, kind, options):
     original, ours_path, theirs_path = prepare(qemu_img, qemu_io, tmp_path, kind)
@@ -142,6 +153,8 @@ def test_amend_as_qemu_img(vdisk, qemu_img, qemu_io, tmp_path, kind, options):
     ("plain", "compat=0.10,refcount_bits=8"),
     ("v2", "lazy_refcounts=on"),
     ("v2", "refcount_bits=8"),
+    ("with_snapshots", "refcount_bits=1"),
+    ("narrow", "compat=0.10"),
     ("with_snapshots", "compat=0.10,size=32M"),
     ("plain", "backing_file=base.raw"),
     ("with_backing", "backing_fmt=raw"),

@@ -167,26 +167,41 @@ struct amend_state {
 
 /*
  * One amend op: a version 2 image goes back to version 3 (maybe with lazy
- * refcounts); a version 3 one toggles lazy refcounts or downgrades. A
- * downgrade is refused, before anything changes, while a snapshot has
- * another virtual size (as qemu-img refuses it).
+ * refcounts); a version 3 one toggles lazy refcounts, changes its refcount
+ * width (4 bits at least: the snapshot ops need refcounts up to 6) or
+ * downgrades (back to 16-bit refcounts in the same amend). A downgrade
+ * while a snapshot has another virtual size is refused before anything
+ * changes, as qemu-img refuses it.
  */
 static void amend_step(vd_image *img, uint64_t *rng, struct amend_state *st, struct op *op)
 {
-    bool upgrade = st->v2, lazy_on = upgrade && vt_rand_below(rng, 2);
-    bool toggle_lazy = !upgrade && vt_rand_below(rng, 3) == 0;
-    const char *options = upgrade ? (lazy_on ? "compat=1.1,lazy_refcounts=on" : "compat=1.1")
-                        : toggle_lazy ? (st->lazy ? "lazy_refcounts=off" : "lazy_refcounts=on")
-                        : "compat=0.10";
+    static const unsigned widths[] = { 4, 8, 16, 32, 64 };
+    char options[64];
+    unsigned choice = st->v2 ? 0 : 1 + (unsigned)vt_rand_below(rng, 3);
+    bool lazy_on = choice == 0 && vt_rand_below(rng, 2);
+    unsigned bits = widths[vt_rand_below(rng, sizeof widths / sizeof widths[0])];
+    if (choice == 0)
+        snprintf(options, sizeof options, "compat=1.1%s", lazy_on ? ",lazy_refcounts=on" : "");
+    else if (choice == 1)
+        snprintf(options, sizeof options, "lazy_refcounts=%s", st->lazy ? "off" : "on");
+    else if (choice == 2)
+        snprintf(options, sizeof options, "refcount_bits=%u", bits);
+    else
+        snprintf(options, sizeof options, "compat=0.10,refcount_bits=16");
     op->kind = OP_AMEND;
     int rc = vd_amend(img, options, 0);
-    if (rc == VD_EUNSUPPORTED && !upgrade && !toggle_lazy) {
+    if (choice == 3 && rc == VD_EUNSUPPORTED) {
         vt_assert_errmsg_has("Internal snapshots prevent downgrade");
         return;
     }
     vt_ok(rc);
-    st->v2 = !upgrade && !toggle_lazy;
-    st->lazy = upgrade ? lazy_on : toggle_lazy && !st->lazy;
+    if (choice == 0)
+        st->lazy = lazy_on;
+    else if (choice == 1)
+        st->lazy = !st->lazy;
+    else if (choice == 3)
+        st->lazy = false;
+    st->v2 = choice == 3;
 }
 
 static struct op *add_op(struct run *r)

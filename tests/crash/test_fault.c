@@ -254,12 +254,19 @@ static void prepare_amend(struct ctx *c, vd_image *img)
 }
 
 /* The compat change each kind allows: up from v2, down from v3 (extended L2: lazy refcounts). */
-static int op_amend(struct ctx *c, vd_image *img)
+static int op_amend_compat(struct ctx *c, vd_image *img)
 {
     const char *options = strstr(c->options, "compat=0.10") ? "compat=1.1"
                         : strstr(c->options, "extended_l2=on") ? "lazy_refcounts=on"
                         : "compat=0.10";
     return vd_amend(img, options, 0);
+}
+
+/* New refcount structures at 64 bits (a v2 image is upgraded first). */
+static int op_amend_refcount_bits(struct ctx *c, vd_image *img)
+{
+    return vd_amend(img, strstr(c->options, "compat=0.10") ? "compat=1.1,refcount_bits=64"
+                                                           : "refcount_bits=64", 0);
 }
 
 static const struct scenario scenarios[] = {
@@ -274,7 +281,8 @@ static const struct scenario scenarios[] = {
     { "snapshot-apply", prepare_common, op_snapshot_apply, false },
     { "resize", prepare_resize, op_resize, false },
     { "check-repair", prepare_leaks, op_check_repair, true },
-    { "amend", prepare_amend, op_amend, false },
+    { "amend-compat", prepare_amend, op_amend_compat, false },
+    { "amend-refcount-bits", prepare_amend, op_amend_refcount_bits, false },
 };
 
 /* --------------------------------------------------------------- checking */

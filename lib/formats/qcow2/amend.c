@@ -1,6 +1,7 @@
 /*
- * Changing the options of an existing qcow2 image: qemu-img amend, with
- * QEMU's qcow2_amend_options as the model. Every option is checked before
+ * Changing the options of an existing qcow2 image (compat both ways,
+ * refcount width, lazy refcounts, size, the data file's name): qemu-img
+ * amend, with QEMU's qcow2_amend_options as the model. Every option is checked before
  * anything changes; then the changes run in QEMU's order: the upgrade to
  * version 3 first (what follows may need it), the downgrade to version 2
  * last (after what version 2 cannot hold is gone).
@@ -191,9 +192,6 @@ static int check_target(vd_image *img, struct qcow2 *q, const struct vd_kv *opts
     if (rc == 0 && t->lazy_refcounts && !lazy_refcounts_on(q) && t->version < 3)
         rc = vd_err(VD_EINVAL, "Lazy refcounts only supported with compatibility level 1.1 "
                     "and above (use compat=1.1 or greater)");
-    if (rc == 0 && t->refcount_order != q->refcount_order)
-        rc = vd_err(VD_EUNSUPPORTED, "%s: changing refcount_bits is not supported yet",
-                    img->filename);
     if (rc == 0 && t->version < q->version)
         rc = check_downgrade(img, q, t);
     return rc;
@@ -293,6 +291,155 @@ static int set_data_file(vd_image *img, struct qcow2 *q, const struct amend_targ
     if (t->clear_data_raw)
         q->autoclear &= ~QCOW2_AUTOCLEAR_DATA_RAW;
     return publish_header(img, q);
+}
+
+/* ------------------------------------------------------ refcount width */
+
+/*
+ * The refcount structures of a new width, as QEMU's
+ * qcow2_change_refcount_order builds them: blocks then table, past
+ * everything the image uses, describing the image and themselves.
+ */
+struct refcount_layout {
+    uint32_t order;
+    uint64_t rb_entries;            /* entries per refcount block at that width */
+    uint64_t first;                 /* cluster index of the first new block */
+    uint64_t nblocks, rt_clusters;  /* the table follows the blocks */
+    uint64_t covered;               /* clusters the new blocks describe */
+};
+
+static uint64_t div_up(uint64_t a, uint64_t b)
+{
+    return a / b + (a % b != 0);
+}
+
+static int plan_refcounts(vd_image *img, struct qcow2 *q, uint32_t order, struct refcount_layout *l)
+{
+    uint64_t file_size;
+    int rc = vd_file_get_size(img->file, &file_size);
+    if (rc < 0)
+        return rc;
+    uint64_t end = div_up(file_size, q->cluster_size);
+    if (end < q->alloc_end)
+        end = q->alloc_end;
+    *l = (struct refcount_layout){ .order = order, .rb_entries = q->cluster_size * 8 >> order };
+    for (;;) { /* the blocks describe the table and themselves too */
+        uint64_t first = qcow2_skip_claim(q, end, l->nblocks + l->rt_clusters);
+        uint64_t covered = first + l->nblocks + l->rt_clusters;
+        uint64_t nblocks = div_up(covered, l->rb_entries);
+        uint64_t rt_clusters = div_up(nblocks * 8, q->cluster_size);
+        if (first == l->first && nblocks == l->nblocks && rt_clusters == l->rt_clusters) {
+            l->covered = covered;
+            break;
+        }
+        l->first = first;
+        l->nblocks = nblocks;
+        l->rt_clusters = rt_clusters;
+    }
+    if (l->rt_clusters * q->cluster_size > QCOW2_MAX_RT_BYTES)
+        return vd_err(VD_ETOOBIG, "%s: the refcount table would exceed %u MiB", img->filename,
+                      QCOW2_MAX_RT_BYTES >> 20);
+    return 0;
+}
+
+static int check_refcounts_fit(vd_image *img, struct qcow2 *q, const struct refcount_layout *l)
+{
+    uint64_t max = l->order == 6 ? UINT64_MAX : (1ull << (1u << l->order)) - 1;
+    for (uint64_t c = 0; c < l->first; c++) {
+        uint64_t refcount;
+        int rc = qcow2_get_refcount(img, q, c, &refcount);
+        if (rc < 0)
+            return rc;
+        if (refcount > max)
+            return vd_err(VD_EINVAL, "Cannot decrease refcount entry width to %u bits: Cluster at "
+                          "offset %#llx has a refcount of %llu", 1u << l->order,
+                          (unsigned long long)(c * q->cluster_size), (unsigned long long)refcount);
+    }
+    return 0;
+}
+
+/* Write the new blocks (the image's refcounts, 1 for the new structures) and the table. */
+static int write_refcounts(vd_image *img, struct qcow2 *q, const struct refcount_layout *l)
+{
+    uint64_t cs = q->cluster_size;
+    uint8_t *block = malloc((size_t)cs), *table = calloc(l->rt_clusters, (size_t)cs);
+    int rc = block && table ? 0 : vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    for (uint64_t b = 0; b < l->nblocks && rc == 0; b++) {
+        memset(block, 0, (size_t)cs);
+        for (uint64_t i = 0, c = b * l->rb_entries; i < l->rb_entries && c < l->covered && rc == 0; i++, c++) {
+            uint64_t refcount = 1;
+            if (c < l->first)
+                rc = qcow2_get_refcount(img, q, c, &refcount);
+            qcow2_refblock_set(block, i, l->order, refcount);
+        }
+        uint64_t host = (l->first + b) * cs;
+        vd_put_be64(table + b * 8, host);
+        if (rc == 0)
+            rc = qcow2_write_meta(img, QCOW2_META_NONE, host, block, (size_t)cs);
+    }
+    if (rc == 0)
+        rc = qcow2_write_meta(img, QCOW2_META_NONE, (l->first + l->nblocks) * cs, table,
+                              (size_t)(l->rt_clusters * cs));
+    free(block);
+    free(table);
+    return rc;
+}
+
+/* Switch the header to the new structures: its fields from 48 to 100 lie in one sector. */
+static int publish_refcounts(vd_image *img, struct qcow2 *q, const struct refcount_layout *l)
+{
+    q->rt_offset = (l->first + l->nblocks) * q->cluster_size;
+    q->rt_clusters = (uint32_t)l->rt_clusters;
+    q->refcount_order = l->order;
+    uint8_t *header = malloc((size_t)q->cluster_size);
+    int rc = header ? qcow2_build_header(img->filename, q, img->size, header)
+                    : vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    if (rc == 0)
+        rc = qcow2_write_meta(img, QCOW2_META_HEADER, 48, header + 48, 100 - 48);
+    free(header);
+    return rc == 0 ? vd_image_sync_now(img) : rc;
+}
+
+/*
+ * Refcounts of another width: the new structures are written to free space
+ * and made durable, one header write switches to them, then the old ones
+ * are freed in the new refcounts (a crash before that leaks them).
+ */
+static int change_refcount_order(vd_image *img, struct qcow2 *q, uint32_t order)
+{
+    struct refcount_layout l = { 0 };
+    int rc = qcow2_flush_metadata(img, q);
+    if (rc == 0)
+        rc = plan_refcounts(img, q, order, &l);
+    if (rc == 0)
+        rc = check_refcounts_fit(img, q, &l);
+    if (rc < 0)
+        return rc;
+    uint64_t *old_rt = q->rt, old_entries = q->rt_entries;
+    uint64_t old_rt_first = q->rt_offset / q->cluster_size, old_rt_clusters = q->rt_clusters;
+    if ((rc = write_refcounts(img, q, &l)) == 0 && (rc = vd_image_sync_now(img)) == 0)
+        rc = publish_refcounts(img, q, &l);
+    if (rc < 0)
+        return vd_image_poison(img, rc);
+    /* from here on the new structures hold the refcounts */
+    for (uint64_t i = 0; i < old_entries; i++)
+        if (old_rt[i])
+            vd_cache_forget(q->rb_cache, old_rt[i]);
+    qcow2_derive(q);
+    q->rt = NULL;
+    rc = qcow2_load_refcount_table(img, q);
+    q->alloc_end = l.covered;
+    q->free_hint = 0;
+    q->meta_stale = true;
+    for (uint64_t c = 0; c < old_rt_clusters && rc == 0; c++)
+        rc = qcow2_update_refcount(img, q, old_rt_first + c, -1);
+    for (uint64_t i = 0; i < old_entries && rc == 0; i++)
+        if (old_rt[i])
+            rc = qcow2_update_refcount(img, q, old_rt[i] / q->cluster_size, -1);
+    free(old_rt);
+    if (rc == 0)
+        rc = qcow2_refcounts_durable(img);
+    return rc < 0 ? vd_image_poison(img, rc) : 0;
 }
 
 /*
@@ -418,6 +565,8 @@ int qcow2_amend(vd_image *img, const struct vd_kv *opts)
         rc = check_target(img, q, opts, &t);
     if (rc == 0 && t.version > q->version)
         rc = upgrade(img, q);
+    if (rc == 0 && t.refcount_order != q->refcount_order)
+        rc = change_refcount_order(img, q, t.refcount_order);
     if (rc == 0 && (t.data_file || t.clear_data_raw))
         rc = set_data_file(img, q, &t);
     if (rc == 0 && t.lazy_refcounts != lazy_refcounts_on(q))
