@@ -44,6 +44,7 @@ extern const struct cli_command cmd_compare;
 extern const struct cli_command cmd_measure;
 extern const struct cli_command cmd_dd;
 extern const struct cli_command cmd_bench;
+extern const struct cli_command cmd_amend;
 
 enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 

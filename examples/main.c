@@ -25,6 +25,7 @@ static const struct cli_command *const commands[] = {
     &cmd_measure,
     &cmd_dd,
     &cmd_bench,
+    &cmd_amend,
 };
 
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])

@@ -617,6 +617,22 @@ typedef struct vd_measure_result {
 VD_API int vd_measure(vd_measure_result *result, const char *format, const char *options,
                       vd_image *source, uint64_t size, uint32_t flags);
 
+/*
+ * Change the options of an existing image in place: qemu-img amend. options
+ * is an option list ("key=value,...", ",," for a literal comma) of the keys
+ * vd_amend_option() lists for the image's format; for qcow2: compat (0.10
+ * or 1.1, both ways), refcount_bits, lazy_refcounts, size, data_file (a new
+ * name for an existing external data file), data_file_raw (off only), and
+ * backing_file/backing_fmt (only as the image records them: vd_rebase()
+ * changes them). Everything is checked before anything changes; a refused
+ * option (as qemu-img refuses it, with its message) leaves the image as it
+ * was. Each change is published with one header write, so a crash leaves
+ * the image as before or after that change, at worst with leaked clusters.
+ * img must be writable; flags must be 0 (added in 0.2, LIBVDISK_1.1).
+ * A format without amendable options fails with VD_EUNSUPPORTED.
+ */
+VD_API int vd_amend(vd_image *img, const char *options, uint32_t flags);
+
 /* ---------------------------------------------------------------- formats */
 
 /* The name of the index-th registered format, or NULL past the end. */
@@ -629,6 +645,14 @@ VD_API const char *vd_format_name(size_t index);
  */
 VD_API int vd_format_option(const char *format, size_t index, const char **name,
                             const char **help, const char **default_value);
+
+/*
+ * The options vd_amend() accepts for a format: for index from 0, the
+ * option's name and a one line description (added in 0.2, LIBVDISK_1.1).
+ * Returns VD_ENOENT past the end and VD_EFORMAT for an unknown format.
+ */
+VD_API int vd_amend_option(const char *format, size_t index, const char **name,
+                           const char **help);
 
 /*
  * Probe the file at path: *format receives the static name of the detected

@@ -86,6 +86,12 @@ struct vd_backend {
     /* Check (and with VD_CHECK_REPAIR_* repair) metadata. Default: VD_EUNSUPPORTED. */
     int (*check)(vd_image *img, uint32_t flags, vd_check_result *res,
                  vd_check_report_fn report, void *ctx);
+    /*
+     * Change options of an open, writable image (vd_amend()); opts holds only
+     * keys of amend_options. Optional: without it the format has none.
+     */
+    const struct vd_option_desc *amend_options;
+    int (*amend)(vd_image *img, const struct vd_kv *opts);
 };
 
 /* ------------------------------------------------------------ image handle */

@@ -42,24 +42,43 @@ const char *vd_format_name(size_t index)
     return index < BACKEND_COUNT ? backends[index]->name : NULL;
 }
 
-int vd_format_option(const char *format, size_t index, const char **name,
-                     const char **help, const char **default_value)
+/* The index-th create (or amend) option of a format, for the two listing calls. */
+static int option_at(const char *call, const char *format, bool amend, size_t index,
+                     const char **name, const struct vd_option_desc **out)
 {
     if (!format || !name)
-        return vd_err(VD_EINVAL, "vd_format_option: format and name must not be NULL");
+        return vd_err(VD_EINVAL, "%s: format and name must not be NULL", call);
     const struct vd_backend *be = vd_backend_find(format);
     if (!be)
         return vd_err(VD_EFORMAT, "Unknown format '%s'", format);
-    const struct vd_option_desc *d = be->create_options;
+    const struct vd_option_desc *d = amend ? be->amend_options : be->create_options;
     for (size_t i = 0; d && d[i].name; i++) {
         if (i == index) {
+            *out = &d[i];
             *name = d[i].name;
-            if (help)
-                *help = d[i].help;
-            if (default_value)
-                *default_value = d[i].default_value;
             return 0;
         }
     }
     return VD_ENOENT;
+}
+
+int vd_format_option(const char *format, size_t index, const char **name,
+                     const char **help, const char **default_value)
+{
+    const struct vd_option_desc *d;
+    int rc = option_at("vd_format_option", format, false, index, name, &d);
+    if (rc == 0 && help)
+        *help = d->help;
+    if (rc == 0 && default_value)
+        *default_value = d->default_value;
+    return rc;
+}
+
+int vd_amend_option(const char *format, size_t index, const char **name, const char **help)
+{
+    const struct vd_option_desc *d;
+    int rc = option_at("vd_amend_option", format, true, index, name, &d);
+    if (rc == 0 && help)
+        *help = d->help;
+    return rc;
 }

@@ -34,12 +34,12 @@
 
 enum op_kind {
     OP_WRITE, OP_ZERO, OP_ZERO_UNMAP, OP_DISCARD, OP_FLUSH, OP_RESIZE,
-    OP_SNAP_CREATE, OP_SNAP_DELETE, OP_SNAP_APPLY, OP_CLOSE, OP_WRITE_FUA,
+    OP_SNAP_CREATE, OP_SNAP_DELETE, OP_SNAP_APPLY, OP_CLOSE, OP_WRITE_FUA, OP_AMEND,
 };
 
 static const char *const op_names[] = {
     "write", "write_zeroes", "write_zeroes(unmap)", "discard", "flush", "resize",
-    "snapshot_create", "snapshot_delete", "snapshot_apply", "close", "write(FUA)",
+    "snapshot_create", "snapshot_delete", "snapshot_apply", "close", "write(FUA)", "amend",
 };
 
 struct op {
@@ -69,6 +69,7 @@ struct variant {
     uint64_t backing_size;  /* its size if not the overlay's (larger: growing must not reveal it) */
     uint64_t cache_bytes;   /* vd_open_opts.cache_bytes for the workload (0: default) */
     bool recrash;           /* also crash while recovering from crashes (see recrash()) */
+    bool amend;             /* vd_amend between the guest ops: compat both ways, lazy refcounts */
     unsigned nops;
     unsigned points;        /* crash points to test per workload (at scale 1) */
 };
@@ -158,6 +159,50 @@ static bool op_covers(const struct op *op, uint64_t b)
 }
 
 /* ---------------------------------------------------------- the workload */
+
+/* The compat level and lazy refcounts as amend ops change them. */
+struct amend_state {
+    bool v2, lazy;
+};
+
+/*
+ * One amend op: a version 2 image goes back to version 3 (maybe with lazy
+ * refcounts); a version 3 one toggles lazy refcounts, changes its refcount
+ * width (4 bits at least: the snapshot ops need refcounts up to 6) or
+ * downgrades (back to 16-bit refcounts in the same amend). A downgrade
+ * while a snapshot has another virtual size is refused before anything
+ * changes, as qemu-img refuses it.
+ */
+static void amend_step(vd_image *img, uint64_t *rng, struct amend_state *st, struct op *op)
+{
+    static const unsigned widths[] = { 4, 8, 16, 32, 64 };
+    char options[64];
+    unsigned choice = st->v2 ? 0 : 1 + (unsigned)vt_rand_below(rng, 3);
+    bool lazy_on = choice == 0 && vt_rand_below(rng, 2);
+    unsigned bits = widths[vt_rand_below(rng, sizeof widths / sizeof widths[0])];
+    if (choice == 0)
+        snprintf(options, sizeof options, "compat=1.1%s", lazy_on ? ",lazy_refcounts=on" : "");
+    else if (choice == 1)
+        snprintf(options, sizeof options, "lazy_refcounts=%s", st->lazy ? "off" : "on");
+    else if (choice == 2)
+        snprintf(options, sizeof options, "refcount_bits=%u", bits);
+    else
+        snprintf(options, sizeof options, "compat=0.10,refcount_bits=16");
+    op->kind = OP_AMEND;
+    int rc = vd_amend(img, options, 0);
+    if (choice == 3 && rc == VD_EUNSUPPORTED) {
+        vt_assert_errmsg_has("Internal snapshots prevent downgrade");
+        return;
+    }
+    vt_ok(rc);
+    if (choice == 0)
+        st->lazy = lazy_on;
+    else if (choice == 1)
+        st->lazy = !st->lazy;
+    else if (choice == 3)
+        st->lazy = false;
+    st->v2 = choice == 3;
+}
 
 static struct op *add_op(struct run *r)
 {
@@ -273,6 +318,7 @@ open:
     ck_assert_ptr_nonnull(model);
     memcpy(model, r->initial, (size_t)v->max_size);
     uint64_t size = v->size, snaps = 0;
+    struct amend_state amended = { is_v2(v), v->options && strstr(v->options, "lazy_refcounts=on") };
     uint8_t *buf = malloc((size_t)v->max_size);
     ck_assert_ptr_nonnull(buf);
 
@@ -301,10 +347,12 @@ open:
             for (uint64_t b = 0; b < op->len; b++)
                 if (op->after[b] != 0 && op->after[b] != model[op->off + b])
                     ck_abort_msg("discard left foreign data at %" PRIu64, op->off + b);
+        } else if (roll < 70 && v->amend) {
+            amend_step(img, &rng, &amended, op);
         } else if (roll < 78) {
             op->kind = OP_FLUSH;
             vt_ok(vd_flush(img, 0));
-        } else if (roll < 82 && size < v->max_size && (!snaps || !is_v2(v))) {
+        } else if (roll < 82 && size < v->max_size && (!snaps || !amended.v2)) {
             /* (a version 2 image with snapshots is not resized: qemu-img refuses it too) */
             op->kind = OP_RESIZE;
             uint64_t grow = 512 * (1 + vt_rand_below(&rng, (v->max_size - size) / 512));
@@ -824,6 +872,14 @@ static const struct variant variants[] = {
     { .name = "qcow2-overlay-grow-4k", .format = "qcow2", .options = "cluster_size=4096",
       .size = 1 * MB, .max_size = 4 * MB, .snapshots = true, .backing = true, .backing_size = 4 * MB,
       .nops = 160, .points = 1500 },
+    /* amend ops between the guest ops; .lazy: a crash image may be dirty */
+    { .name = "qcow2-amend-4k", .format = "qcow2", .options = "lazy_refcounts=on,cluster_size=4096",
+      .size = 2 * MB, .max_size = 4 * MB, .lazy = true, .snapshots = true, .amend = true,
+      .nops = 160, .points = 1500 },
+    { .name = "qcow2-overlay-amend-v2-16k", .format = "qcow2",
+      .options = "compat=0.10,cluster_size=16384", .size = 2 * MB, .max_size = 4 * MB,
+      .lazy = true, .snapshots = true, .backing = true, .amend = true, .nops = 160,
+      .points = 1500 },
     { .name = "raw", .format = "raw", .size = 2 * MB, .max_size = 4 * MB, .nops = 200, .points = 1500 },
 };
 

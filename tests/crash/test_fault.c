@@ -242,6 +242,33 @@ static int op_check_repair(struct ctx *c, vd_image *img)
     return rc;
 }
 
+/* Zero clusters with and without a host cluster, for the downgrade to expand. */
+static void prepare_amend(struct ctx *c, vd_image *img)
+{
+    prepare_common(c, img);
+    memset(c->before.data + c->cs, 0, (size_t)c->cs);
+    vt_ok(vd_write_zeroes(img, c->cs, c->cs, 0));
+    memset(c->before.data + 30 * c->cs, 0, (size_t)(2 * c->cs));
+    vt_ok(vd_write_zeroes(img, 30 * c->cs, 2 * c->cs, 0));
+    vt_ok(vd_flush(img, 0));
+}
+
+/* The compat change each kind allows: up from v2, down from v3 (extended L2: lazy refcounts). */
+static int op_amend_compat(struct ctx *c, vd_image *img)
+{
+    const char *options = strstr(c->options, "compat=0.10") ? "compat=1.1"
+                        : strstr(c->options, "extended_l2=on") ? "lazy_refcounts=on"
+                        : "compat=0.10";
+    return vd_amend(img, options, 0);
+}
+
+/* New refcount structures at 64 bits (a v2 image is upgraded first). */
+static int op_amend_refcount_bits(struct ctx *c, vd_image *img)
+{
+    return vd_amend(img, strstr(c->options, "compat=0.10") ? "compat=1.1,refcount_bits=64"
+                                                           : "refcount_bits=64", 0);
+}
+
 static const struct scenario scenarios[] = {
     { "write-alloc", prepare_common, op_write_alloc, false },
     { "write-cow", prepare_common, op_write_cow, false },
@@ -254,6 +281,8 @@ static const struct scenario scenarios[] = {
     { "snapshot-apply", prepare_common, op_snapshot_apply, false },
     { "resize", prepare_resize, op_resize, false },
     { "check-repair", prepare_leaks, op_check_repair, true },
+    { "amend-compat", prepare_amend, op_amend_compat, false },
+    { "amend-refcount-bits", prepare_amend, op_amend_refcount_bits, false },
 };
 
 /* --------------------------------------------------------------- checking */

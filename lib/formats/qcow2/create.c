@@ -136,31 +136,6 @@ int qcow2_parse_create_options(const struct vd_kv *opts, uint64_t size, struct q
     return 0;
 }
 
-/* The feature name table that QEMU also writes, so older readers can name features. */
-static int add_feature_table(struct qcow2 *q)
-{
-    static const struct { uint8_t type, bit; const char *name; } names[] = {
-        { 0, 0, "dirty bit" }, { 0, 1, "corrupt bit" }, { 0, 2, "external data file" },
-        { 0, 3, "compression type" }, { 0, 4, "extended L2 entries" },
-        { 1, 0, "lazy refcounts" }, { 2, 0, "bitmaps" }, { 2, 1, "raw external data" },
-    };
-    size_t n = sizeof names / sizeof names[0];
-    uint8_t *table = calloc(n, 48);
-    q->exts = calloc(1, sizeof *q->exts);
-    if (!table || !q->exts) {
-        free(table);
-        return VD_ENOMEM;
-    }
-    for (size_t i = 0; i < n; i++) {
-        table[i * 48] = names[i].type;
-        table[i * 48 + 1] = names[i].bit;
-        memcpy(table + i * 48 + 2, names[i].name, strlen(names[i].name));
-    }
-    q->exts[0] = (struct qcow2_ext){ QCOW2_EXT_FEATURES, (uint32_t)(n * 48), table };
-    q->nexts = 1;
-    return 0;
-}
-
 /*
  * Write count tables of one cluster each, built by fill(index, table). Only
  * the first used bytes of the area can be non-zero: the rest stays a hole
@@ -275,7 +250,7 @@ int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     q.rt_clusters = (uint32_t)l.rt_clusters;
     q.l1_offset = l.l1_size ? l.l1_start * cs : 0;
     q.l1_size = (uint32_t)l.l1_size;
-    if (q.version == 3 && add_feature_table(&q) < 0)
+    if (q.version == 3 && qcow2_add_feature_table(&q) < 0)
         return vd_err(VD_ENOMEM, "%s: out of memory", file->path);
     const char *backing = vd_kv_get(opts, "backing_file"), *backing_fmt = vd_kv_get(opts, "backing_fmt");
     if (backing && strlen(backing) > QCOW2_MAX_BACKING_NAME) {

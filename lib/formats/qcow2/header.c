@@ -385,6 +385,44 @@ int qcow2_write_corrupt_bit(vd_image *img, struct qcow2 *q)
     return write_features(img, q, QCOW2_META_ALL);
 }
 
+/* The feature name table that QEMU also writes, so older readers can name features. */
+int qcow2_add_feature_table(struct qcow2 *q)
+{
+    static const struct { uint8_t type, bit; const char *name; } names[] = {
+        { 0, 0, "dirty bit" }, { 0, 1, "corrupt bit" }, { 0, 2, "external data file" },
+        { 0, 3, "compression type" }, { 0, 4, "extended L2 entries" },
+        { 1, 0, "lazy refcounts" }, { 2, 0, "bitmaps" }, { 2, 1, "raw external data" },
+    };
+    size_t n = sizeof names / sizeof names[0];
+    uint8_t *table = calloc(n, 48);
+    struct qcow2_ext *exts = realloc(q->exts, (q->nexts + 1) * sizeof *q->exts);
+    if (exts)
+        q->exts = exts;
+    if (!table || !exts) {
+        free(table);
+        return VD_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        table[i * 48] = names[i].type;
+        table[i * 48 + 1] = names[i].bit;
+        memcpy(table + i * 48 + 2, names[i].name, strlen(names[i].name));
+    }
+    q->exts[q->nexts++] = (struct qcow2_ext){ QCOW2_EXT_FEATURES, (uint32_t)(n * 48), table };
+    return 0;
+}
+
+void qcow2_drop_extension(struct qcow2 *q, uint32_t type)
+{
+    for (size_t i = 0; i < q->nexts; i++) {
+        if (q->exts[i].type != type)
+            continue;
+        free(q->exts[i].data);
+        memmove(&q->exts[i], &q->exts[i + 1], (q->nexts - i - 1) * sizeof *q->exts);
+        q->nexts--;
+        i--;
+    }
+}
+
 void qcow2_free_header(struct qcow2 *q)
 {
     for (size_t i = 0; i < q->nexts; i++)

@@ -7,6 +7,7 @@
  *   bitmap.c    the bitmap directory: validation at open
  *   create.c    new images
  *   check.c     consistency check and repair
+ *   amend.c     changing options of an existing image (compat, refcount width, ...)
  *   snapshot.c  internal snapshots
  *   resize.c    resize, L1 table growth
  *   overlap.c   the metadata layout: overlap checks, and the one metadata writer
@@ -218,6 +219,10 @@ int qcow2_write_header(vd_image *img, struct qcow2 *q);
 int qcow2_write_features(vd_image *img, struct qcow2 *q);
 /* Set the corrupt bit and write it, whatever else claims the header's cluster. */
 int qcow2_write_corrupt_bit(vd_image *img, struct qcow2 *q);
+/* Append the feature name table extension (as create writes it). */
+int qcow2_add_feature_table(struct qcow2 *q);
+/* Forget every kept extension of this type. */
+void qcow2_drop_extension(struct qcow2 *q, uint32_t type);
 void qcow2_free_header(struct qcow2 *q);
 /* Fill the derived fields from the header fields. */
 void qcow2_derive(struct qcow2 *q);
@@ -293,6 +298,10 @@ int qcow2_flush_metadata(vd_image *img, struct qcow2 *q);
 /* check.c */
 int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
                 vd_check_report_fn report, void *ctx);
+
+/* amend.c */
+extern const struct vd_option_desc qcow2_amend_options[];
+int qcow2_amend(vd_image *img, const struct vd_kv *opts);
 
 /* resize.c */
 int qcow2_resize(vd_image *img, uint64_t size, uint32_t flags);
