@@ -63,7 +63,7 @@ static void say(struct checker *c, const char *fmt, ...)
  * count stops at the largest refcount the image can store, and each
  * reference beyond it is a corruption of its own (an overflow).
  */
-static void add_weight(struct checker *c, uint64_t i, uint32_t weight)
+static void add_weight(struct checker *c, uint64_t i, uint64_t weight)
 {
     uint64_t most = c->q->refcount_max < UINT32_MAX ? c->q->refcount_max : UINT32_MAX;
     uint64_t room = most - c->refs[i];
@@ -71,12 +71,12 @@ static void add_weight(struct checker *c, uint64_t i, uint32_t weight)
         say(c, "ERROR: overflow cluster offset=0x%llx",
             (unsigned long long)(i * c->q->cluster_size));
         c->res->corruptions += weight - room;
-        weight = (uint32_t)room;
+        weight = room;
     }
-    c->refs[i] += weight;
+    c->refs[i] += (uint32_t)weight;
 }
 
-static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uint32_t weight)
+static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uint64_t weight)
 {
     if (last >= c->nclusters + PAST_EOF_COUNTED)
         return;
@@ -101,7 +101,7 @@ static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uin
  * corrupt only when it ends a cluster or more past that length; a region
  * that ends less far past it is counted, and compared, like any other.
  */
-static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint32_t weight)
+static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint64_t weight)
 {
     if (!len)
         return;
@@ -136,7 +136,12 @@ static void add_ref(struct checker *c, uint64_t off, uint64_t len)
     add_refs(c, off, len, 1);
 }
 
-static void walk_l2(struct checker *c, const uint8_t *table, bool active)
+/*
+ * Count the references of one L2 table that weight L1 entries name: its
+ * findings count weight times, as qemu-img check counts them walking the
+ * table once per entry.
+ */
+static void walk_l2(struct checker *c, const uint8_t *table, bool active, uint64_t weight)
 {
     struct qcow2 *q = c->q;
     const uint64_t cs = q->cluster_size;
@@ -149,13 +154,13 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active)
             if (word & QCOW2_OFLAG_COPIED) {
                 say(c, "ERROR: coffset=0x%llx: Compressed cluster entry has the COPIED flag set",
                     (unsigned long long)host);
-                c->res->corruptions++;
+                c->res->corruptions += weight;
             }
-            add_ref(c, host & ~511ull, sectors * 512);
+            add_refs(c, host & ~511ull, sectors * 512, weight);
             if (active) { /* as qemu-img counts them: every compressed cluster is a fragment */
-                c->res->allocated_clusters++;
-                c->res->compressed_clusters++;
-                c->res->fragmented_clusters++;
+                c->res->allocated_clusters += weight;
+                c->res->compressed_clusters += weight;
+                c->res->fragmented_clusters += weight;
             }
             continue;
         }
@@ -166,13 +171,13 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active)
                                              !qcow2_has_data_file(q))) {
                 say(c, "ERROR: invalid subcluster allocation bitmap 0x%llx in L2 entry 0x%llx",
                     (unsigned long long)bitmap, (unsigned long long)word);
-                c->res->corruptions++;
+                c->res->corruptions += weight;
             }
         }
         uint64_t reserved = QCOW2_L2_RESERVED | (q->version < 3 ? QCOW2_OFLAG_ZERO : 0);
         if (word & reserved) {
             say(c, "ERROR found l2 entry with reserved bits set: %llx", (unsigned long long)word);
-            c->res->corruptions++;
+            c->res->corruptions += weight;
         }
         uint64_t host = word & QCOW2_OFFSET_MASK;
         bool data_file_zero = qcow2_has_data_file(q) && (word & QCOW2_OFLAG_COPIED);
@@ -182,14 +187,14 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active)
         if (host & (cs - 1)) {
             say(c, "ERROR offset=%llx: Data cluster is not properly aligned; L2 entry corrupted.",
                 (unsigned long long)host);
-            c->res->corruptions++;
+            c->res->corruptions += weight;
         }
         if (!qcow2_has_data_file(q))
-            add_ref(c, host, cs);
+            add_refs(c, host, cs, weight);
         if (active) {
-            c->res->allocated_clusters++;
+            c->res->allocated_clusters += weight;
             if (c->next_contiguous && host != c->next_contiguous)
-                c->res->fragmented_clusters++;
+                c->res->fragmented_clusters += weight;
             c->next_contiguous = host + cs;
         }
     }
@@ -234,64 +239,116 @@ static void put_table(struct checker *c, uint64_t off, uint8_t *table)
         free(table);
 }
 
-/* Count an L1 table, its L2 tables and their clusters. l1 is host-endian. */
+static int by_value(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* How many entries from i on repeat sorted[i]. */
+static size_t repeats(const uint64_t *sorted, size_t n, size_t i)
+{
+    size_t run = 1;
+    while (i + run < n && sorted[i + run] == sorted[i])
+        run++;
+    return run;
+}
+
+/*
+ * Count an L1 table that weight structures name (the active state, or
+ * snapshots sharing it), its L2 tables and their clusters. l1 is
+ * host-endian. Each distinct L2 table is read and walked once, its findings
+ * weighted by the entries naming it, so that the cost is bounded by the
+ * tables present, however often an L1 table names one.
+ */
 static int walk_l1(struct checker *c, const uint64_t *l1, uint32_t l1_size, uint64_t l1_offset,
-                   bool active)
+                   bool active, uint64_t weight)
 {
     struct qcow2 *q = c->q;
-    add_ref(c, l1_offset, (uint64_t)l1_size * 8);
+    uint64_t *tables = malloc(((size_t)l1_size + 1) * sizeof *tables);
+    if (!tables)
+        return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
+    size_t ntables = 0;
+    add_refs(c, l1_offset, (uint64_t)l1_size * 8, weight);
     for (uint32_t i = 0; i < l1_size; i++) {
         uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
         if (l1[i] & QCOW2_L1_RESERVED) {
             say(c, "ERROR found L1 entry with reserved bits set: %llx", (unsigned long long)l1[i]);
-            c->res->corruptions++;
+            c->res->corruptions += weight;
         }
         /* an entry of flags only names an L2 table at offset 0 (the header) for
            qemu-img check; reads treat it as unallocated, as QEMU's do */
         if (!l1[i])
             continue;
-        add_ref(c, l2, q->cluster_size); /* reports a table past the end of the file */
+        add_refs(c, l2, q->cluster_size, weight); /* reports a table past the end of the file */
         /* a misaligned table is still walked where it points, as qemu-img walks it */
         if (l2 & (q->cluster_size - 1)) {
             say(c, "ERROR l2_offset=%llx: Table is not cluster aligned; L1 entry corrupted",
                 (unsigned long long)l2);
-            c->res->corruptions++;
+            c->res->corruptions += weight;
         }
-        if (l2 / q->cluster_size >= c->nclusters)
-            continue;
+        if (l2 / q->cluster_size < c->nclusters)
+            tables[ntables++] = l2;
+    }
+    qsort(tables, ntables, sizeof *tables, by_value);
+    for (size_t i = 0, run; i < ntables; i += run) {
+        run = repeats(tables, ntables, i);
         uint8_t *table;
-        if (get_table(c, l2, &table) < 0) {
-            c->res->check_errors++;
+        if (get_table(c, tables[i], &table) < 0) {
+            c->res->check_errors += run;
             continue;
         }
         c->next_contiguous = 0; /* qemu-img counts fragments within each L2 table */
-        walk_l2(c, table, active);
-        put_table(c, l2, table);
+        walk_l2(c, table, active, weight * run);
+        put_table(c, tables[i], table);
     }
+    free(tables);
     return 0;
 }
 
+/* Snapshots in the order of their L1 tables (offset, then size). */
+static int by_l1_table(const void *a, const void *b)
+{
+    const struct qcow2_snapshot *x = *(const struct qcow2_snapshot *const *)a;
+    const struct qcow2_snapshot *y = *(const struct qcow2_snapshot *const *)b;
+    if (x->l1_offset != y->l1_offset)
+        return (x->l1_offset > y->l1_offset) - (x->l1_offset < y->l1_offset);
+    return (x->l1_size > y->l1_size) - (x->l1_size < y->l1_size);
+}
+
+/* The snapshots' L1 tables: each distinct one read and walked once, weighted by the snapshots naming it. */
 static int walk_snapshots(struct checker *c)
 {
     struct qcow2 *q = c->q;
     add_ref(c, q->snapshots_offset, q->snapshots_bytes);
-    for (uint32_t s = 0; s < q->nb_snapshots; s++) {
-        const struct qcow2_snapshot *sn = &q->snapshots[s];
+    const struct qcow2_snapshot **order = malloc(((size_t)q->nb_snapshots + 1) * sizeof *order);
+    if (!order)
+        return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
+    for (uint32_t s = 0; s < q->nb_snapshots; s++)
+        order[s] = &q->snapshots[s];
+    qsort(order, q->nb_snapshots, sizeof *order, by_l1_table);
+    int rc = 0;
+    for (uint32_t s = 0, same; s < q->nb_snapshots && rc == 0; s += same) {
+        const struct qcow2_snapshot *sn = order[s];
+        for (same = 1; s + same < q->nb_snapshots && !by_l1_table(&order[s], &order[s + same]); same++)
+            ;
         uint64_t *l1 = calloc(sn->l1_size ? sn->l1_size : 1, 8);
-        if (!l1)
-            return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
+        if (!l1) {
+            rc = vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
+            break;
+        }
         /* past the end of the file the table reads as zeroes, as qemu-img check reads it */
-        int rc = qcow2_pread_table(c->img, l1, (uint64_t)sn->l1_size * 8, sn->l1_offset, NULL);
-        if (rc < 0) {
-            c->res->check_errors++;
+        if (qcow2_pread_table(c->img, l1, (uint64_t)sn->l1_size * 8, sn->l1_offset, NULL) < 0) {
+            c->res->check_errors += same;
         } else {
             for (uint32_t i = 0; i < sn->l1_size; i++)
                 l1[i] = vd_be64(&l1[i]);
-            walk_l1(c, l1, sn->l1_size, sn->l1_offset, false);
+            rc = walk_l1(c, l1, sn->l1_size, sn->l1_offset, false, same);
         }
         free(l1);
     }
-    return 0;
+    free(order);
+    return rc;
 }
 
 static bool inside_file(const struct checker *c, uint64_t off, uint64_t len)
@@ -305,7 +362,7 @@ static bool inside_file(const struct checker *c, uint64_t off, uint64_t len)
  * reading a cluster of entries at a time. An invalid entry is a corruption, as
  * for qemu-img check.
  */
-static void walk_bitmap_table(struct checker *c, const struct qcow2_bitmap_table *t, uint32_t weight)
+static void walk_bitmap_table(struct checker *c, const struct qcow2_bitmap_table *t, uint64_t weight)
 {
     const uint64_t cs = c->q->cluster_size, per_cluster = cs / 8;
     uint8_t *buf = malloc((size_t)cs);
@@ -449,8 +506,8 @@ static void count_references(struct checker *c)
 {
     struct qcow2 *q = c->q;
     add_ref(c, 0, q->cluster_size);
-    walk_l1(c, q->l1, q->l1_size, q->l1_offset, true);
-    walk_snapshots(c);
+    if (walk_l1(c, q->l1, q->l1_size, q->l1_offset, true, 1) < 0 || walk_snapshots(c) < 0)
+        c->res->check_errors++;
     add_ref(c, q->rt_offset, (uint64_t)q->rt_clusters * q->cluster_size);
     walk_bitmaps(c);
     for (size_t i = 0; i < q->nexts; i++) {
@@ -533,12 +590,56 @@ static bool compare_refcounts(struct checker *c, uint32_t flags)
     return need_rebuild;
 }
 
+/*
+ * The COPIED flags of the data clusters of one L2 table that weight L1
+ * entries name: a wrong flag counts weight times, as qemu-img check counts
+ * it walking the table once per entry; a repair fixes it once.
+ */
+static void check_copied_data(struct checker *c, uint64_t l2, bool repair, uint64_t weight)
+{
+    struct qcow2 *q = c->q;
+    uint8_t *table;
+    if (get_table(c, l2, &table) < 0) {
+        c->res->check_errors += weight;
+        return;
+    }
+    /* a table that the end of the file cuts short is reported, not repaired in place */
+    bool repair_table = repair && cluster_inside_file(c, l2);
+    /* entries past the end of the file have refcount 0: their COPIED flag is wrong too */
+    for (uint64_t j = 0; j < q->l2_entries; j++) {
+        uint8_t *p = table + j * q->l2_entry_bytes;
+        uint64_t word = vd_be64(p), host = word & QCOW2_OFFSET_MASK, refcount;
+        if (qcow2_has_data_file(q) || (word & QCOW2_OFLAG_COMPRESSED) || !host ||
+            stored_refcount(c, host / q->cluster_size, &refcount) < 0)
+            continue;
+        if (!!(word & QCOW2_OFLAG_COPIED) == (refcount == 1))
+            continue;
+        say(c, "%s OFLAG_COPIED data cluster: l2_entry=%llx refcount=%llu",
+            repair_table ? "Repairing" : "ERROR", (unsigned long long)word,
+            (unsigned long long)refcount);
+        if (repair_table) {
+            vd_put_be64(p, word ^ QCOW2_OFLAG_COPIED);
+            vd_cache_mark_dirty(q->l2_cache, table);
+            c->res->corruptions_fixed++;
+        } else {
+            c->res->corruptions += weight;
+        }
+    }
+    put_table(c, l2, table);
+}
+
 /* The COPIED flag must be set exactly when the refcount is 1 (active state only). */
 static void check_copied_flags(struct checker *c, uint32_t flags)
 {
     struct qcow2 *q = c->q;
     /* qemu-img fixes these flags with -r leaks too, once the refcounts are right */
     bool repair = (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) != 0;
+    uint64_t *tables = malloc(((size_t)q->l1_size + 1) * sizeof *tables);
+    if (!tables) {
+        c->res->check_errors++;
+        return;
+    }
+    size_t ntables = 0;
     for (uint32_t i = 0; i < q->l1_size; i++) {
         uint64_t l2 = q->l1[i] & QCOW2_OFFSET_MASK, refcount;
         if (!l2 || stored_refcount(c, l2 / q->cluster_size, &refcount) < 0)
@@ -554,37 +655,16 @@ static void check_copied_flags(struct checker *c, uint32_t flags)
                 c->res->corruptions++;
             }
         }
-        uint8_t *table;
-        if ((l2 & (q->cluster_size - 1)) || l2 / q->cluster_size >= c->nclusters)
-            continue; /* reported by the count; nothing to read */
-        if (get_table(c, l2, &table) < 0) {
-            c->res->check_errors++;
-            continue;
-        }
-        /* a table that the end of the file cuts short is reported, not repaired in place */
-        bool repair_table = repair && cluster_inside_file(c, l2);
-        /* entries past the end of the file have refcount 0: their COPIED flag is wrong too */
-        for (uint64_t j = 0; j < q->l2_entries; j++) {
-            uint8_t *p = table + j * q->l2_entry_bytes;
-            uint64_t word = vd_be64(p), host = word & QCOW2_OFFSET_MASK;
-            if (qcow2_has_data_file(q) || (word & QCOW2_OFLAG_COMPRESSED) || !host ||
-                stored_refcount(c, host / q->cluster_size, &refcount) < 0)
-                continue;
-            if (!!(word & QCOW2_OFLAG_COPIED) == (refcount == 1))
-                continue;
-            say(c, "%s OFLAG_COPIED data cluster: l2_entry=%llx refcount=%llu",
-                repair_table ? "Repairing" : "ERROR", (unsigned long long)word,
-                (unsigned long long)refcount);
-            if (repair_table) {
-                vd_put_be64(p, word ^ QCOW2_OFLAG_COPIED);
-                vd_cache_mark_dirty(q->l2_cache, table);
-                c->res->corruptions_fixed++;
-            } else {
-                c->res->corruptions++;
-            }
-        }
-        put_table(c, l2, table);
+        /* a misaligned table or one past the end of the file is reported by the count */
+        if (!(l2 & (q->cluster_size - 1)) && l2 / q->cluster_size < c->nclusters)
+            tables[ntables++] = l2;
     }
+    qsort(tables, ntables, sizeof *tables, by_value);
+    for (size_t i = 0, run; i < ntables; i += run) {
+        run = repeats(tables, ntables, i);
+        check_copied_data(c, tables[i], repair, run);
+    }
+    free(tables);
 }
 
 /* A refcount table as the in-memory state holds it. */
