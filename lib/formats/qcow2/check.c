@@ -58,20 +58,35 @@ static void say(struct checker *c, const char *fmt, ...)
  */
 #define PAST_EOF_COUNTED (1u << 20)
 
+/* The largest count of references refs[] holds exactly. */
+static uint64_t most_refs(const struct checker *c)
+{
+    return c->q->refcount_max < UINT32_MAX - 1 ? c->q->refcount_max : UINT32_MAX - 1;
+}
+
+/* The references to cluster i, as qemu-img check counts them: at most the largest refcount. */
+static uint64_t counted(const struct checker *c, uint64_t i)
+{
+    return c->refs[i] < most_refs(c) ? c->refs[i] : most_refs(c);
+}
+
 /*
  * weight more references to cluster i. As qemu-img check counts them, a
  * count stops at the largest refcount the image can store, and each
- * reference beyond it is a corruption of its own (an overflow).
+ * reference beyond it is a corruption of its own (an overflow). The count
+ * then stays one past that largest refcount, so that a rebuild that drops
+ * one reference (an old refcount block's) still gives the cluster the
+ * largest refcount and not one less.
  */
 static void add_weight(struct checker *c, uint64_t i, uint64_t weight)
 {
-    uint64_t most = c->q->refcount_max < UINT32_MAX ? c->q->refcount_max : UINT32_MAX;
-    uint64_t room = most - c->refs[i];
+    uint64_t most = most_refs(c), room = most - counted(c, i);
     if (weight > room) {
         say(c, "ERROR: overflow cluster offset=0x%llx",
             (unsigned long long)(i * c->q->cluster_size));
         c->res->corruptions += weight - room;
-        weight = room;
+        c->refs[i] = (uint32_t)(most + 1);
+        return;
     }
     c->refs[i] += (uint32_t)weight;
 }
@@ -491,9 +506,10 @@ static void count_refcount_blocks(struct checker *c)
         case REFBLOCK_COUNTED: {
             uint64_t cluster = q->rt[i] / q->cluster_size;
             add_ref(c, q->rt[i], q->cluster_size);
-            if (c->refs[cluster] == 1)
+            if (counted(c, cluster) == 1)
                 continue;
-            say(c, "ERROR refcount block %llu refcount=%u", index, c->refs[cluster]);
+            say(c, "ERROR refcount block %llu refcount=%llu", index,
+                (unsigned long long)counted(c, cluster));
             break;
         }
         }
@@ -558,14 +574,18 @@ static bool set_refcount(struct checker *c, uint64_t cluster, uint64_t wanted)
     return qcow2_set_refcount(c->img, q, cluster, wanted) == 0;
 }
 
-/* Compare stored refcounts with the references; repair per flags. */
+/*
+ * Compare stored refcounts with the references; repair per flags. A
+ * referenced cluster whose refcount is 0 calls for a rebuild, as for
+ * qemu-img check: its refcount block may be missing or be another structure.
+ */
 static bool compare_refcounts(struct checker *c, uint32_t flags)
 {
     bool need_rebuild = false;
     /* refcounts past the end of the file are left alone, as qemu-img does, but for the
        clusters that references just past it name (add_refs); allocation stays past them */
     for (uint64_t i = 0; i < c->compare_end; i++) {
-        uint64_t stored, wanted = c->refs[i];
+        uint64_t stored, wanted = counted(c, i);
         if (stored_refcount(c, i, &stored) < 0) {
             say(c, "Can't get refcount for cluster %llu", (unsigned long long)i);
             c->res->check_errors++;
@@ -575,6 +595,7 @@ static bool compare_refcounts(struct checker *c, uint32_t flags)
             c->end_cluster = i + 1;
         if (stored == wanted)
             continue;
+        c->rebuild |= !stored;
         bool leak = stored > wanted;
         bool fix = leak ? (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) != 0
                         : (flags & VD_CHECK_REPAIR_ALL) != 0;
@@ -740,9 +761,8 @@ static int rebuild_refcounts(struct checker *c)
         memset(buf, 0, (size_t)cs);
         for (uint64_t i = b * q->rb_entries; i < (b + 1) * q->rb_entries && i < end; i++) {
             /* the new structures; counted clusters (the file's, and those named just past it); free */
-            uint64_t value = i >= start ? 1 : i < c->nrefs ? c->refs[i] : 0;
-            qcow2_refblock_set(buf, i % q->rb_entries, q->refcount_order,
-                               value > q->refcount_max ? q->refcount_max : value);
+            uint64_t value = i >= start ? 1 : i < c->nrefs ? counted(c, i) : 0;
+            qcow2_refblock_set(buf, i % q->rb_entries, q->refcount_order, value);
         }
         rc = qcow2_write_meta(img, QCOW2_META_REFCOUNT_BLOCK, rt[b], buf, (size_t)cs);
     }
@@ -837,10 +857,12 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
     q->claimed_end = c.past_eof_end;
     if (res->check_errors) /* never repair from an incomplete count */
         flags = 0;
+    /* compare first without repairing, as qemu-img does: that decides how to repair */
+    vd_check_result counted = *res;
+    compare_refcounts(&c, 0);
     bool rebuild = false;
     if (c.rebuild && flags) {
         /* repairing refcounts in place would write them into the shared or missing blocks */
-        compare_refcounts(&c, 0);
         if (flags & VD_CHECK_REPAIR_ALL) {
             say(&c, "Rebuilding refcount structure");
             rebuild = true;
@@ -850,7 +872,8 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
             rc = vd_err(VD_ECORRUPT, "%s: the refcount structures need a rebuild (check -r all)",
                         img->filename);
         }
-    } else {
+    } else if (flags && (res->leaks || res->corruptions)) {
+        *res = counted;
         rebuild = compare_refcounts(&c, flags);
     }
     res->total_clusters = (img->size + q->cluster_size - 1) / q->cluster_size;
@@ -910,6 +933,40 @@ static int cover_tables_past_eof(vd_image *img, struct qcow2 *q, uint32_t flags,
     return vd_image_sync_now(img);
 }
 
+/*
+ * -r all, first: an L1 entry whose L2 table lies on the L1 table itself is a
+ * corruption that no refcount makes right (a write through it would change
+ * the L1 table), and the layout check refuses every table write while it
+ * stands. The repair removes it, so that its guest clusters read as
+ * unallocated, where QEMU reads the L1 table as L2 entries. The entry is
+ * cleared on disk before any refcount drops.
+ */
+static int drop_l1_entries_on_l1(vd_image *img, struct qcow2 *q, uint32_t flags, vd_check_result *res,
+                                 vd_check_report_fn report, void *ctx)
+{
+    if (!(flags & VD_CHECK_REPAIR_ALL) || !q->l1_size)
+        return 0;
+    struct checker c = { .img = img, .q = q, .report = report, .ctx = ctx };
+    const uint64_t cs = q->cluster_size;
+    uint64_t first = q->l1_offset / cs, last = (q->l1_offset + (uint64_t)q->l1_size * 8 - 1) / cs;
+    bool dropped = false;
+    for (uint32_t i = 0; i < q->l1_size; i++) {
+        uint64_t cluster = (q->l1[i] & QCOW2_OFFSET_MASK) / cs;
+        if (cluster < first || cluster > last)
+            continue;
+        say(&c, "Repairing L1 entry %u: its L2 table at offset 0x%llx is the L1 table", i,
+            (unsigned long long)(q->l1[i] & QCOW2_OFFSET_MASK));
+        q->l1[i] = 0;
+        res->corruptions_fixed++;
+        dropped = true;
+    }
+    if (!dropped)
+        return 0;
+    q->meta_stale = true;
+    int rc = qcow2_write_l1(img, q);
+    return rc == 0 ? vd_image_sync_now(img) : rc;
+}
+
 int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
                 vd_check_report_fn report, void *ctx)
 {
@@ -917,7 +974,8 @@ int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
     int rc = 0;
     if (!img->read_only && (rc = img->backend->flush(img)) < 0)
         return rc;
-    if ((rc = cover_tables_past_eof(img, q, flags, report, ctx)) < 0)
+    if ((rc = cover_tables_past_eof(img, q, flags, report, ctx)) < 0 ||
+        (rc = drop_l1_entries_on_l1(img, q, flags, res, report, ctx)) < 0)
         return rc;
     rc = check_pass(img, flags, res, report, ctx);
     bool repaired = res->corruptions_fixed || res->leaks_fixed;

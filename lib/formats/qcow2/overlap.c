@@ -47,6 +47,13 @@ static int by_first(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Two L1 entries may name one L2 table, as a snapshot's and the active L1 table do
+   (its refcount is then 2, and a write copies it first). */
+static bool same_l2_table(const struct qcow2_meta_range *a, const struct qcow2_meta_range *b)
+{
+    return a->kind == QCOW2_META_ACTIVE_L2 && b->kind == QCOW2_META_ACTIVE_L2 && a->first == b->first;
+}
+
 /*
  * Sort, and merge touching ranges of one kind, so that they are disjoint and
  * ascending. Two structures that share a cluster are corruption: false,
@@ -57,6 +64,8 @@ static bool normalize(struct ranges *r, uint64_t *shared)
     qsort(r->items, r->count, sizeof *r->items, by_first);
     size_t out = 0;
     for (size_t i = 0; i < r->count; i++) {
+        if (out && same_l2_table(&r->items[i], &r->items[out - 1]))
+            continue;
         if (out && r->items[i].first < r->items[out - 1].end) {
             *shared = r->items[i].first;
             return false;
