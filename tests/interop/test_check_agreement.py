@@ -193,6 +193,24 @@ def test_invalid_subcluster_bitmap_fails_reads_as_in_qemu(tmp_path):
     assert "subcluster bitmap" in str(err.value) and path.name in str(err.value)
 
 
+def test_zero_flag_in_a_version_2_image_fails_reads_as_in_qemu(tmp_path):
+    """Bit 0 of an L2 entry in a version 2 image (no zero clusters there):
+    qemu-img check finds no error, and reads of that cluster fail; so for
+    libvdisk. The rest of the disk reads."""
+    path = tmp_path / "z.qcow2"
+    make_base(path, "cluster_size=64k,compat=0.10")
+    with Qcow2(path) as q:
+        q.set_l2_entry(DATA_AT, q.l2_entry(DATA_AT) | 1)
+    assert assert_checks_agree(path)[0] == 0
+    r = run(QEMU_IMG, "convert", "-O", "raw", path, tmp_path / "q.raw", check=False)
+    assert r.returncode == 1 and "Input/output error" in r.stderr, r.stderr
+    with libvdisk.open(path) as img:
+        assert img.pread(0, 4096) == b"\x5a" * 4096
+        with pytest.raises(libvdisk.CorruptImage) as err:
+            img.pread(DATA_AT, 4096)
+    assert "zero cluster entry in a version 2 image" in str(err.value)
+
+
 def test_incomplete_snapshot_entry_repaired_as_qemu_img_repairs_it(tmp_path):
     """A version 3 snapshot entry with only 8 bytes of extra data: both checks
     call it incomplete; libvdisk's -r all completes it and qemu-img then

@@ -189,8 +189,8 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active, uint64
                 c->res->corruptions += weight;
             }
         }
-        uint64_t reserved = QCOW2_L2_RESERVED | (q->version < 3 ? QCOW2_OFLAG_ZERO : 0);
-        if (word & reserved) {
+        /* bit 0 of a version 2 entry is no reserved bit for qemu-img check (reads refuse it) */
+        if (word & QCOW2_L2_RESERVED) {
             say(c, "ERROR found l2 entry with reserved bits set: %llx", (unsigned long long)word);
             c->res->corruptions += weight;
         }
