@@ -240,6 +240,54 @@ def test_incomplete_snapshot_entry_repaired_as_qemu_img_repairs_it(tmp_path):
         assert snap.pread(0, 4096) == b"\x5a" * 4096
 
 
+def rewrite_first_snapshot_entry(q, edit):
+    """Move the snapshot table to the end of the file with entry 0 (one snapshot)
+    as edit(l1_offset, l1_size, id, name, extra) returns its fields."""
+    at = q.h["snapshots_offset"]
+    head = q.pread(at, 40)
+    l1_offset, l1_size, id_len, name_len = struct.unpack(">QIHH", head[:16])
+    extra_len = struct.unpack(">I", head[36:40])[0]
+    rest = q.pread(at + 40, extra_len + id_len + name_len)
+    l1_offset, l1_size, extra = edit(l1_offset, l1_size, rest[:extra_len])
+    ident, name = rest[extra_len:extra_len + id_len], rest[extra_len + id_len:]
+    entry = (struct.pack(">QIHH", l1_offset, l1_size, id_len, name_len) + head[16:36] +
+             struct.pack(">I", len(extra)) + extra + ident + name)
+    where = (q.f.seek(0, 2) + q.cluster_size - 1) // q.cluster_size * q.cluster_size
+    q.pwrite(where, entry + bytes(-len(entry) % q.cluster_size))
+    q.set_field("snapshots_offset", where)
+
+
+def test_too_much_snapshot_extra_data_repaired_as_qemu_img_repairs_it(tmp_path):
+    """2 KiB of extra data (QEMU allows 1 KiB): both checks fail to read the
+    table (exit 1); -r all keeps the first 1 KiB, rewrites the table, and the
+    snapshot stays listed and readable."""
+    path = tmp_path / "x.qcow2"
+    make_base(path, "cluster_size=64k")
+    qemu_img("snapshot", "-c", "before", path)
+    with Qcow2(path) as q:
+        rewrite_first_snapshot_entry(q, lambda off, size, extra: (off, size, extra + bytes(2048 - len(extra))))
+    assert assert_checks_agree(path)[0] == 1
+    ours = repair_both_and_compare(path, tmp_path)
+    assert "before" in qemu_img("snapshot", "-l", ours).stdout
+    with libvdisk.open(ours, snapshot="before") as snap:
+        assert snap.pread(0, 4096) == b"\x5a" * 4096
+
+
+def test_misaligned_snapshot_l1_table_is_reported_as_qemu_img_reports_it(tmp_path):
+    """A snapshot whose L1 table offset is misaligned: qemu-img check counts a
+    corruption (and the snapshot's clusters leak); so does libvdisk, which
+    opens the image for it, read-only, and refuses to read the snapshot."""
+    path = tmp_path / "m.qcow2"
+    make_base(path, "cluster_size=64k")
+    qemu_img("snapshot", "-c", "before", path)
+    with Qcow2(path) as q:
+        rewrite_first_snapshot_entry(q, lambda off, size, extra: (off + 512, size, extra))
+    rc, report = assert_checks_agree(path)
+    assert rc == 2 and report["corruptions"] >= 1, report
+    with pytest.raises(libvdisk.CorruptImage):
+        libvdisk.open(path, snapshot="before")
+
+
 # ---------------------------------------------------------- images check must open
 
 def assert_checks_agree(path):

@@ -30,6 +30,7 @@ struct checker {
     uint64_t past_eof_first, past_eof_end; /* clusters referenced beyond the end of the file */
     uint64_t compare_end;    /* refcounts compared below this cluster (add_refs) */
     bool rebuild;            /* the refcount structures cannot be repaired in place */
+    uint64_t too_low;        /* clusters whose refcount stays below their references */
     uint64_t file_size;
     /* the last refcount block read that the end of the file cuts short (zero-filled) */
     uint8_t *cut_block;
@@ -347,6 +348,15 @@ static int walk_snapshots(struct checker *c)
         const struct qcow2_snapshot *sn = order[s];
         for (same = 1; s + same < q->nb_snapshots && !by_l1_table(&order[s], &order[s + same]); same++)
             ;
+        if (!qcow2_snapshot_l1_valid(q, sn)) { /* as qemu-img check: reported, not walked */
+            bool misaligned = sn->l1_offset & (q->cluster_size - 1);
+            say(c, "ERROR snapshot %s (%s) l1_%s=%#llx: L1 table is %s; snapshot table entry corrupted",
+                sn->id, sn->name, misaligned ? "offset" : "size",
+                (unsigned long long)(misaligned ? sn->l1_offset : sn->l1_size),
+                misaligned ? "not cluster aligned" : "too large");
+            c->res->corruptions += same;
+            continue;
+        }
         uint64_t *l1 = calloc(sn->l1_size ? sn->l1_size : 1, 8);
         if (!l1) {
             rc = vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
@@ -582,6 +592,7 @@ static bool set_refcount(struct checker *c, uint64_t cluster, uint64_t wanted)
 static bool compare_refcounts(struct checker *c, uint32_t flags)
 {
     bool need_rebuild = false;
+    c->too_low = 0;
     /* refcounts past the end of the file are left alone, as qemu-img does, but for the
        clusters that references just past it name (add_refs); allocation stays past them */
     for (uint64_t i = 0; i < c->compare_end; i++) {
@@ -605,6 +616,7 @@ static bool compare_refcounts(struct checker *c, uint32_t flags)
             *(leak ? &c->res->leaks_fixed : &c->res->corruptions_fixed) += 1;
         } else {
             *(leak ? &c->res->leaks : &c->res->corruptions) += 1;
+            c->too_low += !leak;
             need_rebuild |= fix;
         }
     }
@@ -801,28 +813,47 @@ static int rebuild_refcounts(struct checker *c)
     return rc;
 }
 
-/* Snapshot table entries that lack what version 3 requires (repaired by -r all). */
+/*
+ * Snapshot table entries that lack what version 3 requires, and what a
+ * repairing open left out of the table (too much extra data, entries past
+ * QEMU's limit of the table): -r all rewrites the table, as qemu-img's does.
+ */
 static int check_snapshot_entries(struct checker *c, uint32_t flags)
 {
     struct qcow2 *q = c->q;
-    /* rewriting the table allocates: only once the refcounts can be trusted */
-    bool repair = (flags & VD_CHECK_REPAIR_ALL) && !c->res->corruptions;
-    uint32_t incomplete = 0;
-    for (uint32_t i = 0; i < q->nb_snapshots; i++) {
-        if (!qcow2_snapshot_incomplete(q, &q->snapshots[i]))
-            continue;
-        say(c, "%s snapshot table entry %u is incomplete", repair ? "Repairing" : "ERROR", i);
-        incomplete++;
+    /* rewriting the table allocates: only once no refcount is too low (other
+       corruptions, such as a snapshot's misaligned L1 table, may stay) */
+    bool repair = (flags & VD_CHECK_REPAIR_ALL) && !c->too_low;
+    const char *verdict = repair ? "Repairing" : "ERROR";
+    uint64_t found = 0;
+    if (q->snapshots_dropped) {
+        say(c, "%s the snapshot table: %u overhanging snapshots discarded (the table is too big)",
+            verdict, q->snapshots_dropped);
+        found += q->snapshots_dropped;
     }
-    if (!incomplete)
+    for (uint32_t i = 0; i < q->nb_snapshots; i++) {
+        if (q->snapshots[i].extra_cut) {
+            say(c, "%s snapshot table entry %u: too much extra metadata discarded", verdict, i);
+            found++;
+        }
+        if (qcow2_snapshot_incomplete(q, &q->snapshots[i])) {
+            say(c, "%s snapshot table entry %u is incomplete", verdict, i);
+            found++;
+        }
+    }
+    if (!found)
         return 0;
     if (!repair) {
-        c->res->corruptions += incomplete;
+        c->res->corruptions += found;
         return 0;
     }
     int rc = qcow2_complete_snapshots(c->img, q);
-    if (rc == 0)
-        c->res->corruptions_fixed += incomplete;
+    if (rc == 0) {
+        c->res->corruptions_fixed += found;
+        q->snapshots_dropped = 0;
+        for (uint32_t i = 0; i < q->nb_snapshots; i++)
+            q->snapshots[i].extra_cut = false;
+    }
     return rc;
 }
 
@@ -883,6 +914,7 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
         if (rc == 0) /* the new structures lie past the old end of the file */
             rc = vd_file_get_size(img->file, &c.file_size);
         if (rc == 0) {
+            c.too_low = 0;
             res->corruptions_fixed += res->corruptions;
             res->leaks_fixed += res->leaks;
             res->corruptions = res->leaks = 0;
