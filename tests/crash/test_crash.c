@@ -878,7 +878,7 @@ static unsigned check_repair_point(const struct repair_case *rc, const struct re
     if (!*why)
         return 0;
     char keep[512];
-    snprintf(keep, sizeof keep, "%s/vdcrash-repair-%s-p%" PRIu64, cu_keep_dir(), rc->name, point);
+    snprintf(keep, sizeof keep, "%s/vdcrash-%s-p%" PRIu64, cu_keep_dir(), rc->name, point);
     cu_copy_file(path, keep);
     fprintf(stderr, "REPAIR CRASH FAILURE [%s, crash point %" PRIu64 ", kept as %s]: %s\n", rc->name,
             point, keep, why);
@@ -886,8 +886,8 @@ static unsigned check_repair_point(const struct repair_case *rc, const struct re
 }
 
 static const struct repair_case repair_cases[] = {
-    { "leaks", false },
-    { "rebuild", true },
+    { "qcow2-repair-leaks", false },
+    { "qcow2-repair-rebuild", true },
 };
 
 START_TEST(test_crash_repair)
@@ -913,7 +913,7 @@ START_TEST(test_crash_repair)
                 break;
         }
     }
-    fprintf(stderr, "crash repair %s: %" PRIu64 " writes, %" PRIu64 " syncs; %" PRIu64
+    fprintf(stderr, "crash %s: %" PRIu64 " writes, %" PRIu64 " syncs; %" PRIu64
             " crash images checked, %" PRIu64 " failures\n", rc->name, crash_write_count(),
             crash_sync_count(), images, failures);
     crash_reset();
@@ -1031,9 +1031,7 @@ static Suite *crash_suite(void)
         tcase_add_loop_test(tc, test_crash_variant, (int)i, (int)i + 1);
     }
     for (size_t i = 0; i < sizeof repair_cases / sizeof repair_cases[0]; i++) {
-        char name[64];
-        snprintf(name, sizeof name, "qcow2-repair-%s", repair_cases[i].name);
-        TCase *tc = vt_tcase(s, strdup(name));
+        TCase *tc = vt_tcase(s, repair_cases[i].name);
         tcase_set_timeout(tc, 600);
         tcase_add_loop_test(tc, test_crash_repair, (int)i, (int)i + 1);
     }
