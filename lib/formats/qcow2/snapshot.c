@@ -83,10 +83,9 @@ static int read_entry(vd_image *img, const struct qcow2 *q, struct table_reading
     if (how->repairing ? how->kept_bytes > MAX_TABLE_BYTES || *pos + SNAPSHOT_HEADER_BYTES + rest > INT32_MAX
                        : MAX_TABLE_BYTES - *pos - SNAPSHOT_HEADER_BYTES < rest)
         return how->repairing ? 1 : bad_table(img, i, "entry is past the end of the table");
-    if (!how->lenient && (sn->l1_offset & (q->cluster_size - 1)))
-        return bad_table(img, i, "L1 table is not cluster aligned");
-    if (!how->lenient && (uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES)
-        return bad_table(img, i, "L1 table is too large");
+    if (!how->lenient && !qcow2_snapshot_l1_valid(q, sn))
+        return bad_table(img, i, (sn->l1_offset & (q->cluster_size - 1)) ? "L1 table is not cluster aligned"
+                                                                         : "L1 table is too large");
     uint64_t at = q->snapshots_offset + *pos + sizeof e;
     uint8_t *var = malloc((size_t)(sn->extra_size + strings) + 1);
     if (!var)
@@ -128,11 +127,8 @@ int qcow2_read_snapshots(vd_image *img, struct qcow2 *q)
     uint64_t pos = 0;
     for (uint32_t i = 0; rc == 0 && i < q->nb_snapshots; i++) {
         rc = read_entry(img, q, &how, &pos, i, &q->snapshots[i]);
-        if (rc == 1) { /* the table in memory ends here; -r all rewrites it */
+        if (rc == 1) { /* the table in memory ends here (the entry allocated nothing); -r all rewrites it */
             q->snapshots_dropped = q->nb_snapshots - i;
-            free(q->snapshots[i].id);
-            free(q->snapshots[i].name);
-            free(q->snapshots[i].extra);
             q->nb_snapshots = i;
             rc = 0;
         }
