@@ -288,6 +288,28 @@ def test_misaligned_snapshot_l1_table_is_reported_as_qemu_img_reports_it(tmp_pat
         libvdisk.open(path, snapshot="before")
 
 
+def test_too_large_snapshot_l1_table_does_not_stop_the_repair(tmp_path):
+    """A snapshot whose L1 size claims 2^31 entries (more than QEMU allows):
+    both checks count it; -r all repairs the rest (the snapshot's clusters
+    leak) and leaves that corruption, no more than qemu-img's repair leaves."""
+    path = tmp_path / "l.qcow2"
+    make_base(path, "cluster_size=64k")
+    qemu_img("snapshot", "-c", "before", path)
+    with Qcow2(path) as q:
+        rewrite_first_snapshot_entry(q, lambda off, size, extra: (off, 1 << 31, extra))
+    assert assert_checks_agree(path)[0] == 2
+    ours, theirs = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
+    shutil.copy(path, ours)
+    shutil.copy(path, theirs)
+    r = run(os.environ["VDISK"], "check", "-r", "all", ours, check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    qemu_img("check", "-r", "all", theirs, check=False)
+    (rc_ours, after_ours), (rc_theirs, after_theirs) = qemu_check(ours), qemu_check(theirs)
+    assert rc_ours == rc_theirs == 2
+    assert 1 <= after_ours["corruptions"] <= after_theirs["corruptions"], (after_ours, after_theirs)
+    assert after_ours.get("leaks", 0) == 0, after_ours
+
+
 # ---------------------------------------------------------- images check must open
 
 def assert_checks_agree(path):

@@ -256,9 +256,9 @@ KNOWN = [
 # Disagreements not fixed yet (bugs, not choices): counted and printed, not failed.
 OPEN = [
     (lambda c: c["damage"].startswith("snapshot") and 1 in (c["vdisk"][0], c["vdisk-repair"][0]),
-     "a damaged snapshot entry (a grown id or extra data size) makes the table cover other "
-     "metadata: the layout check refuses -r all's writes (qemu-img's repair fails on its overlap "
-     "check or leaves corruptions)"),
+     "a damaged snapshot entry (a grown id or extra data size, a moved L1 table) makes the "
+     "snapshot table or a snapshot's L1 table cover other metadata: the layout check refuses "
+     "-r all's writes (qemu-img's repair fails on its overlap check or leaves corruptions)"),
     (lambda c: c["damage"].startswith("l1 entry") and "(target)" in c["damage"]
      and c["after-ours"][1] is not None and c["after-ours"][1] <= (c["after-theirs"][1] or 0),
      "an L1 entry naming another metadata structure: the references read from it as an L2 "

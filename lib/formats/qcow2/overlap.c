@@ -94,8 +94,11 @@ static int rebuild(vd_image *img, struct qcow2 *q)
     for (uint64_t i = 0; i < q->rt_entries; i++)
         add(q, &r, QCOW2_META_REFCOUNT_BLOCK, q->rt[i], q->rt[i] ? q->cluster_size : 0);
     add(q, &r, QCOW2_META_SNAPSHOT_TABLE, q->snapshots_offset, q->snapshots_bytes);
+    /* a snapshot L1 table that is misaligned or too large is no structure: nothing reads it */
     for (uint32_t i = 0; i < q->nb_snapshots; i++)
-        add(q, &r, QCOW2_META_SNAPSHOT_L1, q->snapshots[i].l1_offset, (uint64_t)q->snapshots[i].l1_size * 8);
+        if (qcow2_snapshot_l1_valid(q, &q->snapshots[i]))
+            add(q, &r, QCOW2_META_SNAPSHOT_L1, q->snapshots[i].l1_offset,
+                (uint64_t)q->snapshots[i].l1_size * 8);
     uint64_t shared;
     if (!normalize(&r, &shared)) {
         free(r.items);
