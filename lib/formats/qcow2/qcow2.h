@@ -116,6 +116,7 @@ enum qcow2_meta_kind {
 struct qcow2_meta_range {
     uint64_t first, end;
     enum qcow2_meta_kind kind;
+    bool in_place;            /* an active L2 table whose L1 entry has COPIED set */
 };
 
 struct qcow2 {
