@@ -1,6 +1,8 @@
 /* Helpers shared by the crash, fault and kill tests (see crashutil.h). */
 #include "crashutil.h"
 
+#include "formats/qcow2/qcow2.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -272,6 +274,34 @@ vd_image *cu_open_checked(const char *path, const char *fmt, uint32_t open_flags
         return NULL;
     }
     return img;
+}
+
+void cu_drop_first_refblock(const char *path)
+{
+    uint8_t field[8], zero[8] = { 0 };
+    vt_pread_file(path, 48, field, sizeof field); /* the refcount table offset */
+    uint64_t rt_offset = 0;
+    for (int i = 0; i < 8; i++)
+        rt_offset = rt_offset << 8 | field[i];
+    vt_pwrite_file(path, rt_offset, zero, sizeof zero);
+}
+
+void cu_leak_clusters(vd_image *img, uint64_t count)
+{
+    struct qcow2 *q = qcow2_of(img);
+    uint64_t host;
+    ck_assert_int_eq(qcow2_alloc_clusters(img, q, count, &host), 0);
+    /* the file must cover them: a check compares no refcounts past its end */
+    uint8_t *zeroes = calloc(1, (size_t)q->cluster_size);
+    ck_assert_ptr_nonnull(zeroes);
+    vt_ok(vd_file_pwrite(img->file, zeroes, (size_t)q->cluster_size, host + (count - 1) * q->cluster_size));
+    free(zeroes);
+    vt_ok(vd_flush(img, 0));
+}
+
+uint64_t cu_check_problems(const vd_check_result *res)
+{
+    return res->corruptions + res->leaks + res->check_errors;
 }
 
 void cu_copy_file(const char *from, const char *to)

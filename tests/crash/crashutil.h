@@ -74,6 +74,20 @@ struct cu_check {
 vd_image *cu_open_checked(const char *path, const char *fmt, uint32_t open_flags, char *why,
                           size_t whylen, struct cu_check *out);
 
+/*
+ * Damage a qcow2 image (closed) so that its refcounts need a rebuild: clear
+ * the first refcount table entry, which leaves the clusters of the first
+ * refcount block without refcounts and that block's own cluster leaked.
+ */
+void cu_drop_first_refblock(const char *path);
+
+/* Leak count clusters of an open qcow2 image (allocated, referenced by nothing, in the
+   file); flushed. */
+void cu_leak_clusters(vd_image *img, uint64_t count);
+
+/* A check's problems: corruptions, leaks and check errors together. */
+uint64_t cu_check_problems(const vd_check_result *res);
+
 /* Copy a file (to keep a failing image for later study). */
 void cu_copy_file(const char *from, const char *to);
 /* Where to keep failing images: $VD_CRASH_KEEP or /tmp. */

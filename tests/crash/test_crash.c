@@ -31,6 +31,7 @@
 #define MAX_LIVE_SNAPS 4
 #define MAX_REPORTS 6
 #define N_KNOWN 1
+#define MB (1024 * 1024ull)
 
 enum op_kind {
     OP_WRITE, OP_ZERO, OP_ZERO_UNMAP, OP_DISCARD, OP_FLUSH, OP_RESIZE,
@@ -836,9 +837,143 @@ static void run_variant(const struct variant *v)
                   v->name, total_failures);
 }
 
+/* ------------------------------------------------------------- repair */
+
+/*
+ * A crash at any point of `check -r all` leaves an image no worse than
+ * before: it opens read-write, vd_check finds no more problems than before
+ * the repair, and the guest disk and its snapshot read as before. When the
+ * repair completed, the image is clean, for vd_check and qemu-img check.
+ */
+struct repair_case {
+    const char *name;
+    bool rebuild;           /* damage the refcount structures so that they need a rebuild */
+};
+
+struct repair_image {
+    uint8_t *disk, *snapshot;  /* the guest disk and snapshot "s0" before the repair */
+    uint64_t size, problems;   /* the virtual size; what vd_check finds before the repair */
+};
+
+static uint8_t *read_view(const char *path, const char *snapshot, uint64_t *size)
+{
+    vd_open_opts o = VD_OPEN_OPTS_INIT;
+    o.format = "qcow2";
+    o.flags = VD_OPEN_NO_LOCK;
+    o.snapshot = snapshot;
+    vd_image *img;
+    vt_ok(vd_open_ext(&img, path, &o));
+    uint8_t *content = cu_read_image(img, size);
+    vd_close(img);
+    return content;
+}
+
+static void prepare_damaged(const struct repair_case *rc, const char *path, struct repair_image *before)
+{
+    vt_ok(vd_create(path, "qcow2", 2 * MB, "cluster_size=4096", 0));
+    vd_image *img = vt_open(path, "qcow2", VD_OPEN_RDWR);
+    for (uint64_t i = 0; i < 6; i++)
+        vt_image_write_pattern(img, i * 300 * 1024 + 777, 20 * 1024, 40 + i);
+    vt_ok(vd_snapshot_create(img, "s0", 0));
+    vt_image_write_pattern(img, 4096, 64 * 1024, 50); /* copies of shared clusters */
+    cu_leak_clusters(img, 5);
+    vt_close(img);
+    if (rc->rebuild)
+        cu_drop_first_refblock(path);
+    img = vt_open(path, "qcow2", VD_OPEN_NO_LOCK);
+    vd_check_result res = VD_CHECK_RESULT_INIT;
+    vt_ok(vd_check(img, 0, &res, NULL, NULL));
+    vd_close(img);
+    before->problems = cu_check_problems(&res);
+    ck_assert_uint_ne(before->problems, 0);
+    before->disk = read_view(path, NULL, &before->size);
+    uint64_t snap_size;
+    before->snapshot = read_view(path, "s0", &snap_size);
+    ck_assert_uint_eq(snap_size, before->size);
+}
+
+/* One crash image: the failures found (reported on stderr). */
+static unsigned check_repair_point(const struct repair_case *rc, const struct repair_image *before,
+                                   const char *path, uint64_t point, bool complete)
+{
+    char why[512] = "";
+    vd_image *img = NULL;
+    vd_check_result res = VD_CHECK_RESULT_INIT;
+    int err = vd_open(&img, path, "qcow2", VD_OPEN_RDWR | VD_OPEN_NO_FLUSH);
+    if (err == 0)
+        err = vd_check(img, 0, &res, NULL, NULL);
+    vd_close(img);
+    uint64_t problems = cu_check_problems(&res), size;
+    if (err < 0)
+        snprintf(why, sizeof why, "open or check fails: %s: %s", vd_errname(err), vd_errmsg());
+    else if (problems > (complete ? 0 : before->problems))
+        snprintf(why, sizeof why, "vd_check finds corruptions=%llu leaks=%llu check_errors=%llu (before "
+                 "the repair: %llu problems)", (unsigned long long)res.corruptions,
+                 (unsigned long long)res.leaks, (unsigned long long)res.check_errors,
+                 (unsigned long long)before->problems);
+    if (!*why) {
+        uint8_t *disk = read_view(path, NULL, &size), *snapshot = read_view(path, "s0", &size);
+        if (size != before->size || memcmp(disk, before->disk, (size_t)size) != 0)
+            snprintf(why, sizeof why, "the guest disk does not read as before the repair");
+        else if (memcmp(snapshot, before->snapshot, (size_t)size) != 0)
+            snprintf(why, sizeof why, "snapshot s0 does not read as before the repair");
+        free(disk);
+        free(snapshot);
+    }
+    bool benign;
+    if (!*why && complete && !cu_qemu_check_ok(path, 4096, &benign, why, sizeof why))
+        strcat(why, " (qemu-img check)");
+    if (!*why)
+        return 0;
+    char keep[512];
+    snprintf(keep, sizeof keep, "%s/vdcrash-%s-p%" PRIu64, cu_keep_dir(), rc->name, point);
+    cu_copy_file(path, keep);
+    fprintf(stderr, "REPAIR CRASH FAILURE [%s, crash point %" PRIu64 ", kept as %s]: %s\n", rc->name,
+            point, keep, why);
+    return 1;
+}
+
+static const struct repair_case repair_cases[] = {
+    { "qcow2-repair-leaks", false },
+    { "qcow2-repair-rebuild", true },
+};
+
+START_TEST(test_crash_repair)
+{
+    const struct repair_case *rc = &repair_cases[_i];
+    const char *path = vt_path("image"), *crash_path = vt_path("crash");
+    struct repair_image before;
+    prepare_damaged(rc, path, &before);
+    crash_track(path);
+    crash_install();
+    vd_image *img = vt_open(path, "qcow2", VD_OPEN_RDWR);
+    vd_check_result res = VD_CHECK_RESULT_INIT;
+    vt_ok(vd_check(img, VD_CHECK_REPAIR_ALL, &res, NULL, NULL));
+    ck_assert_uint_eq(cu_check_problems(&res), 0);
+    vt_close(img);
+    crash_uninstall();
+    uint64_t npoints = crash_write_count() + 2, seeds = 4 * cu_scale(), failures = 0, images = 0;
+    for (uint64_t point = 0; point < npoints && failures < MAX_REPORTS; point++) {
+        for (uint64_t seed = 0; seed < seeds; seed++, images++) {
+            uint64_t pending = crash_materialize(point, point * 7919 + seed, crash_path);
+            failures += check_repair_point(rc, &before, crash_path, point, point == npoints - 1);
+            if (!pending)
+                break;
+        }
+    }
+    fprintf(stderr, "crash %s: %" PRIu64 " writes, %" PRIu64 " syncs; %" PRIu64
+            " crash images checked, %" PRIu64 " failures\n", rc->name, crash_write_count(),
+            crash_sync_count(), images, failures);
+    crash_reset();
+    free(before.disk);
+    free(before.snapshot);
+    ck_assert_msg(failures == 0, "%s: crash images of the repair failed their checks (details on stderr)",
+                  rc->name);
+}
+END_TEST
+
 /* ------------------------------------------------------------- variants */
 
-#define MB (1024 * 1024ull)
 /* A metadata cache this small (4 tables, the minimum) evicts all the time. */
 #define TINY_CACHE 2048
 
@@ -950,6 +1085,11 @@ static Suite *crash_suite(void)
         TCase *tc = vt_tcase(s, variants[i].name);
         tcase_set_timeout(tc, 900);
         tcase_add_loop_test(tc, test_crash_variant, (int)i, (int)i + 1);
+    }
+    for (size_t i = 0; i < sizeof repair_cases / sizeof repair_cases[0]; i++) {
+        TCase *tc = vt_tcase(s, repair_cases[i].name);
+        tcase_set_timeout(tc, 600);
+        tcase_add_loop_test(tc, test_crash_repair, (int)i, (int)i + 1);
     }
     return s;
 }

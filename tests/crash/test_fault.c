@@ -20,7 +20,7 @@
 #include "crashutil.h"
 #include "faultio.h"
 
-#include "formats/qcow2/qcow2.h"
+#include "core/internal.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -50,12 +50,15 @@ struct ctx {
     const char *work;               /* the copy an iteration works on */
     unsigned failures, iterations, poisoned, usable, qemu_checks;
     const char *scenario, *plan_name;
+    uint64_t problems_before;       /* what vd_check finds in a damaged prepared image (else 0) */
 };
 
 struct scenario {
     const char *name;
     /* Build the image before the operation (through a handle on ctx->base) and ctx->before. */
     void (*prepare)(struct ctx *c, vd_image *img);
+    /* Damage the prepared image (closed), or NULL. */
+    void (*damage)(const char *path);
     /* The operation under test; ctx->after is what it leaves on success. */
     int (*op)(struct ctx *c, vd_image *img);
     /*
@@ -222,17 +225,14 @@ static void prepare_resize(struct ctx *c, vd_image *img)
 static void prepare_leaks(struct ctx *c, vd_image *img)
 {
     prepare_common(c, img);
-    uint64_t host;
-    struct qcow2 *q = qcow2_of(img);
-    ck_assert_int_eq(qcow2_alloc_clusters(img, q, 3, &host), 0);
-    ck_assert_int_eq(qcow2_alloc_clusters(img, q, 1, &host), 0);
-    vt_ok(vd_flush(img, 0));
+    cu_leak_clusters(img, 3);
+    cu_leak_clusters(img, 1);
 }
 
-static int op_check_repair(struct ctx *c, vd_image *img)
+static int check_repairing(uint32_t flags, vd_image *img)
 {
     vd_check_result res = VD_CHECK_RESULT_INIT;
-    int rc = vd_check(img, VD_CHECK_REPAIR_LEAKS, &res, NULL, NULL);
+    int rc = vd_check(img, flags, &res, NULL, NULL);
     /* a check that could not read something reports it in check_errors, not in its result */
     if (rc == 0 && res.check_errors)
         return VD_EIO;
@@ -269,20 +269,34 @@ static int op_amend_refcount_bits(struct ctx *c, vd_image *img)
                                                            : "refcount_bits=64", 0);
 }
 
+static int op_check_repair(struct ctx *c, vd_image *img)
+{
+    (void)c;
+    return check_repairing(VD_CHECK_REPAIR_LEAKS, img);
+}
+
+/* check -r all of an image whose refcount structures need a rebuild. */
+static int op_check_rebuild(struct ctx *c, vd_image *img)
+{
+    (void)c;
+    return check_repairing(VD_CHECK_REPAIR_ALL, img);
+}
+
 static const struct scenario scenarios[] = {
-    { "write-alloc", prepare_common, op_write_alloc, false },
-    { "write-cow", prepare_common, op_write_cow, false },
-    { "write-zeroes", prepare_common, op_zero, false },
-    { "write-zeroes-unmap", prepare_common, op_zero_unmap, false },
-    { "discard", prepare_common, op_discard, false },
-    { "flush", prepare_common, op_flush, false },
-    { "snapshot-create", prepare_common, op_snapshot_create, false },
-    { "snapshot-delete", prepare_common, op_snapshot_delete, false },
-    { "snapshot-apply", prepare_common, op_snapshot_apply, false },
-    { "resize", prepare_resize, op_resize, false },
-    { "check-repair", prepare_leaks, op_check_repair, true },
-    { "amend-compat", prepare_amend, op_amend_compat, false },
-    { "amend-refcount-bits", prepare_amend, op_amend_refcount_bits, false },
+    { "write-alloc", prepare_common, NULL, op_write_alloc, false },
+    { "write-cow", prepare_common, NULL, op_write_cow, false },
+    { "write-zeroes", prepare_common, NULL, op_zero, false },
+    { "write-zeroes-unmap", prepare_common, NULL, op_zero_unmap, false },
+    { "discard", prepare_common, NULL, op_discard, false },
+    { "flush", prepare_common, NULL, op_flush, false },
+    { "snapshot-create", prepare_common, NULL, op_snapshot_create, false },
+    { "snapshot-delete", prepare_common, NULL, op_snapshot_delete, false },
+    { "snapshot-apply", prepare_common, NULL, op_snapshot_apply, false },
+    { "resize", prepare_resize, NULL, op_resize, false },
+    { "check-repair", prepare_leaks, NULL, op_check_repair, true },
+    { "check-rebuild", prepare_leaks, cu_drop_first_refblock, op_check_rebuild, true },
+    { "amend-compat", prepare_amend, NULL, op_amend_compat, false },
+    { "amend-refcount-bits", prepare_amend, NULL, op_amend_refcount_bits, false },
 };
 
 /* --------------------------------------------------------------- checking */
@@ -354,18 +368,50 @@ static void check_snapshot_contents(struct ctx *c, uint64_t n, unsigned have)
     }
 }
 
-/* The image on disk, opened afresh: consistent, and as expected (exact, if given). */
+/* What vd_check finds in the image at path (opened read-only). */
+static uint64_t problems_of(const char *path)
+{
+    vd_image *img = vt_open(path, "qcow2", VD_OPEN_NO_LOCK);
+    vd_check_result res = VD_CHECK_RESULT_INIT;
+    vt_ok(vd_check(img, 0, &res, NULL, NULL));
+    vd_close(img);
+    return cu_check_problems(&res);
+}
+
+/* A damaged image after a failed repair: it opens read-write and is no worse than before. */
+static vd_image *open_no_worse(struct ctx *c, char *why, size_t whylen)
+{
+    vd_image *img = NULL;
+    vd_check_result res = VD_CHECK_RESULT_INIT;
+    int rc = vd_open(&img, c->work, "qcow2", VD_OPEN_RDWR | VD_OPEN_NO_FLUSH);
+    if (rc == 0)
+        rc = vd_check(img, 0, &res, NULL, NULL);
+    if (rc == 0 && cu_check_problems(&res) <= c->problems_before)
+        return img;
+    snprintf(why, whylen, "%s: rc=%s corruptions=%llu leaks=%llu check_errors=%llu (before: %llu problems)",
+             img ? "vd_check" : "open", vd_errname(rc), (unsigned long long)res.corruptions,
+             (unsigned long long)res.leaks, (unsigned long long)res.check_errors,
+             (unsigned long long)c->problems_before);
+    vd_close(img);
+    return NULL;
+}
+
+/* The image on disk, opened afresh: consistent (or, damaged before, no worse), and as
+   expected (exact, if given). */
 static void check_on_disk(struct ctx *c, uint64_t n, const struct state *exact)
 {
     char why[1024];
     bool benign;
-    if (c->iterations % cu_slowdown() == 0) { /* sanitizer builds: every third */
+    /* a damaged image fails qemu-img check until a repair completes (open_no_worse compares) */
+    bool sound = !c->problems_before || exact == &c->after;
+    if (sound && c->iterations % cu_slowdown() == 0) { /* sanitizer builds: every third */
         c->qemu_checks++;
         if (!cu_qemu_check_ok(c->work, c->cs, &benign, why, sizeof why))
             report(c, n, "%s", why);
     }
     struct cu_check chk;
-    vd_image *img = cu_open_checked(c->work, "qcow2", VD_OPEN_NO_FLUSH, why, sizeof why, &chk);
+    vd_image *img = c->problems_before ? open_no_worse(c, why, sizeof why)
+                                       : cu_open_checked(c->work, "qcow2", VD_OPEN_NO_FLUSH, why, sizeof why, &chk);
     if (!img) {
         report(c, n, "after reopening: %s", why);
         return;
@@ -480,6 +526,11 @@ static void run_scenario(const struct image_kind *kind, const struct scenario *s
     c.cs = info.cluster_size;
     sc->prepare(&c, img);
     vt_close(img);
+    if (sc->damage) {
+        sc->damage(c.base);
+        c.problems_before = problems_of(c.base);
+        ck_assert_uint_ne(c.problems_before, 0);
+    }
 
     for (size_t p = 0; p < sizeof plans / sizeof plans[0]; p++) {
         c.plan_name = plans[p].name;

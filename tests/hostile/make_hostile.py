@@ -586,6 +586,35 @@ def repeat_zero_refblock(img, table_bytes):
     img.set("refcount_table_clusters", table_bytes // cs)
 
 
+def repeat_l2_table(img, entries):
+    """Move the L1 table to the end of the file, entries long, every entry
+    naming the image's first L2 table."""
+    table = align_up(img.eof, img.cluster_size)
+    img.write(table, struct.pack(">Q", img.unpack(img.l1_slot(0), ">Q")) * entries)
+    img.set("l1_table_offset", table)
+    img.set("l1_size", entries)
+
+
+SNAPSHOT_ENTRY = ">QIHHIIQII"  # L1 offset and size, id and name sizes, date, vm clock, state size, extra size
+
+
+def snapshots_sharing_l1(img, count):
+    """A snapshot table of count snapshots ("1", "2", ... named "s1", ...), each
+    of them the active L1 table (a version 3 entry: 16 bytes of extra data
+    giving the disk size); the table goes at the end of the file."""
+    table = bytearray()
+    for n in range(1, count + 1):
+        name_id, name = b"%d" % n, b"s%d" % n
+        extra = struct.pack(">QQ", 0, img.get("size"))
+        entry = struct.pack(SNAPSHOT_ENTRY, img.get("l1_table_offset"), img.get("l1_size"),
+                            len(name_id), len(name), 0, 0, 0, 0, len(extra)) + extra + name_id + name
+        table += entry + bytes(-len(entry) % 8)
+    where = align_up(img.eof, img.cluster_size)
+    img.write(where, bytes(table))
+    img.set("snapshots_offset", where)
+    img.set("nb_snapshots", count)
+
+
 BITMAP_ENTRY = ">QIIBBHI"  # table offset, table size, flags, type, granularity bits, name size, extra
 
 

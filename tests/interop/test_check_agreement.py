@@ -193,6 +193,24 @@ def test_invalid_subcluster_bitmap_fails_reads_as_in_qemu(tmp_path):
     assert "subcluster bitmap" in str(err.value) and path.name in str(err.value)
 
 
+def test_zero_flag_in_a_version_2_image_fails_reads_as_in_qemu(tmp_path):
+    """Bit 0 of an L2 entry in a version 2 image (no zero clusters there):
+    qemu-img check finds no error, and reads of that cluster fail; so for
+    libvdisk. The rest of the disk reads."""
+    path = tmp_path / "z.qcow2"
+    make_base(path, "cluster_size=64k,compat=0.10")
+    with Qcow2(path) as q:
+        q.set_l2_entry(DATA_AT, q.l2_entry(DATA_AT) | 1)
+    assert assert_checks_agree(path)[0] == 0
+    r = run(QEMU_IMG, "convert", "-O", "raw", path, tmp_path / "q.raw", check=False)
+    assert r.returncode == 1 and "Input/output error" in r.stderr, r.stderr
+    with libvdisk.open(path) as img:
+        assert img.pread(0, 4096) == b"\x5a" * 4096
+        with pytest.raises(libvdisk.CorruptImage) as err:
+            img.pread(DATA_AT, 4096)
+    assert "zero cluster entry in a version 2 image" in str(err.value)
+
+
 def test_incomplete_snapshot_entry_repaired_as_qemu_img_repairs_it(tmp_path):
     """A version 3 snapshot entry with only 8 bytes of extra data: both checks
     call it incomplete; libvdisk's -r all completes it and qemu-img then
@@ -220,6 +238,105 @@ def test_incomplete_snapshot_entry_repaired_as_qemu_img_repairs_it(tmp_path):
     assert "before" in listing
     with libvdisk.open(path, snapshot="before") as snap:
         assert snap.pread(0, 4096) == b"\x5a" * 4096
+
+
+def rewrite_first_snapshot_entry(q, edit):
+    """Move the snapshot table to the end of the file with entry 0 (one snapshot)
+    as edit(l1_offset, l1_size, id, name, extra) returns its fields."""
+    at = q.h["snapshots_offset"]
+    head = q.pread(at, 40)
+    l1_offset, l1_size, id_len, name_len = struct.unpack(">QIHH", head[:16])
+    extra_len = struct.unpack(">I", head[36:40])[0]
+    rest = q.pread(at + 40, extra_len + id_len + name_len)
+    l1_offset, l1_size, extra = edit(l1_offset, l1_size, rest[:extra_len])
+    ident, name = rest[extra_len:extra_len + id_len], rest[extra_len + id_len:]
+    entry = (struct.pack(">QIHH", l1_offset, l1_size, id_len, name_len) + head[16:36] +
+             struct.pack(">I", len(extra)) + extra + ident + name)
+    where = (q.f.seek(0, 2) + q.cluster_size - 1) // q.cluster_size * q.cluster_size
+    q.pwrite(where, entry + bytes(-len(entry) % q.cluster_size))
+    q.set_field("snapshots_offset", where)
+
+
+def test_too_much_snapshot_extra_data_repaired_as_qemu_img_repairs_it(tmp_path):
+    """2 KiB of extra data (QEMU allows 1 KiB): both checks fail to read the
+    table (exit 1); -r all keeps the first 1 KiB, rewrites the table, and the
+    snapshot stays listed and readable."""
+    path = tmp_path / "x.qcow2"
+    make_base(path, "cluster_size=64k")
+    qemu_img("snapshot", "-c", "before", path)
+    with Qcow2(path) as q:
+        rewrite_first_snapshot_entry(q, lambda off, size, extra: (off, size, extra + bytes(2048 - len(extra))))
+    assert assert_checks_agree(path)[0] == 1
+    ours = repair_both_and_compare(path, tmp_path)
+    assert "before" in qemu_img("snapshot", "-l", ours).stdout
+    with libvdisk.open(ours, snapshot="before") as snap:
+        assert snap.pread(0, 4096) == b"\x5a" * 4096
+
+
+def test_misaligned_snapshot_l1_table_is_reported_as_qemu_img_reports_it(tmp_path):
+    """A snapshot whose L1 table offset is misaligned: qemu-img check counts a
+    corruption (and the snapshot's clusters leak); so does libvdisk, which
+    opens the image for it, read-only, and refuses to read the snapshot."""
+    path = tmp_path / "m.qcow2"
+    make_base(path, "cluster_size=64k")
+    qemu_img("snapshot", "-c", "before", path)
+    with Qcow2(path) as q:
+        rewrite_first_snapshot_entry(q, lambda off, size, extra: (off + 512, size, extra))
+    rc, report = assert_checks_agree(path)
+    assert rc == 2 and report["corruptions"] >= 1, report
+    with pytest.raises(libvdisk.CorruptImage):
+        libvdisk.open(path, snapshot="before")
+
+
+def test_too_large_snapshot_l1_table_does_not_stop_the_repair(tmp_path):
+    """A snapshot whose L1 size claims 2^31 entries (more than QEMU allows):
+    both checks count it; -r all repairs the rest (the snapshot's clusters
+    leak) and leaves that corruption, no more than qemu-img's repair leaves."""
+    path = tmp_path / "l.qcow2"
+    make_base(path, "cluster_size=64k")
+    qemu_img("snapshot", "-c", "before", path)
+    with Qcow2(path) as q:
+        rewrite_first_snapshot_entry(q, lambda off, size, extra: (off, 1 << 31, extra))
+    assert assert_checks_agree(path)[0] == 2
+    ours, theirs = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
+    shutil.copy(path, ours)
+    shutil.copy(path, theirs)
+    r = run(os.environ["VDISK"], "check", "-r", "all", ours, check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    qemu_img("check", "-r", "all", theirs, check=False)
+    (rc_ours, after_ours), (rc_theirs, after_theirs) = qemu_check(ours), qemu_check(theirs)
+    assert rc_ours == rc_theirs == 2
+    assert 1 <= after_ours["corruptions"] <= after_theirs["corruptions"], (after_ours, after_theirs)
+    assert after_ours.get("leaks", 0) == 0, after_ours
+
+
+def test_two_l1_entries_naming_one_l2_table(tmp_path):
+    """An L1 entry aimed at the L2 table of another, COPIED set on both: a
+    write through one would change the other's guest data, so libvdisk
+    refuses it; -r all makes the table shared (refcount 2, COPIED clear) as
+    qemu-img's does, and then a write copies the table first (freeing no
+    cluster that metadata still holds)."""
+    path = tmp_path / "t.qcow2"
+    make_base(path, "cluster_size=4k")  # an L2 table covers 2 MiB
+    with Qcow2(path) as q:
+        first_index, _ = q.l2_location(0)
+        other_index, _ = q.l2_location(9 * MiB)
+        q.set_l1_entry(other_index, q.l1_entry(first_index))
+    with libvdisk.open(path, "r+") as img:
+        with pytest.raises(libvdisk.CorruptImage):
+            img.pwrite(9 * MiB, b"x" * 4096)
+    ours = repair_both_and_compare(path, tmp_path)
+    with libvdisk.open(ours, "r+") as img:
+        img.pwrite(9 * MiB, b"x" * 4096)
+        assert img.pread(0, 4096) == b"\x5a" * 4096
+        assert img.pread(9 * MiB, 4096) == b"x" * 4096
+    # the copy leaves the other entry's table with refcount 1 and COPIED still clear:
+    # benign (a needless copy later), as a deleted snapshot's sharing leaves it
+    r = run(QEMU_IMG, "check", ours, check=False)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("ERROR")]
+    assert all(line.startswith("ERROR OFLAG_COPIED L2 cluster") and line.endswith("refcount=1")
+               for line in errors), r.stderr
+    assert "leaked" not in r.stdout, r.stdout
 
 
 # ---------------------------------------------------------- images check must open

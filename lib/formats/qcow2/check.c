@@ -30,6 +30,7 @@ struct checker {
     uint64_t past_eof_first, past_eof_end; /* clusters referenced beyond the end of the file */
     uint64_t compare_end;    /* refcounts compared below this cluster (add_refs) */
     bool rebuild;            /* the refcount structures cannot be repaired in place */
+    uint64_t too_low;        /* clusters whose refcount stays below their references */
     uint64_t file_size;
     /* the last refcount block read that the end of the file cuts short (zero-filled) */
     uint8_t *cut_block;
@@ -58,25 +59,40 @@ static void say(struct checker *c, const char *fmt, ...)
  */
 #define PAST_EOF_COUNTED (1u << 20)
 
+/* The largest count of references refs[] holds exactly. */
+static uint64_t most_refs(const struct checker *c)
+{
+    return c->q->refcount_max < UINT32_MAX - 1 ? c->q->refcount_max : UINT32_MAX - 1;
+}
+
+/* The references to cluster i, as qemu-img check counts them: at most the largest refcount. */
+static uint64_t counted(const struct checker *c, uint64_t i)
+{
+    return c->refs[i] < most_refs(c) ? c->refs[i] : most_refs(c);
+}
+
 /*
  * weight more references to cluster i. As qemu-img check counts them, a
  * count stops at the largest refcount the image can store, and each
- * reference beyond it is a corruption of its own (an overflow).
+ * reference beyond it is a corruption of its own (an overflow). The count
+ * then stays one past that largest refcount, so that a rebuild that drops
+ * one reference (an old refcount block's) still gives the cluster the
+ * largest refcount and not one less.
  */
-static void add_weight(struct checker *c, uint64_t i, uint32_t weight)
+static void add_weight(struct checker *c, uint64_t i, uint64_t weight)
 {
-    uint64_t most = c->q->refcount_max < UINT32_MAX ? c->q->refcount_max : UINT32_MAX;
-    uint64_t room = most - c->refs[i];
+    uint64_t most = most_refs(c), room = most - counted(c, i);
     if (weight > room) {
         say(c, "ERROR: overflow cluster offset=0x%llx",
             (unsigned long long)(i * c->q->cluster_size));
         c->res->corruptions += weight - room;
-        weight = (uint32_t)room;
+        c->refs[i] = (uint32_t)(most + 1);
+        return;
     }
-    c->refs[i] += weight;
+    c->refs[i] += (uint32_t)weight;
 }
 
-static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uint32_t weight)
+static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uint64_t weight)
 {
     if (last >= c->nclusters + PAST_EOF_COUNTED)
         return;
@@ -101,7 +117,7 @@ static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uin
  * corrupt only when it ends a cluster or more past that length; a region
  * that ends less far past it is counted, and compared, like any other.
  */
-static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint32_t weight)
+static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint64_t weight)
 {
     if (!len)
         return;
@@ -136,7 +152,12 @@ static void add_ref(struct checker *c, uint64_t off, uint64_t len)
     add_refs(c, off, len, 1);
 }
 
-static void walk_l2(struct checker *c, const uint8_t *table, bool active)
+/*
+ * Count the references of one L2 table that weight L1 entries name: its
+ * findings count weight times, as qemu-img check counts them walking the
+ * table once per entry.
+ */
+static void walk_l2(struct checker *c, const uint8_t *table, bool active, uint64_t weight)
 {
     struct qcow2 *q = c->q;
     const uint64_t cs = q->cluster_size;
@@ -149,13 +170,13 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active)
             if (word & QCOW2_OFLAG_COPIED) {
                 say(c, "ERROR: coffset=0x%llx: Compressed cluster entry has the COPIED flag set",
                     (unsigned long long)host);
-                c->res->corruptions++;
+                c->res->corruptions += weight;
             }
-            add_ref(c, host & ~511ull, sectors * 512);
+            add_refs(c, host & ~511ull, sectors * 512, weight);
             if (active) { /* as qemu-img counts them: every compressed cluster is a fragment */
-                c->res->allocated_clusters++;
-                c->res->compressed_clusters++;
-                c->res->fragmented_clusters++;
+                c->res->allocated_clusters += weight;
+                c->res->compressed_clusters += weight;
+                c->res->fragmented_clusters += weight;
             }
             continue;
         }
@@ -166,13 +187,13 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active)
                                              !qcow2_has_data_file(q))) {
                 say(c, "ERROR: invalid subcluster allocation bitmap 0x%llx in L2 entry 0x%llx",
                     (unsigned long long)bitmap, (unsigned long long)word);
-                c->res->corruptions++;
+                c->res->corruptions += weight;
             }
         }
-        uint64_t reserved = QCOW2_L2_RESERVED | (q->version < 3 ? QCOW2_OFLAG_ZERO : 0);
-        if (word & reserved) {
+        /* bit 0 of a version 2 entry is no reserved bit for qemu-img check (reads refuse it) */
+        if (word & QCOW2_L2_RESERVED) {
             say(c, "ERROR found l2 entry with reserved bits set: %llx", (unsigned long long)word);
-            c->res->corruptions++;
+            c->res->corruptions += weight;
         }
         uint64_t host = word & QCOW2_OFFSET_MASK;
         bool data_file_zero = qcow2_has_data_file(q) && (word & QCOW2_OFLAG_COPIED);
@@ -182,14 +203,14 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active)
         if (host & (cs - 1)) {
             say(c, "ERROR offset=%llx: Data cluster is not properly aligned; L2 entry corrupted.",
                 (unsigned long long)host);
-            c->res->corruptions++;
+            c->res->corruptions += weight;
         }
         if (!qcow2_has_data_file(q))
-            add_ref(c, host, cs);
+            add_refs(c, host, cs, weight);
         if (active) {
-            c->res->allocated_clusters++;
+            c->res->allocated_clusters += weight;
             if (c->next_contiguous && host != c->next_contiguous)
-                c->res->fragmented_clusters++;
+                c->res->fragmented_clusters += weight;
             c->next_contiguous = host + cs;
         }
     }
@@ -234,64 +255,125 @@ static void put_table(struct checker *c, uint64_t off, uint8_t *table)
         free(table);
 }
 
-/* Count an L1 table, its L2 tables and their clusters. l1 is host-endian. */
+static int by_value(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* How many entries from i on repeat sorted[i]. */
+static size_t repeats(const uint64_t *sorted, size_t n, size_t i)
+{
+    size_t run = 1;
+    while (i + run < n && sorted[i + run] == sorted[i])
+        run++;
+    return run;
+}
+
+/*
+ * Count an L1 table that weight structures name (the active state, or
+ * snapshots sharing it), its L2 tables and their clusters. l1 is
+ * host-endian. Each distinct L2 table is read and walked once, its findings
+ * weighted by the entries naming it, so that the cost is bounded by the
+ * tables present, however often an L1 table names one.
+ */
 static int walk_l1(struct checker *c, const uint64_t *l1, uint32_t l1_size, uint64_t l1_offset,
-                   bool active)
+                   bool active, uint64_t weight)
 {
     struct qcow2 *q = c->q;
-    add_ref(c, l1_offset, (uint64_t)l1_size * 8);
+    uint64_t *tables = malloc(((size_t)l1_size + 1) * sizeof *tables);
+    if (!tables)
+        return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
+    size_t ntables = 0;
+    add_refs(c, l1_offset, (uint64_t)l1_size * 8, weight);
     for (uint32_t i = 0; i < l1_size; i++) {
         uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
         if (l1[i] & QCOW2_L1_RESERVED) {
             say(c, "ERROR found L1 entry with reserved bits set: %llx", (unsigned long long)l1[i]);
-            c->res->corruptions++;
+            c->res->corruptions += weight;
         }
         /* an entry of flags only names an L2 table at offset 0 (the header) for
            qemu-img check; reads treat it as unallocated, as QEMU's do */
         if (!l1[i])
             continue;
-        add_ref(c, l2, q->cluster_size); /* reports a table past the end of the file */
+        add_refs(c, l2, q->cluster_size, weight); /* reports a table past the end of the file */
         /* a misaligned table is still walked where it points, as qemu-img walks it */
         if (l2 & (q->cluster_size - 1)) {
             say(c, "ERROR l2_offset=%llx: Table is not cluster aligned; L1 entry corrupted",
                 (unsigned long long)l2);
-            c->res->corruptions++;
+            c->res->corruptions += weight;
         }
-        if (l2 / q->cluster_size >= c->nclusters)
-            continue;
+        if (l2 / q->cluster_size < c->nclusters)
+            tables[ntables++] = l2;
+    }
+    qsort(tables, ntables, sizeof *tables, by_value);
+    for (size_t i = 0, run; i < ntables; i += run) {
+        run = repeats(tables, ntables, i);
         uint8_t *table;
-        if (get_table(c, l2, &table) < 0) {
-            c->res->check_errors++;
+        if (get_table(c, tables[i], &table) < 0) {
+            c->res->check_errors += run;
             continue;
         }
         c->next_contiguous = 0; /* qemu-img counts fragments within each L2 table */
-        walk_l2(c, table, active);
-        put_table(c, l2, table);
+        walk_l2(c, table, active, weight * run);
+        put_table(c, tables[i], table);
     }
+    free(tables);
     return 0;
 }
 
+/* Snapshots in the order of their L1 tables (offset, then size). */
+static int by_l1_table(const void *a, const void *b)
+{
+    const struct qcow2_snapshot *x = *(const struct qcow2_snapshot *const *)a;
+    const struct qcow2_snapshot *y = *(const struct qcow2_snapshot *const *)b;
+    if (x->l1_offset != y->l1_offset)
+        return (x->l1_offset > y->l1_offset) - (x->l1_offset < y->l1_offset);
+    return (x->l1_size > y->l1_size) - (x->l1_size < y->l1_size);
+}
+
+/* The snapshots' L1 tables: each distinct one read and walked once, weighted by the snapshots naming it. */
 static int walk_snapshots(struct checker *c)
 {
     struct qcow2 *q = c->q;
     add_ref(c, q->snapshots_offset, q->snapshots_bytes);
-    for (uint32_t s = 0; s < q->nb_snapshots; s++) {
-        const struct qcow2_snapshot *sn = &q->snapshots[s];
+    const struct qcow2_snapshot **order = malloc(((size_t)q->nb_snapshots + 1) * sizeof *order);
+    if (!order)
+        return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
+    for (uint32_t s = 0; s < q->nb_snapshots; s++)
+        order[s] = &q->snapshots[s];
+    qsort(order, q->nb_snapshots, sizeof *order, by_l1_table);
+    int rc = 0;
+    for (uint32_t s = 0, same; s < q->nb_snapshots && rc == 0; s += same) {
+        const struct qcow2_snapshot *sn = order[s];
+        for (same = 1; s + same < q->nb_snapshots && !by_l1_table(&order[s], &order[s + same]); same++)
+            ;
+        if (!qcow2_snapshot_l1_valid(q, sn)) { /* as qemu-img check: reported, not walked */
+            bool misaligned = sn->l1_offset & (q->cluster_size - 1);
+            say(c, "ERROR snapshot %s (%s) l1_%s=%#llx: L1 table is %s; snapshot table entry corrupted",
+                sn->id, sn->name, misaligned ? "offset" : "size",
+                (unsigned long long)(misaligned ? sn->l1_offset : sn->l1_size),
+                misaligned ? "not cluster aligned" : "too large");
+            c->res->corruptions += same;
+            continue;
+        }
         uint64_t *l1 = calloc(sn->l1_size ? sn->l1_size : 1, 8);
-        if (!l1)
-            return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
+        if (!l1) {
+            rc = vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
+            break;
+        }
         /* past the end of the file the table reads as zeroes, as qemu-img check reads it */
-        int rc = qcow2_pread_table(c->img, l1, (uint64_t)sn->l1_size * 8, sn->l1_offset, NULL);
-        if (rc < 0) {
-            c->res->check_errors++;
+        if (qcow2_pread_table(c->img, l1, (uint64_t)sn->l1_size * 8, sn->l1_offset, NULL) < 0) {
+            c->res->check_errors += same;
         } else {
             for (uint32_t i = 0; i < sn->l1_size; i++)
                 l1[i] = vd_be64(&l1[i]);
-            walk_l1(c, l1, sn->l1_size, sn->l1_offset, false);
+            rc = walk_l1(c, l1, sn->l1_size, sn->l1_offset, false, same);
         }
         free(l1);
     }
-    return 0;
+    free(order);
+    return rc;
 }
 
 static bool inside_file(const struct checker *c, uint64_t off, uint64_t len)
@@ -305,7 +387,7 @@ static bool inside_file(const struct checker *c, uint64_t off, uint64_t len)
  * reading a cluster of entries at a time. An invalid entry is a corruption, as
  * for qemu-img check.
  */
-static void walk_bitmap_table(struct checker *c, const struct qcow2_bitmap_table *t, uint32_t weight)
+static void walk_bitmap_table(struct checker *c, const struct qcow2_bitmap_table *t, uint64_t weight)
 {
     const uint64_t cs = c->q->cluster_size, per_cluster = cs / 8;
     uint8_t *buf = malloc((size_t)cs);
@@ -434,9 +516,10 @@ static void count_refcount_blocks(struct checker *c)
         case REFBLOCK_COUNTED: {
             uint64_t cluster = q->rt[i] / q->cluster_size;
             add_ref(c, q->rt[i], q->cluster_size);
-            if (c->refs[cluster] == 1)
+            if (counted(c, cluster) == 1)
                 continue;
-            say(c, "ERROR refcount block %llu refcount=%u", index, c->refs[cluster]);
+            say(c, "ERROR refcount block %llu refcount=%llu", index,
+                (unsigned long long)counted(c, cluster));
             break;
         }
         }
@@ -449,8 +532,8 @@ static void count_references(struct checker *c)
 {
     struct qcow2 *q = c->q;
     add_ref(c, 0, q->cluster_size);
-    walk_l1(c, q->l1, q->l1_size, q->l1_offset, true);
-    walk_snapshots(c);
+    if (walk_l1(c, q->l1, q->l1_size, q->l1_offset, true, 1) < 0 || walk_snapshots(c) < 0)
+        c->res->check_errors++;
     add_ref(c, q->rt_offset, (uint64_t)q->rt_clusters * q->cluster_size);
     walk_bitmaps(c);
     for (size_t i = 0; i < q->nexts; i++) {
@@ -501,14 +584,19 @@ static bool set_refcount(struct checker *c, uint64_t cluster, uint64_t wanted)
     return qcow2_set_refcount(c->img, q, cluster, wanted) == 0;
 }
 
-/* Compare stored refcounts with the references; repair per flags. */
+/*
+ * Compare stored refcounts with the references; repair per flags. A
+ * referenced cluster whose refcount is 0 calls for a rebuild, as for
+ * qemu-img check: its refcount block may be missing or be another structure.
+ */
 static bool compare_refcounts(struct checker *c, uint32_t flags)
 {
     bool need_rebuild = false;
+    c->too_low = 0;
     /* refcounts past the end of the file are left alone, as qemu-img does, but for the
        clusters that references just past it name (add_refs); allocation stays past them */
     for (uint64_t i = 0; i < c->compare_end; i++) {
-        uint64_t stored, wanted = c->refs[i];
+        uint64_t stored, wanted = counted(c, i);
         if (stored_refcount(c, i, &stored) < 0) {
             say(c, "Can't get refcount for cluster %llu", (unsigned long long)i);
             c->res->check_errors++;
@@ -518,6 +606,7 @@ static bool compare_refcounts(struct checker *c, uint32_t flags)
             c->end_cluster = i + 1;
         if (stored == wanted)
             continue;
+        c->rebuild |= !stored;
         bool leak = stored > wanted;
         bool fix = leak ? (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) != 0
                         : (flags & VD_CHECK_REPAIR_ALL) != 0;
@@ -527,10 +616,49 @@ static bool compare_refcounts(struct checker *c, uint32_t flags)
             *(leak ? &c->res->leaks_fixed : &c->res->corruptions_fixed) += 1;
         } else {
             *(leak ? &c->res->leaks : &c->res->corruptions) += 1;
+            c->too_low += !leak;
             need_rebuild |= fix;
         }
     }
     return need_rebuild;
+}
+
+/*
+ * The COPIED flags of the data clusters of one L2 table that weight L1
+ * entries name: a wrong flag counts weight times, as qemu-img check counts
+ * it walking the table once per entry; a repair fixes it once.
+ */
+static void check_copied_data(struct checker *c, uint64_t l2, bool repair, uint64_t weight)
+{
+    struct qcow2 *q = c->q;
+    uint8_t *table;
+    if (get_table(c, l2, &table) < 0) {
+        c->res->check_errors += weight;
+        return;
+    }
+    /* a table that the end of the file cuts short is reported, not repaired in place */
+    bool repair_table = repair && cluster_inside_file(c, l2);
+    /* entries past the end of the file have refcount 0: their COPIED flag is wrong too */
+    for (uint64_t j = 0; j < q->l2_entries; j++) {
+        uint8_t *p = table + j * q->l2_entry_bytes;
+        uint64_t word = vd_be64(p), host = word & QCOW2_OFFSET_MASK, refcount;
+        if (qcow2_has_data_file(q) || (word & QCOW2_OFLAG_COMPRESSED) || !host ||
+            stored_refcount(c, host / q->cluster_size, &refcount) < 0)
+            continue;
+        if (!!(word & QCOW2_OFLAG_COPIED) == (refcount == 1))
+            continue;
+        say(c, "%s OFLAG_COPIED data cluster: l2_entry=%llx refcount=%llu",
+            repair_table ? "Repairing" : "ERROR", (unsigned long long)word,
+            (unsigned long long)refcount);
+        if (repair_table) {
+            vd_put_be64(p, word ^ QCOW2_OFLAG_COPIED);
+            vd_cache_mark_dirty(q->l2_cache, table);
+            c->res->corruptions_fixed++;
+        } else {
+            c->res->corruptions += weight;
+        }
+    }
+    put_table(c, l2, table);
 }
 
 /* The COPIED flag must be set exactly when the refcount is 1 (active state only). */
@@ -539,6 +667,12 @@ static void check_copied_flags(struct checker *c, uint32_t flags)
     struct qcow2 *q = c->q;
     /* qemu-img fixes these flags with -r leaks too, once the refcounts are right */
     bool repair = (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) != 0;
+    uint64_t *tables = malloc(((size_t)q->l1_size + 1) * sizeof *tables);
+    if (!tables) {
+        c->res->check_errors++;
+        return;
+    }
+    size_t ntables = 0;
     for (uint32_t i = 0; i < q->l1_size; i++) {
         uint64_t l2 = q->l1[i] & QCOW2_OFFSET_MASK, refcount;
         if (!l2 || stored_refcount(c, l2 / q->cluster_size, &refcount) < 0)
@@ -554,37 +688,16 @@ static void check_copied_flags(struct checker *c, uint32_t flags)
                 c->res->corruptions++;
             }
         }
-        uint8_t *table;
-        if ((l2 & (q->cluster_size - 1)) || l2 / q->cluster_size >= c->nclusters)
-            continue; /* reported by the count; nothing to read */
-        if (get_table(c, l2, &table) < 0) {
-            c->res->check_errors++;
-            continue;
-        }
-        /* a table that the end of the file cuts short is reported, not repaired in place */
-        bool repair_table = repair && cluster_inside_file(c, l2);
-        /* entries past the end of the file have refcount 0: their COPIED flag is wrong too */
-        for (uint64_t j = 0; j < q->l2_entries; j++) {
-            uint8_t *p = table + j * q->l2_entry_bytes;
-            uint64_t word = vd_be64(p), host = word & QCOW2_OFFSET_MASK;
-            if (qcow2_has_data_file(q) || (word & QCOW2_OFLAG_COMPRESSED) || !host ||
-                stored_refcount(c, host / q->cluster_size, &refcount) < 0)
-                continue;
-            if (!!(word & QCOW2_OFLAG_COPIED) == (refcount == 1))
-                continue;
-            say(c, "%s OFLAG_COPIED data cluster: l2_entry=%llx refcount=%llu",
-                repair_table ? "Repairing" : "ERROR", (unsigned long long)word,
-                (unsigned long long)refcount);
-            if (repair_table) {
-                vd_put_be64(p, word ^ QCOW2_OFLAG_COPIED);
-                vd_cache_mark_dirty(q->l2_cache, table);
-                c->res->corruptions_fixed++;
-            } else {
-                c->res->corruptions++;
-            }
-        }
-        put_table(c, l2, table);
+        /* a misaligned table or one past the end of the file is reported by the count */
+        if (!(l2 & (q->cluster_size - 1)) && l2 / q->cluster_size < c->nclusters)
+            tables[ntables++] = l2;
     }
+    qsort(tables, ntables, sizeof *tables, by_value);
+    for (size_t i = 0, run; i < ntables; i += run) {
+        run = repeats(tables, ntables, i);
+        check_copied_data(c, tables[i], repair, run);
+    }
+    free(tables);
 }
 
 /* A refcount table as the in-memory state holds it. */
@@ -660,9 +773,8 @@ static int rebuild_refcounts(struct checker *c)
         memset(buf, 0, (size_t)cs);
         for (uint64_t i = b * q->rb_entries; i < (b + 1) * q->rb_entries && i < end; i++) {
             /* the new structures; counted clusters (the file's, and those named just past it); free */
-            uint64_t value = i >= start ? 1 : i < c->nrefs ? c->refs[i] : 0;
-            qcow2_refblock_set(buf, i % q->rb_entries, q->refcount_order,
-                               value > q->refcount_max ? q->refcount_max : value);
+            uint64_t value = i >= start ? 1 : i < c->nrefs ? counted(c, i) : 0;
+            qcow2_refblock_set(buf, i % q->rb_entries, q->refcount_order, value);
         }
         rc = qcow2_write_meta(img, QCOW2_META_REFCOUNT_BLOCK, rt[b], buf, (size_t)cs);
     }
@@ -701,28 +813,47 @@ static int rebuild_refcounts(struct checker *c)
     return rc;
 }
 
-/* Snapshot table entries that lack what version 3 requires (repaired by -r all). */
+/*
+ * Snapshot table entries that lack what version 3 requires, and what a
+ * repairing open left out of the table (too much extra data, entries past
+ * QEMU's limit of the table): -r all rewrites the table, as qemu-img's does.
+ */
 static int check_snapshot_entries(struct checker *c, uint32_t flags)
 {
     struct qcow2 *q = c->q;
-    /* rewriting the table allocates: only once the refcounts can be trusted */
-    bool repair = (flags & VD_CHECK_REPAIR_ALL) && !c->res->corruptions;
-    uint32_t incomplete = 0;
-    for (uint32_t i = 0; i < q->nb_snapshots; i++) {
-        if (!qcow2_snapshot_incomplete(q, &q->snapshots[i]))
-            continue;
-        say(c, "%s snapshot table entry %u is incomplete", repair ? "Repairing" : "ERROR", i);
-        incomplete++;
+    /* rewriting the table allocates: only once no refcount is too low (other
+       corruptions, such as a snapshot's misaligned L1 table, may stay) */
+    bool repair = (flags & VD_CHECK_REPAIR_ALL) && !c->too_low;
+    const char *verdict = repair ? "Repairing" : "ERROR";
+    uint64_t found = 0;
+    if (q->snapshots_dropped) {
+        say(c, "%s the snapshot table: %u overhanging snapshots discarded (the table is too big)",
+            verdict, q->snapshots_dropped);
+        found += q->snapshots_dropped;
     }
-    if (!incomplete)
+    for (uint32_t i = 0; i < q->nb_snapshots; i++) {
+        if (q->snapshots[i].extra_cut) {
+            say(c, "%s snapshot table entry %u: too much extra metadata discarded", verdict, i);
+            found++;
+        }
+        if (qcow2_snapshot_incomplete(q, &q->snapshots[i])) {
+            say(c, "%s snapshot table entry %u is incomplete", verdict, i);
+            found++;
+        }
+    }
+    if (!found)
         return 0;
     if (!repair) {
-        c->res->corruptions += incomplete;
+        c->res->corruptions += found;
         return 0;
     }
     int rc = qcow2_complete_snapshots(c->img, q);
-    if (rc == 0)
-        c->res->corruptions_fixed += incomplete;
+    if (rc == 0) {
+        c->res->corruptions_fixed += found;
+        q->snapshots_dropped = 0;
+        for (uint32_t i = 0; i < q->nb_snapshots; i++)
+            q->snapshots[i].extra_cut = false;
+    }
     return rc;
 }
 
@@ -757,10 +888,12 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
     q->claimed_end = c.past_eof_end;
     if (res->check_errors) /* never repair from an incomplete count */
         flags = 0;
+    /* compare first without repairing, as qemu-img does: that decides how to repair */
+    vd_check_result counted = *res;
+    compare_refcounts(&c, 0);
     bool rebuild = false;
     if (c.rebuild && flags) {
         /* repairing refcounts in place would write them into the shared or missing blocks */
-        compare_refcounts(&c, 0);
         if (flags & VD_CHECK_REPAIR_ALL) {
             say(&c, "Rebuilding refcount structure");
             rebuild = true;
@@ -770,7 +903,8 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
             rc = vd_err(VD_ECORRUPT, "%s: the refcount structures need a rebuild (check -r all)",
                         img->filename);
         }
-    } else {
+    } else if (flags && (res->leaks || res->corruptions)) {
+        *res = counted;
         rebuild = compare_refcounts(&c, flags);
     }
     res->total_clusters = (img->size + q->cluster_size - 1) / q->cluster_size;
@@ -780,6 +914,7 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
         if (rc == 0) /* the new structures lie past the old end of the file */
             rc = vd_file_get_size(img->file, &c.file_size);
         if (rc == 0) {
+            c.too_low = 0;
             res->corruptions_fixed += res->corruptions;
             res->leaks_fixed += res->leaks;
             res->corruptions = res->leaks = 0;
@@ -830,6 +965,40 @@ static int cover_tables_past_eof(vd_image *img, struct qcow2 *q, uint32_t flags,
     return vd_image_sync_now(img);
 }
 
+/*
+ * -r all, first: an L1 entry whose L2 table lies on the L1 table itself is a
+ * corruption that no refcount makes right (a write through it would change
+ * the L1 table), and the layout check refuses every table write while it
+ * stands. The repair removes it, so that its guest clusters read as
+ * unallocated, where QEMU reads the L1 table as L2 entries. The entry is
+ * cleared on disk before any refcount drops.
+ */
+static int drop_l1_entries_on_l1(vd_image *img, struct qcow2 *q, uint32_t flags, vd_check_result *res,
+                                 vd_check_report_fn report, void *ctx)
+{
+    if (!(flags & VD_CHECK_REPAIR_ALL) || !q->l1_size)
+        return 0;
+    struct checker c = { .img = img, .q = q, .report = report, .ctx = ctx };
+    const uint64_t cs = q->cluster_size;
+    uint64_t first = q->l1_offset / cs, last = (q->l1_offset + (uint64_t)q->l1_size * 8 - 1) / cs;
+    bool dropped = false;
+    for (uint32_t i = 0; i < q->l1_size; i++) {
+        uint64_t cluster = (q->l1[i] & QCOW2_OFFSET_MASK) / cs;
+        if (cluster < first || cluster > last)
+            continue;
+        say(&c, "Repairing L1 entry %u: its L2 table at offset 0x%llx is the L1 table", i,
+            (unsigned long long)(q->l1[i] & QCOW2_OFFSET_MASK));
+        q->l1[i] = 0;
+        res->corruptions_fixed++;
+        dropped = true;
+    }
+    if (!dropped)
+        return 0;
+    q->meta_stale = true;
+    int rc = qcow2_write_l1(img, q);
+    return rc == 0 ? vd_image_sync_now(img) : rc;
+}
+
 int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
                 vd_check_report_fn report, void *ctx)
 {
@@ -837,7 +1006,8 @@ int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
     int rc = 0;
     if (!img->read_only && (rc = img->backend->flush(img)) < 0)
         return rc;
-    if ((rc = cover_tables_past_eof(img, q, flags, report, ctx)) < 0)
+    if ((rc = cover_tables_past_eof(img, q, flags, report, ctx)) < 0 ||
+        (rc = drop_l1_entries_on_l1(img, q, flags, res, report, ctx)) < 0)
         return rc;
     rc = check_pass(img, flags, res, report, ctx);
     bool repaired = res->corruptions_fixed || res->leaks_fixed;

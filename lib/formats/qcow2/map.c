@@ -64,9 +64,13 @@ static int decode(vd_image *img, const struct qcow2 *q, struct l2e e, unsigned s
         bool zero = (zero_bits >> subcluster) & 1, alloc = (alloc_bits >> subcluster) & 1;
         g->kind = zero ? VD_COW_ZERO : alloc ? VD_COW_DATA : VD_COW_UNALLOCATED;
     } else {
+        /* version 2 has no zero clusters: QEMU's reads of such an entry fail, and so do ours */
+        if ((e.word & QCOW2_OFLAG_ZERO) && q->version < 3)
+            return qcow2_signal_corruption(img, "zero cluster entry in a version 2 image (0x%llx)",
+                                           (unsigned long long)e.word);
         /* with a data file, host offset 0 is guest cluster 0, marked by COPIED */
         bool mapped = g->host_cluster || (qcow2_has_data_file(q) && g->writable);
-        g->kind = (e.word & QCOW2_OFLAG_ZERO) && q->version >= 3 ? VD_COW_ZERO
+        g->kind = (e.word & QCOW2_OFLAG_ZERO) ? VD_COW_ZERO
                 : mapped ? VD_COW_DATA : VD_COW_UNALLOCATED;
     }
     bool offset_ok = g->host_cluster ? !(g->host_cluster & (q->cluster_size - 1)) : qcow2_has_data_file(q);

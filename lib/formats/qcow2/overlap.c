@@ -48,15 +48,34 @@ static int by_first(const void *a, const void *b)
 }
 
 /*
+ * Two L1 entries may name one L2 table, as a snapshot's and the active L1
+ * table do, when neither has COPIED set (its refcount is then 2, and a write
+ * copies it first); with COPIED set, a write through one entry would change
+ * the other's guest data, so only a repair (which writes no guest data and
+ * fixes the flags) may go on.
+ */
+static bool same_l2_table(const struct qcow2_meta_range *a, const struct qcow2_meta_range *b,
+                          bool repairing)
+{
+    return a->kind == QCOW2_META_ACTIVE_L2 && b->kind == QCOW2_META_ACTIVE_L2 && a->first == b->first &&
+           (repairing || (!a->in_place && !b->in_place));
+}
+
+/*
  * Sort, and merge touching ranges of one kind, so that they are disjoint and
  * ascending. Two structures that share a cluster are corruption: false,
  * naming one such cluster.
  */
-static bool normalize(struct ranges *r, uint64_t *shared)
+static bool normalize(struct ranges *r, bool repairing, uint64_t *shared)
 {
     qsort(r->items, r->count, sizeof *r->items, by_first);
     size_t out = 0;
+    struct qcow2_meta_range previous = { 0 }; /* the item before, as listed (ranges merge below) */
     for (size_t i = 0; i < r->count; i++) {
+        bool repeated = i && same_l2_table(&r->items[i], &previous, repairing);
+        previous = r->items[i];
+        if (repeated)
+            continue;
         if (out && r->items[i].first < r->items[out - 1].end) {
             *shared = r->items[i].first;
             return false;
@@ -78,17 +97,24 @@ static int rebuild(vd_image *img, struct qcow2 *q)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     add(q, &r, QCOW2_META_HEADER, 0, q->cluster_size);
     add(q, &r, QCOW2_META_ACTIVE_L1, q->l1_offset, (uint64_t)q->l1_size * 8);
-    for (uint32_t i = 0; i < q->l1_size; i++)
+    for (uint32_t i = 0; i < q->l1_size; i++) {
+        size_t before = r.count;
         add(q, &r, QCOW2_META_ACTIVE_L2, q->l1[i] & QCOW2_OFFSET_MASK,
             (q->l1[i] & QCOW2_OFFSET_MASK) ? q->cluster_size : 0);
+        if (r.count > before)
+            r.items[before].in_place = (q->l1[i] & QCOW2_OFLAG_COPIED) != 0;
+    }
     add(q, &r, QCOW2_META_REFCOUNT_TABLE, q->rt_offset, (uint64_t)q->rt_clusters * q->cluster_size);
     for (uint64_t i = 0; i < q->rt_entries; i++)
         add(q, &r, QCOW2_META_REFCOUNT_BLOCK, q->rt[i], q->rt[i] ? q->cluster_size : 0);
     add(q, &r, QCOW2_META_SNAPSHOT_TABLE, q->snapshots_offset, q->snapshots_bytes);
+    /* a snapshot L1 table that is misaligned or too large is no structure: nothing reads it */
     for (uint32_t i = 0; i < q->nb_snapshots; i++)
-        add(q, &r, QCOW2_META_SNAPSHOT_L1, q->snapshots[i].l1_offset, (uint64_t)q->snapshots[i].l1_size * 8);
+        if (qcow2_snapshot_l1_valid(q, &q->snapshots[i]))
+            add(q, &r, QCOW2_META_SNAPSHOT_L1, q->snapshots[i].l1_offset,
+                (uint64_t)q->snapshots[i].l1_size * 8);
     uint64_t shared;
-    if (!normalize(&r, &shared)) {
+    if (!normalize(&r, (img->open_flags & VD_OPEN_REPAIR) != 0, &shared)) {
         free(r.items);
         return qcow2_signal_corruption(img, "two metadata structures share host cluster %llu",
                                        (unsigned long long)shared);

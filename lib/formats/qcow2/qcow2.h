@@ -90,6 +90,7 @@ struct qcow2_snapshot {
     uint64_t disk_size;
     uint32_t extra_size;    /* bytes of extra data on disk */
     uint8_t *extra;         /* kept verbatim beyond the fields we know */
+    bool extra_cut;         /* a repairing open cut too much extra data to QEMU's limit */
 };
 
 /* The bitmap table of one bitmap directory entry (the directory passed QEMU's checks). */
@@ -116,6 +117,7 @@ enum qcow2_meta_kind {
 struct qcow2_meta_range {
     uint64_t first, end;
     enum qcow2_meta_kind kind;
+    bool in_place;            /* an active L2 table whose L1 entry has COPIED set */
 };
 
 struct qcow2 {
@@ -157,6 +159,7 @@ struct qcow2 {
 
     struct qcow2_snapshot *snapshots; /* nb_snapshots entries */
     uint64_t snapshots_bytes;          /* size of the snapshot table on disk */
+    uint32_t snapshots_dropped;        /* entries a repairing open left out: past QEMU's limit */
 
     /* the bitmaps' tables, while the autoclear bit says the bitmaps are consistent */
     struct qcow2_bitmap_table *bitmap_tables;
@@ -271,6 +274,9 @@ int qcow2_refcounts_durable(void *img);
 /* snapshot.c */
 int qcow2_read_snapshots(vd_image *img, struct qcow2 *q);
 void qcow2_free_snapshots(struct qcow2 *q);
+/* The snapshot's L1 table is aligned and within QEMU's size limit (read-only and
+   repairing opens accept others, for check to report; nothing reads them). */
+bool qcow2_snapshot_l1_valid(const struct qcow2 *q, const struct qcow2_snapshot *sn);
 /* A version 3 entry without the 16 bytes of extra data the spec requires. */
 bool qcow2_snapshot_incomplete(const struct qcow2 *q, const struct qcow2_snapshot *sn);
 /* Fill in what incomplete entries lack and rewrite the snapshot table. */

@@ -525,7 +525,11 @@ int qcow2_apply_pending_frees(vd_image *img, struct qcow2 *q)
     int rc = 0;
     for (size_t i = 0; i < q->npending && rc == 0; i++) {
         uint64_t cluster = q->pending_frees[i], refcount = 1;
-        rc = qcow2_check_free(img, cluster * q->cluster_size);
+        /* only a cluster whose last reference goes must hold no metadata: an L2 table that
+           two L1 entries name loses one reference when a write copies it for the other */
+        rc = qcow2_get_refcount(img, q, cluster, &refcount);
+        if (rc == 0 && refcount <= 1)
+            rc = qcow2_check_free(img, cluster * q->cluster_size);
         if (rc == 0)
             rc = qcow2_update_refcount(img, q, cluster, -1);
         /* a cluster nothing uses gives its space back to the host (discard is a hint) */

@@ -36,13 +36,30 @@ static char *copy_string(const uint8_t *p, size_t len)
     return s;
 }
 
-/* Read and parse the entry at table offset *pos (the table may not pass limit). */
-static int read_entry(vd_image *img, const struct qcow2 *q, uint64_t limit, uint64_t *pos,
+bool qcow2_snapshot_l1_valid(const struct qcow2 *q, const struct qcow2_snapshot *sn)
+{
+    return !(sn->l1_offset & (q->cluster_size - 1)) && (uint64_t)sn->l1_size * 8 <= QCOW2_MAX_L1_BYTES;
+}
+
+/* How an open reads a damaged snapshot table. */
+struct table_reading {
+    /* accept entries whose L1 table is misaligned or too large (check reports them) */
+    bool lenient;
+    /* a repairing open: cut extra data to what QEMU allows, drop overhanging entries */
+    bool repairing;
+    uint64_t kept_bytes;   /* the table's length as QEMU's repair keeps it */
+};
+
+/*
+ * Read and parse the entry at table offset *pos. 1 when a repairing open
+ * drops it and the entries after it: the table would pass QEMU's limit.
+ */
+static int read_entry(vd_image *img, const struct qcow2 *q, struct table_reading *how, uint64_t *pos,
                       uint32_t i, struct qcow2_snapshot *sn)
 {
     uint8_t e[SNAPSHOT_HEADER_BYTES];
-    if (*pos > limit || limit - *pos < SNAPSHOT_HEADER_BYTES)
-        return bad_table(img, i, "entry is past the end of the table");
+    if (*pos > MAX_TABLE_BYTES || MAX_TABLE_BYTES - *pos < SNAPSHOT_HEADER_BYTES)
+        return how->repairing ? 1 : bad_table(img, i, "entry is past the end of the table");
     int rc = qcow2_pread_table(img, e, sizeof e, q->snapshots_offset + *pos, "snapshot table");
     if (rc < 0)
         return rc;
@@ -53,20 +70,29 @@ static int read_entry(vd_image *img, const struct qcow2 *q, uint64_t limit, uint
     sn->date_nsec = vd_be32(e + 20);
     sn->vm_clock_ns = vd_be64(e + 24);
     sn->vm_state_size = vd_be32(e + 32);
-    sn->extra_size = vd_be32(e + 36);
-    if (sn->extra_size > MAX_EXTRA_BYTES)
-        return bad_table(img, i, "too much extra data");
-    uint64_t rest = (uint64_t)sn->extra_size + id_len + name_len;
-    if (limit - *pos - SNAPSHOT_HEADER_BYTES < rest)
-        return bad_table(img, i, "entry is past the end of the table");
-    if (sn->l1_offset & (q->cluster_size - 1))
-        return bad_table(img, i, "L1 table is not cluster aligned");
-    if ((uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES)
-        return bad_table(img, i, "L1 table is too large");
-    uint8_t *var = malloc((size_t)rest + 1);
+    uint32_t extra_on_disk = vd_be32(e + 36);
+    sn->extra_size = extra_on_disk;
+    if (sn->extra_size > MAX_EXTRA_BYTES) {
+        if (!how->repairing)
+            return bad_table(img, i, "too much extra data");
+        sn->extra_size = MAX_EXTRA_BYTES; /* QEMU's repair keeps the first bytes */
+        sn->extra_cut = true;
+    }
+    uint64_t strings = (uint64_t)id_len + name_len, rest = (uint64_t)extra_on_disk + strings;
+    how->kept_bytes += SNAPSHOT_HEADER_BYTES + sn->extra_size + strings;
+    if (how->repairing ? how->kept_bytes > MAX_TABLE_BYTES || *pos + SNAPSHOT_HEADER_BYTES + rest > INT32_MAX
+                       : MAX_TABLE_BYTES - *pos - SNAPSHOT_HEADER_BYTES < rest)
+        return how->repairing ? 1 : bad_table(img, i, "entry is past the end of the table");
+    if (!how->lenient && !qcow2_snapshot_l1_valid(q, sn))
+        return bad_table(img, i, (sn->l1_offset & (q->cluster_size - 1)) ? "L1 table is not cluster aligned"
+                                                                         : "L1 table is too large");
+    uint64_t at = q->snapshots_offset + *pos + sizeof e;
+    uint8_t *var = malloc((size_t)(sn->extra_size + strings) + 1);
     if (!var)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
-    rc = qcow2_pread_table(img, var, rest, q->snapshots_offset + *pos + sizeof e, "snapshot table");
+    rc = qcow2_pread_table(img, var, sn->extra_size, at, "snapshot table");
+    if (rc == 0)
+        rc = qcow2_pread_table(img, var + sn->extra_size, strings, at + extra_on_disk, "snapshot table");
     if (rc == 0) {
         if (sn->extra_size >= 8)
             sn->vm_state_size = vd_be64(var);
@@ -87,18 +113,26 @@ static int read_entry(vd_image *img, const struct qcow2 *q, uint64_t limit, uint
 int qcow2_read_snapshots(vd_image *img, struct qcow2 *q)
 {
     q->snapshots_bytes = 0;
+    q->snapshots_dropped = 0;
     if (!q->nb_snapshots)
         return 0;
     /* a table cut short by the end of the file reads as zeroes there, as for QEMU: a
        truncated copy still lists (incomplete) snapshots, and a check repairs it */
-    uint64_t limit = MAX_TABLE_BYTES;
+    struct table_reading how = { .lenient = img->read_only || (img->open_flags & VD_OPEN_REPAIR),
+                                 .repairing = (img->open_flags & VD_OPEN_REPAIR) != 0 };
     int rc = 0;
     q->snapshots = calloc(q->nb_snapshots, sizeof *q->snapshots);
     if (!q->snapshots)
         return vd_err(VD_ENOMEM, "%s: out of memory for the snapshot table", img->filename);
     uint64_t pos = 0;
-    for (uint32_t i = 0; rc == 0 && i < q->nb_snapshots; i++)
-        rc = read_entry(img, q, limit, &pos, i, &q->snapshots[i]);
+    for (uint32_t i = 0; rc == 0 && i < q->nb_snapshots; i++) {
+        rc = read_entry(img, q, &how, &pos, i, &q->snapshots[i]);
+        if (rc == 1) { /* the table in memory ends here (the entry allocated nothing); -r all rewrites it */
+            q->snapshots_dropped = q->nb_snapshots - i;
+            q->nb_snapshots = i;
+            rc = 0;
+        }
+    }
     q->snapshots_bytes = pos;
     return rc;
 }
@@ -144,6 +178,9 @@ void qcow2_snapshot_get(vd_image *img, size_t index, vd_snapshot_info *info)
 static int load_snapshot_l1(vd_image *img, const struct qcow2_snapshot *sn, uint64_t min_entries,
                             uint64_t **out)
 {
+    if (!qcow2_snapshot_l1_valid(qcow2_of(img), sn))
+        return vd_err(VD_ECORRUPT, "%s: the L1 table of snapshot '%s' is misaligned or too large",
+                      img->filename, sn->name);
     uint64_t entries = sn->l1_size > min_entries ? sn->l1_size : min_entries;
     uint64_t *l1 = calloc(entries ? entries : 1, sizeof *l1);
     if (!l1)
