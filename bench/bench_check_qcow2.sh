@@ -5,8 +5,8 @@
 # under a 32 MiB L1 table). Check cost is then metadata-cache misses, which
 # is what this figure watches. make_scattered_qcow2.py writes the image
 # (qemu-io needs minutes per few thousand such writes); both tools must find
-# it clean. Page cache warm. Prints the time ratio (qemu-img / vdisk) and the
-# peak memory of both.
+# it clean. Page cache warm. Prints the time ratio (vdisk / qemu-img) and the
+# peak memory of both (bench_pair).
 #
 # usage: bench_check_qcow2.sh VDISK [QEMU_IMG [PYTHON]]
 # Exit: 0 whether the target is met or not; 1 when a check fails or the
@@ -31,41 +31,10 @@ image=$BENCH_DIR/scattered.qcow2
 sync "$image"
 cat "$image" >/dev/null
 
-# the untimed run: both must find the image clean
-bench_run "$vdisk" check "$image" || bench_broken "vdisk check fails on a clean image"
-bench_run "$qemu_img" check "$image" || bench_broken "qemu-img check fails on a clean image"
 echo "check-qcow2: vdisk vs $("$qemu_img" --version | head -n 1), 128 GiB image of 512-byte clusters," \
      "$writes scattered clusters written ($(bench_mib "$(bench_allocated "$image")") file)," \
-     "page cache warm, median of $(bench_rounds 5) rounds; both find it clean"
+     "page cache warm, median of $(bench_rounds 5) rounds; both must find it clean"
 
-rm -f "$BENCH_DIR/vdisk.sec" "$BENCH_DIR/qemu.sec" "$BENCH_DIR/vdisk.rss" "$BENCH_DIR/qemu.rss"
-# timed: record TOOL CMD...
-record() {
-    _tool=$1
-    shift
-    bench_run "$@" check "$image" || bench_broken "$_tool check failed"
-    echo "$BENCH_SECONDS" >>"$BENCH_DIR/$_tool.sec"
-    echo "$BENCH_KIB" >>"$BENCH_DIR/$_tool.rss"
-}
-round=1
-while [ "$round" -le "$(bench_rounds 5)" ]; do
-    if [ $((round % 2)) -eq 1 ]; then
-        record vdisk "$vdisk"
-        record qemu "$qemu_img"
-    else
-        record qemu "$qemu_img"
-        record vdisk "$vdisk"
-    fi
-    round=$((round + 1))
-done
-
-ratio=$(paste "$BENCH_DIR/qemu.sec" "$BENCH_DIR/vdisk.sec" | awk '{ print $1 / $2 }' | bench_median)
-echo "check 128G 512-byte clusters, $writes scattered:" \
-     "vdisk $(bench_fmt %.3f "$(bench_median <"$BENCH_DIR/vdisk.sec")") s," \
-     "qemu-img $(bench_fmt %.3f "$(bench_median <"$BENCH_DIR/qemu.sec")") s," \
-     "ratio $(bench_ratio "$ratio" 1) (target >= 1.00) $(bench_verdict "$ratio" 1)"
-if bench_have_time; then
-    echo "check peak RSS: vdisk $(bench_mib "$(bench_median <"$BENCH_DIR/vdisk.rss")" 1024)," \
-         "qemu-img $(bench_mib "$(bench_median <"$BENCH_DIR/qemu.rss")" 1024) (information)"
-fi
-exit 0
+side_vdisk() { bench_run "$vdisk" check "$image"; }
+side_qemu() { bench_run "$qemu_img" check "$image"; }
+bench_pair "check 128G 512-byte clusters, $writes scattered" 1 vdisk qemu
