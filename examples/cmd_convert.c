@@ -1,4 +1,4 @@
-/* vdisk convert [-p] [-q] [-U] [--safe] [--image-opts] [--target-image-opts] [-n]
+/* vdisk convert [-c] [-p] [-q] [-U] [--safe] [--image-opts] [--target-image-opts] [-n]
  *               [--target-is-zero] [-W] [-m num] [-f fmt] [-O fmt]
  *               [-B backing [-F backing_fmt]] [-o options] [-l snapshot_param] [-S size]
  *               [-t cache] [-T src_cache] src dst
@@ -30,7 +30,7 @@ struct convert_args {
     uint64_t sparse_size;
     bool flush;             /* sync the destination at the end (-t: all modes but unsafe) */
     uint32_t open_flags;    /* for the source; with --safe VD_OPEN_SAFE, also for the destination */
-    uint32_t convert_flags; /* VD_CONVERT_* of -n, --target-is-zero, -W */
+    uint32_t convert_flags; /* VD_CONVERT_* of -c, -n, --target-is-zero, -W */
     unsigned parallel;      /* -m, or 0 */
     const char *backing;    /* -B, or NULL */
     const char *backing_fmt; /* -F, or NULL */
@@ -163,7 +163,7 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
     };
     bool src_flush;
     int opt;
-    while ((opt = getopt_long(argc, argv, ":hf:O:o:B:F:l:s:S:pqUt:T:nm:W", long_options, NULL)) !=
+    while ((opt = getopt_long(argc, argv, ":hcf:O:o:B:F:l:s:S:pqUt:T:nm:W", long_options, NULL)) !=
            -1) {
         switch (opt) {
         case 'f':
@@ -212,6 +212,9 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
             break;
         case 'W':
             a->convert_flags |= VD_CONVERT_OUT_OF_ORDER;
+            break;
+        case 'c':
+            a->convert_flags |= VD_CONVERT_COMPRESS;
             break;
         case 'q':
             a->quiet = true;
@@ -264,7 +267,7 @@ static int run_convert(int argc, char **argv)
 
 const struct cli_command cmd_convert = {
     .name = "convert",
-    .synopsis = "[-p] [-q] [-U] [--safe] [--image-opts] [--target-image-opts] [-n] "
+    .synopsis = "[-c] [-p] [-q] [-U] [--safe] [--image-opts] [--target-image-opts] [-n] "
                 "[--target-is-zero] [-W] [-m num_coroutines] "
                 "[-f fmt] [-O output_fmt] "
                 "[-B backing_file [-F backing_fmt]] "
@@ -273,6 +276,8 @@ const struct cli_command cmd_convert = {
     .summary = "copy a disk image, possibly to another format",
     .options =
         "  -f fmt          format of the source (default: probe the file)\n"
+        "  -c              store every data cluster compressed (qcow2: zlib, or\n"
+        "                  -o compression_type=zstd), compressed on a thread per core\n"
         "  -O output_fmt   format of the destination (default: raw)\n"
         "  -B backing_file make the destination an overlay of this image (relative to\n"
         "                  the destination's directory), holding only what differs\n"

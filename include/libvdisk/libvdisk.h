@@ -227,6 +227,15 @@ VD_API int vd_create(const char *path, const char *format, uint64_t size,
 
 /* vd_write() flags */
 #define VD_WRITE_FUA        (1u << 0) /* the data is on stable storage on return */
+/*
+ * Store each cluster compressed (qcow2: with the image's compression_type,
+ * zlib or zstd), as QEMU's compressed writes do; a cluster that does not
+ * shrink is stored as it is. The range must cover whole clusters (the last
+ * one may end at the end of the image); writing there again later turns the
+ * cluster back into a normal one. Formats without compressed clusters fail
+ * with VD_EUNSUPPORTED. Added in 0.3.
+ */
+#define VD_WRITE_COMPRESSED (1u << 1)
 
 /* vd_write_zeroes() flags */
 #define VD_ZERO_MAY_UNMAP   (1u << 0) /* the range may be deallocated */
@@ -244,6 +253,7 @@ VD_API int vd_read(vd_image *img, uint64_t offset, void *buf, size_t length, uin
  * (VD_ERANGE): writes never grow an image, vd_resize() does. Copy-on-write
  * images allocate what the write needs; data reaches stable storage at the
  * next vd_flush(), or before the call returns with VD_WRITE_FUA.
+ * VD_WRITE_COMPRESSED stores whole clusters compressed.
  */
 VD_API int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uint32_t flags);
 /*
@@ -494,7 +504,12 @@ VD_API int vd_snapshot_delete(vd_image *img, const char *id_or_name, uint32_t fl
  * timing.
  */
 #define VD_CONVERT_OUT_OF_ORDER   (1u << 2)
-/* Reserved for compressed output (qemu-img -c); refused with VD_EUNSUPPORTED for now. */
+/*
+ * Compressed output (qemu-img -c): every data cluster is stored compressed
+ * (zlib, or the destination's compression_type), compressed on a thread per
+ * core and stored in image order. Destinations without compressed clusters
+ * (raw) fail with VD_EUNSUPPORTED. Refused with VD_EUNSUPPORTED before 0.3.
+ */
 #define VD_CONVERT_COMPRESS       (1u << 3)
 /* Reserved for copying persistent bitmaps (qemu-img --bitmaps); refused with VD_EUNSUPPORTED. */
 #define VD_CONVERT_BITMAPS        (1u << 4)

@@ -5,6 +5,7 @@
  */
 #include "core/internal.h"
 #include "convert/copy.h"
+#include "cow/engine.h"
 
 #include <stddef.h>
 #include <stdio.h>
@@ -39,8 +40,6 @@ static int check_options(const vd_convert_opts *o)
         return vd_err(VD_EINVAL, "vd_convert: opts must be set up with VD_CONVERT_OPTS_INIT");
     if (o->flags & ~KNOWN_FLAGS)
         return vd_err(VD_EINVAL, "vd_convert: unknown flags 0x%x", o->flags & ~KNOWN_FLAGS);
-    if (o->flags & VD_CONVERT_COMPRESS)
-        return vd_err(VD_EUNSUPPORTED, "vd_convert: compressed output is not supported yet");
     if (o->flags & VD_CONVERT_BITMAPS)
         return vd_err(VD_EUNSUPPORTED, "vd_convert: copying bitmaps is not supported yet");
     if (!o->dst_path || !o->src == !o->src_path)
@@ -188,12 +187,15 @@ static int copy_into(const vd_convert_opts *o, vd_image *src, vd_image *dst, uin
     int rc = vd_get_info(dst, &info);
     if (rc < 0)
         return rc;
+    if ((o->flags & VD_CONVERT_COMPRESS) && !vd_cow_can_compress(dst))
+        return vd_err(VD_EUNSUPPORTED, "Compression not supported for this file format");
     struct vd_copy_params params = {
         .src = src, .dst = dst, .size = size, .sparse_block = (size_t)o->sparse_size,
         .dst_reads_zero = !(o->flags & VD_CONVERT_EXISTING) ||
                           (o->flags & VD_CONVERT_TARGET_IS_ZERO),
         .base = base,
         .compare_block = info.cluster_size ? info.cluster_size : DEFAULT_COMPARE_BLOCK,
+        .compress = o->flags & VD_CONVERT_COMPRESS,
         .parallel = o->parallel ? o->parallel : DEFAULT_PARALLEL,
         .out_of_order = o->flags & VD_CONVERT_OUT_OF_ORDER,
         .progress = o->progress, .progress_ctx = o->progress_ctx,

@@ -25,12 +25,15 @@
  */
 #include "core/internal.h"
 #include "convert/copy.h"
+#include "codec/codec.h"
+#include "cow/engine.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define BUFFER_SIZE (2u << 20) /* per read, as qemu-img convert */
 #define MAX_SLOTS VD_CONVERT_MAX_PARALLEL
@@ -67,6 +70,8 @@ struct run {
     size_t length;
 };
 
+#define NOT_COMPRESSED SIZE_MAX
+
 enum slot_state {
     SLOT_FREE,
     SLOT_PREPARING, /* a thread claims a chunk into it and prepares it */
@@ -88,6 +93,8 @@ struct slot {
     bool buf_filled;          /* read: a raw->raw copy may need no buffer */
     unsigned char *base_buf;  /* what base holds at the chunk, when there is a base */
     struct run *runs;         /* the chunk's blocks, sorted */
+    unsigned char *comp;      /* compressing: cluster i of the chunk compressed at i * granule... */
+    size_t *comp_len;         /* ...of this length, or NOT_COMPRESSED */
     size_t run_count;
     int rc;                   /* preparing it failed */
     struct copy_error error;  /* recorded by the thread that failed, as vd_errmsg() is its own */
@@ -324,6 +331,33 @@ static int read_source(const struct copy *c, struct slot *s)
 }
 
 /*
+ * Compress the chunk's data clusters (the last one of the image padded with
+ * zeroes: the buffer has room, as a chunk ends within its BUFFER_SIZE span).
+ */
+static int compress_data(const struct copy *c, struct slot *s)
+{
+    const size_t g = (size_t)c->granule;
+    for (size_t i = 0; i < s->run_count; i++) {
+        const struct run *run = &s->runs[i];
+        if (run->kind != BLOCK_DATA)
+            continue;
+        for (size_t pos = run->start; pos < run->start + run->length; pos += g) {
+            size_t n = run->start + run->length - pos < g ? run->start + run->length - pos : g;
+            memset(s->buf + pos + n, 0, g - n);
+            size_t *len = &s->comp_len[pos / g];
+            int rc = vd_cow_compress_cluster(c->params->dst, s->buf + pos, s->comp + pos, len);
+            if (rc == VD_CODEC_NO_GAIN)
+                *len = NOT_COMPRESSED;
+            else if (rc < 0) {
+                record_error(&s->error, "compressing", s->chunk.offset + pos, rc);
+                return rc;
+            }
+        }
+    }
+    return 0;
+}
+
+/*
  * Read a data chunk (and what base holds there) and sort its blocks. A zero
  * chunk needs nothing, and neither does a data chunk that goes from file to
  * file.
@@ -339,6 +373,8 @@ static int prepare_chunk(const struct copy *c, struct slot *s)
         rc = read_base(c, s, chunk->offset, (size_t)chunk->length);
     if (rc == 0)
         sort_blocks(c, s);
+    if (rc == 0 && c->params->compress)
+        rc = compress_data(c, s);
     return rc;
 }
 
@@ -350,6 +386,21 @@ static int write_zeroes(const struct copy *c, struct slot *s, uint64_t offset, u
     int rc = vd_write_zeroes(c->params->dst, offset, len, flags);
     if (rc < 0)
         record_error(&s->error, "writing", offset, rc);
+    return rc;
+}
+
+/* The compressed clusters of [start, start + len) of the slot's chunk, each stored in order. */
+static int write_compressed(struct copy *c, struct slot *s, size_t start, size_t len)
+{
+    const size_t g = (size_t)c->granule;
+    int rc = 0;
+    for (size_t pos = start; pos < start + len && rc == 0; pos += g) {
+        size_t n = start + len - pos < g ? start + len - pos : g;
+        size_t comp_len = s->comp_len[pos / g];
+        bool compressed = comp_len != NOT_COMPRESSED;
+        rc = vd_store_cluster(c->params->dst, s->chunk.offset + pos, compressed ? s->comp + pos : NULL,
+                              comp_len, s->buf + pos, n);
+    }
     return rc;
 }
 
@@ -368,7 +419,9 @@ static int write_data(struct copy *c, struct slot *s, size_t start, size_t len)
         if (rc == VD_EUNSUPPORTED)
             atomic_store(&c->copy_range, false); /* the file system cannot: stop trying */
     }
-    if (rc == VD_EUNSUPPORTED) {
+    if (rc == VD_EUNSUPPORTED && params->compress) {
+        rc = write_compressed(c, s, start, len);
+    } else if (rc == VD_EUNSUPPORTED) {
         rc = s->buf_filled ? 0 : read_source(c, s);
         if (rc < 0)
             return rc;
@@ -560,9 +613,13 @@ static void *copy_thread(void *arg)
 /* The calling thread copies too; a thread that cannot be started only means less overlap. */
 static void run_threads(struct copy *c)
 {
-    unsigned wanted = c->params->out_of_order ? c->slot_count
-                      : c->slot_count < ORDERED_THREAD_COUNT ? c->slot_count
-                      : ORDERED_THREAD_COUNT;
+    unsigned in_order = ORDERED_THREAD_COUNT;
+    if (c->params->compress) { /* compressing is the work: a thread per core */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        in_order = cores > (long)in_order ? (unsigned)cores : in_order;
+    }
+    unsigned wanted = c->params->out_of_order || c->slot_count < in_order ? c->slot_count
+                                                                         : in_order;
     pthread_t threads[MAX_SLOTS];
     unsigned started = 0;
     while (started + 1 < wanted && pthread_create(&threads[started], NULL, copy_thread, c) == 0)
@@ -577,20 +634,26 @@ static void run_threads(struct copy *c)
 /* Per slot: a data buffer, with a base one for the base's data, and the runs. */
 static int alloc_buffers(struct copy *c)
 {
-    size_t per_slot = c->params->base ? 2 : 1, runs_per_slot = max_runs(c->block);
+    bool compress = c->params->compress;
+    size_t per_slot = 1 + (c->params->base != NULL) + compress, runs_per_slot = max_runs(c->block);
+    size_t lens_per_slot = compress ? BUFFER_SIZE / (size_t)c->granule : 0;
     void *mem;
     if (posix_memalign(&mem, BUFFER_ALIGN, c->slot_count * per_slot * BUFFER_SIZE) != 0)
         return vd_err(VD_ENOMEM, "convert: out of memory for the copy buffers");
     struct run *runs = calloc(c->slot_count * runs_per_slot, sizeof *runs);
-    if (!runs) {
+    size_t *lens = compress ? calloc(c->slot_count * lens_per_slot, sizeof *lens) : NULL;
+    if (!runs || (compress && !lens)) {
         free(mem);
+        free(runs);
         return vd_err(VD_ENOMEM, "convert: out of memory for the copy buffers");
     }
     for (size_t i = 0; i < c->slot_count; i++) {
         struct slot *s = &c->slots[i];
         s->buf = (unsigned char *)mem + i * per_slot * BUFFER_SIZE;
         s->base_buf = c->params->base ? s->buf + BUFFER_SIZE : NULL;
+        s->comp = compress ? s->buf + (per_slot - 1) * BUFFER_SIZE : NULL;
         s->runs = runs + i * runs_per_slot;
+        s->comp_len = compress ? lens + i * lens_per_slot : NULL;
     }
     return 0;
 }
@@ -599,6 +662,7 @@ static void free_buffers(struct copy *c)
 {
     free(c->slots[0].buf);
     free(c->slots[0].runs);
+    free(c->slots[0].comp_len);
 }
 
 static int report_error(int rc, const struct copy_error *err)
@@ -646,6 +710,8 @@ int vd_copy_image(const struct vd_copy_params *params)
     atomic_init(&c.copy_range, !c.block && vd_raw_can_copy_range(params->dst, params->src));
     vd_info info = VD_INFO_INIT;
     c.granule = vd_get_info(params->dst, &info) == 0 && info.cluster_size ? info.cluster_size : 512;
+    if (params->compress) /* whole clusters: the unit of a compressed write */
+        c.block = (size_t)c.granule;
     int rc = params->base ? vd_get_size(params->base, &c.base_size) : 0;
     if (rc < 0)
         return rc;

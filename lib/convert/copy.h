@@ -33,6 +33,12 @@ struct vd_copy_params {
      */
     vd_image *base;
     size_t compare_block;
+    /*
+     * Store every data cluster compressed (the destination can: see
+     * vd_cow_can_compress()); data blocks are then whole destination
+     * clusters, compressed by every thread, stored in image order.
+     */
+    bool compress;
     unsigned parallel;     /* chunks in flight, at least 1 */
     bool out_of_order;     /* write chunks as they are read, not in image order */
     vd_convert_progress_fn progress;

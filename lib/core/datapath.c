@@ -3,6 +3,7 @@
  * checks, locking, and the defaults for callbacks a backend leaves out.
  */
 #include "core/internal.h"
+#include "cow/engine.h"
 
 int vd_enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_flags,
              enum vd_access access)
@@ -57,16 +58,31 @@ int vd_read(vd_image *img, uint64_t offset, void *buf, size_t length, uint32_t f
 
 int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_write", flags, VD_WRITE_FUA, VD_ACCESS_WRITE);
+    int rc = vd_enter(img, "vd_write", flags, VD_WRITE_FUA | VD_WRITE_COMPRESSED, VD_ACCESS_WRITE);
     if (rc < 0)
         return rc;
     if (!buf && length)
         return vd_leave(img, vd_err(VD_EINVAL, "vd_write: NULL buffer"));
     rc = check_range(img, "vd_write", offset, length);
+    if (rc == 0 && (flags & VD_WRITE_COMPRESSED) && !img->cow)
+        rc = vd_err(VD_EUNSUPPORTED, "vd_write: %s: a %s image has no compressed clusters",
+                    img->filename, img->backend->name);
     if (rc == 0 && length)
         rc = img->backend->write(img, offset, buf, length, flags);
     if (rc == 0 && length && (flags & VD_WRITE_FUA))
         rc = img->backend->flush ? img->backend->flush(img) : vd_image_sync_now(img);
+    return vd_leave(img, rc);
+}
+
+int vd_store_cluster(vd_image *img, uint64_t offset, const void *comp, size_t comp_len,
+                     const void *plain, size_t plain_len)
+{
+    int rc = vd_enter(img, "vd_write", 0, 0, VD_ACCESS_WRITE);
+    if (rc < 0)
+        return rc;
+    rc = check_range(img, "vd_write", offset, plain_len);
+    if (rc == 0)
+        rc = vd_cow_store_cluster(img, offset, comp, comp_len, plain, plain_len);
     return vd_leave(img, rc);
 }
 

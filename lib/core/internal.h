@@ -166,6 +166,14 @@ int vd_enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_fla
              enum vd_access access);
 int vd_leave(vd_image *img, int rc);
 
+/*
+ * vd_write() of one cluster whose compressed form the caller made already
+ * (vd_cow_compress_cluster(), on the caller's threads): comp, or plain
+ * where compression gained nothing. For convert's in-order writer.
+ */
+int vd_store_cluster(vd_image *img, uint64_t offset, const void *comp, size_t comp_len,
+                     const void *plain, size_t plain_len);
+
 /* Disable the handle after an error that leaves metadata in doubt. */
 int vd_image_poison(vd_image *img, int code);
 

@@ -1,5 +1,6 @@
 /* The copy-on-write data path shared by every sparse format. */
 #include "cow/engine.h"
+#include "codec/codec.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -156,8 +157,12 @@ static int cow_partial(vd_image *img, uint64_t cstart, size_t in, const uint8_t 
     return rc < 0 ? rc : commit_batch(img, &one);
 }
 
+static int write_compressed(vd_image *img, uint64_t off, const uint8_t *src, size_t len);
+
 int vd_cow_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags)
 {
+    if (flags & VD_WRITE_COMPRESSED)
+        return write_compressed(img, off, buf, len);
     const uint64_t cs = img->cluster_size;
     const uint8_t *src = buf;
     uint8_t *scratch = NULL;
@@ -203,6 +208,61 @@ int vd_cow_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint3
     if (rc == 0)
         rc = commit_batch(img, &batch);
     free(scratch);
+    return rc;
+}
+
+bool vd_cow_can_compress(vd_image *img)
+{
+    return img->cow && img->cow->store_compressed && img->cow->compression &&
+           img->cow->compression(img) >= 0;
+}
+
+int vd_cow_compress_cluster(vd_image *img, const void *cluster, void *out, size_t *out_len)
+{
+    int codec = img->cow->compression ? img->cow->compression(img) : -1;
+    if (codec < 0)
+        return vd_err(VD_EUNSUPPORTED, "%s: this %s image cannot store compressed clusters",
+                      img->filename, img->backend->name);
+    /* as QEMU: a cluster is stored compressed only if that saves at least a byte */
+    return vd_codec_compress((enum vd_codec)codec, cluster, img->cluster_size, out,
+                             img->cluster_size - 1, out_len);
+}
+
+int vd_cow_store_cluster(vd_image *img, uint64_t off, const void *comp, size_t comp_len,
+                         const void *plain, size_t plain_len)
+{
+    if (comp)
+        return img->cow->store_compressed(img, off, comp, comp_len);
+    return vd_cow_write(img, off, plain, plain_len, 0);
+}
+
+/*
+ * Whole clusters, each compressed (the last one of an image whose size is
+ * not a multiple of the cluster size padded with zeroes, as QEMU pads it),
+ * or written as they are where compression gains nothing.
+ */
+static int write_compressed(vd_image *img, uint64_t off, const uint8_t *src, size_t len)
+{
+    const uint64_t cs = img->cluster_size;
+    if ((off & (cs - 1)) || ((len & (cs - 1)) && off + len != img->size))
+        return vd_err(VD_EINVAL, "%s: a compressed write must cover whole clusters of %llu bytes "
+                      "(offset %llu, length %zu)", img->filename, (unsigned long long)cs,
+                      (unsigned long long)off, len);
+    uint8_t *cluster = malloc(2 * cs), *out = cluster + cs;
+    if (!cluster)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    int rc = 0;
+    for (size_t done = 0; done < len && rc == 0; done += (size_t)cs) {
+        size_t n = (size_t)min_u64(cs, len - done);
+        memcpy(cluster, src + done, n);
+        memset(cluster + n, 0, (size_t)cs - n);
+        size_t out_len = 0;
+        rc = vd_cow_compress_cluster(img, cluster, out, &out_len);
+        if (rc >= 0)
+            rc = vd_cow_store_cluster(img, off + done, rc == 0 ? out : NULL, out_len,
+                                      src + done, n);
+    }
+    free(cluster);
     return rc;
 }
 

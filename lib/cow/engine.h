@@ -61,6 +61,16 @@ struct vd_cow_ops {
      * whether a data run reads as zeroes, as QEMU does. Optional: never.
      */
     bool (*data_over_holes)(vd_image *img);
+    /*
+     * Compressed clusters (both optional; without them compressed writes are
+     * refused): the codec new compressed clusters use (enum vd_codec), or
+     * negative when this image cannot store them; and store_compressed, which
+     * places len bytes of a compressed whole cluster (allocation, data write,
+     * link) and maps the guest cluster at guest_off to them, releasing what
+     * it mapped before.
+     */
+    int (*compression)(vd_image *img);
+    int (*store_compressed)(vd_image *img, uint64_t guest_off, const void *data, size_t len);
 };
 
 /* Data-path callbacks for a sparse format's struct vd_backend. */
@@ -69,5 +79,21 @@ int vd_cow_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint3
 int vd_cow_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags);
 int vd_cow_discard(vd_image *img, uint64_t off, uint64_t len);
 int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext);
+
+/*
+ * Compressed writes, split so that callers with many clusters (convert)
+ * compress on several threads and store in order. vd_cow_compress_cluster
+ * vd_cow_can_compress says whether img stores compressed clusters at all.
+ * vd_cow_compress_cluster compresses one whole cluster (cluster_size bytes; out holds as many):
+ * 0 and *out_len, or VD_CODEC_NO_GAIN when it does not shrink, in which
+ * case the cluster is to be written as it is. It touches no image state and
+ * runs on any thread. vd_cow_store_cluster stores the cluster at off
+ * (cluster aligned): compressed when comp is not NULL, else plain, whose
+ * length may stop short of a whole cluster at the end of the image.
+ */
+bool vd_cow_can_compress(vd_image *img);
+int vd_cow_compress_cluster(vd_image *img, const void *cluster, void *out, size_t *out_len);
+int vd_cow_store_cluster(vd_image *img, uint64_t off, const void *comp, size_t comp_len,
+                         const void *plain, size_t plain_len);
 
 #endif

@@ -6,7 +6,7 @@
  *   - vd_check with VD_CHECK_REPAIR_ALL (even-sized inputs; odd-sized ones
  *     are only checked, so that writes also meet unrepaired images); if the
  *     repair reports nothing left, a fresh check must agree
- *   - writes (partial and whole clusters), write_zeroes and a discard, each
+ *   - writes (partial and whole clusters, and a compressed one), write_zeroes and a discard, each
  *     checked by reading back windows around them: written bytes read back,
  *     zeroed bytes read as zeroes, bytes around them are unchanged (a discard
  *     may read either way); on an image checked corrupt and not repaired the
@@ -25,9 +25,9 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-enum { NOPS = 6, MARGIN = 4096, GROWTH = 32 << 20 };
+enum { NOPS = 7, MARGIN = 4096, GROWTH = 32 << 20 };
 
-enum op_kind { OP_WRITE, OP_ZERO, OP_DISCARD };
+enum op_kind { OP_WRITE, OP_WRITE_COMPRESSED, OP_ZERO, OP_DISCARD };
 
 struct op {
     enum op_kind kind;
@@ -51,6 +51,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 static uint8_t pattern(unsigned op, uint64_t pos)
 {
     return (uint8_t)((pos * 2654435761u) >> 13 ^ (op + 1) * 0x3b);
+}
+
+/* What write op number index puts at pos: compressed writes get compressible data. */
+static uint8_t written_byte(const struct op *op, unsigned index, uint64_t pos)
+{
+    return op->kind == OP_WRITE_COMPRESSED ? (uint8_t)(pos / 512 * 7 + index) : pattern(index, pos);
 }
 
 /* The first broken expectation of this input (reported at the end). */
@@ -100,13 +106,13 @@ static void apply(struct window *w, unsigned index, const struct op *op)
         if (op->rc < 0 || op->kind == OP_DISCARD) { /* failed: undefined; discard: either */
             w->known[i] = 0;
         } else {
-            w->expect[i] = op->kind == OP_WRITE ? pattern(index, pos) : 0;
+            w->expect[i] = op->kind == OP_ZERO ? 0 : written_byte(op, index, pos);
             w->known[i] = 1;
         }
     }
 }
 
-static void plan(uint64_t size, struct op *ops)
+static void plan(uint64_t size, uint64_t cluster, struct op *ops)
 {
     uint64_t z = (size / 4) & ~0xfffull;
     struct op all[NOPS] = {
@@ -116,6 +122,7 @@ static void plan(uint64_t size, struct op *ops)
         { OP_ZERO, z, 8192, 0 },
         { OP_DISCARD, (size / 4 * 3) & ~0xffffull, 65536, 0 },
         { OP_WRITE, z + 1000, 2000, 0 },                               /* into zeroed clusters */
+        { OP_WRITE_COMPRESSED, (size / 8) & ~(cluster - 1), cluster, 0 }, /* a whole cluster */
     };
     for (unsigned i = 0; i < NOPS; i++) {
         ops[i] = all[i];
@@ -135,9 +142,11 @@ static void run(vd_image *img, uint32_t open_flags, bool clean, uint64_t old_end
         vd_close(img);
         return;
     }
+    vd_info info = VD_INFO_INIT;
+    FUZZ_ASSERT(vd_get_info(img, &info) == 0, "vd_get_info");
     struct op ops[NOPS];
     struct window w[NOPS] = { 0 };
-    plan(size, ops);
+    plan(size, info.cluster_size ? info.cluster_size : 65536, ops);
     bool alive = true;
     for (unsigned i = 0; i < NOPS && alive; i++) {
         w[i].off = ops[i].off > MARGIN ? ops[i].off - MARGIN : 0;
@@ -156,12 +165,13 @@ static void run(vd_image *img, uint32_t open_flags, bool clean, uint64_t old_end
         struct op *op = &ops[i];
         if (!op->len)
             continue;
-        if (op->kind == OP_WRITE) {
+        if (op->kind == OP_WRITE || op->kind == OP_WRITE_COMPRESSED) {
             uint8_t *buf = malloc((size_t)op->len);
             FUZZ_ASSERT(buf, "out of memory");
             for (uint64_t k = 0; k < op->len; k++)
-                buf[k] = pattern(i, op->off + k);
-            op->rc = vd_write(img, op->off, buf, (size_t)op->len, 0);
+                buf[k] = written_byte(op, i, op->off + k);
+            op->rc = vd_write(img, op->off, buf, (size_t)op->len,
+                              op->kind == OP_WRITE_COMPRESSED ? VD_WRITE_COMPRESSED : 0);
             free(buf);
         } else if (op->kind == OP_ZERO) {
             op->rc = vd_write_zeroes(img, op->off, op->len, VD_ZERO_MAY_UNMAP);

@@ -40,6 +40,7 @@ CREATE_UNSAFE_BACKING = 1 << 1
 CREATE_CONFINED = 1 << 2
 # vd_write() flags
 WRITE_FUA = 1 << 0
+WRITE_COMPRESSED = 1 << 1
 # vd_write_zeroes() flags
 ZERO_MAY_UNMAP = 1 << 0
 # vd_resize() flags
@@ -62,6 +63,7 @@ COMMIT_EMPTY = 1 << 0
 CONVERT_EXISTING = 1 << 0
 CONVERT_TARGET_IS_ZERO = 1 << 1
 CONVERT_OUT_OF_ORDER = 1 << 2
+CONVERT_COMPRESS = 1 << 3
 CONVERT_MAX_PARALLEL = 16
 
 

@@ -39,7 +39,7 @@ def _progress_callback(progress, failure):
 
 def convert(src, dst, fmt="raw", *, src_fmt=None, snapshot=None, backing_file=None,
             backing_fmt=None, sparse_size=4096, existing=False, target_is_zero=False,
-            parallel=0, out_of_order=False, cache="unsafe", no_lock=False, safe=False,
+            parallel=0, out_of_order=False, compress=False, cache="unsafe", no_lock=False, safe=False,
             confined=False, progress=None, **options):
     """Copy the image ``src`` (a path, or an open :class:`Image`, read through its
     chain) into a new image ``dst`` of format ``fmt`` (``qemu-img convert``).
@@ -59,6 +59,9 @@ def convert(src, dst, fmt="raw", *, src_fmt=None, snapshot=None, backing_file=No
       must be at least as large (no create options then);
       ``target_is_zero=True`` says it reads as zeroes.
     - ``parallel`` (``-m``, 1 to 16; 0 picks), ``out_of_order`` (``-W``).
+    - ``compress=True`` (``-c``): store every data cluster compressed (qcow2;
+      zlib, or ``compression_type="zstd"``), compressed on a thread per core;
+      formats without compressed clusters raise :class:`Unsupported`.
     - ``cache``: "unsafe" (the default, never syncs the output) or a mode that
       syncs it at the end ("none", "writeback", "writethrough", "directsync").
     - ``safe``/``confined`` also confine ``dst``'s backing file to its directory.
@@ -78,7 +81,8 @@ def convert(src, dst, fmt="raw", *, src_fmt=None, snapshot=None, backing_file=No
     opts = _lib.VdConvertOpts(struct_size=ctypes.sizeof(_lib.VdConvertOpts))
     opts.flags = ((_lib.CONVERT_EXISTING if existing else 0)
                   | (_lib.CONVERT_TARGET_IS_ZERO if target_is_zero else 0)
-                  | (_lib.CONVERT_OUT_OF_ORDER if out_of_order else 0))
+                  | (_lib.CONVERT_OUT_OF_ORDER if out_of_order else 0)
+                  | (_lib.CONVERT_COMPRESS if compress else 0))
     opts.dst_path = os.fsencode(dst)
     opts.dst_format = fmt.encode()
     opts.dst_options = dst_options.encode() if dst_options else None

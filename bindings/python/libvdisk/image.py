@@ -494,11 +494,18 @@ class Image(io.RawIOBase):
         self._run("read", _count("offset", offset), buffer, len(buffer), 0)
         return buffer.raw
 
-    def pwrite(self, offset: int, data, *, fua: bool = False) -> None:
-        """Write all of data at offset; with fua, it is durable on return."""
+    def pwrite(self, offset: int, data, *, fua: bool = False, compress: bool = False) -> None:
+        """Write all of data at offset; with fua, it is durable on return.
+
+        With ``compress`` each cluster is stored compressed (qcow2, with the
+        image's compression type), as ``qemu-io -c write`` does; the range
+        must cover whole clusters (the last may end at the end of the image),
+        else :class:`InvalidArgument`; formats without compressed clusters
+        raise :class:`Unsupported`.
+        """
         source, length = _source_buffer(data)
-        self._run("write", _count("offset", offset), source, length,
-                  _lib.WRITE_FUA if fua else 0)
+        flags = (_lib.WRITE_FUA if fua else 0) | (_lib.WRITE_COMPRESSED if compress else 0)
+        self._run("write", _count("offset", offset), source, length, flags)
 
     def write_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
         """Make a range read as zeroes; may_unmap lets it be deallocated."""

@@ -328,6 +328,36 @@ static int q_read_compressed(vd_image *img, const struct vd_cow_run *run, void *
     return rc;
 }
 
+static int q_compression(vd_image *img)
+{
+    struct qcow2 *q = qcow2_of(img);
+    if (qcow2_has_data_file(q)) /* compressed clusters live in the image file, never a data file */
+        return -1;
+    return q->compression_type == QCOW2_COMPRESSION_ZSTD ? VD_CODEC_ZSTD : VD_CODEC_DEFLATE;
+}
+
+/* The L2 entry of a compressed cluster: host offset and sectors past the first, as the spec packs them. */
+static int q_store_compressed(vd_image *img, uint64_t guest_off, const void *data, size_t len)
+{
+    struct qcow2 *q = qcow2_of(img);
+    const unsigned x = 62 - (q->cluster_bits - 8);
+    uint64_t host;
+    int rc = qcow2_alloc_bytes(img, q, len, &host);
+    if (rc == 0 && host + len > (1ull << x))
+        rc = vd_err(VD_ETOOBIG, "%s: a compressed cluster cannot lie at host offset %llu",
+                    img->filename, (unsigned long long)host);
+    if (rc == 0)
+        rc = qcow2_check_overlap(img, host, len);
+    if (rc == 0)
+        rc = vd_file_pwrite(img->file, data, len, host);
+    img->unsynced = true;
+    if (rc < 0)
+        return rc;
+    uint64_t extra_sectors = (host + len - 1) / 512 - host / 512;
+    struct l2e e = { host | QCOW2_OFLAG_COMPRESSED | (extra_sectors << x), 0 };
+    return set_entry(img, guest_off, e, false);
+}
+
 int qcow2_write_l1(vd_image *img, struct qcow2 *q)
 {
     size_t bytes = (size_t)q->l1_size * 8;
@@ -351,4 +381,6 @@ const struct vd_cow_ops qcow2_cow_ops = {
     .zero_clusters = q_zero_clusters,
     .read_compressed = q_read_compressed,
     .data_over_holes = qcow2_metadata_preallocated,
+    .compression = q_compression,
+    .store_compressed = q_store_compressed,
 };

@@ -177,6 +177,7 @@ struct qcow2 {
 
     int metadata_prealloc;    /* qcow2_metadata_preallocated(): -1 not decided yet, 0, 1 (atomic) */
     uint64_t free_hint;       /* no free cluster below this index */
+    uint64_t free_byte_offset; /* where the next compressed cluster may start (qcow2_alloc_bytes), or 0 */
     uint64_t alloc_end;       /* no cluster is allocated at or past this index */
     /* [claimed_first, claimed_end): clusters past the end of the file that table
        entries name (found by a check); never handed out, so nothing aliases them */
@@ -233,6 +234,13 @@ void qcow2_derive(struct qcow2 *q);
 /* map.c */
 extern const struct vd_cow_ops qcow2_cow_ops;
 int qcow2_write_l1(vd_image *img, struct qcow2 *q);
+/*
+ * Room for len bytes (at most a cluster) of a compressed cluster, packed
+ * after the last one as QEMU packs them: in the rest of the host cluster it
+ * ended in, running on into the next cluster if that is the one allocated
+ * next. Every host cluster the bytes touch gains a reference.
+ */
+int qcow2_alloc_bytes(vd_image *img, struct qcow2 *q, uint64_t len, uint64_t *host);
 
 /* refcount.c */
 /* Entry idx of a refcount block of the given order (sub-byte widths count from the low bit). */

@@ -506,6 +506,32 @@ int qcow2_alloc_metadata(vd_image *img, struct qcow2 *q, uint64_t count, uint64_
     return rc;
 }
 
+int qcow2_alloc_bytes(vd_image *img, struct qcow2 *q, uint64_t len, uint64_t *host)
+{
+    const uint64_t cs = q->cluster_size;
+    uint64_t off = q->free_byte_offset, refcount = 0;
+    int rc = off ? qcow2_get_refcount(img, q, off / cs, &refcount) : 0;
+    if (rc < 0)
+        return rc;
+    if (refcount == 0 || refcount == q->refcount_max) /* freed since, or no reference left to add */
+        off = 0;
+    bool shares = off && len <= cs - off % cs;
+    if (!shares) {
+        uint64_t fresh;
+        if ((rc = qcow2_alloc_clusters(img, q, 1, &fresh)) < 0)
+            return rc;
+        /* the next cluster after the one the last compressed cluster ended in: run on */
+        shares = off && fresh == off - off % cs + cs;
+        if (!shares)
+            off = fresh;
+    }
+    if (shares && (rc = qcow2_update_refcount(img, q, off / cs, 1)) < 0)
+        return rc;
+    *host = off;
+    q->free_byte_offset = (off + len) % cs ? off + len : 0;
+    return 0;
+}
+
 int qcow2_free_cluster_later(vd_image *img, struct qcow2 *q, uint64_t host)
 {
     if (q->npending == q->pending_cap) {
@@ -537,6 +563,7 @@ int qcow2_apply_pending_frees(vd_image *img, struct qcow2 *q)
             vd_file_punch_hole(img->file, cluster * q->cluster_size, q->cluster_size);
     }
     q->npending = 0;
+    q->free_byte_offset = 0; /* its cluster may have been freed */
     if (rc == 0)
         vd_err_clear(); /* a file system without hole punching is not an error */
     return rc;
