@@ -79,6 +79,8 @@ int vd_codec_decompress(enum vd_codec codec, const void *src, size_t src_len, vo
 struct codec_states {
     z_stream deflate;
     bool deflate_ready;
+    z_stream sample;      /* level 1, for looks_incompressible() */
+    bool sample_ready;
 #ifdef VD_HAVE_ZSTD
     ZSTD_CCtx *zstd;
 #endif
@@ -92,6 +94,8 @@ static void free_states(void *p)
     struct codec_states *st = p;
     if (st->deflate_ready)
         deflateEnd(&st->deflate);
+    if (st->sample_ready)
+        deflateEnd(&st->sample);
 #ifdef VD_HAVE_ZSTD
     ZSTD_freeCCtx(st->zstd);
 #endif
@@ -114,18 +118,56 @@ static struct codec_states *thread_states(void)
     return st;
 }
 
+/* Reset (or set up, at the level given) one of the thread's deflate streams. */
+static int deflate_ready(z_stream *z, bool *ready, int level)
+{
+    if (*ready)
+        return deflateReset(z) == Z_OK ? 0 : vd_err(VD_EIO, "zlib reset failed");
+    if (deflateInit2(z, level, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+        return vd_err(VD_ENOMEM, "zlib initialisation failed");
+    *ready = true;
+    return 0;
+}
+
+enum { SAMPLE_BYTES = 4096, SAMPLES = 3 };
+
+/*
+ * Whether the data is incompressible by the look of three 4 KiB samples
+ * (start, middle, end), none of which a fast deflate shrinks at all. Full
+ * deflate of incompressible data (already compressed or encrypted files,
+ * random bytes) costs eight times as much as of text, only to store the
+ * data as it is: the samples cost a twentieth of that. Data that is
+ * incompressible at all three places almost never compresses elsewhere.
+ */
+static bool looks_incompressible(struct codec_states *st, const uint8_t *src, size_t len)
+{
+    if (len < SAMPLES * SAMPLE_BYTES * 2)
+        return false;
+    uint8_t out[SAMPLE_BYTES];
+    for (unsigned i = 0; i < SAMPLES; i++) {
+        if (deflate_ready(&st->sample, &st->sample_ready, 1) < 0)
+            return false;
+        z_stream *z = &st->sample;
+        z->next_in = (Bytef *)src + (len - SAMPLE_BYTES) / (SAMPLES - 1) * i;
+        z->avail_in = SAMPLE_BYTES;
+        z->next_out = out;
+        z->avail_out = sizeof out;
+        if (deflate(z, Z_FINISH) == Z_STREAM_END) /* it fit: the sample shrank */
+            return false;
+    }
+    return true;
+}
+
 /* Raw deflate, QEMU's parameters: default level, 4 KiB window, memLevel 9. */
 static int deflate_raw(struct codec_states *st, const void *src, size_t src_len, void *dst,
                        size_t dst_cap, size_t *dst_len)
 {
+    if (looks_incompressible(st, src, src_len))
+        return VD_CODEC_NO_GAIN;
     z_stream *z = &st->deflate;
-    if (!st->deflate_ready) {
-        if (deflateInit2(z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
-            return vd_err(VD_ENOMEM, "zlib initialisation failed");
-        st->deflate_ready = true;
-    } else if (deflateReset(z) != Z_OK) {
-        return vd_err(VD_EIO, "zlib reset failed");
-    }
+    int rc = deflate_ready(z, &st->deflate_ready, Z_DEFAULT_COMPRESSION);
+    if (rc < 0)
+        return rc;
     z->next_in = (Bytef *)src;
     z->avail_in = (uInt)src_len;
     z->next_out = dst;
