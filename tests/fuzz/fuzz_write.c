@@ -205,7 +205,10 @@ static void run(vd_image *img, uint32_t open_flags, bool clean, uint64_t old_end
         o.flags = open_flags & ~(uint32_t)(VD_OPEN_RDWR | VD_OPEN_REPAIR);
         vd_image *again;
         rc = vd_open_ext(&again, MEMFILE_IMAGE, &o);
-        EXPECT(rc == 0, "the image no longer opens after writing and closing it: %s", vd_errmsg());
+        /* an image that opened only for a repair, and was not repaired, still needs one */
+        bool still_corrupt = rc == VD_ECORRUPT && (open_flags & VD_OPEN_REPAIR) && !expect_data;
+        EXPECT(rc == 0 || still_corrupt, "the image no longer opens after writing and closing it: %s",
+               vd_errmsg());
         if (rc < 0)
             goto out;
         uint64_t size2;
