@@ -73,6 +73,18 @@ run "$vdisk" commit overlay.qcow2
 run qemu-img check disk.qcow2
 run qemu-img compare -f raw -F qcow2 flat.raw disk.qcow2
 
+step "Compressed: convert -c with zlib and with zstd, judged by qemu-img"
+head -c 8M /dev/zero | tr '\0' 'x' | dd of=disk.raw bs=1M seek=40 conv=notrunc status=none
+run "$vdisk" convert -c -O qcow2 disk.raw zlib.qcow2
+run "$vdisk" convert -c -O qcow2 -o compression_type=zstd disk.raw zstd.qcow2
+for image in zlib.qcow2 zstd.qcow2; do
+    run qemu-img check "$image"
+    run qemu-img compare -f raw -F qcow2 disk.raw "$image"
+done
+run "$vdisk" info zstd.qcow2
+expect "the compressed image is smaller than the plain one" \
+    "$(( $(stat -c %b zlib.qcow2) < $(stat -c %b flat.raw) ))" 1
+
 step "Thin provisioning: a 1 TiB qcow2 image"
 run "$vdisk" create -f qcow2 big.qcow2 1T
 run du -h big.qcow2
