@@ -36,6 +36,7 @@
 enum op_kind {
     OP_WRITE, OP_ZERO, OP_ZERO_UNMAP, OP_DISCARD, OP_FLUSH, OP_RESIZE,
     OP_SNAP_CREATE, OP_SNAP_DELETE, OP_SNAP_APPLY, OP_CLOSE, OP_WRITE_FUA, OP_AMEND,
+    OP_WRITE_COMPRESSED,
 };
 
 static const char *const op_names[] = {
@@ -71,6 +72,7 @@ struct variant {
     uint64_t cache_bytes;   /* vd_open_opts.cache_bytes for the workload (0: default) */
     bool recrash;           /* also crash while recovering from crashes (see recrash()) */
     bool amend;             /* vd_amend between the guest ops: compat both ways, lazy refcounts */
+    bool compress;          /* some whole-cluster writes are compressed (VD_WRITE_COMPRESSED) */
     unsigned nops;
     unsigned points;        /* crash points to test per workload (at scale 1) */
 };
@@ -101,12 +103,22 @@ static bool is_flush(const struct op *op)
 
 /* ------------------------------------------------------------- the model */
 
+/* What a compressed write puts at guest byte b: runs of 64 equal bytes, which compress. */
+static uint8_t compressible_byte(uint64_t seed, uint64_t b)
+{
+    return vt_pattern_byte(seed, b / 64);
+}
+
 static void model_apply(const struct run *r, uint8_t *model, uint64_t *size, const struct op *op)
 {
     switch (op->kind) {
     case OP_WRITE:
     case OP_WRITE_FUA:
         vt_pattern_fill(model + op->off, (size_t)op->len, op->seed, op->off);
+        break;
+    case OP_WRITE_COMPRESSED:
+        for (uint64_t b = op->off; b < op->off + op->len; b++)
+            model[b] = compressible_byte(op->seed, b);
         break;
     case OP_ZERO:
     case OP_ZERO_UNMAP:
@@ -137,6 +149,8 @@ static uint8_t op_value(const struct run *r, const struct op *op, uint64_t b)
     case OP_WRITE:
     case OP_WRITE_FUA:
         return vt_pattern_byte(op->seed, b);
+    case OP_WRITE_COMPRESSED:
+        return compressible_byte(op->seed, b);
     case OP_DISCARD:
         return op->after[b - op->off];
     case OP_SNAP_APPLY: {
@@ -152,7 +166,7 @@ static bool op_covers(const struct op *op, uint64_t b)
 {
     switch (op->kind) {
     case OP_WRITE: case OP_WRITE_FUA: case OP_ZERO: case OP_ZERO_UNMAP: case OP_DISCARD:
-    case OP_RESIZE: case OP_SNAP_APPLY:
+    case OP_RESIZE: case OP_SNAP_APPLY: case OP_WRITE_COMPRESSED:
         return b >= op->off && b - op->off < op->len;
     default:
         return false;
@@ -246,6 +260,22 @@ static void pick_range(struct run *r, uint64_t *rng, uint64_t size, uint64_t *of
     *off = vt_rand_below(rng, size - n + 1);
 }
 
+/* Whole clusters written compressed (the last one may end with the image). */
+static void compressed_write(struct run *r, uint64_t *rng, vd_image *img, uint64_t size,
+                             uint8_t *buf, struct op *op)
+{
+    uint64_t clusters = (size + r->cs - 1) / r->cs;
+    uint64_t first = vt_rand_below(rng, clusters), n = 1 + vt_rand_below(rng, 4);
+    n = first + n > clusters ? clusters - first : n;
+    op->kind = OP_WRITE_COMPRESSED;
+    op->off = first * r->cs;
+    op->len = (first + n) * r->cs > size ? size - op->off : n * r->cs;
+    op->seed = vt_rand(rng);
+    for (uint64_t b = 0; b < op->len; b++)
+        buf[b] = compressible_byte(op->seed, op->off + b);
+    vt_ok(vd_write(img, op->off, buf, (size_t)op->len, VD_WRITE_COMPRESSED));
+}
+
 static int live_snaps(uint64_t mask)
 {
     return __builtin_popcountll(mask);
@@ -327,7 +357,9 @@ open:
         struct op *op = add_op(r);
         unsigned roll = (unsigned)vt_rand_below(&rng, 100);
         op->start_w = crash_write_count();
-        if (roll < 45) {
+        if (roll < 45 && v->compress && vt_rand_below(&rng, 3) == 0) {
+            compressed_write(r, &rng, img, size, buf, op);
+        } else if (roll < 45) {
             op->kind = vt_rand_below(&rng, 12) ? OP_WRITE : OP_WRITE_FUA;
             pick_range(r, &rng, size, &op->off, &op->len);
             op->seed = vt_rand(&rng);
@@ -1015,6 +1047,13 @@ static const struct variant variants[] = {
       .options = "compat=0.10,cluster_size=16384", .size = 2 * MB, .max_size = 4 * MB,
       .lazy = true, .snapshots = true, .backing = true, .amend = true, .nops = 160,
       .points = 1500 },
+    /* compressed whole-cluster writes among the others: byte-packed host clusters */
+    { .name = "qcow2-compressed-4k", .format = "qcow2", .options = "cluster_size=4096",
+      .size = 2 * MB, .max_size = 4 * MB, .snapshots = true, .compress = true, .nops = 160,
+      .points = 1500 },
+    { .name = "qcow2-compressed-zstd-512", .format = "qcow2",
+      .options = "cluster_size=512,compression_type=zstd", .size = 512 * 1024, .max_size = 1 * MB,
+      .snapshots = true, .compress = true, .cache_bytes = TINY_CACHE, .nops = 160, .points = 1500 },
     { .name = "raw", .format = "raw", .size = 2 * MB, .max_size = 4 * MB, .nops = 200, .points = 1500 },
 };
 
