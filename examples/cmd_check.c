@@ -103,7 +103,14 @@ static int check_image(const struct image_args *a)
     if (!img)
         return EXIT_FAILURE;
     vd_check_result result = VD_CHECK_RESULT_INIT;
+    /* A hostile image can name millions of problems: one write(2) per line
+     * cost seconds, so the problems go out in blocks and in full before
+     * anything else is said. */
+    static char problem_buffer[1 << 16];
+    setvbuf(stderr, problem_buffer, _IOFBF, sizeof problem_buffer);
     int rc = vd_check(img, a->check_flags, &result, print_problem, NULL);
+    fflush(stderr);
+    setvbuf(stderr, NULL, _IONBF, 0);
     int status;
     if (rc == VD_EUNSUPPORTED) {
         cli_error("This image format does not support checks");
