@@ -36,6 +36,9 @@ struct checker {
     uint8_t *cut_block;
     uint64_t cut_block_off;
     uint64_t *raw_rt;        /* the refcount table with its reserved bits (read_raw_refcount_table) */
+    /* a bit per cluster of the file that a region reaching a cluster or more past
+       its end holds (add_refs): uncounted, as by qemu-img, but never freed */
+    uint8_t *kept;
 };
 
 static void say(struct checker *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -92,6 +95,21 @@ static void add_weight(struct checker *c, uint64_t i, uint64_t weight)
     c->refs[i] += (uint32_t)weight;
 }
 
+static bool kept(const struct checker *c, uint64_t i)
+{
+    return c->kept && i < c->nclusters && (c->kept[i / 8] >> (i % 8) & 1);
+}
+
+static void keep(struct checker *c, uint64_t first, uint64_t end)
+{
+    if (!c->kept && !(c->kept = calloc((size_t)(c->nclusters + 7) / 8, 1))) {
+        c->res->check_errors++;
+        return;
+    }
+    for (uint64_t i = first; i < end; i++)
+        c->kept[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+
 static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uint64_t weight)
 {
     if (last >= c->nclusters + PAST_EOF_COUNTED)
@@ -116,6 +134,10 @@ static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uin
  * qemu-img check measures the file in 512-byte sectors and calls a region
  * corrupt only when it ends a cluster or more past that length; a region
  * that ends less far past it is counted, and compared, like any other.
+ * Of a corrupt region qemu-img counts no cluster, so that the part still
+ * in the file leaks: the count agrees, but the part is kept (a table cut
+ * short by a truncation is still read from there; freeing it would let an
+ * allocation overwrite it).
  */
 static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint64_t weight)
 {
@@ -141,6 +163,10 @@ static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint64_t wei
         c->past_eof_first = from;
     if (last + 1 > c->past_eof_end)
         c->past_eof_end = last + 1;
+    if (off + len > file_len && far_past_eof && first < from) {
+        keep(c, first, from);
+        first = from;
+    }
     count_past_eof(c, first, last, weight);
     if (!(off + len > file_len && far_past_eof) && last < c->nrefs && last + 1 > c->compare_end)
         c->compare_end = last + 1;
@@ -336,7 +362,12 @@ static int by_l1_table(const void *a, const void *b)
 static int walk_snapshots(struct checker *c)
 {
     struct qcow2 *q = c->q;
+    /* what the table names past the end of the file is claimed by nothing: no
+       write goes through it there (a repair covers the table, or rewrites it) */
+    uint64_t claim_first = c->past_eof_first, claim_end = c->past_eof_end;
     add_ref(c, q->snapshots_offset, q->snapshots_bytes);
+    c->past_eof_first = claim_first;
+    c->past_eof_end = claim_end;
     const struct qcow2_snapshot **order = malloc(((size_t)q->nb_snapshots + 1) * sizeof *order);
     if (!order)
         return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
@@ -608,7 +639,7 @@ static bool compare_refcounts(struct checker *c, uint32_t flags)
             continue;
         c->rebuild |= !stored;
         bool leak = stored > wanted;
-        bool fix = leak ? (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) != 0
+        bool fix = leak ? (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) && !kept(c, i)
                         : (flags & VD_CHECK_REPAIR_ALL) != 0;
         say(c, "%s cluster %llu refcount=%llu reference=%llu", fix ? "Repairing" : leak ? "Leaked" : "ERROR",
             (unsigned long long)i, (unsigned long long)stored, (unsigned long long)wanted);
@@ -774,6 +805,8 @@ static int rebuild_refcounts(struct checker *c)
         for (uint64_t i = b * q->rb_entries; i < (b + 1) * q->rb_entries && i < end; i++) {
             /* the new structures; counted clusters (the file's, and those named just past it); free */
             uint64_t value = i >= start ? 1 : i < c->nrefs ? counted(c, i) : 0;
+            if (!value && kept(c, i))
+                value = 1;
             qcow2_refblock_set(buf, i % q->rb_entries, q->refcount_order, value);
         }
         rc = qcow2_write_meta(img, QCOW2_META_REFCOUNT_BLOCK, rt[b], buf, (size_t)cs);
@@ -920,14 +953,16 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
             res->corruptions = res->leaks = 0;
         }
     }
+    /* a rewritten snapshot table frees the old one, which may have covered other clusters */
+    if (rc == 0)
+        rc = check_snapshot_entries(&c, flags);
     /* COPIED flags follow the refcounts: fix them only once the refcounts are right */
     if (rc == 0)
         check_copied_flags(&c, (flags & VD_CHECK_REPAIR_ALL) || !res->corruptions ? flags : 0);
-    if (rc == 0)
-        rc = check_snapshot_entries(&c, flags);
     free(c.refs);
     free(c.cut_block);
     free(c.raw_rt);
+    free(c.kept);
     return rc;
 }
 
@@ -948,16 +983,23 @@ static int cover_tables_past_eof(vd_image *img, struct qcow2 *q, uint32_t flags,
         return 0;
     }
     const uint64_t cs = q->cluster_size;
+    /* a snapshot table that the repair rewrites (its garbled length read
+       past the end) is left as it is: the file does not grow to cover it */
+    bool table_rewritten = q->snapshots_dropped;
+    for (uint32_t i = 0; i < q->nb_snapshots; i++)
+        table_rewritten |= q->snapshots[i].extra_cut;
     uint64_t ends[] = { q->l1_offset + (uint64_t)q->l1_size * 8, q->rt_offset + q->rt_clusters * cs,
-                        q->nb_snapshots ? q->snapshots_offset + q->snapshots_bytes : 0 };
+                        q->nb_snapshots && !table_rewritten ? q->snapshots_offset + q->snapshots_bytes : 0 };
     uint64_t end = 0, file_size;
     for (size_t i = 0; i < sizeof ends / sizeof *ends; i++)
         end = ends[i] > end ? ends[i] : end;
     end = (end + cs - 1) / cs * cs;
     int rc = vd_file_get_size(img->file, &file_size);
-    if (rc == 0 && end > file_size)
-        rc = vd_file_truncate(img->file, end);
-    if (rc < 0)
+    if (rc < 0 || end <= file_size) {
+        q->table_past_eof = rc < 0 ? q->table_past_eof : NULL;
+        return rc;
+    }
+    if ((rc = vd_file_truncate(img->file, end)) < 0)
         return rc;
     say(&c, "Repairing the %s: it extended past the end of the file, which now ends at 0x%llx",
         q->table_past_eof, (unsigned long long)end);
