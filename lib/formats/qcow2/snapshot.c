@@ -298,7 +298,10 @@ static int copied_flag(vd_image *img, struct qcow2 *q, uint64_t host, uint64_t *
 /*
  * Add addend (+1, -1, or 0) to the refcount of every L2 table and cluster
  * that l1 references. With active, also set the COPIED flags of the active
- * L1 and L2 entries from the resulting refcounts.
+ * L1 and L2 entries from the resulting refcounts; with addend +1, those of
+ * the L2 entries, as QEMU's qcow2_update_snapshot_refcount does: a
+ * snapshot's own tables may carry COPIED (QEMU's compat downgrade writes it
+ * there), and once applied they are active.
  */
 static int walk_tree(vd_image *img, struct qcow2 *q, uint64_t *l1, uint64_t l1_size, int addend,
                      bool active, enum walk mode)
@@ -316,7 +319,8 @@ static int walk_tree(vd_image *img, struct qcow2 *q, uint64_t *l1, uint64_t l1_s
             uint8_t *p = table + j * q->l2_entry_bytes;
             uint64_t word = vd_be64(p), flag;
             rc = update_entry_refcounts(img, q, word, addend, mode);
-            if (rc < 0 || !active || mode == WALK_ROOM || (word & QCOW2_OFLAG_COMPRESSED) || !(word & QCOW2_OFFSET_MASK))
+            if (rc < 0 || !(active || addend > 0) || mode == WALK_ROOM || (word & QCOW2_OFLAG_COMPRESSED) ||
+                !(word & QCOW2_OFFSET_MASK))
                 continue;
             if ((rc = copied_flag(img, q, word & QCOW2_OFFSET_MASK, &flag)) == 0 &&
                 (word & QCOW2_OFLAG_COPIED) != flag) {
@@ -597,10 +601,11 @@ int qcow2_snapshot_apply(vd_image *img, const char *id_or_name)
         free(target);
         return rc;
     }
-    /* the snapshot's clusters gain the active state's reference before it switches */
+    /* the snapshot's clusters gain the active state's reference before it switches,
+       and its L2 tables lose every COPIED flag (written before the L1 table names them) */
     rc = update_tree_refcounts(img, q, target, sn->l1_size, 1, false);
     if (rc == 0)
-        rc = qcow2_refcounts_durable(img);
+        rc = qcow2_flush_metadata(img, q);
     uint64_t *old = q->l1;
     if (rc == 0) {
         /* every table the target names is shared with the snapshot now: no COPIED on disk */
