@@ -39,6 +39,8 @@ struct checker {
     /* a bit per cluster of the file that a region reaching a cluster or more past
        its end holds (add_refs): uncounted, as by qemu-img, but never freed */
     uint8_t *kept;
+    bool keep_past_eof;      /* add_refs keeps such clusters (not for a table -r all rewrites) */
+    bool rewrites_snapshot_table; /* -r all rewrites the snapshot table (check_snapshot_entries) */
 };
 
 static void say(struct checker *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -164,7 +166,8 @@ static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint64_t wei
     if (last + 1 > c->past_eof_end)
         c->past_eof_end = last + 1;
     if (off + len > file_len && far_past_eof && first < from) {
-        keep(c, first, from);
+        if (c->keep_past_eof)
+            keep(c, first, from);
         first = from;
     }
     count_past_eof(c, first, last, weight);
@@ -194,11 +197,11 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active, uint64
             uint64_t host = word & ((1ull << x) - 1);
             uint64_t sectors = ((word >> x) & ((1ull << (q->cluster_bits - 8)) - 1)) + 1;
             if (word & QCOW2_OFLAG_COPIED) {
-                say(c, "ERROR: coffset=0x%llx: Compressed cluster entry has the COPIED flag set",
+                say(c, "ERROR: coffset=0x%llx: copied flag must never be set for compressed clusters",
                     (unsigned long long)host);
                 c->res->corruptions += weight;
             }
-            add_refs(c, host & ~511ull, sectors * 512, weight);
+            add_refs(c, host, sectors * 512 - (host & 511), weight); /* to the end of its last sector */
             if (active) { /* as qemu-img counts them: every compressed cluster is a fragment */
                 c->res->allocated_clusters += weight;
                 c->res->compressed_clusters += weight;
@@ -365,7 +368,11 @@ static int walk_snapshots(struct checker *c)
     /* what the table names past the end of the file is claimed by nothing: no
        write goes through it there (a repair covers the table, or rewrites it) */
     uint64_t claim_first = c->past_eof_first, claim_end = c->past_eof_end;
+    /* a table that -r all rewrites needs no keeping: its part in the file leaks
+       and is freed, as by qemu-img (the rewrite frees nothing of a table past the end) */
+    c->keep_past_eof = !c->rewrites_snapshot_table;
     add_ref(c, q->snapshots_offset, q->snapshots_bytes);
+    c->keep_past_eof = true;
     c->past_eof_first = claim_first;
     c->past_eof_end = claim_end;
     const struct qcow2_snapshot **order = malloc(((size_t)q->nb_snapshots + 1) * sizeof *order);
@@ -667,8 +674,9 @@ static void check_copied_data(struct checker *c, uint64_t l2, bool repair, uint6
         c->res->check_errors += weight;
         return;
     }
-    /* a table that the end of the file cuts short is reported, not repaired in place */
-    bool repair_table = repair && cluster_inside_file(c, l2);
+    /* a table that the end of the file cuts short, or a misaligned one, is
+       reported, not repaired in place */
+    bool repair_table = repair && cluster_inside_file(c, l2) && !(l2 & (q->cluster_size - 1));
     /* entries past the end of the file have refcount 0: their COPIED flag is wrong too */
     for (uint64_t j = 0; j < q->l2_entries; j++) {
         uint8_t *p = table + j * q->l2_entry_bytes;
@@ -719,8 +727,9 @@ static void check_copied_flags(struct checker *c, uint32_t flags)
                 c->res->corruptions++;
             }
         }
-        /* a misaligned table or one past the end of the file is reported by the count */
-        if (!(l2 & (q->cluster_size - 1)) && l2 / q->cluster_size < c->nclusters)
+        /* as qemu-img reads them: a misaligned table from where it starts; one
+           past the end of the file reads as zeroes (nothing to check) */
+        if (l2 / q->cluster_size < c->nclusters)
             tables[ntables++] = l2;
     }
     qsort(tables, ntables, sizeof *tables, by_value);
@@ -846,6 +855,15 @@ static int rebuild_refcounts(struct checker *c)
     return rc;
 }
 
+/* Whether -r all rewrites the snapshot table for what a repairing open cut from it. */
+static bool snapshot_table_rewritten(const struct qcow2 *q)
+{
+    bool cut = q->snapshots_dropped;
+    for (uint32_t i = 0; i < q->nb_snapshots; i++)
+        cut |= q->snapshots[i].extra_cut;
+    return cut;
+}
+
 /*
  * Snapshot table entries that lack what version 3 requires, and what a
  * repairing open left out of the table (too much extra data, entries past
@@ -903,6 +921,8 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
                          .nclusters = (file_size + q->cluster_size - 1) / q->cluster_size,
                          .file_size = file_size };
     c.compare_end = c.nclusters;
+    c.keep_past_eof = true;
+    c.rewrites_snapshot_table = (flags & VD_CHECK_REPAIR_ALL) && snapshot_table_rewritten(q);
     c.end_cluster = 1; /* as qemu-img: the image ends after the header cluster at least */
     c.nrefs = c.nclusters;
     c.refs = calloc(c.nclusters ? c.nclusters : 1, sizeof *c.refs);
@@ -985,9 +1005,7 @@ static int cover_tables_past_eof(vd_image *img, struct qcow2 *q, uint32_t flags,
     const uint64_t cs = q->cluster_size;
     /* a snapshot table that the repair rewrites (its garbled length read
        past the end) is left as it is: the file does not grow to cover it */
-    bool table_rewritten = q->snapshots_dropped;
-    for (uint32_t i = 0; i < q->nb_snapshots; i++)
-        table_rewritten |= q->snapshots[i].extra_cut;
+    bool table_rewritten = snapshot_table_rewritten(q);
     uint64_t ends[] = { q->l1_offset + (uint64_t)q->l1_size * 8, q->rt_offset + q->rt_clusters * cs,
                         q->nb_snapshots && !table_rewritten ? q->snapshots_offset + q->snapshots_bytes : 0 };
     uint64_t end = 0, file_size;
