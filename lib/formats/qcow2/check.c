@@ -181,6 +181,14 @@ static void add_ref(struct checker *c, uint64_t off, uint64_t len)
     add_refs(c, off, len, 1);
 }
 
+/* Whether an L2 entry (not compressed) names data, or only an allocation that reads as zeroes. */
+static bool holds_data(const struct qcow2 *q, const uint8_t *entry)
+{
+    if (q->l2_entry_bytes == 16)
+        return (uint32_t)vd_be64(entry + 8) != 0;
+    return !(vd_be64(entry) & QCOW2_OFLAG_ZERO);
+}
+
 /*
  * Count the references of one L2 table that weight L1 entries name: its
  * findings count weight times, as qemu-img check counts them walking the
@@ -228,10 +236,11 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active, uint64
         bool data_file_zero = qcow2_has_data_file(q) && (word & QCOW2_OFLAG_COPIED);
         if (!host && !data_file_zero) /* host 0 is guest cluster 0 only in a data file */
             continue;
-        /* misaligned: still counted, as qemu-img does, over the clusters it straddles */
+        /* misaligned: still counted, as qemu-img does, over the clusters it straddles
+           (-r all first made an entry without data a zero cluster: zero_misaligned_entries) */
         if (host & (cs - 1)) {
-            say(c, "ERROR offset=%llx: Data cluster is not properly aligned; L2 entry corrupted.",
-                (unsigned long long)host);
+            say(c, "ERROR offset=%llx: %s cluster is not properly aligned; L2 entry corrupted.",
+                (unsigned long long)host, holds_data(q, table + i * q->l2_entry_bytes) ? "Data" : "Preallocated");
             c->res->corruptions += weight;
         }
         if (!qcow2_has_data_file(q))
@@ -1059,6 +1068,98 @@ static int drop_l1_entries_on_l1(vd_image *img, struct qcow2 *q, uint32_t flags,
     return rc == 0 ? vd_image_sync_now(img) : rc;
 }
 
+/* Make each misaligned entry without data in the L2 table at l2 a zero cluster. */
+static int zero_misaligned_in(struct checker *c, uint64_t l2)
+{
+    struct qcow2 *q = c->q;
+    uint8_t *table;
+    int rc = vd_cache_get(q->l2_cache, l2, false, (void **)&table);
+    if (rc < 0)
+        return rc;
+    bool changed = false;
+    for (uint64_t i = 0; i < q->l2_entries; i++) {
+        uint8_t *p = table + i * q->l2_entry_bytes;
+        uint64_t word = vd_be64(p), host = word & QCOW2_OFFSET_MASK;
+        if ((word & QCOW2_OFLAG_COMPRESSED) || !(host & (q->cluster_size - 1)) || holds_data(q, p))
+            continue;
+        say(c, "Repairing offset=%llx: Preallocated cluster is not properly aligned; L2 entry corrupted.",
+            (unsigned long long)host);
+        if (q->l2_entry_bytes == 16) { /* allocated subclusters become zero ones */
+            uint64_t bitmap = vd_be64(p + 8);
+            vd_put_be64(p, 0);
+            vd_put_be64(p + 8, (bitmap | bitmap << 32) & 0xffffffff00000000ull);
+        } else {
+            vd_put_be64(p, QCOW2_OFLAG_ZERO);
+        }
+        c->res->corruptions_fixed++;
+        changed = true;
+    }
+    if (changed)
+        vd_cache_mark_dirty(q->l2_cache, table);
+    vd_cache_put(q->l2_cache, table);
+    return 0;
+}
+
+static void collect_l2_tables(const struct qcow2 *q, const uint64_t *l1, uint32_t l1_size, uint64_t file_size,
+                              uint64_t *tables, size_t *n)
+{
+    for (uint32_t i = 0; i < l1_size; i++) {
+        uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
+        if (l2 && !(l2 & (q->cluster_size - 1)) && l2 + q->cluster_size <= file_size)
+            tables[(*n)++] = l2;
+    }
+}
+
+/*
+ * -r all, first: a misaligned L2 entry that names no data (a zero cluster
+ * that kept a host offset) becomes a plain zero cluster, in the active and
+ * the snapshots' tables, as qemu-img's repair does (fix_l2_entry_by_zero);
+ * the check then counts no reference for it. Tables the end of the file cuts
+ * short, or that are misaligned, are left alone.
+ */
+static int zero_misaligned_entries(vd_image *img, struct qcow2 *q, uint32_t flags, vd_check_result *res,
+                                   vd_check_report_fn report, void *ctx)
+{
+    if (!(flags & VD_CHECK_REPAIR_ALL) || qcow2_has_data_file(q))
+        return 0;
+    struct checker c = { .img = img, .q = q, .res = res, .report = report, .ctx = ctx };
+    uint64_t file_size, count = q->l1_size;
+    int rc = vd_file_get_size(img->file, &file_size);
+    for (uint32_t s = 0; s < q->nb_snapshots; s++)
+        count += qcow2_snapshot_l1_valid(q, &q->snapshots[s]) ? q->snapshots[s].l1_size : 0;
+    uint64_t *tables = rc < 0 ? NULL : malloc((size_t)(count + 1) * sizeof *tables);
+    if (rc == 0 && !tables)
+        rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    size_t n = 0;
+    if (rc == 0)
+        collect_l2_tables(q, q->l1, q->l1_size, file_size, tables, &n);
+    for (uint32_t s = 0; s < q->nb_snapshots && rc == 0; s++) {
+        const struct qcow2_snapshot *sn = &q->snapshots[s];
+        if (!qcow2_snapshot_l1_valid(q, sn) || !sn->l1_size)
+            continue;
+        uint64_t *l1 = malloc((size_t)sn->l1_size * 8);
+        if (!l1) {
+            rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+            break;
+        }
+        if (qcow2_pread_table(img, l1, (uint64_t)sn->l1_size * 8, sn->l1_offset, NULL) == 0) {
+            for (uint32_t i = 0; i < sn->l1_size; i++)
+                l1[i] = vd_be64(&l1[i]);
+            collect_l2_tables(q, l1, sn->l1_size, file_size, tables, &n);
+        }
+        free(l1);
+    }
+    if (rc == 0)
+        qsort(tables, n, sizeof *tables, by_value);
+    uint64_t fixed = res->corruptions_fixed;
+    for (size_t i = 0; i < n && rc == 0; i += repeats(tables, n, i))
+        rc = zero_misaligned_in(&c, tables[i]);
+    free(tables);
+    if (rc == 0 && res->corruptions_fixed > fixed)
+        rc = qcow2_flush_metadata(img, q);
+    return rc;
+}
+
 int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
                 vd_check_report_fn report, void *ctx)
 {
@@ -1067,7 +1168,8 @@ int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
     if (!img->read_only && (rc = img->backend->flush(img)) < 0)
         return rc;
     if ((rc = cover_tables_past_eof(img, q, flags, report, ctx)) < 0 ||
-        (rc = drop_l1_entries_on_l1(img, q, flags, res, report, ctx)) < 0)
+        (rc = drop_l1_entries_on_l1(img, q, flags, res, report, ctx)) < 0 ||
+        (rc = zero_misaligned_entries(img, q, flags, res, report, ctx)) < 0)
         return rc;
     rc = check_pass(img, flags, res, report, ctx);
     bool repaired = res->corruptions_fixed || res->leaks_fixed;
