@@ -1120,7 +1120,9 @@ static void collect_l2_tables(const struct qcow2 *q, const uint64_t *l1, uint32_
 static int zero_misaligned_entries(vd_image *img, struct qcow2 *q, uint32_t flags, vd_check_result *res,
                                    vd_check_report_fn report, void *ctx)
 {
-    if (!(flags & VD_CHECK_REPAIR_ALL) || qcow2_has_data_file(q))
+    /* only in a repair asked for: the refcount repair of a dirty image's open
+       must change nothing else (and nothing at all when it fails) */
+    if (!(flags & VD_CHECK_REPAIR_ALL) || !(img->open_flags & VD_OPEN_REPAIR) || qcow2_has_data_file(q))
         return 0;
     struct checker c = { .img = img, .q = q, .res = res, .report = report, .ctx = ctx };
     uint64_t file_size, count = q->l1_size;
