@@ -208,3 +208,27 @@ def test_options_accepted(vdisk, damaged):
 def test_missing_file(vdisk, tmp_path):
     result = vdisk("check", tmp_path / "missing.qcow2", check=1)
     assert result.stderr.startswith(f"vdisk: Could not open '{tmp_path / 'missing.qcow2'}': ")
+
+
+def test_table_far_past_the_end_counted_as_qemu_img_and_kept(vdisk, qemu_img, tmp_path):
+    """A snapshot table whose garbled name size makes it reach clusters past
+    the end of the file: a corruption for both, and neither counts its
+    clusters, so the one still in the file leaks; but -r leaks keeps it (the
+    table is still read from there), where qemu-img frees it."""
+    path = tmp_path / "t.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, "1M", check=0)
+    qemu_img("snapshot", "-c", "s0", path, check=0)
+    with open(path, "r+b") as f:
+        header = f.read(72)
+        table = int.from_bytes(header[64:72], "big")
+        assert table + 4096 >= path.stat().st_size, "the snapshot table is not the last cluster"
+        f.seek(table + 14)
+        f.write((0xffff).to_bytes(2, "big"))  # the name reads on, far past the end of the file
+    theirs = qemu_img("check", "--output=json", path)
+    ours = vdisk("check", "--output=json", path)
+    assert ours.returncode == theirs.returncode == 2
+    counts = [{k: json.loads(r.stdout)[k] for k in ("corruptions", "leaks")} for r in (ours, theirs)]
+    assert counts[0] == counts[1] == {"corruptions": 1, "leaks": 1}
+    vdisk("check", "-r", "leaks", path, check=2)
+    assert json.loads(vdisk("check", "--output=json", path, check=2).stdout)["leaks"] == 1  # kept
+    assert vdisk("snapshot", "-l", path, check=0).stdout.count("\n") == 3

@@ -124,3 +124,35 @@ def test_v2_image_with_snapshots_is_not_resized(vdisk, qemu_img, tmp_path, args)
     assert path.read_bytes() == before
     assert qemu_img("resize", path, *args, check=1).returncode == 1
     assert qemu_img("snapshot", "-a", "s1", path, check=0).returncode == 0
+
+
+def test_v3_image_with_snapshots_shrinks_as_with_qemu_img(vdisk, qemu_img, qemu_io, tmp_path):
+    """qemu-img shrinks a version 3 image with snapshots: each snapshot keeps
+    its own size and L1 table, and applying it brings back the size and the
+    data past the new end."""
+    path = tmp_path / "s.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "compat=1.1", path, "8M", check=0)
+    qemu_io("-c", "write -P 0x11 0 1M", "-c", "write -P 0x22 6M 1M", path, check=0)
+    qemu_img("convert", "-O", "raw", path, tmp_path / "before.raw", check=0)
+    qemu_img("snapshot", "-c", "snap", path, check=0)
+    # past the new end the active state reads as zeroes (our shrink cuts nothing else)
+    qemu_io("-c", "write -P 0x33 0 64k", "-c", "write -z 6M 1M", path, check=0)
+    theirs = tmp_path / "theirs.qcow2"
+    shutil.copy(path, theirs)
+    assert vdisk("resize", "--shrink", path, "4M", check=0).stdout == "Image resized.\n"
+    qemu_img("resize", "--shrink", theirs, "4M", check=0)
+    for image in (path, theirs):
+        qemu_img("check", image, check=0)
+        assert vdisk.json("info", "--output=json", image)["virtual-size"] == 4 * MiB
+    vdisk("convert", "-O", "raw", "-l", "snapshot.name=snap", path, tmp_path / "snap.raw", check=0)
+    assert (tmp_path / "snap.raw").read_bytes() == (tmp_path / "before.raw").read_bytes()
+    # applied by qemu-img and by vdisk, the snapshot reads the data from before the shrink
+    by_qemu, by_vdisk = tmp_path / "by_qemu.qcow2", tmp_path / "by_vdisk.qcow2"
+    shutil.copy(path, by_qemu)
+    shutil.copy(path, by_vdisk)
+    qemu_img("snapshot", "-a", "snap", by_qemu, check=0)
+    vdisk("snapshot", "-a", "snap", by_vdisk, check=0)
+    for image in (by_qemu, by_vdisk):
+        qemu_img("check", image, check=0)
+        qemu_img("compare", "-f", "raw", "-F", "qcow2", tmp_path / "before.raw", image, check=0)
+        vdisk("compare", "-f", "raw", "-F", "qcow2", tmp_path / "before.raw", image, check=0)

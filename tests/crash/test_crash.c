@@ -20,6 +20,7 @@
 #include "crashutil.h"
 
 #include "core/internal.h"
+#include "formats/qcow2/qcow2.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -1004,6 +1005,104 @@ START_TEST(test_crash_repair)
 }
 END_TEST
 
+/* ---------------------------------------------- apply with wrong COPIED */
+
+/*
+ * Set OFLAG_COPIED on every data cluster entry of the L2 tables of snapshot
+ * "s0": meaningless in a snapshot's own tables, and QEMU writes it there
+ * (its compat downgrade expands zero clusters into such tables with the
+ * flag). Applying the snapshot must not rely on the flag being clear.
+ */
+static void set_copied_in_snapshot(const char *path)
+{
+    vd_image *img = vt_open(path, "qcow2", VD_OPEN_NO_LOCK);
+    struct qcow2 *q = qcow2_of(img);
+    ck_assert_uint_eq(q->nb_snapshots, 1);
+    uint64_t l1_offset = q->snapshots[0].l1_offset, cs = q->cluster_size;
+    uint32_t l1_size = q->snapshots[0].l1_size;
+    vd_close(img);
+    uint64_t *table = malloc((size_t)cs);
+    ck_assert_ptr_nonnull(table);
+    unsigned flagged = 0;
+    for (uint32_t i = 0; i < l1_size; i++) {
+        uint8_t entry[8];
+        vt_pread_file(path, l1_offset + i * 8ull, entry, sizeof entry);
+        uint64_t l2 = vd_be64(entry) & QCOW2_OFFSET_MASK;
+        if (!l2)
+            continue;
+        vt_pread_file(path, l2, table, (size_t)cs);
+        for (uint64_t j = 0; j < cs / 8; j++) {
+            uint64_t word = vd_be64(&table[j]);
+            if ((word & QCOW2_OFFSET_MASK) && !(word & QCOW2_OFLAG_COMPRESSED) && !(word & QCOW2_OFLAG_COPIED)) {
+                vd_put_be64(&table[j], word | QCOW2_OFLAG_COPIED);
+                flagged++;
+            }
+        }
+        vt_pwrite_file(path, l2, table, (size_t)cs);
+    }
+    free(table);
+    ck_assert_uint_gt(flagged, 0);
+}
+
+/*
+ * Snapshot "s0" of a 2 MiB image whose snapshot-only L2 tables carry COPIED
+ * on clusters the active state shares: a crash anywhere in applying it must
+ * never leave an active entry with COPIED on a cluster with two references
+ * (the next write would change the snapshot's data in place).
+ */
+START_TEST(test_crash_apply_wrong_copied)
+{
+    const char *path = vt_path("image"), *crash_path = vt_path("crash");
+    vt_ok(vd_create(path, "qcow2", 2 * MB, "cluster_size=4096", 0));
+    vd_image *img = vt_open(path, "qcow2", VD_OPEN_RDWR);
+    vt_image_write_pattern(img, 0, 2 * MB, 60);
+    vt_ok(vd_snapshot_create(img, "s0", 0));
+    /* one cluster of each L2 table rewritten: the tables are copied, the other clusters shared */
+    vt_image_write_pattern(img, 0, 4096, 61);
+    vt_image_write_pattern(img, MB, 4096, 62);
+    vt_close(img);
+    set_copied_in_snapshot(path);
+    uint64_t size;
+    uint8_t *snapshot = read_view(path, "s0", &size);
+    crash_track(path);
+    crash_install();
+    img = vt_open(path, "qcow2", VD_OPEN_RDWR);
+    vt_ok(vd_snapshot_apply(img, "s0", 0));
+    vt_close(img);
+    crash_uninstall();
+    uint64_t npoints = crash_write_count() + 2, failures = 0, images = 0;
+    for (uint64_t point = 0; point < npoints && failures < MAX_REPORTS; point++) {
+        for (uint64_t seed = 0; seed < 2 * cu_scale(); seed++, images++) {
+            uint64_t pending = crash_materialize(point, point * 7919 + seed, crash_path);
+            char why[512] = "";
+            bool benign;
+            if (!cu_qemu_check_ok(crash_path, 4096, &benign, why, sizeof why)) {
+                fprintf(stderr, "APPLY CRASH FAILURE [crash point %" PRIu64 "]: %s\n", point, why);
+                failures++;
+            }
+            if (!pending)
+                break;
+        }
+    }
+    fprintf(stderr, "crash qcow2-apply-copied: %" PRIu64 " writes; %" PRIu64 " crash images checked, %"
+            PRIu64 " failures\n", crash_write_count(), images, failures);
+    crash_reset();
+    /* applied: the disk reads as the snapshot, and a write leaves the snapshot as it was */
+    img = vt_open(path, "qcow2", VD_OPEN_RDWR);
+    vt_assert_image_equals(img, snapshot, size);
+    vt_image_write_pattern(img, 4096, 64 * 1024, 63);
+    vt_close(img);
+    uint8_t *after = read_view(path, "s0", &size);
+    ck_assert_msg(memcmp(after, snapshot, (size_t)size) == 0, "a write after the apply changed snapshot s0");
+    bool benign;
+    char why[512] = "";
+    ck_assert_msg(cu_qemu_check_ok(path, 4096, &benign, why, sizeof why) && !benign, "%s", why);
+    free(after);
+    free(snapshot);
+    ck_assert_msg(failures == 0, "crash images of the apply failed qemu-img check (details on stderr)");
+}
+END_TEST
+
 /* ------------------------------------------------------------- variants */
 
 /* A metadata cache this small (4 tables, the minimum) evicts all the time. */
@@ -1125,6 +1224,9 @@ static Suite *crash_suite(void)
         tcase_set_timeout(tc, 900);
         tcase_add_loop_test(tc, test_crash_variant, (int)i, (int)i + 1);
     }
+    TCase *apply = vt_tcase(s, "qcow2-apply-copied");
+    tcase_set_timeout(apply, 600);
+    tcase_add_test(apply, test_crash_apply_wrong_copied);
     for (size_t i = 0; i < sizeof repair_cases / sizeof repair_cases[0]; i++) {
         TCase *tc = vt_tcase(s, repair_cases[i].name);
         tcase_set_timeout(tc, 600);

@@ -36,6 +36,11 @@ struct checker {
     uint8_t *cut_block;
     uint64_t cut_block_off;
     uint64_t *raw_rt;        /* the refcount table with its reserved bits (read_raw_refcount_table) */
+    /* a bit per cluster of the file that a region reaching a cluster or more past
+       its end holds (add_refs): uncounted, as by qemu-img, but never freed */
+    uint8_t *kept;
+    bool keep_past_eof;      /* add_refs keeps such clusters (not for a table -r all rewrites) */
+    bool rewrites_snapshot_table; /* -r all rewrites the snapshot table (check_snapshot_entries) */
 };
 
 static void say(struct checker *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -92,6 +97,21 @@ static void add_weight(struct checker *c, uint64_t i, uint64_t weight)
     c->refs[i] += (uint32_t)weight;
 }
 
+static bool kept(const struct checker *c, uint64_t i)
+{
+    return c->kept && i < c->nclusters && (c->kept[i / 8] >> (i % 8) & 1);
+}
+
+static void keep(struct checker *c, uint64_t first, uint64_t end)
+{
+    if (!c->kept && !(c->kept = calloc((size_t)(c->nclusters + 7) / 8, 1))) {
+        c->res->check_errors++;
+        return;
+    }
+    for (uint64_t i = first; i < end; i++)
+        c->kept[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+
 static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uint64_t weight)
 {
     if (last >= c->nclusters + PAST_EOF_COUNTED)
@@ -116,6 +136,10 @@ static void count_past_eof(struct checker *c, uint64_t first, uint64_t last, uin
  * qemu-img check measures the file in 512-byte sectors and calls a region
  * corrupt only when it ends a cluster or more past that length; a region
  * that ends less far past it is counted, and compared, like any other.
+ * Of a corrupt region qemu-img counts no cluster, so that the part still
+ * in the file leaks: the count agrees, but the part is kept (a table cut
+ * short by a truncation is still read from there; freeing it would let an
+ * allocation overwrite it).
  */
 static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint64_t weight)
 {
@@ -141,6 +165,11 @@ static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint64_t wei
         c->past_eof_first = from;
     if (last + 1 > c->past_eof_end)
         c->past_eof_end = last + 1;
+    if (off + len > file_len && far_past_eof && first < from) {
+        if (c->keep_past_eof)
+            keep(c, first, from);
+        first = from;
+    }
     count_past_eof(c, first, last, weight);
     if (!(off + len > file_len && far_past_eof) && last < c->nrefs && last + 1 > c->compare_end)
         c->compare_end = last + 1;
@@ -150,6 +179,14 @@ static void add_refs(struct checker *c, uint64_t off, uint64_t len, uint64_t wei
 static void add_ref(struct checker *c, uint64_t off, uint64_t len)
 {
     add_refs(c, off, len, 1);
+}
+
+/* Whether an L2 entry (not compressed) names data, or only an allocation that reads as zeroes. */
+static bool holds_data(const struct qcow2 *q, const uint8_t *entry)
+{
+    if (q->l2_entry_bytes == 16)
+        return (uint32_t)vd_be64(entry + 8) != 0;
+    return !(vd_be64(entry) & QCOW2_OFLAG_ZERO);
 }
 
 /*
@@ -168,11 +205,11 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active, uint64
             uint64_t host = word & ((1ull << x) - 1);
             uint64_t sectors = ((word >> x) & ((1ull << (q->cluster_bits - 8)) - 1)) + 1;
             if (word & QCOW2_OFLAG_COPIED) {
-                say(c, "ERROR: coffset=0x%llx: Compressed cluster entry has the COPIED flag set",
+                say(c, "ERROR: coffset=0x%llx: copied flag must never be set for compressed clusters",
                     (unsigned long long)host);
                 c->res->corruptions += weight;
             }
-            add_refs(c, host & ~511ull, sectors * 512, weight);
+            add_refs(c, host, sectors * 512 - (host & 511), weight); /* to the end of its last sector */
             if (active) { /* as qemu-img counts them: every compressed cluster is a fragment */
                 c->res->allocated_clusters += weight;
                 c->res->compressed_clusters += weight;
@@ -199,10 +236,11 @@ static void walk_l2(struct checker *c, const uint8_t *table, bool active, uint64
         bool data_file_zero = qcow2_has_data_file(q) && (word & QCOW2_OFLAG_COPIED);
         if (!host && !data_file_zero) /* host 0 is guest cluster 0 only in a data file */
             continue;
-        /* misaligned: still counted, as qemu-img does, over the clusters it straddles */
+        /* misaligned: still counted, as qemu-img does, over the clusters it straddles
+           (-r all first made an entry without data a zero cluster: zero_misaligned_entries) */
         if (host & (cs - 1)) {
-            say(c, "ERROR offset=%llx: Data cluster is not properly aligned; L2 entry corrupted.",
-                (unsigned long long)host);
+            say(c, "ERROR offset=%llx: %s cluster is not properly aligned; L2 entry corrupted.",
+                (unsigned long long)host, holds_data(q, table + i * q->l2_entry_bytes) ? "Data" : "Preallocated");
             c->res->corruptions += weight;
         }
         if (!qcow2_has_data_file(q))
@@ -336,7 +374,16 @@ static int by_l1_table(const void *a, const void *b)
 static int walk_snapshots(struct checker *c)
 {
     struct qcow2 *q = c->q;
+    /* what the table names past the end of the file is claimed by nothing: no
+       write goes through it there (a repair covers the table, or rewrites it) */
+    uint64_t claim_first = c->past_eof_first, claim_end = c->past_eof_end;
+    /* a table that -r all rewrites needs no keeping: its part in the file leaks
+       and is freed, as by qemu-img (the rewrite frees nothing of a table past the end) */
+    c->keep_past_eof = !c->rewrites_snapshot_table;
     add_ref(c, q->snapshots_offset, q->snapshots_bytes);
+    c->keep_past_eof = true;
+    c->past_eof_first = claim_first;
+    c->past_eof_end = claim_end;
     const struct qcow2_snapshot **order = malloc(((size_t)q->nb_snapshots + 1) * sizeof *order);
     if (!order)
         return vd_err(VD_ENOMEM, "%s: out of memory", c->img->filename);
@@ -608,7 +655,7 @@ static bool compare_refcounts(struct checker *c, uint32_t flags)
             continue;
         c->rebuild |= !stored;
         bool leak = stored > wanted;
-        bool fix = leak ? (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) != 0
+        bool fix = leak ? (flags & (VD_CHECK_REPAIR_LEAKS | VD_CHECK_REPAIR_ALL)) && !kept(c, i)
                         : (flags & VD_CHECK_REPAIR_ALL) != 0;
         say(c, "%s cluster %llu refcount=%llu reference=%llu", fix ? "Repairing" : leak ? "Leaked" : "ERROR",
             (unsigned long long)i, (unsigned long long)stored, (unsigned long long)wanted);
@@ -636,8 +683,9 @@ static void check_copied_data(struct checker *c, uint64_t l2, bool repair, uint6
         c->res->check_errors += weight;
         return;
     }
-    /* a table that the end of the file cuts short is reported, not repaired in place */
-    bool repair_table = repair && cluster_inside_file(c, l2);
+    /* a table that the end of the file cuts short, or a misaligned one, is
+       reported, not repaired in place */
+    bool repair_table = repair && cluster_inside_file(c, l2) && !(l2 & (q->cluster_size - 1));
     /* entries past the end of the file have refcount 0: their COPIED flag is wrong too */
     for (uint64_t j = 0; j < q->l2_entries; j++) {
         uint8_t *p = table + j * q->l2_entry_bytes;
@@ -688,8 +736,9 @@ static void check_copied_flags(struct checker *c, uint32_t flags)
                 c->res->corruptions++;
             }
         }
-        /* a misaligned table or one past the end of the file is reported by the count */
-        if (!(l2 & (q->cluster_size - 1)) && l2 / q->cluster_size < c->nclusters)
+        /* as qemu-img reads them: a misaligned table from where it starts; one
+           past the end of the file reads as zeroes (nothing to check) */
+        if (l2 / q->cluster_size < c->nclusters)
             tables[ntables++] = l2;
     }
     qsort(tables, ntables, sizeof *tables, by_value);
@@ -774,6 +823,8 @@ static int rebuild_refcounts(struct checker *c)
         for (uint64_t i = b * q->rb_entries; i < (b + 1) * q->rb_entries && i < end; i++) {
             /* the new structures; counted clusters (the file's, and those named just past it); free */
             uint64_t value = i >= start ? 1 : i < c->nrefs ? counted(c, i) : 0;
+            if (!value && kept(c, i))
+                value = 1;
             qcow2_refblock_set(buf, i % q->rb_entries, q->refcount_order, value);
         }
         rc = qcow2_write_meta(img, QCOW2_META_REFCOUNT_BLOCK, rt[b], buf, (size_t)cs);
@@ -811,6 +862,15 @@ static int rebuild_refcounts(struct checker *c)
     say(c, "Rebuilt the refcount structures (new refcount table at offset 0x%llx)",
         (unsigned long long)(start * cs));
     return rc;
+}
+
+/* Whether -r all rewrites the snapshot table for what a repairing open cut from it. */
+static bool snapshot_table_rewritten(const struct qcow2 *q)
+{
+    bool cut = q->snapshots_dropped;
+    for (uint32_t i = 0; i < q->nb_snapshots; i++)
+        cut |= q->snapshots[i].extra_cut;
+    return cut;
 }
 
 /*
@@ -870,6 +930,8 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
                          .nclusters = (file_size + q->cluster_size - 1) / q->cluster_size,
                          .file_size = file_size };
     c.compare_end = c.nclusters;
+    c.keep_past_eof = true;
+    c.rewrites_snapshot_table = (flags & VD_CHECK_REPAIR_ALL) && snapshot_table_rewritten(q);
     c.end_cluster = 1; /* as qemu-img: the image ends after the header cluster at least */
     c.nrefs = c.nclusters;
     c.refs = calloc(c.nclusters ? c.nclusters : 1, sizeof *c.refs);
@@ -920,14 +982,16 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
             res->corruptions = res->leaks = 0;
         }
     }
+    /* a rewritten snapshot table frees the old one, which may have covered other clusters */
+    if (rc == 0)
+        rc = check_snapshot_entries(&c, flags);
     /* COPIED flags follow the refcounts: fix them only once the refcounts are right */
     if (rc == 0)
         check_copied_flags(&c, (flags & VD_CHECK_REPAIR_ALL) || !res->corruptions ? flags : 0);
-    if (rc == 0)
-        rc = check_snapshot_entries(&c, flags);
     free(c.refs);
     free(c.cut_block);
     free(c.raw_rt);
+    free(c.kept);
     return rc;
 }
 
@@ -948,16 +1012,21 @@ static int cover_tables_past_eof(vd_image *img, struct qcow2 *q, uint32_t flags,
         return 0;
     }
     const uint64_t cs = q->cluster_size;
+    /* a snapshot table that the repair rewrites (its garbled length read
+       past the end) is left as it is: the file does not grow to cover it */
+    bool table_rewritten = snapshot_table_rewritten(q);
     uint64_t ends[] = { q->l1_offset + (uint64_t)q->l1_size * 8, q->rt_offset + q->rt_clusters * cs,
-                        q->nb_snapshots ? q->snapshots_offset + q->snapshots_bytes : 0 };
+                        q->nb_snapshots && !table_rewritten ? q->snapshots_offset + q->snapshots_bytes : 0 };
     uint64_t end = 0, file_size;
     for (size_t i = 0; i < sizeof ends / sizeof *ends; i++)
         end = ends[i] > end ? ends[i] : end;
     end = (end + cs - 1) / cs * cs;
     int rc = vd_file_get_size(img->file, &file_size);
-    if (rc == 0 && end > file_size)
-        rc = vd_file_truncate(img->file, end);
-    if (rc < 0)
+    if (rc < 0 || end <= file_size) {
+        q->table_past_eof = rc < 0 ? q->table_past_eof : NULL;
+        return rc;
+    }
+    if ((rc = vd_file_truncate(img->file, end)) < 0)
         return rc;
     say(&c, "Repairing the %s: it extended past the end of the file, which now ends at 0x%llx",
         q->table_past_eof, (unsigned long long)end);
@@ -999,6 +1068,100 @@ static int drop_l1_entries_on_l1(vd_image *img, struct qcow2 *q, uint32_t flags,
     return rc == 0 ? vd_image_sync_now(img) : rc;
 }
 
+/* Make each misaligned entry without data in the L2 table at l2 a zero cluster. */
+static int zero_misaligned_in(struct checker *c, uint64_t l2)
+{
+    struct qcow2 *q = c->q;
+    uint8_t *table;
+    int rc = vd_cache_get(q->l2_cache, l2, false, (void **)&table);
+    if (rc < 0)
+        return rc;
+    bool changed = false;
+    for (uint64_t i = 0; i < q->l2_entries; i++) {
+        uint8_t *p = table + i * q->l2_entry_bytes;
+        uint64_t word = vd_be64(p), host = word & QCOW2_OFFSET_MASK;
+        if ((word & QCOW2_OFLAG_COMPRESSED) || !(host & (q->cluster_size - 1)) || holds_data(q, p))
+            continue;
+        say(c, "Repairing offset=%llx: Preallocated cluster is not properly aligned; L2 entry corrupted.",
+            (unsigned long long)host);
+        if (q->l2_entry_bytes == 16) { /* allocated subclusters become zero ones */
+            uint64_t bitmap = vd_be64(p + 8);
+            vd_put_be64(p, 0);
+            vd_put_be64(p + 8, (bitmap | bitmap << 32) & 0xffffffff00000000ull);
+        } else {
+            vd_put_be64(p, QCOW2_OFLAG_ZERO);
+        }
+        c->res->corruptions_fixed++;
+        changed = true;
+    }
+    if (changed)
+        vd_cache_mark_dirty(q->l2_cache, table);
+    vd_cache_put(q->l2_cache, table);
+    return 0;
+}
+
+static void collect_l2_tables(const struct qcow2 *q, const uint64_t *l1, uint32_t l1_size, uint64_t file_size,
+                              uint64_t *tables, size_t *n)
+{
+    for (uint32_t i = 0; i < l1_size; i++) {
+        uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
+        if (l2 && !(l2 & (q->cluster_size - 1)) && l2 + q->cluster_size <= file_size)
+            tables[(*n)++] = l2;
+    }
+}
+
+/*
+ * -r all, first: a misaligned L2 entry that names no data (a zero cluster
+ * that kept a host offset) becomes a plain zero cluster, in the active and
+ * the snapshots' tables, as qemu-img's repair does (fix_l2_entry_by_zero);
+ * the check then counts no reference for it. Tables the end of the file cuts
+ * short, or that are misaligned, are left alone.
+ */
+static int zero_misaligned_entries(vd_image *img, struct qcow2 *q, uint32_t flags, vd_check_result *res,
+                                   vd_check_report_fn report, void *ctx)
+{
+    /* only in a repair asked for: the refcount repair of a dirty image's open
+       must change nothing else (and nothing at all when it fails) */
+    if (!(flags & VD_CHECK_REPAIR_ALL) || !(img->open_flags & VD_OPEN_REPAIR) || qcow2_has_data_file(q))
+        return 0;
+    struct checker c = { .img = img, .q = q, .res = res, .report = report, .ctx = ctx };
+    uint64_t file_size, count = q->l1_size;
+    int rc = vd_file_get_size(img->file, &file_size);
+    for (uint32_t s = 0; s < q->nb_snapshots; s++)
+        count += qcow2_snapshot_l1_valid(q, &q->snapshots[s]) ? q->snapshots[s].l1_size : 0;
+    uint64_t *tables = rc < 0 ? NULL : malloc((size_t)(count + 1) * sizeof *tables);
+    if (rc == 0 && !tables)
+        rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    size_t n = 0;
+    if (rc == 0)
+        collect_l2_tables(q, q->l1, q->l1_size, file_size, tables, &n);
+    for (uint32_t s = 0; s < q->nb_snapshots && rc == 0; s++) {
+        const struct qcow2_snapshot *sn = &q->snapshots[s];
+        if (!qcow2_snapshot_l1_valid(q, sn) || !sn->l1_size)
+            continue;
+        uint64_t *l1 = malloc((size_t)sn->l1_size * 8);
+        if (!l1) {
+            rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+            break;
+        }
+        if (qcow2_pread_table(img, l1, (uint64_t)sn->l1_size * 8, sn->l1_offset, NULL) == 0) {
+            for (uint32_t i = 0; i < sn->l1_size; i++)
+                l1[i] = vd_be64(&l1[i]);
+            collect_l2_tables(q, l1, sn->l1_size, file_size, tables, &n);
+        }
+        free(l1);
+    }
+    if (rc == 0)
+        qsort(tables, n, sizeof *tables, by_value);
+    uint64_t fixed = res->corruptions_fixed;
+    for (size_t i = 0; i < n && rc == 0; i += repeats(tables, n, i))
+        rc = zero_misaligned_in(&c, tables[i]);
+    free(tables);
+    if (rc == 0 && res->corruptions_fixed > fixed)
+        rc = qcow2_flush_metadata(img, q);
+    return rc;
+}
+
 int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
                 vd_check_report_fn report, void *ctx)
 {
@@ -1007,7 +1170,8 @@ int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
     if (!img->read_only && (rc = img->backend->flush(img)) < 0)
         return rc;
     if ((rc = cover_tables_past_eof(img, q, flags, report, ctx)) < 0 ||
-        (rc = drop_l1_entries_on_l1(img, q, flags, res, report, ctx)) < 0)
+        (rc = drop_l1_entries_on_l1(img, q, flags, res, report, ctx)) < 0 ||
+        (rc = zero_misaligned_entries(img, q, flags, res, report, ctx)) < 0)
         return rc;
     rc = check_pass(img, flags, res, report, ctx);
     bool repaired = res->corruptions_fixed || res->leaks_fixed;

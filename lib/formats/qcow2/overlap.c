@@ -89,6 +89,37 @@ static bool normalize(struct ranges *r, bool repairing, uint64_t *shared)
     return true;
 }
 
+/*
+ * A repair that finds the snapshot table or a snapshot's L1 table sharing a
+ * cluster with another structure (a damaged snapshot entry aimed the L1
+ * table there, or garbled the table's length) leaves it out of the layout,
+ * as it leaves out a misaligned L1 table: what it covers beyond its own
+ * start is garbage, a repair writes no guest data, and the structure it
+ * covers is what the repair writes. qemu-img's repair goes on where its
+ * overlap check lets it (that guards the snapshot table with its garbled
+ * length, so it fails on some of these). True when such a structure was
+ * found at the cluster and marked.
+ */
+static bool drop_snapshot_structure_at(struct qcow2 *q, uint64_t cluster)
+{
+    const uint64_t cs = q->cluster_size;
+    for (uint32_t i = 0; i < q->nb_snapshots; i++) {
+        struct qcow2_snapshot *sn = &q->snapshots[i];
+        uint64_t first = sn->l1_offset / cs, end = (sn->l1_offset + (uint64_t)sn->l1_size * 8 + cs - 1) / cs;
+        if (!sn->l1_overlaps && sn->l1_size && qcow2_snapshot_l1_valid(q, sn) && cluster >= first &&
+            cluster < end) {
+            sn->l1_overlaps = true;
+            return true;
+        }
+    }
+    uint64_t first = q->snapshots_offset / cs, end = (q->snapshots_offset + q->snapshots_bytes + cs - 1) / cs;
+    if (!q->snapshot_table_overlaps && q->snapshots_bytes && cluster >= first && cluster < end) {
+        q->snapshot_table_overlaps = true;
+        return true;
+    }
+    return false;
+}
+
 static int rebuild(vd_image *img, struct qcow2 *q)
 {
     size_t most = 4 + (size_t)q->l1_size + (size_t)q->rt_entries + q->nb_snapshots;
@@ -107,15 +138,19 @@ static int rebuild(vd_image *img, struct qcow2 *q)
     add(q, &r, QCOW2_META_REFCOUNT_TABLE, q->rt_offset, (uint64_t)q->rt_clusters * q->cluster_size);
     for (uint64_t i = 0; i < q->rt_entries; i++)
         add(q, &r, QCOW2_META_REFCOUNT_BLOCK, q->rt[i], q->rt[i] ? q->cluster_size : 0);
-    add(q, &r, QCOW2_META_SNAPSHOT_TABLE, q->snapshots_offset, q->snapshots_bytes);
+    if (!q->snapshot_table_overlaps)
+        add(q, &r, QCOW2_META_SNAPSHOT_TABLE, q->snapshots_offset, q->snapshots_bytes);
     /* a snapshot L1 table that is misaligned or too large is no structure: nothing reads it */
     for (uint32_t i = 0; i < q->nb_snapshots; i++)
-        if (qcow2_snapshot_l1_valid(q, &q->snapshots[i]))
+        if (qcow2_snapshot_l1_valid(q, &q->snapshots[i]) && !q->snapshots[i].l1_overlaps)
             add(q, &r, QCOW2_META_SNAPSHOT_L1, q->snapshots[i].l1_offset,
                 (uint64_t)q->snapshots[i].l1_size * 8);
     uint64_t shared;
-    if (!normalize(&r, (img->open_flags & VD_OPEN_REPAIR) != 0, &shared)) {
+    bool repairing = (img->open_flags & VD_OPEN_REPAIR) != 0;
+    if (!normalize(&r, repairing, &shared)) {
         free(r.items);
+        if (repairing && drop_snapshot_structure_at(q, shared))
+            return rebuild(img, q);
         return qcow2_signal_corruption(img, "two metadata structures share host cluster %llu",
                                        (unsigned long long)shared);
     }

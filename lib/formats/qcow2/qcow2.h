@@ -91,6 +91,7 @@ struct qcow2_snapshot {
     uint32_t extra_size;    /* bytes of extra data on disk */
     uint8_t *extra;         /* kept verbatim beyond the fields we know */
     bool extra_cut;         /* a repairing open cut too much extra data to QEMU's limit */
+    bool l1_overlaps;       /* a repair found its L1 table on other metadata (overlap.c) */
 };
 
 /* The bitmap table of one bitmap directory entry (the directory passed QEMU's checks). */
@@ -160,6 +161,7 @@ struct qcow2 {
     struct qcow2_snapshot *snapshots; /* nb_snapshots entries */
     uint64_t snapshots_bytes;          /* size of the snapshot table on disk */
     uint32_t snapshots_dropped;        /* entries a repairing open left out: past QEMU's limit */
+    bool snapshot_table_overlaps;      /* a repair found the table on other metadata (overlap.c) */
 
     /* the bitmaps' tables, while the autoclear bit says the bitmaps are consistent */
     struct qcow2_bitmap_table *bitmap_tables;

@@ -2,7 +2,10 @@
  * qcow2 resize. Growing may need a larger L1 table: it is written to new
  * clusters, then the header switches to it in one sector write together
  * with the new size. Shrinking is refused if any byte past the new end reads
- * as something other than zero.
+ * as something other than zero. A version 3 image with snapshots resizes
+ * like one without, as with qemu-img: each snapshot keeps its own size and
+ * L1 table (the clusters it shares past the new end keep its reference),
+ * and applying it brings its size back.
  */
 #include "formats/qcow2/qcow2.h"
 
@@ -103,8 +106,6 @@ int qcow2_resize(vd_image *img, uint64_t size, uint32_t flags)
     if (q->nb_snapshots && q->version < 3 && size != img->size)
         return vd_err(VD_EUNSUPPORTED, "%s: cannot resize a version 2 (compat=0.10) qcow2 image "
                       "that has snapshots", img->filename);
-    if (q->nb_snapshots && size < img->size)
-        return vd_err(VD_EUNSUPPORTED, "%s: cannot shrink a qcow2 image that has snapshots", img->filename);
     uint64_t entries = l1_entries_for(q, size);
     if (entries * 8 > QCOW2_MAX_L1_BYTES)
         return vd_err(VD_ETOOBIG, "%s: %llu bytes is too large for this cluster size", img->filename,

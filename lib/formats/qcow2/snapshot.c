@@ -58,6 +58,7 @@ static int read_entry(vd_image *img, const struct qcow2 *q, struct table_reading
                       uint32_t i, struct qcow2_snapshot *sn)
 {
     uint8_t e[SNAPSHOT_HEADER_BYTES];
+    *pos = (*pos + 7) & ~7ull; /* entries start 8-byte aligned; the table ends with the last one */
     if (*pos > MAX_TABLE_BYTES || MAX_TABLE_BYTES - *pos < SNAPSHOT_HEADER_BYTES)
         return how->repairing ? 1 : bad_table(img, i, "entry is past the end of the table");
     int rc = qcow2_pread_table(img, e, sizeof e, q->snapshots_offset + *pos, "snapshot table");
@@ -106,7 +107,7 @@ static int read_entry(vd_image *img, const struct qcow2 *q, struct table_reading
             memcpy(sn->extra, var, sn->extra_size);
     }
     free(var);
-    *pos += (SNAPSHOT_HEADER_BYTES + rest + 7) & ~7ull;
+    *pos += SNAPSHOT_HEADER_BYTES + rest;
     return rc;
 }
 
@@ -297,7 +298,10 @@ static int copied_flag(vd_image *img, struct qcow2 *q, uint64_t host, uint64_t *
 /*
  * Add addend (+1, -1, or 0) to the refcount of every L2 table and cluster
  * that l1 references. With active, also set the COPIED flags of the active
- * L1 and L2 entries from the resulting refcounts.
+ * L1 and L2 entries from the resulting refcounts; with addend +1, those of
+ * the L2 entries, as QEMU's qcow2_update_snapshot_refcount does: a
+ * snapshot's own tables may carry COPIED (QEMU's compat downgrade writes it
+ * there), and once applied they are active.
  */
 static int walk_tree(vd_image *img, struct qcow2 *q, uint64_t *l1, uint64_t l1_size, int addend,
                      bool active, enum walk mode)
@@ -315,7 +319,8 @@ static int walk_tree(vd_image *img, struct qcow2 *q, uint64_t *l1, uint64_t l1_s
             uint8_t *p = table + j * q->l2_entry_bytes;
             uint64_t word = vd_be64(p), flag;
             rc = update_entry_refcounts(img, q, word, addend, mode);
-            if (rc < 0 || !active || mode == WALK_ROOM || (word & QCOW2_OFLAG_COMPRESSED) || !(word & QCOW2_OFFSET_MASK))
+            if (rc < 0 || !(active || addend > 0) || mode == WALK_ROOM || (word & QCOW2_OFLAG_COMPRESSED) ||
+                !(word & QCOW2_OFFSET_MASK))
                 continue;
             if ((rc = copied_flag(img, q, word & QCOW2_OFFSET_MASK, &flag)) == 0 &&
                 (word & QCOW2_OFLAG_COPIED) != flag) {
@@ -393,8 +398,10 @@ static int publish_table(vd_image *img, struct qcow2 *q, struct qcow2_snapshot *
         bytes += entry_bytes(&snapshots[i]);
     if (bytes > MAX_TABLE_BYTES)
         return vd_err(VD_ETOOBIG, "%s: the snapshot table would exceed 64 MiB", img->filename);
-    uint64_t offset = 0, clusters = (bytes + q->cluster_size - 1) / q->cluster_size;
-    int rc = 0;
+    uint64_t offset = 0, clusters = (bytes + q->cluster_size - 1) / q->cluster_size, file_size;
+    int rc = vd_file_get_size(img->file, &file_size);
+    if (rc < 0)
+        return rc;
     if (count) {
         uint8_t *buf = calloc(1, (size_t)(clusters * q->cluster_size));
         if (!buf)
@@ -416,13 +423,22 @@ static int publish_table(vd_image *img, struct qcow2 *q, struct qcow2_snapshot *
         rc = vd_image_sync_now(img);
     if (rc < 0)
         return vd_image_poison(img, rc);
-    uint64_t old = q->snapshots_offset, old_clusters = (q->snapshots_bytes + q->cluster_size - 1) / q->cluster_size;
+    const uint64_t cs = q->cluster_size;
+    uint64_t old = q->snapshots_offset, old_end = old + q->snapshots_bytes;
+    uint64_t old_clusters = (q->snapshots_bytes + cs - 1) / cs;
+    /* a table a repair rewrites may have reached past the end of the file (a
+       garbled length): no cluster there has a refcount to drop; and one that
+       reached a cluster or more past it was counted by no check (as by
+       qemu-img's), so its refcounts stay as they are, its first cluster leaking */
+    uint64_t file_len = (file_size + 511) & ~511ull;
+    if (old && old_end > file_len)
+        old_clusters = old_end - file_len >= cs || old >= file_len ? 0 : (file_len + cs - 1) / cs - old / cs;
     q->snapshots_offset = offset;
     q->snapshots_bytes = bytes;
     q->nb_snapshots = count;
     q->meta_stale = true;
     for (uint64_t c = 0; c < old_clusters && old && rc == 0; c++)
-        rc = qcow2_update_refcount(img, q, old / q->cluster_size + c, -1);
+        rc = qcow2_update_refcount(img, q, old / cs + c, -1);
     return rc;
 }
 
@@ -585,10 +601,11 @@ int qcow2_snapshot_apply(vd_image *img, const char *id_or_name)
         free(target);
         return rc;
     }
-    /* the snapshot's clusters gain the active state's reference before it switches */
+    /* the snapshot's clusters gain the active state's reference before it switches,
+       and its L2 tables lose every COPIED flag (written before the L1 table names them) */
     rc = update_tree_refcounts(img, q, target, sn->l1_size, 1, false);
     if (rc == 0)
-        rc = qcow2_refcounts_durable(img);
+        rc = qcow2_flush_metadata(img, q);
     uint64_t *old = q->l1;
     if (rc == 0) {
         /* every table the target names is shared with the snapshot now: no COPIED on disk */
