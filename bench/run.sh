@@ -22,6 +22,8 @@ check() {
 check $?
 "$build/bench/bench_threads"
 check $?
+"$build/bench/bench_threads_write"
+check $?
 # the qemu-img figures of qcow2-io are skipped without qemu-img
 if command -v qemu-img >/dev/null; then
     "$build/bench/bench_qcow2" "$(command -v qemu-img)"

@@ -11,10 +11,15 @@
  *   - Offsets and lengths are 64-bit byte counts.
  *
  * Thread safety
- *   One vd_image may be used from several threads at once. Reads and
- *   allocation-status queries run in parallel; writes, discards, flushes and
- *   resizes are serialised per image. vd_close() must not race with any other
- *   call on the same handle. Distinct handles are fully independent.
+ *   One vd_image may be used from several threads at once. Reads, writes,
+ *   write-zeroes, discards and allocation-status queries run in parallel; a
+ *   request waits only for overlapping ones (at cluster granularity, or
+ *   sectors for raw), so each read sees all of an overlapping write or none
+ *   of it, and overlapping writes apply one after the other. A write with
+ *   VD_WRITE_FUA is durable when it returns, other writes going on beside
+ *   it. Flushes, resizes, snapshots, checks, rebase, commit and amend take
+ *   the handle alone. vd_close() must not race with any other call on the
+ *   same handle. Distinct handles are fully independent.
  *
  * Errors that leave metadata in doubt (a failed metadata write, detected
  * corruption) poison the handle: every later call except vd_close() fails

@@ -13,16 +13,18 @@ int vd_enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_fla
         return vd_err(VD_EINVAL, "%s: invalid image handle", call);
     if (flags & ~known_flags)
         return vd_err(VD_EINVAL, "%s: unknown flags 0x%x", call, flags & ~known_flags);
-    if (access == VD_ACCESS_WRITE && img->read_only)
+    bool writes = access == VD_ACCESS_WRITE || access == VD_ACCESS_DATA_WRITE;
+    if (writes && img->read_only)
         return vd_err(VD_EREADONLY, "%s: %s is opened read-only", call, img->filename);
-    if (access != VD_ACCESS_SHARED)
-        pthread_rwlock_wrlock(&img->lock);
-    else
+    if (access == VD_ACCESS_SHARED || access == VD_ACCESS_DATA_WRITE)
         pthread_rwlock_rdlock(&img->lock);
-    if (img->poisoned) {
+    else
+        pthread_rwlock_wrlock(&img->lock);
+    int poisoned = vd_image_poisoned(img);
+    if (poisoned) {
         pthread_rwlock_unlock(&img->lock);
         return vd_err(VD_EPOISONED, "%s: %s is disabled after an earlier error (%s)", call,
-                      img->filename, vd_errname(img->poisoned));
+                      img->filename, vd_errname(poisoned));
     }
     return 0;
 }
@@ -30,6 +32,44 @@ int vd_enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_fla
 int vd_leave(vd_image *img, int rc)
 {
     pthread_rwlock_unlock(&img->lock);
+    return rc;
+}
+
+/*
+ * Register a data-path request on [off, off+len) so that overlapping ones
+ * take turns (core/inflight.h), at the granule of the format's cluster map:
+ * two writes into one cluster, or a read beside the copy-on-write of its
+ * cluster, never interleave. A format without a cluster map (raw) is tracked
+ * by sectors: nothing there needs protecting but the promise that a read
+ * sees all of an overlapping write or none of it (the file system does not
+ * make that promise between pread and pwrite).
+ */
+static bool track_begin(vd_image *img, struct vd_inflight_req *req, uint64_t off, uint64_t len,
+                        bool exclusive)
+{
+    if (!len)
+        return false;
+    vd_inflight_begin(&img->inflight, req, off, len,
+                      img->cluster_size ? img->cluster_size : 512, exclusive);
+    return true;
+}
+
+static void track_end(vd_image *img, struct vd_inflight_req *req, bool tracked)
+{
+    if (tracked)
+        vd_inflight_end(&img->inflight, req);
+}
+
+/*
+ * Make a FUA write durable while other requests run: the backend's flush
+ * with the metadata lock held alone, so that no allocation or mapping
+ * changes under it; data writes of other requests go on beside it.
+ */
+static int flush_for_fua(vd_image *img)
+{
+    pthread_rwlock_wrlock(&img->meta_lock);
+    int rc = img->backend->flush ? img->backend->flush(img) : vd_image_sync_now(img);
+    pthread_rwlock_unlock(&img->meta_lock);
     return rc;
 }
 
@@ -51,14 +91,19 @@ int vd_read(vd_image *img, uint64_t offset, void *buf, size_t length, uint32_t f
     if (!buf && length)
         return vd_leave(img, vd_err(VD_EINVAL, "vd_read: NULL buffer"));
     rc = check_range(img, "vd_read", offset, length);
-    if (rc == 0 && length)
+    if (rc == 0 && length) {
+        struct vd_inflight_req req;
+        bool tracked = track_begin(img, &req, offset, length, false);
         rc = img->backend->read(img, offset, buf, length);
+        track_end(img, &req, tracked);
+    }
     return vd_leave(img, rc);
 }
 
 int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_write", flags, VD_WRITE_FUA | VD_WRITE_COMPRESSED, VD_ACCESS_WRITE);
+    int rc = vd_enter(img, "vd_write", flags, VD_WRITE_FUA | VD_WRITE_COMPRESSED,
+                      VD_ACCESS_DATA_WRITE);
     if (rc < 0)
         return rc;
     if (!buf && length)
@@ -67,10 +112,14 @@ int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uin
     if (rc == 0 && (flags & VD_WRITE_COMPRESSED) && !img->cow)
         rc = vd_err(VD_EUNSUPPORTED, "vd_write: %s: a %s image has no compressed clusters",
                     img->filename, img->backend->name);
-    if (rc == 0 && length)
+    if (rc == 0 && length) {
+        struct vd_inflight_req req;
+        bool tracked = track_begin(img, &req, offset, length, true);
         rc = img->backend->write(img, offset, buf, length, flags);
+        track_end(img, &req, tracked);
+    }
     if (rc == 0 && length && (flags & VD_WRITE_FUA))
-        rc = img->backend->flush ? img->backend->flush(img) : vd_image_sync_now(img);
+        rc = flush_for_fua(img);
     return vd_leave(img, rc);
 }
 
@@ -95,24 +144,32 @@ static int backend_chunk_writer(void *ctx, const void *buf, size_t len, uint64_t
 
 int vd_write_zeroes(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_write_zeroes", flags, VD_ZERO_MAY_UNMAP, VD_ACCESS_WRITE);
+    int rc = vd_enter(img, "vd_write_zeroes", flags, VD_ZERO_MAY_UNMAP, VD_ACCESS_DATA_WRITE);
     if (rc < 0)
         return rc;
     rc = check_range(img, "vd_write_zeroes", offset, length);
-    if (rc == 0 && length)
+    if (rc == 0 && length) {
+        struct vd_inflight_req req;
+        bool tracked = track_begin(img, &req, offset, length, true);
         rc = img->backend->write_zeroes ? img->backend->write_zeroes(img, offset, length, flags)
                                         : vd_write_zero_chunks(backend_chunk_writer, img, offset, length);
+        track_end(img, &req, tracked);
+    }
     return vd_leave(img, rc);
 }
 
 int vd_discard(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_discard", flags, 0, VD_ACCESS_WRITE);
+    int rc = vd_enter(img, "vd_discard", flags, 0, VD_ACCESS_DATA_WRITE);
     if (rc < 0)
         return rc;
     rc = check_range(img, "vd_discard", offset, length);
-    if (rc == 0 && length && img->backend->discard)
+    if (rc == 0 && length && img->backend->discard) {
+        struct vd_inflight_req req;
+        bool tracked = track_begin(img, &req, offset, length, true);
         rc = img->backend->discard(img, offset, length);
+        track_end(img, &req, tracked);
+    }
     return vd_leave(img, rc);
 }
 

@@ -139,6 +139,8 @@ static void image_free(vd_image *img)
     if (img->dir_fd >= 0)
         close(img->dir_fd);
     pthread_rwlock_destroy(&img->lock);
+    pthread_rwlock_destroy(&img->meta_lock);
+    vd_inflight_destroy(&img->inflight);
     free(img->filename);
     free(img->allowed_formats);
     img->magic = 0;
@@ -147,6 +149,20 @@ static void image_free(vd_image *img)
 
 
 /* A handle on the file found, which it takes over (and releases on failure). */
+/*
+ * Writers first: a stream of lookups must not hold off an allocation for
+ * ever. Nothing takes the metadata lock twice in one thread, as this kind
+ * requires.
+ */
+static void init_meta_lock(pthread_rwlock_t *lock)
+{
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+}
+
 static int image_alloc(vd_image **out, struct vd_named_file *found, const vd_open_opts *o)
 {
     vd_image *img = calloc(1, sizeof *img);
@@ -159,6 +175,8 @@ static int image_alloc(vd_image **out, struct vd_named_file *found, const vd_ope
         return rc;
     }
     pthread_rwlock_init(&img->lock, NULL);
+    init_meta_lock(&img->meta_lock);
+    vd_inflight_init(&img->inflight);
     img->magic = VD_IMAGE_MAGIC;
     img->file = found->file;
     img->filename = found->path;
@@ -344,7 +362,7 @@ int vd_close(vd_image *img)
     if (img->magic != VD_IMAGE_MAGIC)
         return vd_err(VD_EINVAL, "vd_close: not an image handle");
     int rc = 0;
-    if (!img->read_only && !img->poisoned)
+    if (!img->read_only && !vd_image_poisoned(img))
         rc = vd_flush(img, 0);
     vd_image_close_chain(img);
     return rc;
@@ -510,20 +528,25 @@ int vd_image_set_prop(vd_image *img, const char *key, int type, const char *fmt,
 
 int vd_image_poison(vd_image *img, int code)
 {
-    if (!img->poisoned)
-        img->poisoned = code;
+    int none = 0;
+    __atomic_compare_exchange_n(&img->poisoned, &none, code, false, __ATOMIC_ACQ_REL,
+                                __ATOMIC_ACQUIRE);
     return code;
 }
 
 int vd_image_sync(vd_image *img)
 {
-    if (!img->unsynced || (img->open_flags & VD_OPEN_NO_FLUSH))
+    if (img->open_flags & VD_OPEN_NO_FLUSH)
+        return 0;
+    /* cleared before the sync: a write that another thread finishes meanwhile sets it
+       again, so the next sync covers what this one may miss */
+    if (!__atomic_exchange_n(&img->unsynced, false, __ATOMIC_ACQ_REL))
         return 0;
     int rc = img->data_file ? vd_file_sync(img->data_file) : 0; /* data before the metadata naming it */
     if (rc == 0)
         rc = vd_file_sync(img->file);
-    if (rc == 0)
-        img->unsynced = false;
+    if (rc < 0)
+        vd_image_mark_unsynced(img);
     /* after a failed sync the kernel may have dropped the pages: nothing can be trusted */
     return rc < 0 ? vd_image_poison(img, rc) : 0;
 }

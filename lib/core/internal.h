@@ -17,6 +17,7 @@
 
 #include "io/file.h"
 #include "core/options.h"
+#include "core/inflight.h"
 
 #define VD_IMAGE_MAGIC 0x56444b31u /* "VDK1" */
 
@@ -106,10 +107,21 @@ struct vd_image {
     uint32_t open_flags;     /* VD_OPEN_* */
     bool read_only;
     bool probed;             /* format found by probing, not named */
-    int poisoned;            /* 0, or the error that disabled the handle */
+    int poisoned;            /* 0, or the error that disabled the handle (atomic: vd_image_poisoned()) */
 
-    /* Readers share, writers exclude (see the thread-safety note in libvdisk.h). */
+    /*
+     * The management lock: data-path calls share it, calls that change the
+     * image as a whole (flush, resize, snapshots, check, ...) take it alone.
+     * See the thread-safety note in libvdisk.h and the contract in cow/engine.h.
+     */
     pthread_rwlock_t lock;
+    /* Data-path requests running now: overlapping ones wait for each other. */
+    struct vd_inflight inflight;
+    /*
+     * The metadata lock of a sparse format (cow/engine.h): lookups share it,
+     * allocation and mapping changes take it alone; data I/O runs without it.
+     */
+    pthread_rwlock_t meta_lock;
 
     struct vd_prop *props;   /* format-specific properties */
     size_t nprops;
@@ -119,7 +131,7 @@ struct vd_image {
     uint32_t cluster_size;
     vd_image *backing;       /* the next image of the chain, or NULL */
     vd_file *data_file;      /* where guest data lives, if not in file (qcow2 data_file) */
-    bool unsynced;           /* written since the last sync of the file */
+    bool unsynced;           /* written since the last sync of the file (atomic: vd_image_mark_unsynced()) */
 
     /* Confinement: the directory the names it records resolve beneath (vd_image_anchor()). */
     int dir_fd;              /* -1 until known */
@@ -141,9 +153,14 @@ static inline vd_file *vd_image_data(const vd_image *img)
  * so that VD_OPEN_NO_FLUSH is honoured everywhere.
  */
 int vd_image_sync(vd_image *img);
+/* Note a write to the image's file or data file; call it after the write returned. */
+static inline void vd_image_mark_unsynced(vd_image *img)
+{
+    __atomic_store_n(&img->unsynced, true, __ATOMIC_RELEASE);
+}
 static inline int vd_image_sync_now(vd_image *img)
 {
-    img->unsynced = true;
+    vd_image_mark_unsynced(img);
     return vd_image_sync(img);
 }
 
@@ -152,9 +169,11 @@ int vd_image_set_prop(vd_image *img, const char *key, int type, const char *fmt,
     __attribute__((format(printf, 4, 5)));
 
 enum vd_access {
-    VD_ACCESS_SHARED,    /* reads: run beside other readers */
-    VD_ACCESS_EXCLUSIVE, /* alone on the handle, read-only handles allowed (flush, check) */
-    VD_ACCESS_WRITE,     /* alone on the handle, which must be writable */
+    VD_ACCESS_SHARED,     /* reads: run beside other data-path calls */
+    VD_ACCESS_EXCLUSIVE,  /* alone on the handle, read-only handles allowed (flush, check) */
+    VD_ACCESS_WRITE,      /* alone on the handle, which must be writable */
+    VD_ACCESS_DATA_WRITE, /* data-path writes: beside other data-path calls, on a writable
+                             handle; overlapping requests order themselves (vd_inflight) */
 };
 
 /*
@@ -174,8 +193,13 @@ int vd_leave(vd_image *img, int rc);
 int vd_store_cluster(vd_image *img, uint64_t offset, const void *comp, size_t comp_len,
                      const void *plain, size_t plain_len);
 
-/* Disable the handle after an error that leaves metadata in doubt. */
+/* Disable the handle after an error that leaves metadata in doubt (the first code stays). */
 int vd_image_poison(vd_image *img, int code);
+/* 0, or the error that disabled the handle; safe beside vd_image_poison() in other threads. */
+static inline int vd_image_poisoned(const vd_image *img)
+{
+    return __atomic_load_n(&img->poisoned, __ATOMIC_ACQUIRE);
+}
 
 /* ------------------------------------------------------------------ chains */
 

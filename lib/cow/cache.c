@@ -311,9 +311,12 @@ void vd_cache_forget(struct vd_cache *c, uint64_t off)
     pthread_mutex_unlock(&c->lock);
 }
 
-bool vd_cache_has_dirty(const struct vd_cache *c)
+bool vd_cache_has_dirty(struct vd_cache *c)
 {
-    return c->ndirty != 0;
+    pthread_mutex_lock(&c->lock);
+    bool dirty = c->ndirty != 0;
+    pthread_mutex_unlock(&c->lock);
+    return dirty;
 }
 
 int vd_cache_writeback(struct vd_cache *c)

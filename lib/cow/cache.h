@@ -10,8 +10,13 @@
  *
  * Concurrency: get/put are safe from concurrent readers, and a table that
  * is not cached is read without the cache's lock, so that one reader's miss
- * does not hold up the others; changing a table (mark_dirty) requires the
- * image's exclusive lock.
+ * does not hold up the others. Changing a table's bytes (and mark_dirty)
+ * requires the image's metadata lock held alone (cow/engine.h), so a table
+ * is still while anyone holds that lock shared. A get may evict a dirty
+ * table under the shared lock: its write and the before-write hook then
+ * run beside other lookups and data writes, never beside a change of a
+ * table, and the hook must be safe for that (qcow2's is: the layout check
+ * takes its own turn, the refcount cache and the sync lock themselves).
  */
 #ifndef VD_COW_CACHE_H
 #define VD_COW_CACHE_H
@@ -37,7 +42,7 @@ void vd_cache_forget(struct vd_cache *c, uint64_t off);
 
 /* Write every dirty table, running the before-write hook first. */
 int vd_cache_writeback(struct vd_cache *c);
-bool vd_cache_has_dirty(const struct vd_cache *c);
+bool vd_cache_has_dirty(struct vd_cache *c);
 
 typedef int (*vd_cache_hook)(void *ctx);
 void vd_cache_set_before_write(struct vd_cache *c, vd_cache_hook hook, void *ctx);

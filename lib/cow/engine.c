@@ -10,6 +10,65 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
     return a < b ? a : b;
 }
 
+/*
+ * The format's cluster-map ops under the metadata lock (the contract in
+ * engine.h): lookups share it; allocation, linking and zeroing take it alone.
+ */
+static int cow_lookup(vd_image *img, uint64_t off, uint64_t len, struct vd_cow_run *run)
+{
+    pthread_rwlock_rdlock(&img->meta_lock);
+    int rc = img->cow->lookup(img, off, len, run);
+    pthread_rwlock_unlock(&img->meta_lock);
+    return rc;
+}
+
+static int cow_allocate(vd_image *img, uint64_t guest_off, uint64_t *host)
+{
+    pthread_rwlock_wrlock(&img->meta_lock);
+    int rc = img->cow->allocate(img, guest_off, host);
+    pthread_rwlock_unlock(&img->meta_lock);
+    return rc;
+}
+
+static int cow_link(vd_image *img, uint64_t guest_off, uint64_t host)
+{
+    pthread_rwlock_wrlock(&img->meta_lock);
+    int rc = img->cow->link(img, guest_off, host);
+    pthread_rwlock_unlock(&img->meta_lock);
+    return rc;
+}
+
+static int cow_zero_clusters(vd_image *img, uint64_t off, uint64_t len, enum vd_cow_zero_mode mode)
+{
+    if (!img->cow->zero_clusters)
+        return VD_EUNSUPPORTED;
+    pthread_rwlock_wrlock(&img->meta_lock);
+    int rc = img->cow->zero_clusters(img, off, len, mode);
+    pthread_rwlock_unlock(&img->meta_lock);
+    return rc;
+}
+
+/* check_write reads the metadata layout: shared, like a lookup. */
+static int cow_check_write(vd_image *img, uint64_t host, uint64_t len)
+{
+    if (!img->cow->check_write)
+        return 0;
+    pthread_rwlock_rdlock(&img->meta_lock);
+    int rc = img->cow->check_write(img, host, len);
+    pthread_rwlock_unlock(&img->meta_lock);
+    return rc;
+}
+
+static bool cow_data_over_holes(vd_image *img)
+{
+    if (!img->cow->data_over_holes)
+        return false;
+    pthread_rwlock_rdlock(&img->meta_lock);
+    bool over_holes = img->cow->data_over_holes(img);
+    pthread_rwlock_unlock(&img->meta_lock);
+    return over_holes;
+}
+
 /* Read what lies under an unallocated range: the backing image, or zeroes past its end. */
 static int read_below(vd_image *img, uint64_t off, uint8_t *buf, uint64_t len)
 {
@@ -46,7 +105,7 @@ int vd_cow_read(vd_image *img, uint64_t off, void *buf, size_t len)
     uint8_t *p = buf;
     while (len) {
         struct vd_cow_run run;
-        int rc = img->cow->lookup(img, off, len, &run);
+        int rc = cow_lookup(img, off, len, &run);
         if (rc < 0)
             return rc;
         size_t n = (size_t)min_u64(run.length, len);
@@ -90,10 +149,10 @@ struct batch {
 /* Write guest data to the host file, unless the format says metadata lives there. */
 static int write_data(vd_image *img, const void *buf, size_t len, uint64_t host)
 {
-    int rc = img->cow->check_write ? img->cow->check_write(img, host, len) : 0;
+    int rc = cow_check_write(img, host, len);
     if (rc == 0)
         rc = vd_file_pwrite(vd_image_data(img), buf, len, host);
-    img->unsynced = true;
+    vd_image_mark_unsynced(img);
     return rc;
 }
 
@@ -105,7 +164,7 @@ static int commit_batch(vd_image *img, struct batch *b)
     uint64_t cs = img->cluster_size;
     int rc = write_data(img, b->data, (size_t)(b->count * cs), b->host);
     for (uint64_t i = 0; i < b->count && rc == 0; i++)
-        rc = img->cow->link(img, b->guest + i * cs, b->host + i * cs);
+        rc = cow_link(img, b->guest + i * cs, b->host + i * cs);
     b->count = 0;
     return rc;
 }
@@ -131,14 +190,14 @@ static bool reads_as_zeroes(vd_image *img, uint64_t cstart, const struct vd_cow_
 static int fill_zero_cluster(vd_image *img, uint64_t cstart, size_t in, const uint8_t *src, size_t n)
 {
     struct batch one = { cstart, 0, 0, NULL };
-    int rc = img->cow->allocate(img, cstart, &one.host);
-    if (rc == 0 && img->cow->check_write)
-        rc = img->cow->check_write(img, one.host, img->cluster_size);
+    int rc = cow_allocate(img, cstart, &one.host);
+    if (rc == 0)
+        rc = cow_check_write(img, one.host, img->cluster_size);
     if (rc == 0)
         rc = vd_file_write_zeroes(vd_image_data(img), one.host, img->cluster_size, false);
     if (rc == 0)
         rc = write_data(img, src, n, one.host + in);
-    return rc == 0 ? img->cow->link(img, cstart, one.host) : rc;
+    return rc == 0 ? cow_link(img, cstart, one.host) : rc;
 }
 
 /*
@@ -153,7 +212,7 @@ static int cow_partial(vd_image *img, uint64_t cstart, size_t in, const uint8_t 
         return rc;
     memcpy(scratch + in, src, n);
     struct batch one = { cstart, 0, 1, scratch };
-    rc = img->cow->allocate(img, cstart, &one.host);
+    rc = cow_allocate(img, cstart, &one.host);
     return rc < 0 ? rc : commit_batch(img, &one);
 }
 
@@ -174,7 +233,7 @@ int vd_cow_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint3
         size_t in = (size_t)(off - cstart);
         size_t n = (size_t)min_u64(len, cs - in);
         struct vd_cow_run run;
-        rc = img->cow->lookup(img, cstart, cs, &run);
+        rc = cow_lookup(img, cstart, cs, &run);
         if (rc < 0)
             break;
         if (overwritable(&run, img->cluster_size)) {
@@ -184,7 +243,7 @@ int vd_cow_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint3
         } else if (n == cs) {
             /* whole new cluster: extend the batch when the host space is contiguous */
             uint64_t host;
-            rc = img->cow->allocate(img, cstart, &host);
+            rc = cow_allocate(img, cstart, &host);
             if (rc == 0 && batch.count && host != batch.host + batch.count * cs)
                 rc = commit_batch(img, &batch);
             if (rc == 0 && batch.count == 0)
@@ -231,9 +290,12 @@ int vd_cow_compress_cluster(vd_image *img, const void *cluster, void *out, size_
 int vd_cow_store_cluster(vd_image *img, uint64_t off, const void *comp, size_t comp_len,
                          const void *plain, size_t plain_len)
 {
-    if (comp)
-        return img->cow->store_compressed(img, off, comp, comp_len);
-    return vd_cow_write(img, off, plain, plain_len, 0);
+    if (!comp)
+        return vd_cow_write(img, off, plain, plain_len, 0);
+    pthread_rwlock_wrlock(&img->meta_lock);
+    int rc = img->cow->store_compressed(img, off, comp, comp_len);
+    pthread_rwlock_unlock(&img->meta_lock);
+    return rc;
 }
 
 /*
@@ -303,8 +365,7 @@ static int zero_range(vd_image *img, uint64_t off, uint64_t len, enum vd_cow_zer
         rc = write_zero_bytes(img, off, first - off);
     if (rc == 0) {
         uint64_t whole = min_u64(last, end) - first;
-        rc = img->cow->zero_clusters ? img->cow->zero_clusters(img, first, last - first, mode)
-                                     : VD_EUNSUPPORTED;
+        rc = cow_zero_clusters(img, first, last - first, mode);
         if (rc == VD_EUNSUPPORTED)
             rc = discard ? 0 : vd_write_zero_chunks(zero_writer, img, first, whole);
     }
@@ -346,7 +407,7 @@ static int mark_host_holes(vd_image *img, vd_extent *ext)
 int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext)
 {
     struct vd_cow_run run;
-    int rc = img->cow->lookup(img, off, len, &run);
+    int rc = cow_lookup(img, off, len, &run);
     if (rc < 0)
         return rc;
     ext->length = min_u64(run.length, len);
@@ -356,7 +417,7 @@ int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ex
     case VD_COW_DATA:
         ext->flags = VD_EXTENT_DATA | VD_EXTENT_ALLOCATED;
         ext->host_offset = run.host;
-        return img->cow->data_over_holes && img->cow->data_over_holes(img) ? mark_host_holes(img, ext) : 0;
+        return cow_data_over_holes(img) ? mark_host_holes(img, ext) : 0;
     case VD_COW_COMPRESSED:
         ext->flags = VD_EXTENT_DATA | VD_EXTENT_ALLOCATED;
         return 0;

@@ -8,6 +8,62 @@
  * Write ordering: the engine writes a cluster's data before it asks the
  * format to link it. The format's caches make sure refcount increases and
  * data are on disk before the L2 entry (see cow/cache.h).
+ *
+ * Concurrency: the contract every format backend follows.
+ *
+ *   Who runs beside whom. The data-path callbacks of struct vd_backend
+ *   (read, write, write_zeroes, discard, block_status) run concurrently on
+ *   one handle, under img->lock held shared. Everything else (flush,
+ *   resize, snapshots, check, set_backing, amend, close, and rebase and
+ *   commit above them) holds img->lock alone, so nothing else runs.
+ *
+ *   Overlap. lib/core registers each data-path request's range, rounded out
+ *   to img->cluster_size, before calling the backend (core/inflight.h): a
+ *   write, write-zeroes or discard excludes every overlapping request, a
+ *   read only overlapping writes; block status is not registered (it is a
+ *   hint). So two requests never work on one cluster at once, and a cluster
+ *   is never remapped or freed while a read of it is in flight. The engine
+ *   calls vd_cow_read on the same image for copy-on-write inside the
+ *   writer's range; nothing below lib/core registers ranges.
+ *
+ *   The metadata lock (img->meta_lock). The engine calls the ops below
+ *   with it: lookup, check_write and data_over_holes shared; allocate,
+ *   link, zero_clusters and store_compressed alone (store_compressed's
+ *   data write too: a compressed cluster shares its host cluster with
+ *   others, so its bytes are placed and linked in one step). read_compressed runs without it (the
+ *   run it reads is held still by the range). Guest data I/O (pread and
+ *   pwrite of clusters, including the copy-on-write's whole-cluster write
+ *   and fallocate zeroing) runs with no lock but the range. A backend
+ *   therefore:
+ *     - changes cluster tables, refcounts, allocation hints, header dirty
+ *       bits, lazy-refcount marks, and its caches' dirty state only in
+ *       allocate, link, zero_clusters or store_compressed (or under img->lock alone);
+ *     - keeps lookup free of changes to shared state, except through
+ *       structures that lock themselves (the table cache, cow/cache.h;
+ *       a layout rebuild behind its own mutex; atomics, as for flags like
+ *       img->unsynced, via vd_image_mark_unsynced() after the write, and
+ *       img->poisoned, via vd_image_poison());
+ *     - never takes img->meta_lock itself inside these ops (the engine
+ *       holds it; it is not recursive), but does take it alone around any
+ *       metadata work its own data-path callbacks do outside the engine
+ *       (qcow2: the flush that bounds the pending frees);
+ *     - never frees a host cluster that an in-flight request outside the
+ *       current range may still read: a cluster is mapped by one range
+ *       (or shared, refcount > 1), so dropping the last reference belongs
+ *       to the request whose range maps it, or to a flush.
+ *
+ *   FUA. A write with VD_WRITE_FUA calls the backend's flush after its data
+ *   is written, under img->lock shared and img->meta_lock alone: metadata
+ *   holds still while it is written back, other requests' data I/O goes on.
+ *   A backend's flush must allow that (qcow2's does); vd_flush() still takes
+ *   the handle alone.
+ *
+ *   Crash ordering with several writers. A writer links a cluster only
+ *   after its data write returned, so any table written back (by a flush,
+ *   or by an eviction that another writer's lookup caused) names only data
+ *   that was written; the L2 cache's before-write hook (refcounts out, then
+ *   sync) then makes that data durable first. Keep both: link after the
+ *   data, and sync in the hook.
  */
 #ifndef VD_COW_ENGINE_H
 #define VD_COW_ENGINE_H
@@ -82,7 +138,7 @@ int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ex
 
 /*
  * Compressed writes, split so that callers with many clusters (convert)
- * compress on several threads and store in order. vd_cow_compress_cluster
+ * compress on several threads and store in order.
  * vd_cow_can_compress says whether img stores compressed clusters at all.
  * vd_cow_compress_cluster compresses one whole cluster (cluster_size bytes; out holds as many):
  * 0 and *out_len, or VD_CODEC_NO_GAIN when it does not shrink, in which

@@ -503,7 +503,7 @@ static int expand_zero_entry(vd_image *img, struct qcow2 *q, uint64_t *entry, ui
         rc = qcow2_check_overlap(img, host, q->cluster_size);
     if (rc == 0)
         rc = vd_file_pwrite(img->file, zeroes, (size_t)q->cluster_size, host);
-    img->unsynced = true;
+    vd_image_mark_unsynced(img);
     if (rc == 0)
         *entry = host | flags;
     return rc;

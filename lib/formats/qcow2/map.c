@@ -350,7 +350,7 @@ static int q_store_compressed(vd_image *img, uint64_t guest_off, const void *dat
         rc = qcow2_check_overlap(img, host, len);
     if (rc == 0)
         rc = vd_file_pwrite(img->file, data, len, host);
-    img->unsynced = true;
+    vd_image_mark_unsynced(img);
     if (rc < 0)
         return rc;
     uint64_t extra_sectors = (host + len - 1) / 512 - host / 512;

@@ -157,15 +157,25 @@ static int rebuild(vd_image *img, struct qcow2 *q)
     free(q->meta);
     q->meta = r.items;
     q->nmeta = r.count;
-    q->meta_stale = false;
+    __atomic_store_n(&q->meta_stale, false, __ATOMIC_RELEASE);
     return 0;
 }
 
+/*
+ * Under the shared metadata lock nothing makes the layout stale, so once a
+ * thread sees it fresh, q->meta stays as it is until that lock is released;
+ * only a stale layout needs the rebuild's turn.
+ */
 int qcow2_check_layout(void *ctx)
 {
     vd_image *img = ctx;
     struct qcow2 *q = qcow2_of(img);
-    return q->meta_stale ? rebuild(img, q) : 0;
+    if (!__atomic_load_n(&q->meta_stale, __ATOMIC_ACQUIRE))
+        return 0;
+    pthread_mutex_lock(&q->layout_lock);
+    int rc = q->meta_stale ? rebuild(img, q) : 0;
+    pthread_mutex_unlock(&q->layout_lock);
+    return rc;
 }
 
 const char *qcow2_meta_name(enum qcow2_meta_kind kind)
@@ -215,8 +225,9 @@ int qcow2_write_meta(vd_image *img, unsigned may_overlap, uint64_t off, const vo
         return qcow2_signal_corruption(img, "preventing an invalid metadata write of %zu bytes at "
                                        "host offset %llu: it overlaps the %s", len,
                                        (unsigned long long)off, qcow2_meta_name(kind));
-    img->unsynced = true;
-    return len ? vd_file_pwrite(img->file, buf, len, off) : 0;
+    int rc = len ? vd_file_pwrite(img->file, buf, len, off) : 0;
+    vd_image_mark_unsynced(img); /* after the write: a sync running beside it may miss it */
+    return rc;
 }
 
 int qcow2_check_overlap(vd_image *img, uint64_t host, uint64_t len)

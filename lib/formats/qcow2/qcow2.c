@@ -109,7 +109,7 @@ int qcow2_signal_corruption(vd_image *img, const char *fmt, ...)
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
     struct qcow2 *q = qcow2_of(img);
-    bool mark = !img->read_only && !img->poisoned && !(q->incompat & QCOW2_INCOMPAT_CORRUPT) &&
+    bool mark = !img->read_only && !vd_image_poisoned(img) && !(q->incompat & QCOW2_INCOMPAT_CORRUPT) &&
                 q->version >= 3;
     vd_image_poison(img, VD_ECORRUPT);
     if (mark) {
@@ -170,6 +170,7 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     if (!q)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     q->metadata_prealloc = -1;
+    pthread_mutex_init(&q->layout_lock, NULL);
     img->priv = q;
     int rc = qcow2_read_header(img, q);
     if (rc == 0 && !img->read_only && (q->incompat & QCOW2_INCOMPAT_CORRUPT) &&
@@ -226,7 +227,7 @@ int qcow2_flush_metadata(vd_image *img, struct qcow2 *q)
     int rc = qcow2_refcounts_durable(img);
     if (rc == 0 && vd_cache_has_dirty(q->l2_cache)) {
         rc = vd_cache_writeback(q->l2_cache);
-        img->unsynced = true;
+        vd_image_mark_unsynced(img);
     }
     if (rc == 0 && q->l1_dirty) {
         rc = vd_image_sync(img); /* new L2 tables before the L1 entries naming them */
@@ -263,15 +264,26 @@ static int q_write(vd_image *img, uint64_t off, const void *buf, size_t len, uin
     return rc < 0 ? rc : vd_cow_write(img, off, buf, len, flags);
 }
 
+/*
+ * Bound the list of frees waiting for a flush. Other requests may run: the
+ * metadata lock held alone keeps the map still while the flush writes it
+ * (see the contract in cow/engine.h).
+ */
+static int flush_if_many_frees(vd_image *img)
+{
+    struct qcow2 *q = qcow2_of(img);
+    pthread_rwlock_wrlock(&img->meta_lock);
+    int rc = q->npending > MAX_PENDING_FREES ? qcow2_flush_metadata(img, q) : 0;
+    pthread_rwlock_unlock(&img->meta_lock);
+    return rc;
+}
+
 static int q_discard(vd_image *img, uint64_t off, uint64_t len)
 {
     int rc = refuse_if_corrupt(img);
     if (rc == 0)
         rc = vd_cow_discard(img, off, len);
-    struct qcow2 *q = qcow2_of(img);
-    if (rc == 0 && q->npending > MAX_PENDING_FREES)
-        rc = qcow2_flush_metadata(img, q);
-    return rc;
+    return rc == 0 ? flush_if_many_frees(img) : rc;
 }
 
 static int q_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags)
@@ -279,10 +291,7 @@ static int q_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t fl
     int rc = refuse_if_corrupt(img);
     if (rc == 0)
         rc = vd_cow_write_zeroes(img, off, len, flags);
-    struct qcow2 *q = qcow2_of(img);
-    if (rc == 0 && q->npending > MAX_PENDING_FREES)
-        rc = qcow2_flush_metadata(img, q);
-    return rc;
+    return rc == 0 ? flush_if_many_frees(img) : rc;
 }
 
 static void q_close(vd_image *img)
@@ -291,7 +300,7 @@ static void q_close(vd_image *img)
     if (!q)
         return;
     /* a clean close of a lazy-refcount image: everything is flushed, clear the dirty bit */
-    if (!img->read_only && !img->poisoned && q->l2_cache && q->dirty_by_us &&
+    if (!img->read_only && !vd_image_poisoned(img) && q->l2_cache && q->dirty_by_us &&
         qcow2_flush_metadata(img, q) == 0) {
         q->incompat &= ~QCOW2_INCOMPAT_DIRTY;
         if (qcow2_write_features(img, q) == 0)
@@ -308,6 +317,7 @@ static void q_close(vd_image *img)
     free(q->bitmap_tables);
     qcow2_free_snapshots(q);
     qcow2_free_header(q);
+    pthread_mutex_destroy(&q->layout_lock);
     free(q);
     img->priv = NULL;
 }

@@ -169,7 +169,11 @@ struct qcow2 {
 
     struct qcow2_meta_range *meta; /* host clusters holding metadata, ascending (overlap.c) */
     size_t nmeta;
-    bool meta_stale;          /* metadata moved or clusters were freed since the rebuild */
+    bool meta_stale;          /* metadata moved or clusters were freed since the rebuild; set
+                                 under the metadata lock held alone, cleared by a rebuild */
+    /* one rebuild at a time: lookups (evicting a dirty L2 table) and data writes (their
+       overlap check) ask for the layout beside each other, under the shared metadata lock */
+    pthread_mutex_t layout_lock;
 
     bool dirty_by_us;         /* this session set the dirty bit (lazy refcounts) */
     /* the first table found at open to extend past the end of the file (its missing

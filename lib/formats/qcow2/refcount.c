@@ -178,7 +178,7 @@ static int publish_rt_entries(vd_image *img, struct qcow2 *q, uint64_t first, ui
     for (uint64_t ti = first; ti <= last; ti++)
         vd_put_be64(entries + (ti - first) * 8, q->rt[ti]);
     int rc = vd_cache_writeback(q->rb_cache);
-    img->unsynced = true;
+    vd_image_mark_unsynced(img);
     if (rc == 0)
         rc = vd_image_sync(img);
     if (rc == 0)
@@ -577,7 +577,7 @@ int qcow2_refcounts_durable(void *ctx)
         int rc = vd_cache_writeback(q->rb_cache);
         if (rc < 0)
             return rc;
-        img->unsynced = true;
+        vd_image_mark_unsynced(img);
     }
     return vd_image_sync(img);
 }

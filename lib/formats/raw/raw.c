@@ -46,8 +46,16 @@ static int raw_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
  * bytes is a disk of 10240 whose last 240 bytes read as zeroes.
  */
 struct raw {
-    uint64_t file_size;
+    uint64_t file_size;     /* grows under concurrent writes: atomic */
+    /* writes run in parallel; those into the probe window of a probed image take
+       turns, so that two of them cannot together forge a header the guard checks */
+    pthread_mutex_t probe_guard;
 };
+
+static uint64_t file_size_of(vd_image *img)
+{
+    return __atomic_load_n(&((struct raw *)img->priv)->file_size, __ATOMIC_ACQUIRE);
+}
 
 static uint64_t round_to_sector(uint64_t n)
 {
@@ -60,11 +68,13 @@ static int raw_open(vd_image *img, const vd_open_opts *opts)
     if (!r)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     img->priv = r;
+    pthread_mutex_init(&r->probe_guard, NULL);
     int rc = vd_file_get_size(img->file, &r->file_size);
     if (rc == 0 && r->file_size > INT64_MAX - 511)
         rc = vd_err(VD_ETOOBIG, "%s: file is too large", img->filename);
     img->size = round_to_sector(r->file_size);
     if (rc < 0) {
+        pthread_mutex_destroy(&r->probe_guard);
         free(r);
         img->priv = NULL;
     }
@@ -73,12 +83,15 @@ static int raw_open(vd_image *img, const vd_open_opts *opts)
 
 static void raw_close(vd_image *img)
 {
-    free(img->priv);
+    struct raw *r = img->priv;
+    if (r)
+        pthread_mutex_destroy(&r->probe_guard);
+    free(r);
 }
 
 static int raw_read(vd_image *img, uint64_t off, void *buf, size_t len)
 {
-    uint64_t file_size = ((struct raw *)img->priv)->file_size;
+    uint64_t file_size = file_size_of(img);
     size_t in_file = off >= file_size ? 0 : (size_t)(file_size - off < len ? file_size - off : len);
     memset((char *)buf + in_file, 0, len - in_file);
     return in_file ? vd_file_pread(img->file, buf, in_file, off) : 0;
@@ -88,8 +101,10 @@ static int raw_read(vd_image *img, uint64_t off, void *buf, size_t len)
 static void note_written(vd_image *img, uint64_t end)
 {
     struct raw *r = img->priv;
-    if (end > r->file_size)
-        r->file_size = end;
+    uint64_t seen = __atomic_load_n(&r->file_size, __ATOMIC_ACQUIRE);
+    while (end > seen && !__atomic_compare_exchange_n(&r->file_size, &seen, end, true,
+                                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        ;
 }
 
 /*
@@ -116,27 +131,46 @@ static int guard_probe_window(vd_image *img, uint64_t off, const void *buf, size
     return 0;
 }
 
+/* Take the probe window's turn if a write at off needs the guard; returns whether it did. */
+static bool probe_window_enter(vd_image *img, uint64_t off)
+{
+    bool guarded = img->probed && off < VD_PROBE_BYTES;
+    if (guarded)
+        pthread_mutex_lock(&((struct raw *)img->priv)->probe_guard);
+    return guarded;
+}
+
+static void probe_window_leave(vd_image *img, bool guarded)
+{
+    if (guarded)
+        pthread_mutex_unlock(&((struct raw *)img->priv)->probe_guard);
+}
+
 static int raw_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags)
 {
+    bool guarded = probe_window_enter(img, off);
     int rc = guard_probe_window(img, off, buf, len);
     if (rc == 0 && (rc = vd_file_pwrite(img->file, buf, len, off)) == 0)
         note_written(img, off + len);
+    probe_window_leave(img, guarded);
     return rc;
 }
 
 static int raw_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags)
 {
-    if (off < VD_PROBE_BYTES && img->probed) {
+    bool guarded = probe_window_enter(img, off);
+    int rc = 0;
+    if (guarded) {
         /* zeroes can also forge a header (by clearing bytes): run the guard */
         uint8_t zeroes[VD_PROBE_BYTES] = { 0 };
         size_t n = len < VD_PROBE_BYTES - off ? (size_t)len : VD_PROBE_BYTES - (size_t)off;
-        int rc = guard_probe_window(img, off, zeroes, n);
-        if (rc < 0)
-            return rc;
+        rc = guard_probe_window(img, off, zeroes, n);
     }
-    int rc = vd_file_write_zeroes(img->file, off, len, (flags & VD_ZERO_MAY_UNMAP) != 0);
+    if (rc == 0)
+        rc = vd_file_write_zeroes(img->file, off, len, (flags & VD_ZERO_MAY_UNMAP) != 0);
     if (rc == 0)
         note_written(img, off + len);
+    probe_window_leave(img, guarded);
     return rc;
 }
 
@@ -183,7 +217,7 @@ bool vd_raw_can_copy_range(vd_image *dst, vd_image *src)
 /* With dst held for writing and src for reading. */
 static int copy_range_locked(vd_image *dst, vd_image *src, uint64_t off, uint64_t len)
 {
-    uint64_t end = off + len, src_file_size = ((struct raw *)src->priv)->file_size;
+    uint64_t end = off + len, src_file_size = file_size_of(src);
     uint64_t in_file = off >= src_file_size ? 0 : (end < src_file_size ? end : src_file_size) - off;
     int rc = 0;
     if (off < VD_PROBE_BYTES && dst->probed)
@@ -195,7 +229,7 @@ static int copy_range_locked(vd_image *dst, vd_image *src, uint64_t off, uint64_
         rc = vd_file_write_zeroes(dst->file, off + in_file, len - in_file, false);
     if (rc == 0) {
         note_written(dst, end);
-        dst->unsynced = true;
+        vd_image_mark_unsynced(dst);
     }
     return rc;
 }
