@@ -29,17 +29,38 @@ def image(vdisk, qemu_img, tmp_path):
     return path, raw
 
 
-def traced_direct_opens(argv, tmp_path):
-    """Run argv under strace; the number of files it switched to O_DIRECT, or None
-    without strace."""
+def traced(argv, tmp_path, calls):
+    """Run argv under strace -e trace=calls; the lines of its log, or None without
+    strace."""
     strace = shutil.which("strace")
     if not strace:
         return None
     log = tmp_path / "strace.log"
-    subprocess.run([strace, "-f", "-o", str(log), "-e", "trace=fcntl", *map(str, argv)],
+    subprocess.run([strace, "-f", "-o", str(log), "-e", f"trace={calls}", *map(str, argv)],
                    check=True, capture_output=True, timeout=60)
-    return sum("F_SETFL" in line and "O_DIRECT" in line
-               for line in log.read_text().splitlines())
+    return log.read_text().splitlines()
+
+
+def traced_direct_opens(argv, tmp_path):
+    """The number of files argv switched to O_DIRECT, or None without strace."""
+    lines = traced(argv, tmp_path, "fcntl")
+    return None if lines is None else sum("F_SETFL" in line and "O_DIRECT" in line
+                                          for line in lines)
+
+
+def test_writethrough_syncs_every_write(vdisk, image, tmp_path):
+    src, raw = image
+    syncs = {}
+    for mode in ("writeback", "writethrough"):
+        out = tmp_path / f"{mode}.raw"
+        lines = traced([vdisk.path, "convert", "-t", mode, "-O", "raw", src, out], tmp_path,
+                       "fdatasync,fsync")
+        if lines is None:
+            pytest.skip("strace is not installed")
+        syncs[mode] = sum("sync(" in line for line in lines)
+        assert out.read_bytes() == raw.read_bytes()
+    # writeback syncs once at the end; writethrough after each of the three data runs at least
+    assert syncs["writeback"] <= 2 and syncs["writethrough"] >= syncs["writeback"] + 3
 
 
 def test_convert_none_both_sides(vdisk, qemu_img, image, tmp_path):
