@@ -176,10 +176,14 @@ int vd_cow_write(vd_image *img, uint64_t off, const struct vd_iov *v, uint32_t f
         size_t n = (size_t)min_u64(rest.len, cs - in);
         struct vd_iov src = vd_iov_sub(&rest, 0, n);
         struct vd_cow_run run;
-        rc = img->cow->lookup(img, cstart, cs, &run);
+        /* the whole request, so that an in-place write covers every owned cluster of its run */
+        rc = img->cow->lookup(img, cstart, in + rest.len, &run);
         if (rc < 0)
             break;
         if (overwritable(&run, img->cluster_size)) {
+            /* in place, in one transfer, up to the last whole cluster of the run */
+            n = (size_t)min_u64(rest.len, run.length / cs * cs - in);
+            src = vd_iov_sub(&rest, 0, n);
             rc = commit_batch(img, &batch);
             if (rc == 0)
                 rc = write_data(img, &src, run.host + in);
