@@ -129,7 +129,6 @@ bool cli_parse_image_args(const struct cli_command *cmd, unsigned extras, int ar
     }
     *args = (struct image_args){ .output = OUTPUT_HUMAN, .max_length = UINT64_MAX };
     *status = EXIT_FAILURE;
-    bool src_flush; /* the image is only read: any cache mode reads the same */
     int opt;
     while ((opt = getopt_long(argc, argv, check ? ":hf:Ur:T:q" : ":hf:U", long_options,
                               NULL)) != -1) {
@@ -151,7 +150,7 @@ bool cli_parse_image_args(const struct cli_command *cmd, unsigned extras, int ar
             }
             break;
         case 'T':
-            if (!cli_parse_cache_mode(optarg, &src_flush)) {
+            if (!cli_parse_cache_mode(optarg, &args->open_flags)) {
                 cli_error("Invalid source cache option: %s", optarg);
                 return false;
             }
@@ -189,18 +188,14 @@ bool cli_parse_image_args(const struct cli_command *cmd, unsigned extras, int ar
     return true;
 }
 
-bool cli_parse_cache_mode(const char *mode, bool *flush)
+bool cli_parse_cache_mode(const char *mode, uint32_t *open_flags)
 {
-    /* the first never syncs; "off" is qemu's other name for "none" */
-    static const char *const modes[] = { "unsafe", "none", "off", "writeback", "writethrough",
-                                         "directsync" };
-    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
-        if (strcmp(mode, modes[i]) == 0) {
-            *flush = i > 0;
-            return true;
-        }
-    }
-    return false;
+    uint32_t flags;
+    if (vd_cache_mode_flags(mode, &flags) < 0)
+        return false;
+    *open_flags = (*open_flags & ~(VD_OPEN_DIRECT | VD_OPEN_WRITETHROUGH | VD_OPEN_NO_FLUSH)) |
+                  flags;
+    return true;
 }
 
 bool cli_format_known(const char *format)

@@ -123,10 +123,12 @@ bool cli_parse_image_args(const struct cli_command *cmd, unsigned extras, int ar
 
 /*
  * A qemu cache mode (-t, -T): none (or off), writeback, writethrough,
- * directsync or unsafe. *flush says whether the mode syncs the image to
- * stable storage (all but unsafe). Returns false for an unknown mode.
+ * directsync or unsafe, as the library maps it (vd_cache_mode_flags()).
+ * Replaces the cache flags in *open_flags (VD_OPEN_DIRECT,
+ * VD_OPEN_WRITETHROUGH, VD_OPEN_NO_FLUSH) with the mode's. Returns false
+ * for an unknown mode.
  */
-bool cli_parse_cache_mode(const char *mode, bool *flush);
+bool cli_parse_cache_mode(const char *mode, uint32_t *open_flags);
 
 /* Print "vdisk: <message>" on stderr; returns EXIT_FAILURE. */
 int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -57,7 +57,6 @@ static int parse_and_amend(int argc, char **argv, struct amend_args *a)
         CLI_OPTION_HELP, CLI_OPTION_SAFE, { "force", no_argument, NULL, OPT_FORCE },
         { NULL, 0, NULL, 0 },
     };
-    bool flush = true;
     int opt;
     while ((opt = getopt_long(argc, argv, ":ho:f:t:pq", long_options, NULL)) != -1) {
         switch (opt) {
@@ -69,7 +68,7 @@ static int parse_and_amend(int argc, char **argv, struct amend_args *a)
             a->format = optarg;
             break;
         case 't':
-            if (!cli_parse_cache_mode(optarg, &flush))
+            if (!cli_parse_cache_mode(optarg, &a->open_flags))
                 return cli_error("Invalid cache option: %s", optarg);
             break;
         case 'p':
@@ -94,7 +93,6 @@ static int parse_and_amend(int argc, char **argv, struct amend_args *a)
         return print_amend_options(a->format);
     if (optind != argc - 1)
         return cli_error("Expecting one image file name");
-    a->open_flags |= flush ? 0 : VD_OPEN_NO_FLUSH;
     a->filename = argv[optind];
     return amend(a);
 }

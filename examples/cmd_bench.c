@@ -150,19 +150,17 @@ static int run_requests(struct bench *b)
 
 static int bench(const struct bench_args *a)
 {
-    bool flush = true;
-    if (a->cache && !cli_parse_cache_mode(a->cache, &flush))
+    uint32_t cache = 0;
+    if (a->cache && !cli_parse_cache_mode(a->cache, &cache))
         return cli_error("Invalid cache mode");
     if (!a->write && a->flush_interval)
         return cli_error("--flush-interval is only available in write tests");
     if (a->flush_interval && a->flush_interval < a->depth)
         return cli_error("Flush interval can't be smaller than depth");
-    bool direct = a->cache && (strcmp(a->cache, "none") == 0 || strcmp(a->cache, "off") == 0 ||
-                               strcmp(a->cache, "directsync") == 0);
-    if (a->native_aio && !direct)
+    if (a->native_aio && !(cache & VD_OPEN_DIRECT))
         return cli_error("Could not open '%s': aio=native was specified, but it requires "
                          "cache.direct=on, which was not specified.", a->filename);
-    uint32_t flags = a->open_flags | (a->write ? VD_OPEN_RDWR : 0) | (flush ? 0 : VD_OPEN_NO_FLUSH);
+    uint32_t flags = a->open_flags | (a->write ? VD_OPEN_RDWR : 0) | cache;
     struct bench b = { .args = a, .next_offset = a->offset };
     if (!(b.img = cli_open_image(a->filename, a->format, flags)))
         return EXIT_FAILURE;

@@ -147,8 +147,7 @@ const struct cli_command cmd_check = {
         "  --output=ofmt   'human' (default) or 'json' (the keys of qemu-img check)\n"
         "  -r leaks|all    repair: 'leaks' frees leaked clusters, 'all' also fixes\n"
         "                  errors (opens the image read-write, even one marked corrupt)\n"
-        "  -T src_cache    cache mode (none, writeback, writethrough, directsync,\n"
-        "                  unsafe); accepted for qemu-img compatibility\n"
+        "  -T src_cache    cache mode: none and directsync read with O_DIRECT\n"
         "  -U, --force-share\n"
         "                  open without taking locks (not with -r)\n"
         CLI_HELP_SAFE

@@ -9,7 +9,7 @@
 struct commit_args {
     const char *format;
     bool keep, progress, quiet; /* keep: -d, the image keeps its data */
-    uint32_t open_flags;        /* VD_OPEN_NO_FLUSH with -t unsafe, VD_OPEN_SAFE with --safe */
+    uint32_t open_flags;        /* -t's cache flags, VD_OPEN_SAFE with --safe */
     const char *filename;
 };
 
@@ -44,7 +44,8 @@ static int run_commit(int argc, char **argv)
         CLI_OPTION_HELP, CLI_OPTION_SAFE, { NULL, 0, NULL, 0 },
     };
     struct commit_args args = { 0 };
-    bool flush = true, safe = false;
+    uint32_t cache = 0;
+    bool safe = false;
     int opt;
     while ((opt = getopt_long(argc, argv, ":hf:t:dpq", long_options, NULL)) != -1) {
         switch (opt) {
@@ -52,7 +53,7 @@ static int run_commit(int argc, char **argv)
             args.format = optarg;
             break;
         case 't':
-            if (!cli_parse_cache_mode(optarg, &flush))
+            if (!cli_parse_cache_mode(optarg, &cache))
                 return cli_error("Invalid cache option: %s", optarg);
             break;
         case 'd':
@@ -73,7 +74,7 @@ static int run_commit(int argc, char **argv)
     }
     if (optind != argc - 1)
         return cli_usage_error("Expecting one image file name");
-    args.open_flags = (flush ? 0 : VD_OPEN_NO_FLUSH) | (safe ? VD_OPEN_SAFE : 0);
+    args.open_flags = cache | (safe ? VD_OPEN_SAFE : 0);
     args.filename = argv[optind];
     return commit(&args);
 }

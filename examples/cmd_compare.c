@@ -301,7 +301,6 @@ static int run_compare(int argc, char **argv)
         CLI_OPTION_HELP, CLI_OPTION_FORCE_SHARE, CLI_OPTION_SAFE, { NULL, 0, NULL, 0 },
     };
     struct compare_args a = { 0 };
-    bool src_flush; /* the images are only read: any cache mode reads the same */
     const char *cache = NULL;
     int opt;
     while ((opt = getopt_long(argc, argv, ":hf:F:T:pqsU", long_options, NULL)) != -1) {
@@ -338,7 +337,7 @@ static int run_compare(int argc, char **argv)
         return cli_usage_error("Expecting two image file names");
     a.filename[0] = argv[optind];
     a.filename[1] = argv[optind + 1];
-    if (cache && !cli_parse_cache_mode(cache, &src_flush)) {
+    if (cache && !cli_parse_cache_mode(cache, &a.open_flags)) {
         cli_error("Invalid source cache option: %s", cache);
         return EXIT_OPEN_ERROR;
     }
@@ -353,7 +352,7 @@ const struct cli_command cmd_compare = {
     .options =
         "  -f fmt          format of the first image (default: probe the file)\n"
         "  -F fmt          format of the second image (default: probe the file)\n"
-        "  -T src_cache    cache mode for reading (accepted; reads are the same)\n"
+        "  -T src_cache    cache mode for reading: none and directsync use O_DIRECT\n"
         "  -p              show progress\n"
         "  -q              quiet: print nothing, only the exit status tells\n"
         "  -s              strict: the sizes and the allocation status of every\n"

@@ -28,8 +28,9 @@ struct convert_args {
     char *options;          /* joined -o arguments, or NULL */
     bool progress, quiet;
     uint64_t sparse_size;
-    bool flush;             /* sync the destination at the end (-t: all modes but unsafe) */
-    uint32_t open_flags;    /* for the source; with --safe VD_OPEN_SAFE, also for the destination */
+    uint32_t dst_cache;     /* -t's flags (vd_cache_mode_flags()); default unsafe: VD_OPEN_NO_FLUSH */
+    uint32_t open_flags;    /* for the source (-T's flags); with --safe VD_OPEN_SAFE, also for
+                               the destination */
     uint32_t convert_flags; /* VD_CONVERT_* of -c, -n, --target-is-zero, -W */
     unsigned parallel;      /* -m, or 0 */
     const char *backing;    /* -B, or NULL */
@@ -56,7 +57,7 @@ static int copy_to_destination(const struct convert_args *a, vd_image *src, cons
     opts.dst_path = dst;
     opts.dst_format = dst_format;
     opts.dst_options = a->options;
-    opts.dst_open_flags = (a->flush ? 0 : VD_OPEN_NO_FLUSH) | (a->open_flags & VD_OPEN_SAFE);
+    opts.dst_open_flags = a->dst_cache | (a->open_flags & VD_OPEN_SAFE);
     opts.backing_file = a->backing;
     opts.backing_format = a->backing_fmt;
     opts.sparse_size = a->sparse_size;
@@ -161,7 +162,6 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
         { "target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS },
         { NULL, 0, NULL, 0 },
     };
-    bool src_flush;
     int opt;
     while ((opt = getopt_long(argc, argv, ":hcf:O:o:B:F:l:s:S:pqUt:T:nm:W", long_options, NULL)) !=
            -1) {
@@ -226,11 +226,11 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
             a->open_flags |= VD_OPEN_SAFE;
             break;
         case 't':
-            if (!cli_parse_cache_mode(optarg, &a->flush))
+            if (!cli_parse_cache_mode(optarg, &a->dst_cache))
                 return cli_error("Invalid cache option: %s", optarg);
             break;
-        case 'T': /* the source is only read: any mode reads the same */
-            if (!cli_parse_cache_mode(optarg, &src_flush))
+        case 'T': /* the source is only read: what matters is O_DIRECT or not */
+            if (!cli_parse_cache_mode(optarg, &a->open_flags))
                 return cli_error("Invalid source cache option: %s", optarg);
             break;
         default:
@@ -258,7 +258,7 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
 static int run_convert(int argc, char **argv)
 {
     vd_convert_opts defaults = VD_CONVERT_OPTS_INIT;
-    struct convert_args args = { .sparse_size = defaults.sparse_size };
+    struct convert_args args = { .sparse_size = defaults.sparse_size, .dst_cache = VD_OPEN_NO_FLUSH };
     int status = parse_and_convert(argc, argv, &args);
     free(args.options);
     snapshot_param_free(&args.snapshot);
@@ -295,8 +295,9 @@ const struct cli_command cmd_convert = {
         "                  not for an overlay, which is compared cluster by cluster\n"
         "  -t cache        cache mode of the destination: 'unsafe' (default) never\n"
         "                  syncs it; none, writeback, writethrough and directsync sync\n"
-        "                  it to stable storage at the end\n"
-        "  -T src_cache    cache mode of the source (accepted; reads are the same)\n"
+        "                  it to stable storage at the end; none and directsync write\n"
+        "                  it with O_DIRECT, writethrough and directsync every write FUA\n"
+        "  -T src_cache    cache mode of the source: none and directsync read with O_DIRECT\n"
         "  -n              write into an existing destination instead of creating it;\n"
         "                  it must be at least as large as the source, and -o cannot\n"
         "                  be given; on failure it is left as written so far\n"

@@ -13,7 +13,7 @@ struct rebase_args {
     const char *backing_fmt;  /* -F, or NULL to probe */
     bool unsafe, progress, quiet;
     bool force_share;         /* -U: the new backing chain is opened without locks */
-    uint32_t open_flags;      /* VD_OPEN_NO_FLUSH with -t unsafe, VD_OPEN_SAFE with --safe */
+    uint32_t open_flags;      /* -t's cache flags, VD_OPEN_SAFE with --safe */
     const char *filename;
 };
 
@@ -55,7 +55,8 @@ static int run_rebase(int argc, char **argv)
         CLI_OPTION_HELP, CLI_OPTION_FORCE_SHARE, CLI_OPTION_SAFE, { NULL, 0, NULL, 0 },
     };
     struct rebase_args args = { 0 };
-    bool flush = true, src_flush, safe = false;
+    uint32_t cache = 0, src_cache = 0;
+    bool safe = false;
     int opt;
     while ((opt = getopt_long(argc, argv, ":hf:F:b:upqUt:T:", long_options, NULL)) != -1) {
         switch (opt) {
@@ -81,11 +82,11 @@ static int run_rebase(int argc, char **argv)
             args.quiet = true;
             break;
         case 't':
-            if (!cli_parse_cache_mode(optarg, &flush))
+            if (!cli_parse_cache_mode(optarg, &cache))
                 return cli_error("Invalid cache option: %s", optarg);
             break;
-        case 'T': /* the old backing chain is only read: any mode reads the same */
-            if (!cli_parse_cache_mode(optarg, &src_flush))
+        case 'T': /* checked only: the backing files are opened as the image is (-t) */
+            if (!cli_parse_cache_mode(optarg, &src_cache))
                 return cli_error("Invalid source cache option: %s", optarg);
             break;
         case CLI_OPT_SAFE:
@@ -101,7 +102,7 @@ static int run_rebase(int argc, char **argv)
         return cli_usage_error("Must specify backing file (-b) or use unsafe mode (-u)");
     if (!args.backing) /* qemu-img: -u without -b removes the backing file */
         args.backing = "";
-    args.open_flags = (flush ? 0 : VD_OPEN_NO_FLUSH) | (safe ? VD_OPEN_SAFE : 0);
+    args.open_flags = cache | (safe ? VD_OPEN_SAFE : 0);
     args.filename = argv[optind];
     return rebase(&args);
 }
@@ -123,7 +124,8 @@ const struct cli_command cmd_rebase = {
         "                  backing file are not opened (rename or move a backing file)\n"
         "  -t cache        cache mode of the image: writeback (default), none,\n"
         "                  writethrough and directsync sync it at the end, unsafe does not\n"
-        "  -T src_cache    cache mode of the backing files (accepted; reads are the same)\n"
+        "  -T src_cache    cache mode of the backing files (checked; they are opened\n"
+        "                  with O_DIRECT or not as -t opens the image)\n"
         "  -p              show progress (0% and 100%)\n"
         "  -q              quiet: no progress\n"
         "  -U, --force-share\n"

@@ -41,6 +41,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include <libvdisk/version.h>
 
@@ -144,6 +145,31 @@ typedef struct vd_image vd_image;
  */
 #define VD_OPEN_SAFE        (1u << 7)
 
+/*
+ * Open every file of the chain (images and external data files) with
+ * O_DIRECT, bypassing the host page cache as qemu's cache=none does; writes
+ * still need vd_flush() (or VD_WRITE_FUA) to reach stable storage. Buffers,
+ * offsets and lengths that the file system's direct I/O alignment does not
+ * allow are served through an aligned bounce buffer, never refused. Where
+ * the file system refuses O_DIRECT the open fails with VD_EUNSUPPORTED and
+ * a message naming the file, unless VD_OPEN_DIRECT_FALLBACK is also given.
+ */
+#define VD_OPEN_DIRECT      (1u << 8)
+/* Every write is a VD_WRITE_FUA write (qemu's cache=writethrough). */
+#define VD_OPEN_WRITETHROUGH (1u << 9)
+/* With VD_OPEN_DIRECT: open a file whose file system refuses O_DIRECT without it. */
+#define VD_OPEN_DIRECT_FALLBACK (1u << 10)
+
+/*
+ * The VD_OPEN_* flags of one of qemu's cache modes, into *flags:
+ * "writeback" (0, the default), "writethrough" (VD_OPEN_WRITETHROUGH),
+ * "none" or "off" (VD_OPEN_DIRECT), "directsync" (VD_OPEN_DIRECT |
+ * VD_OPEN_WRITETHROUGH), "unsafe" (VD_OPEN_NO_FLUSH). Another name fails
+ * with VD_EINVAL ("Invalid cache option: name", as qemu-img says it).
+ * vd_open_opts.cache takes the same names.
+ */
+VD_API int vd_cache_mode_flags(const char *mode, uint32_t *flags);
+
 /* The largest metadata cache a VD_OPEN_SAFE handle allocates per image. */
 #define VD_SAFE_MAX_CACHE_BYTES (UINT64_C(32) << 20)
 
@@ -171,9 +197,15 @@ typedef struct vd_open_opts {
      * that directory. To check a backing file before recording it.
      */
     const char *relative_to;
+    /*
+     * NULL, or one of qemu's cache modes (see vd_cache_mode_flags()), whose
+     * flags are added to flags. The backing chain inherits VD_OPEN_DIRECT
+     * (and its fallback), as cache.direct applies to a whole qemu chain.
+     */
+    const char *cache;
 } vd_open_opts;
 
-#define VD_OPEN_OPTS_INIT { (uint32_t)sizeof(vd_open_opts), 0, NULL, 0, NULL, NULL, NULL, NULL }
+#define VD_OPEN_OPTS_INIT { (uint32_t)sizeof(vd_open_opts), 0, NULL, 0, NULL, NULL, NULL, NULL, NULL }
 
 /*
  * Open the image at path. format is a name such as "raw" or "qcow2", or NULL
@@ -261,6 +293,26 @@ VD_API int vd_read(vd_image *img, uint64_t offset, void *buf, size_t length, uin
  * VD_WRITE_COMPRESSED stores whole clusters compressed.
  */
 VD_API int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uint32_t flags);
+/*
+ * vd_read() into the iovcnt buffers of iov, filled in order, as preadv(2)
+ * does: all of them or fail. Entries may have any length, zero included;
+ * an entry with a length needs a buffer. iovcnt must lie in 0..IOV_MAX
+ * (VD_EINVAL). The data goes straight from the image file into the buffers,
+ * except where a cluster must be decompressed or an O_DIRECT transfer
+ * (VD_OPEN_DIRECT) needs alignment the buffers do not have. No flags are
+ * defined yet: pass 0.
+ */
+VD_API int vd_preadv(vd_image *img, uint64_t offset, const struct iovec *iov, int iovcnt,
+                     uint32_t flags);
+/*
+ * vd_write() from the iovcnt buffers of iov, taken in order, as pwritev(2)
+ * does: all of them or fail, with vd_write()'s flags. The buffers are
+ * written to the image file as they are; only a cluster written in part that
+ * must be copied whole (copy-on-write) is assembled in a buffer of the
+ * library's own.
+ */
+VD_API int vd_pwritev(vd_image *img, uint64_t offset, const struct iovec *iov, int iovcnt,
+                      uint32_t flags);
 /*
  * Make length bytes at offset read as zeroes, without sending zeroes:
  * zero clusters in qcow2, fallocate or the device's own zeroing in raw.
@@ -546,13 +598,19 @@ typedef struct vd_convert_opts {
     vd_image *src;
     const char *src_path;
     const char *src_format;      /* with src_path: format name, or NULL to probe */
-    uint32_t src_open_flags;     /* with src_path: VD_OPEN_NO_LOCK, VD_OPEN_CONFINED, VD_OPEN_SAFE */
+    /*
+     * With src_path: VD_OPEN_NO_LOCK, VD_OPEN_CONFINED, VD_OPEN_SAFE, and a
+     * cache mode's flags (vd_cache_mode_flags(): qemu-img convert -T).
+     */
+    uint32_t src_open_flags;
     /*
      * VD_OPEN_* flags of the destination besides VD_OPEN_RDWR: VD_OPEN_NO_FLUSH
      * (the default: never sync, qemu-img's cache=unsafe; clear it to sync the
      * result to stable storage at the end, as every other cache mode does),
      * VD_OPEN_CONFINED and VD_OPEN_SAFE (which also create it with
-     * VD_CREATE_CONFINED, so its backing file must lie in its directory).
+     * VD_CREATE_CONFINED, so its backing file must lie in its directory), and
+     * a cache mode's flags (vd_cache_mode_flags(): qemu-img convert -t;
+     * VD_OPEN_DIRECT writes it with O_DIRECT).
      */
     uint32_t dst_open_flags;
     const char *snapshot;        /* with src_path: convert this internal snapshot (id or name), or NULL */

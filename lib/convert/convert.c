@@ -20,8 +20,10 @@
 
 #define KNOWN_FLAGS (VD_CONVERT_EXISTING | VD_CONVERT_TARGET_IS_ZERO | VD_CONVERT_OUT_OF_ORDER | \
                      VD_CONVERT_COMPRESS | VD_CONVERT_BITMAPS)
-#define SRC_OPEN_FLAGS (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED | VD_OPEN_SAFE)
-#define DST_OPEN_FLAGS (VD_OPEN_NO_FLUSH | VD_OPEN_CONFINED | VD_OPEN_SAFE)
+/* the cache mode's flags (vd_cache_mode_flags()) are allowed on both sides */
+#define CACHE_OPEN_FLAGS (VD_OPEN_DIRECT | VD_OPEN_DIRECT_FALLBACK | VD_OPEN_WRITETHROUGH)
+#define SRC_OPEN_FLAGS (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED | VD_OPEN_SAFE | CACHE_OPEN_FLAGS)
+#define DST_OPEN_FLAGS (VD_OPEN_NO_FLUSH | VD_OPEN_CONFINED | VD_OPEN_SAFE | CACHE_OPEN_FLAGS)
 
 /* The options of this version are all known to a caller that passes this much. */
 #define OPTS_SIZE_1_1 (offsetof(vd_convert_opts, progress_ctx) + sizeof(void *))

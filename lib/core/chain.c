@@ -243,7 +243,7 @@ static int read_backing(vd_image *b, uint64_t off, uint8_t *buf, size_t len)
 {
     size_t inside = !b || off >= b->size ? 0 : (size_t)(b->size - off < len ? b->size - off : len);
     memset(buf + inside, 0, len - inside);
-    return inside ? b->backend->read(b, off, buf, inside) : 0;
+    return inside ? vd_backend_read(b, off, buf, inside) : 0;
 }
 
 /*
@@ -261,14 +261,14 @@ static int copy_differences(vd_image *img, vd_image *new_backing)
         uint64_t end = off + ext.length;
         while (!defined_here(&ext) && off < end && rc == 0) {
             size_t n = (size_t)(end - off < COPY_CHUNK ? end - off : COPY_CHUNK);
-            if ((rc = img->backend->read(img, off, old, n)) == 0)
+            if ((rc = vd_backend_read(img, off, old, n)) == 0)
                 rc = read_backing(new_backing, off, new, n);
             /* copy only the clusters that differ, so the overlay stays small */
             size_t step = img->cluster_size ? img->cluster_size : n;
             for (size_t at = 0; at < n && rc == 0; at += step) {
                 size_t piece = n - at < step ? n - at : step;
                 if (memcmp(old + at, new + at, piece) != 0)
-                    rc = img->backend->write(img, off + at, old + at, piece, 0);
+                    rc = vd_backend_write(img, off + at, old + at, piece, 0);
             }
             off += n;
         }
@@ -356,7 +356,7 @@ static int copy_into_backing(vd_image *img, vd_image *b)
         }
         while (defined_here(&ext) && off < end && rc == 0) {
             size_t n = (size_t)(end - off < COPY_CHUNK ? end - off : COPY_CHUNK);
-            if ((rc = img->backend->read(img, off, buf, n)) == 0)
+            if ((rc = vd_backend_read(img, off, buf, n)) == 0)
                 rc = vd_write(b, off, buf, n, 0);
             off += n;
         }

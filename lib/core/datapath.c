@@ -5,6 +5,8 @@
 #include "core/internal.h"
 #include "cow/engine.h"
 
+#include <limits.h>
+
 int vd_enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_flags,
              enum vd_access access)
 {
@@ -83,44 +85,96 @@ static int check_range(const vd_image *img, const char *call, uint64_t off, uint
     return 0;
 }
 
-int vd_read(vd_image *img, uint64_t offset, void *buf, size_t length, uint32_t flags)
+/* A caller's iovec array as a view, checked: every element has a buffer, the total fits. */
+static int view_of(const char *call, const struct iovec *iov, int iovcnt, struct vd_iov *v)
 {
-    int rc = vd_enter(img, "vd_read", flags, 0, VD_ACCESS_SHARED);
+    if (iovcnt < 0 || iovcnt > IOV_MAX)
+        return vd_err(VD_EINVAL, "%s: iovcnt %d is outside 0..%d", call, iovcnt, IOV_MAX);
+    if (!iov && iovcnt)
+        return vd_err(VD_EINVAL, "%s: NULL iovec array", call);
+    *v = (struct vd_iov){ iov, iovcnt, 0, 0 };
+    for (int i = 0; i < iovcnt; i++) {
+        if (!iov[i].iov_base && iov[i].iov_len)
+            return vd_err(VD_EINVAL, "%s: NULL buffer", call);
+        if (__builtin_add_overflow(v->len, iov[i].iov_len, &v->len))
+            return vd_err(VD_EINVAL, "%s: the iovec lengths overflow", call);
+    }
+    return 0;
+}
+
+/* Writes on a handle opened with VD_OPEN_WRITETHROUGH are all FUA (qemu's cache=writethrough). */
+static bool wants_fua(const vd_image *img, uint32_t flags)
+{
+    return (flags & VD_WRITE_FUA) || (img->open_flags & VD_OPEN_WRITETHROUGH);
+}
+
+/* vd_read() and vd_preadv(). */
+static int read_iov(vd_image *img, const char *call, uint64_t offset, const struct iovec *iov,
+                    int iovcnt, uint32_t flags)
+{
+    int rc = vd_enter(img, call, flags, 0, VD_ACCESS_SHARED);
     if (rc < 0)
         return rc;
-    if (!buf && length)
-        return vd_leave(img, vd_err(VD_EINVAL, "vd_read: NULL buffer"));
-    rc = check_range(img, "vd_read", offset, length);
-    if (rc == 0 && length) {
+    struct vd_iov v;
+    rc = view_of(call, iov, iovcnt, &v);
+    if (rc == 0)
+        rc = check_range(img, call, offset, v.len);
+    if (rc == 0 && v.len) {
         struct vd_inflight_req req;
-        bool tracked = track_begin(img, &req, offset, length, false);
-        rc = img->backend->read(img, offset, buf, length);
+        bool tracked = track_begin(img, &req, offset, v.len, false);
+        rc = img->backend->read(img, offset, &v);
         track_end(img, &req, tracked);
     }
     return vd_leave(img, rc);
 }
 
-int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uint32_t flags)
+/* vd_write() and vd_pwritev(). */
+static int write_iov(vd_image *img, const char *call, uint64_t offset, const struct iovec *iov,
+                     int iovcnt, uint32_t flags)
 {
-    int rc = vd_enter(img, "vd_write", flags, VD_WRITE_FUA | VD_WRITE_COMPRESSED,
-                      VD_ACCESS_DATA_WRITE);
+    int rc = vd_enter(img, call, flags, VD_WRITE_FUA | VD_WRITE_COMPRESSED, VD_ACCESS_DATA_WRITE);
     if (rc < 0)
         return rc;
-    if (!buf && length)
-        return vd_leave(img, vd_err(VD_EINVAL, "vd_write: NULL buffer"));
-    rc = check_range(img, "vd_write", offset, length);
+    struct vd_iov v;
+    rc = view_of(call, iov, iovcnt, &v);
+    if (rc == 0)
+        rc = check_range(img, call, offset, v.len);
     if (rc == 0 && (flags & VD_WRITE_COMPRESSED) && !img->cow)
-        rc = vd_err(VD_EUNSUPPORTED, "vd_write: %s: a %s image has no compressed clusters",
+        rc = vd_err(VD_EUNSUPPORTED, "%s: %s: a %s image has no compressed clusters", call,
                     img->filename, img->backend->name);
-    if (rc == 0 && length) {
+    if (rc == 0 && v.len) {
         struct vd_inflight_req req;
-        bool tracked = track_begin(img, &req, offset, length, true);
-        rc = img->backend->write(img, offset, buf, length, flags);
+        bool tracked = track_begin(img, &req, offset, v.len, true);
+        rc = img->backend->write(img, offset, &v, flags);
         track_end(img, &req, tracked);
     }
-    if (rc == 0 && length && (flags & VD_WRITE_FUA))
+    if (rc == 0 && v.len && wants_fua(img, flags))
         rc = flush_for_fua(img);
     return vd_leave(img, rc);
+}
+
+int vd_read(vd_image *img, uint64_t offset, void *buf, size_t length, uint32_t flags)
+{
+    struct iovec one = { buf, length };
+    return read_iov(img, "vd_read", offset, &one, 1, flags);
+}
+
+int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uint32_t flags)
+{
+    struct iovec one = { (void *)buf, length };
+    return write_iov(img, "vd_write", offset, &one, 1, flags);
+}
+
+int vd_preadv(vd_image *img, uint64_t offset, const struct iovec *iov, int iovcnt,
+              uint32_t flags)
+{
+    return read_iov(img, "vd_preadv", offset, iov, iovcnt, flags);
+}
+
+int vd_pwritev(vd_image *img, uint64_t offset, const struct iovec *iov, int iovcnt,
+               uint32_t flags)
+{
+    return write_iov(img, "vd_pwritev", offset, iov, iovcnt, flags);
 }
 
 int vd_store_cluster(vd_image *img, uint64_t offset, const void *comp, size_t comp_len,
@@ -138,8 +192,7 @@ int vd_store_cluster(vd_image *img, uint64_t offset, const void *comp, size_t co
 /* Default write_zeroes: the backend's own write of zeroed buffers. */
 static int backend_chunk_writer(void *ctx, const void *buf, size_t len, uint64_t off)
 {
-    vd_image *img = ctx;
-    return img->backend->write(img, off, buf, len, 0);
+    return vd_backend_write(ctx, off, buf, len, 0);
 }
 
 int vd_write_zeroes(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags)
@@ -155,6 +208,8 @@ int vd_write_zeroes(vd_image *img, uint64_t offset, uint64_t length, uint32_t fl
                                         : vd_write_zero_chunks(backend_chunk_writer, img, offset, length);
         track_end(img, &req, tracked);
     }
+    if (rc == 0 && length && wants_fua(img, 0))
+        rc = flush_for_fua(img);
     return vd_leave(img, rc);
 }
 

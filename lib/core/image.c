@@ -11,7 +11,8 @@
 
 #define OPEN_FLAGS_KNOWN (VD_OPEN_RDWR | VD_OPEN_NO_BACKING | VD_OPEN_NO_LOCK | \
                           VD_OPEN_CONFINED | VD_OPEN_UNSAFE_RAW | VD_OPEN_REPAIR | \
-                          VD_OPEN_NO_FLUSH | VD_OPEN_SAFE)
+                          VD_OPEN_NO_FLUSH | VD_OPEN_SAFE | VD_OPEN_DIRECT | \
+                          VD_OPEN_WRITETHROUGH | VD_OPEN_DIRECT_FALLBACK)
 
 /* Read the first bytes of a file (fewer if it is short; the rest zeroed). */
 static int read_head(vd_file *file, uint8_t *head, uint64_t *file_size)
@@ -246,7 +247,7 @@ int vd_open_image(vd_image **out, const struct vd_chain_where *where, const vd_o
         return vd_err(VD_EFORMAT, "Unknown format '%s'", o->format);
 
     struct vd_named_file found;
-    int rc = vd_chain_open_file(&found, where, (o->flags & VD_OPEN_RDWR) ? VD_FILE_RDWR : 0);
+    int rc = vd_chain_open_file(&found, where, vd_file_flags_for(o->flags));
     vd_image *img = NULL;
     if (rc == 0)
         rc = image_alloc(&img, &found, o);
@@ -320,6 +321,12 @@ int vd_open_ext(vd_image **out, const char *path, const vd_open_opts *opts)
         memcpy(&o, opts, opts->struct_size);
         o.struct_size = sizeof o;
     }
+    uint32_t cache_flags = 0;
+    int rc = o.cache ? vd_cache_mode_flags(o.cache, &cache_flags) : 0;
+    if (rc < 0)
+        return rc;
+    o.flags |= cache_flags;
+    o.cache = NULL; /* now in flags, which the chain below inherits from */
     if (o.flags & ~OPEN_FLAGS_KNOWN)
         return vd_err(VD_EINVAL, "vd_open: unknown flags 0x%x", o.flags & ~OPEN_FLAGS_KNOWN);
     if ((o.flags & VD_OPEN_REPAIR) && !(o.flags & VD_OPEN_RDWR))
@@ -331,8 +338,29 @@ int vd_open_ext(vd_image **out, const char *path, const vd_open_opts *opts)
         if (o.cache_bytes > VD_SAFE_MAX_CACHE_BYTES)
             o.cache_bytes = VD_SAFE_MAX_CACHE_BYTES;
     }
-    int rc = o.formats ? check_formats_list(o.formats) : 0;
+    rc = o.formats ? check_formats_list(o.formats) : 0;
     return rc < 0 ? rc : open_top(out, path, &o);
+}
+
+int vd_cache_mode_flags(const char *mode, uint32_t *flags)
+{
+    static const struct { const char *name; uint32_t flags; } modes[] = {
+        { "writeback", 0 },
+        { "writethrough", VD_OPEN_WRITETHROUGH },
+        { "none", VD_OPEN_DIRECT },
+        { "off", VD_OPEN_DIRECT },
+        { "directsync", VD_OPEN_DIRECT | VD_OPEN_WRITETHROUGH },
+        { "unsafe", VD_OPEN_NO_FLUSH },
+    };
+    vd_err_clear();
+    if (!mode || !flags)
+        return vd_err(VD_EINVAL, "vd_cache_mode_flags: mode and flags must not be NULL");
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+        if (strcmp(mode, modes[i].name) == 0) {
+            *flags = modes[i].flags;
+            return 0;
+        }
+    return vd_err(VD_EINVAL, "Invalid cache option: %s", mode);
 }
 
 int vd_open(vd_image **out, const char *path, const char *format, uint32_t flags)

@@ -59,9 +59,13 @@ struct vd_backend {
     int (*open)(vd_image *img, const vd_open_opts *opts);
     void (*close)(vd_image *img);                                   /* default: nothing */
 
-    /* Data path; ranges are already checked against img->size. */
-    int (*read)(vd_image *img, uint64_t off, void *buf, size_t len);
-    int (*write)(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags);
+    /*
+     * Data path on views of the caller's buffers (io/iov.h); ranges are
+     * already checked against img->size. vd_backend_read/vd_backend_write
+     * below take a flat buffer.
+     */
+    int (*read)(vd_image *img, uint64_t off, const struct vd_iov *v);
+    int (*write)(vd_image *img, uint64_t off, const struct vd_iov *v, uint32_t flags);
     int (*write_zeroes)(vd_image *img, uint64_t off, uint64_t len, uint32_t flags); /* default: write zero buffers */
     int (*discard)(vd_image *img, uint64_t off, uint64_t len);     /* default: ignore */
     int (*flush)(vd_image *img);                                    /* default: sync the file */
@@ -141,6 +145,21 @@ struct vd_image {
     bool listed_open;
 };
 
+/* A backend's read or write of one flat buffer. */
+static inline int vd_backend_read(vd_image *img, uint64_t off, void *buf, size_t len)
+{
+    struct iovec one;
+    struct vd_iov v = vd_iov_flat(&one, buf, len);
+    return img->backend->read(img, off, &v);
+}
+static inline int vd_backend_write(vd_image *img, uint64_t off, const void *buf, size_t len,
+                                   uint32_t flags)
+{
+    struct iovec one;
+    struct vd_iov v = vd_iov_flat(&one, buf, len);
+    return img->backend->write(img, off, &v, flags);
+}
+
 /* The file that holds guest data. */
 static inline vd_file *vd_image_data(const vd_image *img)
 {
@@ -216,7 +235,16 @@ struct vd_chain_link {
 };
 
 /* The open flags the images below an image inherit (they are always read-only). */
-#define VD_OPEN_INHERITED (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED | VD_OPEN_SAFE)
+#define VD_OPEN_INHERITED (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED | VD_OPEN_SAFE | VD_OPEN_DIRECT | \
+                           VD_OPEN_DIRECT_FALLBACK)
+
+/* The VD_FILE_* flags for a file of an image opened with these VD_OPEN_* flags. */
+static inline uint32_t vd_file_flags_for(uint32_t open_flags)
+{
+    return ((open_flags & VD_OPEN_RDWR) ? VD_FILE_RDWR : 0) |
+           ((open_flags & VD_OPEN_DIRECT) ? VD_FILE_DIRECT : 0) |
+           ((open_flags & VD_OPEN_DIRECT_FALLBACK) ? VD_FILE_DIRECT_FALLBACK : 0);
+}
 
 /* Where a file is: a name that an image (the referrer) records, or the caller's path. */
 struct vd_chain_where {

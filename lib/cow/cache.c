@@ -73,8 +73,7 @@ int vd_cache_new(struct vd_cache **out, vd_file *file, size_t table_size, size_t
     c->entries = calloc(capacity, sizeof *c->entries);
     c->buckets = malloc(c->nbuckets * sizeof *c->buckets);
     c->free_slots = malloc(capacity * sizeof *c->free_slots);
-    if (posix_memalign((void **)&c->tables, 4096, capacity * table_size) != 0)
-        c->tables = NULL;
+    c->tables = vd_io_buf_alloc(capacity * table_size);
     if (!c->entries || !c->buckets || !c->free_slots || !c->tables) {
         vd_cache_free(c);
         return vd_err(VD_ENOMEM, "%s: out of memory for the metadata cache (%zu tables)",

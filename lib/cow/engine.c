@@ -70,66 +70,70 @@ static bool cow_data_over_holes(vd_image *img)
 }
 
 /* Read what lies under an unallocated range: the backing image, or zeroes past its end. */
-static int read_below(vd_image *img, uint64_t off, uint8_t *buf, uint64_t len)
+static int read_below(vd_image *img, uint64_t off, const struct vd_iov *v)
 {
     vd_image *b = img->backing;
-    uint64_t from_backing = 0;
+    size_t from_backing = 0;
     if (b && off < b->size)
-        from_backing = min_u64(len, b->size - off);
-    if (from_backing) {
-        int rc = b->backend->read(b, off, buf, (size_t)from_backing);
-        if (rc < 0)
-            return rc;
-    }
-    memset(buf + from_backing, 0, (size_t)(len - from_backing));
-    return 0;
+        from_backing = (size_t)min_u64(v->len, b->size - off);
+    struct vd_iov past = vd_iov_sub(v, from_backing, v->len - from_backing);
+    vd_iov_zero(&past);
+    struct vd_iov inside = vd_iov_sub(v, 0, from_backing);
+    return from_backing ? b->backend->read(b, off, &inside) : 0;
 }
 
 static int read_compressed_part(vd_image *img, const struct vd_cow_run *run, uint64_t off,
-                                uint8_t *buf, uint64_t len)
+                                const struct vd_iov *v)
 {
     if (!img->cow->read_compressed)
         return vd_err(VD_EUNSUPPORTED, "%s: compressed clusters are not supported", img->filename);
-    uint8_t *cluster = malloc(img->cluster_size);
+    uint8_t *cluster = vd_io_buf_alloc(img->cluster_size);
     if (!cluster)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     int rc = img->cow->read_compressed(img, run, cluster);
     if (rc == 0)
-        memcpy(buf, cluster + (off & (img->cluster_size - 1)), (size_t)len);
+        vd_iov_from_buf(v, cluster + (off & (img->cluster_size - 1)));
     free(cluster);
     return rc;
 }
 
-int vd_cow_read(vd_image *img, uint64_t off, void *buf, size_t len)
+int vd_cow_read(vd_image *img, uint64_t off, const struct vd_iov *v)
 {
-    uint8_t *p = buf;
-    while (len) {
+    for (struct vd_iov rest = *v; rest.len;) {
         struct vd_cow_run run;
-        int rc = cow_lookup(img, off, len, &run);
+        int rc = cow_lookup(img, off, rest.len, &run);
         if (rc < 0)
             return rc;
-        size_t n = (size_t)min_u64(run.length, len);
+        size_t n = (size_t)min_u64(run.length, rest.len);
+        struct vd_iov part = vd_iov_sub(&rest, 0, n);
         switch (run.kind) {
-        case VD_COW_DATA:
-            rc = vd_file_pread(vd_image_data(img), p, n, run.host);
+        case VD_COW_DATA: /* straight into the caller's buffers */
+            rc = vd_file_preadv(vd_image_data(img), &part, run.host);
             break;
         case VD_COW_ZERO:
-            memset(p, 0, n);
+            vd_iov_zero(&part);
             break;
         case VD_COW_UNALLOCATED:
-            rc = read_below(img, off, p, n);
+            rc = read_below(img, off, &part);
             break;
         case VD_COW_COMPRESSED:
-            rc = read_compressed_part(img, &run, off, p, n);
+            rc = read_compressed_part(img, &run, off, &part);
             break;
         }
         if (rc < 0)
             return rc;
-        p += n;
+        rest = vd_iov_sub(&rest, n, rest.len - n);
         off += n;
-        len -= n;
     }
     return 0;
+}
+
+/* vd_cow_read() into one flat buffer. */
+static int read_flat(vd_image *img, uint64_t off, void *buf, size_t len)
+{
+    struct iovec one;
+    struct vd_iov v = vd_iov_flat(&one, buf, len);
+    return vd_cow_read(img, off, &v);
 }
 
 /* The guest content of a whole cluster, zero past the end of the image. */
@@ -137,21 +141,21 @@ static int read_cluster(vd_image *img, uint64_t cstart, uint8_t *cluster)
 {
     uint64_t inside = cstart < img->size ? min_u64(img->cluster_size, img->size - cstart) : 0;
     memset(cluster + inside, 0, img->cluster_size - (size_t)inside);
-    return inside ? vd_cow_read(img, cstart, cluster, (size_t)inside) : 0;
+    return inside ? read_flat(img, cstart, cluster, (size_t)inside) : 0;
 }
 
 struct batch {
     uint64_t guest, host;   /* first cluster */
     uint64_t count;         /* clusters, contiguous in both spaces */
-    const uint8_t *data;    /* count * cluster_size bytes */
+    struct vd_iov data;     /* the source, from the first cluster on (count * cluster_size bytes used) */
 };
 
 /* Write guest data to the host file, unless the format says metadata lives there. */
-static int write_data(vd_image *img, const void *buf, size_t len, uint64_t host)
+static int write_data(vd_image *img, const struct vd_iov *v, uint64_t host)
 {
-    int rc = cow_check_write(img, host, len);
+    int rc = cow_check_write(img, host, v->len);
     if (rc == 0)
-        rc = vd_file_pwrite(vd_image_data(img), buf, len, host);
+        rc = vd_file_pwritev(vd_image_data(img), v, host);
     vd_image_mark_unsynced(img);
     return rc;
 }
@@ -162,7 +166,8 @@ static int commit_batch(vd_image *img, struct batch *b)
     if (!b->count)
         return 0;
     uint64_t cs = img->cluster_size;
-    int rc = write_data(img, b->data, (size_t)(b->count * cs), b->host);
+    struct vd_iov clusters = vd_iov_sub(&b->data, 0, (size_t)(b->count * cs));
+    int rc = write_data(img, &clusters, b->host);
     for (uint64_t i = 0; i < b->count && rc == 0; i++)
         rc = cow_link(img, b->guest + i * cs, b->host + i * cs);
     b->count = 0;
@@ -187,16 +192,16 @@ static bool reads_as_zeroes(vd_image *img, uint64_t cstart, const struct vd_cow_
  * cheaply (fallocate where the file system can) and write just the new
  * bytes, as QEMU does, instead of building and writing the whole cluster.
  */
-static int fill_zero_cluster(vd_image *img, uint64_t cstart, size_t in, const uint8_t *src, size_t n)
+static int fill_zero_cluster(vd_image *img, uint64_t cstart, size_t in, const struct vd_iov *src)
 {
-    struct batch one = { cstart, 0, 0, NULL };
+    struct batch one = { .guest = cstart };
     int rc = cow_allocate(img, cstart, &one.host);
     if (rc == 0)
         rc = cow_check_write(img, one.host, img->cluster_size);
     if (rc == 0)
         rc = vd_file_write_zeroes(vd_image_data(img), one.host, img->cluster_size, false);
     if (rc == 0)
-        rc = write_data(img, src, n, one.host + in);
+        rc = write_data(img, src, one.host + in);
     return rc == 0 ? cow_link(img, cstart, one.host) : rc;
 }
 
@@ -204,42 +209,48 @@ static int fill_zero_cluster(vd_image *img, uint64_t cstart, size_t in, const ui
  * Copy-on-write of one partially written cluster: build it whole (old
  * content plus the new bytes), write it to a new cluster, then link.
  */
-static int cow_partial(vd_image *img, uint64_t cstart, size_t in, const uint8_t *src, size_t n,
+static int cow_partial(vd_image *img, uint64_t cstart, size_t in, const struct vd_iov *src,
                        uint8_t *scratch)
 {
     int rc = read_cluster(img, cstart, scratch);
     if (rc < 0)
         return rc;
-    memcpy(scratch + in, src, n);
-    struct batch one = { cstart, 0, 1, scratch };
+    vd_iov_to_buf(src, scratch + in);
+    struct iovec whole;
+    struct batch one = { cstart, 0, 1, vd_iov_flat(&whole, scratch, img->cluster_size) };
     rc = cow_allocate(img, cstart, &one.host);
     return rc < 0 ? rc : commit_batch(img, &one);
 }
 
-static int write_compressed(vd_image *img, uint64_t off, const uint8_t *src, size_t len);
+static int write_compressed(vd_image *img, uint64_t off, const struct vd_iov *v);
 
-int vd_cow_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags)
+int vd_cow_write(vd_image *img, uint64_t off, const struct vd_iov *v, uint32_t flags)
 {
     if (flags & VD_WRITE_COMPRESSED)
-        return write_compressed(img, off, buf, len);
+        return write_compressed(img, off, v);
     const uint64_t cs = img->cluster_size;
-    const uint8_t *src = buf;
+    struct vd_iov rest = *v; /* the source from off on */
     uint8_t *scratch = NULL;
     struct batch batch = { 0 };
     int rc = 0;
 
-    while (len && rc == 0) {
+    while (rest.len && rc == 0) {
         uint64_t cstart = off & ~(cs - 1);
         size_t in = (size_t)(off - cstart);
-        size_t n = (size_t)min_u64(len, cs - in);
+        size_t n = (size_t)min_u64(rest.len, cs - in);
+        struct vd_iov src = vd_iov_sub(&rest, 0, n);
         struct vd_cow_run run;
-        rc = cow_lookup(img, cstart, cs, &run);
+        /* the whole request, so that an in-place write covers every owned cluster of its run */
+        rc = cow_lookup(img, cstart, in + rest.len, &run);
         if (rc < 0)
             break;
         if (overwritable(&run, img->cluster_size)) {
+            /* in place, in one transfer, up to the last whole cluster of the run */
+            n = (size_t)min_u64(rest.len, run.length / cs * cs - in);
+            src = vd_iov_sub(&rest, 0, n);
             rc = commit_batch(img, &batch);
             if (rc == 0)
-                rc = write_data(img, src, n, run.host + in);
+                rc = write_data(img, &src, run.host + in);
         } else if (n == cs) {
             /* whole new cluster: extend the batch when the host space is contiguous */
             uint64_t host;
@@ -247,27 +258,34 @@ int vd_cow_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint3
             if (rc == 0 && batch.count && host != batch.host + batch.count * cs)
                 rc = commit_batch(img, &batch);
             if (rc == 0 && batch.count == 0)
-                batch = (struct batch){ cstart, host, 0, src };
+                batch = (struct batch){ cstart, host, 0, rest };
             batch.count++;
         } else {
             rc = commit_batch(img, &batch);
             if (rc == 0 && reads_as_zeroes(img, cstart, &run)) {
-                rc = fill_zero_cluster(img, cstart, in, src, n);
+                rc = fill_zero_cluster(img, cstart, in, &src);
             } else {
-                if (rc == 0 && !scratch && !(scratch = malloc(cs)))
+                if (rc == 0 && !scratch && !(scratch = vd_io_buf_alloc(cs)))
                     rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
                 if (rc == 0)
-                    rc = cow_partial(img, cstart, in, src, n, scratch);
+                    rc = cow_partial(img, cstart, in, &src, scratch);
             }
         }
-        src += n;
+        rest = vd_iov_sub(&rest, n, rest.len - n);
         off += n;
-        len -= n;
     }
     if (rc == 0)
         rc = commit_batch(img, &batch);
     free(scratch);
     return rc;
+}
+
+/* vd_cow_write() of one flat buffer. */
+static int write_flat(vd_image *img, uint64_t off, const void *buf, size_t len)
+{
+    struct iovec one;
+    struct vd_iov v = vd_iov_flat(&one, buf, len);
+    return vd_cow_write(img, off, &v, 0);
 }
 
 bool vd_cow_can_compress(vd_image *img)
@@ -291,7 +309,7 @@ int vd_cow_store_cluster(vd_image *img, uint64_t off, const void *comp, size_t c
                          const void *plain, size_t plain_len)
 {
     if (!comp)
-        return vd_cow_write(img, off, plain, plain_len, 0);
+        return write_flat(img, off, plain, plain_len);
     pthread_rwlock_wrlock(&img->meta_lock);
     int rc = img->cow->store_compressed(img, off, comp, comp_len);
     pthread_rwlock_unlock(&img->meta_lock);
@@ -303,9 +321,10 @@ int vd_cow_store_cluster(vd_image *img, uint64_t off, const void *comp, size_t c
  * not a multiple of the cluster size padded with zeroes, as QEMU pads it),
  * or written as they are where compression gains nothing.
  */
-static int write_compressed(vd_image *img, uint64_t off, const uint8_t *src, size_t len)
+static int write_compressed(vd_image *img, uint64_t off, const struct vd_iov *v)
 {
     const uint64_t cs = img->cluster_size;
+    size_t len = v->len;
     if ((off & (cs - 1)) || ((len & (cs - 1)) && off + len != img->size))
         return vd_err(VD_EINVAL, "%s: a compressed write must cover whole clusters of %llu bytes "
                       "(offset %llu, length %zu)", img->filename, (unsigned long long)cs,
@@ -316,13 +335,13 @@ static int write_compressed(vd_image *img, uint64_t off, const uint8_t *src, siz
     int rc = 0;
     for (size_t done = 0; done < len && rc == 0; done += (size_t)cs) {
         size_t n = (size_t)min_u64(cs, len - done);
-        memcpy(cluster, src + done, n);
+        struct vd_iov part = vd_iov_sub(v, done, n);
+        vd_iov_to_buf(&part, cluster);
         memset(cluster + n, 0, (size_t)cs - n);
         size_t out_len = 0;
         rc = vd_cow_compress_cluster(img, cluster, out, &out_len);
         if (rc >= 0)
-            rc = vd_cow_store_cluster(img, off + done, rc == 0 ? out : NULL, out_len,
-                                      src + done, n);
+            rc = vd_cow_store_cluster(img, off + done, rc == 0 ? out : NULL, out_len, cluster, n);
     }
     free(cluster);
     return rc;
@@ -334,14 +353,14 @@ static int write_zero_bytes(vd_image *img, uint64_t off, uint64_t len)
     uint8_t *zeroes = calloc(1, (size_t)len);
     if (!zeroes)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
-    int rc = vd_cow_write(img, off, zeroes, (size_t)len, 0);
+    int rc = write_flat(img, off, zeroes, (size_t)len);
     free(zeroes);
     return rc;
 }
 
 static int zero_writer(void *ctx, const void *buf, size_t len, uint64_t off)
 {
-    return vd_cow_write(ctx, off, buf, len, 0);
+    return write_flat(ctx, off, buf, len);
 }
 
 /*

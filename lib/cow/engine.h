@@ -130,8 +130,8 @@ struct vd_cow_ops {
 };
 
 /* Data-path callbacks for a sparse format's struct vd_backend. */
-int vd_cow_read(vd_image *img, uint64_t off, void *buf, size_t len);
-int vd_cow_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags);
+int vd_cow_read(vd_image *img, uint64_t off, const struct vd_iov *v);
+int vd_cow_write(vd_image *img, uint64_t off, const struct vd_iov *v, uint32_t flags);
 int vd_cow_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags);
 int vd_cow_discard(vd_image *img, uint64_t off, uint64_t len);
 int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext);

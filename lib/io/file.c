@@ -35,6 +35,41 @@ void vd_file_close(vd_file *f)
         f->ops->close(f);
 }
 
+void *vd_io_buf_alloc(size_t len)
+{
+    void *p;
+    return posix_memalign(&p, VD_IO_BUF_ALIGN, len ? len : 1) == 0 ? p : NULL;
+}
+
+/* Without vectored operations: one transfer per element. */
+static int per_element(vd_file *f, const struct vd_iov *v, uint64_t off, bool write)
+{
+    struct iovec seg[16];
+    for (struct vd_iov rest = *v; rest.len;) {
+        size_t bytes;
+        int n = vd_iov_export(&rest, seg, 16, &bytes);
+        for (int i = 0; i < n; i++) {
+            int rc = write ? f->ops->pwrite(f, seg[i].iov_base, seg[i].iov_len, off)
+                           : f->ops->pread(f, seg[i].iov_base, seg[i].iov_len, off);
+            if (rc < 0)
+                return rc;
+            off += seg[i].iov_len;
+        }
+        rest = vd_iov_sub(&rest, bytes, rest.len - bytes);
+    }
+    return 0;
+}
+
+int vd_file_preadv(vd_file *f, const struct vd_iov *v, uint64_t off)
+{
+    return f->ops->preadv ? f->ops->preadv(f, v, off) : per_element(f, v, off, false);
+}
+
+int vd_file_pwritev(vd_file *f, const struct vd_iov *v, uint64_t off)
+{
+    return f->ops->pwritev ? f->ops->pwritev(f, v, off) : per_element(f, v, off, true);
+}
+
 int vd_file_errno(const vd_file *f, int errnum, const char *what, uint64_t off)
 {
     int code;

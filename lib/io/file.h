@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <sys/stat.h>
 
+#include "io/iov.h"
+
 typedef struct vd_file vd_file;
 
 /* vd_file_open() flags */
@@ -22,6 +24,10 @@ typedef struct vd_file vd_file;
 /* Create if missing. Never truncates: a file may only be emptied once it is locked. */
 #define VD_FILE_CREATE  (1u << 1)
 #define VD_FILE_EXCL    (1u << 2) /* with CREATE: fail if present */
+/* O_DIRECT; a file system that refuses it fails the open (VD_EUNSUPPORTED) ... */
+#define VD_FILE_DIRECT  (1u << 3)
+/* ... unless this is given too: then the file is opened without it. */
+#define VD_FILE_DIRECT_FALLBACK (1u << 4)
 
 /*
  * The operations a file layer implements. Each returns 0 or a negative VD_E*
@@ -32,6 +38,9 @@ typedef struct vd_file vd_file;
 struct vd_file_ops {
     int (*pread)(vd_file *f, void *buf, size_t len, uint64_t off);
     int (*pwrite)(vd_file *f, const void *buf, size_t len, uint64_t off);
+    /* Vectored transfers of a view, all or error. Optional: pread/pwrite per element. */
+    int (*preadv)(vd_file *f, const struct vd_iov *v, uint64_t off);
+    int (*pwritev)(vd_file *f, const struct vd_iov *v, uint64_t off);
     int (*sync)(vd_file *f);
     int (*get_size)(vd_file *f, uint64_t *size);
     int (*truncate)(vd_file *f, uint64_t size);
@@ -141,6 +150,16 @@ static inline int vd_file_pwrite(vd_file *f, const void *buf, size_t len, uint64
 {
     return f->ops->pwrite(f, buf, len, off);
 }
+/*
+ * A buffer for file I/O aligned for O_DIRECT (VD_IO_BUF_ALIGN), so that the
+ * library's own transfers need no bounce buffer; release it with free().
+ */
+#define VD_IO_BUF_ALIGN 4096
+void *vd_io_buf_alloc(size_t len);
+
+/* Read or write the bytes of a view at off, in the caller's buffers where the layer can. */
+int vd_file_preadv(vd_file *f, const struct vd_iov *v, uint64_t off);
+int vd_file_pwritev(vd_file *f, const struct vd_iov *v, uint64_t off);
 static inline int vd_file_sync(vd_file *f) { return f->ops->sync(f); }
 static inline int vd_file_get_size(vd_file *f, uint64_t *size) { return f->ops->get_size(f, size); }
 static inline int vd_file_truncate(vd_file *f, uint64_t size) { return f->ops->truncate(f, size); }

@@ -1,12 +1,16 @@
 /*
- * The POSIX file layer: pread/pwrite/fdatasync/fallocate/SEEK_DATA on regular
- * files, and block devices as raw images of the device's size.
+ * The POSIX file layer: preadv/pwritev/fdatasync/fallocate/SEEK_DATA on
+ * regular files, and block devices as raw images of the device's size.
+ * Opened with VD_FILE_DIRECT, a file bypasses the page cache (O_DIRECT) and
+ * serves transfers that are not aligned as the file system requires through
+ * an aligned bounce buffer.
  */
 #include "core/internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -17,6 +21,14 @@ struct posix_file {
     vd_file base;
     int fd;
     uint64_t block_size; /* a block device's logical block size, the unit of a discard (else 0) */
+    /* O_DIRECT: the alignment of buffers, offsets and lengths it needs; 0 without O_DIRECT. */
+    size_t dio_align;
+    /*
+     * O_DIRECT: aligned writes hold it shared; the read-modify-write of a
+     * partly written block holds it alone, so that no concurrent write to
+     * that block is lost between its read and its write back.
+     */
+    pthread_rwlock_t rmw;
 };
 
 static int fd_of(vd_file *f)
@@ -24,41 +36,165 @@ static int fd_of(vd_file *f)
     return ((struct posix_file *)f)->fd;
 }
 
-static int posix_pread(vd_file *f, void *buf, size_t len, uint64_t off)
+static int past_end(vd_file *f, uint64_t off)
 {
-    char *p = buf;
-    while (len) {
-        ssize_t n = pread(fd_of(f), p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return vd_file_errno(f, errno, "read", off);
-        }
-        if (n == 0) /* past the end of the file: a sparse tail reads as zeroes */
-            return vd_err(VD_EIO, "%s: read at offset %llu is past the end of the file",
-                          f->path, (unsigned long long)off);
-        p += n;
+    return vd_err(VD_EIO, "%s: read at offset %llu is past the end of the file", f->path,
+                  (unsigned long long)off);
+}
+
+/* preadv/pwritev of the whole view, looping on short transfers and EINTR. */
+static int transfer(vd_file *f, const struct vd_iov *v, uint64_t off, bool write)
+{
+    struct iovec seg[64];
+    for (struct vd_iov rest = *v; rest.len;) {
+        size_t bytes;
+        int cnt = vd_iov_export(&rest, seg, 64, &bytes);
+        ssize_t n = write ? pwritev(fd_of(f), seg, cnt, (off_t)off)
+                          : preadv(fd_of(f), seg, cnt, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return vd_file_errno(f, errno, write ? "write" : "read", off);
+        if (n == 0 && !write) /* past the end of the file: a sparse tail reads as zeroes */
+            return past_end(f, off);
+        rest = vd_iov_sub(&rest, (size_t)n, rest.len - (size_t)n);
         off += (uint64_t)n;
-        len -= (size_t)n;
     }
     return 0;
 }
 
+/* Whether O_DIRECT can take this transfer as it is. */
+static bool direct_ok(const struct posix_file *pf, const struct vd_iov *v, uint64_t off)
+{
+    return !((off | v->len) & (pf->dio_align - 1)) && vd_iov_aligned(v, pf->dio_align);
+}
+
+/*
+ * Read [start, start + len) (aligned) into buf, of which at least need bytes
+ * must exist in the file: the last block may end with the file.
+ */
+static int read_blocks(vd_file *f, uint8_t *buf, size_t len, uint64_t start, size_t need)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = pread(fd_of(f), buf + got, len - got, (off_t)(start + got));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return vd_file_errno(f, errno, "read", start + got);
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    if (got < need)
+        return past_end(f, start + got);
+    memset(buf + got, 0, len - got);
+    return 0;
+}
+
+/* The aligned blocks covering [off, off + len), in a buffer of the library's own. */
+struct bounce {
+    uint64_t start;
+    size_t len;
+    uint8_t *buf;
+};
+
+static int bounce_for(vd_file *f, size_t align, uint64_t off, size_t len, struct bounce *b)
+{
+    b->start = off & ~(uint64_t)(align - 1);
+    uint64_t end = (off + len + align - 1) & ~(uint64_t)(align - 1);
+    b->len = (size_t)(end - b->start);
+    b->buf = vd_io_buf_alloc(b->len);
+    return b->buf ? 0 : vd_err(VD_ENOMEM, "%s: out of memory for an O_DIRECT bounce buffer",
+                               f->path);
+}
+
+static int bounce_read(struct posix_file *pf, const struct vd_iov *v, uint64_t off)
+{
+    vd_file *f = &pf->base;
+    struct bounce b;
+    int rc = bounce_for(f, pf->dio_align, off, v->len, &b);
+    if (rc == 0)
+        rc = read_blocks(f, b.buf, b.len, b.start, (size_t)(off - b.start) + v->len);
+    if (rc == 0)
+        vd_iov_from_buf(v, b.buf + (off - b.start));
+    free(b.buf);
+    return rc;
+}
+
+/*
+ * A write O_DIRECT cannot take as it is. Aligned in the file (only the
+ * buffers are not): copy and write. Otherwise read-modify-write the blocks
+ * at either end, alone on the file, and cut the file back if the last
+ * block reached past both its old end and the write's.
+ */
+static int bounce_write(struct posix_file *pf, const struct vd_iov *v, uint64_t off)
+{
+    vd_file *f = &pf->base;
+    size_t align = pf->dio_align;
+    bool rmw = ((off | v->len) & (align - 1)) != 0;
+    struct bounce b;
+    int rc = bounce_for(f, align, off, v->len, &b);
+    if (rc < 0)
+        return rc;
+    rmw ? pthread_rwlock_wrlock(&pf->rmw) : pthread_rwlock_rdlock(&pf->rmw);
+    uint64_t old_size = 0;
+    uint64_t end = off + v->len;
+    if (rmw && (rc = f->ops->get_size(f, &old_size)) == 0) {
+        if (off > b.start)
+            rc = read_blocks(f, b.buf, align, b.start, 0);
+        if (rc == 0 && (end & (align - 1)) && (b.len > align || off == b.start))
+            rc = read_blocks(f, b.buf + b.len - align, align, b.start + b.len - align, 0);
+    }
+    struct iovec one;
+    struct vd_iov blocks = vd_iov_flat(&one, b.buf, b.len);
+    if (rc == 0) {
+        vd_iov_to_buf(v, b.buf + (off - b.start));
+        rc = transfer(f, &blocks, b.start, true);
+    }
+    /* a device's size is a multiple of its blocks: only a regular file can have grown */
+    uint64_t keep = old_size > end ? old_size : end;
+    if (rc == 0 && rmw && !pf->block_size && b.start + b.len > keep &&
+        ftruncate(fd_of(f), (off_t)keep) < 0)
+        rc = vd_file_errno(f, errno, "truncate", keep);
+    pthread_rwlock_unlock(&pf->rmw);
+    free(b.buf);
+    return rc;
+}
+
+static int posix_preadv(vd_file *f, const struct vd_iov *v, uint64_t off)
+{
+    struct posix_file *pf = (struct posix_file *)f;
+    if (pf->dio_align && !direct_ok(pf, v, off))
+        return bounce_read(pf, v, off);
+    return transfer(f, v, off, false);
+}
+
+static int posix_pwritev(vd_file *f, const struct vd_iov *v, uint64_t off)
+{
+    struct posix_file *pf = (struct posix_file *)f;
+    if (!pf->dio_align)
+        return transfer(f, v, off, true);
+    if (!direct_ok(pf, v, off))
+        return bounce_write(pf, v, off);
+    pthread_rwlock_rdlock(&pf->rmw);
+    int rc = transfer(f, v, off, true);
+    pthread_rwlock_unlock(&pf->rmw);
+    return rc;
+}
+
+static int posix_pread(vd_file *f, void *buf, size_t len, uint64_t off)
+{
+    struct iovec one;
+    struct vd_iov v = vd_iov_flat(&one, buf, len);
+    return posix_preadv(f, &v, off);
+}
+
 static int posix_pwrite(vd_file *f, const void *buf, size_t len, uint64_t off)
 {
-    const char *p = buf;
-    while (len) {
-        ssize_t n = pwrite(fd_of(f), p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return vd_file_errno(f, errno, "write", off);
-        }
-        p += n;
-        off += (uint64_t)n;
-        len -= (size_t)n;
-    }
-    return 0;
+    struct iovec one;
+    struct vd_iov v = vd_iov_flat(&one, buf, len);
+    return posix_pwritev(f, &v, off);
 }
 
 static int posix_sync(vd_file *f)
@@ -212,6 +348,7 @@ static void posix_close(vd_file *f)
     struct posix_file *pf = (struct posix_file *)f;
     close(pf->fd);
     free(pf->base.path);
+    pthread_rwlock_destroy(&pf->rmw);
     free(pf);
 }
 
@@ -279,6 +416,8 @@ static int device_allocate(vd_file *f, uint64_t off, uint64_t len)
 static const struct vd_file_ops posix_ops = {
     .pread = posix_pread,
     .pwrite = posix_pwrite,
+    .preadv = posix_preadv,
+    .pwritev = posix_pwritev,
     .sync = posix_sync,
     .get_size = posix_get_size,
     .truncate = posix_truncate,
@@ -302,6 +441,8 @@ static const struct vd_file_ops posix_ops = {
 static const struct vd_file_ops device_ops = {
     .pread = posix_pread,
     .pwrite = posix_pwrite,
+    .preadv = posix_preadv,
+    .pwritev = posix_pwritev,
     .sync = posix_sync,
     .get_size = device_get_size,
     .truncate = device_truncate,
@@ -329,6 +470,43 @@ static const struct vd_file_ops *ops_for_type(mode_t mode, const char **kind)
     *kind = S_ISCHR(mode) ? "a character device" : S_ISFIFO(mode) ? "a FIFO"
           : S_ISSOCK(mode) ? "a socket" : S_ISDIR(mode) ? "a directory" : "a special file";
     return NULL;
+}
+
+/*
+ * The alignment O_DIRECT needs on fd: what statx reports where the kernel
+ * tells (0: the file system cannot do direct I/O on it), else a device's
+ * logical block size, else 4096, which every file system accepts.
+ */
+static size_t direct_alignment(int fd, int block_size)
+{
+#ifdef STATX_DIOALIGN
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
+        if (!sx.stx_dio_offset_align)
+            return 0;
+        return sx.stx_dio_mem_align > sx.stx_dio_offset_align ? sx.stx_dio_mem_align
+                                                                : sx.stx_dio_offset_align;
+    }
+#endif
+    return block_size > 0 ? (size_t)block_size : 4096;
+}
+
+/*
+ * Turn on O_DIRECT (VD_FILE_DIRECT) and learn its alignment into *align.
+ * Where the file system refuses it, fail naming the file, or with
+ * VD_FILE_DIRECT_FALLBACK go on without it (*align 0).
+ */
+static int enable_direct(int fd, const char *path, uint32_t flags, int block_size, size_t *align)
+{
+    *align = direct_alignment(fd, block_size);
+    if (*align && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_DIRECT) == 0)
+        return 0;
+    *align = 0;
+    if (flags & VD_FILE_DIRECT_FALLBACK)
+        return 0;
+    return vd_err(VD_EUNSUPPORTED, "Could not open '%s': the file system does not support "
+                  "O_DIRECT (cache mode 'none' or 'directsync'); use another cache mode, or "
+                  "allow opening without O_DIRECT", path);
 }
 
 int vd_file_posix_open(vd_file **out, const struct vd_file_name *name, uint32_t flags)
@@ -371,6 +549,12 @@ int vd_file_posix_open(vd_file **out, const struct vd_file_name *name, uint32_t 
                       strerror(e));
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    size_t dio_align = 0;
+    int rc = (flags & VD_FILE_DIRECT) ? enable_direct(fd, path, flags, block_size, &dio_align) : 0;
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
     struct posix_file *pf = calloc(1, sizeof *pf);
     char *copy = strdup(path);
     if (!pf || !copy) {
@@ -384,6 +568,8 @@ int vd_file_posix_open(vd_file **out, const struct vd_file_name *name, uint32_t 
     pf->base.writable = (flags & VD_FILE_RDWR) != 0;
     pf->fd = fd;
     pf->block_size = (uint64_t)block_size;
+    pf->dio_align = dio_align;
+    pthread_rwlock_init(&pf->rmw, NULL);
     *out = &pf->base;
     return 0;
 }

@@ -34,6 +34,9 @@ OPEN_UNSAFE_RAW = 1 << 4
 OPEN_REPAIR = 1 << 5
 OPEN_NO_FLUSH = 1 << 6
 OPEN_SAFE = 1 << 7
+OPEN_DIRECT = 1 << 8
+OPEN_WRITETHROUGH = 1 << 9
+OPEN_DIRECT_FALLBACK = 1 << 10
 # vd_create() flags
 CREATE_EXCL = 1 << 0
 CREATE_UNSAFE_BACKING = 1 << 1
@@ -134,6 +137,7 @@ class VdOpenOpts(Structure):
         ("secret", c_char_p),
         ("formats", c_char_p),
         ("relative_to", c_char_p),
+        ("cache", c_char_p),
     ]
 
 
@@ -154,6 +158,12 @@ class VdSnapshotInfo(Structure):
 
 
 ImagePtr = POINTER(VdImage)
+
+
+class IoVec(Structure):
+    """``struct iovec``."""
+
+    _fields_ = [("iov_base", c_void_p), ("iov_len", c_size_t)]
 # vd_check_report_fn: void (*)(void *ctx, const char *message)
 CheckReportFn = CFUNCTYPE(None, c_void_p, c_char_p)
 # vd_convert_progress_fn: int (*)(void *ctx, uint64_t done, uint64_t total)
@@ -197,6 +207,8 @@ _PROTOTYPES = {
     "vd_create": (c_int, [c_char_p, c_char_p, c_uint64, c_char_p, c_uint32]),
     "vd_read": (c_int, [ImagePtr, c_uint64, c_void_p, c_size_t, c_uint32]),
     "vd_write": (c_int, [ImagePtr, c_uint64, c_void_p, c_size_t, c_uint32]),
+    "vd_preadv": (c_int, [ImagePtr, c_uint64, c_void_p, c_int, c_uint32]),
+    "vd_pwritev": (c_int, [ImagePtr, c_uint64, c_void_p, c_int, c_uint32]),
     "vd_write_zeroes": (c_int, [ImagePtr, c_uint64, c_uint64, c_uint32]),
     "vd_discard": (c_int, [ImagePtr, c_uint64, c_uint64, c_uint32]),
     "vd_flush": (c_int, [ImagePtr, c_uint32]),

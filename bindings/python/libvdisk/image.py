@@ -27,6 +27,7 @@ _OPEN_FLAGS = {
     "safe": _lib.OPEN_SAFE,
     "no_flush": _lib.OPEN_NO_FLUSH,
     "repair": _lib.OPEN_REPAIR,
+    "direct_fallback": _lib.OPEN_DIRECT_FALLBACK,
 }
 _REPAIR_FLAGS = {None: 0, "leaks": _lib.CHECK_REPAIR_LEAKS, "all": _lib.CHECK_REPAIR_ALL}
 _PROPERTY_TYPES = {
@@ -188,29 +189,54 @@ def _count(name, value):
     return value
 
 
-def _source_buffer(data):
-    """A pointer-compatible object and byte count for data to write.
+class _PyBuffer(ctypes.Structure):
+    """CPython's ``Py_buffer``: how any buffer object lends its memory."""
 
-    bytes and writable buffers are passed without copying; other read-only
-    buffers are copied once.
-    """
-    if isinstance(data, bytes):
-        return data, len(data)
-    view = memoryview(data)
-    if view.readonly or not view.c_contiguous:
-        copy = view.tobytes()
-        return copy, len(copy)
-    view = view.cast("B")
-    return (ctypes.c_char * len(view)).from_buffer(view), len(view)
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int),
+                ("ndim", ctypes.c_int), ("format", ctypes.c_char_p),
+                ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
 
 
-def _target_buffer(buffer):
-    """A ctypes array sharing the memory of a writable buffer, and its size."""
-    view = memoryview(buffer)
-    if view.readonly:
-        raise TypeError("readinto() needs a writable buffer")
-    view = view.cast("B")
-    return (ctypes.c_char * len(view)).from_buffer(view), len(view)
+_PYBUF_SIMPLE, _PYBUF_WRITABLE = 0, 1
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+_release_buffer.restype = None
+
+
+@contextlib.contextmanager
+def _borrowed(data, writable):
+    """The address and byte length of the memory of a buffer object, lent (not
+    copied) for the duration: bytes, bytearray, memoryview, mmap, array.array,
+    numpy arrays, any C-contiguous exporter. While lent, the object cannot be
+    resized or closed. A read-only buffer that is not contiguous is copied
+    once; reading into one fails with TypeError."""
+    view = _PyBuffer()
+    copy = None
+    try:
+        _get_buffer(data, ctypes.byref(view), _PYBUF_WRITABLE if writable else _PYBUF_SIMPLE)
+    except BufferError as error:
+        if writable:
+            raise TypeError(f"reading needs a writable, contiguous buffer: {error}") from None
+        copy = memoryview(data).tobytes()
+    if copy is not None:
+        with _borrowed(copy, False) as lent:
+            yield lent
+        return
+    try:
+        yield view.buf, view.len
+    finally:
+        _release_buffer(ctypes.byref(view))
+
+
+def _iovec(stack, buffers, writable):
+    """A ``struct iovec`` array lending the memory of each buffer (see _borrowed)."""
+    lent = [stack.enter_context(_borrowed(buffer, writable)) for buffer in buffers]
+    return (_lib.IoVec * len(lent))(*(_lib.IoVec(address, length) for address, length in lent))
 
 
 class _Owner:
@@ -264,6 +290,17 @@ class Image(io.RawIOBase):
     the chain may have, whether given, recorded or probed; another raises
     :class:`PermissionDenied`. ``None`` allows every format.
 
+    ``cache`` is one of qemu's cache modes: "writeback" (``None``, the
+    default), "writethrough" (every write durable on return), "none" or "off"
+    (O_DIRECT on every file of the chain), "directsync" (both), "unsafe"
+    (``no_flush``). A file system that refuses O_DIRECT fails the open unless
+    ``direct_fallback`` is set, which opens such a file without it.
+
+    The buffers given to readinto, write, pwrite, preadv and pwritev may be
+    any buffer object (bytes, bytearray, memoryview, mmap, array, numpy
+    arrays); their memory is passed to the library as it is, never copied
+    (except a read-only buffer that is not contiguous).
+
     Images of the backing chain are reached through :attr:`backing` and
     :meth:`chain`; they are borrowed from this one (see :attr:`backing`).
 
@@ -277,7 +314,8 @@ class Image(io.RawIOBase):
                  fmt: Optional[str] = None, *, no_backing: bool = False, no_lock: bool = False,
                  confined: bool = False, no_flush: bool = False, repair: bool = False,
                  snapshot: Union[str, int, Snapshot, None] = None, safe: bool = False,
-                 formats: Optional[Iterable[str]] = None) -> None:
+                 formats: Optional[Iterable[str]] = None, cache: Optional[str] = None,
+                 direct_fallback: bool = False) -> None:
         super().__init__()
         self._setup(None, mode, _Owner(), borrowed=False)
         if mode not in _MODES:
@@ -290,13 +328,15 @@ class Image(io.RawIOBase):
                 raise ValueError("a snapshot can only be opened read-only: it needs mode 'r'")
         flags = _MODES[mode]
         requested = {"no_backing": no_backing, "no_lock": no_lock, "confined": confined,
-                     "no_flush": no_flush, "repair": repair, "safe": safe}
+                     "no_flush": no_flush, "repair": repair, "safe": safe,
+                     "direct_fallback": direct_fallback}
         for name, wanted in requested.items():
             if wanted:
                 flags |= _OPEN_FLAGS[name]
         options = _lib.VdOpenOpts(struct_size=ctypes.sizeof(_lib.VdOpenOpts), flags=flags,
                                   format=None if fmt is None else fmt.encode(),
-                                  snapshot=snapshot, formats=_formats_list(formats))
+                                  snapshot=snapshot, formats=_formats_list(formats),
+                                  cache=None if cache is None else cache.encode())
         handle = _lib.ImagePtr()
         check_status(lib().vd_open_ext(ctypes.byref(handle), os.fsencode(path),
                                        ctypes.byref(options)))
@@ -469,9 +509,9 @@ class Image(io.RawIOBase):
         return self.read()
 
     def readinto(self, buffer) -> int:
-        """Read into a writable buffer; returns the byte count (0 at the end)."""
-        target, length = _target_buffer(buffer)
-        with self._position_lock:
+        """Read into a writable buffer object, straight into its memory; returns
+        the byte count (0 at the end)."""
+        with _borrowed(buffer, True) as (target, length), self._position_lock:
             count = self._take(length)
             if count:
                 self._run("read", self._position, target, count, 0)
@@ -479,9 +519,9 @@ class Image(io.RawIOBase):
             return count
 
     def write(self, data) -> int:
-        """Write all of data at the position; returns its length."""
-        source, length = _source_buffer(data)
-        with self._position_lock:
+        """Write all of data (any buffer object, not copied) at the position;
+        returns its length."""
+        with _borrowed(data, False) as (source, length), self._position_lock:
             self._run("write", self._position, source, length, 0)
             self._position += length
             return length
@@ -495,7 +535,8 @@ class Image(io.RawIOBase):
         return buffer.raw
 
     def pwrite(self, offset: int, data, *, fua: bool = False, compress: bool = False) -> None:
-        """Write all of data at offset; with fua, it is durable on return.
+        """Write all of data (any buffer object, not copied) at offset; with fua,
+        it is durable on return.
 
         With ``compress`` each cluster is stored compressed (qcow2, with the
         image's compression type), as ``qemu-io -c write`` does; the range
@@ -503,9 +544,26 @@ class Image(io.RawIOBase):
         else :class:`InvalidArgument`; formats without compressed clusters
         raise :class:`Unsupported`.
         """
-        source, length = _source_buffer(data)
         flags = (_lib.WRITE_FUA if fua else 0) | (_lib.WRITE_COMPRESSED if compress else 0)
-        self._run("write", _count("offset", offset), source, length, flags)
+        with _borrowed(data, False) as (source, length):
+            self._run("write", _count("offset", offset), source, length, flags)
+
+    def preadv(self, offset: int, buffers: Iterable) -> int:
+        """Fill the writable buffers in order with the bytes at offset, all of
+        them (vd_preadv); returns the byte count."""
+        with contextlib.ExitStack() as stack:
+            iov = _iovec(stack, buffers, True)
+            self._run("preadv", _count("offset", offset), iov, len(iov), 0)
+            return sum(entry.iov_len for entry in iov)
+
+    def pwritev(self, offset: int, buffers: Iterable, *, fua: bool = False) -> int:
+        """Write the buffers in order at offset, all of them (vd_pwritev);
+        returns the byte count."""
+        with contextlib.ExitStack() as stack:
+            iov = _iovec(stack, buffers, False)
+            self._run("pwritev", _count("offset", offset), iov, len(iov),
+                      _lib.WRITE_FUA if fua else 0)
+            return sum(entry.iov_len for entry in iov)
 
     def write_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
         """Make a range read as zeroes; may_unmap lets it be deallocated."""
@@ -804,8 +862,13 @@ def open(path: Union[str, bytes, os.PathLike], mode: str = "r",  # noqa: A001
          fmt: Optional[str] = None, *, no_backing: bool = False, no_lock: bool = False,
          confined: bool = False, no_flush: bool = False, repair: bool = False,
          snapshot: Union[str, int, Snapshot, None] = None, safe: bool = False,
-         formats: Optional[Iterable[str]] = None) -> Image:
+         formats: Optional[Iterable[str]] = None, cache: Optional[str] = None,
+         direct_fallback: bool = False) -> Image:
     """Open a disk image; see :class:`Image`. For images from an untrusted source,
-    pass ``safe=True`` (and ``formats``): the default follows qemu-img."""
+    pass ``safe=True`` (and ``formats``): the default follows qemu-img. cache is
+    one of qemu's cache modes ("writeback", the default; "writethrough", "none"
+    (O_DIRECT), "directsync", "unsafe"); direct_fallback opens a file whose
+    file system refuses O_DIRECT without it instead of failing."""
     return Image(path, mode, fmt, no_backing=no_backing, no_lock=no_lock, confined=confined,
-                 no_flush=no_flush, repair=repair, snapshot=snapshot, safe=safe, formats=formats)
+                 no_flush=no_flush, repair=repair, snapshot=snapshot, safe=safe, formats=formats,
+                 cache=cache, direct_fallback=direct_fallback)

@@ -252,7 +252,7 @@ int qcow2_read_header(vd_image *img, struct qcow2 *q)
         uint64_t limit = cs < file_size ? cs : file_size;
         if (backing_off && backing_off < limit)
             limit = backing_off;
-        uint8_t *cluster = malloc((size_t)cs);
+        uint8_t *cluster = vd_io_buf_alloc((size_t)cs);
         if (!cluster)
             return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
         rc = vd_file_pread(img->file, cluster, (size_t)limit, 0);
@@ -348,7 +348,7 @@ int qcow2_build_header(const char *path, struct qcow2 *q, uint64_t size, uint8_t
 
 int qcow2_write_header(vd_image *img, struct qcow2 *q)
 {
-    uint8_t *buf = malloc((size_t)q->cluster_size);
+    uint8_t *buf = vd_io_buf_alloc((size_t)q->cluster_size);
     if (!buf)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     int rc = qcow2_build_header(img->filename, q, img->size, buf);

@@ -89,7 +89,8 @@ static int open_data_file(vd_image *img, const struct qcow2 *q)
     struct vd_named_file found = { NULL, NULL, -1 };
     int rc = vd_image_anchor(img, &where.anchor); /* confined as the image is */
     if (rc == 0)
-        rc = vd_chain_open_file(&found, &where, img->read_only ? 0 : VD_FILE_RDWR);
+        rc = vd_chain_open_file(&found, &where, vd_file_flags_for(img->open_flags & ~VD_OPEN_RDWR) |
+                                                    (img->read_only ? 0 : VD_FILE_RDWR));
     img->data_file = found.file;
     found.file = NULL;
     vd_named_file_release(&found);
@@ -258,10 +259,10 @@ static int refuse_if_corrupt(vd_image *img)
     return 0;
 }
 
-static int q_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags)
+static int q_write(vd_image *img, uint64_t off, const struct vd_iov *v, uint32_t flags)
 {
     int rc = refuse_if_corrupt(img);
-    return rc < 0 ? rc : vd_cow_write(img, off, buf, len, flags);
+    return rc < 0 ? rc : vd_cow_write(img, off, v, flags);
 }
 
 /*

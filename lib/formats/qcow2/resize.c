@@ -83,7 +83,7 @@ static int only_zeroes_past(vd_image *img, uint64_t from, uint64_t to)
                           (run.kind == VD_COW_UNALLOCATED && img->backing);
         while (maybe_data && off < end && rc == 0) {
             size_t n = (size_t)(end - off < img->cluster_size ? end - off : img->cluster_size);
-            if ((rc = vd_cow_read(img, off, buf, n)) < 0)
+            if ((rc = vd_backend_read(img, off, buf, n)) < 0)
                 break;
             for (size_t i = 0; i < n && rc == 0; i++)
                 if (buf[i])

@@ -89,12 +89,15 @@ static void raw_close(vd_image *img)
     free(r);
 }
 
-static int raw_read(vd_image *img, uint64_t off, void *buf, size_t len)
+static int raw_read(vd_image *img, uint64_t off, const struct vd_iov *v)
 {
     uint64_t file_size = file_size_of(img);
+    size_t len = v->len;
     size_t in_file = off >= file_size ? 0 : (size_t)(file_size - off < len ? file_size - off : len);
-    memset((char *)buf + in_file, 0, len - in_file);
-    return in_file ? vd_file_pread(img->file, buf, in_file, off) : 0;
+    struct vd_iov past = vd_iov_sub(v, in_file, len - in_file);
+    vd_iov_zero(&past);
+    struct vd_iov inside = vd_iov_sub(v, 0, in_file);
+    return in_file ? vd_file_preadv(img->file, &inside, off) : 0;
 }
 
 /* A write past the end of the file grows it. */
@@ -111,17 +114,18 @@ static void note_written(vd_image *img, uint64_t end)
  * For a probed image, refuse a write that overlaps the probe window and would
  * make the file look like another format.
  */
-static int guard_probe_window(vd_image *img, uint64_t off, const void *buf, size_t len)
+static int guard_probe_window(vd_image *img, uint64_t off, const struct vd_iov *v)
 {
     if (!img->probed || (img->open_flags & VD_OPEN_UNSAFE_RAW) || off >= VD_PROBE_BYTES)
         return 0;
     uint8_t head[VD_PROBE_BYTES] = { 0 };
     size_t have = img->size < VD_PROBE_BYTES ? (size_t)img->size : VD_PROBE_BYTES;
-    int rc = have ? raw_read(img, 0, head, have) : 0;
+    int rc = have ? vd_backend_read(img, 0, head, have) : 0;
     if (rc < 0)
         return rc;
-    size_t n = len < VD_PROBE_BYTES - off ? len : VD_PROBE_BYTES - (size_t)off;
-    memcpy(head + off, buf, n);
+    size_t n = v->len < VD_PROBE_BYTES - off ? v->len : VD_PROBE_BYTES - (size_t)off;
+    struct vd_iov window = vd_iov_sub(v, 0, n);
+    vd_iov_to_buf(&window, head + off);
     const struct vd_backend *other = vd_backend_probe_head(head, sizeof head, img->size);
     const char *name = other ? other->name : vd_recognize_unsupported(head, sizeof head, img->size);
     if (name)
@@ -146,12 +150,12 @@ static void probe_window_leave(vd_image *img, bool guarded)
         pthread_mutex_unlock(&((struct raw *)img->priv)->probe_guard);
 }
 
-static int raw_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags)
+static int raw_write(vd_image *img, uint64_t off, const struct vd_iov *v, uint32_t flags)
 {
     bool guarded = probe_window_enter(img, off);
-    int rc = guard_probe_window(img, off, buf, len);
-    if (rc == 0 && (rc = vd_file_pwrite(img->file, buf, len, off)) == 0)
-        note_written(img, off + len);
+    int rc = guard_probe_window(img, off, v);
+    if (rc == 0 && (rc = vd_file_pwritev(img->file, v, off)) == 0)
+        note_written(img, off + v->len);
     probe_window_leave(img, guarded);
     return rc;
 }
@@ -164,7 +168,9 @@ static int raw_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t 
         /* zeroes can also forge a header (by clearing bytes): run the guard */
         uint8_t zeroes[VD_PROBE_BYTES] = { 0 };
         size_t n = len < VD_PROBE_BYTES - off ? (size_t)len : VD_PROBE_BYTES - (size_t)off;
-        rc = guard_probe_window(img, off, zeroes, n);
+        struct iovec one;
+        struct vd_iov window = vd_iov_flat(&one, zeroes, n);
+        rc = guard_probe_window(img, off, &window);
     }
     if (rc == 0)
         rc = vd_file_write_zeroes(img->file, off, len, (flags & VD_ZERO_MAY_UNMAP) != 0);
