@@ -267,6 +267,16 @@ extern const struct vd_backend vd_backend_raw;
 bool vd_raw_can_copy_range(vd_image *dst, vd_image *src);
 int vd_raw_copy_range(vd_image *dst, vd_image *src, uint64_t off, uint64_t len);
 extern const struct vd_backend vd_backend_qcow2;
+extern const struct vd_backend vd_backend_luks;
+
+/* ----------------------------------------------------------------- secrets */
+
+/*
+ * A copy of the secret named id (vd_secret_add()) in secure memory, for
+ * vd_secret_free(); VD_ENOENT when there is none.
+ */
+int vd_secret_lookup(const char *id, char **value);
+void vd_secret_free(char *value);
 
 /* ------------------------------------------------------------------- misc */
 
