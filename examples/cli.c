@@ -314,6 +314,15 @@ static bool check_secret(struct cli_secret *s, char *file)
         cli_error("Either 'file' or 'data' must be provided");
         return false;
     }
+    if (s->format && strcmp(s->format, "base64") == 0) {
+        cli_error("secret '%s': format=base64 is not supported; give the passphrase itself",
+                  s->id);
+        return false;
+    }
+    /* qemu-img takes data= silently; a passphrase in argv is readable in the process list */
+    if (s->data)
+        fprintf(stderr, CLI_NAME ": warning: secret '%s' is given on the command line, where "
+                "other users can read it; use file=PATH\n", s->id);
     for (size_t i = 0; i < cli_secret_count; i++) {
         if (strcmp(cli_secrets[i].id, s->id) == 0) {
             cli_error("attempt to add duplicate property '%s' to object (type 'container')",
@@ -358,7 +367,9 @@ static bool add_object(const char *def)
     }
     cli_secrets = grown;
     cli_secrets[cli_secret_count++] = s;
-    return true;
+    /* the library resolves key-secret=ID in create options itself */
+    int rc = vd_secret_add(s.id, s.data, strlen(s.data));
+    return rc == 0 || !cli_lib_error(rc, "secret '%s'", s.id);
 }
 
 bool cli_take_global_options(const struct cli_command *cmd, int *argc, char **argv,
@@ -404,7 +415,7 @@ bool cli_take_global_options(const struct cli_command *cmd, int *argc, char **ar
 }
 
 static vd_image *open_path(const char *path, const char *shown, const char *format,
-                           uint32_t flags, const char *snapshot)
+                           uint32_t flags, const char *snapshot, const char *secret)
 {
     if ((flags & VD_OPEN_RDWR) && (flags & VD_OPEN_NO_LOCK)) {
         cli_error("Could not open '%s': force-share=on can only be used with read-only images",
@@ -415,6 +426,7 @@ static vd_image *open_path(const char *path, const char *shown, const char *form
     opts.flags = flags;
     opts.format = format;
     opts.snapshot = snapshot;
+    opts.secret = secret;
     vd_image *img;
     int rc = vd_open_ext(&img, path, &opts);
     if (rc < 0) {
@@ -444,6 +456,22 @@ static bool set_text(char **slot, const char *value)
     return *slot != NULL;
 }
 
+const char *cli_secret_data(const char *id)
+{
+    for (size_t i = 0; i < cli_secret_count; i++)
+        if (strcmp(cli_secrets[i].id, id) == 0)
+            return cli_secrets[i].data;
+    return NULL;
+}
+
+static bool take_secret(const char *opts, const char *id, struct cli_image_opts *o)
+{
+    o->secret = cli_secret_data(id);
+    if (!o->secret)
+        cli_error("Could not open '%s': No secret with id '%s'", opts, id);
+    return o->secret != NULL;
+}
+
 static bool take_image_opt(const char *opts, char *item, struct cli_image_opts *o)
 {
     char *eq = strchr(item, '=');
@@ -457,6 +485,9 @@ static bool take_image_opt(const char *opts, char *item, struct cli_image_opts *
         return set_text(&o->filename, value);
     if (strcmp(item, "file.driver") == 0 && strcmp(value, "file") == 0)
         return true;
+    /* luks names it key-secret, qcow2 encrypt.key-secret */
+    if (strcmp(item, "key-secret") == 0 || strcmp(item, "encrypt.key-secret") == 0)
+        return take_secret(opts, value, o);
     if (strcmp(item, "file.driver") == 0) {
         cli_error("Could not open '%s': libvdisk reads images from files only (file.driver=file)",
                   opts);
@@ -496,7 +527,7 @@ vd_image *cli_open_snapshot(const char *image, const char *format, uint32_t flag
                             const char *snapshot)
 {
     if (!image_opts_mode)
-        return open_path(image, image, format, flags, snapshot);
+        return open_path(image, image, format, flags, snapshot, NULL);
     if (format) {
         cli_error("--image-opts and --format are mutually exclusive");
         return NULL;
@@ -504,7 +535,7 @@ vd_image *cli_open_snapshot(const char *image, const char *format, uint32_t flag
     struct cli_image_opts o;
     vd_image *img = NULL;
     if (cli_parse_image_opts(image, &o))
-        img = open_path(o.filename, image, o.driver, flags | o.flags, snapshot);
+        img = open_path(o.filename, image, o.driver, flags | o.flags, snapshot, o.secret);
     cli_image_opts_free(&o);
     return img;
 }
@@ -522,7 +553,7 @@ vd_image *cli_open_image(const char *image, const char *format, uint32_t flags)
 
 vd_image *cli_open_path(const char *path, const char *format, uint32_t flags)
 {
-    return open_path(path, path, format, flags, NULL);
+    return open_path(path, path, format, flags, NULL, NULL);
 }
 
 int cli_check_create_target(const char *path)
