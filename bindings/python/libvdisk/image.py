@@ -277,7 +277,8 @@ class Image(io.RawIOBase):
                  fmt: Optional[str] = None, *, no_backing: bool = False, no_lock: bool = False,
                  confined: bool = False, no_flush: bool = False, repair: bool = False,
                  snapshot: Union[str, int, Snapshot, None] = None, safe: bool = False,
-                 formats: Optional[Iterable[str]] = None) -> None:
+                 formats: Optional[Iterable[str]] = None,
+                 passphrase: Union[str, bytes, None] = None) -> None:
         super().__init__()
         self._setup(None, mode, _Owner(), borrowed=False)
         if mode not in _MODES:
@@ -296,7 +297,8 @@ class Image(io.RawIOBase):
                 flags |= _OPEN_FLAGS[name]
         options = _lib.VdOpenOpts(struct_size=ctypes.sizeof(_lib.VdOpenOpts), flags=flags,
                                   format=None if fmt is None else fmt.encode(),
-                                  snapshot=snapshot, formats=_formats_list(formats))
+                                  snapshot=snapshot, formats=_formats_list(formats),
+                                  secret=_passphrase_bytes(passphrase))
         handle = _lib.ImagePtr()
         check_status(lib().vd_open_ext(ctypes.byref(handle), os.fsencode(path),
                                        ctypes.byref(options)))
@@ -797,8 +799,24 @@ def open(path: Union[str, bytes, os.PathLike], mode: str = "r",  # noqa: A001
          fmt: Optional[str] = None, *, no_backing: bool = False, no_lock: bool = False,
          confined: bool = False, no_flush: bool = False, repair: bool = False,
          snapshot: Union[str, int, Snapshot, None] = None, safe: bool = False,
-         formats: Optional[Iterable[str]] = None) -> Image:
+         formats: Optional[Iterable[str]] = None,
+         passphrase: Union[str, bytes, None] = None) -> Image:
     """Open a disk image; see :class:`Image`. For images from an untrusted source,
-    pass ``safe=True`` (and ``formats``): the default follows qemu-img."""
+    pass ``safe=True`` (and ``formats``): the default follows qemu-img.
+
+    ``passphrase`` unlocks an encrypted (luks) image; without it such an image
+    opens for :meth:`Image.info` only and reads raise
+    :class:`EncryptionKeyError`, as does a wrong passphrase at open."""
     return Image(path, mode, fmt, no_backing=no_backing, no_lock=no_lock, confined=confined,
-                 no_flush=no_flush, repair=repair, snapshot=snapshot, safe=safe, formats=formats)
+                 no_flush=no_flush, repair=repair, snapshot=snapshot, safe=safe, formats=formats,
+                 passphrase=passphrase)
+
+
+def _passphrase_bytes(passphrase: Union[str, bytes, None]) -> Optional[bytes]:
+    """The passphrase as the C string vd_open_opts.secret takes."""
+    if passphrase is None:
+        return None
+    value = passphrase.encode() if isinstance(passphrase, str) else bytes(passphrase)
+    if b"\0" in value:
+        raise ValueError("a passphrase must not hold NUL bytes")
+    return value
