@@ -136,6 +136,15 @@ static int parse_mode(struct vd_cipher_spec *s, const char *spec, const char *na
     return 0;
 }
 
+/* The essiv cipher: the data cipher's family with a key as long as the hash. */
+static int essiv_algo(int algo, size_t digest_len)
+{
+    for (size_t i = 0; i < sizeof ciphers / sizeof ciphers[0]; i++)
+        if (ciphers[i].algo == algo)
+            return cipher_by_name(ciphers[i].name, digest_len);
+    return 0;
+}
+
 int vd_cipher_spec_parse(struct vd_cipher_spec *s, const char *cipher_name,
                          const char *mode_spec, size_t key_len, const char *name)
 {
@@ -153,15 +162,9 @@ int vd_cipher_spec_parse(struct vd_cipher_spec *s, const char *cipher_name,
                       name, cipher_name, key_len);
     if (s->mode == GCRY_CIPHER_MODE_XTS && gcry_cipher_get_algo_blklen(s->algo) != 16)
         return vd_err(VD_EUNSUPPORTED, "%s: xts needs a cipher with 16-byte blocks", name);
-    return 0;
-}
-
-/* The essiv cipher: the data cipher's family with a key as long as the hash. */
-static int essiv_algo(int algo, size_t digest_len)
-{
-    for (size_t i = 0; i < sizeof ciphers / sizeof ciphers[0]; i++)
-        if (ciphers[i].algo == algo)
-            return cipher_by_name(ciphers[i].name, digest_len);
+    if (s->ivgen == VD_IVGEN_ESSIV && !essiv_algo(s->algo, gcry_md_get_algo_dlen(s->ivgen_hash)))
+        return vd_err(VD_EUNSUPPORTED, "%s: essiv's hash in '%s' gives no key size '%s' takes",
+                      name, mode_spec, cipher_name);
     return 0;
 }
 
@@ -205,11 +208,8 @@ int vd_crypto_new(struct vd_crypto **out, const struct vd_cipher_spec *spec,
     if (spec->ivgen == VD_IVGEN_ESSIV) {
         /* essiv hashes the whole key (both xts halves), as QEMU does */
         c->essiv_key_len = gcry_md_get_algo_dlen(spec->ivgen_hash);
-        c->essiv_algo = essiv_algo(spec->algo, c->essiv_key_len);
-        if (!c->essiv_algo)
-            rc = vd_err(VD_EUNSUPPORTED, "%s: essiv's hash gives no key size the cipher takes",
-                        name);
-        else if (!(c->essiv_key = vd_secure_alloc(c->essiv_key_len)))
+        c->essiv_algo = essiv_algo(spec->algo, c->essiv_key_len); /* checked by the spec's parse */
+        if (!(c->essiv_key = vd_secure_alloc(c->essiv_key_len)))
             rc = vd_err(VD_ENOMEM, "%s: out of memory", name);
         else
             gcry_md_hash_buffer(spec->ivgen_hash, c->essiv_key, key, spec->key_len);
