@@ -320,6 +320,10 @@ static int header_names(struct vd_luks_header *h, const struct vd_luks_params *p
         return vd_err(VD_EINVAL, "Unsupported hash algorithm '%s'", p->hash_alg);
     strcpy(h->hash_spec, p->hash_alg);
     h->key_bytes = (uint32_t)key_bytes;
+    /* we read such material (cryptsetup writes it), but QEMU 7.2 aborts on it */
+    if (key_bytes * STRIPES % VD_CRYPTO_SECTOR)
+        return vd_err(VD_EINVAL, "%s-%s: its key material would end mid-sector, which QEMU "
+                      "cannot read", p->cipher_alg, p->cipher_mode);
     struct vd_cipher_spec spec;
     rc = vd_cipher_spec_parse(&spec, h->cipher_name, h->cipher_mode, key_bytes, "create");
     /* a name we would not read back is the caller's mistake here */
