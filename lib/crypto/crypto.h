@@ -88,6 +88,14 @@ struct vd_luks_io {
     const char *name; /* for messages: the image's path */
 };
 
+/*
+ * The most PBKDF2 iterations a header may ask for (a slot's or the master
+ * key digest's), 2^26: so that a hostile header cannot stall an open for
+ * long, while QEMU's images (2 s of PBKDF2 by default) stay far below.
+ * Fuzz targets lower it.
+ */
+extern uint32_t vd_luks_max_iterations;
+
 /* Whether buf starts with a LUKS version 1 header's magic and version. */
 bool vd_luks_probe(const uint8_t *buf, size_t len);
 

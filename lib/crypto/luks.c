@@ -31,7 +31,6 @@
 #define ALIGN_SECTORS 8u       /* QEMU aligns key material and the payload to 4 KiB */
 #define MAX_KEY_BYTES 64u
 
-/* A ceiling on PBKDF2 iterations so that a hostile header cannot stall an open. */
 uint32_t vd_luks_max_iterations = UINT32_C(1) << 26;
 
 static const uint8_t magic[6] = { 'L', 'U', 'K', 'S', 0xba, 0xbe };
