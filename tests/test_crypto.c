@@ -149,11 +149,17 @@ START_TEST(luks_key_slots)
     struct vd_luks_header h;
     struct vd_crypto *c;
     int slot;
-    ck_assert_int_eq(vd_luks_create(&p, "one", &io, &h, NULL), 0);
-    ck_assert_int_eq(vd_luks_add_slot(&h, &io, "wrong", "two", 5, -1), VD_EKEY);
-    ck_assert_int_eq(vd_luks_add_slot(&h, &io, "one", "two", 5, -1), 0);
+    struct vd_crypto *first;
+    unsigned slots;
+    ck_assert_int_eq(vd_luks_create(&p, "one", &io, &h, &first), 0);
+    ck_assert_int_eq(vd_luks_add_slot(&h, &io, first, "two", 5, -1), 0);
     ck_assert(h.slots[1].active);
-    ck_assert_int_eq(vd_luks_add_slot(&h, &io, "one", "three", 5, 1), VD_EEXIST);
+    ck_assert_int_eq(vd_luks_add_slot(&h, &io, first, "three", 5, 1), VD_EEXIST);
+    ck_assert_int_eq(vd_luks_add_slot(&h, &io, first, "one", 5, 5), 0); /* a second "one" */
+    ck_assert_int_eq(vd_luks_find_slots(&h, &io, "one", &slots), 0);
+    ck_assert_uint_eq(slots, (1u << 0) | (1u << 5));
+    ck_assert_int_eq(vd_luks_remove_slot(&h, &io, 5), 0);
+    vd_crypto_free(first);
     ck_assert_int_eq(vd_luks_unlock(&h, &io, "two", &c, &slot), 0);
     ck_assert_int_eq(slot, 1);
     vd_crypto_free(c);

@@ -147,6 +147,8 @@ static inline int vd_image_sync_now(vd_image *img)
     return vd_image_sync(img);
 }
 
+/* Drop every format-specific property (to describe a changed header afresh). */
+void vd_image_clear_props(vd_image *img);
 /* Append or replace a format-specific property (printf-style value). */
 int vd_image_set_prop(vd_image *img, const char *key, int type, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

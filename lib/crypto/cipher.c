@@ -225,6 +225,11 @@ int vd_crypto_new(struct vd_crypto **out, const struct vd_cipher_spec *spec,
     return 0;
 }
 
+const uint8_t *vd_crypto_key(const struct vd_crypto *c)
+{
+    return c->key;
+}
+
 void vd_crypto_free(struct vd_crypto *c)
 {
     if (!c)

@@ -36,6 +36,9 @@ int vd_cipher_spec_parse(struct vd_cipher_spec *s, const char *cipher_name,
 int vd_crypto_new(struct vd_crypto **out, const struct vd_cipher_spec *spec,
                   const uint8_t *key, const char *name);
 
+/* The key of c (its length is the spec's key_len): LUKS's master key. */
+const uint8_t *vd_crypto_key(const struct vd_crypto *c);
+
 /* Secure memory for keys, wiped when freed; NULL when out of memory. */
 uint8_t *vd_secure_alloc(size_t len);
 void vd_secure_free(void *p, size_t len);

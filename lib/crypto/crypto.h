@@ -144,14 +144,18 @@ int vd_luks_create(const struct vd_luks_params *p, const char *passphrase,
                    struct vd_crypto **out);
 
 /*
- * Key slots: add new_passphrase in a free slot (slot -1: the first free
- * one), unlocking the master key with passphrase; or deactivate a slot
- * (its key material overwritten with random bytes). The last active slot
- * is never removed. Both rewrite the header through io and update *h.
+ * Key slots: put new_passphrase in a free slot (slot -1: the first free
+ * one) for the master key of unlocked (the payload cipher vd_luks_unlock()
+ * gave); or deactivate a slot (its key material then overwritten with
+ * random bytes). The last active slot is never removed (VD_EPERM). Both
+ * rewrite the header through io and update *h.
  */
 int vd_luks_add_slot(struct vd_luks_header *h, const struct vd_luks_io *io,
-                     const char *passphrase, const char *new_passphrase,
+                     const struct vd_crypto *unlocked, const char *new_passphrase,
                      uint64_t iter_time_ms, int slot);
 int vd_luks_remove_slot(struct vd_luks_header *h, const struct vd_luks_io *io, int slot);
+/* The active slots passphrase opens, as a bit mask (bit i: slot i), into *slots. */
+int vd_luks_find_slots(const struct vd_luks_header *h, const struct vd_luks_io *io,
+                       const char *passphrase, unsigned *slots);
 
 #endif

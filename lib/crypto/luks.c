@@ -464,7 +464,7 @@ int vd_luks_create(const struct vd_luks_params *p, const char *passphrase,
 /* --------------------------------------------------------------- key slots */
 
 int vd_luks_add_slot(struct vd_luks_header *h, const struct vd_luks_io *io,
-                     const char *passphrase, const char *new_passphrase,
+                     const struct vd_crypto *unlocked, const char *new_passphrase,
                      uint64_t iter_time_ms, int slot)
 {
     for (int i = 0; slot < 0 && i < VD_LUKS_SLOTS; i++)
@@ -478,17 +478,28 @@ int vd_luks_add_slot(struct vd_luks_header *h, const struct vd_luks_io *io,
         return vd_err(VD_EEXIST, "%s: LUKS key slot %d is in use", io->name, slot);
     if (!new_passphrase)
         return vd_err(VD_EINVAL, "%s: the new key slot needs a passphrase", io->name);
+    /* material first, the header after: a crash leaves the slot unused */
+    struct vd_luks_header next = *h;
+    int rc = store_slot(&next, io, slot, new_passphrase, vd_crypto_key(unlocked), iter_time_ms);
+    if (rc == 0 && (rc = write_header(&next, io)) == 0)
+        *h = next;
+    return rc;
+}
+
+int vd_luks_find_slots(const struct vd_luks_header *h, const struct vd_luks_io *io,
+                       const char *passphrase, unsigned *slots)
+{
+    *slots = 0;
     uint8_t *mk = vd_secure_alloc(h->key_bytes);
     if (!mk)
         return vd_err(VD_ENOMEM, "%s: out of memory", io->name);
-    int opened, rc = unlock_master_key(h, io, passphrase, mk, &opened);
-    struct vd_luks_header next = *h;
-    if (rc == 0)
-        rc = store_slot(&next, io, slot, new_passphrase, mk, iter_time_ms);
-    if (rc == 0 && (rc = write_header(&next, io)) == 0)
-        *h = next;
+    int rc = 0;
+    for (int i = 0; i < VD_LUKS_SLOTS && rc >= 0; i++) {
+        if (h->slots[i].active && (rc = open_slot(h, io, i, passphrase, mk)) == 1)
+            *slots |= 1u << i;
+    }
     vd_secure_free(mk, h->key_bytes);
-    return rc;
+    return rc < 0 ? rc : 0;
 }
 
 int vd_luks_remove_slot(struct vd_luks_header *h, const struct vd_luks_io *io, int slot)

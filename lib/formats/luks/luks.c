@@ -251,6 +251,109 @@ static int luks_resize(vd_image *img, uint64_t size, uint32_t flags)
     return rc;
 }
 
+/* ------------------------------------------------------------ key slots */
+
+static const struct vd_option_desc luks_amend_options[] = {
+    { "state", "Select new state of affected keyslots (active, inactive)", NULL },
+    { "keyslot", "Select a single keyslot to modify explicitly (0 to 7)", NULL },
+    { "old-secret", "Select all keyslots that match this password (ID of a secret)", NULL },
+    { "new-secret", "New secret to set in the matching keyslots (ID of a secret)", NULL },
+    { "iter-time", "Time to spend in PBKDF2 in milliseconds", "2000" },
+    { NULL, NULL, NULL },
+};
+
+/* keyslot=N, or -1 when not given. */
+static int amend_slot(const struct vd_kv *opts, int *slot)
+{
+    const char *v = vd_kv_get(opts, "keyslot");
+    *slot = -1;
+    if (!v)
+        return 0;
+    if (v[0] < '0' || v[0] >= '0' + VD_LUKS_SLOTS || v[1])
+        return vd_err(VD_EINVAL, "Invalid keyslot %s (0 to %d)", v, VD_LUKS_SLOTS - 1);
+    *slot = v[0] - '0';
+    return 0;
+}
+
+/* The slots the secret named by key opens, or 0 when the option is absent. */
+static int slots_of_secret(vd_image *img, const struct vd_kv *opts, const char *key,
+                           unsigned *slots)
+{
+    struct luks *l = img->priv;
+    const char *id = vd_kv_get(opts, key);
+    char *passphrase = NULL;
+    struct vd_luks_io io = file_io(img->file, img->filename);
+    *slots = 0;
+    int rc = id ? vd_secret_lookup(id, &passphrase) : 0;
+    if (rc == 0 && id)
+        rc = vd_luks_find_slots(&l->header, &io, passphrase, slots);
+    if (rc == 0 && id && !*slots)
+        rc = vd_err(VD_EKEY, "%s: the secret '%s' opens no keyslot", img->filename, id);
+    vd_secret_free(passphrase);
+    return rc;
+}
+
+static int add_slot(vd_image *img, const struct vd_kv *opts, int slot)
+{
+    struct luks *l = img->priv;
+    const char *id = vd_kv_get(opts, "new-secret");
+    if (!id)
+        return vd_err(VD_EINVAL, "'new-secret' is required to activate a keyslot");
+    struct vd_luks_params params;
+    unsigned old;
+    char *passphrase = NULL;
+    struct vd_luks_io io = file_io(img->file, img->filename);
+    int rc = vd_luks_params_from_kv(&params, opts, "");
+    if (rc == 0) /* an old-secret, if given, must open a slot */
+        rc = slots_of_secret(img, opts, "old-secret", &old);
+    if (rc == 0)
+        rc = vd_secret_lookup(id, &passphrase);
+    if (rc == 0)
+        rc = vd_luks_add_slot(&l->header, &io, l->crypto, passphrase, params.iter_time_ms, slot);
+    vd_secret_free(passphrase);
+    return rc;
+}
+
+static int remove_slots(vd_image *img, const struct vd_kv *opts, int slot)
+{
+    struct luks *l = img->priv;
+    if (vd_kv_get(opts, "new-secret"))
+        return vd_err(VD_EINVAL, "'new-secret' must not be given when erasing keyslots");
+    if ((slot >= 0) == (vd_kv_get(opts, "old-secret") != NULL))
+        return vd_err(VD_EINVAL, "Give one of 'keyslot' and 'old-secret' to erase keyslots");
+    unsigned slots = slot >= 0 ? 1u << slot : 0;
+    int rc = slot >= 0 ? 0 : slots_of_secret(img, opts, "old-secret", &slots);
+    struct vd_luks_io io = file_io(img->file, img->filename);
+    for (int i = 0; i < VD_LUKS_SLOTS && rc == 0; i++)
+        if (slots & (1u << i))
+            rc = vd_luks_remove_slot(&l->header, &io, i);
+    return rc;
+}
+
+/* qemu-img amend's luks options: state=active with new-secret, state=inactive. */
+static int luks_amend(vd_image *img, const struct vd_kv *opts)
+{
+    struct luks *l = img->priv;
+    static const char *const states[] = { "active", "inactive", NULL };
+    size_t state;
+    int slot;
+    int rc = need_key(img);
+    if (rc == 0 && !vd_kv_get(opts, "state"))
+        rc = vd_err(VD_EINVAL, "Parameter 'state' is required");
+    if (rc == 0)
+        rc = vd_kv_get_choice(opts, "state", states, 0, &state);
+    if (rc == 0)
+        rc = amend_slot(opts, &slot);
+    if (rc == 0)
+        rc = state == 0 ? add_slot(img, opts, slot) : remove_slots(img, opts, slot);
+    /* the header changed (or may have, in part): show what the file now holds */
+    vd_image_clear_props(img);
+    int shown = describe(img, &l->header);
+    if (rc == 0 && (rc = shown) == 0)
+        rc = vd_image_sync_now(img);
+    return rc;
+}
+
 static void luks_get_info(vd_image *img, vd_info *info)
 {
     info->encrypted = 1;
@@ -267,4 +370,6 @@ const struct vd_backend vd_backend_luks = {
     .write = luks_write,
     .resize = luks_resize,
     .get_info = luks_get_info,
+    .amend_options = luks_amend_options,
+    .amend = luks_amend,
 };
