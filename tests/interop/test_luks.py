@@ -265,3 +265,32 @@ def test_damaged_headers_fail_cleanly(tmp_path, pw):
             assert r.returncode == 0 or r.stderr.startswith("vdisk: "), r.stderr
             outcomes[r.returncode] = outcomes.get(r.returncode, 0) + 1
     assert outcomes.get(1), "some damage must be refused"
+
+
+# ----------------------------------------------------------- key slots (amend)
+
+def test_amend_key_slots_both_ways(tmp_path, pw):
+    img = tmp_path / "v.luks"
+    pw2 = tmp_path / "pw2"
+    pw2.write_text("second passphrase")
+    vdisk("create", "-q", "-f", "luks", "--object", secret(pw), "-o",
+          "key-secret=sec0,iter-time=10", img, "1M")
+    both = ["--object", secret(pw), "--object", secret(pw2, "sec1")]
+    vdisk("amend", *both, "--image-opts", opts(img), "-o",
+          "state=active,new-secret=sec1,keyslot=3,iter-time=10")
+    slots = json.loads(run(QEMU_IMG, "info", "--output=json", img).stdout)[
+        "format-specific"]["data"]["slots"]
+    assert [s["active"] for s in slots] == [True, False, False, True] + [False] * 4
+    qemu_io(img, pw2, "read 0 512")
+    r = vdisk("amend", *both, "--image-opts", opts(img), "-o", "state=inactive,keyslot=0")
+    assert "slots.0.active: false" in vdisk("info", img).stdout
+    assert qemu_io(img, pw, "read 0 512", check=False).returncode != 0
+    r = vdisk("amend", *both, "--image-opts", opts(img, "sec1"), "-o",
+              "state=inactive,old-secret=sec1", check=False)
+    assert r.returncode == 1 and "last active" in r.stderr
+    # qemu-img amend adds a slot; libvdisk opens with it
+    run(QEMU_IMG, "amend", *both, "--image-opts", opts(img, "sec1"), "-o",
+        "state=active,new-secret=sec0,iter-time=10")
+    with libvdisk.open(img, passphrase=PASSPHRASE) as im:
+        assert im.size == MiB
+    qemu_io(img, pw, "read 0 512")
