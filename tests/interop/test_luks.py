@@ -115,15 +115,15 @@ def test_info_without_passphrase(tmp_path, pw):
     img = tmp_path / "q.luks"
     qemu_create(img, pw, **{"cipher-alg": "aes-128", "cipher-mode": "cbc", "ivgen-alg": "essiv"})
     r = vdisk("info", img)
-    assert "encrypted: yes" in r.stdout
-    for line in ("cipher alg: aes-128", "cipher mode: cbc", "ivgen alg: essiv",
-                 "ivgen hash alg: sha256", "hash alg: sha256", "slots.0.active: true",
-                 "slots.1.active: false"):
-        assert line in r.stdout, r.stdout
-    q = json.loads(run(QEMU_IMG, "info", "--output=json", img).stdout)["format-specific"]["data"]
-    assert f"payload offset: {q['payload-offset']}" in r.stdout
-    assert f"master key iters: {q['master-key-iters']}" in r.stdout
-    assert f"uuid: {q['uuid']}" in r.stdout
+    q = run(QEMU_IMG, "info", img)
+    # the same lines as qemu-img info, but the disk size qemu rounds its own way
+    assert [l for l in r.stdout.splitlines() if not l.startswith(("disk size", "image:"))] == \
+        [l for l in q.stdout.splitlines() if not l.startswith(("disk size", "image:"))]
+    assert "encrypted: yes" in r.stdout and "ivgen hash alg: sha256" in r.stdout
+    ours = json.loads(vdisk("info", "--output=json", img).stdout)
+    theirs = json.loads(run(QEMU_IMG, "info", "--output=json", img).stdout)
+    assert ours["format-specific"] == theirs["format-specific"]
+    assert ours["encrypted"] is True
     with libvdisk.open(img) as im:
         with pytest.raises(libvdisk.EncryptionKeyError, match="without a passphrase"):
             im.pread(0, 512)
@@ -283,7 +283,8 @@ def test_amend_key_slots_both_ways(tmp_path, pw):
     assert [s["active"] for s in slots] == [True, False, False, True] + [False] * 4
     qemu_io(img, pw2, "read 0 512")
     r = vdisk("amend", *both, "--image-opts", opts(img), "-o", "state=inactive,keyslot=0")
-    assert "slots.0.active: false" in vdisk("info", img).stdout
+    info = json.loads(vdisk("info", "--output=json", img).stdout)["format-specific"]["data"]
+    assert [s["active"] for s in info["slots"]] == [False, False, False, True] + [False] * 4
     assert qemu_io(img, pw, "read 0 512", check=False).returncode != 0
     r = vdisk("amend", *both, "--image-opts", opts(img, "sec1"), "-o",
               "state=inactive,old-secret=sec1", check=False)

@@ -92,23 +92,20 @@ static int describe(vd_image *img, const struct vd_luks_header *h)
     if (strcmp(mode, "xts") == 0)
         key /= 2;
     snprintf(alg, sizeof alg, "%s-%zu", h->cipher_name, key * 8);
-    int rc = vd_image_set_prop(img, "cipher-alg", VD_PROP_STRING, "%s", alg);
-    if (rc == 0)
-        rc = vd_image_set_prop(img, "cipher-mode", VD_PROP_STRING, "%s", mode);
-    if (rc == 0 && dash)
+    /* in qemu-img info's order */
+    int rc = 0;
+    if (dash)
         rc = vd_image_set_prop(img, "ivgen-alg", VD_PROP_STRING, "%s", dash + 1);
-    if (rc == 0 && colon)
-        rc = vd_image_set_prop(img, "ivgen-hash-alg", VD_PROP_STRING, "%s", colon + 1);
     if (rc == 0)
         rc = vd_image_set_prop(img, "hash-alg", VD_PROP_STRING, "%s", h->hash_spec);
     if (rc == 0)
-        rc = vd_image_set_prop(img, "payload-offset", VD_PROP_INT, "%llu",
-                               (unsigned long long)h->payload_offset * VD_CRYPTO_SECTOR);
-    if (rc == 0)
-        rc = vd_image_set_prop(img, "master-key-iters", VD_PROP_INT, "%u",
-                               h->mk_digest_iterations);
+        rc = vd_image_set_prop(img, "cipher-alg", VD_PROP_STRING, "%s", alg);
     if (rc == 0)
         rc = vd_image_set_prop(img, "uuid", VD_PROP_STRING, "%s", h->uuid);
+    if (rc == 0 && colon)
+        rc = vd_image_set_prop(img, "ivgen-hash-alg", VD_PROP_STRING, "%s", colon + 1);
+    if (rc == 0)
+        rc = vd_image_set_prop(img, "cipher-mode", VD_PROP_STRING, "%s", mode);
     for (int i = 0; i < VD_LUKS_SLOTS && rc == 0; i++) {
         const struct vd_luks_slot *s = &h->slots[i];
         char key_name[32];
@@ -117,14 +114,20 @@ static int describe(vd_image *img, const struct vd_luks_header *h)
         snprintf(key_name, sizeof key_name, "slots.%d.iters", i);
         if (rc == 0 && s->active)
             rc = vd_image_set_prop(img, key_name, VD_PROP_INT, "%u", s->iterations);
-        snprintf(key_name, sizeof key_name, "slots.%d.stripes", i);
-        if (rc == 0 && s->active)
-            rc = vd_image_set_prop(img, key_name, VD_PROP_INT, "%u", s->stripes);
         snprintf(key_name, sizeof key_name, "slots.%d.key-offset", i);
         if (rc == 0)
             rc = vd_image_set_prop(img, key_name, VD_PROP_INT, "%llu",
                                    (unsigned long long)s->key_offset * VD_CRYPTO_SECTOR);
+        snprintf(key_name, sizeof key_name, "slots.%d.stripes", i);
+        if (rc == 0 && s->active)
+            rc = vd_image_set_prop(img, key_name, VD_PROP_INT, "%u", s->stripes);
     }
+    if (rc == 0)
+        rc = vd_image_set_prop(img, "payload-offset", VD_PROP_INT, "%llu",
+                               (unsigned long long)h->payload_offset * VD_CRYPTO_SECTOR);
+    if (rc == 0)
+        rc = vd_image_set_prop(img, "master-key-iters", VD_PROP_INT, "%u",
+                               h->mk_digest_iterations);
     return rc;
 }
 
