@@ -125,6 +125,7 @@ def test_info_without_passphrase(tmp_path, pw):
     assert ours["format-specific"] == theirs["format-specific"]
     assert ours["encrypted"] is True
     with libvdisk.open(img) as im:
+        assert im.info()["format-specific"] == theirs["format-specific"]
         with pytest.raises(libvdisk.EncryptionKeyError, match="without a passphrase"):
             im.pread(0, 512)
 

@@ -700,7 +700,7 @@ class Image(io.RawIOBase):
                 return properties
             check_status(rc)
             convert = _PROPERTY_TYPES.get(kind.value, str)
-            properties[text(key.value)] = convert(text(value.value))
+            _set_property(properties, text(key.value), convert(text(value.value)))
             index += 1
 
     def info(self) -> dict:
@@ -810,6 +810,19 @@ def open(path: Union[str, bytes, os.PathLike], mode: str = "r",  # noqa: A001
     return Image(path, mode, fmt, no_backing=no_backing, no_lock=no_lock, confined=confined,
                  no_flush=no_flush, repair=repair, snapshot=snapshot, safe=safe, formats=formats,
                  passphrase=passphrase)
+
+
+def _set_property(properties: dict, key: str, value) -> None:
+    """Store one property; "LIST.INDEX.FIELD" keys (luks's "slots.0.active") become
+    fields of the INDEX-th dict of the list LIST, as qemu-img info shows them."""
+    parts = key.split(".", 2)
+    if len(parts) < 3 or not parts[1].isdigit():
+        properties[key] = value
+        return
+    items = properties.setdefault(parts[0], [])
+    while len(items) <= int(parts[1]):
+        items.append({})
+    items[int(parts[1])][parts[2]] = value
 
 
 def _passphrase_bytes(passphrase: Union[str, bytes, None]) -> Optional[bytes]:
