@@ -314,15 +314,8 @@ static bool check_secret(struct cli_secret *s, char *file)
         cli_error("Either 'file' or 'data' must be provided");
         return false;
     }
-    if (s->format && strcmp(s->format, "base64") == 0) {
-        cli_error("secret '%s': format=base64 is not supported; give the passphrase itself",
-                  s->id);
-        return false;
-    }
-    /* qemu-img takes data= silently; a passphrase in argv is readable in the process list */
-    if (s->data)
-        fprintf(stderr, CLI_NAME ": warning: secret '%s' is given on the command line, where "
-                "other users can read it; use file=PATH\n", s->id);
+    /* data= puts the passphrase in argv, where other users can read it: qemu-img
+       takes it silently, and so do we (vdisk(1) says to use file=) */
     for (size_t i = 0; i < cli_secret_count; i++) {
         if (strcmp(cli_secrets[i].id, s->id) == 0) {
             cli_error("attempt to add duplicate property '%s' to object (type 'container')",
@@ -331,6 +324,49 @@ static bool check_secret(struct cli_secret *s, char *file)
         }
     }
     return s->data || (s->data = read_secret_file(file));
+}
+
+/*
+ * Decode base64 text in place (format=base64); false if it is not valid
+ * base64 or decodes to a NUL byte (a passphrase is a C string).
+ */
+static bool decode_base64(char *text)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t len = strlen(text), out = 0;
+    while (len && text[len - 1] == '=')
+        len--;
+    if (len % 4 == 1 || strlen(text) % 4)
+        return false;
+    uint32_t bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        const char *p = text[i] ? strchr(alphabet, text[i]) : NULL;
+        if (!p)
+            return false;
+        bits = bits << 6 | (uint32_t)(p - alphabet);
+        if (i % 4 == 3 || i == len - 1) {
+            size_t n = i % 4; /* 3 sextets give 2 bytes, 2 give 1, 4 give 3 */
+            bits <<= 6 * (3 - n);
+            for (size_t b = 0; b < n; b++)
+                text[out++] = (char)(bits >> (16 - 8 * b));
+            bits = 0;
+        }
+    }
+    text[out] = '\0';
+    return memchr(text, '\0', out) == NULL;
+}
+
+/* Hand a secret to the library, which resolves key-secret=ID in create options. */
+static bool define_in_library(struct cli_secret *s)
+{
+    if (s->format && strcmp(s->format, "base64") == 0 && !decode_base64(s->data)) {
+        /* qemu-img reports a bad secret only when an image uses it */
+        s->invalid = true;
+        return true;
+    }
+    int rc = vd_secret_add(s->id, s->data, strlen(s->data));
+    return rc == 0 || !cli_lib_error(rc, "secret '%s'", s->id);
 }
 
 /*
@@ -366,10 +402,8 @@ static bool add_object(const char *def)
         return false;
     }
     cli_secrets = grown;
-    cli_secrets[cli_secret_count++] = s;
-    /* the library resolves key-secret=ID in create options itself */
-    int rc = vd_secret_add(s.id, s.data, strlen(s.data));
-    return rc == 0 || !cli_lib_error(rc, "secret '%s'", s.id);
+    cli_secrets[cli_secret_count] = s;
+    return define_in_library(&cli_secrets[cli_secret_count++]);
 }
 
 bool cli_take_global_options(const struct cli_command *cmd, int *argc, char **argv,
@@ -459,7 +493,7 @@ static bool set_text(char **slot, const char *value)
 const char *cli_secret_data(const char *id)
 {
     for (size_t i = 0; i < cli_secret_count; i++)
-        if (strcmp(cli_secrets[i].id, id) == 0)
+        if (strcmp(cli_secrets[i].id, id) == 0 && !cli_secrets[i].invalid)
             return cli_secrets[i].data;
     return NULL;
 }
@@ -468,7 +502,7 @@ static bool take_secret(const char *opts, const char *id, struct cli_image_opts 
 {
     o->secret = cli_secret_data(id);
     if (!o->secret)
-        cli_error("Could not open '%s': No secret with id '%s'", opts, id);
+        cli_error("Could not open '%s': No valid secret with id '%s'", opts, id);
     return o->secret != NULL;
 }
 

@@ -68,7 +68,8 @@ enum { CLI_OPT_SAFE = 512 };
     "  --object secret,id=ID,file=PATH\n" \
     "                  define a secret: the passphrase of an encrypted image,\n" \
     "                  named by -o key-secret=ID or --image-opts key-secret=ID\n" \
-    "                  (data=TEXT works too, but shows it in the process list)\n"
+    "                  (data=TEXT works too, but shows it in the process list;\n" \
+    "                  format=base64 decodes either)\n"
 #define CLI_HELP_IMAGE_OPTS \
     "  --image-opts    the image argument is an option string\n" \
     "                  'driver=FMT,file.filename=PATH[,force-share=on]\n" \
@@ -84,7 +85,8 @@ enum { CLI_OPT_SAFE = 512 };
 struct cli_secret {
     char *id;
     char *data;
-    char *format; /* "raw" (default) or "base64", as given */
+    char *format; /* "raw" (default) or "base64", as given (data then decoded) */
+    bool invalid; /* base64 that does not decode: an error when used, as in qemu-img */
 };
 extern struct cli_secret *cli_secrets;
 extern size_t cli_secret_count;

@@ -120,15 +120,21 @@ static int parse_mode(struct vd_cipher_spec *s, const char *spec, const char *na
               : strcmp(mode, "cbc") == 0 ? GCRY_CIPHER_MODE_CBC
               : strcmp(mode, "ecb") == 0 ? GCRY_CIPHER_MODE_ECB
                                          : 0;
-    s->ivgen = !dash                              ? VD_IVGEN_NONE
-               : strcmp(ivgen, "plain") == 0      ? VD_IVGEN_PLAIN
-               : strcmp(ivgen, "plain64") == 0    ? VD_IVGEN_PLAIN64
-               : strcmp(ivgen, "essiv") == 0      ? VD_IVGEN_ESSIV
-                                                  : -1;
+    bool known_ivgen = true;
+    if (!dash)
+        s->ivgen = VD_IVGEN_NONE;
+    else if (strcmp(ivgen, "plain") == 0)
+        s->ivgen = VD_IVGEN_PLAIN;
+    else if (strcmp(ivgen, "plain64") == 0)
+        s->ivgen = VD_IVGEN_PLAIN64;
+    else if (strcmp(ivgen, "essiv") == 0)
+        s->ivgen = VD_IVGEN_ESSIV;
+    else
+        known_ivgen = false;
     s->ivgen_hash = s->ivgen == VD_IVGEN_ESSIV ? vd_hash_by_name(hash) : 0;
-    int bad = !s->mode || (int)s->ivgen < 0 || (s->ivgen == VD_IVGEN_ESSIV) != (s->ivgen_hash != 0) ||
-        (*hash && !vd_hash_by_name(hash)) || /* QEMU may name a hash it does not use */
-        (!dash && s->mode != GCRY_CIPHER_MODE_ECB);
+    bool bad = !s->mode || !known_ivgen || (s->ivgen == VD_IVGEN_ESSIV && !s->ivgen_hash) ||
+               (*hash && !vd_hash_by_name(hash)) || /* QEMU may name a hash it does not use */
+               (!dash && s->mode != GCRY_CIPHER_MODE_ECB);
     if (s->mode == GCRY_CIPHER_MODE_ECB) /* ecb takes no IV, whatever the name says */
         s->ivgen = VD_IVGEN_NONE;
     if (bad)

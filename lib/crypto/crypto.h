@@ -129,7 +129,8 @@ struct vd_luks_params {
 /*
  * The parameters named in opts, with QEMU's defaults for the rest, keys as
  * qemu-img spells them after prefix ("" for luks, "encrypt." for qcow2).
- * Points into opts. Unknown names fail with VD_EINVAL.
+ * Points into opts. A bad iter-time fails with VD_EINVAL here, unknown
+ * algorithm names in vd_luks_create().
  */
 int vd_luks_params_from_kv(struct vd_luks_params *p, const struct vd_kv *opts,
                            const char *prefix);

@@ -18,6 +18,7 @@
 #include "crypto/cipher.h"
 
 #include <gcrypt.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -260,21 +261,22 @@ int vd_luks_unlock(const struct vd_luks_header *h, const struct vd_luks_io *io,
 
 /* ------------------------------------------------------------------ create */
 
-static const struct vd_option_desc param_names[] = {
-    { "cipher-alg", NULL, "aes-256" },   { "cipher-mode", NULL, "xts" },
-    { "ivgen-alg", NULL, "plain64" },    { "ivgen-hash-alg", NULL, "sha256" },
-    { "hash-alg", NULL, "sha256" },      { "iter-time", NULL, "2000" },
+/* The create parameters and QEMU's defaults, in struct vd_luks_params's order. */
+static const struct { const char *name, *qemu_default; } param_names[] = {
+    { "cipher-alg", "aes-256" }, { "cipher-mode", "xts" },     { "ivgen-alg", "plain64" },
+    { "ivgen-hash-alg", "sha256" }, { "hash-alg", "sha256" }, { "iter-time", "2000" },
 };
+#define PARAM_COUNT (sizeof param_names / sizeof param_names[0])
 
 int vd_luks_params_from_kv(struct vd_luks_params *p, const struct vd_kv *opts, const char *prefix)
 {
-    const char *v[6];
-    for (size_t i = 0; i < 6; i++) {
+    const char *v[PARAM_COUNT];
+    for (size_t i = 0; i < PARAM_COUNT; i++) {
         char key[64];
         snprintf(key, sizeof key, "%s%s", prefix, param_names[i].name);
         v[i] = vd_kv_get(opts, key);
         if (!v[i])
-            v[i] = param_names[i].default_value;
+            v[i] = param_names[i].qemu_default;
     }
     char *end;
     unsigned long long ms = strtoull(v[5], &end, 10);
