@@ -309,6 +309,8 @@ static bool check_secret(struct cli_secret *s, char *file)
         cli_error("Either 'file' or 'data' must be provided");
         return false;
     }
+    /* data= puts the passphrase in argv, where other users can read it: qemu-img
+       takes it silently, and so do we (vdisk(1) says to use file=) */
     for (size_t i = 0; i < cli_secret_count; i++) {
         if (strcmp(cli_secrets[i].id, s->id) == 0) {
             cli_error("attempt to add duplicate property '%s' to object (type 'container')",
@@ -317,6 +319,49 @@ static bool check_secret(struct cli_secret *s, char *file)
         }
     }
     return s->data || (s->data = read_secret_file(file));
+}
+
+/*
+ * Decode base64 text in place (format=base64); false if it is not valid
+ * base64 or decodes to a NUL byte (a passphrase is a C string).
+ */
+static bool decode_base64(char *text)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t len = strlen(text), out = 0;
+    while (len && text[len - 1] == '=')
+        len--;
+    if (len % 4 == 1 || strlen(text) % 4)
+        return false;
+    uint32_t bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        const char *p = text[i] ? strchr(alphabet, text[i]) : NULL;
+        if (!p)
+            return false;
+        bits = bits << 6 | (uint32_t)(p - alphabet);
+        if (i % 4 == 3 || i == len - 1) {
+            size_t n = i % 4; /* 3 sextets give 2 bytes, 2 give 1, 4 give 3 */
+            bits <<= 6 * (3 - n);
+            for (size_t b = 0; b < n; b++)
+                text[out++] = (char)(bits >> (16 - 8 * b));
+            bits = 0;
+        }
+    }
+    text[out] = '\0';
+    return memchr(text, '\0', out) == NULL;
+}
+
+/* Hand a secret to the library, which resolves key-secret=ID in create options. */
+static bool define_in_library(struct cli_secret *s)
+{
+    if (s->format && strcmp(s->format, "base64") == 0 && !decode_base64(s->data)) {
+        /* qemu-img reports a bad secret only when an image uses it */
+        s->invalid = true;
+        return true;
+    }
+    int rc = vd_secret_add(s->id, s->data, strlen(s->data));
+    return rc == 0 || !cli_lib_error(rc, "secret '%s'", s->id);
 }
 
 /*
@@ -352,8 +397,8 @@ static bool add_object(const char *def)
         return false;
     }
     cli_secrets = grown;
-    cli_secrets[cli_secret_count++] = s;
-    return true;
+    cli_secrets[cli_secret_count] = s;
+    return define_in_library(&cli_secrets[cli_secret_count++]);
 }
 
 bool cli_take_global_options(const struct cli_command *cmd, int *argc, char **argv,
@@ -399,7 +444,7 @@ bool cli_take_global_options(const struct cli_command *cmd, int *argc, char **ar
 }
 
 static vd_image *open_path(const char *path, const char *shown, const char *format,
-                           uint32_t flags, const char *snapshot)
+                           uint32_t flags, const char *snapshot, const char *secret)
 {
     if ((flags & VD_OPEN_RDWR) && (flags & VD_OPEN_NO_LOCK)) {
         cli_error("Could not open '%s': force-share=on can only be used with read-only images",
@@ -410,6 +455,7 @@ static vd_image *open_path(const char *path, const char *shown, const char *form
     opts.flags = flags;
     opts.format = format;
     opts.snapshot = snapshot;
+    opts.secret = secret;
     vd_image *img;
     int rc = vd_open_ext(&img, path, &opts);
     if (rc < 0) {
@@ -439,6 +485,22 @@ static bool set_text(char **slot, const char *value)
     return *slot != NULL;
 }
 
+const char *cli_secret_data(const char *id)
+{
+    for (size_t i = 0; i < cli_secret_count; i++)
+        if (strcmp(cli_secrets[i].id, id) == 0 && !cli_secrets[i].invalid)
+            return cli_secrets[i].data;
+    return NULL;
+}
+
+static bool take_secret(const char *opts, const char *id, struct cli_image_opts *o)
+{
+    o->secret = cli_secret_data(id);
+    if (!o->secret)
+        cli_error("Could not open '%s': No valid secret with id '%s'", opts, id);
+    return o->secret != NULL;
+}
+
 static bool take_image_opt(const char *opts, char *item, struct cli_image_opts *o)
 {
     char *eq = strchr(item, '=');
@@ -452,6 +514,9 @@ static bool take_image_opt(const char *opts, char *item, struct cli_image_opts *
         return set_text(&o->filename, value);
     if (strcmp(item, "file.driver") == 0 && strcmp(value, "file") == 0)
         return true;
+    /* luks names it key-secret, qcow2 encrypt.key-secret */
+    if (strcmp(item, "key-secret") == 0 || strcmp(item, "encrypt.key-secret") == 0)
+        return take_secret(opts, value, o);
     if (strcmp(item, "file.driver") == 0) {
         cli_error("Could not open '%s': libvdisk reads images from files only (file.driver=file)",
                   opts);
@@ -491,7 +556,7 @@ vd_image *cli_open_snapshot(const char *image, const char *format, uint32_t flag
                             const char *snapshot)
 {
     if (!image_opts_mode)
-        return open_path(image, image, format, flags, snapshot);
+        return open_path(image, image, format, flags, snapshot, NULL);
     if (format) {
         cli_error("--image-opts and --format are mutually exclusive");
         return NULL;
@@ -499,7 +564,7 @@ vd_image *cli_open_snapshot(const char *image, const char *format, uint32_t flag
     struct cli_image_opts o;
     vd_image *img = NULL;
     if (cli_parse_image_opts(image, &o))
-        img = open_path(o.filename, image, o.driver, flags | o.flags, snapshot);
+        img = open_path(o.filename, image, o.driver, flags | o.flags, snapshot, o.secret);
     cli_image_opts_free(&o);
     return img;
 }
@@ -517,7 +582,7 @@ vd_image *cli_open_image(const char *image, const char *format, uint32_t flags)
 
 vd_image *cli_open_path(const char *path, const char *format, uint32_t flags)
 {
-    return open_path(path, path, format, flags, NULL);
+    return open_path(path, path, format, flags, NULL, NULL);
 }
 
 int cli_check_create_target(const char *path)

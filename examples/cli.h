@@ -65,25 +65,33 @@ enum { CLI_OPT_SAFE = 512 };
 
 /* Their lines in a command's option list. */
 #define CLI_HELP_OBJECT \
-    "  --object secret,id=ID,data=TEXT|file=PATH\n" \
-    "                  define a secret (accepted and kept for encrypted images;\n" \
-    "                  no command uses one yet)\n"
+    "  --object secret,id=ID,file=PATH\n" \
+    "                  define a secret: the passphrase of an encrypted image,\n" \
+    "                  named by -o key-secret=ID or --image-opts key-secret=ID\n" \
+    "                  (data=TEXT works too, but shows it in the process list;\n" \
+    "                  format=base64 decodes either)\n"
 #define CLI_HELP_IMAGE_OPTS \
     "  --image-opts    the image argument is an option string\n" \
-    "                  'driver=FMT,file.filename=PATH[,force-share=on]'\n"
+    "                  'driver=FMT,file.filename=PATH[,force-share=on]\n" \
+    "                  [,key-secret=ID]'\n"
 
 /*
  * A secret defined with --object secret,id=ID,data=TEXT or file=PATH (the
- * file is read when the option is parsed, as qemu-img does). Kept for
- * encrypted images: no command uses them yet.
+ * file is read when the option is parsed, as qemu-img does, and its whole
+ * content is the passphrase). Each is also handed to the library
+ * (vd_secret_add()), which resolves key-secret=ID in create options;
+ * --image-opts key-secret=ID opens an encrypted image with it.
  */
 struct cli_secret {
     char *id;
     char *data;
-    char *format; /* "raw" (default) or "base64", as given */
+    char *format; /* "raw" (default) or "base64", as given (data then decoded) */
+    bool invalid; /* base64 that does not decode: an error when used, as in qemu-img */
 };
 extern struct cli_secret *cli_secrets;
 extern size_t cli_secret_count;
+/* The passphrase of the secret id, or NULL if none was defined. */
+const char *cli_secret_data(const char *id);
 
 /*
  * Remove the options every command shares from a command's arguments:
@@ -206,6 +214,7 @@ struct cli_image_opts {
     char *driver;   /* or NULL to probe */
     char *filename;
     uint32_t flags; /* VD_OPEN_NO_LOCK for force-share=on or file.locking=off */
+    const char *secret; /* the passphrase key-secret=ID names (a cli_secrets entry), or NULL */
 };
 /*
  * Parse an --image-opts string ("driver=FMT,file.filename=PATH,..."), as

@@ -23,6 +23,37 @@ static bool has_properties(vd_image *img)
     return vd_get_property(img, 0, &key, &value, NULL) == 0;
 }
 
+/*
+ * A property key "LIST.INDEX.FIELD" (luks's "slots.0.active") is a field of
+ * the INDEX-th object of list LIST, as qemu-img shows them; a plain key has
+ * no list (list_len 0).
+ */
+struct prop_key {
+    size_t list_len;   /* length of LIST in the key */
+    const char *index; /* INDEX up to its '.', or NULL */
+    const char *field; /* FIELD, or the whole key */
+};
+
+static struct prop_key split_key(const char *key)
+{
+    const char *dot = strchr(key, '.');
+    const char *dot2 = dot ? strchr(dot + 1, '.') : NULL;
+    if (!dot2)
+        return (struct prop_key){ 0, NULL, key };
+    return (struct prop_key){ (size_t)(dot - key), dot + 1, dot2 + 1 };
+}
+
+static bool same_list(const char *a, struct prop_key ka, const char *b, struct prop_key kb)
+{
+    return ka.list_len && ka.list_len == kb.list_len && strncmp(a, b, ka.list_len) == 0;
+}
+
+static bool same_item(struct prop_key a, struct prop_key b)
+{
+    return strspn(a.index, "0123456789") == strspn(b.index, "0123456789") &&
+           strncmp(a.index, b.index, strspn(a.index, "0123456789")) == 0;
+}
+
 static void json_format_specific(struct json_writer *w, const struct image_facts *f)
 {
     if (!has_properties(f->img))
@@ -30,13 +61,33 @@ static void json_format_specific(struct json_writer *w, const struct image_facts
     json_begin_object(w, "format-specific");
     json_string(w, "type", f->info.format);
     json_begin_object(w, "data");
-    const char *key, *value;
+    const char *key, *value, *prev = NULL;
+    struct prop_key pk = { 0 };
     int type;
     for (size_t i = 0; vd_get_property(f->img, i, &key, &value, &type) == 0; i++) {
+        struct prop_key k = split_key(key);
+        bool in_list = prev && same_list(prev, pk, key, k);
+        if (prev && pk.list_len && (!in_list || !same_item(pk, k)))
+            json_end_object(w);
+        if (prev && pk.list_len && !in_list)
+            json_end_array(w);
+        if (k.list_len && !in_list) {
+            char name[64];
+            snprintf(name, sizeof name, "%.*s", (int)k.list_len, key);
+            json_begin_array(w, name);
+        }
+        if (k.list_len && (!in_list || !same_item(pk, k)))
+            json_begin_object(w, NULL);
         if (type == VD_PROP_STRING)
-            json_string(w, key, value);
+            json_string(w, k.field, value);
         else /* VD_PROP_INT and VD_PROP_BOOL values are JSON literals already */
-            json_raw(w, key, value);
+            json_raw(w, k.field, value);
+        prev = key;
+        pk = k;
+    }
+    if (prev && pk.list_len) {
+        json_end_object(w);
+        json_end_array(w);
     }
     json_end_object(w);
     json_end_object(w);
@@ -74,12 +125,21 @@ static void print_human_properties(vd_image *img)
     if (!has_properties(img))
         return;
     printf("Format specific information:\n");
-    const char *key, *value;
+    const char *key, *value, *prev = NULL;
+    struct prop_key pk = { 0 };
     for (size_t i = 0; vd_get_property(img, i, &key, &value, NULL) == 0; i++) {
-        printf("    ");
-        for (const char *k = key; *k; k++)
-            putchar(*k == '-' ? ' ' : *k);
+        struct prop_key k = split_key(key);
+        bool in_list = prev && same_list(prev, pk, key, k);
+        if (k.list_len && !in_list)
+            printf("    %.*s:\n", (int)k.list_len, key);
+        if (k.list_len && (!in_list || !same_item(pk, k)))
+            printf("        [%.*s]:\n", (int)strspn(k.index, "0123456789"), k.index);
+        printf(k.list_len ? "            " : "    ");
+        for (const char *c = k.field; *c; c++)
+            putchar(*c == '-' ? ' ' : *c);
         printf(": %s\n", value);
+        prev = key;
+        pk = k;
     }
 }
 

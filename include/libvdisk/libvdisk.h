@@ -183,7 +183,14 @@ typedef struct vd_open_opts {
     const char *format;      /* format name, or NULL to probe */
     uint64_t cache_bytes;    /* metadata cache size; 0 means the default */
     const char *snapshot;    /* open this internal snapshot (name or id) read-only; NULL for the active state */
-    const char *secret;      /* passphrase for encrypted images, or NULL */
+    /*
+     * The passphrase of an encrypted image (luks), or NULL: the image then
+     * opens for vd_get_info() and its properties, but reads and writes fail
+     * with VD_EKEY. A passphrase that opens no key slot fails the open with
+     * VD_EKEY. To keep it out of option strings and argv, take it from a file
+     * or descriptor (vd_secret_add_fd()) or a prompt.
+     */
+    const char *secret;
     /*
      * The formats every image of the chain may have, whether named, recorded
      * or probed: a comma-separated list such as "qcow2,raw" (each a known
@@ -731,6 +738,25 @@ VD_API int vd_format_option(const char *format, size_t index, const char **name,
  */
 VD_API int vd_amend_option(const char *format, size_t index, const char **name,
                            const char **help);
+
+/* ----------------------------------------------------------------- secrets */
+
+/*
+ * Define the secret id (a passphrase of length bytes, no NUL bytes) for
+ * options that name a secret, as qemu-img's --object secret does: luks
+ * create's "key-secret=ID". Replaces an earlier secret of the same id. The
+ * library keeps a copy in locked (secure) memory until vd_secret_remove(),
+ * and wipes it then. Added in 0.3 (LIBVDISK_1.2).
+ */
+VD_API int vd_secret_add(const char *id, const void *data, size_t length);
+/*
+ * vd_secret_add() with the secret read from fd to its end (at most 64 KiB),
+ * such as a file the caller opened or a pipe: the whole content is the
+ * passphrase, a final newline included, as qemu's secret file= reads it.
+ */
+VD_API int vd_secret_add_fd(const char *id, int fd);
+/* Forget the secret id, wiping its copy; VD_ENOENT if there is none. */
+VD_API int vd_secret_remove(const char *id);
 
 /*
  * Probe the file at path: *format receives the static name of the detected

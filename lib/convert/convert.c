@@ -160,13 +160,34 @@ static void close_after_error(vd_image *img, int rc)
     vd_err(rc, "%s", why);
 }
 
+/*
+ * The passphrase of the secret the destination's options name (key-secret=ID,
+ * which an encrypted format's create takes), into *secret; NULL if none.
+ */
+static int destination_secret(const vd_convert_opts *o, char **secret)
+{
+    *secret = NULL;
+    struct vd_kv kv = { 0 };
+    int rc = vd_kv_parse(&kv, o->dst_options);
+    const char *id = rc == 0 ? vd_kv_get(&kv, "key-secret") : NULL;
+    if (id)
+        rc = vd_secret_lookup(id, secret);
+    vd_kv_free(&kv);
+    return rc;
+}
+
 static int open_destination(const vd_convert_opts *o, const char *format, uint64_t src_size,
                             vd_image **dst)
 {
     vd_open_opts open_opts = VD_OPEN_OPTS_INIT;
     open_opts.flags = VD_OPEN_RDWR | o->dst_open_flags;
     open_opts.format = format;
-    int rc = vd_open_ext(dst, o->dst_path, &open_opts);
+    char *secret;
+    int rc = destination_secret(o, &secret);
+    open_opts.secret = secret;
+    if (rc == 0)
+        rc = vd_open_ext(dst, o->dst_path, &open_opts);
+    vd_secret_free(secret);
     if (rc < 0)
         return rc;
     uint64_t size;

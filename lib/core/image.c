@@ -129,13 +129,20 @@ int vd_claim_for_create(vd_file *file)
     return rc;
 }
 
-static void image_free(vd_image *img)
+void vd_image_clear_props(vd_image *img)
 {
     for (size_t i = 0; i < img->nprops; i++) {
         free(img->props[i].key);
         free(img->props[i].value);
     }
     free(img->props);
+    img->props = NULL;
+    img->nprops = 0;
+}
+
+static void image_free(vd_image *img)
+{
+    vd_image_clear_props(img);
     vd_file_close(img->file);
     if (img->dir_fd >= 0)
         close(img->dir_fd);

@@ -183,6 +183,8 @@ static inline int vd_image_sync_now(vd_image *img)
     return vd_image_sync(img);
 }
 
+/* Drop every format-specific property (to describe a changed header afresh). */
+void vd_image_clear_props(vd_image *img);
 /* Append or replace a format-specific property (printf-style value). */
 int vd_image_set_prop(vd_image *img, const char *key, int type, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -327,6 +329,16 @@ extern const struct vd_backend vd_backend_raw;
 bool vd_raw_can_copy_range(vd_image *dst, vd_image *src);
 int vd_raw_copy_range(vd_image *dst, vd_image *src, uint64_t off, uint64_t len);
 extern const struct vd_backend vd_backend_qcow2;
+extern const struct vd_backend vd_backend_luks;
+
+/* ----------------------------------------------------------------- secrets */
+
+/*
+ * A copy of the secret named id (vd_secret_add()) in secure memory, for
+ * vd_secret_free(); VD_ENOENT when there is none.
+ */
+int vd_secret_lookup(const char *id, char **value);
+void vd_secret_free(char *value);
 
 /* ------------------------------------------------------------------- misc */
 

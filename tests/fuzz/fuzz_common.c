@@ -1,5 +1,6 @@
 /* Shared pieces of the libFuzzer targets (see fuzz_common.h). */
 #include "fuzz_common.h"
+#include "crypto/crypto.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -58,6 +59,8 @@ void fuzz_init(void)
     static bool done;
     if (!done) {
         memfile_install();
+        /* a damaged iteration count must not make one open run for seconds */
+        vd_luks_max_iterations = FUZZ_LUKS_MAX_ITERATIONS;
         done = true;
     }
 }
@@ -91,6 +94,7 @@ int fuzz_open(vd_image **img, const uint8_t *data, size_t size, const char *form
     vd_open_opts o = VD_OPEN_OPTS_INIT;
     o.flags = VD_OPEN_CONFINED | VD_OPEN_NO_LOCK | extra_flags;
     o.format = format;
+    o.secret = FUZZ_PASSPHRASE;
     o.snapshot = snapshot;
     *img = NULL;
     int rc = timed_open(img, &o);
@@ -114,6 +118,7 @@ int fuzz_open_rw(vd_image **img, const char *format, uint32_t *flags)
 {
     vd_open_opts o = VD_OPEN_OPTS_INIT;
     o.format = format;
+    o.secret = FUZZ_PASSPHRASE;
     o.flags = VD_OPEN_RDWR | VD_OPEN_CONFINED | VD_OPEN_NO_LOCK;
     int rc = VD_EINVAL;
     for (int attempt = 0; attempt < 3; attempt++) {

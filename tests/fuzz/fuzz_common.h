@@ -73,6 +73,14 @@ int fuzz_open_rw(vd_image **img, const char *format, uint32_t *flags);
 #define FUZZ_OPEN_CPU_SECONDS 1.0
 
 /*
+ * Encrypted images (luks) open with this passphrase, the one make_corpus.sh
+ * gives its seeds, so that key slots are unlocked and the payload decrypted;
+ * a header may ask for at most this many PBKDF2 iterations per key.
+ */
+#define FUZZ_PASSPHRASE "fuzz"
+#define FUZZ_LUKS_MAX_ITERATIONS 20000u
+
+/*
  * Check img, repairing everything when repair is set. True when the image is
  * clean afterwards (raw, which has nothing to check, is clean); a repair that
  * reports nothing left must be confirmed by a fresh check.

@@ -154,6 +154,25 @@ if $have_qemu; then
     "$vdisk" convert -q -f raw -O qcow2 -o cluster_size=4k "$tmp/pattern.raw" "$img/qcow2-vdisk-convert.qcow2"
 fi
 
+# --- luks: passphrase "fuzz" (FUZZ_PASSPHRASE), the fewest PBKDF2 iterations;
+# 128-bit keys, whose key material (8 slots) takes 0.5 MiB (xts: 1 MiB), not 2
+
+printf fuzz >"$tmp/pw"
+luks_obj="secret,id=s,file=$tmp/pw"
+if $have_qemu; then
+    for combo in aes-128:xts:plain64:sha256 aes-128:cbc:essiv:sha1 aes-128:ecb:plain:sha512; do
+        IFS=: read -r alg mode ivgen hash <<<"$combo"
+        f=$img/luks-$alg-$mode-$ivgen-$hash.luks
+        for attempt in 1 2 3 4 5; do # qemu-img may fail to time PBKDF2 on a fast machine
+            "$qimg" create -q -f luks --object "$luks_obj" -o key-secret=s,iter-time=1,cipher-alg=$alg,cipher-mode=$mode,ivgen-alg=$ivgen,hash-alg=$hash "$f" 16k 2>/dev/null && break
+        done
+        "$qio" --object "$luks_obj" --image-opts "driver=luks,key-secret=s,file.filename=$f" \
+            -c "write -P 0x5a 512 4k" >/dev/null
+    done
+fi
+"$vdisk" create -q -f luks --object "$luks_obj" -o key-secret=s,iter-time=1,cipher-alg=aes-128,cipher-mode=cbc \
+    "$img/luks-vdisk.luks" 8k
+
 # --- options (fuzz_options): "FORMAT SIZE FLAGS" then the option string
 o=$out/options
 n=0

@@ -14,10 +14,12 @@ from . import _lib
 from .errors import *  # noqa: F401,F403 (the generated exception classes)
 from .errors import __all__ as _error_names
 from .convert import convert
-from .formats import FormatOption, create, format_options, formats, options_string, probe
+from .formats import (FormatOption, add_secret, create, format_options, formats, options_string,
+                      probe, remove_secret)
 from .image import CheckResult, Extent, Image, Snapshot, open  # noqa: A004
 
 __all__ = ["open", "create", "convert", "probe", "formats", "format_options", "options_string",
+           "add_secret", "remove_secret",
            "version", "Image", "Extent", "CheckResult", "Snapshot", "FormatOption"] + _error_names
 
 

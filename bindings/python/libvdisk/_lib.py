@@ -234,6 +234,8 @@ _PROTOTYPES = {
                                  POINTER(c_char_p)]),
     "vd_probe": (c_int, [c_char_p, POINTER(c_char_p)]),
     "vd_convert": (c_int, [POINTER(VdConvertOpts)]),
+    "vd_secret_add": (c_int, [c_char_p, c_char_p, c_size_t]),
+    "vd_secret_remove": (c_int, [c_char_p]),
 }
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import os
+import uuid
 from typing import Optional, Union
 
 from . import _lib
@@ -51,6 +53,7 @@ def create(path: Union[str, bytes, os.PathLike], fmt: str, size: int = 0, *,
            backing_file: Optional[Union[str, os.PathLike]] = None,
            backing_fmt: Optional[str] = None, unsafe_backing: bool = False,
            exclusive: bool = False, confined: bool = False,
+           passphrase: Union[str, bytes, None] = None,
            **options: Union[str, int, bool, os.PathLike, None]) -> None:
     """Create an image of format fmt and virtual size bytes.
 
@@ -69,16 +72,57 @@ def create(path: Union[str, bytes, os.PathLike], fmt: str, size: int = 0, *,
     ``confined=True`` refuses a backing file (or one of its chain) outside the
     new image's directory, as ``open(confined=True)`` does
     (:class:`PermissionDenied`).
+
+    Encrypted formats (luks): ``passphrase`` protects the first key slot
+    (it is handed to the library as a secret for this call only, never
+    through the option string); the other luks options are
+    ``iter_time`` (milliseconds, spelt ``**{"iter-time": 100}``),
+    ``cipher-alg``, ``cipher-mode``, ``ivgen-alg``, ``ivgen-hash-alg`` and
+    ``hash-alg``. A ``key-secret`` option may instead name a secret defined
+    with :func:`add_secret`.
     """
     if size < 0:
         raise ValueError(f"size must not be negative (got {size})")
-    text_options = options_string({"backing_file": backing_file, "backing_fmt": backing_fmt,
-                                   **options})
-    flags = (_lib.CREATE_EXCL if exclusive else 0) | \
-        (_lib.CREATE_UNSAFE_BACKING if unsafe_backing else 0) | \
-        (_lib.CREATE_CONFINED if confined else 0)
-    check(lib().vd_create(os.fsencode(path), fmt.encode(), size,
-                          os.fsencode(text_options) if text_options else None, flags))
+    with _call_secret(passphrase) as secret_id:
+        if secret_id:
+            options = {**options, "key-secret": secret_id}
+        text_options = options_string({"backing_file": backing_file, "backing_fmt": backing_fmt,
+                                       **options})
+        flags = (_lib.CREATE_EXCL if exclusive else 0) | \
+            (_lib.CREATE_UNSAFE_BACKING if unsafe_backing else 0) | \
+            (_lib.CREATE_CONFINED if confined else 0)
+        check(lib().vd_create(os.fsencode(path), fmt.encode(), size,
+                              os.fsencode(text_options) if text_options else None, flags))
+
+
+def _secret_bytes(data: Union[str, bytes]) -> bytes:
+    return data.encode() if isinstance(data, str) else bytes(data)
+
+
+def add_secret(secret_id: str, data: Union[str, bytes]) -> None:
+    """Define the secret secret_id (a passphrase) for options that name one,
+    such as luks's ``key-secret`` (``vd_secret_add()``); replaces an earlier one."""
+    value = _secret_bytes(data)
+    check(lib().vd_secret_add(secret_id.encode(), value, len(value)))
+
+
+def remove_secret(secret_id: str) -> None:
+    """Forget the secret secret_id (the library wipes its copy)."""
+    check(lib().vd_secret_remove(secret_id.encode()))
+
+
+@contextlib.contextmanager
+def _call_secret(passphrase: Union[str, bytes, None]):
+    """A secret holding passphrase for one call, by a fresh id; None without one."""
+    if passphrase is None:
+        yield None
+        return
+    secret_id = f"py-{uuid.uuid4().hex}"
+    add_secret(secret_id, passphrase)
+    try:
+        yield secret_id
+    finally:
+        remove_secret(secret_id)
 
 
 def probe(path: Union[str, bytes, os.PathLike]) -> str:

@@ -315,7 +315,8 @@ class Image(io.RawIOBase):
                  confined: bool = False, no_flush: bool = False, repair: bool = False,
                  snapshot: Union[str, int, Snapshot, None] = None, safe: bool = False,
                  formats: Optional[Iterable[str]] = None, cache: Optional[str] = None,
-                 direct_fallback: bool = False) -> None:
+                 direct_fallback: bool = False,
+                 passphrase: Union[str, bytes, None] = None) -> None:
         super().__init__()
         self._setup(None, mode, _Owner(), borrowed=False)
         if mode not in _MODES:
@@ -336,7 +337,8 @@ class Image(io.RawIOBase):
         options = _lib.VdOpenOpts(struct_size=ctypes.sizeof(_lib.VdOpenOpts), flags=flags,
                                   format=None if fmt is None else fmt.encode(),
                                   snapshot=snapshot, formats=_formats_list(formats),
-                                  cache=None if cache is None else cache.encode())
+                                  cache=None if cache is None else cache.encode(),
+                                  secret=_passphrase_bytes(passphrase))
         handle = _lib.ImagePtr()
         check_status(lib().vd_open_ext(ctypes.byref(handle), os.fsencode(path),
                                        ctypes.byref(options)))
@@ -763,7 +765,7 @@ class Image(io.RawIOBase):
                 return properties
             check_status(rc)
             convert = _PROPERTY_TYPES.get(kind.value, str)
-            properties[text(key.value)] = convert(text(value.value))
+            _set_property(properties, text(key.value), convert(text(value.value)))
             index += 1
 
     def info(self) -> dict:
@@ -863,12 +865,40 @@ def open(path: Union[str, bytes, os.PathLike], mode: str = "r",  # noqa: A001
          confined: bool = False, no_flush: bool = False, repair: bool = False,
          snapshot: Union[str, int, Snapshot, None] = None, safe: bool = False,
          formats: Optional[Iterable[str]] = None, cache: Optional[str] = None,
-         direct_fallback: bool = False) -> Image:
+         direct_fallback: bool = False,
+         passphrase: Union[str, bytes, None] = None) -> Image:
     """Open a disk image; see :class:`Image`. For images from an untrusted source,
     pass ``safe=True`` (and ``formats``): the default follows qemu-img. cache is
     one of qemu's cache modes ("writeback", the default; "writethrough", "none"
     (O_DIRECT), "directsync", "unsafe"); direct_fallback opens a file whose
-    file system refuses O_DIRECT without it instead of failing."""
+    file system refuses O_DIRECT without it instead of failing.
+
+    ``passphrase`` unlocks an encrypted (luks) image; without it such an image
+    opens for :meth:`Image.info` only and reads raise
+    :class:`EncryptionKeyError`, as does a wrong passphrase at open."""
     return Image(path, mode, fmt, no_backing=no_backing, no_lock=no_lock, confined=confined,
                  no_flush=no_flush, repair=repair, snapshot=snapshot, safe=safe, formats=formats,
-                 cache=cache, direct_fallback=direct_fallback)
+                 cache=cache, direct_fallback=direct_fallback, passphrase=passphrase)
+
+
+def _set_property(properties: dict, key: str, value) -> None:
+    """Store one property; "LIST.INDEX.FIELD" keys (luks's "slots.0.active") become
+    fields of the INDEX-th dict of the list LIST, as qemu-img info shows them."""
+    parts = key.split(".", 2)
+    if len(parts) < 3 or not parts[1].isdigit():
+        properties[key] = value
+        return
+    items = properties.setdefault(parts[0], [])
+    while len(items) <= int(parts[1]):
+        items.append({})
+    items[int(parts[1])][parts[2]] = value
+
+
+def _passphrase_bytes(passphrase: Union[str, bytes, None]) -> Optional[bytes]:
+    """The passphrase as the C string vd_open_opts.secret takes."""
+    if passphrase is None:
+        return None
+    value = passphrase.encode() if isinstance(passphrase, str) else bytes(passphrase)
+    if b"\0" in value:
+        raise ValueError("a passphrase must not hold NUL bytes")
+    return value

@@ -1,0 +1,139 @@
+/*
+ * Secrets by id, as QEMU's secret objects: a program defines a passphrase
+ * once (vd_secret_add()), and option strings name it (key-secret=ID), so
+ * that no passphrase needs to travel inside an option string or argv.
+ * Values live in libgcrypt's secure memory and are wiped when removed.
+ */
+#include "core/internal.h"
+#include "crypto/cipher.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* A passphrase read from a descriptor may be at most this long. */
+#define SECRET_MAX_BYTES (64u << 10)
+
+struct secret {
+    char *id;
+    char *value; /* secure memory, NUL-terminated */
+    size_t len;
+    struct secret *next;
+};
+
+static pthread_mutex_t secrets_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct secret *secrets;
+
+static void secret_destroy(struct secret *s)
+{
+    vd_secure_free(s->value, s->len + 1);
+    free(s->id);
+    free(s);
+}
+
+/* Unlink the secret named id; the caller holds the lock. */
+static struct secret *unlink_secret(const char *id)
+{
+    for (struct secret **p = &secrets; *p; p = &(*p)->next) {
+        if (strcmp((*p)->id, id) == 0) {
+            struct secret *s = *p;
+            *p = s->next;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+int vd_secret_add(const char *id, const void *data, size_t length)
+{
+    if (!id || !*id || (!data && length))
+        return vd_err(VD_EINVAL, "vd_secret_add: id and data must not be NULL");
+    if (memchr(data, 0, length))
+        return vd_err(VD_EINVAL, "vd_secret_add: secret '%s' holds a NUL byte", id);
+    struct secret *s = calloc(1, sizeof *s);
+    if (s) {
+        s->id = strdup(id);
+        s->value = (char *)vd_secure_alloc(length + 1);
+        s->len = length;
+    }
+    if (!s || !s->id || !s->value) {
+        if (s)
+            secret_destroy(s);
+        return vd_err(VD_ENOMEM, "vd_secret_add: out of memory");
+    }
+    memcpy(s->value, data, length);
+    pthread_mutex_lock(&secrets_lock);
+    struct secret *old = unlink_secret(id);
+    s->next = secrets;
+    secrets = s;
+    pthread_mutex_unlock(&secrets_lock);
+    if (old)
+        secret_destroy(old);
+    return 0;
+}
+
+int vd_secret_add_fd(const char *id, int fd)
+{
+    uint8_t *buf = vd_secure_alloc(SECRET_MAX_BYTES + 1);
+    if (!buf)
+        return vd_err(VD_ENOMEM, "vd_secret_add_fd: out of memory");
+    size_t have = 0;
+    int rc = 0;
+    while (rc == 0 && have <= SECRET_MAX_BYTES) {
+        ssize_t n = read(fd, buf + have, SECRET_MAX_BYTES + 1 - have);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            rc = vd_err(VD_EIO, "vd_secret_add_fd: %s", strerror(errno));
+        else if (n == 0)
+            break;
+        else
+            have += (size_t)n;
+    }
+    if (rc == 0 && have > SECRET_MAX_BYTES)
+        rc = vd_err(VD_ETOOBIG, "vd_secret_add_fd: secret '%s' is longer than %u bytes", id,
+                    SECRET_MAX_BYTES);
+    if (rc == 0)
+        rc = vd_secret_add(id, buf, have);
+    vd_secure_free(buf, SECRET_MAX_BYTES + 1);
+    return rc;
+}
+
+int vd_secret_remove(const char *id)
+{
+    if (!id)
+        return vd_err(VD_EINVAL, "vd_secret_remove: id must not be NULL");
+    pthread_mutex_lock(&secrets_lock);
+    struct secret *s = unlink_secret(id);
+    pthread_mutex_unlock(&secrets_lock);
+    if (!s)
+        return vd_err(VD_ENOENT, "No secret with id '%s'", id);
+    secret_destroy(s);
+    return 0;
+}
+
+int vd_secret_lookup(const char *id, char **value)
+{
+    *value = NULL;
+    int rc = 0;
+    pthread_mutex_lock(&secrets_lock);
+    struct secret *s = secrets;
+    while (s && strcmp(s->id, id) != 0)
+        s = s->next;
+    if (!s)
+        rc = vd_err(VD_ENOENT, "No secret with id '%s'", id);
+    else if (!(*value = (char *)vd_secure_alloc(s->len + 1)))
+        rc = vd_err(VD_ENOMEM, "out of memory");
+    else
+        memcpy(*value, s->value, s->len + 1);
+    pthread_mutex_unlock(&secrets_lock);
+    return rc;
+}
+
+void vd_secret_free(char *value)
+{
+    if (value)
+        vd_secure_free(value, strlen(value) + 1);
+}
