@@ -1,0 +1,427 @@
+/*
+ * The VMDK backend: open (a sparse extent with its embedded descriptor, or
+ * a text descriptor naming extent files), close, flush, info, and its
+ * vd_backend table. Guest I/O goes through the copy-on-write engine over
+ * the extents seen as one host address space (extents.c).
+ *
+ * Extent files are named relative to the descriptor's directory and are
+ * opened through vd_chain_open_file(), confined beneath it when the image
+ * is opened with VD_OPEN_CONFINED (or VD_OPEN_SAFE).
+ */
+#include "formats/vmdk/vmdk.h"
+#include "codec/codec.h"
+#include "core/endian.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int v_probe(const uint8_t *h, size_t len, uint64_t file_size)
+{
+    (void)file_size;
+    if (len >= 4 && (memcmp(h, "KDMV", 4) == 0 || memcmp(h, "COWD", 4) == 0))
+        return 100;
+    /* a text descriptor: comments and blank lines, then "version=N" */
+    const char *p = (const char *)h, *end = p + len;
+    while (p < end) {
+        if (*p == '#') {
+            while (p < end && *p != '\n')
+                p++;
+            p++;
+            continue;
+        }
+        while (p < end && (*p == ' ' || *p == '\r'))
+            p++;
+        if (p < end && *p == '\n') {
+            p++;
+            continue;
+        }
+        return end - p >= 10 && memcmp(p, "version=", 8) == 0 && p[8] >= '1' && p[8] <= '3' &&
+               (p[9] == '\n' || p[9] == '\r') ? 100 : 0;
+    }
+    return 0;
+}
+
+/* Read a descriptor of at most VMDK_MAX_DESCRIPTOR bytes at off, and parse it. */
+static int read_descriptor(vd_file *f, uint64_t off, uint64_t len, struct vmdk_desc *d)
+{
+    if (len > VMDK_MAX_DESCRIPTOR)
+        return vd_err(VD_ETOOBIG, "%s: the VMDK descriptor is larger than %u bytes", f->path,
+                      VMDK_MAX_DESCRIPTOR);
+    uint64_t file_size;
+    int rc = vd_file_get_size(f, &file_size);
+    if (rc == 0 && (off > file_size || len > file_size - off))
+        rc = vd_err(VD_ECORRUPT, "%s: the VMDK descriptor lies past the end of the file", f->path);
+    char *text = rc == 0 ? malloc((size_t)len + 1) : NULL;
+    if (rc == 0 && !text)
+        rc = vd_err(VD_ENOMEM, "%s: out of memory", f->path);
+    if (rc == 0)
+        rc = vd_file_pread(f, text, (size_t)len, off);
+    if (rc == 0)
+        rc = vmdk_desc_parse(text, (size_t)len, d, f->path);
+    free(text);
+    return rc;
+}
+
+static int add_extent(struct vmdk *v, const struct vmdk_extent_line *line, const char *name)
+{
+    if (v->next >= VMDK_MAX_EXTENTS)
+        return vd_err(VD_ECORRUPT, "%s: more than %u extents", name, VMDK_MAX_EXTENTS);
+    struct vmdk_extent *grown = realloc(v->ext, (v->next + 1) * sizeof *grown);
+    if (!grown)
+        return vd_err(VD_ENOMEM, "%s: out of memory", name);
+    v->ext = grown;
+    struct vmdk_extent *e = &v->ext[v->next++];
+    *e = (struct vmdk_extent){ .line = *line };
+    e->line.file = NULL; /* the descriptor owns the name */
+    return 0;
+}
+
+/* A file of the image must not be the descriptor itself (or a device when confined). */
+static int check_extent_file(vd_image *img, vd_file *f)
+{
+    struct stat mine, st;
+    if (vd_file_stat_id(f, &st) < 0)
+        return 0;
+    if (vd_file_stat_id(img->file, &mine) == 0 && mine.st_dev == st.st_dev &&
+        mine.st_ino == st.st_ino)
+        return vd_err(VD_ECORRUPT, "%s: a VMDK extent names the descriptor file itself",
+                      img->filename);
+    if ((img->open_flags & VD_OPEN_CONFINED) && !S_ISREG(st.st_mode))
+        return vd_err(VD_EPERM, "%s: the VMDK extent '%s' is not a regular file", img->filename,
+                      f->path);
+    return 0;
+}
+
+static int open_extent_file(vd_image *img, struct vmdk_extent *e, const char *name)
+{
+    struct vd_chain_where where = { img->filename, -1, name };
+    struct vd_named_file found = { NULL, NULL, -1 };
+    bool rw = !img->read_only && e->line.access == VMDK_RW;
+    int rc = vd_image_anchor(img, &where.anchor);
+    if (rc == 0)
+        rc = vd_chain_open_file(&found, &where, rw ? VD_FILE_RDWR : 0);
+    e->file = found.file;
+    e->own_file = true;
+    found.file = NULL;
+    vd_named_file_release(&found);
+    if (rc == 0)
+        rc = check_extent_file(img, e->file);
+    if (rc == 0 && !(img->open_flags & VD_OPEN_NO_LOCK))
+        rc = vd_file_lock(e->file, rw);
+    if (rc < 0) {
+        char msg[768];
+        snprintf(msg, sizeof msg, "%s", vd_errmsg());
+        rc = vd_err(rc, "%s: could not open VMDK extent '%s': %s", img->filename, name, msg);
+    }
+    return rc;
+}
+
+static bool create_type_is(const struct vmdk_desc *d, const char *const *names)
+{
+    for (; *names; names++)
+        if (strcmp(d->create_type, *names) == 0)
+            return true;
+    return false;
+}
+
+/* The extents a text descriptor lists, opened in order. */
+static int open_descriptor_extents(vd_image *img, struct vmdk *v)
+{
+    static const char *const supported[] = {
+        "monolithicFlat", "vmfs", "vmfsSparse", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
+        "monolithicSparse", "streamOptimized", "custom", NULL,
+    };
+    if (strcmp(v->desc.create_type, "seSparse") == 0)
+        return vd_err(VD_EUNSUPPORTED, "%s: seSparse VMDK images are not supported", img->filename);
+    if (!create_type_is(&v->desc, supported))
+        return vd_err(VD_EUNSUPPORTED, "%s: unsupported VMDK image type '%s'", img->filename,
+                      v->desc.create_type);
+    if (!v->desc.nlines)
+        return vd_err(VD_ECORRUPT, "%s: the VMDK descriptor lists no extents", img->filename);
+    int rc = 0;
+    for (size_t i = 0; i < v->desc.nlines && rc == 0; i++) {
+        const struct vmdk_extent_line *line = &v->desc.lines[i];
+        if ((rc = add_extent(v, line, img->filename)) < 0)
+            break;
+        struct vmdk_extent *e = &v->ext[v->next - 1];
+        if (vd_mul_overflows(line->sectors, VMDK_SECTOR, &e->length))
+            return vd_err(VD_ECORRUPT, "%s: VMDK extent size too large", img->filename);
+        if (line->type == VMDK_ZERO)
+            continue;
+        if ((rc = open_extent_file(img, e, line->file)) < 0)
+            break;
+        if (line->type == VMDK_SPARSE || line->type == VMDK_VMFSSPARSE)
+            rc = vmdk_sparse_open(img, e, v->next - 1);
+        else if (line->offset > (VMDK_HOST_MASK >> 9) ||
+                 e->length > VMDK_HOST_MASK - line->offset * VMDK_SECTOR)
+            rc = vd_err(VD_ECORRUPT, "%s: VMDK flat extent offset too large", img->filename);
+    }
+    return rc;
+}
+
+/* The image file is itself a sparse extent; its embedded descriptor describes it. */
+static int open_sparse_file(vd_image *img, struct vmdk *v)
+{
+    struct vmdk_sparse s;
+    int rc = vmdk_sparse_read_header(img->file, img->filename, &s);
+    if (rc < 0)
+        return rc;
+    if (s.capacity == 0 && s.desc_offset) { /* a descriptor wrapped in a sparse header */
+        rc = read_descriptor(img->file, s.desc_offset, s.desc_size, &v->desc);
+        return rc < 0 ? rc : open_descriptor_extents(img, v);
+    }
+    if (s.desc_offset && s.desc_size)
+        rc = read_descriptor(img->file, s.desc_offset, s.desc_size, &v->desc);
+    else
+        v->desc = (struct vmdk_desc){ .parent_cid = UINT32_MAX };
+    v->embedded = true;
+    free(v->desc.create_type);
+    /* as QEMU: what the header says, whatever the embedded descriptor claims */
+    v->desc.create_type = strdup(s.cowd ? "vmfsSparse" : s.compressed ? "streamOptimized"
+                                                                       : "monolithicSparse");
+    struct vmdk_extent_line line = { VMDK_RW, s.capacity, s.cowd ? VMDK_VMFSSPARSE : VMDK_SPARSE,
+                                     NULL, 0 };
+    if (rc == 0 && !v->desc.create_type)
+        rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    if (rc == 0)
+        rc = add_extent(v, &line, img->filename);
+    if (rc == 0) {
+        v->ext[0].file = img->file;
+        rc = vmdk_sparse_open(img, &v->ext[0], 0);
+    }
+    return rc;
+}
+
+/*
+ * The engine's cluster: the grain of the sparse extents (all alike, every
+ * one starting on a grain), or for flat images the largest power of two up
+ * to 64 KiB that every extent boundary is a multiple of.
+ */
+static int choose_cluster_size(vd_image *img, struct vmdk *v)
+{
+    uint64_t grain = 0, bounds = 0;
+    for (size_t i = 0; i < v->next; i++) {
+        const struct vmdk_extent *e = &v->ext[i];
+        bounds |= e->start | e->length;
+        if (!e->sparse)
+            continue;
+        if (grain && grain != e->sparse->grain)
+            return vd_err(VD_EUNSUPPORTED, "%s: VMDK sparse extents of different grain sizes are "
+                          "not supported", img->filename);
+        grain = e->sparse->grain;
+        if (e->start % grain)
+            return vd_err(VD_EUNSUPPORTED, "%s: a VMDK sparse extent that starts inside a grain "
+                          "is not supported", img->filename);
+    }
+    if (grain) {
+        img->cluster_size = (uint32_t)grain;
+        return 0;
+    }
+    uint64_t cs = 65536;
+    while (cs > VMDK_SECTOR && (bounds & (cs - 1)))
+        cs /= 2;
+    img->cluster_size = (uint32_t)cs;
+    return 0;
+}
+
+static int lay_out(vd_image *img, struct vmdk *v)
+{
+    uint64_t pos = 0;
+    for (size_t i = 0; i < v->next; i++) {
+        v->ext[i].start = pos;
+        if (vd_add_overflows(pos, v->ext[i].length, &pos) || pos > INT64_MAX)
+            return vd_err(VD_ETOOBIG, "%s: the VMDK image is too large", img->filename);
+    }
+    if (!pos)
+        return vd_err(VD_ECORRUPT, "%s: a VMDK image of size 0", img->filename);
+    img->size = pos;
+    return choose_cluster_size(img, v);
+}
+
+/* qemu-img's vmdk fields: cid, parent-cid, create-type, and the extents one by one. */
+static int set_props(vd_image *img, const struct vmdk *v)
+{
+    int rc = vd_image_set_prop(img, "cid", VD_PROP_INT, "%u", v->desc.cid);
+    if (rc == 0)
+        rc = vd_image_set_prop(img, "parent-cid", VD_PROP_INT, "%u", v->desc.parent_cid);
+    if (rc == 0)
+        rc = vd_image_set_prop(img, "create-type", VD_PROP_STRING, "%s", v->desc.create_type);
+    for (size_t i = 0; i < v->next && rc == 0; i++) {
+        const struct vmdk_extent *e = &v->ext[i];
+        char key[64];
+        snprintf(key, sizeof key, "extents.%zu.virtual-size", i);
+        rc = vd_image_set_prop(img, key, VD_PROP_INT, "%llu", (unsigned long long)e->length);
+        snprintf(key, sizeof key, "extents.%zu.filename", i);
+        if (rc == 0)
+            rc = vd_image_set_prop(img, key, VD_PROP_STRING, "%s", e->file ? e->file->path : "");
+        snprintf(key, sizeof key, "extents.%zu.cluster-size", i);
+        if (rc == 0 && e->sparse)
+            rc = vd_image_set_prop(img, key, VD_PROP_INT, "%llu",
+                                   (unsigned long long)e->sparse->grain);
+        snprintf(key, sizeof key, "extents.%zu.compressed", i);
+        if (rc == 0 && e->sparse && e->sparse->compressed)
+            rc = vd_image_set_prop(img, key, VD_PROP_BOOL, "true");
+        snprintf(key, sizeof key, "extents.%zu.format", i);
+        if (rc == 0)
+            rc = vd_image_set_prop(img, key, VD_PROP_STRING, "%s",
+                                   v->embedded ? "" : vmdk_type_name(e->line.type));
+    }
+    return rc;
+}
+
+static void v_close(vd_image *img);
+
+static int v_open(vd_image *img, const vd_open_opts *opts)
+{
+    (void)opts;
+    struct vmdk *v = calloc(1, sizeof *v);
+    if (!v)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    img->priv = v;
+    uint8_t magic[4] = { 0 };
+    uint64_t file_size;
+    int rc = vd_file_get_size(img->file, &file_size);
+    if (rc == 0 && file_size < 4)
+        rc = vd_err(VD_EFORMAT, "%s: file is too small to be a VMDK image", img->filename);
+    if (rc == 0)
+        rc = vd_file_pread(img->file, magic, 4, 0);
+    if (rc == 0 && (memcmp(magic, "KDMV", 4) == 0 || memcmp(magic, "COWD", 4) == 0))
+        rc = open_sparse_file(img, v);
+    else if (rc == 0 && (rc = read_descriptor(img->file, 0, file_size, &v->desc)) == 0)
+        rc = open_descriptor_extents(img, v);
+    if (rc == 0)
+        rc = lay_out(img, v);
+    if (rc == 0)
+        rc = vmdk_host_file_new(v, &v->host, img->filename);
+    if (rc == 0) {
+        img->data_file = v->host;
+        img->cow = &vmdk_cow_ops;
+        rc = set_props(img, v);
+    }
+    if (rc < 0)
+        v_close(img);
+    return rc;
+}
+
+static int v_flush(vd_image *img)
+{
+    struct vmdk *v = vmdk_of(img);
+    int rc = 0;
+    for (size_t i = 0; i < v->next && rc == 0; i++)
+        if (v->ext[i].sparse)
+            rc = vmdk_sparse_flush(img, &v->ext[i]);
+    if (rc == 0)
+        rc = vd_image_sync(img);
+    return rc < 0 ? vd_image_poison(img, rc) : 0;
+}
+
+static void v_close(vd_image *img)
+{
+    struct vmdk *v = vmdk_of(img);
+    if (!v)
+        return;
+    if (!img->read_only && !img->poisoned && img->cow)
+        v_flush(img);
+    for (size_t i = 0; i < v->next; i++) {
+        vmdk_sparse_free(v->ext[i].sparse);
+        if (v->ext[i].own_file)
+            vd_file_close(v->ext[i].file);
+    }
+    if (v->host)
+        vd_file_close(v->host);
+    img->data_file = NULL;
+    free(v->ext);
+    vmdk_desc_free(&v->desc);
+    free(v);
+    img->priv = NULL;
+}
+
+static bool stream_optimized(const struct vmdk *v)
+{
+    return v->next == 1 && v->ext[0].sparse && v->ext[0].sparse->compressed;
+}
+
+/*
+ * streamOptimized, as QEMU writes it: whole grains (the last one may stop at
+ * the end of the disk), each compressed and written once.
+ */
+static int write_stream(vd_image *img, uint64_t off, const uint8_t *buf, size_t len)
+{
+    const uint64_t gs = img->cluster_size;
+    if ((off % gs) || ((len % gs) && off + len != img->size))
+        return vd_err(VD_EUNSUPPORTED, "%s: a streamOptimized image takes whole grains of %llu "
+                      "bytes (offset %llu, length %zu)", img->filename, (unsigned long long)gs,
+                      (unsigned long long)off, len);
+    size_t cap = (size_t)gs * 2;
+    uint8_t *grain = malloc((size_t)gs + cap), *out = grain + gs;
+    int rc = grain ? 0 : vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    for (size_t done = 0; done < len && rc == 0; done += (size_t)gs) {
+        struct vd_cow_run run;
+        size_t n = len - done < gs ? len - done : (size_t)gs, out_len = 0;
+        rc = vmdk_cow_ops.lookup(img, off + done, gs, &run);
+        if (rc == 0 && run.kind != VD_COW_UNALLOCATED)
+            rc = vd_err(VD_EUNSUPPORTED, "%s: could not write to allocated grain at %llu of a "
+                        "streamOptimized image (each grain is written once)", img->filename,
+                        (unsigned long long)(off + done));
+        if (rc == 0) {
+            memcpy(grain, buf + done, n);
+            rc = vd_codec_compress(VD_CODEC_ZLIB, grain, n, out, cap, &out_len);
+            if (rc == VD_CODEC_NO_GAIN)
+                rc = vd_err(VD_EIO, "%s: a grain did not fit its compression buffer", img->filename);
+        }
+        if (rc == 0)
+            rc = vd_cow_store_cluster(img, off + done, out, out_len, NULL, 0);
+    }
+    free(grain);
+    return rc;
+}
+
+static int v_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags)
+{
+    if (stream_optimized(vmdk_of(img)))
+        return write_stream(img, off, buf, len);
+    return vd_cow_write(img, off, buf, len, flags & ~VD_WRITE_COMPRESSED);
+}
+
+static int v_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags)
+{
+    if (stream_optimized(vmdk_of(img)))
+        return vd_err(VD_EUNSUPPORTED, "%s: a streamOptimized image cannot write zeroes",
+                      img->filename);
+    return vd_cow_write_zeroes(img, off, len, flags);
+}
+
+static int v_discard(vd_image *img, uint64_t off, uint64_t len)
+{
+    return stream_optimized(vmdk_of(img)) ? 0 : vd_cow_discard(img, off, len);
+}
+
+static void v_get_info(vd_image *img, vd_info *info)
+{
+    struct vmdk *v = vmdk_of(img);
+    /* qemu-img shows a cluster size only when every extent has the same grain */
+    bool sparse = v->next && v->ext[0].sparse;
+    for (size_t i = 0; i < v->next; i++)
+        sparse = sparse && v->ext[i].sparse;
+    info->cluster_size = sparse ? img->cluster_size : 0;
+    info->backing_file = v->desc.parent_hint;
+    info->backing_format = v->desc.parent_hint ? "vmdk" : NULL;
+}
+
+const struct vd_backend vd_backend_vmdk = {
+    .name = "vmdk",
+    .create_options = vmdk_create_options,
+    .probe = v_probe,
+    .create = vmdk_create,
+    .open = v_open,
+    .close = v_close,
+    .read = vd_cow_read,
+    .write = v_write,
+    .write_zeroes = v_write_zeroes,
+    .discard = v_discard,
+    .flush = v_flush,
+    .block_status = vd_cow_block_status,
+    .get_info = v_get_info,
+};
