@@ -23,6 +23,32 @@ static bool has_properties(vd_image *img)
     return vd_get_property(img, 0, &key, &value, NULL) == 0;
 }
 
+/*
+ * A property "list.N.field" is field of element N of the list "list"
+ * (VMDK's extents): split it, or return false for a plain property.
+ */
+static bool list_member(const char *key, size_t *list_len, unsigned long *index, const char **field)
+{
+    const char *dot = strchr(key, '.');
+    char *end;
+    if (!dot || dot[1] < '0' || dot[1] > '9')
+        return false;
+    *index = strtoul(dot + 1, &end, 10);
+    if (*end != '.')
+        return false;
+    *list_len = (size_t)(dot - key);
+    *field = end + 1;
+    return true;
+}
+
+static void json_property(struct json_writer *w, const char *key, const char *value, int type)
+{
+    if (type == VD_PROP_STRING)
+        json_string(w, key, value);
+    else /* VD_PROP_INT and VD_PROP_BOOL values are JSON literals already */
+        json_raw(w, key, value);
+}
+
 static void json_format_specific(struct json_writer *w, const struct image_facts *f)
 {
     if (!has_properties(f->img))
@@ -30,13 +56,37 @@ static void json_format_specific(struct json_writer *w, const struct image_facts
     json_begin_object(w, "format-specific");
     json_string(w, "type", f->info.format);
     json_begin_object(w, "data");
-    const char *key, *value;
+    const char *key, *value, *field;
     int type;
+    char list[64] = "";
+    unsigned long element = 0, index;
+    size_t list_len;
     for (size_t i = 0; vd_get_property(f->img, i, &key, &value, &type) == 0; i++) {
-        if (type == VD_PROP_STRING)
-            json_string(w, key, value);
-        else /* VD_PROP_INT and VD_PROP_BOOL values are JSON literals already */
-            json_raw(w, key, value);
+        bool member = list_member(key, &list_len, &index, &field) && list_len < sizeof list;
+        bool same_list = member && *list && strlen(list) == list_len &&
+                         strncmp(key, list, list_len) == 0;
+        if (*list && (!same_list || index != element))
+            json_end_object(w);
+        if (*list && !same_list) {
+            json_end_array(w);
+            *list = 0;
+        }
+        if (!member) {
+            json_property(w, key, value, type);
+            continue;
+        }
+        if (!*list) {
+            snprintf(list, sizeof list, "%.*s", (int)list_len, key);
+            json_begin_array(w, list);
+        }
+        if (!same_list || index != element)
+            json_begin_object(w, NULL);
+        element = index;
+        json_property(w, field, value, type);
+    }
+    if (*list) {
+        json_end_object(w);
+        json_end_array(w);
     }
     json_end_object(w);
     json_end_object(w);
@@ -68,17 +118,43 @@ static void print_json(struct json_writer *w, const struct image_facts *f)
     json_end_object(w);
 }
 
-/* "compression-type" is shown as "compression type: zlib", as qemu-img does. */
+/* A key as qemu-img shows it: "compression-type" as "compression type". */
+static void print_key(const char *key, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        putchar(key[i] == '-' ? ' ' : key[i]);
+}
+
+/* Lists ("extents.0.filename") as qemu-img shows them: "extents:", "[0]:", then the fields. */
 static void print_human_properties(vd_image *img)
 {
     if (!has_properties(img))
         return;
     printf("Format specific information:\n");
-    const char *key, *value;
+    const char *key, *value, *field, *list = NULL;
+    size_t list_len, shown_len = 0;
+    unsigned long index, element = 0;
     for (size_t i = 0; vd_get_property(img, i, &key, &value, NULL) == 0; i++) {
-        printf("    ");
-        for (const char *k = key; *k; k++)
-            putchar(*k == '-' ? ' ' : *k);
+        if (!list_member(key, &list_len, &index, &field)) {
+            list = NULL;
+            printf("    ");
+            print_key(key, strlen(key));
+            printf(": %s\n", value);
+            continue;
+        }
+        bool same_list = list && shown_len == list_len && strncmp(list, key, list_len) == 0;
+        if (!same_list) {
+            printf("    ");
+            print_key(key, list_len);
+            printf(":\n");
+            list = key;
+            shown_len = list_len;
+        }
+        if (!same_list || index != element)
+            printf("        [%lu]:\n", index);
+        element = index;
+        printf("            ");
+        print_key(field, strlen(field));
         printf(": %s\n", value);
     }
 }

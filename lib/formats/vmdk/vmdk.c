@@ -240,7 +240,10 @@ static int lay_out(vd_image *img, struct vmdk *v)
     return choose_cluster_size(img, v);
 }
 
-/* qemu-img's vmdk fields: cid, parent-cid, create-type, and the extents one by one. */
+/*
+ * qemu-img's vmdk fields: cid, parent-cid, create-type, and the extents, each
+ * field of extent N as "extents.N.field" (the CLI prints them as a list).
+ */
 static int set_props(vd_image *img, const struct vmdk *v)
 {
     int rc = vd_image_set_prop(img, "cid", VD_PROP_INT, "%u", v->desc.cid);
@@ -251,8 +254,12 @@ static int set_props(vd_image *img, const struct vmdk *v)
     for (size_t i = 0; i < v->next && rc == 0; i++) {
         const struct vmdk_extent *e = &v->ext[i];
         char key[64];
+        snprintf(key, sizeof key, "extents.%zu.compressed", i);
+        if (e->sparse && e->sparse->compressed)
+            rc = vd_image_set_prop(img, key, VD_PROP_BOOL, "true");
         snprintf(key, sizeof key, "extents.%zu.virtual-size", i);
-        rc = vd_image_set_prop(img, key, VD_PROP_INT, "%llu", (unsigned long long)e->length);
+        if (rc == 0)
+            rc = vd_image_set_prop(img, key, VD_PROP_INT, "%llu", (unsigned long long)e->length);
         snprintf(key, sizeof key, "extents.%zu.filename", i);
         if (rc == 0)
             rc = vd_image_set_prop(img, key, VD_PROP_STRING, "%s", e->file ? e->file->path : "");
@@ -260,9 +267,6 @@ static int set_props(vd_image *img, const struct vmdk *v)
         if (rc == 0 && e->sparse)
             rc = vd_image_set_prop(img, key, VD_PROP_INT, "%llu",
                                    (unsigned long long)e->sparse->grain);
-        snprintf(key, sizeof key, "extents.%zu.compressed", i);
-        if (rc == 0 && e->sparse && e->sparse->compressed)
-            rc = vd_image_set_prop(img, key, VD_PROP_BOOL, "true");
         snprintf(key, sizeof key, "extents.%zu.format", i);
         if (rc == 0)
             rc = vd_image_set_prop(img, key, VD_PROP_STRING, "%s",
@@ -408,6 +412,11 @@ static void v_get_info(vd_image *img, vd_info *info)
     info->cluster_size = sparse ? img->cluster_size : 0;
     info->backing_file = v->desc.parent_hint;
     info->backing_format = v->desc.parent_hint ? "vmdk" : NULL;
+    for (size_t i = 0; i < v->next; i++) { /* the extent files count, as qemu-img counts them */
+        uint64_t bytes;
+        if (v->ext[i].own_file && vd_file_allocated_bytes(v->ext[i].file, &bytes) == 0)
+            info->actual_size += bytes;
+    }
 }
 
 const struct vd_backend vd_backend_vmdk = {
