@@ -537,6 +537,16 @@ static int v_store_compressed(vd_image *img, uint64_t guest_off, const void *dat
     return rc < 0 ? rc : set_gte(img, e, guest_off, (uint32_t)(at / VMDK_SECTOR));
 }
 
+/* Flat extents are plain files, often sparse: their holes read as zeroes (QEMU recurses into them). */
+static bool v_data_over_holes(vd_image *img)
+{
+    struct vmdk *v = vmdk_of(img);
+    for (size_t i = 0; i < v->next; i++)
+        if (!v->ext[i].sparse && v->ext[i].file)
+            return true;
+    return false;
+}
+
 static int v_compression(vd_image *img)
 {
     (void)img;
@@ -549,6 +559,7 @@ const struct vd_cow_ops vmdk_cow_ops = {
     .link = v_link,
     .zero_clusters = v_zero_clusters,
     .read_compressed = v_read_compressed,
+    .data_over_holes = v_data_over_holes,
     .compression = v_compression,
     .store_compressed = v_store_compressed,
 };

@@ -276,6 +276,7 @@ static int set_props(vd_image *img, const struct vmdk *v)
 }
 
 static void v_close(vd_image *img);
+static int store_pending(vd_image *img, struct vmdk *v);
 
 static int v_open(vd_image *img, const vd_open_opts *opts)
 {
@@ -284,6 +285,7 @@ static int v_open(vd_image *img, const vd_open_opts *opts)
     if (!v)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     img->priv = v;
+    pthread_mutex_init(&v->stream_lock, NULL);
     uint8_t magic[4] = { 0 };
     uint64_t file_size;
     int rc = vd_file_get_size(img->file, &file_size);
@@ -312,7 +314,9 @@ static int v_open(vd_image *img, const vd_open_opts *opts)
 static int v_flush(vd_image *img)
 {
     struct vmdk *v = vmdk_of(img);
-    int rc = 0;
+    pthread_mutex_lock(&v->stream_lock);
+    int rc = store_pending(img, v);
+    pthread_mutex_unlock(&v->stream_lock);
     for (size_t i = 0; i < v->next && rc == 0; i++)
         if (v->ext[i].sparse)
             rc = vmdk_sparse_flush(img, &v->ext[i]);
@@ -338,6 +342,8 @@ static void v_close(vd_image *img)
     img->data_file = NULL;
     free(v->ext);
     vmdk_desc_free(&v->desc);
+    free(v->pending);
+    pthread_mutex_destroy(&v->stream_lock);
     free(v);
     img->priv = NULL;
 }
@@ -347,38 +353,69 @@ static bool stream_optimized(const struct vmdk *v)
     return v->next == 1 && v->ext[0].sparse && v->ext[0].sparse->compressed;
 }
 
+/* Compress and store the pending grain (with the stream lock held). */
+static int store_pending(vd_image *img, struct vmdk *v)
+{
+    if (!v->pending)
+        return 0;
+    const uint64_t gs = img->cluster_size;
+    size_t n = (size_t)(img->size - v->pending_off < gs ? img->size - v->pending_off : gs);
+    size_t cap = (size_t)gs * 2, out_len = 0;
+    uint8_t *out = malloc(cap);
+    int rc = out ? vd_codec_compress(VD_CODEC_ZLIB, v->pending, n, out, cap, &out_len)
+                 : vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    if (rc == VD_CODEC_NO_GAIN)
+        rc = vd_err(VD_EIO, "%s: a grain did not fit its compression buffer", img->filename);
+    if (rc == 0)
+        rc = vd_cow_store_cluster(img, v->pending_off, out, out_len, NULL, 0);
+    free(out);
+    free(v->pending);
+    v->pending = NULL;
+    return rc;
+}
+
+/* Start a pending grain at g: only a grain never written may be written (once). */
+static int start_pending(vd_image *img, struct vmdk *v, uint64_t g)
+{
+    struct vd_cow_run run;
+    int rc = vmdk_cow_ops.lookup(img, g, img->cluster_size, &run);
+    if (rc == 0 && run.kind != VD_COW_UNALLOCATED)
+        rc = vd_err(VD_EUNSUPPORTED, "%s: could not write to allocated grain at %llu of a "
+                    "streamOptimized image (each grain is written once, in order)",
+                    img->filename, (unsigned long long)g);
+    if (rc == 0 && !(v->pending = calloc(1, img->cluster_size)))
+        rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    v->pending_off = g;
+    return rc;
+}
+
 /*
- * streamOptimized, as QEMU writes it: whole grains (the last one may stop at
- * the end of the disk), each compressed and written once.
+ * streamOptimized, as QEMU writes it: every grain compressed and written
+ * once; the grain being filled waits in memory until writes move past it.
  */
 static int write_stream(vd_image *img, uint64_t off, const uint8_t *buf, size_t len)
 {
+    struct vmdk *v = vmdk_of(img);
     const uint64_t gs = img->cluster_size;
-    if ((off % gs) || ((len % gs) && off + len != img->size))
-        return vd_err(VD_EUNSUPPORTED, "%s: a streamOptimized image takes whole grains of %llu "
-                      "bytes (offset %llu, length %zu)", img->filename, (unsigned long long)gs,
-                      (unsigned long long)off, len);
-    size_t cap = (size_t)gs * 2;
-    uint8_t *grain = malloc((size_t)gs + cap), *out = grain + gs;
-    int rc = grain ? 0 : vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
-    for (size_t done = 0; done < len && rc == 0; done += (size_t)gs) {
-        struct vd_cow_run run;
-        size_t n = len - done < gs ? len - done : (size_t)gs, out_len = 0;
-        rc = vmdk_cow_ops.lookup(img, off + done, gs, &run);
-        if (rc == 0 && run.kind != VD_COW_UNALLOCATED)
-            rc = vd_err(VD_EUNSUPPORTED, "%s: could not write to allocated grain at %llu of a "
-                        "streamOptimized image (each grain is written once)", img->filename,
-                        (unsigned long long)(off + done));
-        if (rc == 0) {
-            memcpy(grain, buf + done, n);
-            rc = vd_codec_compress(VD_CODEC_ZLIB, grain, n, out, cap, &out_len);
-            if (rc == VD_CODEC_NO_GAIN)
-                rc = vd_err(VD_EIO, "%s: a grain did not fit its compression buffer", img->filename);
-        }
-        if (rc == 0)
-            rc = vd_cow_store_cluster(img, off + done, out, out_len, NULL, 0);
+    int rc = 0;
+    pthread_mutex_lock(&v->stream_lock);
+    while (len && rc == 0) {
+        uint64_t g = off / gs * gs;
+        size_t in = (size_t)(off - g), n = len < gs - in ? len : (size_t)(gs - in);
+        if (v->pending && v->pending_off != g)
+            rc = store_pending(img, v);
+        if (rc == 0 && !v->pending)
+            rc = start_pending(img, v, g);
+        if (rc < 0)
+            break;
+        memcpy(v->pending + in, buf, n);
+        if (in + n == gs || off + n == img->size) /* the grain is complete */
+            rc = store_pending(img, v);
+        off += n;
+        buf += n;
+        len -= n;
     }
-    free(grain);
+    pthread_mutex_unlock(&v->stream_lock);
     return rc;
 }
 
@@ -400,6 +437,15 @@ static int v_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t fl
 static int v_discard(vd_image *img, uint64_t off, uint64_t len)
 {
     return stream_optimized(vmdk_of(img)) ? 0 : vd_cow_discard(img, off, len);
+}
+
+/* Host offsets as offsets in the extent's file, not the engine's address space. */
+static int v_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext)
+{
+    int rc = vd_cow_block_status(img, off, len, ext);
+    if (rc == 0 && ext->host_offset != VD_NO_HOST_OFFSET)
+        ext->host_offset &= VMDK_HOST_MASK;
+    return rc;
 }
 
 static void v_get_info(vd_image *img, vd_info *info)
@@ -431,6 +477,6 @@ const struct vd_backend vd_backend_vmdk = {
     .write_zeroes = v_write_zeroes,
     .discard = v_discard,
     .flush = v_flush,
-    .block_status = vd_cow_block_status,
+    .block_status = v_block_status,
     .get_info = v_get_info,
 };

@@ -111,7 +111,14 @@ struct vmdk {
     struct vmdk_extent *ext;
     size_t next;
     vd_file *host;          /* the extents as one address space (extents.c); img->data_file */
-    bool cid_written;       /* this open changed the CID already */
+    /*
+     * streamOptimized: the grain being written, compressed and stored once
+     * the writes move past it (or at flush), so that writes in order of any
+     * size make whole compressed grains, as convert makes them.
+     */
+    pthread_mutex_t stream_lock;
+    uint8_t *pending;       /* a grain's bytes, or NULL */
+    uint64_t pending_off;   /* its guest offset */
 };
 
 static inline struct vmdk *vmdk_of(vd_image *img)
