@@ -94,22 +94,42 @@ static int check_extent_file(vd_image *img, vd_file *f)
     return 0;
 }
 
-static int open_extent_file(vd_image *img, struct vmdk_extent *e, const char *name)
+/* An extent file opened for an earlier extent, shared by several extent lines. */
+static vd_file *already_open(struct vmdk *v, vd_file *f)
+{
+    struct stat st, other;
+    if (vd_file_stat_id(f, &st) < 0)
+        return NULL;
+    for (size_t i = 0; i + 1 < v->next; i++)
+        if (v->ext[i].own_file && vd_file_stat_id(v->ext[i].file, &other) == 0 &&
+            other.st_dev == st.st_dev && other.st_ino == st.st_ino)
+            return v->ext[i].file;
+    return NULL;
+}
+
+/*
+ * Open the file of extent e (the last one added). A writable image opens
+ * every extent file for writing, so that extent lines may share a file;
+ * RDONLY and NOACCESS extents refuse writes in the cluster map.
+ */
+static int open_extent_file(vd_image *img, struct vmdk *v, struct vmdk_extent *e,
+                            const char *name)
 {
     struct vd_chain_where where = { img->filename, -1, name };
     struct vd_named_file found = { NULL, NULL, -1 };
-    bool rw = !img->read_only && e->line.access == VMDK_RW;
     int rc = vd_image_anchor(img, &where.anchor);
     if (rc == 0)
-        rc = vd_chain_open_file(&found, &where, rw ? VD_FILE_RDWR : 0);
-    e->file = found.file;
-    e->own_file = true;
-    found.file = NULL;
+        rc = vd_chain_open_file(&found, &where, img->read_only ? 0 : VD_FILE_RDWR);
+    vd_file *shared = rc == 0 ? already_open(v, found.file) : NULL;
+    e->file = shared ? shared : found.file;
+    e->own_file = !shared;
+    if (!shared)
+        found.file = NULL;
     vd_named_file_release(&found);
-    if (rc == 0)
+    if (rc == 0 && !shared)
         rc = check_extent_file(img, e->file);
-    if (rc == 0 && !(img->open_flags & VD_OPEN_NO_LOCK))
-        rc = vd_file_lock(e->file, rw);
+    if (rc == 0 && !shared && !(img->open_flags & VD_OPEN_NO_LOCK))
+        rc = vd_file_lock(e->file, !img->read_only);
     if (rc < 0) {
         char msg[768];
         snprintf(msg, sizeof msg, "%s", vd_errmsg());
@@ -150,7 +170,7 @@ static int open_descriptor_extents(vd_image *img, struct vmdk *v)
             return vd_err(VD_ECORRUPT, "%s: VMDK extent size too large", img->filename);
         if (line->type == VMDK_ZERO)
             continue;
-        if ((rc = open_extent_file(img, e, line->file)) < 0)
+        if ((rc = open_extent_file(img, v, e, line->file)) < 0)
             break;
         if (line->type == VMDK_SPARSE || line->type == VMDK_VMFSSPARSE)
             rc = vmdk_sparse_open(img, e, v->next - 1);
