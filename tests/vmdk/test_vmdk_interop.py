@@ -243,3 +243,22 @@ def test_vmdk_on_qcow2_is_refused_as_qemu_does(tmp_path):
     r = run(VDISK, "create", "-q", "-f", "vmdk", "-b", base.name, "-F", "qcow2",
             tmp_path / "c.vmdk", cwd=tmp_path, check=False)
     assert r.returncode != 0 and "vmdk" in r.stderr
+
+
+@pytest.mark.parametrize("writer", ["vdisk", "qemu"])
+def test_changed_parent_is_refused_as_qemu_refuses(tmp_path, writer):
+    """A write gives an image a new CID; a delta made before no longer reads through it."""
+    base = tmp_path / "base.vmdk"
+    run(QEMU_IMG, "create", "-q", "-f", "vmdk", base, 4 * MiB)
+    child = tmp_path / "child.vmdk"
+    run(VDISK, "create", "-q", "-f", "vmdk", "-b", base.name, "-F", "vmdk", child, cwd=tmp_path)
+    run(VDISK, "convert", "-O", "raw", child, tmp_path / "ok.raw")
+    if writer == "vdisk":
+        with libvdisk.open(base, "r+") as img:
+            img.pwrite(0, b"\x01" * 512)
+    else:
+        qemu_io(base, "vmdk", "write -P 1 0 512")
+    r = run(VDISK, "convert", "-O", "raw", child, tmp_path / "bad.raw", check=False)
+    assert r.returncode == 1 and "parent changed" in r.stderr
+    r = run(QEMU_IMG, "convert", "-O", "raw", child, tmp_path / "bad2.raw", check=False)
+    assert r.returncode != 0

@@ -332,13 +332,33 @@ static int sparse_lookup(vd_image *img, struct vmdk_extent *e, uint64_t rel, uin
     return 0;
 }
 
+/*
+ * Before a delta shows its parent through: the parent must still be the
+ * disk the delta was made from (its CID is the delta's parentCID), as QEMU
+ * checks. A parent of another format has no CID to check.
+ */
+static int check_parent_cid(vd_image *img)
+{
+    struct vmdk *v = vmdk_of(img);
+    if (!img->backing || img->backing->backend != &vd_backend_vmdk)
+        return 0;
+    uint32_t cid = vmdk_of(img->backing)->desc.cid;
+    if (cid == v->desc.parent_cid)
+        return 0;
+    return vd_err(VD_EBACKING, "%s: the parent VMDK's CID %08x is not this delta's parentCID "
+                  "%08x: the parent changed after the delta was made", img->filename, cid,
+                  v->desc.parent_cid);
+}
+
 static int v_lookup(vd_image *img, uint64_t off, uint64_t len, struct vd_cow_run *run)
 {
     struct vmdk *v = vmdk_of(img);
     struct vmdk_extent *e = vmdk_extent_at(v, off);
     uint64_t rel = off - e->start, max = min_u64(len, e->length - rel);
-    if (e->sparse)
-        return sparse_lookup(img, e, rel, max, run);
+    if (e->sparse) {
+        int rc = sparse_lookup(img, e, rel, max, run);
+        return rc == 0 && run->kind == VD_COW_UNALLOCATED ? check_parent_cid(img) : rc;
+    }
     *run = (struct vd_cow_run){ .kind = VD_COW_ZERO, .length = max };
     if (e->line.type == VMDK_FLAT || e->line.type == VMDK_VMFS) {
         if (e->line.access == VMDK_NOACCESS)

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 static int v_probe(const uint8_t *h, size_t len, uint64_t file_size)
@@ -188,6 +189,8 @@ static int open_sparse_file(vd_image *img, struct vmdk *v)
     int rc = vmdk_sparse_read_header(img->file, img->filename, &s);
     if (rc < 0)
         return rc;
+    v->desc_at = s.desc_offset && s.desc_size ? s.desc_offset : UINT64_MAX;
+    v->desc_room = s.desc_size;
     if (s.capacity == 0 && s.desc_offset) { /* a descriptor wrapped in a sparse header */
         rc = read_descriptor(img->file, s.desc_offset, s.desc_size, &v->desc);
         return rc < 0 ? rc : open_descriptor_extents(img, v);
@@ -439,8 +442,79 @@ static int write_stream(vd_image *img, uint64_t off, const uint8_t *buf, size_t 
     return rc;
 }
 
+/* text with its "CID=" line's value replaced by cid (NULL: no such line, or no memory). */
+static char *with_cid(const char *text, uint32_t cid)
+{
+    for (const char *line = text; *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : "") {
+        if (strncmp(line, "CID=", 4) != 0)
+            continue;
+        const char *rest = line + 4 + strcspn(line + 4, "\r\n");
+        char *out;
+        return asprintf(&out, "%.*sCID=%08x%s", (int)(line - text), text, cid, rest) < 0 ? NULL
+                                                                                       : out;
+    }
+    return NULL;
+}
+
+/*
+ * The first change of an open image gives it a new CID, as QEMU does, so
+ * that deltas made on it see that it changed (their parentCID no longer
+ * matches). Only descriptors that have a CID line change.
+ */
+static int update_cid(vd_image *img, struct vmdk *v)
+{
+    if (v->cid_updated || v->desc_at == UINT64_MAX)
+        return 0;
+    uint64_t room = v->desc_room, file_size;
+    int rc = vd_file_get_size(img->file, &file_size);
+    if (rc == 0 && !room)
+        room = file_size - v->desc_at;
+    if (rc < 0 || !room || room > VMDK_MAX_DESCRIPTOR || v->desc_at + room > file_size)
+        return rc;
+    char *text = calloc(1, (size_t)room + 1), *updated = NULL;
+    uint32_t cid;
+    if (!text)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    if (getrandom(&cid, sizeof cid, 0) != sizeof cid)
+        cid = v->desc.cid * 2654435761u + 1;
+    rc = vd_file_pread(img->file, text, (size_t)room, v->desc_at);
+    if (rc == 0)
+        updated = with_cid(text, cid);
+    size_t n = updated ? strlen(updated) : 0;
+    if (updated && (!v->desc_room || n <= room)) {
+        memset(text, 0, (size_t)room); /* an embedded descriptor is zero-padded */
+        memcpy(text, updated, n);
+        rc = vd_file_pwrite(img->file, text, v->desc_room ? (size_t)room : n, v->desc_at);
+        if (rc == 0 && !v->desc_room)
+            rc = vd_file_truncate(img->file, v->desc_at + n);
+        if (rc == 0) {
+            v->desc.cid = cid;
+            img->unsynced = true;
+            rc = vd_image_set_prop(img, "cid", VD_PROP_INT, "%u", cid);
+        }
+    }
+    free(updated);
+    free(text);
+    if (rc == 0)
+        v->cid_updated = true;
+    return rc;
+}
+
+/* Before any change of the guest disk. */
+static int note_change(vd_image *img)
+{
+    struct vmdk *v = vmdk_of(img);
+    pthread_mutex_lock(&v->stream_lock);
+    int rc = update_cid(img, v);
+    pthread_mutex_unlock(&v->stream_lock);
+    return rc;
+}
+
 static int v_write(vd_image *img, uint64_t off, const void *buf, size_t len, uint32_t flags)
 {
+    int rc = note_change(img);
+    if (rc < 0)
+        return rc;
     if (stream_optimized(vmdk_of(img)))
         return write_stream(img, off, buf, len);
     return vd_cow_write(img, off, buf, len, flags & ~VD_WRITE_COMPRESSED);
@@ -448,6 +522,9 @@ static int v_write(vd_image *img, uint64_t off, const void *buf, size_t len, uin
 
 static int v_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags)
 {
+    int rc = note_change(img);
+    if (rc < 0)
+        return rc;
     if (stream_optimized(vmdk_of(img)))
         return vd_err(VD_EUNSUPPORTED, "%s: a streamOptimized image cannot write zeroes",
                       img->filename);

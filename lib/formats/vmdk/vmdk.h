@@ -116,7 +116,9 @@ struct vmdk {
      * the writes move past it (or at flush), so that writes in order of any
      * size make whole compressed grains, as convert makes them.
      */
-    pthread_mutex_t stream_lock;
+    pthread_mutex_t stream_lock;  /* also serialises the CID update */
+    uint64_t desc_at, desc_room;  /* the descriptor text in img->file (UINT64_MAX: none); room 0: to EOF */
+    bool cid_updated;             /* this open wrote a new CID already */
     uint8_t *pending;       /* a grain's bytes, or NULL */
     uint64_t pending_off;   /* its guest offset */
 };
