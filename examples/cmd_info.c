@@ -24,34 +24,29 @@ static bool has_properties(vd_image *img)
 }
 
 /*
- * A property key "LIST.INDEX.FIELD" (luks's "slots.0.active") is a field of
- * the INDEX-th object of list LIST, as qemu-img shows them; a plain key has
- * no list (list_len 0).
+ * A property "list.N.field" is field of element N of the list "list"
+ * (VMDK's extents): split it, or return false for a plain property.
  */
-struct prop_key {
-    size_t list_len;   /* length of LIST in the key */
-    const char *index; /* INDEX up to its '.', or NULL */
-    const char *field; /* FIELD, or the whole key */
-};
-
-static struct prop_key split_key(const char *key)
+static bool list_member(const char *key, size_t *list_len, unsigned long *index, const char **field)
 {
     const char *dot = strchr(key, '.');
-    const char *dot2 = dot ? strchr(dot + 1, '.') : NULL;
-    if (!dot2)
-        return (struct prop_key){ 0, NULL, key };
-    return (struct prop_key){ (size_t)(dot - key), dot + 1, dot2 + 1 };
+    char *end;
+    if (!dot || dot[1] < '0' || dot[1] > '9')
+        return false;
+    *index = strtoul(dot + 1, &end, 10);
+    if (*end != '.')
+        return false;
+    *list_len = (size_t)(dot - key);
+    *field = end + 1;
+    return true;
 }
 
-static bool same_list(const char *a, struct prop_key ka, const char *b, struct prop_key kb)
+static void json_property(struct json_writer *w, const char *key, const char *value, int type)
 {
-    return ka.list_len && ka.list_len == kb.list_len && strncmp(a, b, ka.list_len) == 0;
-}
-
-static bool same_item(struct prop_key a, struct prop_key b)
-{
-    return strspn(a.index, "0123456789") == strspn(b.index, "0123456789") &&
-           strncmp(a.index, b.index, strspn(a.index, "0123456789")) == 0;
+    if (type == VD_PROP_STRING)
+        json_string(w, key, value);
+    else /* VD_PROP_INT and VD_PROP_BOOL values are JSON literals already */
+        json_raw(w, key, value);
 }
 
 static void json_format_specific(struct json_writer *w, const struct image_facts *f)
@@ -61,31 +56,35 @@ static void json_format_specific(struct json_writer *w, const struct image_facts
     json_begin_object(w, "format-specific");
     json_string(w, "type", f->info.format);
     json_begin_object(w, "data");
-    const char *key, *value, *prev = NULL;
-    struct prop_key pk = { 0 };
+    const char *key, *value, *field;
     int type;
+    char list[64] = "";
+    unsigned long element = 0, index;
+    size_t list_len;
     for (size_t i = 0; vd_get_property(f->img, i, &key, &value, &type) == 0; i++) {
-        struct prop_key k = split_key(key);
-        bool in_list = prev && same_list(prev, pk, key, k);
-        if (prev && pk.list_len && (!in_list || !same_item(pk, k)))
+        bool member = list_member(key, &list_len, &index, &field) && list_len < sizeof list;
+        bool same_list = member && *list && strlen(list) == list_len &&
+                         strncmp(key, list, list_len) == 0;
+        if (*list && (!same_list || index != element))
             json_end_object(w);
-        if (prev && pk.list_len && !in_list)
+        if (*list && !same_list) {
             json_end_array(w);
-        if (k.list_len && !in_list) {
-            char name[64];
-            snprintf(name, sizeof name, "%.*s", (int)k.list_len, key);
-            json_begin_array(w, name);
+            *list = 0;
         }
-        if (k.list_len && (!in_list || !same_item(pk, k)))
+        if (!member) {
+            json_property(w, key, value, type);
+            continue;
+        }
+        if (!*list) {
+            snprintf(list, sizeof list, "%.*s", (int)list_len, key);
+            json_begin_array(w, list);
+        }
+        if (!same_list || index != element)
             json_begin_object(w, NULL);
-        if (type == VD_PROP_STRING)
-            json_string(w, k.field, value);
-        else /* VD_PROP_INT and VD_PROP_BOOL values are JSON literals already */
-            json_raw(w, k.field, value);
-        prev = key;
-        pk = k;
+        element = index;
+        json_property(w, field, value, type);
     }
-    if (prev && pk.list_len) {
+    if (*list) {
         json_end_object(w);
         json_end_array(w);
     }
@@ -119,27 +118,44 @@ static void print_json(struct json_writer *w, const struct image_facts *f)
     json_end_object(w);
 }
 
-/* "compression-type" is shown as "compression type: zlib", as qemu-img does. */
+/* A key as qemu-img shows it: "compression-type" as "compression type". */
+static void print_key(const char *key, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        putchar(key[i] == '-' ? ' ' : key[i]);
+}
+
+/* Lists ("extents.0.filename") as qemu-img shows them: "extents:", "[0]:", then the fields. */
 static void print_human_properties(vd_image *img)
 {
     if (!has_properties(img))
         return;
     printf("Format specific information:\n");
-    const char *key, *value, *prev = NULL;
-    struct prop_key pk = { 0 };
+    const char *key, *value, *field, *list = NULL;
+    size_t list_len, shown_len = 0;
+    unsigned long index, element = 0;
     for (size_t i = 0; vd_get_property(img, i, &key, &value, NULL) == 0; i++) {
-        struct prop_key k = split_key(key);
-        bool in_list = prev && same_list(prev, pk, key, k);
-        if (k.list_len && !in_list)
-            printf("    %.*s:\n", (int)k.list_len, key);
-        if (k.list_len && (!in_list || !same_item(pk, k)))
-            printf("        [%.*s]:\n", (int)strspn(k.index, "0123456789"), k.index);
-        printf(k.list_len ? "            " : "    ");
-        for (const char *c = k.field; *c; c++)
-            putchar(*c == '-' ? ' ' : *c);
+        if (!list_member(key, &list_len, &index, &field)) {
+            list = NULL;
+            printf("    ");
+            print_key(key, strlen(key));
+            printf(": %s\n", value);
+            continue;
+        }
+        bool same_list = list && shown_len == list_len && strncmp(list, key, list_len) == 0;
+        if (!same_list) {
+            printf("    ");
+            print_key(key, list_len);
+            printf(":\n");
+            list = key;
+            shown_len = list_len;
+        }
+        if (!same_list || index != element)
+            printf("        [%lu]:\n", index);
+        element = index;
+        printf("            ");
+        print_key(field, strlen(field));
         printf(": %s\n", value);
-        prev = key;
-        pk = k;
     }
 }
 

@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <zlib.h>
 #ifdef VD_HAVE_ZSTD
 #include <zstd.h>
@@ -24,6 +25,24 @@ static int inflate_raw(const void *src, size_t src_len, void *dst, size_t dst_le
     /* the output buffer filling up is success even without the stream end */
     if ((zr != Z_STREAM_END && zr != Z_BUF_ERROR && zr != Z_OK) || z.avail_out != 0)
         return vd_err(VD_ECORRUPT, "invalid deflate data");
+    return 0;
+}
+
+/* A zlib stream; output short of dst_len is padded with zeroes. */
+static int inflate_zlib(const void *src, size_t src_len, void *dst, size_t dst_len)
+{
+    z_stream z = { 0 };
+    if (inflateInit(&z) != Z_OK)
+        return vd_err(VD_ENOMEM, "zlib initialisation failed");
+    z.next_in = (Bytef *)src;
+    z.avail_in = (uInt)src_len;
+    z.next_out = dst;
+    z.avail_out = (uInt)dst_len;
+    int zr = inflate(&z, Z_FINISH);
+    inflateEnd(&z);
+    if (zr != Z_STREAM_END && !(zr == Z_BUF_ERROR && z.avail_out == 0))
+        return vd_err(VD_ECORRUPT, "invalid zlib data");
+    memset((uint8_t *)dst + (dst_len - z.avail_out), 0, z.avail_out);
     return 0;
 }
 
@@ -59,6 +78,8 @@ int vd_codec_decompress(enum vd_codec codec, const void *src, size_t src_len, vo
     switch (codec) {
     case VD_CODEC_DEFLATE:
         return inflate_raw(src, src_len, dst, dst_len);
+    case VD_CODEC_ZLIB:
+        return inflate_zlib(src, src_len, dst, dst_len);
     case VD_CODEC_ZSTD:
 #ifdef VD_HAVE_ZSTD
         return unzstd(src, src_len, dst, dst_len);
@@ -81,6 +102,8 @@ struct codec_states {
     bool deflate_ready;
     z_stream sample;      /* level 1, for looks_incompressible() */
     bool sample_ready;
+    z_stream zlib;        /* VD_CODEC_ZLIB */
+    bool zlib_ready;
 #ifdef VD_HAVE_ZSTD
     ZSTD_CCtx *zstd;
 #endif
@@ -96,6 +119,8 @@ static void free_states(void *p)
         deflateEnd(&st->deflate);
     if (st->sample_ready)
         deflateEnd(&st->sample);
+    if (st->zlib_ready)
+        deflateEnd(&st->zlib);
 #ifdef VD_HAVE_ZSTD
     ZSTD_freeCCtx(st->zstd);
 #endif
@@ -118,15 +143,24 @@ static struct codec_states *thread_states(void)
     return st;
 }
 
-/* Reset (or set up, at the level given) one of the thread's deflate streams. */
-static int deflate_ready(z_stream *z, bool *ready, int level)
+/*
+ * Reset (or set up, at the level given) one of the thread's deflate streams:
+ * raw deflate with a 4 KiB window (window_bits -12), or a zlib stream (15).
+ */
+static int deflate_ready_bits(z_stream *z, bool *ready, int level, int window_bits)
 {
     if (*ready)
         return deflateReset(z) == Z_OK ? 0 : vd_err(VD_EIO, "zlib reset failed");
-    if (deflateInit2(z, level, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+    if (deflateInit2(z, level, Z_DEFLATED, window_bits, window_bits < 0 ? 9 : 8,
+                     Z_DEFAULT_STRATEGY) != Z_OK)
         return vd_err(VD_ENOMEM, "zlib initialisation failed");
     *ready = true;
     return 0;
+}
+
+static int deflate_ready(z_stream *z, bool *ready, int level)
+{
+    return deflate_ready_bits(z, ready, level, -12);
 }
 
 enum { SAMPLE_BYTES = 4096, SAMPLES = 3 };
@@ -180,6 +214,26 @@ static int deflate_raw(struct codec_states *st, const void *src, size_t src_len,
     return 0;
 }
 
+/* A zlib stream as compress() makes it (default level, 32 KiB window); no sampling. */
+static int deflate_zlib(struct codec_states *st, const void *src, size_t src_len, void *dst,
+                        size_t dst_cap, size_t *dst_len)
+{
+    z_stream *z = &st->zlib;
+    int rc = deflate_ready_bits(z, &st->zlib_ready, Z_DEFAULT_COMPRESSION, 15);
+    if (rc < 0)
+        return rc;
+    z->next_in = (Bytef *)src;
+    z->avail_in = (uInt)src_len;
+    z->next_out = dst;
+    z->avail_out = (uInt)dst_cap;
+    int zr = deflate(z, Z_FINISH);
+    if (zr != Z_STREAM_END)
+        return zr == Z_OK || zr == Z_BUF_ERROR ? VD_CODEC_NO_GAIN
+                                              : vd_err(VD_EIO, "zlib compression failed");
+    *dst_len = dst_cap - z->avail_out;
+    return 0;
+}
+
 #ifdef VD_HAVE_ZSTD
 static int zstd_frame(struct codec_states *st, const void *src, size_t src_len, void *dst,
                       size_t dst_cap, size_t *dst_len)
@@ -205,6 +259,8 @@ int vd_codec_compress(enum vd_codec codec, const void *src, size_t src_len, void
     switch (codec) {
     case VD_CODEC_DEFLATE:
         return deflate_raw(st, src, src_len, dst, dst_cap, dst_len);
+    case VD_CODEC_ZLIB:
+        return deflate_zlib(st, src, src_len, dst, dst_cap, dst_len);
     case VD_CODEC_ZSTD:
 #ifdef VD_HAVE_ZSTD
         return zstd_frame(st, src, src_len, dst, dst_cap, dst_len);

@@ -10,7 +10,13 @@
 
 #include <stddef.h>
 
-enum vd_codec { VD_CODEC_DEFLATE, VD_CODEC_ZSTD };
+/*
+ * VD_CODEC_ZLIB is deflate in a zlib wrapper with a 32 KiB window, as
+ * zlib's compress() writes it (VMDK streamOptimized grains); it may
+ * decompress to fewer than dst_len bytes (the last grain of a disk), the
+ * rest of dst then reads as zeroes.
+ */
+enum vd_codec { VD_CODEC_DEFLATE, VD_CODEC_ZSTD, VD_CODEC_ZLIB };
 
 /*
  * Decompress src into exactly dst_len bytes. Trailing input past the end of

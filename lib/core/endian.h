@@ -50,5 +50,23 @@ static inline uint64_t vd_le64(const void *p)
     memcpy(&v, p, sizeof v);
     return v;
 }
+static inline uint16_t vd_le16(const void *p)
+{
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void vd_put_le64(void *p, uint64_t v)
+{
+    memcpy(p, &v, sizeof v);
+}
+static inline void vd_put_le32(void *p, uint32_t v)
+{
+    memcpy(p, &v, sizeof v);
+}
+static inline void vd_put_le16(void *p, uint16_t v)
+{
+    memcpy(p, &v, sizeof v);
+}
 
 #endif

@@ -330,6 +330,7 @@ bool vd_raw_can_copy_range(vd_image *dst, vd_image *src);
 int vd_raw_copy_range(vd_image *dst, vd_image *src, uint64_t off, uint64_t len);
 extern const struct vd_backend vd_backend_qcow2;
 extern const struct vd_backend vd_backend_luks;
+extern const struct vd_backend vd_backend_vmdk;
 
 /* ----------------------------------------------------------------- secrets */
 

@@ -10,6 +10,7 @@ static const struct vd_backend *const backends[] = {
     &vd_backend_raw, /* keep raw first: it is the fallback of probing */
     &vd_backend_qcow2,
     &vd_backend_luks,
+    &vd_backend_vmdk,
 };
 
 #define BACKEND_COUNT (sizeof backends / sizeof backends[0])

@@ -173,6 +173,19 @@ fi
 "$vdisk" create -q -f luks --object "$luks_obj" -o key-secret=s,iter-time=1,cipher-alg=aes-128,cipher-mode=cbc \
     "$img/luks-vdisk.luks" 8k
 
+# --- vmdk: the single-file subformats (the targets open one file; extent files are not there)
+if $have_qemu; then
+    q create -f vmdk "$img/vmdk-sparse.vmdk" 1M
+    fill "$img/vmdk-sparse.vmdk" vmdk 4096
+    q create -f vmdk -o zeroed_grain=on "$img/vmdk-sparse-zeroed.vmdk" 1M
+    qio "$img/vmdk-sparse-zeroed.vmdk" vmdk "write -P 0x44 0 64k" "write -z 0 64k" "write -P 0x45 128k 4k"
+    q create -f raw "$tmp/vmdk-src.raw" 512k
+    qio "$tmp/vmdk-src.raw" raw "write -P 0x46 0 64k" "write -P 0x47 200k 3k"
+    q convert -f raw -O vmdk -o subformat=streamOptimized "$tmp/vmdk-src.raw" "$img/vmdk-stream.vmdk"
+    printf '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 8 ZERO\nRW 8 FLAT "missing.img" 0\n' >"$img/vmdk-descriptor.vmdk"
+fi
+"$vdisk" create -q -f vmdk "$img/vmdk-vdisk.vmdk" 256k
+
 # --- options (fuzz_options): "FORMAT SIZE FLAGS" then the option string
 o=$out/options
 n=0
