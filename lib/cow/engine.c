@@ -240,8 +240,9 @@ int vd_cow_write(vd_image *img, uint64_t off, const struct vd_iov *v, uint32_t f
         size_t n = (size_t)min_u64(rest.len, cs - in);
         struct vd_iov src = vd_iov_sub(&rest, 0, n);
         struct vd_cow_run run;
-        /* the whole request, so that an in-place write covers every owned cluster of its run */
-        rc = cow_lookup(img, cstart, in + rest.len, &run);
+        /* the whole clusters the request touches, so that an in-place write covers every
+           owned cluster of its run (a format may clamp the run to what is asked) */
+        rc = cow_lookup(img, cstart, (in + rest.len + cs - 1) & ~(cs - 1), &run);
         if (rc < 0)
             break;
         if (overwritable(&run, img->cluster_size)) {
