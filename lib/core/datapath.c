@@ -3,6 +3,7 @@
  * checks, locking, and the defaults for callbacks a backend leaves out.
  */
 #include "core/internal.h"
+#include "core/bitmap.h"
 #include "cow/engine.h"
 
 int vd_enter(vd_image *img, const char *call, uint32_t flags, uint32_t known_flags,
@@ -69,6 +70,8 @@ int vd_write(vd_image *img, uint64_t offset, const void *buf, size_t length, uin
                     img->filename, img->backend->name);
     if (rc == 0 && length)
         rc = img->backend->write(img, offset, buf, length, flags);
+    if (rc == 0)
+        vd_image_mark_dirty(img, offset, length);
     if (rc == 0 && length && (flags & VD_WRITE_FUA))
         rc = img->backend->flush ? img->backend->flush(img) : vd_image_sync_now(img);
     return vd_leave(img, rc);
@@ -83,6 +86,8 @@ int vd_store_cluster(vd_image *img, uint64_t offset, const void *comp, size_t co
     rc = check_range(img, "vd_write", offset, plain_len);
     if (rc == 0)
         rc = vd_cow_store_cluster(img, offset, comp, comp_len, plain, plain_len);
+    if (rc == 0)
+        vd_image_mark_dirty(img, offset, plain_len);
     return vd_leave(img, rc);
 }
 
@@ -102,6 +107,8 @@ int vd_write_zeroes(vd_image *img, uint64_t offset, uint64_t length, uint32_t fl
     if (rc == 0 && length)
         rc = img->backend->write_zeroes ? img->backend->write_zeroes(img, offset, length, flags)
                                         : vd_write_zero_chunks(backend_chunk_writer, img, offset, length);
+    if (rc == 0)
+        vd_image_mark_dirty(img, offset, length);
     return vd_leave(img, rc);
 }
 
@@ -113,6 +120,8 @@ int vd_discard(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags)
     rc = check_range(img, "vd_discard", offset, length);
     if (rc == 0 && length && img->backend->discard)
         rc = img->backend->discard(img, offset, length);
+    if (rc == 0)
+        vd_image_mark_dirty(img, offset, length);
     return vd_leave(img, rc);
 }
 
