@@ -15,10 +15,10 @@ from .errors import *  # noqa: F401,F403 (the generated exception classes)
 from .errors import __all__ as _error_names
 from .convert import convert
 from .formats import FormatOption, create, format_options, formats, options_string, probe
-from .image import CheckResult, Extent, Image, Snapshot, open  # noqa: A004
+from .image import Bitmap, CheckResult, Extent, Image, Snapshot, open  # noqa: A004
 
 __all__ = ["open", "create", "convert", "probe", "formats", "format_options", "options_string",
-           "version", "Image", "Extent", "CheckResult", "Snapshot", "FormatOption"] + _error_names
+           "version", "Image", "Extent", "CheckResult", "Snapshot", "Bitmap", "FormatOption"] + _error_names
 
 
 def version() -> str:

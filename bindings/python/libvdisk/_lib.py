@@ -45,6 +45,11 @@ WRITE_COMPRESSED = 1 << 1
 ZERO_MAY_UNMAP = 1 << 0
 # vd_resize() flags
 RESIZE_SHRINK = 1 << 0
+
+BITMAP_IN_USE = 1 << 0
+BITMAP_AUTO = 1 << 1
+BITMAP_INCONSISTENT = 1 << 2
+BITMAP_ADD_DISABLED = 1 << 0
 # vd_property types
 PROP_STRING, PROP_INT, PROP_BOOL = 0, 1, 2
 # vd_extent flags
@@ -153,7 +158,20 @@ class VdSnapshotInfo(Structure):
     ]
 
 
+class VdBitmapInfo(Structure):
+    """``struct vd_bitmap_info``."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("flags", c_uint32),
+        ("name", c_char_p),
+        ("granularity", c_uint64),
+    ]
+
+
 ImagePtr = POINTER(VdImage)
+# vd_bitmap_extent_fn: int (*)(void *ctx, uint64_t offset, uint64_t length, int dirty)
+BitmapExtentFn = CFUNCTYPE(c_int, c_void_p, c_uint64, c_uint64, c_int)
 # vd_check_report_fn: void (*)(void *ctx, const char *message)
 CheckReportFn = CFUNCTYPE(None, c_void_p, c_char_p)
 # vd_convert_progress_fn: int (*)(void *ctx, uint64_t done, uint64_t total)
@@ -217,6 +235,16 @@ _PROTOTYPES = {
     "vd_snapshot_create": (c_int, [ImagePtr, c_char_p, c_uint32]),
     "vd_snapshot_apply": (c_int, [ImagePtr, c_char_p, c_uint32]),
     "vd_snapshot_delete": (c_int, [ImagePtr, c_char_p, c_uint32]),
+    "vd_bitmap_count": (c_int, [ImagePtr, POINTER(c_size_t)]),
+    "vd_bitmap_get": (c_int, [ImagePtr, c_size_t, POINTER(VdBitmapInfo)]),
+    "vd_bitmap_add": (c_int, [ImagePtr, c_char_p, c_uint64, c_uint32]),
+    "vd_bitmap_remove": (c_int, [ImagePtr, c_char_p, c_uint32]),
+    "vd_bitmap_clear": (c_int, [ImagePtr, c_char_p, c_uint32]),
+    "vd_bitmap_enable": (c_int, [ImagePtr, c_char_p, c_uint32]),
+    "vd_bitmap_disable": (c_int, [ImagePtr, c_char_p, c_uint32]),
+    "vd_bitmap_merge": (c_int, [ImagePtr, c_char_p, ImagePtr, c_char_p, c_uint32]),
+    "vd_bitmap_extents": (c_int, [ImagePtr, c_char_p, c_uint64, c_uint64, BitmapExtentFn, c_void_p,
+                                  c_uint32]),
     "vd_format_name": (c_char_p, [c_size_t]),
     "vd_format_option": (c_int, [c_char_p, c_size_t, POINTER(c_char_p), POINTER(c_char_p),
                                  POINTER(c_char_p)]),
