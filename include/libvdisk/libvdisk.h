@@ -584,7 +584,12 @@ VD_API int vd_bitmap_extents(vd_image *img, const char *name, uint64_t offset, u
  * (raw) fail with VD_EUNSUPPORTED. Refused with VD_EUNSUPPORTED before 0.3.
  */
 #define VD_CONVERT_COMPRESS       (1u << 3)
-/* Reserved for copying persistent bitmaps (qemu-img --bitmaps); refused with VD_EUNSUPPORTED. */
+/*
+ * Copy the source's persistent bitmaps (of the source image itself, not its
+ * backing files) into the destination, with their granularity, enabled
+ * state and dirty bits, as qemu-img convert --bitmaps does; an inconsistent
+ * one fails the conversion. Refused with VD_EUNSUPPORTED before 0.3.
+ */
 #define VD_CONVERT_BITMAPS        (1u << 4)
 
 /* The most chunks vd_convert_opts.parallel may keep in flight (qemu-img -m's limit). */
@@ -649,11 +654,18 @@ typedef struct vd_convert_opts {
     uint32_t reserved_;          /* must be 0 */
     vd_convert_progress_fn progress; /* or NULL */
     void *progress_ctx;
+    /*
+     * Added in 0.3: copy only what this persistent bitmap of the source marks
+     * dirty (its clean parts are left unallocated, reading through to
+     * backing_file): an incremental backup as an overlay of the previous
+     * one. NULL copies everything.
+     */
+    const char *bitmap;
 } vd_convert_opts;
 
 #define VD_CONVERT_OPTS_INIT { (uint32_t)sizeof(vd_convert_opts), 0, NULL, NULL, NULL, 0,        \
                                VD_OPEN_NO_FLUSH, NULL, NULL, NULL, NULL, NULL, NULL, 4096, 0, 0, \
-                               NULL, NULL }
+                               NULL, NULL, NULL }
 
 /*
  * Copy a disk image into a new image (or, with VD_CONVERT_EXISTING, an

@@ -239,10 +239,10 @@ static int granularity_bits(vd_image *img, uint64_t granularity, uint32_t *gbits
     if (!granularity)
         granularity = img->cluster_size > 4096 ? img->cluster_size : 4096;
     if (granularity & (granularity - 1))
-        return vd_err(VD_EINVAL, "Granularity must be power of 2");
+        return vd_err(VD_EINVAL, "Granularity must be power of 2 and at least 512");
     *gbits = (uint32_t)__builtin_ctzll(granularity);
     if (*gbits < VD_BITMAP_MIN_GRANULARITY_BITS || *gbits > VD_BITMAP_MAX_GRANULARITY_BITS)
-        return vd_err(VD_EINVAL, "Granularity must be in range [512, 2147483648]");
+        return vd_err(VD_EINVAL, "Granularity must be power of 2 and at least 512");
     return 0;
 }
 
