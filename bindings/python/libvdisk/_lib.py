@@ -69,6 +69,7 @@ CONVERT_EXISTING = 1 << 0
 CONVERT_TARGET_IS_ZERO = 1 << 1
 CONVERT_OUT_OF_ORDER = 1 << 2
 CONVERT_COMPRESS = 1 << 3
+CONVERT_BITMAPS = 1 << 4
 CONVERT_MAX_PARALLEL = 16
 
 
@@ -200,6 +201,7 @@ class VdConvertOpts(Structure):
         ("reserved_", c_uint32),
         ("progress", ConvertProgressFn),
         ("progress_ctx", c_void_p),
+        ("bitmap", c_char_p),
     ]
 
 # name: (restype, argtypes)
