@@ -711,8 +711,8 @@ typedef struct vd_measure_result {
  * The figures are qemu-img measure's for the same input and options. The
  * time taken is bounded by the source's allocation metadata (block status),
  * never by its virtual size. flags must be 0. A format that cannot measure
- * fails with VD_EUNSUPPORTED; measuring a source's persistent dirty bitmaps
- * is not supported yet (VD_EUNSUPPORTED).
+ * fails with VD_EUNSUPPORTED. A qcow2 v3 source into qcow2 v3 also counts
+ * its persistent bitmaps (has_bitmaps, bitmaps), as qemu-img measure does.
  */
 VD_API int vd_measure(vd_measure_result *result, const char *format, const char *options,
                       vd_image *source, uint64_t size, uint32_t flags);

@@ -111,3 +111,12 @@ def test_incremental_backup_workflow(vdisk, qemu_img, qemu_io, tmp_path):
     restored = tmp_path / "restored.raw"
     qemu_img("convert", "-O", "raw", inc2, restored, check=0)
     assert qemu_img("compare", "-f", "raw", "-F", "qcow2", restored, source).returncode == 0
+
+
+@pytest.mark.parametrize("options", [[], ["-o", "cluster_size=4k"], ["-o", "compat=0.10"]])
+def test_measure_counts_bitmaps_as_qemu_img(vdisk, qemu_img, image, options):
+    qemu_img("bitmap", "--add", "-g", "512", image, "a-rather-long-bitmap-name", check=0)
+    for output in ("human", "json"):
+        mine = vdisk("measure", f"--output={output}", "-O", "qcow2", *options, image, check=0)
+        theirs = qemu_img("measure", f"--output={output}", "-O", "qcow2", *options, image, check=0)
+        assert mine.stdout == theirs.stdout
