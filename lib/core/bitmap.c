@@ -171,6 +171,30 @@ void vd_bitmaps_free(vd_image *img)
     img->nbitmaps = 0;
 }
 
+int vd_bitmaps_fit_size(vd_image *img)
+{
+    for (size_t i = 0; i < img->nbitmaps; i++) {
+        struct vd_bitmap *b = &img->bitmaps[i];
+        uint64_t nbits = vd_bitmap_nbits(img->size, b->granularity_bits);
+        if (nbits == b->nbits)
+            continue;
+        if (b->words) {
+            uint64_t have = nwords(b->nbits), need = nwords(nbits) ? nwords(nbits) : 1;
+            uint64_t *words = realloc(b->words, need * sizeof *words);
+            if (!words)
+                return vd_err(VD_ENOMEM, "%s: out of memory for bitmap '%s'", img->filename,
+                              b->name);
+            if (need > have)
+                memset(words + have, 0, (need - have) * sizeof *words);
+            b->words = words;
+            if (nbits < b->nbits && nbits % 64) /* shrunk: no bit past the end stays set */
+                words[nbits / 64] &= (1ull << (nbits % 64)) - 1;
+        }
+        b->nbits = nbits;
+    }
+    return 0;
+}
+
 int vd_image_store_bitmaps(vd_image *img)
 {
     if (img->read_only || img->poisoned || !img->backend->bitmaps_store ||

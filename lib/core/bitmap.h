@@ -47,6 +47,11 @@ bool vd_bitmaps_any_enabled(const vd_image *img);
  * bitmap. Nothing to do when none is enabled; safe beside other writers.
  */
 void vd_image_mark_dirty(vd_image *img, uint64_t off, uint64_t len);
+/*
+ * After the virtual size changed: every loaded bitmap covers the new size
+ * (bits of a grown part clean, as QEMU truncates its bitmaps).
+ */
+int vd_bitmaps_fit_size(vd_image *img);
 /* Store the bitmaps at close (the enabled ones then no longer in use), if anything needs it. */
 int vd_image_store_bitmaps(vd_image *img);
 void vd_bitmaps_free(vd_image *img);

@@ -151,6 +151,8 @@ int vd_resize(vd_image *img, uint64_t new_size, uint32_t flags)
                     img->backend->name);
     else if (new_size != img->size)
         rc = img->backend->resize(img, new_size, flags);
+    if (rc == 0)
+        rc = vd_bitmaps_fit_size(img);
     return vd_leave(img, rc);
 }
 

@@ -4,7 +4,10 @@ writes through libvdisk (vdisk) and qemu-io, an incremental backup of the
 dirty extents into an overlay of the previous backup (convert --bitmap NAME
 -B previous), and the restored chain compared with the source by qemu-img."""
 import json
+import os
 import shutil
+import subprocess
+import time
 
 import pytest
 
@@ -120,3 +123,69 @@ def test_measure_counts_bitmaps_as_qemu_img(vdisk, qemu_img, image, options):
         mine = vdisk("measure", f"--output={output}", "-O", "qcow2", *options, image, check=0)
         theirs = qemu_img("measure", f"--output={output}", "-O", "qcow2", *options, image, check=0)
         assert mine.stdout == theirs.stdout
+
+
+def dirty_runs(path, name):
+    """The dirty runs qemu-nbd serves for a bitmap (nbdinfo --map), or skip."""
+    nbdinfo, qemu_nbd = shutil.which("nbdinfo"), shutil.which("qemu-nbd")
+    if not nbdinfo or not qemu_nbd:
+        pytest.skip("nbdinfo (libnbd-bin) or qemu-nbd is not installed")
+    result = subprocess.run([nbdinfo, "--json", f"--map=qemu:dirty-bitmap:{name}", "--", "[",
+                             qemu_nbd, "-r", "-f", "qcow2", "-B", name, str(path), "]"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    return [(e["offset"], e["length"]) for e in json.loads(result.stdout) if e["type"] & 1]
+
+
+@pytest.mark.parametrize("tool", ["vdisk", "qemu-img"])
+def test_rebase_and_commit_keep_bitmaps_as_qemu_img(vdisk, qemu_img, qemu_io, tmp_path, tool):
+    run = vdisk if tool == "vdisk" else qemu_img
+    base, top, new = (tmp_path / n for n in ("base.qcow2", "top.qcow2", "new.qcow2"))
+    qemu_img("create", "-f", "qcow2", base, 4 * MiB, check=0)
+    qemu_io("-c", "write -P 1 0 1M", base, check=0)
+    qemu_img("create", "-f", "qcow2", new, 4 * MiB, check=0)
+    qemu_img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", top, check=0)
+    qemu_img("bitmap", "--add", top, "t", check=0)
+    qemu_img("bitmap", "--add", base, "b", check=0)
+    # rebase copies what differs into top: a write its bitmaps record
+    qemu_io("-c", "write -P 2 2M 64k", top, check=0)
+    run("rebase", "-b", base.name, "-F", "qcow2", top, check=0)  # same backing: nothing copied
+    assert dirty_runs(top, "t") == [(2 * MiB, 64 * KiB)]
+    # commit writes into base (its bitmaps record it); emptying top is no write
+    run("commit", top, check=0)
+    assert dirty_runs(base, "b") == [(2 * MiB, 64 * KiB)]
+    assert dirty_runs(top, "t") == [(2 * MiB, 64 * KiB)]
+    run("rebase", "-b", new.name, "-F", "qcow2", top, check=0)
+    assert dirty_runs(top, "t") == [(0, 1 * MiB), (2 * MiB, 64 * KiB)]
+    for path in (base, top):
+        qemu_img("check", path, check=0)
+
+
+def test_resize_keeps_bitmaps_valid(vdisk, qemu_img, qemu_io, image):
+    qemu_io("-c", "write 1M 4k", image, check=0)
+    vdisk("resize", image, "100M", check=0)
+    qemu_io("-c", "write 90M 4k", image, check=0)
+    qemu_img("check", image, check=0)
+    assert dirty_runs(image, "b1") == [(1 * MiB, 64 * KiB), (90 * MiB, 64 * KiB)]
+
+
+def test_check_leaves_inconsistent_bitmaps_as_qemu_img(vdisk, qemu_img, image, tmp_path):
+    """A bitmap left in use by a crash is reported inconsistent; check (and -r all)
+    keeps it, as qemu-img 7.2 does: only --remove drops it."""
+    # mark the bitmaps in use as a crashed writer leaves them: qemu-io killed mid-session
+    proc = subprocess.Popen([os.environ["QEMU_IO"], str(image)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1)
+    proc.kill()
+    proc.wait()
+    flags = [b["flags"] for b in qemu_img.json("info", "--output=json", "-U", image)
+             ["format-specific"]["data"]["bitmaps"]]
+    if flags != [["in-use", "auto"]] * 2:
+        pytest.skip(f"qemu-io left no bitmap in use: {flags}")
+    twin = tmp_path / "twin.qcow2"
+    shutil.copy(image, twin)
+    for args in (["check"], ["check", "-r", "all"]):
+        assert same_result(vdisk(*args, image), qemu_img(*args, twin))
+    assert vdisk("info", image, check=0).stdout.count("in-use") == 2
+    vdisk("bitmap", "--remove", image, "b1", check=0)
+    assert [b["name"] for b in qemu_img.json("info", "--output=json", image)
+            ["format-specific"]["data"]["bitmaps"]] == ["b2"]

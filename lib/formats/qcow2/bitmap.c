@@ -372,6 +372,8 @@ static int store(vd_image *img, struct qcow2 *q, bool closing, struct qcow2_bitm
         }
         rc = vd_bitmap_ensure_loaded(img, b);
         if (rc == 0)
+            rc = vd_bitmaps_fit_size(img); /* a size changed by a snapshot revert, say */
+        if (rc == 0)
             rc = write_bitmap(img, q, b, &tables[i]);
     }
     uint8_t *dir = NULL;
