@@ -45,6 +45,7 @@ extern const struct cli_command cmd_measure;
 extern const struct cli_command cmd_dd;
 extern const struct cli_command cmd_bench;
 extern const struct cli_command cmd_amend;
+extern const struct cli_command cmd_bitmap;
 
 enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 

@@ -1,5 +1,5 @@
 /* vdisk convert [-c] [-p] [-q] [-U] [--safe] [--image-opts] [--target-image-opts] [-n]
- *               [--target-is-zero] [-W] [-m num] [-f fmt] [-O fmt]
+ *               [--target-is-zero] [--bitmaps] [--bitmap name] [-W] [-m num] [-f fmt] [-O fmt]
  *               [-B backing [-F backing_fmt]] [-o options] [-l snapshot_param] [-S size]
  *               [-t cache] [-T src_cache] src dst
  * The work is vd_convert()'s; this parses qemu-img's options, opens the source (and finds
@@ -19,7 +19,7 @@
 /* qemu-img's bounds for -S: whole sectors, at most its largest buffer */
 #define SECTOR_SIZE 512
 
-enum { OPT_TARGET_IS_ZERO = 256, OPT_TARGET_IMAGE_OPTS };
+enum { OPT_TARGET_IS_ZERO = 256, OPT_TARGET_IMAGE_OPTS, OPT_BITMAPS, OPT_BITMAP };
 
 struct convert_args {
     const char *src_format;
@@ -31,7 +31,9 @@ struct convert_args {
     uint32_t dst_cache;     /* -t's flags (vd_cache_mode_flags()); default unsafe: VD_OPEN_NO_FLUSH */
     uint32_t open_flags;    /* for the source (-T's flags); with --safe VD_OPEN_SAFE, also for
                                the destination */
-    uint32_t convert_flags; /* VD_CONVERT_* of -c, -n, --target-is-zero, -W */
+    uint32_t convert_flags; /* VD_CONVERT_* of -c, -n, --target-is-zero, -W,
+                               --bitmaps */
+    const char *bitmap;     /* --bitmap: copy only what it marks dirty, or NULL */
     unsigned parallel;      /* -m, or 0 */
     const char *backing;    /* -B, or NULL */
     const char *backing_fmt; /* -F, or NULL */
@@ -62,6 +64,7 @@ static int copy_to_destination(const struct convert_args *a, vd_image *src, cons
     opts.backing_format = a->backing_fmt;
     opts.sparse_size = a->sparse_size;
     opts.parallel = a->parallel;
+    opts.bitmap = a->bitmap;
     if (progress.enabled) {
         opts.progress = show_progress;
         opts.progress_ctx = &progress;
@@ -160,6 +163,8 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
         CLI_OPTION_HELP, CLI_OPTION_FORCE_SHARE, CLI_OPTION_SAFE,
         { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
         { "target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS },
+        { "bitmaps", no_argument, NULL, OPT_BITMAPS },
+        { "bitmap", required_argument, NULL, OPT_BITMAP },
         { NULL, 0, NULL, 0 },
     };
     int opt;
@@ -205,6 +210,12 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
             break;
         case OPT_TARGET_IMAGE_OPTS:
             a->target_image_opts = true;
+            break;
+        case OPT_BITMAPS:
+            a->convert_flags |= VD_CONVERT_BITMAPS;
+            break;
+        case OPT_BITMAP:
+            a->bitmap = optarg;
             break;
         case 'm':
             if (!parse_parallel(optarg, &a->parallel))
@@ -268,7 +279,7 @@ static int run_convert(int argc, char **argv)
 const struct cli_command cmd_convert = {
     .name = "convert",
     .synopsis = "[-c] [-p] [-q] [-U] [--safe] [--image-opts] [--target-image-opts] [-n] "
-                "[--target-is-zero] [-W] [-m num_coroutines] "
+                "[--target-is-zero] [--bitmaps] [--bitmap name] [-W] [-m num_coroutines] "
                 "[-f fmt] [-O output_fmt] "
                 "[-B backing_file [-F backing_fmt]] "
                 "[-o options] [-l snapshot_param] [-S sparse_size] [-t cache] [-T src_cache] "
@@ -308,6 +319,9 @@ const struct cli_command cmd_convert = {
         "  --target-is-zero\n"
         "                  with -n: the destination reads as zeroes, so zero runs of\n"
         "                  the source are not written\n"
+        "  --bitmaps       copy the source's persistent dirty bitmaps too\n"
+        "  --bitmap name   copy only what this bitmap of the source marks dirty;\n"
+        "                  with -B previous_backup, an incremental backup\n"
         "  -m num_coroutines\n"
         "                  chunks of the copy in flight, 1 to 16 (default 4)\n"
         "  -W              write chunks as soon as they are read, out of order; can be\n"

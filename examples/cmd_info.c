@@ -49,6 +49,57 @@ static void json_property(struct json_writer *w, const char *key, const char *va
         json_raw(w, key, value);
 }
 
+/* qemu-img's flag names, in its order. */
+static size_t bitmap_flag_names(const vd_bitmap_info *b, const char *names[2])
+{
+    size_t n = 0;
+    if (b->flags & VD_BITMAP_IN_USE)
+        names[n++] = "in-use";
+    if (b->flags & VD_BITMAP_AUTO)
+        names[n++] = "auto";
+    return n;
+}
+
+/* The persistent bitmaps, where qemu-img lists them: after "lazy-refcounts". */
+static bool bitmaps_go_after(vd_image *img, const char *key)
+{
+    size_t count = 0;
+    return !strcmp(key, "lazy-refcounts") && vd_bitmap_count(img, &count) == 0 && count;
+}
+
+static void json_bitmaps(struct json_writer *w, vd_image *img)
+{
+    json_begin_array(w, "bitmaps");
+    vd_bitmap_info b = VD_BITMAP_INFO_INIT;
+    for (size_t i = 0; vd_bitmap_get(img, i, &b) == 0; i++) {
+        const char *names[2];
+        size_t n = bitmap_flag_names(&b, names);
+        json_begin_object(w, NULL);
+        json_begin_array(w, "flags");
+        for (size_t k = 0; k < n; k++)
+            json_string(w, NULL, names[k]);
+        json_end_array(w);
+        json_string(w, "name", b.name);
+        json_uint(w, "granularity", b.granularity);
+        json_end_object(w);
+    }
+    json_end_array(w);
+}
+
+static void print_human_bitmaps(vd_image *img)
+{
+    printf("    bitmaps:\n");
+    vd_bitmap_info b = VD_BITMAP_INFO_INIT;
+    for (size_t i = 0; vd_bitmap_get(img, i, &b) == 0; i++) {
+        const char *names[2];
+        size_t n = bitmap_flag_names(&b, names);
+        printf("        [%zu]:\n            flags:\n", i);
+        for (size_t k = 0; k < n; k++)
+            printf("                [%zu]: %s\n", k, names[k]);
+        printf("            name: %s\n            granularity: %" PRIu64 "\n", b.name, b.granularity);
+    }
+}
+
 static void json_format_specific(struct json_writer *w, const struct image_facts *f)
 {
     if (!has_properties(f->img))
@@ -73,6 +124,8 @@ static void json_format_specific(struct json_writer *w, const struct image_facts
         }
         if (!member) {
             json_property(w, key, value, type);
+            if (bitmaps_go_after(f->img, key))
+                json_bitmaps(w, f->img);
             continue;
         }
         if (!*list) {
@@ -140,6 +193,8 @@ static void print_human_properties(vd_image *img)
             printf("    ");
             print_key(key, strlen(key));
             printf(": %s\n", value);
+            if (bitmaps_go_after(img, key))
+                print_human_bitmaps(img);
             continue;
         }
         bool same_list = list && shown_len == list_len && strncmp(list, key, list_len) == 0;

@@ -26,6 +26,7 @@ static const struct cli_command *const commands[] = {
     &cmd_dd,
     &cmd_bench,
     &cmd_amend,
+    &cmd_bitmap,
 };
 
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])

@@ -548,6 +548,79 @@ VD_API int vd_snapshot_apply(vd_image *img, const char *id_or_name, uint32_t fla
  */
 VD_API int vd_snapshot_delete(vd_image *img, const char *id_or_name, uint32_t flags);
 
+/* ---------------------------------------------------- persistent bitmaps */
+
+/*
+ * Persistent dirty bitmaps (qcow2's bitmaps extension, as QEMU keeps them
+ * for incremental backup). Each bitmap has a name, a granularity (the bytes
+ * one bit covers) and records, while enabled ("auto"), every write, zero
+ * write and discard made through libvdisk. A writable handle keeps the
+ * enabled bitmaps in memory, marked in use on disk (so that a crash leaves
+ * them inconsistent, never stale yet valid-looking), and stores them when
+ * it is closed. Formats without bitmaps list none and refuse changes with
+ * VD_EUNSUPPORTED. Added in 0.3 (symbol version LIBVDISK_1.2).
+ */
+
+/* vd_bitmap_info.flags */
+/* In use on disk since the image was opened: left by a crash or by another writer, never trusted. */
+#define VD_BITMAP_IN_USE    (1u << 0)
+/* Enabled: records every write ("auto" in qemu-img info). */
+#define VD_BITMAP_AUTO      (1u << 1)
+/* Not to be trusted (in use when opened): it can only be removed. */
+#define VD_BITMAP_INCONSISTENT (1u << 2)
+
+/* One bitmap. Set .struct_size = sizeof(vd_bitmap_info) (the INIT macro does). */
+typedef struct vd_bitmap_info {
+    uint32_t struct_size;
+    uint32_t flags;           /* VD_BITMAP_* */
+    const char *name;         /* owned by the image; valid until its bitmaps change */
+    uint64_t granularity;     /* bytes per bit */
+} vd_bitmap_info;
+
+#define VD_BITMAP_INFO_INIT { (uint32_t)sizeof(vd_bitmap_info), 0, NULL, 0 }
+
+/* vd_bitmap_add() flags: the new bitmap starts disabled (qemu-img bitmap --add --disable). */
+#define VD_BITMAP_ADD_DISABLED (1u << 0)
+
+/* The number of persistent bitmaps of img (0 for formats without them). */
+VD_API int vd_bitmap_count(vd_image *img, size_t *count);
+/* The index-th bitmap, in the order of the image's bitmap directory. */
+VD_API int vd_bitmap_get(vd_image *img, size_t index, vd_bitmap_info *info);
+/*
+ * Add an empty bitmap under a new name (1 to 1023 bytes) with a granularity
+ * that is a power of two from 512 bytes to 2 GiB (0: the cluster size, at
+ * least 4 KiB, as qemu-img picks it). Enabled unless VD_BITMAP_ADD_DISABLED.
+ * Needs a read-write handle. Stored when the handle is closed.
+ */
+VD_API int vd_bitmap_add(vd_image *img, const char *name, uint64_t granularity, uint32_t flags);
+/* Remove a bitmap (inconsistent ones too). Needs a read-write handle; flags must be 0. */
+VD_API int vd_bitmap_remove(vd_image *img, const char *name, uint32_t flags);
+/* Mark every bit of a bitmap clean. Needs a read-write handle; flags must be 0. */
+VD_API int vd_bitmap_clear(vd_image *img, const char *name, uint32_t flags);
+/* Let a bitmap record writes again. Needs a read-write handle; flags must be 0. */
+VD_API int vd_bitmap_enable(vd_image *img, const char *name, uint32_t flags);
+/* Stop a bitmap recording writes. Needs a read-write handle; flags must be 0. */
+VD_API int vd_bitmap_disable(vd_image *img, const char *name, uint32_t flags);
+/*
+ * Mark dirty in bitmap name of img every byte that bitmap src_name of src
+ * marks dirty (src may be img itself, or an image open read-only; the
+ * granularities may differ: a dirty source bit dirties every destination
+ * bit it touches). Needs a read-write img; flags must be 0.
+ */
+VD_API int vd_bitmap_merge(vd_image *img, const char *name, vd_image *src, const char *src_name,
+                           uint32_t flags);
+
+/* Called by vd_bitmap_extents() for each run; return nonzero to stop (the call then returns 0). */
+typedef int (*vd_bitmap_extent_fn)(void *ctx, uint64_t offset, uint64_t length, int dirty);
+/*
+ * The dirty and clean runs of bitmap name over [offset, offset + length),
+ * in order, each run as long as possible (whole granules, clipped to the
+ * range): the changed-block query of incremental backup. An inconsistent
+ * bitmap is refused with VD_ECORRUPT. flags must be 0.
+ */
+VD_API int vd_bitmap_extents(vd_image *img, const char *name, uint64_t offset, uint64_t length,
+                             vd_bitmap_extent_fn fn, void *ctx, uint32_t flags);
+
 /* ----------------------------------------------------------------- convert */
 
 /* vd_convert_opts.flags */
@@ -575,7 +648,12 @@ VD_API int vd_snapshot_delete(vd_image *img, const char *id_or_name, uint32_t fl
  * (raw) fail with VD_EUNSUPPORTED. Refused with VD_EUNSUPPORTED before 0.3.
  */
 #define VD_CONVERT_COMPRESS       (1u << 3)
-/* Reserved for copying persistent bitmaps (qemu-img --bitmaps); refused with VD_EUNSUPPORTED. */
+/*
+ * Copy the source's persistent bitmaps (of the source image itself, not its
+ * backing files) into the destination, with their granularity, enabled
+ * state and dirty bits, as qemu-img convert --bitmaps does; an inconsistent
+ * one fails the conversion. Refused with VD_EUNSUPPORTED before 0.3.
+ */
 #define VD_CONVERT_BITMAPS        (1u << 4)
 
 /* The most chunks vd_convert_opts.parallel may keep in flight (qemu-img -m's limit). */
@@ -646,11 +724,18 @@ typedef struct vd_convert_opts {
     uint32_t reserved_;          /* must be 0 */
     vd_convert_progress_fn progress; /* or NULL */
     void *progress_ctx;
+    /*
+     * Added in 0.3: copy only what this persistent bitmap of the source marks
+     * dirty (its clean parts are left unallocated, reading through to
+     * backing_file): an incremental backup as an overlay of the previous
+     * one. NULL copies everything.
+     */
+    const char *bitmap;
 } vd_convert_opts;
 
 #define VD_CONVERT_OPTS_INIT { (uint32_t)sizeof(vd_convert_opts), 0, NULL, NULL, NULL, 0,        \
                                VD_OPEN_NO_FLUSH, NULL, NULL, NULL, NULL, NULL, NULL, 4096, 0, 0, \
-                               NULL, NULL }
+                               NULL, NULL, NULL }
 
 /*
  * Copy a disk image into a new image (or, with VD_CONVERT_EXISTING, an
@@ -696,8 +781,8 @@ typedef struct vd_measure_result {
  * The figures are qemu-img measure's for the same input and options. The
  * time taken is bounded by the source's allocation metadata (block status),
  * never by its virtual size. flags must be 0. A format that cannot measure
- * fails with VD_EUNSUPPORTED; measuring a source's persistent dirty bitmaps
- * is not supported yet (VD_EUNSUPPORTED).
+ * fails with VD_EUNSUPPORTED. A qcow2 v3 source into qcow2 v3 also counts
+ * its persistent bitmaps (has_bitmaps, bitmaps), as qemu-img measure does.
  */
 VD_API int vd_measure(vd_measure_result *result, const char *format, const char *options,
                       vd_image *source, uint64_t size, uint32_t flags);

@@ -25,8 +25,15 @@
 #define SRC_OPEN_FLAGS (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED | VD_OPEN_SAFE | CACHE_OPEN_FLAGS)
 #define DST_OPEN_FLAGS (VD_OPEN_NO_FLUSH | VD_OPEN_CONFINED | VD_OPEN_SAFE | CACHE_OPEN_FLAGS)
 
-/* The options of this version are all known to a caller that passes this much. */
+/* The options of 0.2 are all known to a caller that passes this much; of 0.3, OPTS_SIZE_1_2. */
 #define OPTS_SIZE_1_1 (offsetof(vd_convert_opts, progress_ctx) + sizeof(void *))
+#define OPTS_SIZE_1_2 (offsetof(vd_convert_opts, bitmap) + sizeof(const char *))
+
+/* vd_convert_opts.bitmap, for a caller built against a header that has it. */
+static const char *bitmap_filter(const vd_convert_opts *o)
+{
+    return o->struct_size >= OPTS_SIZE_1_2 ? o->bitmap : NULL;
+}
 
 static bool has_create_option(const struct vd_backend *be, const char *name)
 {
@@ -42,8 +49,6 @@ static int check_options(const vd_convert_opts *o)
         return vd_err(VD_EINVAL, "vd_convert: opts must be set up with VD_CONVERT_OPTS_INIT");
     if (o->flags & ~KNOWN_FLAGS)
         return vd_err(VD_EINVAL, "vd_convert: unknown flags 0x%x", o->flags & ~KNOWN_FLAGS);
-    if (o->flags & VD_CONVERT_BITMAPS)
-        return vd_err(VD_EUNSUPPORTED, "vd_convert: copying bitmaps is not supported yet");
     if (!o->dst_path || !o->src == !o->src_path)
         return vd_err(VD_EINVAL, "vd_convert: a destination path and either a source handle "
                       "or a source path are needed");
@@ -222,8 +227,28 @@ static int copy_into(const vd_convert_opts *o, vd_image *src, vd_image *dst, uin
         .parallel = o->parallel ? o->parallel : DEFAULT_PARALLEL,
         .out_of_order = o->flags & VD_CONVERT_OUT_OF_ORDER,
         .progress = o->progress, .progress_ctx = o->progress_ctx,
+        .bitmap = bitmap_filter(o),
     };
     return vd_copy_image(&params);
+}
+
+/* VD_CONVERT_BITMAPS: each bitmap of src's own, added to dst and filled from src's bits. */
+static int copy_bitmaps(vd_image *src, vd_image *dst)
+{
+    size_t count;
+    int rc = vd_bitmap_count(src, &count);
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        vd_bitmap_info b = VD_BITMAP_INFO_INIT;
+        if ((rc = vd_bitmap_get(src, i, &b)) < 0)
+            break;
+        if (b.flags & VD_BITMAP_INCONSISTENT)
+            return vd_err(VD_ECORRUPT, "Cannot copy inconsistent bitmap '%s'", b.name);
+        rc = vd_bitmap_add(dst, b.name, b.granularity,
+                           (b.flags & VD_BITMAP_AUTO) ? 0 : VD_BITMAP_ADD_DISABLED);
+        if (rc == 0)
+            rc = vd_bitmap_merge(dst, b.name, src, b.name, 0);
+    }
+    return rc;
 }
 
 /*
@@ -243,6 +268,8 @@ static int convert_to(const vd_convert_opts *o, vd_image *src, uint64_t size, bo
         return rc;
     *written = true;
     rc = copy_into(o, src, dst, size);
+    if (rc == 0 && (o->flags & VD_CONVERT_BITMAPS))
+        rc = copy_bitmaps(src, dst);
     if (rc < 0) {
         close_after_error(dst, rc);
         return rc;

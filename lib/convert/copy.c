@@ -148,11 +148,41 @@ static void record_error(struct copy_error *err, const char *action, uint64_t of
 
 /* ------------------------------------------------------------------- walk */
 
+/* walk.extent_flags of a run the bitmap filter leaves alone (not a VD_EXTENT_* bit) */
+#define EXTENT_CLEAN (1u << 31)
+
+struct bitmap_run {
+    uint64_t length;
+    bool dirty;
+};
+
+static int first_run(void *ctx, uint64_t offset, uint64_t length, int dirty)
+{
+    (void)offset;
+    *(struct bitmap_run *)ctx = (struct bitmap_run){ length, dirty != 0 };
+    return 1; /* the first run is all we need */
+}
+
 static int next_extent(const struct copy *c, struct walk *w, struct copy_error *err)
 {
     const struct vd_copy_params *params = c->params;
+    uint64_t length = params->size - w->offset;
+    if (params->bitmap) {
+        struct bitmap_run run = { 0 };
+        int rc = vd_bitmap_extents(params->src, params->bitmap, w->offset, length, first_run, &run, 0);
+        if (rc < 0) {
+            record_error(err, "reading the dirty bitmap", w->offset, rc);
+            return rc;
+        }
+        if (!run.dirty) {
+            w->extent_end = w->offset + run.length;
+            w->extent_flags = EXTENT_CLEAN;
+            return 0;
+        }
+        length = run.length;
+    }
     vd_extent ext;
-    int rc = vd_block_status(params->src, w->offset, params->size - w->offset, &ext, 0);
+    int rc = vd_block_status(params->src, w->offset, length, &ext, 0);
     if (rc < 0) {
         record_error(err, "reading block status", w->offset, rc);
         return rc;
@@ -176,11 +206,20 @@ static uint64_t round_down(uint64_t x, uint64_t unit)
  * allocated by a partial write and then filled with zeroes. A data chunk
  * takes the rest of its last cluster from the next extent (reading zeroes
  * is cheap), and a zero extent that ends inside a cluster leaves that
- * cluster to the data chunk after it.
+ * cluster to the data chunk after it. A run the bitmap filter leaves alone
+ * is skipped likewise, but for its part in a cluster with dirty data.
  */
 static bool cut_chunk(const struct copy *c, struct walk *w, struct chunk *chunk)
 {
     const uint64_t size = c->params->size, g = c->granule;
+    if (w->extent_flags & EXTENT_CLEAN) {
+        uint64_t end = w->extent_end == size ? size : round_down(w->extent_end, g);
+        if (end > w->offset) {
+            w->offset = end;
+            return false;
+        }
+        /* a clean sliver inside a cluster: copied with the dirty data around it */
+    }
     bool zero = w->extent_flags & VD_EXTENT_ZERO;
     uint64_t end = w->extent_end == size ? size : round_down(w->extent_end, g);
     if (zero && end <= w->offset)

@@ -43,6 +43,8 @@ struct vd_copy_params {
     bool out_of_order;     /* write chunks as they are read, not in image order */
     vd_convert_progress_fn progress;
     void *progress_ctx;
+    /* Copy only what this bitmap of src marks dirty (the rest is left alone), or NULL. */
+    const char *bitmap;
 };
 
 /*

@@ -4,6 +4,7 @@
  * backing file of a new overlay, and rebase and commit.
  */
 #include "core/internal.h"
+#include "core/bitmap.h"
 #include "cow/engine.h"
 
 #include <stdio.h>
@@ -267,8 +268,9 @@ static int copy_differences(vd_image *img, vd_image *new_backing)
             size_t step = img->cluster_size ? img->cluster_size : n;
             for (size_t at = 0; at < n && rc == 0; at += step) {
                 size_t piece = n - at < step ? n - at : step;
-                if (memcmp(old + at, new + at, piece) != 0)
-                    rc = vd_backend_write(img, off + at, old + at, piece, 0);
+                if (memcmp(old + at, new + at, piece) != 0 &&
+                    (rc = vd_backend_write(img, off + at, old + at, piece, 0)) == 0)
+                    vd_image_mark_dirty(img, off + at, piece); /* a guest-visible write, as in QEMU */
             }
             off += n;
         }

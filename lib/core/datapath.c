@@ -3,6 +3,7 @@
  * checks, locking, and the defaults for callbacks a backend leaves out.
  */
 #include "core/internal.h"
+#include "core/bitmap.h"
 #include "cow/engine.h"
 
 #include <limits.h>
@@ -148,6 +149,8 @@ static int write_iov(vd_image *img, const char *call, uint64_t offset, const str
         rc = img->backend->write(img, offset, &v, flags);
         track_end(img, &req, tracked);
     }
+    if (rc == 0)
+        vd_image_mark_dirty(img, offset, v.len);
     if (rc == 0 && v.len && wants_fua(img, flags))
         rc = flush_for_fua(img);
     return vd_leave(img, rc);
@@ -186,6 +189,8 @@ int vd_store_cluster(vd_image *img, uint64_t offset, const void *comp, size_t co
     rc = check_range(img, "vd_write", offset, plain_len);
     if (rc == 0)
         rc = vd_cow_store_cluster(img, offset, comp, comp_len, plain, plain_len);
+    if (rc == 0)
+        vd_image_mark_dirty(img, offset, plain_len);
     return vd_leave(img, rc);
 }
 
@@ -208,6 +213,8 @@ int vd_write_zeroes(vd_image *img, uint64_t offset, uint64_t length, uint32_t fl
                                         : vd_write_zero_chunks(backend_chunk_writer, img, offset, length);
         track_end(img, &req, tracked);
     }
+    if (rc == 0)
+        vd_image_mark_dirty(img, offset, length);
     if (rc == 0 && length && wants_fua(img, 0))
         rc = flush_for_fua(img);
     return vd_leave(img, rc);
@@ -225,6 +232,8 @@ int vd_discard(vd_image *img, uint64_t offset, uint64_t length, uint32_t flags)
         rc = img->backend->discard(img, offset, length);
         track_end(img, &req, tracked);
     }
+    if (rc == 0)
+        vd_image_mark_dirty(img, offset, length);
     return vd_leave(img, rc);
 }
 
@@ -254,6 +263,8 @@ int vd_resize(vd_image *img, uint64_t new_size, uint32_t flags)
                     img->backend->name);
     else if (new_size != img->size)
         rc = img->backend->resize(img, new_size, flags);
+    if (rc == 0)
+        rc = vd_bitmaps_fit_size(img);
     return vd_leave(img, rc);
 }
 

@@ -1,5 +1,6 @@
 /* The front door for handles: open, create, close, probe and getters. */
 #include "core/internal.h"
+#include "core/bitmap.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -146,6 +147,8 @@ static void image_free(vd_image *img)
     vd_file_close(img->file);
     if (img->dir_fd >= 0)
         close(img->dir_fd);
+    vd_bitmaps_free(img);
+    pthread_mutex_destroy(&img->bitmap_load_lock);
     pthread_rwlock_destroy(&img->lock);
     pthread_rwlock_destroy(&img->meta_lock);
     vd_inflight_destroy(&img->inflight);
@@ -185,6 +188,7 @@ static int image_alloc(vd_image **out, struct vd_named_file *found, const vd_ope
     pthread_rwlock_init(&img->lock, NULL);
     init_meta_lock(&img->meta_lock);
     vd_inflight_init(&img->inflight);
+    pthread_mutex_init(&img->bitmap_load_lock, NULL);
     img->magic = VD_IMAGE_MAGIC;
     img->file = found->file;
     img->filename = found->path;
@@ -396,9 +400,13 @@ int vd_close(vd_image *img)
         return 0;
     if (img->magic != VD_IMAGE_MAGIC)
         return vd_err(VD_EINVAL, "vd_close: not an image handle");
-    int rc = 0;
+    int rc = 0, stored = 0;
+    if (!img->read_only && !vd_image_poisoned(img))
+        stored = vd_image_store_bitmaps(img);
     if (!img->read_only && !vd_image_poisoned(img))
         rc = vd_flush(img, 0);
+    if (stored < 0)
+        rc = stored;
     vd_image_close_chain(img);
     return rc;
 }

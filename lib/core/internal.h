@@ -36,6 +36,8 @@ void vd_err_clear(void);
 
 /* --------------------------------------------------------------- backends */
 
+struct vd_bitmap;
+
 struct vd_prop {
     char *key;
     char *value;
@@ -97,6 +99,17 @@ struct vd_backend {
      */
     const struct vd_option_desc *amend_options;
     int (*amend)(vd_image *img, const struct vd_kv *opts);
+    /*
+     * Persistent dirty bitmaps (lib/core/bitmap.h); optional, both or
+     * neither. open lists the image's bitmaps in img->bitmaps; bitmap_load
+     * reads the bits of one (b->words allocated and zeroed by core);
+     * bitmaps_store writes all of img->bitmaps crash-safely, the enabled
+     * ones still marked in use unless closing.
+     */
+    int (*bitmap_load)(vd_image *img, struct vd_bitmap *b);
+    int (*bitmaps_store)(vd_image *img, bool closing);
+    /* Whether this image may have one more bitmap (qcow2 v2 may not); default: yes. */
+    int (*bitmap_can_add)(vd_image *img);
 };
 
 /* ------------------------------------------------------------ image handle */
@@ -143,6 +156,12 @@ struct vd_image {
     /* The list of images open in this process (see vd_claim_for_create). */
     vd_image *open_prev, *open_next;
     bool listed_open;
+
+    /* Persistent dirty bitmaps, in the image's order (lib/core/bitmap.h). */
+    struct vd_bitmap *bitmaps;
+    size_t nbitmaps;
+    bool bitmaps_changed;         /* added, removed or changed since they were stored */
+    pthread_mutex_t bitmap_load_lock; /* loading bits under a shared lock */
 };
 
 /* A backend's read or write of one flat buffer. */

@@ -16,11 +16,11 @@ from .errors import __all__ as _error_names
 from .convert import convert
 from .formats import (FormatOption, add_secret, create, format_options, formats, options_string,
                       probe, remove_secret)
-from .image import CheckResult, Extent, Image, Snapshot, open  # noqa: A004
+from .image import Bitmap, CheckResult, Extent, Image, Snapshot, open  # noqa: A004
 
 __all__ = ["open", "create", "convert", "probe", "formats", "format_options", "options_string",
-           "add_secret", "remove_secret",
-           "version", "Image", "Extent", "CheckResult", "Snapshot", "FormatOption"] + _error_names
+           "add_secret", "remove_secret", "version", "Image", "Extent", "CheckResult", "Snapshot",
+           "Bitmap", "FormatOption"] + _error_names
 
 
 def version() -> str:

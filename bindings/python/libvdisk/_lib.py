@@ -48,6 +48,11 @@ WRITE_COMPRESSED = 1 << 1
 ZERO_MAY_UNMAP = 1 << 0
 # vd_resize() flags
 RESIZE_SHRINK = 1 << 0
+
+BITMAP_IN_USE = 1 << 0
+BITMAP_AUTO = 1 << 1
+BITMAP_INCONSISTENT = 1 << 2
+BITMAP_ADD_DISABLED = 1 << 0
 # vd_property types
 PROP_STRING, PROP_INT, PROP_BOOL = 0, 1, 2
 # vd_extent flags
@@ -67,6 +72,7 @@ CONVERT_EXISTING = 1 << 0
 CONVERT_TARGET_IS_ZERO = 1 << 1
 CONVERT_OUT_OF_ORDER = 1 << 2
 CONVERT_COMPRESS = 1 << 3
+CONVERT_BITMAPS = 1 << 4
 CONVERT_MAX_PARALLEL = 16
 
 
@@ -157,6 +163,17 @@ class VdSnapshotInfo(Structure):
     ]
 
 
+class VdBitmapInfo(Structure):
+    """``struct vd_bitmap_info``."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("flags", c_uint32),
+        ("name", c_char_p),
+        ("granularity", c_uint64),
+    ]
+
+
 ImagePtr = POINTER(VdImage)
 
 
@@ -164,6 +181,8 @@ class IoVec(Structure):
     """``struct iovec``."""
 
     _fields_ = [("iov_base", c_void_p), ("iov_len", c_size_t)]
+# vd_bitmap_extent_fn: int (*)(void *ctx, uint64_t offset, uint64_t length, int dirty)
+BitmapExtentFn = CFUNCTYPE(c_int, c_void_p, c_uint64, c_uint64, c_int)
 # vd_check_report_fn: void (*)(void *ctx, const char *message)
 CheckReportFn = CFUNCTYPE(None, c_void_p, c_char_p)
 # vd_convert_progress_fn: int (*)(void *ctx, uint64_t done, uint64_t total)
@@ -192,6 +211,7 @@ class VdConvertOpts(Structure):
         ("reserved_", c_uint32),
         ("progress", ConvertProgressFn),
         ("progress_ctx", c_void_p),
+        ("bitmap", c_char_p),
     ]
 
 # name: (restype, argtypes)
@@ -229,6 +249,16 @@ _PROTOTYPES = {
     "vd_snapshot_create": (c_int, [ImagePtr, c_char_p, c_uint32]),
     "vd_snapshot_apply": (c_int, [ImagePtr, c_char_p, c_uint32]),
     "vd_snapshot_delete": (c_int, [ImagePtr, c_char_p, c_uint32]),
+    "vd_bitmap_count": (c_int, [ImagePtr, POINTER(c_size_t)]),
+    "vd_bitmap_get": (c_int, [ImagePtr, c_size_t, POINTER(VdBitmapInfo)]),
+    "vd_bitmap_add": (c_int, [ImagePtr, c_char_p, c_uint64, c_uint32]),
+    "vd_bitmap_remove": (c_int, [ImagePtr, c_char_p, c_uint32]),
+    "vd_bitmap_clear": (c_int, [ImagePtr, c_char_p, c_uint32]),
+    "vd_bitmap_enable": (c_int, [ImagePtr, c_char_p, c_uint32]),
+    "vd_bitmap_disable": (c_int, [ImagePtr, c_char_p, c_uint32]),
+    "vd_bitmap_merge": (c_int, [ImagePtr, c_char_p, ImagePtr, c_char_p, c_uint32]),
+    "vd_bitmap_extents": (c_int, [ImagePtr, c_char_p, c_uint64, c_uint64, BitmapExtentFn, c_void_p,
+                                  c_uint32]),
     "vd_format_name": (c_char_p, [c_size_t]),
     "vd_format_option": (c_int, [c_char_p, c_size_t, POINTER(c_char_p), POINTER(c_char_p),
                                  POINTER(c_char_p)]),

@@ -155,6 +155,44 @@ class Snapshot:
                    icount=None if info.icount == 2**64 - 1 else info.icount)
 
 
+@dataclasses.dataclass(frozen=True)
+class Bitmap:
+    """One persistent dirty bitmap (``struct vd_bitmap_info``), an entry of
+    ``qemu-img info``'s "bitmaps". ``flags`` are qemu-img's names: "in-use"
+    (left in use by a crash or another writer: inconsistent, only removable)
+    and "auto" (enabled: records every write)."""
+
+    name: str
+    granularity: int
+    flags: tuple
+
+    @property
+    def enabled(self) -> bool:
+        return "auto" in self.flags
+
+    @property
+    def inconsistent(self) -> bool:
+        return "in-use" in self.flags
+
+    def to_dict(self) -> dict:
+        """The record as a "bitmaps" entry of ``qemu-img info --output=json``."""
+        return {"flags": list(self.flags), "name": self.name, "granularity": self.granularity}
+
+    @classmethod
+    def _from_info(cls, info):
+        flags = (("in-use",) if info.flags & _lib.BITMAP_IN_USE else ()) + \
+                (("auto",) if info.flags & _lib.BITMAP_AUTO else ())
+        return cls(name=text(info.name), granularity=info.granularity, flags=flags)
+
+
+def _bitmap_name(name):
+    if not isinstance(name, str):
+        raise TypeError(f"a bitmap name is a str, not {type(name).__name__}")
+    if not name or "\0" in name:
+        raise ValueError("a bitmap name must not be empty or contain NUL")
+    return name.encode("utf-8", "surrogateescape")
+
+
 def _snapshot_ref(value):
     """The id or name to pass for a snapshot given as a str, an int id or a Snapshot."""
     if isinstance(value, Snapshot):
@@ -726,6 +764,74 @@ class Image(io.RawIOBase):
                 check_status(lib().vd_snapshot_get(handle, index, ctypes.byref(info)))
                 records.append(Snapshot._from_info(info))  # the strings are copied here
         return records
+
+    def bitmaps(self) -> list[Bitmap]:
+        """The persistent dirty bitmaps as :class:`Bitmap` records, in the
+        order of the image's bitmap directory; ``[]`` for formats without."""
+        count = ctypes.c_size_t()
+        info = _lib.VdBitmapInfo()
+        records = []
+        with self._using() as handle:
+            check_status(lib().vd_bitmap_count(handle, ctypes.byref(count)))
+            for index in range(count.value):
+                info.struct_size = ctypes.sizeof(_lib.VdBitmapInfo)
+                check_status(lib().vd_bitmap_get(handle, index, ctypes.byref(info)))
+                records.append(Bitmap._from_info(info))
+        return records
+
+    def bitmap_add(self, name: str, granularity: int = 0, disabled: bool = False) -> None:
+        """Add an empty bitmap (``qemu-img bitmap --add``): granularity a power
+        of two from 512 to 2 GiB, 0 for qemu-img's default. Stored at close."""
+        self._run("bitmap_add", _bitmap_name(name), _count("granularity", granularity),
+                  _lib.BITMAP_ADD_DISABLED if disabled else 0)
+
+    def bitmap_remove(self, name: str) -> None:
+        """Remove a bitmap (``qemu-img bitmap --remove``)."""
+        self._run("bitmap_remove", _bitmap_name(name), 0)
+
+    def bitmap_clear(self, name: str) -> None:
+        """Mark every bit of a bitmap clean (``qemu-img bitmap --clear``)."""
+        self._run("bitmap_clear", _bitmap_name(name), 0)
+
+    def bitmap_enable(self, name: str) -> None:
+        """Let a bitmap record writes (``qemu-img bitmap --enable``)."""
+        self._run("bitmap_enable", _bitmap_name(name), 0)
+
+    def bitmap_disable(self, name: str) -> None:
+        """Stop a bitmap recording writes (``qemu-img bitmap --disable``)."""
+        self._run("bitmap_disable", _bitmap_name(name), 0)
+
+    def bitmap_merge(self, name: str, source_name: str, source: Optional["Image"] = None) -> None:
+        """Mark dirty in bitmap ``name`` what bitmap ``source_name`` of
+        ``source`` (another open Image; default: this one) marks dirty
+        (``qemu-img bitmap --merge``)."""
+        other = source if source is not None and source is not self else None
+        with self._using() as handle:
+            if other is None:
+                check_status(lib().vd_bitmap_merge(handle, _bitmap_name(name), handle,
+                                                   _bitmap_name(source_name), 0))
+                return
+            with other._using() as source_handle:
+                check_status(lib().vd_bitmap_merge(handle, _bitmap_name(name), source_handle,
+                                                   _bitmap_name(source_name), 0))
+
+    def dirty_extents(self, name: str, start: int = 0,
+                      length: Optional[int] = None) -> list[tuple[int, int]]:
+        """The dirty runs of bitmap ``name`` over [start, start + length)
+        (default: to the end), as (offset, length) pairs in order: what an
+        incremental backup copies."""
+        start = _count("start", start)
+        length = self.size - start if length is None else _count("length", length)
+        runs = []
+
+        def collect(_ctx, offset, run_length, dirty):
+            if dirty:
+                runs.append((offset, run_length))
+            return 0
+
+        callback = _lib.BitmapExtentFn(collect)
+        self._run("bitmap_extents", _bitmap_name(name), start, length, callback, None, 0)
+        return runs
 
     def snapshot_create(self, name: str) -> Snapshot:
         """Take a snapshot of the current state named ``name`` (``qemu-img

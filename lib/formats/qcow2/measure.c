@@ -6,8 +6,10 @@
  * unallocated or zero.
  */
 #include "formats/qcow2/qcow2.h"
+#include "core/bitmap.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #define REFTABLE_ENTRY_SIZE 8
 #define L1_ENTRY_SIZE 8
@@ -77,7 +79,11 @@ static int count_data_clusters(vd_image *source, uint64_t size, uint64_t cs, uin
     return 0;
 }
 
-/* Whether QEMU would report a bitmaps size: a version 3 qcow2 source into a version 3 image. */
+/*
+ * The bitmaps size QEMU reports for a version 3 qcow2 source into a version 3
+ * image: each bitmap of the source fully allocated, its table, and the
+ * directory, in clusters of the new image.
+ */
 static int source_bitmaps(vd_image *source, const struct qcow2 *target, vd_measure_result *res)
 {
     if (!source || source->backend != &vd_backend_qcow2 || target->version < 3)
@@ -85,11 +91,16 @@ static int source_bitmaps(vd_image *source, const struct qcow2 *target, vd_measu
     const struct qcow2 *sq = source->priv;
     if (sq->version < 3)
         return 0;
-    if (sq->autoclear & QCOW2_AUTOCLEAR_BITMAPS)
-        return vd_err(VD_EUNSUPPORTED, "%s: measuring persistent dirty bitmaps is not supported "
-                      "yet", source->filename);
+    const uint64_t cs = target->cluster_size;
+    uint64_t bytes = 0, dir_bytes = 0;
+    for (size_t i = 0; i < source->nbitmaps; i++) {
+        const struct vd_bitmap *b = &source->bitmaps[i];
+        uint64_t clusters = div_up(div_up(vd_bitmap_nbits(source->size, b->granularity_bits), 8), cs);
+        bytes += clusters * cs + round_up(clusters * 8, cs);
+        dir_bytes += (24 + strlen(b->name) + 7) & ~7ull;
+    }
     res->has_bitmaps = 1;
-    res->bitmaps = 0;
+    res->bitmaps = bytes + round_up(dir_bytes, cs);
     return 0;
 }
 

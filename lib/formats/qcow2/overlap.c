@@ -21,7 +21,8 @@
  *
  * Covered, as QEMU's default "cached" mode: the header, the active L1 table
  * and its L2 tables, the refcount table and blocks, the snapshot table and
- * the snapshots' L1 tables (not the snapshots' own L2 tables).
+ * the snapshots' L1 tables (not the snapshots' own L2 tables), and the
+ * bitmap directory and bitmap tables (QEMU covers the directory).
  */
 #include "formats/qcow2/qcow2.h"
 
@@ -54,9 +55,13 @@ static int by_first(const void *a, const void *b)
  * the other's guest data, so only a repair (which writes no guest data and
  * fixes the flags) may go on.
  */
-static bool same_l2_table(const struct qcow2_meta_range *a, const struct qcow2_meta_range *b,
+static bool same_shared_table(const struct qcow2_meta_range *a, const struct qcow2_meta_range *b,
                           bool repairing)
 {
+    /* bitmap directory entries may name one table many times (its refcounts tell) */
+    if (a->kind == QCOW2_META_BITMAP_TABLE && b->kind == a->kind && a->first == b->first &&
+        a->end == b->end)
+        return true;
     return a->kind == QCOW2_META_ACTIVE_L2 && b->kind == QCOW2_META_ACTIVE_L2 && a->first == b->first &&
            (repairing || (!a->in_place && !b->in_place));
 }
@@ -72,7 +77,7 @@ static bool normalize(struct ranges *r, bool repairing, uint64_t *shared)
     size_t out = 0;
     struct qcow2_meta_range previous = { 0 }; /* the item before, as listed (ranges merge below) */
     for (size_t i = 0; i < r->count; i++) {
-        bool repeated = i && same_l2_table(&r->items[i], &previous, repairing);
+        bool repeated = i && same_shared_table(&r->items[i], &previous, repairing);
         previous = r->items[i];
         if (repeated)
             continue;
@@ -122,7 +127,7 @@ static bool drop_snapshot_structure_at(struct qcow2 *q, uint64_t cluster)
 
 static int rebuild(vd_image *img, struct qcow2 *q)
 {
-    size_t most = 4 + (size_t)q->l1_size + (size_t)q->rt_entries + q->nb_snapshots;
+    size_t most = 5 + (size_t)q->l1_size + (size_t)q->rt_entries + q->nb_snapshots + q->nbitmap_tables;
     struct ranges r = { .items = malloc(most * sizeof *r.items) };
     if (!r.items)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
@@ -145,6 +150,10 @@ static int rebuild(vd_image *img, struct qcow2 *q)
         if (qcow2_snapshot_l1_valid(q, &q->snapshots[i]) && !q->snapshots[i].l1_overlaps)
             add(q, &r, QCOW2_META_SNAPSHOT_L1, q->snapshots[i].l1_offset,
                 (uint64_t)q->snapshots[i].l1_size * 8);
+    add(q, &r, QCOW2_META_BITMAP_DIRECTORY, q->bitmap_dir_offset, q->bitmap_dir_bytes);
+    for (uint32_t i = 0; i < q->nbitmap_tables; i++)
+        add(q, &r, QCOW2_META_BITMAP_TABLE, q->bitmap_tables[i].offset,
+            (uint64_t)q->bitmap_tables[i].entries * 8);
     uint64_t shared;
     bool repairing = (img->open_flags & VD_OPEN_REPAIR) != 0;
     if (!normalize(&r, repairing, &shared)) {
@@ -188,6 +197,8 @@ const char *qcow2_meta_name(enum qcow2_meta_kind kind)
     case QCOW2_META_REFCOUNT_BLOCK: return "refcount block";
     case QCOW2_META_SNAPSHOT_TABLE: return "snapshot table";
     case QCOW2_META_SNAPSHOT_L1: return "L1 table of a snapshot";
+    case QCOW2_META_BITMAP_DIRECTORY: return "bitmap directory";
+    case QCOW2_META_BITMAP_TABLE: return "bitmap table";
     }
     return "metadata";
 }

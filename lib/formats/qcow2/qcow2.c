@@ -144,7 +144,8 @@ static int prepare_for_writing(vd_image *img, struct qcow2 *q)
         q->incompat |= QCOW2_INCOMPAT_DIRTY;
         q->dirty_by_us = true;
     }
-    q->autoclear &= QCOW2_AUTOCLEAR_DATA_RAW; /* the only autoclear feature we keep up to date */
+    /* the autoclear features we keep up to date; the others' data goes stale */
+    q->autoclear &= QCOW2_AUTOCLEAR_DATA_RAW | QCOW2_AUTOCLEAR_BITMAPS;
     if (q->incompat == before_incompat && q->autoclear == before_autoclear)
         return 0;
     int rc = qcow2_write_features(img, q);
@@ -217,6 +218,8 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     }
     if (rc == 0 && !img->read_only)
         rc = prepare_for_writing(img, q);
+    if (rc == 0 && !img->read_only)
+        rc = qcow2_bitmaps_open_rw(img, q);
     if (rc < 0)
         q_close(img);
     return rc;
@@ -245,9 +248,13 @@ int qcow2_flush_metadata(vd_image *img, struct qcow2 *q)
     return rc < 0 ? vd_image_poison(img, rc) : 0;
 }
 
+/* A flush also makes bitmaps the API changed durable (lib/core/bitmap.c says why only those). */
 static int q_flush(vd_image *img)
 {
-    return qcow2_flush_metadata(img, qcow2_of(img));
+    int rc = qcow2_flush_metadata(img, qcow2_of(img));
+    if (rc == 0 && img->bitmaps_changed)
+        rc = qcow2_bitmaps_store(img, false);
+    return rc;
 }
 
 /* An image opened with VD_OPEN_REPAIR stays read-only for data until it is repaired. */
@@ -316,6 +323,7 @@ static void q_close(vd_image *img)
     free(q->pending_frees);
     free(q->meta);
     free(q->bitmap_tables);
+    free(q->bitmap_dir);
     qcow2_free_snapshots(q);
     qcow2_free_header(q);
     pthread_mutex_destroy(&q->layout_lock);
@@ -381,4 +389,7 @@ const struct vd_backend vd_backend_qcow2 = {
     .snapshot_create = qcow2_snapshot_create,
     .snapshot_apply = qcow2_snapshot_apply,
     .snapshot_delete = qcow2_snapshot_delete,
+    .bitmap_load = qcow2_bitmap_load,
+    .bitmaps_store = qcow2_bitmaps_store,
+    .bitmap_can_add = qcow2_bitmap_can_add,
 };

@@ -109,10 +109,12 @@ enum qcow2_meta_kind {
     QCOW2_META_REFCOUNT_BLOCK = 1u << 4,
     QCOW2_META_SNAPSHOT_TABLE = 1u << 5,
     QCOW2_META_SNAPSHOT_L1    = 1u << 6,
+    QCOW2_META_BITMAP_DIRECTORY = 1u << 7,
+    QCOW2_META_BITMAP_TABLE   = 1u << 8,
 };
 /* Sets of kinds a write may overlap: none (new clusters), or all (the corrupt bit only). */
 #define QCOW2_META_NONE 0u
-#define QCOW2_META_ALL  0x7fu
+#define QCOW2_META_ALL  0x1ffu
 
 /* Host clusters [first, end) holding metadata of one kind. */
 struct qcow2_meta_range {
@@ -166,6 +168,8 @@ struct qcow2 {
     /* the bitmaps' tables, while the autoclear bit says the bitmaps are consistent */
     struct qcow2_bitmap_table *bitmap_tables;
     uint32_t nbitmap_tables;
+    uint8_t *bitmap_dir;       /* the directory as on disk (rewritten in place to mark bitmaps in use) */
+    uint64_t bitmap_dir_bytes, bitmap_dir_offset;
 
     struct qcow2_meta_range *meta; /* host clusters holding metadata, ascending (overlap.c) */
     size_t nmeta;
@@ -306,8 +310,15 @@ int qcow2_snapshot_delete(vd_image *img, const char *id_or_name);
 /* bitmap.c */
 /* The bitmaps extension while the autoclear bit says the bitmaps are consistent, else NULL. */
 const struct qcow2_ext *qcow2_bitmaps_ext(const struct qcow2 *q);
-/* Read the bitmap directory and refuse it where QEMU does; keep its tables. */
+/* Read the bitmap directory and refuse it where QEMU does; keep its tables, list the
+   bitmaps in img->bitmaps. */
 int qcow2_read_bitmap_directory(vd_image *img, struct qcow2 *q);
+/* A writable open: load the enabled bitmaps and mark them in use on disk, durably. */
+int qcow2_bitmaps_open_rw(vd_image *img, struct qcow2 *q);
+/* The backend's bitmap_load and bitmaps_store (see struct vd_backend). */
+int qcow2_bitmap_load(vd_image *img, struct vd_bitmap *b);
+int qcow2_bitmaps_store(vd_image *img, bool closing);
+int qcow2_bitmap_can_add(vd_image *img);
 
 /* qcow2.c */
 /* (Re)publish the format-specific properties (qemu-img info's format-specific data). */
