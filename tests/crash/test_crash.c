@@ -1103,6 +1103,126 @@ START_TEST(test_crash_apply_wrong_copied)
 }
 END_TEST
 
+/* ------------------------------------------- dirty bitmaps across a crash */
+
+#define BITMAP_GRANULE (64 * 1024)
+
+struct granules {
+    bool *dirty;
+    uint64_t count;
+};
+
+static int note_dirty(void *ctx, uint64_t offset, uint64_t length, int dirty)
+{
+    struct granules *g = ctx;
+    for (uint64_t at = offset; dirty && at < offset + length; at += BITMAP_GRANULE)
+        if (at / BITMAP_GRANULE < g->count)
+            g->dirty[at / BITMAP_GRANULE] = true;
+    return 0;
+}
+
+/*
+ * The promise of a persistent bitmap to incremental backup: after a crash,
+ * a bitmap that does not say "in use" marks every granule whose guest data
+ * changed since it was stored. One that says so may be stale (backup then
+ * copies everything); it must never look valid and miss a change, whatever
+ * subset of the session's writes reached the disk. qemu-img check must find
+ * no corruption (leaks are benign), and the bitmap is never lost.
+ */
+START_TEST(test_crash_bitmap_session)
+{
+    const char *path = vt_path("image"), *crash_path = vt_path("crash");
+    const uint64_t size = 2 * MB;
+    vt_ok(vd_create(path, "qcow2", size, "cluster_size=4096", 0));
+    vd_image *img = vt_open(path, "qcow2", VD_OPEN_RDWR);
+    vt_image_write_pattern(img, 0, 512 * 1024, 70); /* allocated before b0: clean in it */
+    vt_ok(vd_bitmap_add(img, "b0", BITMAP_GRANULE, 0));
+    vt_image_write_pattern(img, 0, 4096, 74);
+    vt_close(img);
+    uint64_t got_size;
+    img = vt_open(path, "qcow2", VD_OPEN_NO_LOCK);
+    uint8_t *before = cu_read_image(img, &got_size);
+    vt_close(img);
+
+    crash_track(path);
+    crash_install();
+    img = vt_open(path, "qcow2", VD_OPEN_RDWR);
+    vt_image_write_pattern(img, 320 * 1024, 8192, 71);      /* in place: visible at once */
+    vt_image_write_pattern(img, 1 * MB, 4096, 72);          /* allocating */
+    vt_ok(vd_flush(img, 0));
+    vt_ok(vd_bitmap_add(img, "b1", 0, 0));
+    vt_ok(vd_write_zeroes(img, 128 * 1024, 64 * 1024, VD_ZERO_MAY_UNMAP));
+    vt_image_write_pattern(img, size - 4096, 4096, 73);
+    vt_close(img);                                          /* stores the bitmaps */
+    crash_uninstall();
+
+    uint64_t npoints = crash_write_count() + 2, failures = 0, images = 0, trusted = 0;
+    struct granules g = { calloc(size / BITMAP_GRANULE, sizeof(bool)), size / BITMAP_GRANULE };
+    ck_assert_ptr_nonnull(g.dirty);
+    for (uint64_t point = 0; point < npoints && failures < MAX_REPORTS; point++) {
+        for (uint64_t seed = 0; seed < 4 * cu_scale(); seed++, images++) {
+            uint64_t pending = crash_materialize(point, point * 7919 + seed, crash_path);
+            char why[512] = "";
+            bool benign;
+            if (!cu_qemu_check_ok(crash_path, 4096, &benign, why, sizeof why)) {
+                fprintf(stderr, "BITMAP CRASH FAILURE [crash point %" PRIu64 "]: %s\n", point, why);
+                failures++;
+            }
+            vd_image *c = vt_open(crash_path, "qcow2", VD_OPEN_NO_LOCK);
+            vd_bitmap_info b = VD_BITMAP_INFO_INIT;
+            size_t n = 0;
+            vt_ok(vd_bitmap_count(c, &n));
+            bool found = false;
+            for (size_t i = 0; i < n && !found; i++)
+                found = vd_bitmap_get(c, i, &b) == 0 && strcmp(b.name, "b0") == 0;
+            if (!found) {
+                fprintf(stderr, "BITMAP CRASH FAILURE [crash point %" PRIu64 "]: bitmap b0 is gone\n",
+                        point);
+                failures++;
+            } else if (!(b.flags & VD_BITMAP_IN_USE)) {
+                trusted++;
+                memset(g.dirty, 0, (size_t)g.count * sizeof(bool));
+                vt_ok(vd_bitmap_extents(c, "b0", 0, size, note_dirty, &g, 0));
+                uint8_t *after = cu_read_image(c, &got_size);
+                for (uint64_t k = 0; k < g.count; k++) {
+                    if (g.dirty[k] || memcmp(after + k * BITMAP_GRANULE, before + k * BITMAP_GRANULE,
+                                             BITMAP_GRANULE) == 0)
+                        continue;
+                    fprintf(stderr, "BITMAP CRASH FAILURE [crash point %" PRIu64 ", seed %" PRIu64
+                            "]: b0 is not in use, yet granule %" PRIu64 " changed and is clean\n",
+                            point, seed, k);
+                    failures++;
+                    break;
+                }
+                free(after);
+            }
+            vd_close(c);
+            if (!pending)
+                break;
+        }
+    }
+    fprintf(stderr, "crash qcow2-bitmap-session: %" PRIu64 " writes; %" PRIu64 " crash images checked (%"
+            PRIu64 " with b0 trusted), %" PRIu64 " failures\n", crash_write_count(), images, trusted,
+            failures);
+    crash_reset();
+    /* the session completed: b0 is stored, clean of use, and marks exactly what changed */
+    img = vt_open(path, "qcow2", VD_OPEN_NO_LOCK);
+    vd_bitmap_info b = VD_BITMAP_INFO_INIT;
+    vt_ok(vd_bitmap_get(img, 0, &b));
+    ck_assert_str_eq(b.name, "b0");
+    ck_assert_uint_eq(b.flags & VD_BITMAP_IN_USE, 0);
+    memset(g.dirty, 0, (size_t)g.count * sizeof(bool));
+    vt_ok(vd_bitmap_extents(img, "b0", 0, size, note_dirty, &g, 0));
+    ck_assert(g.dirty[0] && g.dirty[2] && g.dirty[5] && g.dirty[1 * MB / BITMAP_GRANULE]);
+    ck_assert(g.dirty[g.count - 1] && !g.dirty[1] && !g.dirty[3] && !g.dirty[4] && !g.dirty[g.count - 2]);
+    vt_close(img);
+    free(g.dirty);
+    free(before);
+    ck_assert_msg(failures == 0, "crash images of the bitmap session failed (details on stderr)");
+    ck_assert_msg(trusted > 0, "no crash image had b0 stored: the test checked nothing");
+}
+END_TEST
+
 /* ------------------------------------------------------------- variants */
 
 /* A metadata cache this small (4 tables, the minimum) evicts all the time. */
@@ -1224,6 +1344,9 @@ static Suite *crash_suite(void)
         tcase_set_timeout(tc, 900);
         tcase_add_loop_test(tc, test_crash_variant, (int)i, (int)i + 1);
     }
+    TCase *bitmaps = vt_tcase(s, "qcow2-bitmap-session");
+    tcase_set_timeout(bitmaps, 600);
+    tcase_add_test(bitmaps, test_crash_bitmap_session);
     TCase *apply = vt_tcase(s, "qcow2-apply-copied");
     tcase_set_timeout(apply, 600);
     tcase_add_test(apply, test_crash_apply_wrong_copied);
