@@ -91,9 +91,8 @@ static void set_bits(struct vd_bitmap *b, uint64_t first, uint64_t end)
         uint64_t w = first / 64, lo = first % 64;
         uint64_t hi = end - w * 64 < 64 ? end - w * 64 : 64;
         uint64_t mask = (hi == 64 ? ~0ull : (1ull << hi) - 1) & ~((1ull << lo) - 1);
-        if (mask == ~0ull)
-            __atomic_store_n(&b->words[w], ~0ull, __ATOMIC_RELAXED);
-        else
+        /* rewrites of dirty granules are the common case: leave their cache line shared */
+        if ((__atomic_load_n(&b->words[w], __ATOMIC_RELAXED) & mask) != mask)
             __atomic_fetch_or(&b->words[w], mask, __ATOMIC_RELAXED);
         first = (w + 1) * 64;
     }
