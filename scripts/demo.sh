@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, on images the demo makes itself: an ext2 file system in a raw
-# disk goes to qcow2, into an overlay, through a snapshot and a commit, with
-# the vdisk CLI doing the work and qemu-img as the referee at every step.
+# disk goes to qcow2, into an overlay, through a snapshot and a commit, then
+# to compressed qcow2, to VMware's vmdk and back, with the vdisk CLI doing the
+# work and qemu-img as the referee at every step.
 # Needs only the build, qemu-utils and e2fsprogs. Usage: scripts/demo.sh BUILDDIR
 set -euo pipefail
 
@@ -84,6 +85,20 @@ done
 run "$vdisk" info zstd.qcow2
 expect "the compressed image is smaller than the plain one" \
     "$(( $(stat -c %b zlib.qcow2) < $(stat -c %b flat.raw) ))" 1
+
+step "VMware: to vmdk (sparse and streamOptimized) and back, the way users bring them"
+run "$vdisk" convert -f raw -O vmdk disk.raw disk.vmdk
+run "$vdisk" convert -f raw -O vmdk -o subformat=streamOptimized disk.raw stream.vmdk
+run qemu-img check disk.vmdk
+for image in disk.vmdk stream.vmdk; do
+    run qemu-img compare -f raw -F vmdk disk.raw "$image"
+done
+run "$vdisk" info stream.vmdk
+run "$vdisk" convert -f vmdk -O qcow2 stream.vmdk from-vmdk.qcow2
+run "$vdisk" convert -f vmdk -O raw disk.vmdk from-vmdk.raw
+run qemu-img check from-vmdk.qcow2
+run qemu-img compare -f raw -F qcow2 disk.raw from-vmdk.qcow2
+expect "vmdk -> raw gives the same bytes" "$(md5 from-vmdk.raw)" "$(md5 disk.raw)"
 
 step "Thin provisioning: a 1 TiB qcow2 image"
 run "$vdisk" create -f qcow2 big.qcow2 1T
