@@ -5,6 +5,7 @@
  */
 #include "core/internal.h"
 #include "convert/copy.h"
+#include "core/bitmap.h"
 #include "cow/engine.h"
 
 #include <stddef.h>
@@ -223,7 +224,7 @@ static int copy_into(const vd_convert_opts *o, vd_image *src, vd_image *dst, uin
                           (o->flags & VD_CONVERT_TARGET_IS_ZERO),
         .base = base,
         .compare_block = info.cluster_size ? info.cluster_size : DEFAULT_COMPARE_BLOCK,
-        .compress = o->flags & VD_CONVERT_COMPRESS,
+        .compress = (o->flags & VD_CONVERT_COMPRESS) || vd_cow_compresses_every_cluster(dst),
         .parallel = o->parallel ? o->parallel : DEFAULT_PARALLEL,
         .out_of_order = o->flags & VD_CONVERT_OUT_OF_ORDER,
         .progress = o->progress, .progress_ctx = o->progress_ctx,
@@ -266,6 +267,12 @@ static int convert_to(const vd_convert_opts *o, vd_image *src, uint64_t size, bo
         rc = open_destination(o, format, size, &dst);
     if (rc < 0)
         return rc;
+    if (o->flags & VD_CONVERT_BITMAPS)
+        rc = vd_bitmaps_can_take(dst);
+    if (rc < 0) {
+        close_after_error(dst, rc);
+        return rc;
+    }
     *written = true;
     rc = copy_into(o, src, dst, size);
     if (rc == 0 && (o->flags & VD_CONVERT_BITMAPS))

@@ -384,7 +384,8 @@ static int compress_data(const struct copy *c, struct slot *s)
             size_t n = run->start + run->length - pos < g ? run->start + run->length - pos : g;
             memset(s->buf + pos + n, 0, g - n);
             size_t *len = &s->comp_len[pos / g];
-            int rc = vd_cow_compress_cluster(c->params->dst, s->buf + pos, s->comp + pos, len);
+            int rc = vd_cow_compress_cluster(c->params->dst, s->buf + pos, s->comp + 2 * pos, 2 * g,
+                                             len);
             if (rc == VD_CODEC_NO_GAIN)
                 *len = NOT_COMPRESSED;
             else if (rc < 0) {
@@ -437,7 +438,7 @@ static int write_compressed(struct copy *c, struct slot *s, size_t start, size_t
         size_t n = start + len - pos < g ? start + len - pos : g;
         size_t comp_len = s->comp_len[pos / g];
         bool compressed = comp_len != NOT_COMPRESSED;
-        rc = vd_store_cluster(c->params->dst, s->chunk.offset + pos, compressed ? s->comp + pos : NULL,
+        rc = vd_store_cluster(c->params->dst, s->chunk.offset + pos, compressed ? s->comp + 2 * pos : NULL,
                               comp_len, s->buf + pos, n);
     }
     return rc;
@@ -674,7 +675,8 @@ static void run_threads(struct copy *c)
 static int alloc_buffers(struct copy *c)
 {
     bool compress = c->params->compress;
-    size_t per_slot = 1 + (c->params->base != NULL) + compress, runs_per_slot = max_runs(c->block);
+    /* compressed clusters get twice their size: a format that compresses every one may grow it */
+    size_t per_slot = 1 + (c->params->base != NULL) + 2 * compress, runs_per_slot = max_runs(c->block);
     size_t lens_per_slot = compress ? BUFFER_SIZE / (size_t)c->granule : 0;
     void *mem;
     if (posix_memalign(&mem, BUFFER_ALIGN, c->slot_count * per_slot * BUFFER_SIZE) != 0)
@@ -690,7 +692,7 @@ static int alloc_buffers(struct copy *c)
         struct slot *s = &c->slots[i];
         s->buf = (unsigned char *)mem + i * per_slot * BUFFER_SIZE;
         s->base_buf = c->params->base ? s->buf + BUFFER_SIZE : NULL;
-        s->comp = compress ? s->buf + (per_slot - 1) * BUFFER_SIZE : NULL;
+        s->comp = compress ? s->buf + (per_slot - 2) * BUFFER_SIZE : NULL;
         s->runs = runs + i * runs_per_slot;
         s->comp_len = compress ? lens + i * lens_per_slot : NULL;
     }

@@ -257,6 +257,14 @@ static int enter_change(vd_image *img, const char *call, uint32_t flags, uint32_
     return rc;
 }
 
+int vd_bitmaps_can_take(vd_image *img)
+{
+    if (!img->backend->bitmaps_store)
+        return vd_err(VD_EUNSUPPORTED, "Format driver '%s' does not support bitmaps",
+                      img->backend->name);
+    return img->backend->bitmap_can_add ? img->backend->bitmap_can_add(img) : 0;
+}
+
 static int granularity_bits(vd_image *img, uint64_t granularity, uint32_t *gbits)
 {
     if (!granularity)

@@ -52,6 +52,11 @@ void vd_image_mark_dirty(vd_image *img, uint64_t off, uint64_t len);
  * (bits of a grown part clean, as QEMU truncates its bitmaps).
  */
 int vd_bitmaps_fit_size(vd_image *img);
+/*
+ * 0 if img can take persistent bitmaps (convert --bitmaps asks before it
+ * copies anything), else VD_EUNSUPPORTED with qemu-img's message.
+ */
+int vd_bitmaps_can_take(vd_image *img);
 /* Store the bitmaps at close (the enabled ones then no longer in use), if anything needs it. */
 int vd_image_store_bitmaps(vd_image *img);
 void vd_bitmaps_free(vd_image *img);

@@ -295,15 +295,24 @@ bool vd_cow_can_compress(vd_image *img)
            img->cow->compression(img) >= 0;
 }
 
-int vd_cow_compress_cluster(vd_image *img, const void *cluster, void *out, size_t *out_len)
+bool vd_cow_compresses_every_cluster(vd_image *img)
+{
+    return img->cow && img->cow->compresses_every_cluster && img->cow->compresses_every_cluster(img);
+}
+
+int vd_cow_compress_cluster(vd_image *img, const void *cluster, void *out, size_t out_cap,
+                            size_t *out_len)
 {
     int codec = img->cow->compression ? img->cow->compression(img) : -1;
     if (codec < 0)
         return vd_err(VD_EUNSUPPORTED, "%s: this %s image cannot store compressed clusters",
                       img->filename, img->backend->name);
-    /* as QEMU: a cluster is stored compressed only if that saves at least a byte */
-    return vd_codec_compress((enum vd_codec)codec, cluster, img->cluster_size, out,
-                             img->cluster_size - 1, out_len);
+    /* as QEMU: a cluster is stored compressed only if that saves at least a byte, unless the
+       format stores nothing else */
+    if (!vd_cow_compresses_every_cluster(img) && out_cap > img->cluster_size - 1)
+        out_cap = img->cluster_size - 1;
+    return vd_codec_compress((enum vd_codec)codec, cluster, img->cluster_size, out, out_cap,
+                             out_len);
 }
 
 int vd_cow_store_cluster(vd_image *img, uint64_t off, const void *comp, size_t comp_len,
@@ -330,7 +339,7 @@ static int write_compressed(vd_image *img, uint64_t off, const struct vd_iov *v)
         return vd_err(VD_EINVAL, "%s: a compressed write must cover whole clusters of %llu bytes "
                       "(offset %llu, length %zu)", img->filename, (unsigned long long)cs,
                       (unsigned long long)off, len);
-    uint8_t *cluster = malloc(2 * cs), *out = cluster + cs;
+    uint8_t *cluster = malloc(3 * cs), *out = cluster + cs;
     if (!cluster)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     int rc = 0;
@@ -340,7 +349,7 @@ static int write_compressed(vd_image *img, uint64_t off, const struct vd_iov *v)
         vd_iov_to_buf(&part, cluster);
         memset(cluster + n, 0, (size_t)cs - n);
         size_t out_len = 0;
-        rc = vd_cow_compress_cluster(img, cluster, out, &out_len);
+        rc = vd_cow_compress_cluster(img, cluster, out, 2 * cs, &out_len);
         if (rc >= 0)
             rc = vd_cow_store_cluster(img, off + done, rc == 0 ? out : NULL, out_len, cluster, n);
     }

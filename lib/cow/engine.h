@@ -127,6 +127,13 @@ struct vd_cow_ops {
      */
     int (*compression)(vd_image *img);
     int (*store_compressed)(vd_image *img, uint64_t guest_off, const void *data, size_t len);
+    /*
+     * Whether img stores every cluster compressed, one that grows included
+     * (VMDK streamOptimized): convert then compresses on its threads without
+     * being asked, and vd_cow_compress_cluster() never answers NO_GAIN for
+     * it. Optional: never.
+     */
+    bool (*compresses_every_cluster)(vd_image *img);
 };
 
 /* Data-path callbacks for a sparse format's struct vd_backend. */
@@ -140,15 +147,18 @@ int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ex
  * Compressed writes, split so that callers with many clusters (convert)
  * compress on several threads and store in order.
  * vd_cow_can_compress says whether img stores compressed clusters at all.
- * vd_cow_compress_cluster compresses one whole cluster (cluster_size bytes; out holds as many):
- * 0 and *out_len, or VD_CODEC_NO_GAIN when it does not shrink, in which
- * case the cluster is to be written as it is. It touches no image state and
+ * vd_cow_compress_cluster compresses one whole cluster (cluster_size bytes)
+ * into out (out_cap bytes, at least twice the cluster size where
+ * vd_cow_compresses_every_cluster): 0 and *out_len, or VD_CODEC_NO_GAIN when
+ * it does not shrink, in which case the cluster is to be written as it is. It touches no image state and
  * runs on any thread. vd_cow_store_cluster stores the cluster at off
  * (cluster aligned): compressed when comp is not NULL, else plain, whose
  * length may stop short of a whole cluster at the end of the image.
  */
 bool vd_cow_can_compress(vd_image *img);
-int vd_cow_compress_cluster(vd_image *img, const void *cluster, void *out, size_t *out_len);
+bool vd_cow_compresses_every_cluster(vd_image *img);
+int vd_cow_compress_cluster(vd_image *img, const void *cluster, void *out, size_t out_cap,
+                            size_t *out_len);
 int vd_cow_store_cluster(vd_image *img, uint64_t off, const void *comp, size_t comp_len,
                          const void *plain, size_t plain_len);
 

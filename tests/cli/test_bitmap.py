@@ -82,6 +82,29 @@ def test_convert_bitmaps(vdisk, qemu_img, qemu_io, image):
     assert [e["start"] for e in qemu_img.json("map", "--output=json", inc) if e["data"]] == [1 * MiB]
 
 
+@pytest.mark.parametrize("target", [["-O", "raw"], ["-O", "qcow2", "-o", "compat=0.10"]],
+                         ids=["raw", "qcow2-v2"])
+def test_convert_bitmaps_refused_before_copying(vdisk, qemu_img, image, target):
+    """A destination that cannot keep bitmaps is refused before any data is
+    copied, as qemu-img does; nothing is left behind."""
+    out = image.parent / "out.img"
+    mine = vdisk("convert", "--bitmaps", *target, image, out)
+    theirs = qemu_img("convert", "--bitmaps", *target, image, image.parent / "theirs.img")
+    assert mine.returncode == theirs.returncode == 1, (mine, theirs)
+    assert "bitmaps" in mine.stderr and not out.exists(), mine.stderr
+
+
+def test_amend_downgrade_with_bitmaps_is_refused(vdisk, qemu_img, image):
+    """qemu-img downgrades and leaves the bitmaps leaked and untrusted in a v2
+    image; vdisk refuses and the image stays as it was, bitmaps included."""
+    before = qemu_img.json("info", "--output=json", image)["format-specific"]
+    r = vdisk("amend", "-o", "compat=0.10", image)
+    assert r.returncode == 1 and "persistent bitmaps" in r.stderr, r
+    assert qemu_img.json("info", "--output=json", image)["format-specific"] == before
+    assert before["data"]["compat"] == "1.1" and len(before["data"]["bitmaps"]) == 2
+    qemu_img("check", image, check=0)
+
+
 def test_incremental_backup_workflow(vdisk, qemu_img, qemu_io, tmp_path):
     source = tmp_path / "vm.qcow2"
     qemu_img("create", "-f", "qcow2", source, 64 * MiB, check=0)

@@ -118,11 +118,13 @@ def test_libvdisk_writes_into_qemu_image(tmp_path, subformat):
     compare(model, path)
 
 
-def test_stream_optimized_convert_like_qemu(tmp_path):
+@pytest.mark.parametrize("compress", [[], ["-c"]])
+def test_stream_optimized_convert_like_qemu(tmp_path, compress):
+    """Its grains are compressed on convert's threads (-c or not, as qemu-img takes both)."""
     model = raw_model(tmp_path / "model.raw", SIZE)
     ours, theirs = tmp_path / "ours.vmdk", tmp_path / "theirs.vmdk"
     o = "subformat=streamOptimized"
-    run(VDISK, "convert", "-f", "raw", "-O", "vmdk", "-o", o, model, ours)
+    run(VDISK, "convert", *compress, "-f", "raw", "-O", "vmdk", "-o", o, model, ours)
     run(QEMU_IMG, "convert", "-f", "raw", "-O", "vmdk", "-o", o, model, theirs)
     compare(model, ours)
     r = run(QEMU_IMG, "compare", "-f", "vmdk", "-F", "vmdk", ours, theirs)
@@ -141,6 +143,9 @@ def test_stream_optimized_is_write_once(tmp_path):
             img.pwrite(0, b"\x02" * 65536)
         img.pwrite(65536 + 512, b"\x02" * 512)  # a grain filled piecewise, in order
         img.pwrite(65536 + 4096, b"\x03" * 100)
+        # the grain still in memory reads as written, the grains stored before it too
+        assert img.pread(65536, 4196) == bytes(512) + b"\x02" * 512 + bytes(3072) + b"\x03" * 100
+        assert img.pread(65536 - 8, 16) == b"\x01" * 8 + bytes(8)
         img.pwrite(3 * 65536, b"\x04" * 10)  # moves past it: stored
         with pytest.raises(libvdisk.Error, match="written once"):
             img.pwrite(65536, b"\x05" * 512)

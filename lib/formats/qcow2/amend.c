@@ -165,6 +165,11 @@ static int check_downgrade(vd_image *img, struct qcow2 *q, const struct amend_ta
         return vd_err(VD_EINVAL, "compat=0.10 requires refcount_bits=16");
     if (qcow2_has_data_file(q))
         return vd_err(VD_EUNSUPPORTED, "Cannot downgrade an image with a data file");
+    /* qemu-img downgrades and leaves the bitmaps behind, leaked and never trusted again */
+    if (img->nbitmaps)
+        return vd_err(VD_EUNSUPPORTED, "Cannot downgrade an image with persistent bitmaps (a "
+                      "version 2 image cannot keep them): remove them first with 'vdisk bitmap "
+                      "--remove'");
     /* a version 2 snapshot records neither its disk size nor a large VM state */
     for (uint32_t i = 0; i < q->nb_snapshots; i++)
         if (q->snapshots[i].vm_state_size || q->snapshots[i].disk_size != t->size)

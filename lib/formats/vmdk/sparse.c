@@ -567,10 +567,15 @@ static bool v_data_over_holes(vd_image *img)
     return false;
 }
 
+/* streamOptimized: every grain is stored deflated (zlib streams), even one that grows. */
+static bool v_compresses_every_cluster(vd_image *img)
+{
+    return vmdk_stream_optimized(vmdk_of(img));
+}
+
 static int v_compression(vd_image *img)
 {
-    (void)img;
-    return -1; /* streamOptimized compresses every grain itself (vmdk.c), even one that grows */
+    return v_compresses_every_cluster(img) ? VD_CODEC_ZLIB : -1;
 }
 
 const struct vd_cow_ops vmdk_cow_ops = {
@@ -582,4 +587,5 @@ const struct vd_cow_ops vmdk_cow_ops = {
     .data_over_holes = v_data_over_holes,
     .compression = v_compression,
     .store_compressed = v_store_compressed,
+    .compresses_every_cluster = v_compresses_every_cluster,
 };

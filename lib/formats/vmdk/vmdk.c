@@ -371,11 +371,6 @@ static void v_close(vd_image *img)
     img->priv = NULL;
 }
 
-static bool stream_optimized(const struct vmdk *v)
-{
-    return v->next == 1 && v->ext[0].sparse && v->ext[0].sparse->compressed;
-}
-
 /* Compress and store the pending grain (with the stream lock held). */
 static int store_pending(vd_image *img, struct vmdk *v)
 {
@@ -404,7 +399,7 @@ static int start_pending(vd_image *img, struct vmdk *v, uint64_t g)
     int rc = vmdk_cow_ops.lookup(img, g, img->cluster_size, &run);
     if (rc == 0 && run.kind != VD_COW_UNALLOCATED)
         rc = vd_err(VD_EUNSUPPORTED, "%s: could not write to allocated grain at %llu of a "
-                    "streamOptimized image (each grain is written once, in order)",
+                    "streamOptimized image (each grain is written once)",
                     img->filename, (unsigned long long)g);
     if (rc == 0 && !(v->pending = calloc(1, img->cluster_size)))
         rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
@@ -511,12 +506,31 @@ static int note_change(vd_image *img)
     return rc;
 }
 
+/* A streamOptimized grain still being filled reads as what was written into it. */
+static int v_read(vd_image *img, uint64_t off, const struct vd_iov *dst)
+{
+    int rc = vd_cow_read(img, off, dst);
+    struct vmdk *v = vmdk_of(img);
+    if (rc < 0 || !vmdk_stream_optimized(v))
+        return rc;
+    pthread_mutex_lock(&v->stream_lock);
+    const uint64_t gs = img->cluster_size;
+    if (v->pending && v->pending_off < off + dst->len && off < v->pending_off + gs) {
+        uint64_t from = off > v->pending_off ? off : v->pending_off;
+        uint64_t to = off + dst->len < v->pending_off + gs ? off + dst->len : v->pending_off + gs;
+        struct vd_iov part = vd_iov_sub(dst, (size_t)(from - off), (size_t)(to - from));
+        vd_iov_from_buf(&part, v->pending + (from - v->pending_off));
+    }
+    pthread_mutex_unlock(&v->stream_lock);
+    return 0;
+}
+
 static int v_write(vd_image *img, uint64_t off, const struct vd_iov *src, uint32_t flags)
 {
     int rc = note_change(img);
     if (rc < 0)
         return rc;
-    if (stream_optimized(vmdk_of(img)))
+    if (vmdk_stream_optimized(vmdk_of(img)))
         return write_stream(img, off, src);
     return vd_cow_write(img, off, src, flags & ~VD_WRITE_COMPRESSED);
 }
@@ -526,7 +540,7 @@ static int v_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t fl
     int rc = note_change(img);
     if (rc < 0)
         return rc;
-    if (stream_optimized(vmdk_of(img)))
+    if (vmdk_stream_optimized(vmdk_of(img)))
         return vd_err(VD_EUNSUPPORTED, "%s: a streamOptimized image cannot write zeroes",
                       img->filename);
     return vd_cow_write_zeroes(img, off, len, flags);
@@ -534,7 +548,7 @@ static int v_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t fl
 
 static int v_discard(vd_image *img, uint64_t off, uint64_t len)
 {
-    return stream_optimized(vmdk_of(img)) ? 0 : vd_cow_discard(img, off, len);
+    return vmdk_stream_optimized(vmdk_of(img)) ? 0 : vd_cow_discard(img, off, len);
 }
 
 /* Host offsets as offsets in the extent's file, not the engine's address space. */
@@ -570,7 +584,7 @@ const struct vd_backend vd_backend_vmdk = {
     .create = vmdk_create,
     .open = v_open,
     .close = v_close,
-    .read = vd_cow_read,
+    .read = v_read,
     .write = v_write,
     .write_zeroes = v_write_zeroes,
     .discard = v_discard,

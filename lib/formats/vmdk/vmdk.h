@@ -128,6 +128,12 @@ static inline struct vmdk *vmdk_of(vd_image *img)
     return img->priv;
 }
 
+/* One compressed sparse extent: streamOptimized, whose grains are all stored deflated, in order. */
+static inline bool vmdk_stream_optimized(const struct vmdk *v)
+{
+    return v->next == 1 && v->ext[0].sparse && v->ext[0].sparse->compressed;
+}
+
 /* The extent holding guest offset off (which is below img->size). */
 struct vmdk_extent *vmdk_extent_at(struct vmdk *v, uint64_t off);
 
