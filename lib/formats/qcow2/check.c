@@ -917,6 +917,32 @@ static int check_snapshot_entries(struct checker *c, uint32_t flags)
     return rc;
 }
 
+/*
+ * After a rebuild, which gave them their refcounts, the clusters tables
+ * still name past the end of the file (a truncated copy) are covered: the
+ * file grows over them, so they read as the zeroes they read as before and
+ * are no longer references past the end, as qemu-img's repair leaves them
+ * (it allocates past the refcounts' end). Only as far as the count went,
+ * and only when the refcounts account for every one of them.
+ */
+static int cover_counted_past_eof(struct checker *c)
+{
+    const uint64_t cs = c->q->cluster_size;
+    uint64_t end = c->past_eof_end * cs;
+    if (!c->past_eof_end || end <= c->file_size || c->past_eof_end - c->nclusters > PAST_EOF_COUNTED)
+        return 0;
+    /* only what the refcounts still call allocated (a truncation): a garbled offset far past
+       the end names a cluster nothing accounts for, which covering would make a corruption */
+    for (uint64_t i = c->nclusters; i < c->past_eof_end && i < c->nrefs; i++) {
+        uint64_t refcount = 0;
+        if (c->refs[i] && (qcow2_get_refcount(c->img, c->q, i, &refcount) < 0 || !refcount))
+            return 0;
+    }
+    say(c, "Repairing: the file grows to 0x%llx to cover the clusters its tables name past its end",
+        (unsigned long long)end);
+    return vd_file_truncate(c->img->file, end);
+}
+
 /* One pass: count, compare, check flags (repairing per flags). */
 static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
                       vd_check_report_fn report, void *ctx)
@@ -988,6 +1014,8 @@ static int check_pass(vd_image *img, uint32_t flags, vd_check_result *res,
     /* COPIED flags follow the refcounts: fix them only once the refcounts are right */
     if (rc == 0)
         check_copied_flags(&c, (flags & VD_CHECK_REPAIR_ALL) || !res->corruptions ? flags : 0);
+    if (rc == 0 && (flags & VD_CHECK_REPAIR_ALL))
+        rc = cover_counted_past_eof(&c);
     free(c.refs);
     free(c.cut_block);
     free(c.raw_rt);
@@ -1173,7 +1201,21 @@ int qcow2_check(vd_image *img, uint32_t flags, vd_check_result *res,
         (rc = drop_l1_entries_on_l1(img, q, flags, res, report, ctx)) < 0 ||
         (rc = zero_misaligned_entries(img, q, flags, res, report, ctx)) < 0)
         return rc;
-    rc = check_pass(img, flags, res, report, ctx);
+    uint64_t size_before = 0, size_after = 0;
+    rc = vd_file_get_size(img->file, &size_before);
+    if (rc == 0)
+        rc = check_pass(img, flags, res, report, ctx);
+    if (rc == 0)
+        rc = vd_file_get_size(img->file, &size_after);
+    if (rc == 0 && (flags & VD_CHECK_REPAIR_ALL) && size_after > size_before) {
+        /* the file grew over clusters the old refcounts call allocated (covering what
+           tables name past its end): those nothing references are leaks, repaired now */
+        if ((rc = img->backend->flush(img)) < 0)
+            return rc;
+        vd_check_result grown = VD_CHECK_RESULT_INIT;
+        rc = check_pass(img, VD_CHECK_REPAIR_LEAKS, &grown, report, ctx);
+        res->leaks_fixed += grown.leaks_fixed;
+    }
     bool repaired = res->corruptions_fixed || res->leaks_fixed;
     if (rc == 0 && repaired) {
         if ((rc = img->backend->flush(img)) < 0)
