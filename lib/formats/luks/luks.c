@@ -10,7 +10,7 @@
  * QEMU: a new or grown image does not read as zeroes.
  */
 #include "core/internal.h"
-#include "crypto/crypto.h"
+#include "formats/luks/luks.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,8 +78,13 @@ static int luks_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     return rc == 0 ? vd_file_truncate(file, end) : rc;
 }
 
-/* Show the header as qemu-img info does under "Format specific information". */
-static int describe(vd_image *img, const struct vd_luks_header *h)
+/*
+ * Show the header as qemu-img info does under "Format specific information",
+ * each key after prefix; format, if not NULL, is shown as "format" where
+ * qemu-img shows it (qcow2's encrypt block names its format).
+ */
+int vd_luks_describe(vd_image *img, const struct vd_luks_header *h, const char *prefix,
+                     const char *format)
 {
     char alg[48], mode[33];
     size_t key = h->key_bytes;
@@ -92,42 +97,44 @@ static int describe(vd_image *img, const struct vd_luks_header *h)
     if (strcmp(mode, "xts") == 0)
         key /= 2;
     snprintf(alg, sizeof alg, "%s-%zu", h->cipher_name, key * 8);
+    char name[64];
+#define KEY(...) (snprintf(name, sizeof name, "%s", prefix), \
+                  snprintf(name + strlen(name), sizeof name - strlen(name), __VA_ARGS__), name)
     /* in qemu-img info's order */
     int rc = 0;
     if (dash)
-        rc = vd_image_set_prop(img, "ivgen-alg", VD_PROP_STRING, "%s", dash + 1);
+        rc = vd_image_set_prop(img, KEY("ivgen-alg"), VD_PROP_STRING, "%s", dash + 1);
     if (rc == 0)
-        rc = vd_image_set_prop(img, "hash-alg", VD_PROP_STRING, "%s", h->hash_spec);
+        rc = vd_image_set_prop(img, KEY("hash-alg"), VD_PROP_STRING, "%s", h->hash_spec);
     if (rc == 0)
-        rc = vd_image_set_prop(img, "cipher-alg", VD_PROP_STRING, "%s", alg);
+        rc = vd_image_set_prop(img, KEY("cipher-alg"), VD_PROP_STRING, "%s", alg);
     if (rc == 0)
-        rc = vd_image_set_prop(img, "uuid", VD_PROP_STRING, "%s", h->uuid);
+        rc = vd_image_set_prop(img, KEY("uuid"), VD_PROP_STRING, "%s", h->uuid);
     if (rc == 0 && colon)
-        rc = vd_image_set_prop(img, "ivgen-hash-alg", VD_PROP_STRING, "%s", colon + 1);
+        rc = vd_image_set_prop(img, KEY("ivgen-hash-alg"), VD_PROP_STRING, "%s", colon + 1);
+    if (rc == 0 && format)
+        rc = vd_image_set_prop(img, KEY("format"), VD_PROP_STRING, "%s", format);
     if (rc == 0)
-        rc = vd_image_set_prop(img, "cipher-mode", VD_PROP_STRING, "%s", mode);
+        rc = vd_image_set_prop(img, KEY("cipher-mode"), VD_PROP_STRING, "%s", mode);
     for (int i = 0; i < VD_LUKS_SLOTS && rc == 0; i++) {
         const struct vd_luks_slot *s = &h->slots[i];
-        char key_name[32];
-        snprintf(key_name, sizeof key_name, "slots.%d.active", i);
-        rc = vd_image_set_prop(img, key_name, VD_PROP_BOOL, "%s", s->active ? "true" : "false");
-        snprintf(key_name, sizeof key_name, "slots.%d.iters", i);
+        rc = vd_image_set_prop(img, KEY("slots.%d.active", i), VD_PROP_BOOL, "%s",
+                               s->active ? "true" : "false");
         if (rc == 0 && s->active)
-            rc = vd_image_set_prop(img, key_name, VD_PROP_INT, "%u", s->iterations);
-        snprintf(key_name, sizeof key_name, "slots.%d.key-offset", i);
+            rc = vd_image_set_prop(img, KEY("slots.%d.iters", i), VD_PROP_INT, "%u", s->iterations);
         if (rc == 0)
-            rc = vd_image_set_prop(img, key_name, VD_PROP_INT, "%llu",
+            rc = vd_image_set_prop(img, KEY("slots.%d.key-offset", i), VD_PROP_INT, "%llu",
                                    (unsigned long long)s->key_offset * VD_CRYPTO_SECTOR);
-        snprintf(key_name, sizeof key_name, "slots.%d.stripes", i);
         if (rc == 0 && s->active)
-            rc = vd_image_set_prop(img, key_name, VD_PROP_INT, "%u", s->stripes);
+            rc = vd_image_set_prop(img, KEY("slots.%d.stripes", i), VD_PROP_INT, "%u", s->stripes);
     }
     if (rc == 0)
-        rc = vd_image_set_prop(img, "payload-offset", VD_PROP_INT, "%llu",
+        rc = vd_image_set_prop(img, KEY("payload-offset"), VD_PROP_INT, "%llu",
                                (unsigned long long)h->payload_offset * VD_CRYPTO_SECTOR);
     if (rc == 0)
-        rc = vd_image_set_prop(img, "master-key-iters", VD_PROP_INT, "%u",
+        rc = vd_image_set_prop(img, KEY("master-key-iters"), VD_PROP_INT, "%u",
                                h->mk_digest_iterations);
+#undef KEY
     return rc;
 }
 
@@ -167,7 +174,7 @@ static int luks_open(vd_image *img, const vd_open_opts *opts)
     img->priv = l;
     int rc = read_header(img, l);
     if (rc == 0)
-        rc = describe(img, &l->header);
+        rc = vd_luks_describe(img, &l->header, "", NULL);
     const char *secret = opts && opts->struct_size > offsetof(vd_open_opts, secret) ? opts->secret
                                                                                     : NULL;
     struct vd_luks_io io = file_io(img->file, img->filename);
@@ -352,7 +359,7 @@ static int luks_amend(vd_image *img, const struct vd_kv *opts)
         rc = state == 0 ? add_slot(img, opts, slot) : remove_slots(img, opts, slot);
     /* the header changed (or may have, in part): show what the file now holds */
     vd_image_clear_props(img);
-    int shown = describe(img, &l->header);
+    int shown = vd_luks_describe(img, &l->header, "", NULL);
     if (rc == 0 && (rc = shown) == 0)
         rc = vd_image_sync_now(img);
     return rc;
