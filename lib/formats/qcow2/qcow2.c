@@ -278,6 +278,13 @@ static int q_read(vd_image *img, uint64_t off, const struct vd_iov *v)
     return rc < 0 ? rc : vd_cow_read(img, off, v);
 }
 
+/* Block status too: a copy without the key would otherwise make an empty image of it. */
+static int q_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext)
+{
+    int rc = qcow2_crypt_need_key(img);
+    return rc < 0 ? rc : vd_cow_block_status(img, off, len, ext);
+}
+
 static int refuse_to_write(vd_image *img)
 {
     int rc = refuse_if_corrupt(img);
@@ -396,7 +403,7 @@ const struct vd_backend vd_backend_qcow2 = {
     .discard = q_discard,
     .flush = q_flush,
     .resize = qcow2_resize,
-    .block_status = vd_cow_block_status,
+    .block_status = q_block_status,
     .get_info = q_get_info,
     .check = qcow2_check,
     .measure = qcow2_measure,
