@@ -307,3 +307,27 @@ def test_create_option_errors_match_qemu(tmp_path, pw):
             r = run(tool, "create", "-q", "-f", "qcow2", "--object", secret(pw), "-o", o,
                     tmp_path / "x.qcow2", "1M", check=False)
             assert r.returncode != 0 and msg in r.stderr, (tool, r.stderr)
+
+
+def test_create_line_and_measure_match_qemu(tmp_path, pw):
+    options = ("encrypt.iter-time=10,encrypt.hash-alg=sha1,encrypt.ivgen-hash-alg=sha256,"
+               "encrypt.ivgen-alg=essiv,encrypt.cipher-mode=cbc,encrypt.cipher-alg=aes-128,"
+               "encrypt.key-secret=sec0,encrypt.format=luks,cluster_size=4096")
+    lines = []
+    for tool, name in ((QEMU_IMG, "q.qcow2"), (VDISK, "v.qcow2")):
+        r = run(tool, "create", "-f", "qcow2", "--object", secret(pw), "-o", options,
+                tmp_path / name, "1M")
+        lines.append(r.stdout.replace(name, "X"))
+    assert lines[0] == lines[1]
+    src = tmp_path / "src.raw"
+    src.write_bytes(b"\1" * 300000 + bytes(SIZE - 300000))
+    for o in ("encrypt.format=luks,encrypt.key-secret=sec0",
+              "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-alg=aes-128,"
+              "encrypt.cipher-mode=cbc,cluster_size=4096",
+              "encrypt.format=aes,encrypt.key-secret=sec0"):
+        for what in (["--size", "1G"], ["-f", "raw", src]):
+            theirs = run(QEMU_IMG, "measure", "--object", secret(pw), "-O", "qcow2", "-o", o,
+                         *what).stdout
+            ours = run(VDISK, "measure", "--object", secret(pw), "-O", "qcow2", "-o", o,
+                       *what).stdout
+            assert ours == theirs, (o, what)

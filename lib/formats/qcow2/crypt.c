@@ -220,6 +220,17 @@ int qcow2_crypt_prepare(const struct vd_kv *opts, struct qcow2 *q, struct qcow2_
     return rc;
 }
 
+int qcow2_crypt_header_bytes(const struct vd_kv *opts, uint64_t *bytes)
+{
+    const char *format = vd_kv_get(opts, "encrypt.format");
+    struct vd_luks_params params;
+    *bytes = 0;
+    if (!format || strcmp(format, "luks") != 0)
+        return 0;
+    int rc = vd_luks_params_from_kv(&params, opts, "encrypt.");
+    return rc < 0 ? rc : vd_luks_payload_bytes(&params, bytes);
+}
+
 int qcow2_crypt_add_extension(struct qcow2 *q, const struct qcow2_new_crypt *c, uint64_t offset)
 {
     uint8_t ext[16];

@@ -396,6 +396,8 @@ struct qcow2_new_crypt {
 };
 /* Parse the encrypt.* create options into q->crypt_method and *out (LUKS: the header made). */
 int qcow2_crypt_prepare(const struct vd_kv *opts, struct qcow2 *q, struct qcow2_new_crypt *out);
+/* The bytes of the LUKS header the encrypt.* create options ask for; 0 for none or AES. */
+int qcow2_crypt_header_bytes(const struct vd_kv *opts, uint64_t *bytes);
 /* Name the header of c, placed at offset, in q's extensions. */
 int qcow2_crypt_add_extension(struct qcow2 *q, const struct qcow2_new_crypt *c, uint64_t offset);
 void qcow2_crypt_discard(struct qcow2_new_crypt *c);
