@@ -19,6 +19,7 @@ import subprocess
 import pytest
 
 import libvdisk
+from qcow2meta import Qcow2
 from vdhelp import MiB, QEMU_IMG, QEMU_IO, run
 
 VDISK = os.environ.get("VDISK") or shutil.which("vdisk") or "vdisk"
@@ -51,8 +52,9 @@ def opts(path, sid="sec0"):
     return f"driver=qcow2,encrypt.key-secret={sid},file.filename={path}"
 
 
-def qemu_create(path, pw, fmt="luks", cluster=65536, backing=None, **luks):
-    o = {"encrypt.format": fmt, "encrypt.key-secret": "sec0", "cluster_size": cluster}
+def qemu_create(path, pw, fmt="luks", cluster=65536, backing=None, extended_l2=False, **luks):
+    o = {"encrypt.format": fmt, "encrypt.key-secret": "sec0", "cluster_size": cluster,
+         "extended_l2": "on" if extended_l2 else "off"}
     if fmt == "luks":
         o["encrypt.iter-time"] = 10
         o.update({f"encrypt.{k}": v for k, v in luks.items()})
@@ -162,11 +164,15 @@ def test_qemu_aes_reads_and_takes_writes(tmp_path, pw, cluster):
     qemu_check_clean(img, pw)
 
 
-def test_libvdisk_writes_into_qemu_luks_image(tmp_path, pw):
+@pytest.mark.parametrize("cluster,extended_l2", [(4096, False), (65536, True)])
+def test_libvdisk_writes_into_qemu_luks_image(tmp_path, pw, cluster, extended_l2):
     img = tmp_path / "q.qcow2"
-    qemu_create(img, pw, cluster=4096)
+    qemu_create(img, pw, cluster=cluster, extended_l2=extended_l2)
     qemu_write_all(img, pw)
     expected = bytearray(model_after_writes())
+    snapshot = bytes(expected)
+    # an internal snapshot shares every cluster: the writes below copy them
+    run(QEMU_IMG, "snapshot", "--object", secret(pw), "--image-opts", opts(img), "-c", "s1")
     writes = [(100, 50), (4096 * 3 + 10, 4096 * 2), (2097152 + 300, 700),  # over zero clusters
               (2 * MiB + 200000, 5000),  # unallocated
               (65536 * 2 - 1, 2), (SIZE - 4096, 4096)]
@@ -184,6 +190,10 @@ def test_libvdisk_writes_into_qemu_luks_image(tmp_path, pw):
     assert vd_bytes(img) == bytes(expected)
     qemu_check_clean(img, pw)
     assert PLAIN[:16] not in img.read_bytes()
+    out = tmp_path / "snap.raw"
+    run(QEMU_IMG, "convert", "--object", secret(pw), "--image-opts", opts(img), "-l",
+        "snapshot.name=s1", "-O", "raw", out)
+    assert out.read_bytes() == snapshot
 
 
 @pytest.mark.parametrize("fmt,cluster", [("luks", 4096), ("luks", 65536), ("aes", 65536)])
@@ -331,3 +341,39 @@ def test_create_line_and_measure_match_qemu(tmp_path, pw):
             ours = run(VDISK, "measure", "--object", secret(pw), "-O", "qcow2", "-o", o,
                        *what).stdout
             assert ours == theirs, (o, what)
+
+
+def luks_header_extent(path):
+    """(offset, length) of the LUKS header, from the 0x0537be77 header extension."""
+    data = open(path, "rb").read(65536)
+    pos = int.from_bytes(data[100:104], "big")
+    while True:
+        kind, length = int.from_bytes(data[pos:pos + 4], "big"), \
+            int.from_bytes(data[pos + 4:pos + 8], "big")
+        assert kind, "no full disk encryption header extension"
+        if kind == 0x0537BE77:
+            return (int.from_bytes(data[pos + 8:pos + 16], "big"),
+                    int.from_bytes(data[pos + 16:pos + 24], "big"))
+        pos += 8 + (length + 7) // 8 * 8
+
+
+def test_luks_header_clusters_are_metadata(tmp_path, pw):
+    """Refcounted (check: no leak), after L1 as QEMU puts them, and never written as data."""
+    img = tmp_path / "v.qcow2"
+    libvdisk.create(img, "qcow2", SIZE, passphrase=PASSPHRASE,
+                    **{"encrypt.format": "luks", "encrypt.iter-time": 10})
+    with libvdisk.Image(img, "r+", passphrase=PASSPHRASE) as h:
+        h.pwrite(0, b"a" * 65536)
+    offset, length = luks_header_extent(img)
+    theirs = tmp_path / "q.qcow2"
+    qemu_create(theirs, pw)
+    assert (offset, length) == luks_header_extent(theirs)
+    with Qcow2(img) as q:
+        assert all(q.refcount(c) == 1 for c in range(offset, offset + length, 65536))
+        # an L2 entry naming the header's first cluster (flags kept: in place)
+        q.set_l2_entry(0, (q.l2_entry(0) & ~0x00FFFFFFFFFFFE00) | offset)
+    before = open(img, "rb").read()[offset:offset + length]
+    with libvdisk.Image(img, "r+", passphrase=PASSPHRASE) as h:
+        with pytest.raises(libvdisk.CorruptImage, match="encryption header"):
+            h.pwrite(0, b"b" * 4096)
+    assert open(img, "rb").read()[offset:offset + length] == before
