@@ -12,6 +12,7 @@
 #include "core/internal.h"
 #include "formats/luks/luks.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +79,21 @@ static int luks_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     return rc == 0 ? vd_file_truncate(file, end) : rc;
 }
 
+/* A property key: prefix, then what fmt makes of the arguments. */
+static const char *prop_key(char name[64], const char *prefix, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static const char *prop_key(char name[64], const char *prefix, const char *fmt, ...)
+{
+    size_t n = (size_t)snprintf(name, 64, "%s", prefix);
+    if (n >= 64)
+        return name;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name + n, 64 - n, fmt, ap);
+    va_end(ap);
+    return name;
+}
+
 /*
  * Show the header as qemu-img info does under "Format specific information",
  * each key after prefix; format, if not NULL, is shown as "format" where
@@ -98,8 +114,7 @@ int vd_luks_describe(vd_image *img, const struct vd_luks_header *h, const char *
         key /= 2;
     snprintf(alg, sizeof alg, "%s-%zu", h->cipher_name, key * 8);
     char name[64];
-#define KEY(...) (snprintf(name, sizeof name, "%s", prefix), \
-                  snprintf(name + strlen(name), sizeof name - strlen(name), __VA_ARGS__), name)
+#define KEY(...) prop_key(name, prefix, __VA_ARGS__)
     /* in qemu-img info's order */
     int rc = 0;
     if (dash)
