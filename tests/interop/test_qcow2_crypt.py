@@ -414,3 +414,44 @@ def test_parallel_writers_on_one_handle(tmp_path, pw):
     assert vd_bytes(img) == bytes(expected)
     assert qemu_bytes(img, pw, tmp_path) == bytes(expected)
     qemu_check_clean(img, pw)
+
+
+def test_amend_key_slots_both_ways(tmp_path, pw):
+    """encrypt.state=active/inactive as qemu-img amend takes them: a slot one
+    tool adds opens in the other, the data stays readable, both checks clean."""
+    new_pw = tmp_path / "pw1"
+    new_pw.write_text("second passphrase")
+    objects = ["--object", secret(pw), "--object", secret(new_pw, "sec1")]
+    ours, theirs = tmp_path / "v.qcow2", tmp_path / "q.qcow2"
+    libvdisk.create(ours, "qcow2", SIZE, passphrase=PASSPHRASE,
+                    **{"encrypt.format": "luks", "encrypt.iter-time": 10})
+    with libvdisk.Image(ours, "r+", passphrase=PASSPHRASE) as h:
+        h.pwrite(5000, PLAIN)
+    qemu_create(theirs, pw)
+    qemu_io(theirs, pw, "write -P 0x5a 5000 1000")
+    add = "encrypt.state=active,encrypt.new-secret=sec1,encrypt.iter-time=10,encrypt.keyslot=3"
+    for tool, img in ((VDISK, theirs), (QEMU_IMG, ours)):
+        before = qemu_bytes(img, pw, tmp_path)
+        run(tool, "amend", *objects, "--image-opts", opts(img), "-o", add)
+        run(VDISK if tool == QEMU_IMG else QEMU_IMG, "amend", *objects, "--image-opts",
+            opts(img, "sec1"), "-o", "encrypt.state=inactive,encrypt.old-secret=sec0")
+        info = json.loads(run(VDISK, "info", "--output=json", img).stdout)
+        slots = info["format-specific"]["data"]["encrypt"]["slots"]
+        assert [s["active"] for s in slots] == [False, False, False, True] + [False] * 4
+        assert info == json.loads(run(QEMU_IMG, "info", "--output=json", img).stdout) | \
+            {"actual-size": info["actual-size"]}
+        assert vd_bytes(img, "second passphrase") == before
+        with pytest.raises(libvdisk.EncryptionKeyError):
+            libvdisk.Image(img, passphrase=PASSPHRASE)
+        r = run(QEMU_IMG, "check", *objects, "--image-opts", opts(img, "sec1"))
+        assert "No errors were found" in r.stdout
+    r = run(VDISK, "amend", *objects, "-o", "encrypt.state=active,encrypt.new-secret=sec1",
+            qemu_plain(tmp_path), check=False)
+    assert r.returncode != 0
+    assert "Can't amend encryption options - encryption not present" in r.stderr
+
+
+def qemu_plain(tmp_path):
+    path = tmp_path / "plain.qcow2"
+    run(QEMU_IMG, "create", "-q", "-f", "qcow2", path, "1M")
+    return path

@@ -56,6 +56,7 @@ struct header_place {
     uint64_t offset, length;
     bool building; /* create: the header is built in mem, length bytes (grown as written) */
     uint8_t *mem;
+    vd_image *img; /* an open image: writes (amend) go through the metadata writer */
 };
 
 static int place_read(void *ctx, uint64_t off, void *buf, size_t len)
@@ -74,9 +75,12 @@ static int place_read(void *ctx, uint64_t off, void *buf, size_t len)
 static int place_write(void *ctx, uint64_t off, const void *buf, size_t len)
 {
     struct header_place *p = ctx;
-    if (!p->building) /* key slots are changed by amend, which is not offered for qcow2 yet */
-        return vd_err(VD_EUNSUPPORTED, "%s: rewriting the LUKS header is not supported",
-                      p->file->path);
+    if (!p->building) {
+        if (off > p->length || len > p->length - off)
+            return vd_err(VD_ECORRUPT, "%s: a LUKS header write past the encryption header's "
+                          "%llu bytes", p->file->path, (unsigned long long)p->length);
+        return qcow2_write_meta(p->img, QCOW2_META_CRYPTO_HEADER, p->offset + off, buf, len);
+    }
     if (off + len > p->length) {
         uint8_t *grown = realloc(p->mem, off + len);
         if (!grown)
@@ -121,7 +125,7 @@ static int find_header(vd_image *img, struct qcow2 *q)
 static int open_luks(vd_image *img, struct qcow2 *q, const char *secret)
 {
     uint8_t buf[VD_LUKS_HEADER_BYTES];
-    struct header_place place = { img->file, q->crypt_offset, q->crypt_length, false, NULL };
+    struct header_place place = { img->file, q->crypt_offset, q->crypt_length, false, NULL, img };
     struct vd_luks_io io = { place_read, place_write, &place, img->filename };
     int rc = place_read(&place, 0, buf, sizeof buf);
     if (rc == 0)
@@ -164,6 +168,28 @@ int qcow2_crypt_describe(vd_image *img, const struct qcow2 *q)
     return 0;
 }
 
+/* ----------------------------------------------------------------- amend */
+
+int qcow2_crypt_amend(vd_image *img, struct qcow2 *q, const struct vd_kv *opts)
+{
+    bool asked = false;
+    for (size_t i = 0; i < opts->count; i++)
+        asked |= strncmp(opts->pairs[i].key, "encrypt.", 8) == 0;
+    if (!asked)
+        return 0;
+    if (!q->crypt_method)
+        return vd_err(VD_EINVAL, "Can't amend encryption options - encryption not present");
+    if (q->crypt_method != QCOW2_CRYPT_LUKS)
+        return vd_err(VD_EINVAL, "Only LUKS encryption options can be amended");
+    int rc = qcow2_crypt_need_key(img);
+    struct header_place place = { img->file, q->crypt_offset, q->crypt_length, false, NULL, img };
+    struct vd_luks_io io = { place_read, place_write, &place, img->filename };
+    const struct vd_luks_keys keys = { &q->luks, &io, q->crypto, "encrypt." };
+    if (rc == 0)
+        rc = vd_luks_amend_slots(img, &keys, opts);
+    return rc == 0 ? vd_image_sync_now(img) : rc;
+}
+
 /* -------------------------------------------------------------- creation */
 
 /* The encrypt.* options legacy AES takes; LUKS takes all of them. */
@@ -203,7 +229,7 @@ int qcow2_crypt_prepare(const struct vd_kv *opts, struct qcow2 *q, struct qcow2_
         rc = vd_secret_lookup(id, &passphrase);
     q->crypt_method = (uint32_t)format;
     if (rc == 0 && format == QCOW2_CRYPT_LUKS) {
-        struct header_place place = { NULL, 0, 0, true, NULL };
+        struct header_place place = { NULL, 0, 0, true, NULL, NULL };
         struct vd_luks_io io = { place_read, place_write, &place, "qcow2" };
         struct vd_luks_header h;
         rc = vd_luks_create(&params, passphrase, &io, &h, NULL);

@@ -386,6 +386,8 @@ int qcow2_crypt_open(vd_image *img, struct qcow2 *q, const char *secret);
 void qcow2_crypt_close(struct qcow2 *q);
 /* 0 unless the image is encrypted and was opened without a passphrase (VD_EKEY). */
 int qcow2_crypt_need_key(vd_image *img);
+/* amend's encrypt.* options: LUKS key slots added or erased (nothing when none is given). */
+int qcow2_crypt_amend(vd_image *img, struct qcow2 *q, const struct vd_kv *opts);
 /* The "encrypt" block of qemu-img info's format-specific data. */
 int qcow2_crypt_describe(vd_image *img, const struct qcow2 *q);
 /* The encryption of a new image: a LUKS header built in memory, to go at a cluster. */
