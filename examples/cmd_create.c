@@ -33,6 +33,10 @@ struct shown_option {
 };
 
 static const struct shown_option qcow2_shown[] = {
+    { "encrypt.format", NULL, false }, { "encrypt.key-secret", NULL, false },
+    { "encrypt.cipher-alg", NULL, false }, { "encrypt.cipher-mode", NULL, false },
+    { "encrypt.ivgen-alg", NULL, false }, { "encrypt.ivgen-hash-alg", NULL, false },
+    { "encrypt.hash-alg", NULL, false }, { "encrypt.iter-time", NULL, true },
     { "cluster_size", "65536", true }, { "extended_l2", "off", false },
     { "preallocation", NULL, false }, { "compression_type", "zlib", false },
     { "size", NULL, true }, { "compat", NULL, false }, { "backing_file", NULL, false },

@@ -24,21 +24,77 @@ static bool has_properties(vd_image *img)
 }
 
 /*
- * A property "list.N.field" is field of element N of the list "list"
- * (VMDK's extents): split it, or return false for a plain property.
+ * Property keys name nested values, level by level between dots: a
+ * numeric level is an element of a list ("extents.0.filename": field
+ * filename of element 0 of the list extents; "encrypt.slots.0.active").
+ * walk_properties() turns the flat, ordered keys into the opening and
+ * closing of those lists and objects for a layout (human or JSON).
  */
-static bool list_member(const char *key, size_t *list_len, unsigned long *index, const char **field)
+#define MAX_LEVELS 8
+
+struct key_levels {
+    char text[256];           /* the key, its dots turned into NULs */
+    size_t at[MAX_LEVELS], n; /* where each level starts in text */
+};
+
+static void split_key(const char *key, struct key_levels *k)
 {
-    const char *dot = strchr(key, '.');
-    char *end;
-    if (!dot || dot[1] < '0' || dot[1] > '9')
-        return false;
-    *index = strtoul(dot + 1, &end, 10);
-    if (*end != '.')
-        return false;
-    *list_len = (size_t)(dot - key);
-    *field = end + 1;
-    return true;
+    snprintf(k->text, sizeof k->text, "%s", key);
+    k->n = 0;
+    for (size_t i = 0, start = 0;; i++) {
+        bool dot = k->text[i] == '.' && k->n < MAX_LEVELS - 1;
+        if (dot || !k->text[i]) {
+            k->at[k->n++] = start;
+            if (!dot)
+                return;
+            k->text[i] = '\0';
+            start = i + 1;
+        }
+    }
+}
+
+static const char *level(const struct key_levels *k, size_t i)
+{
+    return k->text + k->at[i];
+}
+
+static bool is_index(const char *name)
+{
+    return *name >= '0' && *name <= '9';
+}
+
+struct prop_layout {
+    /* open a list or an object, named name (an index: an element of the list it is in) */
+    void (*open)(void *ctx, const char *name, bool list, size_t depth);
+    void (*close)(void *ctx, bool list);
+    void (*value)(void *ctx, vd_image *img, const char *name, const char *value, int type,
+                  size_t depth);
+    void *ctx;
+};
+
+static void walk_properties(vd_image *img, const struct prop_layout *l)
+{
+    struct key_levels open = { .n = 0 }, k;
+    bool is_list[MAX_LEVELS];
+    const char *key, *value;
+    int type;
+    for (size_t i = 0; vd_get_property(img, i, &key, &value, &type) == 0; i++) {
+        split_key(key, &k);
+        size_t containers = k.n - 1, same = 0;
+        while (same < open.n && same < containers && !strcmp(level(&open, same), level(&k, same)))
+            same++;
+        while (open.n > same)
+            l->close(l->ctx, is_list[--open.n]);
+        for (; open.n < containers; open.n++) {
+            is_list[open.n] = is_index(level(&k, open.n + 1));
+            l->open(l->ctx, level(&k, open.n), is_list[open.n], open.n);
+        }
+        l->value(l->ctx, img, level(&k, containers), value, type, containers);
+        open = k;
+        open.n = containers;
+    }
+    while (open.n)
+        l->close(l->ctx, is_list[--open.n]);
 }
 
 static void json_property(struct json_writer *w, const char *key, const char *value, int type)
@@ -100,6 +156,30 @@ static void print_human_bitmaps(vd_image *img)
     }
 }
 
+static void json_open(void *w, const char *name, bool list, size_t depth)
+{
+    if (list)
+        json_begin_array(w, is_index(name) ? NULL : name);
+    else
+        json_begin_object(w, is_index(name) ? NULL : name);
+}
+
+static void json_close(void *w, bool list)
+{
+    if (list)
+        json_end_array(w);
+    else
+        json_end_object(w);
+}
+
+static void json_value(void *w, vd_image *img, const char *name, const char *value, int type,
+                       size_t depth)
+{
+    json_property(w, is_index(name) ? NULL : name, value, type);
+    if (depth == 0 && bitmaps_go_after(img, name))
+        json_bitmaps(w, img);
+}
+
 static void json_format_specific(struct json_writer *w, const struct image_facts *f)
 {
     if (!has_properties(f->img))
@@ -107,40 +187,7 @@ static void json_format_specific(struct json_writer *w, const struct image_facts
     json_begin_object(w, "format-specific");
     json_string(w, "type", f->info.format);
     json_begin_object(w, "data");
-    const char *key, *value, *field;
-    int type;
-    char list[64] = "";
-    unsigned long element = 0, index;
-    size_t list_len;
-    for (size_t i = 0; vd_get_property(f->img, i, &key, &value, &type) == 0; i++) {
-        bool member = list_member(key, &list_len, &index, &field) && list_len < sizeof list;
-        bool same_list = member && *list && strlen(list) == list_len &&
-                         strncmp(key, list, list_len) == 0;
-        if (*list && (!same_list || index != element))
-            json_end_object(w);
-        if (*list && !same_list) {
-            json_end_array(w);
-            *list = 0;
-        }
-        if (!member) {
-            json_property(w, key, value, type);
-            if (bitmaps_go_after(f->img, key))
-                json_bitmaps(w, f->img);
-            continue;
-        }
-        if (!*list) {
-            snprintf(list, sizeof list, "%.*s", (int)list_len, key);
-            json_begin_array(w, list);
-        }
-        if (!same_list || index != element)
-            json_begin_object(w, NULL);
-        element = index;
-        json_property(w, field, value, type);
-    }
-    if (*list) {
-        json_end_object(w);
-        json_end_array(w);
-    }
+    walk_properties(f->img, &(struct prop_layout){ json_open, json_close, json_value, w });
     json_end_object(w);
     json_end_object(w);
 }
@@ -178,40 +225,42 @@ static void print_key(const char *key, size_t len)
         putchar(key[i] == '-' ? ' ' : key[i]);
 }
 
-/* Lists ("extents.0.filename") as qemu-img shows them: "extents:", "[0]:", then the fields. */
+/* A level's name as qemu-img shows it, indented by its depth: "[0]" for an element. */
+static void print_name(const char *name, size_t depth)
+{
+    printf("%*s", (int)(4 * (depth + 1)), "");
+    if (is_index(name))
+        printf("[%s]", name);
+    else
+        print_key(name, strlen(name));
+}
+
+static void human_open(void *ctx, const char *name, bool list, size_t depth)
+{
+    print_name(name, depth);
+    printf(":\n");
+}
+
+static void human_close(void *ctx, bool list)
+{
+}
+
+static void human_value(void *ctx, vd_image *img, const char *name, const char *value, int type,
+                        size_t depth)
+{
+    print_name(name, depth);
+    printf(": %s\n", value);
+    if (depth == 0 && bitmaps_go_after(img, name))
+        print_human_bitmaps(img);
+}
+
+/* Nested values ("extents.0.filename") as qemu-img shows them: "extents:", "[0]:", then the fields. */
 static void print_human_properties(vd_image *img)
 {
     if (!has_properties(img))
         return;
     printf("Format specific information:\n");
-    const char *key, *value, *field, *list = NULL;
-    size_t list_len, shown_len = 0;
-    unsigned long index, element = 0;
-    for (size_t i = 0; vd_get_property(img, i, &key, &value, NULL) == 0; i++) {
-        if (!list_member(key, &list_len, &index, &field)) {
-            list = NULL;
-            printf("    ");
-            print_key(key, strlen(key));
-            printf(": %s\n", value);
-            if (bitmaps_go_after(img, key))
-                print_human_bitmaps(img);
-            continue;
-        }
-        bool same_list = list && shown_len == list_len && strncmp(list, key, list_len) == 0;
-        if (!same_list) {
-            printf("    ");
-            print_key(key, list_len);
-            printf(":\n");
-            list = key;
-            shown_len = list_len;
-        }
-        if (!same_list || index != element)
-            printf("        [%lu]:\n", index);
-        element = index;
-        printf("            ");
-        print_key(field, strlen(field));
-        printf(": %s\n", value);
-    }
+    walk_properties(img, &(struct prop_layout){ human_open, human_close, human_value, NULL });
 }
 
 static void print_human(const struct image_facts *f)

@@ -184,7 +184,8 @@ typedef struct vd_open_opts {
     uint64_t cache_bytes;    /* metadata cache size; 0 means the default */
     const char *snapshot;    /* open this internal snapshot (name or id) read-only; NULL for the active state */
     /*
-     * The passphrase of an encrypted image (luks), or NULL: the image then
+     * The passphrase of an encrypted image (luks, qcow2 with LUKS or legacy
+     * AES; in a backing chain, of every encrypted image), or NULL: the image then
      * opens for vd_get_info() and its properties, but reads and writes fail
      * with VD_EKEY. A passphrase that opens no key slot fails the open with
      * VD_EKEY. To keep it out of option strings and argv, take it from a file

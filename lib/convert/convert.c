@@ -168,7 +168,8 @@ static void close_after_error(vd_image *img, int rc)
 
 /*
  * The passphrase of the secret the destination's options name (key-secret=ID,
- * which an encrypted format's create takes), into *secret; NULL if none.
+ * which luks create takes, or qcow2's encrypt.key-secret=ID), into *secret;
+ * NULL if none.
  */
 static int destination_secret(const vd_convert_opts *o, char **secret)
 {
@@ -176,6 +177,8 @@ static int destination_secret(const vd_convert_opts *o, char **secret)
     struct vd_kv kv = { 0 };
     int rc = vd_kv_parse(&kv, o->dst_options);
     const char *id = rc == 0 ? vd_kv_get(&kv, "key-secret") : NULL;
+    if (!id) /* qcow2's name for it */
+        id = vd_kv_get(&kv, "encrypt.key-secret");
     if (id)
         rc = vd_secret_lookup(id, secret);
     vd_kv_free(&kv);
@@ -216,6 +219,8 @@ static int copy_into(const vd_convert_opts *o, vd_image *src, vd_image *dst, uin
     int rc = vd_get_info(dst, &info);
     if (rc < 0)
         return rc;
+    if ((o->flags & VD_CONVERT_COMPRESS) && info.encrypted)
+        return vd_err(VD_EUNSUPPORTED, "Compression and encryption not supported at the same time");
     if ((o->flags & VD_CONVERT_COMPRESS) && !vd_cow_can_compress(dst))
         return vd_err(VD_EUNSUPPORTED, "Compression not supported for this file format");
     struct vd_copy_params params = {

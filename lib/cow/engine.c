@@ -5,9 +5,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Encryption works on sectors of this size; a bounce buffer holds this much at a time. */
+#define SECTOR     512u
+#define CRYPT_CHUNK (1u << 20)
+
 static uint64_t min_u64(uint64_t a, uint64_t b)
 {
     return a < b ? a : b;
+}
+
+static bool encrypted(vd_image *img)
+{
+    return img->cow->decrypt != NULL;
 }
 
 /*
@@ -97,6 +106,65 @@ static int read_compressed_part(vd_image *img, const struct vd_cow_run *run, uin
     return rc;
 }
 
+/* Read whole sectors at host (the guest data at guest) into buf, decrypted. */
+static int read_sectors(vd_image *img, uint64_t host, uint64_t guest, uint8_t *buf, size_t len)
+{
+    int rc = vd_file_pread(vd_image_data(img), buf, len, host);
+    return rc < 0 ? rc : img->cow->decrypt(img, host, guest, buf, len);
+}
+
+/* Whether every piece of the view is whole sectors long (so it decrypts in place). */
+static bool whole_sector_pieces(const struct vd_iov *v)
+{
+    size_t left = v->len, skip = v->skip;
+    for (int i = 0; left && i < v->cnt; i++, skip = 0) {
+        size_t n = (size_t)min_u64(v->iov[i].iov_len - skip, left);
+        if (n % SECTOR)
+            return false;
+        left -= n;
+    }
+    return true;
+}
+
+/*
+ * Read the encrypted data run at host (guest data at guest) into v: straight
+ * into the caller's buffers and decrypted there piece by piece when the run
+ * and every piece are whole sectors, else through a bounce buffer.
+ */
+static int read_decrypted(vd_image *img, uint64_t guest, uint64_t host, const struct vd_iov *v)
+{
+    const uint64_t mask = SECTOR - 1;
+    if (!(guest & mask) && whole_sector_pieces(v)) {
+        int rc = vd_file_preadv(vd_image_data(img), v, host);
+        size_t left = v->len, skip = v->skip, done = 0;
+        for (int i = 0; rc == 0 && left && i < v->cnt; i++, skip = 0) {
+            size_t n = (size_t)min_u64(v->iov[i].iov_len - skip, left);
+            if (n)
+                rc = img->cow->decrypt(img, host + done, guest + done,
+                                       (uint8_t *)v->iov[i].iov_base + skip, n);
+            left -= n;
+            done += n;
+        }
+        return rc;
+    }
+    uint8_t *bounce = vd_io_buf_alloc(CRYPT_CHUNK);
+    int rc = bounce ? 0 : vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    for (size_t done = 0; rc == 0 && done < v->len;) {
+        uint64_t g = guest + done, start = g & ~mask;
+        size_t skip = (size_t)(g - start);
+        size_t n = (size_t)min_u64(v->len - done, CRYPT_CHUNK - skip);
+        size_t span = (skip + n + mask) & ~(size_t)mask;
+        rc = read_sectors(img, host + done - skip, start, bounce, span);
+        if (rc == 0) {
+            struct vd_iov part = vd_iov_sub(v, done, n);
+            vd_iov_from_buf(&part, bounce + skip);
+        }
+        done += n;
+    }
+    free(bounce);
+    return rc;
+}
+
 int vd_cow_read(vd_image *img, uint64_t off, const struct vd_iov *v)
 {
     for (struct vd_iov rest = *v; rest.len;) {
@@ -108,7 +176,8 @@ int vd_cow_read(vd_image *img, uint64_t off, const struct vd_iov *v)
         struct vd_iov part = vd_iov_sub(&rest, 0, n);
         switch (run.kind) {
         case VD_COW_DATA: /* straight into the caller's buffers */
-            rc = vd_file_preadv(vd_image_data(img), &part, run.host);
+            rc = encrypted(img) ? read_decrypted(img, off, run.host, &part)
+                                : vd_file_preadv(vd_image_data(img), &part, run.host);
             break;
         case VD_COW_ZERO:
             vd_iov_zero(&part);
@@ -150,12 +219,46 @@ struct batch {
     struct vd_iov data;     /* the source, from the first cluster on (count * cluster_size bytes used) */
 };
 
-/* Write guest data to the host file, unless the format says metadata lives there. */
-static int write_data(vd_image *img, const struct vd_iov *v, uint64_t host)
+/*
+ * Encrypt v (the guest data at guest) in a bounce buffer and write it at
+ * host, a chunk at a time. A sector the write covers only in part is read
+ * and decrypted first; the in-flight range keeps other writers off it.
+ */
+static int write_encrypted(vd_image *img, const struct vd_iov *v, uint64_t guest, uint64_t host)
+{
+    const uint64_t mask = SECTOR - 1;
+    uint8_t *bounce = vd_io_buf_alloc(CRYPT_CHUNK);
+    int rc = bounce ? 0 : vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    for (size_t done = 0; rc == 0 && done < v->len;) {
+        uint64_t g = guest + done, start = g & ~mask;
+        size_t skip = (size_t)(g - start);
+        size_t n = (size_t)min_u64(v->len - done, CRYPT_CHUNK - skip);
+        size_t span = (skip + n + mask) & ~(size_t)mask, last = span - SECTOR;
+        uint64_t h = host + done - skip;
+        if (skip)
+            rc = read_sectors(img, h, start, bounce, SECTOR);
+        if (rc == 0 && ((skip + n) & mask) && (last || !skip))
+            rc = read_sectors(img, h + last, start + last, bounce + last, SECTOR);
+        if (rc == 0) {
+            struct vd_iov part = vd_iov_sub(v, done, n);
+            vd_iov_to_buf(&part, bounce + skip);
+            rc = img->cow->encrypt(img, h, start, bounce, span);
+        }
+        if (rc == 0)
+            rc = vd_file_pwrite(vd_image_data(img), bounce, span, h);
+        done += n;
+    }
+    free(bounce);
+    return rc;
+}
+
+/* Write guest data (at guest) to the host file, unless the format says metadata lives there. */
+static int write_data(vd_image *img, const struct vd_iov *v, uint64_t guest, uint64_t host)
 {
     int rc = cow_check_write(img, host, v->len);
     if (rc == 0)
-        rc = vd_file_pwritev(vd_image_data(img), v, host);
+        rc = encrypted(img) ? write_encrypted(img, v, guest, host)
+                            : vd_file_pwritev(vd_image_data(img), v, host);
     vd_image_mark_unsynced(img);
     return rc;
 }
@@ -167,7 +270,7 @@ static int commit_batch(vd_image *img, struct batch *b)
         return 0;
     uint64_t cs = img->cluster_size;
     struct vd_iov clusters = vd_iov_sub(&b->data, 0, (size_t)(b->count * cs));
-    int rc = write_data(img, &clusters, b->host);
+    int rc = write_data(img, &clusters, b->guest, b->host);
     for (uint64_t i = 0; i < b->count && rc == 0; i++)
         rc = cow_link(img, b->guest + i * cs, b->host + i * cs);
     b->count = 0;
@@ -201,7 +304,7 @@ static int fill_zero_cluster(vd_image *img, uint64_t cstart, size_t in, const st
     if (rc == 0)
         rc = vd_file_write_zeroes(vd_image_data(img), one.host, img->cluster_size, false);
     if (rc == 0)
-        rc = write_data(img, src, one.host + in);
+        rc = write_data(img, src, cstart + in, one.host + in);
     return rc == 0 ? cow_link(img, cstart, one.host) : rc;
 }
 
@@ -251,7 +354,7 @@ int vd_cow_write(vd_image *img, uint64_t off, const struct vd_iov *v, uint32_t f
             src = vd_iov_sub(&rest, 0, n);
             rc = commit_batch(img, &batch);
             if (rc == 0)
-                rc = write_data(img, &src, run.host + in);
+                rc = write_data(img, &src, off, run.host + in);
         } else if (n == cs) {
             /* whole new cluster: extend the batch when the host space is contiguous */
             uint64_t host;
@@ -263,7 +366,8 @@ int vd_cow_write(vd_image *img, uint64_t off, const struct vd_iov *v, uint32_t f
             batch.count++;
         } else {
             rc = commit_batch(img, &batch);
-            if (rc == 0 && reads_as_zeroes(img, cstart, &run)) {
+            /* an encrypted cluster is written whole: zeroes in the file are no encrypted zeroes */
+            if (rc == 0 && reads_as_zeroes(img, cstart, &run) && !encrypted(img)) {
                 rc = fill_zero_cluster(img, cstart, in, &src);
             } else {
                 if (rc == 0 && !scratch && !(scratch = vd_io_buf_alloc(cs)))
@@ -445,6 +549,8 @@ int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ex
     switch (run.kind) {
     case VD_COW_DATA:
         ext->flags = VD_EXTENT_DATA | VD_EXTENT_ALLOCATED;
+        if (encrypted(img)) /* its bytes are no guest data: no offset, as QEMU reports it */
+            return 0;
         ext->host_offset = run.host;
         return cow_data_over_holes(img) ? mark_host_holes(img, ext) : 0;
     case VD_COW_COMPRESSED:

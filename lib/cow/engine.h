@@ -134,6 +134,21 @@ struct vd_cow_ops {
      * it. Optional: never.
      */
     bool (*compresses_every_cluster)(vd_image *img);
+    /*
+     * Encryption (optional; both or neither): encrypt or decrypt in place
+     * len bytes (whole 512-byte sectors) of the guest data at guest that
+     * lives, or is to live, at host. With them the engine never lets
+     * plaintext reach the file: writes go through a bounce buffer (the
+     * caller's buffers stay as they were), a write of part of a sector
+     * decrypts that sector first, and a partial write to a cluster that
+     * reads as zeroes writes the whole cluster (encrypted zeroes around the
+     * new bytes) instead of zeroing it in the file. Zero and unallocated
+     * clusters read as zeroes without decrypting; compressed writes are the
+     * format's to refuse (its compression op). They run without the
+     * metadata lock, beside each other.
+     */
+    int (*encrypt)(vd_image *img, uint64_t host, uint64_t guest, void *buf, size_t len);
+    int (*decrypt)(vd_image *img, uint64_t host, uint64_t guest, void *buf, size_t len);
 };
 
 /* Data-path callbacks for a sparse format's struct vd_backend. */

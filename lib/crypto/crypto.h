@@ -144,6 +144,9 @@ int vd_luks_create(const struct vd_luks_params *p, const char *passphrase,
                    const struct vd_luks_io *io, struct vd_luks_header *h,
                    struct vd_crypto **out);
 
+/* The bytes a header made with p takes, key material included (its payload offset). */
+int vd_luks_payload_bytes(const struct vd_luks_params *p, uint64_t *bytes);
+
 /*
  * Key slots: put new_passphrase in a free slot (slot -1: the first free
  * one) for the master key of unlocked (the payload cipher vd_luks_unlock()

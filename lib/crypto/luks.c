@@ -436,6 +436,18 @@ static int make_master_key(struct vd_luks_header *h, const struct vd_luks_params
     return rc;
 }
 
+int vd_luks_payload_bytes(const struct vd_luks_params *p, uint64_t *bytes)
+{
+    vd_gcrypt_init();
+    struct vd_luks_header h = { 0 };
+    int rc = header_names(&h, p);
+    if (rc == 0) {
+        lay_out_slots(&h);
+        *bytes = (uint64_t)h.payload_offset * VD_CRYPTO_SECTOR;
+    }
+    return rc;
+}
+
 int vd_luks_create(const struct vd_luks_params *p, const char *passphrase,
                    const struct vd_luks_io *io, struct vd_luks_header *h, struct vd_crypto **out)
 {

@@ -79,13 +79,16 @@ def create(path: Union[str, bytes, os.PathLike], fmt: str, size: int = 0, *,
     ``iter_time`` (milliseconds, spelt ``**{"iter-time": 100}``),
     ``cipher-alg``, ``cipher-mode``, ``ivgen-alg``, ``ivgen-hash-alg`` and
     ``hash-alg``. A ``key-secret`` option may instead name a secret defined
-    with :func:`add_secret`.
+    with :func:`add_secret`. Encrypted qcow2 images: ``passphrase`` with
+    ``**{"encrypt.format": "luks"}`` (or ``"aes"``), and the luks options
+    spelt with an ``encrypt.`` prefix (``encrypt.key-secret`` for a secret).
     """
     if size < 0:
         raise ValueError(f"size must not be negative (got {size})")
     with _call_secret(passphrase) as secret_id:
         if secret_id:
-            options = {**options, "key-secret": secret_id}
+            key = "encrypt.key-secret" if "encrypt.format" in options else "key-secret"
+            options = {**options, key: secret_id}
         text_options = options_string({"backing_file": backing_file, "backing_fmt": backing_fmt,
                                        **options})
         flags = (_lib.CREATE_EXCL if exclusive else 0) | \

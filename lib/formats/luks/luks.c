@@ -10,8 +10,9 @@
  * QEMU: a new or grown image does not read as zeroes.
  */
 #include "core/internal.h"
-#include "crypto/crypto.h"
+#include "formats/luks/luks.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,8 +79,28 @@ static int luks_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     return rc == 0 ? vd_file_truncate(file, end) : rc;
 }
 
-/* Show the header as qemu-img info does under "Format specific information". */
-static int describe(vd_image *img, const struct vd_luks_header *h)
+/* A property key: prefix, then what fmt makes of the arguments. */
+static const char *prop_key(char name[64], const char *prefix, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static const char *prop_key(char name[64], const char *prefix, const char *fmt, ...)
+{
+    size_t n = (size_t)snprintf(name, 64, "%s", prefix);
+    if (n >= 64)
+        return name;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name + n, 64 - n, fmt, ap);
+    va_end(ap);
+    return name;
+}
+
+/*
+ * Show the header as qemu-img info does under "Format specific information",
+ * each key after prefix; format, if not NULL, is shown as "format" where
+ * qemu-img shows it (qcow2's encrypt block names its format).
+ */
+int vd_luks_describe(vd_image *img, const struct vd_luks_header *h, const char *prefix,
+                     const char *format)
 {
     char alg[48], mode[33];
     size_t key = h->key_bytes;
@@ -92,42 +113,43 @@ static int describe(vd_image *img, const struct vd_luks_header *h)
     if (strcmp(mode, "xts") == 0)
         key /= 2;
     snprintf(alg, sizeof alg, "%s-%zu", h->cipher_name, key * 8);
+    char name[64];
+#define KEY(...) prop_key(name, prefix, __VA_ARGS__)
     /* in qemu-img info's order */
     int rc = 0;
     if (dash)
-        rc = vd_image_set_prop(img, "ivgen-alg", VD_PROP_STRING, "%s", dash + 1);
+        rc = vd_image_set_prop(img, KEY("ivgen-alg"), VD_PROP_STRING, "%s", dash + 1);
     if (rc == 0)
-        rc = vd_image_set_prop(img, "hash-alg", VD_PROP_STRING, "%s", h->hash_spec);
+        rc = vd_image_set_prop(img, KEY("hash-alg"), VD_PROP_STRING, "%s", h->hash_spec);
     if (rc == 0)
-        rc = vd_image_set_prop(img, "cipher-alg", VD_PROP_STRING, "%s", alg);
+        rc = vd_image_set_prop(img, KEY("cipher-alg"), VD_PROP_STRING, "%s", alg);
     if (rc == 0)
-        rc = vd_image_set_prop(img, "uuid", VD_PROP_STRING, "%s", h->uuid);
+        rc = vd_image_set_prop(img, KEY("uuid"), VD_PROP_STRING, "%s", h->uuid);
     if (rc == 0 && colon)
-        rc = vd_image_set_prop(img, "ivgen-hash-alg", VD_PROP_STRING, "%s", colon + 1);
+        rc = vd_image_set_prop(img, KEY("ivgen-hash-alg"), VD_PROP_STRING, "%s", colon + 1);
+    if (rc == 0 && format)
+        rc = vd_image_set_prop(img, KEY("format"), VD_PROP_STRING, "%s", format);
     if (rc == 0)
-        rc = vd_image_set_prop(img, "cipher-mode", VD_PROP_STRING, "%s", mode);
+        rc = vd_image_set_prop(img, KEY("cipher-mode"), VD_PROP_STRING, "%s", mode);
     for (int i = 0; i < VD_LUKS_SLOTS && rc == 0; i++) {
         const struct vd_luks_slot *s = &h->slots[i];
-        char key_name[32];
-        snprintf(key_name, sizeof key_name, "slots.%d.active", i);
-        rc = vd_image_set_prop(img, key_name, VD_PROP_BOOL, "%s", s->active ? "true" : "false");
-        snprintf(key_name, sizeof key_name, "slots.%d.iters", i);
+        rc = vd_image_set_prop(img, KEY("slots.%d.active", i), VD_PROP_BOOL, "%s",
+                               s->active ? "true" : "false");
         if (rc == 0 && s->active)
-            rc = vd_image_set_prop(img, key_name, VD_PROP_INT, "%u", s->iterations);
-        snprintf(key_name, sizeof key_name, "slots.%d.key-offset", i);
+            rc = vd_image_set_prop(img, KEY("slots.%d.iters", i), VD_PROP_INT, "%u", s->iterations);
         if (rc == 0)
-            rc = vd_image_set_prop(img, key_name, VD_PROP_INT, "%llu",
+            rc = vd_image_set_prop(img, KEY("slots.%d.key-offset", i), VD_PROP_INT, "%llu",
                                    (unsigned long long)s->key_offset * VD_CRYPTO_SECTOR);
-        snprintf(key_name, sizeof key_name, "slots.%d.stripes", i);
         if (rc == 0 && s->active)
-            rc = vd_image_set_prop(img, key_name, VD_PROP_INT, "%u", s->stripes);
+            rc = vd_image_set_prop(img, KEY("slots.%d.stripes", i), VD_PROP_INT, "%u", s->stripes);
     }
     if (rc == 0)
-        rc = vd_image_set_prop(img, "payload-offset", VD_PROP_INT, "%llu",
+        rc = vd_image_set_prop(img, KEY("payload-offset"), VD_PROP_INT, "%llu",
                                (unsigned long long)h->payload_offset * VD_CRYPTO_SECTOR);
     if (rc == 0)
-        rc = vd_image_set_prop(img, "master-key-iters", VD_PROP_INT, "%u",
+        rc = vd_image_set_prop(img, KEY("master-key-iters"), VD_PROP_INT, "%u",
                                h->mk_digest_iterations);
+#undef KEY
     return rc;
 }
 
@@ -167,7 +189,7 @@ static int luks_open(vd_image *img, const vd_open_opts *opts)
     img->priv = l;
     int rc = read_header(img, l);
     if (rc == 0)
-        rc = describe(img, &l->header);
+        rc = vd_luks_describe(img, &l->header, "", NULL);
     const char *secret = opts && opts->struct_size > offsetof(vd_open_opts, secret) ? opts->secret
                                                                                     : NULL;
     struct vd_luks_io io = file_io(img->file, img->filename);
@@ -266,10 +288,19 @@ static const struct vd_option_desc luks_amend_options[] = {
     { NULL, NULL, NULL },
 };
 
-/* keyslot=N, or -1 when not given. */
-static int amend_slot(const struct vd_kv *opts, int *slot)
+/* The value of option name (after k->prefix), or NULL. */
+static const char *slot_opt(const struct vd_luks_keys *k, const struct vd_kv *opts,
+                            const char *name)
 {
-    const char *v = vd_kv_get(opts, "keyslot");
+    char key[64];
+    snprintf(key, sizeof key, "%s%s", k->prefix, name);
+    return vd_kv_get(opts, key);
+}
+
+/* keyslot=N, or -1 when not given. */
+static int amend_slot(const struct vd_luks_keys *k, const struct vd_kv *opts, int *slot)
+{
+    const char *v = slot_opt(k, opts, "keyslot");
     *slot = -1;
     if (!v)
         return 0;
@@ -279,58 +310,76 @@ static int amend_slot(const struct vd_kv *opts, int *slot)
     return 0;
 }
 
-/* The slots the secret named by key opens, or 0 when the option is absent. */
-static int slots_of_secret(vd_image *img, const struct vd_kv *opts, const char *key,
-                           unsigned *slots)
+/* The slots the secret named by option name opens, or 0 when the option is absent. */
+static int slots_of_secret(vd_image *img, const struct vd_luks_keys *k, const struct vd_kv *opts,
+                           const char *name, unsigned *slots)
 {
-    struct luks *l = img->priv;
-    const char *id = vd_kv_get(opts, key);
+    const char *id = slot_opt(k, opts, name);
     char *passphrase = NULL;
-    struct vd_luks_io io = file_io(img->file, img->filename);
     *slots = 0;
     int rc = id ? vd_secret_lookup(id, &passphrase) : 0;
     if (rc == 0 && id)
-        rc = vd_luks_find_slots(&l->header, &io, passphrase, slots);
+        rc = vd_luks_find_slots(k->header, k->io, passphrase, slots);
     if (rc == 0 && id && !*slots)
         rc = vd_err(VD_EKEY, "%s: the secret '%s' opens no keyslot", img->filename, id);
     vd_secret_free(passphrase);
     return rc;
 }
 
-static int add_slot(vd_image *img, const struct vd_kv *opts, int slot)
+static int add_slot(vd_image *img, const struct vd_luks_keys *k, const struct vd_kv *opts,
+                    int slot)
 {
-    struct luks *l = img->priv;
-    const char *id = vd_kv_get(opts, "new-secret");
+    const char *id = slot_opt(k, opts, "new-secret");
     if (!id)
-        return vd_err(VD_EINVAL, "'new-secret' is required to activate a keyslot");
+        return vd_err(VD_EINVAL, "'%snew-secret' is required to activate a keyslot", k->prefix);
     struct vd_luks_params params;
     unsigned old;
     char *passphrase = NULL;
-    struct vd_luks_io io = file_io(img->file, img->filename);
-    int rc = vd_luks_params_from_kv(&params, opts, "");
+    int rc = vd_luks_params_from_kv(&params, opts, k->prefix);
     if (rc == 0) /* an old-secret, if given, must open a slot */
-        rc = slots_of_secret(img, opts, "old-secret", &old);
+        rc = slots_of_secret(img, k, opts, "old-secret", &old);
     if (rc == 0)
         rc = vd_secret_lookup(id, &passphrase);
     if (rc == 0)
-        rc = vd_luks_add_slot(&l->header, &io, l->crypto, passphrase, params.iter_time_ms, slot);
+        rc = vd_luks_add_slot(k->header, k->io, k->unlocked, passphrase, params.iter_time_ms,
+                              slot);
     vd_secret_free(passphrase);
     return rc;
 }
 
-static int remove_slots(vd_image *img, const struct vd_kv *opts, int slot)
+static int remove_slots(vd_image *img, const struct vd_luks_keys *k, const struct vd_kv *opts,
+                        int slot)
 {
-    struct luks *l = img->priv;
-    if (vd_kv_get(opts, "new-secret"))
-        return vd_err(VD_EINVAL, "'new-secret' must not be given when erasing keyslots");
-    if ((slot >= 0) == (vd_kv_get(opts, "old-secret") != NULL))
-        return vd_err(VD_EINVAL, "Give one of 'keyslot' and 'old-secret' to erase keyslots");
+    if (slot_opt(k, opts, "new-secret"))
+        return vd_err(VD_EINVAL, "'%snew-secret' must not be given when erasing keyslots",
+                      k->prefix);
+    if ((slot >= 0) == (slot_opt(k, opts, "old-secret") != NULL))
+        return vd_err(VD_EINVAL, "Give one of '%skeyslot' and '%sold-secret' to erase keyslots",
+                      k->prefix, k->prefix);
     unsigned slots = slot >= 0 ? 1u << slot : 0;
-    int rc = slot >= 0 ? 0 : slots_of_secret(img, opts, "old-secret", &slots);
-    struct vd_luks_io io = file_io(img->file, img->filename);
+    int rc = slot >= 0 ? 0 : slots_of_secret(img, k, opts, "old-secret", &slots);
     for (int i = 0; i < VD_LUKS_SLOTS && rc == 0; i++)
         if (slots & (1u << i))
-            rc = vd_luks_remove_slot(&l->header, &io, i);
+            rc = vd_luks_remove_slot(k->header, k->io, i);
+    return rc;
+}
+
+int vd_luks_amend_slots(vd_image *img, const struct vd_luks_keys *k, const struct vd_kv *opts)
+{
+    static const char *const states[] = { "active", "inactive", NULL };
+    char state_key[64];
+    snprintf(state_key, sizeof state_key, "%sstate", k->prefix);
+    size_t state;
+    int slot;
+    int rc = 0;
+    if (!vd_kv_get(opts, state_key))
+        rc = vd_err(VD_EINVAL, "Parameter '%s' is required", state_key);
+    if (rc == 0)
+        rc = vd_kv_get_choice(opts, state_key, states, 0, &state);
+    if (rc == 0)
+        rc = amend_slot(k, opts, &slot);
+    if (rc == 0)
+        rc = state == 0 ? add_slot(img, k, opts, slot) : remove_slots(img, k, opts, slot);
     return rc;
 }
 
@@ -338,21 +387,14 @@ static int remove_slots(vd_image *img, const struct vd_kv *opts, int slot)
 static int luks_amend(vd_image *img, const struct vd_kv *opts)
 {
     struct luks *l = img->priv;
-    static const char *const states[] = { "active", "inactive", NULL };
-    size_t state;
-    int slot;
+    struct vd_luks_io io = file_io(img->file, img->filename);
+    const struct vd_luks_keys keys = { &l->header, &io, l->crypto, "" };
     int rc = need_key(img);
-    if (rc == 0 && !vd_kv_get(opts, "state"))
-        rc = vd_err(VD_EINVAL, "Parameter 'state' is required");
     if (rc == 0)
-        rc = vd_kv_get_choice(opts, "state", states, 0, &state);
-    if (rc == 0)
-        rc = amend_slot(opts, &slot);
-    if (rc == 0)
-        rc = state == 0 ? add_slot(img, opts, slot) : remove_slots(img, opts, slot);
+        rc = vd_luks_amend_slots(img, &keys, opts);
     /* the header changed (or may have, in part): show what the file now holds */
     vd_image_clear_props(img);
-    int shown = describe(img, &l->header);
+    int shown = vd_luks_describe(img, &l->header, "", NULL);
     if (rc == 0 && (rc = shown) == 0)
         rc = vd_image_sync_now(img);
     return rc;

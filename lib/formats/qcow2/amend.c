@@ -27,6 +27,11 @@ const struct vd_option_desc qcow2_amend_options[] = {
     { "lazy_refcounts", "Postpone refcount updates", NULL },
     { "refcount_bits", "Width of a reference count entry in bits", NULL },
     { "size", "Virtual disk size", NULL },
+    { "encrypt.state", "LUKS: new state of the affected keyslots (active, inactive)", NULL },
+    { "encrypt.keyslot", "LUKS: a single keyslot to modify explicitly (0 to 7)", NULL },
+    { "encrypt.old-secret", "LUKS: all keyslots that match this password (ID of a secret)", NULL },
+    { "encrypt.new-secret", "LUKS: new secret to set in the matching keyslots (ID of a secret)", NULL },
+    { "encrypt.iter-time", "LUKS: time to spend in PBKDF2 in milliseconds", "2000" },
     { NULL, NULL, NULL },
 };
 
@@ -568,6 +573,8 @@ int qcow2_amend(vd_image *img, const struct vd_kv *opts)
     int rc = parse_target(img, q, opts, &t);
     if (rc == 0)
         rc = check_target(img, q, opts, &t);
+    if (rc == 0)
+        rc = qcow2_crypt_amend(img, q, opts);
     if (rc == 0 && t.version > q->version)
         rc = upgrade(img, q);
     if (rc == 0 && t.refcount_order != q->refcount_order)
@@ -580,6 +587,7 @@ int qcow2_amend(vd_image *img, const struct vd_kv *opts)
         rc = qcow2_resize(img, t.size, VD_RESIZE_SHRINK);
     if (rc == 0 && t.version < q->version)
         rc = downgrade(img, q);
+    vd_image_clear_props(img); /* new key slots add properties: keep qemu-img's order */
     int props = qcow2_update_props(img, q);
     return rc < 0 ? rc : props;
 }

@@ -1,7 +1,8 @@
 /*
  * New qcow2 images. The layout is computed up front and written in one pass:
- *   [header][refcount table][refcount blocks][L1 table][L2 tables][data]
- * where L2 tables and data clusters exist only with preallocation.
+ *   [header][refcount table][refcount blocks][L1 table][LUKS header][L2 tables][data]
+ * where the LUKS header exists only for encrypt.format=luks (where QEMU puts
+ * it), L2 tables and data clusters only with preallocation.
  */
 #include "formats/qcow2/qcow2.h"
 
@@ -20,6 +21,14 @@ const struct vd_option_desc qcow2_create_options[] = {
     { "data_file_raw", "The external data file must stay valid as a raw image", "off" },
     { "backing_file", "File name of a base image", NULL },
     { "backing_fmt", "Image format of the base image", NULL },
+    { "encrypt.format", "Encrypt the image, format choices: 'aes', 'luks'", NULL },
+    { "encrypt.key-secret", "ID of secret providing qcow AES key or LUKS passphrase", NULL },
+    { "encrypt.cipher-alg", "Name of encryption cipher algorithm (luks)", "aes-256" },
+    { "encrypt.cipher-mode", "Name of encryption cipher mode (luks)", "xts" },
+    { "encrypt.ivgen-alg", "Name of IV generator algorithm (luks)", "plain64" },
+    { "encrypt.ivgen-hash-alg", "Name of IV generator hash algorithm (luks)", "sha256" },
+    { "encrypt.hash-alg", "Name of encryption hash algorithm (luks)", "sha256" },
+    { "encrypt.iter-time", "Time to spend in PBKDF in milliseconds (luks)", "2000" },
     { NULL, NULL, NULL },
 };
 
@@ -29,6 +38,7 @@ struct layout {
     uint64_t rt_start, rt_clusters;
     uint64_t rb_start, nblocks;
     uint64_t l1_start, l1_clusters, l1_size;
+    uint64_t crypt_start, crypt_clusters;
     uint64_t l2_start, nl2;
     uint64_t data_start, ndata;
     uint64_t total;
@@ -39,17 +49,20 @@ static uint64_t div_up(uint64_t a, uint64_t b)
     return a / b + (a % b != 0);
 }
 
-static void plan(const struct qcow2 *q, uint64_t size, bool prealloc, struct layout *l)
+static void plan(const struct qcow2 *q, uint64_t size, bool prealloc, uint64_t crypt_bytes,
+                 struct layout *l)
 {
     uint64_t cs = q->cluster_size, clusters = div_up(size, cs);
-    *l = (struct layout){ .rt_clusters = 1, .nblocks = 1, .external_data = qcow2_has_data_file(q) };
+    *l = (struct layout){ .rt_clusters = 1, .nblocks = 1, .external_data = qcow2_has_data_file(q),
+                          .crypt_clusters = div_up(crypt_bytes, cs) };
     l->l1_size = div_up(clusters, q->l2_entries);
     l->l1_clusters = div_up(l->l1_size * 8, cs); /* none for an empty image, as QEMU */
     l->nl2 = prealloc ? l->l1_size : 0;
     l->ndata = prealloc ? clusters : 0;
     uint64_t data_here = l->external_data ? 0 : l->ndata;
     for (;;) { /* refcount blocks and table must also cover themselves */
-        l->total = 1 + l->rt_clusters + l->nblocks + l->l1_clusters + l->nl2 + data_here;
+        l->total = 1 + l->rt_clusters + l->nblocks + l->l1_clusters + l->crypt_clusters + l->nl2 +
+                   data_here;
         uint64_t nblocks = div_up(l->total, q->rb_entries);
         uint64_t rt_clusters = div_up(nblocks * 8, cs);
         if (nblocks == l->nblocks && rt_clusters == l->rt_clusters)
@@ -60,7 +73,8 @@ static void plan(const struct qcow2 *q, uint64_t size, bool prealloc, struct lay
     l->rt_start = 1;
     l->rb_start = l->rt_start + l->rt_clusters;
     l->l1_start = l->rb_start + l->nblocks;
-    l->l2_start = l->l1_start + l->l1_clusters;
+    l->crypt_start = l->l1_start + l->l1_clusters;
+    l->l2_start = l->crypt_start + l->crypt_clusters;
     l->data_start = l->l2_start + l->nl2;
 }
 
@@ -238,14 +252,20 @@ int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
 {
     struct qcow2 q = { 0 };
     size_t prealloc;
+    struct qcow2_new_crypt crypt = { 0 };
     int rc = qcow2_parse_create_options(opts, size, &q, &prealloc);
+    if (rc == 0)
+        rc = qcow2_crypt_prepare(opts, &q, &crypt);
+    struct layout l;
+    plan(&q, size, prealloc != PREALLOC_OFF, crypt.length, &l);
+    const uint64_t cs = q.cluster_size;
+    if (rc == 0 && crypt.header && qcow2_crypt_add_extension(&q, &crypt, l.crypt_start * cs) < 0)
+        rc = vd_err(VD_ENOMEM, "%s: out of memory", file->path);
     if (rc < 0) {
+        qcow2_crypt_discard(&crypt);
         qcow2_free_header(&q);
         return rc;
     }
-    struct layout l;
-    plan(&q, size, prealloc != PREALLOC_OFF, &l);
-    const uint64_t cs = q.cluster_size;
     q.rt_offset = l.rt_start * cs;
     q.rt_clusters = (uint32_t)l.rt_clusters;
     q.l1_offset = l.l1_size ? l.l1_start * cs : 0;
@@ -268,8 +288,10 @@ int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
         (rc = write_tables(file, &q, l.rt_start, l.rt_clusters, l.nblocks * 8, fill_refcount_table, &l)) == 0 &&
         (rc = write_tables(file, &q, l.rb_start, l.nblocks, l.nblocks * cs, fill_refcount_block, &l)) == 0 &&
         (rc = write_tables(file, &q, l.l1_start, l.l1_clusters, l.nl2 * 8, fill_l1, &l)) == 0 &&
-        (rc = write_tables(file, &q, l.l2_start, l.nl2, l.nl2 * cs, fill_l2, &l)) == 0)
+        (rc = write_tables(file, &q, l.l2_start, l.nl2, l.nl2 * cs, fill_l2, &l)) == 0 &&
+        (!crypt.header || (rc = vd_file_pwrite(file, crypt.header, crypt.bytes, l.crypt_start * cs)) == 0))
         rc = vd_file_truncate(file, l.total * cs);
+    qcow2_crypt_discard(&crypt);
     vd_file *data = file;
     uint64_t data_start = l.data_start * cs;
     if (rc == 0 && l.external_data) {

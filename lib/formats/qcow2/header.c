@@ -49,7 +49,7 @@ static int corrupt_header(vd_image *img, const char *what)
     return vd_err(VD_ECORRUPT, "%s: invalid qcow2 header: %s", img->filename, what);
 }
 
-static int add_ext(struct qcow2 *q, uint32_t type, const uint8_t *data, uint32_t len)
+int qcow2_add_extension(struct qcow2 *q, uint32_t type, const uint8_t *data, uint32_t len)
 {
     struct qcow2_ext *grown = realloc(q->exts, (q->nexts + 1) * sizeof *grown);
     if (!grown)
@@ -125,7 +125,7 @@ static int parse_extensions(vd_image *img, struct qcow2 *q, const uint8_t *hdr,
             free(q->data_file_name);
             if (!(q->data_file_name = dup_string(data, len)))
                 return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
-        } else if (add_ext(q, type, data, len) < 0) {
+        } else if (qcow2_add_extension(q, type, data, len) < 0) {
             return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
         }
         pos += 8 + (((uint64_t)len + 7) & ~7ull);
@@ -155,9 +155,6 @@ static int validate(vd_image *img, struct qcow2 *q, uint64_t backing_off, uint32
                       "name it", img->filename);
     if ((q->autoclear & QCOW2_AUTOCLEAR_DATA_RAW) && !(q->incompat & QCOW2_INCOMPAT_DATA_FILE))
         q->autoclear &= ~QCOW2_AUTOCLEAR_DATA_RAW; /* meaningless without a data file */
-    if (q->crypt_method)
-        return vd_err(VD_EUNSUPPORTED, "%s: encrypted qcow2 images (method %u) are not supported yet",
-                      img->filename, q->crypt_method);
     if (q->refcount_order > 6)
         return corrupt_header(img, "refcount order is larger than 6");
     if ((q->incompat & QCOW2_INCOMPAT_EXTL2) && q->cluster_bits < 14)

@@ -331,7 +331,9 @@ static int q_read_compressed(vd_image *img, const struct vd_cow_run *run, void *
 static int q_compression(vd_image *img)
 {
     struct qcow2 *q = qcow2_of(img);
-    if (qcow2_has_data_file(q)) /* compressed clusters live in the image file, never a data file */
+    /* compressed clusters live in the image file, never a data file; and are never
+       encrypted (QEMU: "Compression and encryption not supported at the same time") */
+    if (qcow2_has_data_file(q) || q->crypt_method)
         return -1;
     return q->compression_type == QCOW2_COMPRESSION_ZSTD ? VD_CODEC_ZSTD : VD_CODEC_DEFLATE;
 }

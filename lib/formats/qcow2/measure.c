@@ -128,7 +128,11 @@ int qcow2_measure(const struct vd_kv *opts, uint64_t size, vd_image *source,
         return rc;
     if (prealloc == PREALLOC_FULL || prealloc == PREALLOC_FALLOC)
         required = virtual_size;
-    res->fully_allocated = fully_allocated_size(virtual_size, &q);
+    uint64_t luks_header;
+    if ((rc = qcow2_crypt_header_bytes(opts, &luks_header)) < 0)
+        return rc;
+    /* QEMU adds the LUKS header's clusters, without their refcounts */
+    res->fully_allocated = round_up(luks_header, cs) + fully_allocated_size(virtual_size, &q);
     /* metadata is counted for a fully allocated image, as QEMU overestimates it */
     res->required = res->fully_allocated - virtual_size + required;
     return source_bitmaps(source, &q, res);

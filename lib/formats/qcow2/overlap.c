@@ -22,7 +22,8 @@
  * Covered, as QEMU's default "cached" mode: the header, the active L1 table
  * and its L2 tables, the refcount table and blocks, the snapshot table and
  * the snapshots' L1 tables (not the snapshots' own L2 tables), and the
- * bitmap directory and bitmap tables (QEMU covers the directory).
+ * bitmap directory and bitmap tables (QEMU covers the directory), and the
+ * encryption header.
  */
 #include "formats/qcow2/qcow2.h"
 
@@ -127,7 +128,7 @@ static bool drop_snapshot_structure_at(struct qcow2 *q, uint64_t cluster)
 
 static int rebuild(vd_image *img, struct qcow2 *q)
 {
-    size_t most = 5 + (size_t)q->l1_size + (size_t)q->rt_entries + q->nb_snapshots + q->nbitmap_tables;
+    size_t most = 6 + (size_t)q->l1_size + (size_t)q->rt_entries + q->nb_snapshots + q->nbitmap_tables;
     struct ranges r = { .items = malloc(most * sizeof *r.items) };
     if (!r.items)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
@@ -154,6 +155,7 @@ static int rebuild(vd_image *img, struct qcow2 *q)
     for (uint32_t i = 0; i < q->nbitmap_tables; i++)
         add(q, &r, QCOW2_META_BITMAP_TABLE, q->bitmap_tables[i].offset,
             (uint64_t)q->bitmap_tables[i].entries * 8);
+    add(q, &r, QCOW2_META_CRYPTO_HEADER, q->crypt_offset, q->crypt_length);
     uint64_t shared;
     bool repairing = (img->open_flags & VD_OPEN_REPAIR) != 0;
     if (!normalize(&r, repairing, &shared)) {
@@ -199,6 +201,7 @@ const char *qcow2_meta_name(enum qcow2_meta_kind kind)
     case QCOW2_META_SNAPSHOT_L1: return "L1 table of a snapshot";
     case QCOW2_META_BITMAP_DIRECTORY: return "bitmap directory";
     case QCOW2_META_BITMAP_TABLE: return "bitmap table";
+    case QCOW2_META_CRYPTO_HEADER: return "encryption header";
     }
     return "metadata";
 }

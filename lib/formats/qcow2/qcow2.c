@@ -63,6 +63,8 @@ int qcow2_update_props(vd_image *img, const struct qcow2 *q)
                                (q->compat & QCOW2_COMPAT_LAZY_REFCOUNTS) ? "true" : "false");
     if (rc == 0)
         rc = vd_image_set_prop(img, "refcount-bits", VD_PROP_INT, "%u", 1u << q->refcount_order);
+    if (rc == 0)
+        rc = qcow2_crypt_describe(img, q);
     if (rc == 0 && q->data_file_name)
         rc = vd_image_set_prop(img, "data-file", VD_PROP_STRING, "%s", q->data_file_name);
     if (rc == 0 && q->data_file_name)
@@ -179,6 +181,9 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
         !(img->open_flags & VD_OPEN_REPAIR))
         rc = vd_err(VD_ECORRUPT, "%s: qcow2 image is marked corrupt; it can only be opened read-only "
                     "(repair it with 'vdisk check -r all')", img->filename);
+    const char *secret = opts->struct_size > offsetof(vd_open_opts, secret) ? opts->secret : NULL;
+    if (rc == 0)
+        rc = qcow2_crypt_open(img, q, secret);
     if (rc == 0 && qcow2_has_data_file(q))
         rc = open_data_file(img, q);
     if (rc == 0)
@@ -212,7 +217,7 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     }
     if (rc == 0) {
         q->meta_stale = true;
-        img->cow = &qcow2_cow_ops;
+        img->cow = q->crypt_method ? &q->cow_ops : &qcow2_cow_ops;
         img->cluster_size = (uint32_t)q->cluster_size;
         rc = qcow2_update_props(img, q);
     }
@@ -266,9 +271,29 @@ static int refuse_if_corrupt(vd_image *img)
     return 0;
 }
 
-static int q_write(vd_image *img, uint64_t off, const struct vd_iov *v, uint32_t flags)
+/* An encrypted image opened without its passphrase moves no data (qcow2_crypt_need_key). */
+static int q_read(vd_image *img, uint64_t off, const struct vd_iov *v)
+{
+    int rc = qcow2_crypt_need_key(img);
+    return rc < 0 ? rc : vd_cow_read(img, off, v);
+}
+
+/* Block status too: a copy without the key would otherwise make an empty image of it. */
+static int q_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext)
+{
+    int rc = qcow2_crypt_need_key(img);
+    return rc < 0 ? rc : vd_cow_block_status(img, off, len, ext);
+}
+
+static int refuse_to_write(vd_image *img)
 {
     int rc = refuse_if_corrupt(img);
+    return rc < 0 ? rc : qcow2_crypt_need_key(img);
+}
+
+static int q_write(vd_image *img, uint64_t off, const struct vd_iov *v, uint32_t flags)
+{
+    int rc = refuse_to_write(img);
     return rc < 0 ? rc : vd_cow_write(img, off, v, flags);
 }
 
@@ -288,7 +313,7 @@ static int flush_if_many_frees(vd_image *img)
 
 static int q_discard(vd_image *img, uint64_t off, uint64_t len)
 {
-    int rc = refuse_if_corrupt(img);
+    int rc = refuse_to_write(img);
     if (rc == 0)
         rc = vd_cow_discard(img, off, len);
     return rc == 0 ? flush_if_many_frees(img) : rc;
@@ -296,7 +321,7 @@ static int q_discard(vd_image *img, uint64_t off, uint64_t len)
 
 static int q_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags)
 {
-    int rc = refuse_if_corrupt(img);
+    int rc = refuse_to_write(img);
     if (rc == 0)
         rc = vd_cow_write_zeroes(img, off, len, flags);
     return rc == 0 ? flush_if_many_frees(img) : rc;
@@ -325,6 +350,7 @@ static void q_close(vd_image *img)
     free(q->bitmap_tables);
     free(q->bitmap_dir);
     qcow2_free_snapshots(q);
+    qcow2_crypt_close(q);
     qcow2_free_header(q);
     pthread_mutex_destroy(&q->layout_lock);
     free(q);
@@ -371,13 +397,13 @@ const struct vd_backend vd_backend_qcow2 = {
     .create = qcow2_create,
     .open = q_open,
     .close = q_close,
-    .read = vd_cow_read,
+    .read = q_read,
     .write = q_write,
     .write_zeroes = q_write_zeroes,
     .discard = q_discard,
     .flush = q_flush,
     .resize = qcow2_resize,
-    .block_status = vd_cow_block_status,
+    .block_status = q_block_status,
     .get_info = q_get_info,
     .check = qcow2_check,
     .measure = qcow2_measure,

@@ -21,6 +21,7 @@
 #include "core/endian.h"
 #include "cow/cache.h"
 #include "cow/engine.h"
+#include "crypto/crypto.h"
 
 #define QCOW2_MAGIC            0x514649fbu /* "QFI\xfb" */
 #define QCOW2_V2_HEADER_LEN    72
@@ -111,10 +112,11 @@ enum qcow2_meta_kind {
     QCOW2_META_SNAPSHOT_L1    = 1u << 6,
     QCOW2_META_BITMAP_DIRECTORY = 1u << 7,
     QCOW2_META_BITMAP_TABLE   = 1u << 8,
+    QCOW2_META_CRYPTO_HEADER  = 1u << 9,
 };
 /* Sets of kinds a write may overlap: none (new clusters), or all (the corrupt bit only). */
 #define QCOW2_META_NONE 0u
-#define QCOW2_META_ALL  0x1ffu
+#define QCOW2_META_ALL  0x3ffu
 
 /* Host clusters [first, end) holding metadata of one kind. */
 struct qcow2_meta_range {
@@ -128,7 +130,7 @@ struct qcow2 {
     uint32_t version;
     uint32_t cluster_bits;
     uint64_t cluster_size;
-    uint32_t crypt_method;
+    uint32_t crypt_method;    /* 0 none, 1 legacy AES, 2 LUKS (crypt.c) */
     uint64_t l1_offset;
     uint32_t l1_size;
     uint64_t rt_offset;
@@ -194,6 +196,12 @@ struct qcow2 {
     uint64_t claimed_first, claimed_end;
     uint64_t *pending_frees;  /* host clusters whose refcount drops at the next flush */
     size_t npending, pending_cap;
+
+    /* encryption (crypt.c) */
+    uint64_t crypt_offset, crypt_length; /* LUKS: where its header lives (the extension) */
+    struct vd_luks_header luks;          /* LUKS: the parsed header */
+    struct vd_crypto *crypto;            /* the data cipher; NULL: opened without a passphrase */
+    struct vd_cow_ops cow_ops;           /* encrypted images: qcow2_cow_ops with the cipher ops */
 };
 
 static inline struct qcow2 *qcow2_of(vd_image *img)
@@ -235,6 +243,8 @@ int qcow2_write_features(vd_image *img, struct qcow2 *q);
 int qcow2_write_corrupt_bit(vd_image *img, struct qcow2 *q);
 /* Append the feature name table extension (as create writes it). */
 int qcow2_add_feature_table(struct qcow2 *q);
+/* Keep a copy of an extension, written with the header from then on. */
+int qcow2_add_extension(struct qcow2 *q, uint32_t type, const uint8_t *data, uint32_t len);
 /* Forget every kept extension of this type. */
 void qcow2_drop_extension(struct qcow2 *q, uint32_t type);
 void qcow2_free_header(struct qcow2 *q);
@@ -365,6 +375,34 @@ int qcow2_check_free(vd_image *img, uint64_t host);
 /* Fails (and marks the image corrupt) when two metadata structures share a
    cluster; the before-write hook of the table caches. ctx is the vd_image. */
 int qcow2_check_layout(void *ctx);
+
+/* crypt.c */
+/*
+ * At open, after the header: check the encryption method and header
+ * extension, read the LUKS header, unlock it (or the AES key) with secret
+ * when there is one, and fill q->cow_ops for the engine.
+ */
+int qcow2_crypt_open(vd_image *img, struct qcow2 *q, const char *secret);
+void qcow2_crypt_close(struct qcow2 *q);
+/* 0 unless the image is encrypted and was opened without a passphrase (VD_EKEY). */
+int qcow2_crypt_need_key(vd_image *img);
+/* amend's encrypt.* options: LUKS key slots added or erased (nothing when none is given). */
+int qcow2_crypt_amend(vd_image *img, struct qcow2 *q, const struct vd_kv *opts);
+/* The "encrypt" block of qemu-img info's format-specific data. */
+int qcow2_crypt_describe(vd_image *img, const struct qcow2 *q);
+/* The encryption of a new image: a LUKS header built in memory, to go at a cluster. */
+struct qcow2_new_crypt {
+    uint8_t *header; /* LUKS: header and key material, bytes long; NULL for none or AES */
+    size_t bytes;
+    uint64_t length; /* LUKS: the extension's length (the header's payload offset) */
+};
+/* Parse the encrypt.* create options into q->crypt_method and *out (LUKS: the header made). */
+int qcow2_crypt_prepare(const struct vd_kv *opts, struct qcow2 *q, struct qcow2_new_crypt *out);
+/* The bytes of the LUKS header the encrypt.* create options ask for; 0 for none or AES. */
+int qcow2_crypt_header_bytes(const struct vd_kv *opts, uint64_t *bytes);
+/* Name the header of c, placed at offset, in q's extensions. */
+int qcow2_crypt_add_extension(struct qcow2 *q, const struct qcow2_new_crypt *c, uint64_t offset);
+void qcow2_crypt_discard(struct qcow2_new_crypt *c);
 
 /* create.c */
 int qcow2_create(vd_file *file, uint64_t size, const struct vd_kv *opts);
