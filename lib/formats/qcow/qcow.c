@@ -279,6 +279,15 @@ static int q_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     return rc;
 }
 
+/* QEMU's qcow driver cannot resize; refuse with its words. */
+static int q_resize(vd_image *img, uint64_t size, uint32_t flags)
+{
+    (void)size;
+    (void)flags;
+    return vd_err(VD_EUNSUPPORTED, "%s: Image format driver does not support resize",
+                  img->filename);
+}
+
 static void q_get_info(vd_image *img, vd_info *info)
 {
     struct qcow *s = qcow_of(img);
@@ -299,6 +308,7 @@ const struct vd_backend vd_backend_qcow = {
     .write = vd_cow_write,
     .write_zeroes = vd_cow_write_zeroes,
     .flush = q_flush,
+    .resize = q_resize,
     .block_status = vd_cow_block_status,
     .get_info = q_get_info,
 };
