@@ -123,11 +123,15 @@ static int read_backing_name(vd_image *img, struct qcow *s, const struct header 
     return 0;
 }
 
-/* The L2 cache: up to 4 MiB of tables, at least 16 of them (QEMU keeps 16). */
-static size_t cache_tables(const struct qcow *s)
+/*
+ * The L2 cache: vd_open_opts.cache_bytes of tables if asked (two at least),
+ * else up to 4 MiB of them, 16 at least (QEMU keeps 16).
+ */
+static size_t cache_tables(const struct qcow *s, uint64_t requested)
 {
-    size_t n = (size_t)(((uint64_t)4 << 20) / qcow_l2_bytes(s));
-    return n < 16 ? 16 : n;
+    uint64_t n = (requested ? requested : (uint64_t)4 << 20) / qcow_l2_bytes(s);
+    uint64_t least = requested ? 2 : 16;
+    return (size_t)(n < least ? least : n);
 }
 
 /* Before L2 tables are written: the clusters they name are durable. */
@@ -140,7 +144,6 @@ static void q_close(vd_image *img);
 
 static int q_open(vd_image *img, const vd_open_opts *opts)
 {
-    (void)opts;
     struct qcow *s = calloc(1, sizeof *s);
     if (!s)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
@@ -167,7 +170,7 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     if (rc == 0)
         rc = read_backing_name(img, s, &hd, file_size);
     if (rc == 0)
-        rc = vd_cache_new(&s->l2s, img->file, (size_t)qcow_l2_bytes(s), cache_tables(s));
+        rc = vd_cache_new(&s->l2s, img->file, (size_t)qcow_l2_bytes(s), cache_tables(s, opts->cache_bytes));
     if (rc == 0) {
         vd_cache_set_before_write(s->l2s, before_l2_write, img);
         img->size = hd.size & ~UINT64_C(511); /* QEMU counts whole sectors */
