@@ -170,3 +170,28 @@ def test_encrypted_refused(tmp_path):
     r = run(VDISK, "info", img, check=False)
     assert r.returncode != 0
     assert "AES-encrypted qcow images are not supported yet" in r.stderr and "e.qcow" in r.stderr
+
+
+def test_map_and_chain_match_qemu(tmp_path):
+    base, top = tmp_path / "b.qcow", tmp_path / "t.qcow"
+    run(QEMU_IMG, "create", "-f", "qcow", base, "4M")
+    qemu_io(base, "qcow", "write -P 1 0 1M")
+    run(QEMU_IMG, "create", "-f", "qcow", "-b", "b.qcow", "-F", "qcow", top)
+    qemu_io(top, "qcow", "write -P 2 4k 8k", "write -c -P 3 64k 512", "write -z 2M 4k")
+    for out in ([], ["--output=json"]):
+        for cmd in (["map"], ["info", "--backing-chain"]):
+            # the human map stops at the compressed cluster with an error, in both
+            ours = run(VDISK, *cmd, *out, top.name, cwd=tmp_path, check=False)
+            theirs = run(QEMU_IMG, *cmd, *out, top.name, cwd=tmp_path, check=False)
+            assert (ours.stdout, ours.returncode) == (theirs.stdout, theirs.returncode)
+            assert ours.stderr.replace("vdisk:", "qemu-img:") == theirs.stderr
+
+
+@pytest.mark.parametrize("size", [5 * MiB + 512, 3 * 4096 + 1024])
+def test_compressed_convert_of_unaligned_size(tmp_path, size):
+    src = tmp_path / "src.raw"
+    raw_model(src, size, [(o, min(n, size - o), b) for o, n, b in PATTERN if o < size])
+    img = tmp_path / "c.qcow"
+    run(VDISK, "convert", "-c", "-O", "qcow", src, img)
+    compare(src, img)
+    assert vdisk_raw(img, tmp_path / "back.raw") == src.read_bytes()
