@@ -181,3 +181,18 @@ def test_backing_name_past_eof(tmp_path, pristine):
                    [(8, ">Q", len(pristine) - 4), (16, ">I", 100)])
     r = run(VDISK, "info", path, check=False)
     assert r.returncode != 0 and "backing file name" in r.stderr and path.name in r.stderr
+
+
+def test_entry_past_eof_never_aliases_new_clusters(tmp_path, pristine):
+    """An entry naming the bytes just past the end of the file would alias the
+    next cluster allocated there: the first write into its table is refused."""
+    import libvdisk
+    l2 = l1_entry(pristine, 0)
+    past = (len(pristine) + 4095) // 4096 * 4096
+    path = variant(tmp_path, pristine, "alias.qcow", [(l2 + 8 * 10, ">Q", past)])
+    with libvdisk.open(str(path), "r+", "qcow") as h:
+        with pytest.raises(libvdisk.Error) as err:
+            h.pwrite(20 * 4096, b"\x42" * 4096)
+        assert "corrupt" in str(err.value) and path.name in str(err.value)
+    with libvdisk.open(str(path), "r", "qcow") as h:  # what the image held still reads
+        assert h.pread(0, 8192) == b"\x11" * 8192

@@ -53,13 +53,19 @@ static bool hits_metadata(const struct qcow *s, uint64_t off, uint64_t len)
     return off < QCOW_HEADER_BYTES || (off < l1_end && off + len > s->l1_offset);
 }
 
+/* How far the L2 table of L1 entry l1i and the clusters it names may reach. */
+static uint64_t limit_of(const struct qcow *s, uint64_t l1i)
+{
+    return s->l1_fresh[l1i] ? s->alloc_end : s->open_end;
+}
+
 /* The L2 table of L1 entry l1i, checked to lie inside the file and apart from the header and L1. */
 static int table_offset(vd_image *img, uint64_t l1i, uint64_t *off)
 {
     struct qcow *s = qcow_of(img);
-    uint64_t at = s->l1[l1i], bytes = qcow_l2_bytes(s);
+    uint64_t at = s->l1[l1i], bytes = qcow_l2_bytes(s), limit = limit_of(s, l1i);
     *off = at;
-    if (at && (at > s->alloc_end || bytes > s->alloc_end - at || hits_metadata(s, at, bytes)))
+    if (at && (at > limit || bytes > limit - at || hits_metadata(s, at, bytes)))
         return corrupt(img, "L1 entry %llu names an L2 table at offset %llu, outside the space "
                        "for tables", (unsigned long long)l1i, (unsigned long long)at);
     return 0;
@@ -83,8 +89,8 @@ static struct entry decode(const struct qcow *s, uint64_t e)
     return (struct entry){ VD_COW_DATA, e, 0 };
 }
 
-/* Refuse an entry that names bytes outside the file or over the header or L1 table. */
-static int check_entry(vd_image *img, uint64_t guest_off, const struct entry *e)
+/* Refuse an entry that names bytes past limit or over the header or L1 table. */
+static int check_entry(vd_image *img, uint64_t guest_off, const struct entry *e, uint64_t limit)
 {
     struct qcow *s = qcow_of(img);
     uint64_t len = e->kind == VD_COW_COMPRESSED ? e->comp_bytes : img->cluster_size;
@@ -93,7 +99,8 @@ static int check_entry(vd_image *img, uint64_t guest_off, const struct entry *e)
     if (e->kind == VD_COW_COMPRESSED && !len)
         return corrupt(img, "the compressed cluster at guest offset %llu has length 0",
                        (unsigned long long)guest_off);
-    if (e->host >= s->alloc_end || hits_metadata(s, e->host, len))
+    if (e->host >= limit || (e->kind == VD_COW_COMPRESSED && len > limit - e->host) ||
+        hits_metadata(s, e->host, len))
         return corrupt(img, "the cluster at guest offset %llu lies at offset %llu, outside the "
                        "space for clusters", (unsigned long long)guest_off,
                        (unsigned long long)e->host);
@@ -115,9 +122,9 @@ static int q_lookup(vd_image *img, uint64_t off, uint64_t len, struct vd_cow_run
     if ((rc = vd_cache_get(s->l2s, l2_off, false, (void **)&table)) < 0)
         return rc;
     uint64_t entries = UINT64_C(1) << s->l2_bits, i = (off >> s->cluster_bits) & (entries - 1);
-    uint64_t cluster = off & ~(cs - 1);
+    uint64_t cluster = off & ~(cs - 1), limit = limit_of(s, l1i);
     struct entry first = decode(s, vd_be64(&table[i]));
-    rc = check_entry(img, cluster, &first);
+    rc = check_entry(img, cluster, &first, limit);
     uint64_t pos = cluster + cs - off; /* bytes of the run so far */
     if (first.kind != VD_COW_COMPRESSED) {
         for (uint64_t j = i + 1; rc == 0 && j < entries && pos < span; j++, pos += cs) {
@@ -125,7 +132,7 @@ static int q_lookup(vd_image *img, uint64_t off, uint64_t len, struct vd_cow_run
             if (next.kind != first.kind ||
                 (first.kind == VD_COW_DATA && next.host != first.host + (j - i) * cs))
                 break;
-            rc = check_entry(img, cluster + (j - i) * cs, &next);
+            rc = check_entry(img, cluster + (j - i) * cs, &next, limit);
         }
     }
     vd_cache_put(s->l2s, table);
@@ -161,14 +168,38 @@ static int take_space(vd_image *img, uint64_t len, uint64_t align, uint64_t *at)
     return 0;
 }
 
+/*
+ * Before this session first changes a table the image came with: every entry
+ * must name bytes below open_end, else it would alias a cluster allocated later.
+ */
+static int vet_table(vd_image *img, uint64_t l1i, uint64_t l2_off)
+{
+    struct qcow *s = qcow_of(img);
+    uint64_t *table, entries = UINT64_C(1) << s->l2_bits;
+    uint64_t first = l1i << (s->cluster_bits + s->l2_bits);
+    int rc = vd_cache_get(s->l2s, l2_off, false, (void **)&table);
+    if (rc < 0)
+        return rc;
+    for (uint64_t i = 0; rc == 0 && i < entries; i++) {
+        struct entry e = decode(s, vd_be64(&table[i]));
+        rc = check_entry(img, first + (i << s->cluster_bits), &e, s->open_end);
+    }
+    vd_cache_put(s->l2s, table);
+    if (rc == 0)
+        s->l1_fresh[l1i] = 1;
+    return rc;
+}
+
 /* The L2 table of guest offset off, made (zeroed, at the end of the file) if there is none. */
 static int ensure_table(vd_image *img, uint64_t off, uint64_t *l2_off)
 {
     struct qcow *s = qcow_of(img);
     uint64_t l1i = off >> (s->cluster_bits + s->l2_bits);
     int rc = table_offset(img, l1i, l2_off);
-    if (rc < 0 || *l2_off)
+    if (rc < 0 || (*l2_off && s->l1_fresh[l1i]))
         return rc;
+    if (*l2_off)
+        return vet_table(img, l1i, *l2_off);
     uint64_t bytes = qcow_l2_bytes(s), at;
     void *table;
     if ((rc = take_space(img, bytes, img->cluster_size, &at)) < 0)
@@ -181,6 +212,7 @@ static int ensure_table(vd_image *img, uint64_t off, uint64_t *l2_off)
     vd_cache_put(s->l2s, table);
     vd_image_mark_unsynced(img);
     s->l1[l1i] = at;
+    s->l1_fresh[l1i] = 1;
     s->l1_dirty = true;
     *l2_off = at;
     return 0;

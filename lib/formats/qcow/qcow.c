@@ -91,7 +91,8 @@ static int read_l1(vd_image *img, struct qcow *s, uint64_t file_size)
                       "offset %llu) lies past the end of the file", img->filename,
                       (unsigned long long)bytes, (unsigned long long)s->l1_offset);
     s->l1 = malloc(bytes ? (size_t)bytes : 1);
-    if (!s->l1)
+    s->l1_fresh = calloc(s->l1_size ? s->l1_size : 1, 1);
+    if (!s->l1 || !s->l1_fresh)
         return vd_err(VD_ENOMEM, "%s: out of memory for the L1 table", img->filename);
     int rc = bytes ? vd_file_pread(img->file, s->l1, (size_t)bytes, s->l1_offset) : 0;
     for (uint32_t i = 0; rc == 0 && i < s->l1_size; i++)
@@ -164,7 +165,7 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
         s->l2_bits = hd.l2_bits;
         s->crypt_method = hd.crypt_method;
         s->l1_offset = hd.l1_offset;
-        s->alloc_end = file_size;
+        s->alloc_end = s->open_end = file_size;
         rc = read_l1(img, s, file_size);
     }
     if (rc == 0)
@@ -226,6 +227,7 @@ static void q_close(vd_image *img)
         q_flush(img);
     vd_cache_free(s->l2s);
     free(s->l1);
+    free(s->l1_fresh);
     free(s->backing_file);
     free(s);
     img->priv = NULL;

@@ -34,6 +34,18 @@ struct qcow {
     bool l1_dirty;               /* entries not yet written (flush writes them) */
     uint64_t meta_end;           /* end of header, backing name and L1: no cluster lies below */
     uint64_t alloc_end;          /* where the next table or cluster goes (rounded up first) */
+    /*
+     * The file's size at open. Tables and clusters made since lie past it, so an
+     * entry the image came with must name bytes below it: one naming bytes past
+     * it would alias what this session allocates there.
+     */
+    uint64_t open_end;
+    /*
+     * Per L1 entry: its L2 table was made this session, or vetted (every entry
+     * below open_end) before this session first changed it; only then may its
+     * entries name bytes past open_end.
+     */
+    uint8_t *l1_fresh;
     struct vd_cache *l2s;
     char *backing_file;          /* NULL: none */
 };
