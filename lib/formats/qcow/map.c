@@ -4,8 +4,8 @@
  *
  * Concurrency (lib/cow/engine.h): lookup only reads the L1 table and the
  * table cache; allocate, link and store_compressed run with the metadata
- * lock held alone and make every change (the L1 table, alloc_end, L2
- * entries).
+ * lock held alone and make every change (the L1 table and its fresh marks,
+ * alloc_end, L2 entries).
  *
  * Ordering: cluster data is written before the L2 entry naming it (the
  * engine links after the data write, and the cache syncs the file before
