@@ -350,6 +350,7 @@ int vd_raw_copy_range(vd_image *dst, vd_image *src, uint64_t off, uint64_t len);
 extern const struct vd_backend vd_backend_qcow2;
 extern const struct vd_backend vd_backend_luks;
 extern const struct vd_backend vd_backend_vmdk;
+extern const struct vd_backend vd_backend_qcow;
 
 /* ----------------------------------------------------------------- secrets */
 

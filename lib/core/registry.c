@@ -11,6 +11,7 @@ static const struct vd_backend *const backends[] = {
     &vd_backend_qcow2,
     &vd_backend_luks,
     &vd_backend_vmdk,
+    &vd_backend_qcow,
 };
 
 #define BACKEND_COUNT (sizeof backends / sizeof backends[0])

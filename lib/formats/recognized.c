@@ -15,11 +15,6 @@ static bool starts_with(const uint8_t *head, size_t len, const char *magic)
     return len >= n && memcmp(head, magic, n) == 0;
 }
 
-static int probe_qcow1(const uint8_t *h, size_t len, uint64_t size)
-{
-    return len >= 8 && vd_be32(h) == 0x514649fbu && vd_be32(h + 4) == 1 ? 100 : 0;
-}
-
 static int probe_vpc(const uint8_t *h, size_t len, uint64_t size)
 {
     return starts_with(h, len, "conectix") ? 100 : 0;
@@ -59,8 +54,7 @@ static const struct recognized {
     const char *name;
     int (*probe)(const uint8_t *head, size_t len, uint64_t file_size);
 } recognized[] = {
-    { "qcow", probe_qcow1 }, { "vpc", probe_vpc },
-    { "vhdx", probe_vhdx }, { "vdi", probe_vdi }, { "bochs", probe_bochs },
+    { "vpc", probe_vpc }, { "vhdx", probe_vhdx }, { "vdi", probe_vdi }, { "bochs", probe_bochs },
     { "cloop", probe_cloop }, { "parallels", probe_parallels }, { "qed", probe_qed },
 };
 

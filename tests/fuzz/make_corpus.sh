@@ -186,6 +186,16 @@ if $have_qemu; then
 fi
 "$vdisk" create -q -f vmdk "$img/vmdk-vdisk.vmdk" 256k
 
+# --- qcow (version 1): plain, compressed clusters, a backing file name (absent here)
+if $have_qemu; then
+    q create -f qcow "$img/qcow1-plain.qcow" 1M
+    fill "$img/qcow1-plain.qcow" qcow 4096
+    q create -f qcow "$img/qcow1-compressed.qcow" 1M
+    qio "$img/qcow1-compressed.qcow" qcow "write -c -P 0x48 0 4k" "write -c -P 0x49 64k 4k" "write -P 0x4a 8k 4k"
+    q create -f qcow -u -b missing.qcow -F qcow "$img/qcow1-backing.qcow" 256k
+fi
+"$vdisk" create -q -f qcow "$img/qcow1-vdisk.qcow" 256k
+
 # --- options (fuzz_options): "FORMAT SIZE FLAGS" then the option string
 o=$out/options
 n=0

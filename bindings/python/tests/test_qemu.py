@@ -31,7 +31,7 @@ def write_reference(path, size):
             file.write(bytes(data) if isinstance(data, int) else data)
 
 
-@pytest.mark.parametrize("fmt", ["raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi"])
+@pytest.mark.parametrize("fmt", ["raw", "qcow2", "qcow", "vmdk", "vhd", "vhdx", "vdi"])
 def test_image_written_through_python_matches(tmp_path, fmt):
     if fmt not in libvdisk.formats():
         pytest.skip(f"libvdisk has no {fmt}")
