@@ -25,10 +25,14 @@ static uint64_t nwords(uint64_t nbits)
 int vd_bitmap_append(vd_image *img, const char *name, size_t name_len, uint32_t gbits,
                      bool enabled, bool inconsistent, uint64_t stored_at)
 {
-    struct vd_bitmap *grown = realloc(img->bitmaps, (img->nbitmaps + 1) * sizeof *grown);
-    if (!grown)
-        return vd_err(VD_ENOMEM, "%s: out of memory for bitmaps", img->filename);
-    img->bitmaps = grown;
+    if (img->nbitmaps == img->bitmaps_room) {
+        size_t room = img->bitmaps_room ? 2 * img->bitmaps_room : 8;
+        struct vd_bitmap *grown = realloc(img->bitmaps, room * sizeof *grown);
+        if (!grown)
+            return vd_err(VD_ENOMEM, "%s: out of memory for bitmaps", img->filename);
+        img->bitmaps = grown;
+        img->bitmaps_room = room;
+    }
     char *copy = malloc(name_len + 1);
     if (!copy)
         return vd_err(VD_ENOMEM, "%s: out of memory for bitmaps", img->filename);
@@ -167,7 +171,7 @@ void vd_bitmaps_free(vd_image *img)
     }
     free(img->bitmaps);
     img->bitmaps = NULL;
-    img->nbitmaps = 0;
+    img->nbitmaps = img->bitmaps_room = 0;
 }
 
 int vd_bitmaps_fit_size(vd_image *img)

@@ -160,6 +160,7 @@ struct vd_image {
     /* Persistent dirty bitmaps, in the image's order (lib/core/bitmap.h). */
     struct vd_bitmap *bitmaps;
     size_t nbitmaps;
+    size_t bitmaps_room;      /* entries allocated: grown by doubling (20000 bitmaps, one open) */
     bool bitmaps_changed;         /* added, removed or changed since they were stored */
     pthread_mutex_t bitmap_load_lock; /* loading bits under a shared lock */
 };
