@@ -271,8 +271,8 @@ static int q_read_compressed(vd_image *img, const struct vd_cow_run *run, void *
 
 static int q_compression(vd_image *img)
 {
-    (void)img;
-    return VD_CODEC_DEFLATE; /* raw deflate, 4 KiB window: what QEMU writes and reads */
+    /* raw deflate, 4 KiB window: what QEMU writes and reads; never beside encryption */
+    return qcow_of(img)->crypt_method ? -1 : VD_CODEC_DEFLATE;
 }
 
 /* Compressed bytes go at the very end of the file, unaligned; their length sits in the entry. */

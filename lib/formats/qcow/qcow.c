@@ -15,14 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char encrypted_unsupported[] = "AES-encrypted qcow images are not supported yet";
 
 static const struct vd_option_desc qcow_create_options[] = {
     { "backing_file", "File name of a base image", NULL },
     { "backing_fmt", "Format of the backing image (not recorded: qcow has no field for it)",
       NULL },
-    { "encryption", "Encrypt the image with format 'aes' (not supported yet)", "off" },
-    { "encrypt.format", "Encrypt the image, format choices: 'aes' (not supported yet)", NULL },
+    { "encryption", "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)", "off" },
+    { "encrypt.format", "Encrypt the image, format choices: 'aes'", NULL },
     { "encrypt.key-secret", "ID of the secret that provides the AES encryption key", NULL },
     { NULL, NULL, NULL },
 };
@@ -67,8 +66,6 @@ static int check_header(const char *name, const uint8_t *h, struct header *hd, u
         return vd_err(VD_ECORRUPT, "%s: L2 table size must be between 512 and 64k", name);
     if (hd->crypt_method > QCOW_CRYPT_AES)
         return vd_err(VD_ECORRUPT, "%s: invalid encryption method in qcow header", name);
-    if (hd->crypt_method == QCOW_CRYPT_AES)
-        return vd_err(VD_EUNSUPPORTED, "%s: %s", name, encrypted_unsupported);
     uint32_t shift = hd->cluster_bits + hd->l2_bits;
     if (hd->size > UINT64_MAX - (UINT64_C(1) << shift))
         return vd_err(VD_ETOOBIG, "%s: Image too large", name);
@@ -141,6 +138,57 @@ static int before_l2_write(void *ctx)
     return vd_image_sync(ctx);
 }
 
+/* ---------------------------------------------------- legacy AES-CBC */
+
+int qcow_need_key(vd_image *img)
+{
+    struct qcow *s = qcow_of(img);
+    if (s->crypt_method != QCOW_CRYPT_AES || s->crypto)
+        return 0;
+    return vd_err(VD_EKEY, "%s: the image is encrypted and was opened without a passphrase "
+                  "(encrypt.key-secret)", img->filename);
+}
+
+/* A sector's IV is its guest sector number, as in QEMU's qcow. */
+static int encrypt_sectors(vd_image *img, uint64_t host, uint64_t guest, void *buf, size_t len)
+{
+    (void)host;
+    int rc = qcow_need_key(img);
+    return rc < 0 ? rc : vd_crypto_encrypt(qcow_of(img)->crypto, guest / VD_CRYPTO_SECTOR, buf, len);
+}
+
+static int decrypt_sectors(vd_image *img, uint64_t host, uint64_t guest, void *buf, size_t len)
+{
+    (void)host;
+    int rc = qcow_need_key(img);
+    return rc < 0 ? rc : vd_crypto_decrypt(qcow_of(img)->crypto, guest / VD_CRYPTO_SECTOR, buf, len);
+}
+
+/* Without the key, the data path fails as a whole, zero and unallocated clusters included. */
+static int q_read(vd_image *img, uint64_t off, const struct vd_iov *v)
+{
+    int rc = qcow_need_key(img);
+    return rc < 0 ? rc : vd_cow_read(img, off, v);
+}
+
+static int q_write(vd_image *img, uint64_t off, const struct vd_iov *v, uint32_t flags)
+{
+    int rc = qcow_need_key(img);
+    return rc < 0 ? rc : vd_cow_write(img, off, v, flags);
+}
+
+static int q_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags)
+{
+    int rc = qcow_need_key(img);
+    return rc < 0 ? rc : vd_cow_write_zeroes(img, off, len, flags);
+}
+
+static int q_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ext)
+{
+    int rc = qcow_need_key(img);
+    return rc < 0 ? rc : vd_cow_block_status(img, off, len, ext);
+}
+
 static void q_close(vd_image *img);
 
 static int q_open(vd_image *img, const vd_open_opts *opts)
@@ -170,13 +218,21 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     }
     if (rc == 0)
         rc = read_backing_name(img, s, &hd, file_size);
+    const char *secret = opts->struct_size > offsetof(vd_open_opts, secret) ? opts->secret : NULL;
+    if (rc == 0 && s->crypt_method == QCOW_CRYPT_AES && secret)
+        rc = vd_crypto_new_qcow_aes(&s->crypto, secret);
     if (rc == 0)
         rc = vd_cache_new(&s->l2s, img->file, (size_t)qcow_l2_bytes(s), cache_tables(s, opts->cache_bytes));
     if (rc == 0) {
         vd_cache_set_before_write(s->l2s, before_l2_write, img);
         img->size = hd.size & ~UINT64_C(511); /* QEMU counts whole sectors */
         img->cluster_size = UINT32_C(1) << s->cluster_bits;
-        img->cow = &qcow_cow_ops;
+        s->cow_ops = qcow_cow_ops;
+        if (s->crypt_method == QCOW_CRYPT_AES) {
+            s->cow_ops.encrypt = encrypt_sectors;
+            s->cow_ops.decrypt = decrypt_sectors;
+        }
+        img->cow = &s->cow_ops;
     } else {
         q_close(img);
     }
@@ -229,6 +285,7 @@ static void q_close(vd_image *img)
     free(s->l1);
     free(s->l1_fresh);
     free(s->backing_file);
+    vd_crypto_free(s->crypto);
     free(s);
     img->priv = NULL;
 }
@@ -244,8 +301,22 @@ static int q_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     int rc = vd_kv_get_bool(opts, "encryption", false, &encrypt);
     if (rc < 0)
         return rc;
-    if (encrypt || vd_kv_get(opts, "encrypt.format"))
-        return vd_err(VD_EUNSUPPORTED, "%s: %s", file->path, encrypted_unsupported);
+    const char *format = vd_kv_get(opts, "encrypt.format");
+    if (format && strcmp(format, "aes") != 0)
+        return vd_err(VD_EINVAL, "%s: Unsupported encryption format '%s'", file->path, format);
+    encrypt = encrypt || format;
+    const char *secret_id = vd_kv_get(opts, "encrypt.key-secret");
+    if (encrypt && !secret_id)
+        return vd_err(VD_EINVAL, "%s: Parameter 'encrypt.key-secret' is required for cipher",
+                      file->path);
+    if (!encrypt && secret_id)
+        return vd_err(VD_EINVAL, "%s: Parameter 'encrypt.key-secret' is unexpected", file->path);
+    if (secret_id) { /* the passphrase is needed only to write data, but must exist now */
+        char *passphrase = NULL;
+        if ((rc = vd_secret_lookup(secret_id, &passphrase)) < 0)
+            return vd_err(rc, "%s: No secret with id '%s'", file->path, secret_id);
+        vd_secret_free(passphrase);
+    }
     if (!size)
         return vd_err(VD_EINVAL, "%s: Image size is too small, cannot be zero length", file->path);
     const char *backing = vd_kv_get(opts, "backing_file");
@@ -272,7 +343,7 @@ static int q_create(vd_file *file, uint64_t size, const struct vd_kv *opts)
     vd_put_be64(h + 24, size);
     h[32] = cluster_bits;
     h[33] = l2_bits;
-    vd_put_be32(h + 36, QCOW_CRYPT_NONE);
+    vd_put_be32(h + 36, encrypt ? QCOW_CRYPT_AES : QCOW_CRYPT_NONE);
     vd_put_be64(h + 40, header_size);
     rc = vd_file_truncate(file, 0);
     if (rc == 0)
@@ -309,11 +380,11 @@ const struct vd_backend vd_backend_qcow = {
     .create = q_create,
     .open = q_open,
     .close = q_close,
-    .read = vd_cow_read,
-    .write = vd_cow_write,
-    .write_zeroes = vd_cow_write_zeroes,
+    .read = q_read,
+    .write = q_write,
+    .write_zeroes = q_write_zeroes,
     .flush = q_flush,
     .resize = q_resize,
-    .block_status = vd_cow_block_status,
+    .block_status = q_block_status,
     .get_info = q_get_info,
 };

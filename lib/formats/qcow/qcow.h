@@ -13,6 +13,7 @@
 #include "core/internal.h"
 #include "cow/engine.h"
 #include "cow/cache.h"
+#include "crypto/crypto.h"
 
 #define QCOW_MAGIC 0x514649fbu /* "QFI\xfb" */
 #define QCOW_VERSION 1
@@ -48,7 +49,14 @@ struct qcow {
     uint8_t *l1_fresh;
     struct vd_cache *l2s;
     char *backing_file;          /* NULL: none */
+    /* crypt_method AES: the key (NULL: opened without a passphrase), and the image's
+       copy of qcow_cow_ops with the engine's encrypt/decrypt ops set */
+    struct vd_crypto *crypto;
+    struct vd_cow_ops cow_ops;
 };
+
+/* VD_EKEY naming the file when the image is encrypted and was opened without a passphrase. */
+int qcow_need_key(vd_image *img);
 
 static inline struct qcow *qcow_of(vd_image *img)
 {
