@@ -577,6 +577,17 @@ int vd_image_poison(vd_image *img, int code)
     return code;
 }
 
+int vd_image_corrupt(vd_image *img, const char *kind, const char *fmt, ...)
+{
+    vd_image_poison(img, VD_ECORRUPT);
+    char what[200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return vd_err(VD_ECORRUPT, "%s: %s image is corrupt: %s", img->filename, kind, what);
+}
+
 int vd_image_sync(vd_image *img)
 {
     if (img->open_flags & VD_OPEN_NO_FLUSH)

@@ -236,6 +236,13 @@ int vd_store_cluster(vd_image *img, uint64_t offset, const void *comp, size_t co
 
 /* Disable the handle after an error that leaves metadata in doubt (the first code stays). */
 int vd_image_poison(vd_image *img, int code);
+/*
+ * Metadata found broken while in use: disable the handle and fail with
+ * VD_ECORRUPT, "FILE: KIND image is corrupt: WHAT" (KIND as users name the
+ * format: "qcow", "VMDK").
+ */
+int vd_image_corrupt(vd_image *img, const char *kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* 0, or the error that disabled the handle; safe beside vd_image_poison() in other threads. */
 static inline int vd_image_poisoned(const vd_image *img)
 {

@@ -19,8 +19,6 @@
 #include "codec/codec.h"
 #include "core/endian.h"
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,18 +30,6 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
 static uint64_t round_up(uint64_t n, uint64_t to)
 {
     return (n + to - 1) / to * to;
-}
-
-static int corrupt(vd_image *img, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int corrupt(vd_image *img, const char *fmt, ...)
-{
-    vd_image_poison(img, VD_ECORRUPT);
-    char what[200];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
-    return vd_err(VD_ECORRUPT, "%s: qcow image is corrupt: %s", img->filename, what);
 }
 
 /* Whether [off, off+len) touches the header or the L1 table. */
@@ -66,8 +52,9 @@ static int table_offset(vd_image *img, uint64_t l1i, uint64_t *off)
     uint64_t at = s->l1[l1i], bytes = qcow_l2_bytes(s), limit = limit_of(s, l1i);
     *off = at;
     if (at && (at > limit || bytes > limit - at || hits_metadata(s, at, bytes)))
-        return corrupt(img, "L1 entry %llu names an L2 table at offset %llu, outside the space "
-                       "for tables", (unsigned long long)l1i, (unsigned long long)at);
+        return vd_image_corrupt(img, "qcow",
+                                "L1 entry %llu names an L2 table at offset %llu, outside the space "
+                                "for tables", (unsigned long long)l1i, (unsigned long long)at);
     return 0;
 }
 
@@ -97,13 +84,15 @@ static int check_entry(vd_image *img, uint64_t guest_off, const struct entry *e,
     if (e->kind == VD_COW_UNALLOCATED)
         return 0;
     if (e->kind == VD_COW_COMPRESSED && !len)
-        return corrupt(img, "the compressed cluster at guest offset %llu has length 0",
-                       (unsigned long long)guest_off);
+        return vd_image_corrupt(img, "qcow",
+                                "the compressed cluster at guest offset %llu has length 0",
+                                (unsigned long long)guest_off);
     if (e->host >= limit || (e->kind == VD_COW_COMPRESSED && len > limit - e->host) ||
         hits_metadata(s, e->host, len))
-        return corrupt(img, "the cluster at guest offset %llu lies at offset %llu, outside the "
-                       "space for clusters", (unsigned long long)guest_off,
-                       (unsigned long long)e->host);
+        return vd_image_corrupt(img, "qcow",
+                                "the cluster at guest offset %llu lies at offset %llu, outside the "
+                                "space for clusters", (unsigned long long)guest_off,
+                                (unsigned long long)e->host);
     return 0;
 }
 
@@ -254,17 +243,19 @@ static int q_read_compressed(vd_image *img, const struct vd_cow_run *run, void *
     if (rc < 0)
         return rc;
     if (run->host > file_size || run->comp_bytes > file_size - run->host)
-        return corrupt(img, "the compressed cluster at offset %llu (%llu bytes) lies past the end "
-                       "of the file", (unsigned long long)run->host,
-                       (unsigned long long)run->comp_bytes);
+        return vd_image_corrupt(img, "qcow",
+                                "the compressed cluster at offset %llu (%llu bytes) lies past "
+                                "the end "
+                                "of the file", (unsigned long long)run->host,
+                                (unsigned long long)run->comp_bytes);
     uint8_t *src = malloc((size_t)run->comp_bytes);
     if (!src)
         return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     rc = vd_file_pread(img->file, src, (size_t)run->comp_bytes, run->host);
     if (rc == 0 && vd_codec_decompress(VD_CODEC_DEFLATE, src, (size_t)run->comp_bytes, cluster,
                                        img->cluster_size) < 0)
-        rc = corrupt(img, "cannot decompress the cluster at offset %llu",
-                     (unsigned long long)run->host);
+        rc = vd_image_corrupt(img, "qcow", "cannot decompress the cluster at offset %llu",
+                              (unsigned long long)run->host);
     free(src);
     return rc;
 }

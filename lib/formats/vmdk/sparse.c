@@ -17,8 +17,6 @@
 #include "codec/codec.h"
 #include "core/endian.h"
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,18 +28,6 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
 static uint64_t round_up(uint64_t n, uint64_t to)
 {
     return (n + to - 1) / to * to;
-}
-
-static int corrupt(vd_image *img, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int corrupt(vd_image *img, const char *fmt, ...)
-{
-    vd_image_poison(img, VD_ECORRUPT);
-    char what[200];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
-    return vd_err(VD_ECORRUPT, "%s: VMDK image is corrupt: %s", img->filename, what);
 }
 
 /* The fields of a KDMV header (the sector after the magic). */
@@ -297,7 +283,8 @@ static int sparse_lookup(vd_image *img, struct vmdk_extent *e, uint64_t rel, uin
     struct vmdk_sparse *s = e->sparse;
     uint64_t g = rel / s->grain, gdi = g / s->gtes;
     if (gdi >= s->gd_entries)
-        return corrupt(img, "guest offset %llu lies past the grain directory", (unsigned long long)(e->start + rel));
+        return vd_image_corrupt(img, "VMDK", "guest offset %llu lies past the grain directory",
+                                (unsigned long long)(e->start + rel));
     uint64_t span = min_u64(max, (gdi + 1) * s->gtes * s->grain - rel);
     *run = (struct vd_cow_run){ .kind = VD_COW_UNALLOCATED, .length = span };
     if (!s->gd[gdi])
@@ -442,13 +429,16 @@ static int set_gte(vd_image *img, struct vmdk_extent *e, uint64_t off, uint32_t 
     struct vmdk_sparse *s = e->sparse;
     uint64_t g = (off - e->start) / s->grain, gdi = g / s->gtes;
     if (gdi >= s->gd_entries)
-        return corrupt(img, "guest offset %llu lies past the grain directory", (unsigned long long)(off));
+        return vd_image_corrupt(img, "VMDK", "guest offset %llu lies past the grain directory",
+                                (unsigned long long)(off));
     int rc = s->gd[gdi] ? 0 : new_table(img, e, gdi);
     for (int copy = 0; copy < (s->rgd ? 2 : 1) && rc == 0; copy++) {
         uint32_t sector = (copy ? s->rgd : s->gd)[gdi];
         uint32_t *table;
         if (!sector)
-            return corrupt(img, "the redundant grain directory lacks a table for %llu", (unsigned long long)(off));
+            return vd_image_corrupt(img, "VMDK",
+                                    "the redundant grain directory lacks a table for %llu",
+                                    (unsigned long long)(off));
         if ((rc = vd_cache_get(s->gts, (uint64_t)sector * VMDK_SECTOR, false, (void **)&table)) < 0)
             break;
         vd_put_le32(&table[g % s->gtes], gte);
@@ -508,18 +498,22 @@ static int v_read_compressed(vd_image *img, const struct vd_cow_run *run, void *
     if (rc < 0)
         return rc;
     if (at >= file_size)
-        return corrupt(img, "compressed grain past the end of the file (offset %llu)", (unsigned long long)(at));
+        return vd_image_corrupt(img, "VMDK",
+                                "compressed grain past the end of the file (offset %llu)",
+                                (unsigned long long)(at));
     uint64_t bytes = min_u64(2 * s->grain, file_size - at);
     if (s->markers) {
         uint8_t marker[VMDK_MARKER_BYTES];
         if (file_size - at < sizeof marker)
-            return corrupt(img, "truncated grain marker at offset %llu", (unsigned long long)(at));
+            return vd_image_corrupt(img, "VMDK", "truncated grain marker at offset %llu",
+                                    (unsigned long long)(at));
         if ((rc = vd_file_pread(e->file, marker, sizeof marker, at)) < 0)
             return rc;
         bytes = vd_le32(marker + 8);
         at += sizeof marker;
         if (!bytes || bytes > 2 * s->grain || bytes > file_size - at)
-            return corrupt(img, "invalid compressed grain size %llu", (unsigned long long)(bytes));
+            return vd_image_corrupt(img, "VMDK", "invalid compressed grain size %llu",
+                                    (unsigned long long)(bytes));
     }
     uint8_t *src = malloc((size_t)bytes);
     if (!src)
@@ -527,7 +521,8 @@ static int v_read_compressed(vd_image *img, const struct vd_cow_run *run, void *
     rc = vd_file_pread(e->file, src, (size_t)bytes, at);
     if (rc == 0 && vd_codec_decompress(VD_CODEC_ZLIB, src, (size_t)bytes, cluster,
                                        (size_t)s->grain) < 0)
-        rc = corrupt(img, "cannot decompress the grain at offset %llu", (unsigned long long)(at));
+        rc = vd_image_corrupt(img, "VMDK", "cannot decompress the grain at offset %llu",
+                              (unsigned long long)(at));
     free(src);
     return rc;
 }
