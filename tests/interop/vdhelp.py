@@ -123,7 +123,7 @@ TOOL_ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 def run(*args, cwd=None, check=True, timeout=120):
     # QEMU times PBKDF2 by the CPU time it used and gives up when that reads 0
     # ("Unable to get accurate CPU usage"), which a loaded machine makes likely: retry
-    for _ in range(5):
+    for _ in range(30):
         r = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd,
                            timeout=timeout, env=TOOL_ENV)
         if "Unable to get accurate CPU usage" not in r.stderr:
