@@ -1274,6 +1274,11 @@ static const struct variant variants[] = {
       .options = "cluster_size=512,compression_type=zstd", .size = 512 * 1024, .max_size = 1 * MB,
       .snapshots = true, .compress = true, .cache_bytes = TINY_CACHE, .nops = 160, .points = 1500 },
     { .name = "raw", .format = "raw", .size = 2 * MB, .max_size = 4 * MB, .nops = 200, .points = 1500 },
+    /* the other writable sparse formats: no resize (max_size = size), no snapshots */
+    { .name = "vmdk-sparse", .format = "vmdk", .size = 2 * MB, .max_size = 2 * MB, .nops = 160,
+      .points = 1500 },
+    { .name = "qcow", .format = "qcow", .size = 2 * MB, .max_size = 2 * MB, .nops = 160,
+      .points = 1500 },
 };
 
 #define N_VARIANTS (sizeof variants / sizeof variants[0])
