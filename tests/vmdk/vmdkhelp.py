@@ -22,9 +22,14 @@ PATTERN = [(0, 512, 0x11), (65536 - 100, 300, 0x22), (1 * MiB, 3 * MiB, 0x5A),
            (32 * MiB - 4096, 8192, 0x33), (63 * MiB + 1000, 5000, 0x44)]
 
 
+# a sanitizer build preloads ASan for the Python that loads libvdisk; the tools run
+# without it (qemu-img hangs with it, vdisk links it itself)
+TOOL_ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 def run(*args, check=True, cwd=None, timeout=300):
     r = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd,
-                       timeout=timeout)
+                       timeout=timeout, env=TOOL_ENV)
     if check and r.returncode:
         raise AssertionError(f"{args} failed ({r.returncode}): {r.stderr}{r.stdout}")
     return r
