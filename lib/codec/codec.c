@@ -192,16 +192,10 @@ static bool looks_incompressible(struct codec_states *st, const uint8_t *src, si
     return true;
 }
 
-/* Raw deflate, QEMU's parameters: default level, 4 KiB window, memLevel 9. */
-static int deflate_raw(struct codec_states *st, const void *src, size_t src_len, void *dst,
-                       size_t dst_cap, size_t *dst_len)
+/* One whole buffer through a ready deflate stream: NO_GAIN when dst_cap bytes do not hold it. */
+static int deflate_whole(z_stream *z, const void *src, size_t src_len, void *dst, size_t dst_cap,
+                         size_t *dst_len)
 {
-    if (looks_incompressible(st, src, src_len))
-        return VD_CODEC_NO_GAIN;
-    z_stream *z = &st->deflate;
-    int rc = deflate_ready(z, &st->deflate_ready, Z_DEFAULT_COMPRESSION);
-    if (rc < 0)
-        return rc;
     z->next_in = (Bytef *)src;
     z->avail_in = (uInt)src_len;
     z->next_out = dst;
@@ -214,24 +208,24 @@ static int deflate_raw(struct codec_states *st, const void *src, size_t src_len,
     return 0;
 }
 
+/* Raw deflate, QEMU's parameters: default level, 4 KiB window, memLevel 9. */
+static int deflate_raw(struct codec_states *st, const void *src, size_t src_len, void *dst,
+                       size_t dst_cap, size_t *dst_len)
+{
+    if (looks_incompressible(st, src, src_len))
+        return VD_CODEC_NO_GAIN;
+    z_stream *z = &st->deflate;
+    int rc = deflate_ready(z, &st->deflate_ready, Z_DEFAULT_COMPRESSION);
+    return rc < 0 ? rc : deflate_whole(z, src, src_len, dst, dst_cap, dst_len);
+}
+
 /* A zlib stream as compress() makes it (default level, 32 KiB window); no sampling. */
 static int deflate_zlib(struct codec_states *st, const void *src, size_t src_len, void *dst,
                         size_t dst_cap, size_t *dst_len)
 {
     z_stream *z = &st->zlib;
     int rc = deflate_ready_bits(z, &st->zlib_ready, Z_DEFAULT_COMPRESSION, 15);
-    if (rc < 0)
-        return rc;
-    z->next_in = (Bytef *)src;
-    z->avail_in = (uInt)src_len;
-    z->next_out = dst;
-    z->avail_out = (uInt)dst_cap;
-    int zr = deflate(z, Z_FINISH);
-    if (zr != Z_STREAM_END)
-        return zr == Z_OK || zr == Z_BUF_ERROR ? VD_CODEC_NO_GAIN
-                                              : vd_err(VD_EIO, "zlib compression failed");
-    *dst_len = dst_cap - z->avail_out;
-    return 0;
+    return rc < 0 ? rc : deflate_whole(z, src, src_len, dst, dst_cap, dst_len);
 }
 
 #ifdef VD_HAVE_ZSTD
