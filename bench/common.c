@@ -409,6 +409,14 @@ int bench_interleave(const struct bench_side sides[2], unsigned rounds, double *
 enum bench_verdict bench_compare(const struct bench_figure *fig,
                                  const struct bench_side sides[2], unsigned rounds)
 {
+    double ratio;
+    return bench_compare_ratio(fig, sides, rounds, &ratio);
+}
+
+enum bench_verdict bench_compare_ratio(const struct bench_figure *fig,
+                                       const struct bench_side sides[2], unsigned rounds,
+                                       double *med_ratio_out)
+{
     double *seconds[2] = { malloc(rounds * sizeof(double)), malloc(rounds * sizeof(double)) };
     double *speed[2] = { malloc(rounds * sizeof(double)), malloc(rounds * sizeof(double)) };
     double *ratio = malloc(rounds * sizeof(double));
@@ -427,6 +435,7 @@ enum bench_verdict bench_compare(const struct bench_figure *fig,
     double med[2] = { bench_median(speed[0], rounds), bench_median(speed[1], rounds) };
     double med_ratio = bench_median(ratio, rounds);
     print_figure(fig, sides, med, med_ratio);
+    *med_ratio_out = med_ratio;
     verdict = med_ratio >= fig->target ? BENCH_PASS : BENCH_MISS;
 out:
     for (unsigned s = 0; s < 2; s++) {

@@ -132,6 +132,11 @@ int bench_interleave(const struct bench_side sides[2], unsigned rounds, double *
 enum bench_verdict bench_compare(const struct bench_figure *fig,
                                  const struct bench_side sides[2], unsigned rounds);
 
+/* bench_compare(), also storing the median ratio it printed in *ratio. */
+enum bench_verdict bench_compare_ratio(const struct bench_figure *fig,
+                                       const struct bench_side sides[2], unsigned rounds,
+                                       double *ratio);
+
 /* Count a figure's verdict into pass and n: 0, or -1 if it is BROKEN. */
 int bench_tally(enum bench_verdict v, unsigned *pass, unsigned *n);
 
