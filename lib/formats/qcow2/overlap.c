@@ -229,6 +229,21 @@ int qcow2_metadata_at(vd_image *img, uint64_t host, uint64_t len, unsigned ignor
     return 0;
 }
 
+/*
+ * In a damaged image an L1 entry may name other metadata (the header, a
+ * refcount block) as its L2 table, and check reads it through the L2 cache.
+ * A write of that metadata makes the cached copy stale: forget it, so that
+ * the next pass of check reads what the file now holds.
+ */
+static void forget_aliased_l2_tables(struct qcow2 *q, uint64_t off, size_t len)
+{
+    if (!q->l2_cache || !len)
+        return;
+    const uint64_t cs = q->cluster_size;
+    for (uint64_t table = off & ~(cs - 1); table < off + len; table += cs)
+        vd_cache_forget(q->l2_cache, table);
+}
+
 int qcow2_write_meta(vd_image *img, unsigned may_overlap, uint64_t off, const void *buf, size_t len)
 {
     /* the corrupt bit skips the layout: a layout found broken is what it reports */
@@ -241,6 +256,7 @@ int qcow2_write_meta(vd_image *img, unsigned may_overlap, uint64_t off, const vo
                                        (unsigned long long)off, qcow2_meta_name(kind));
     int rc = len ? vd_file_pwrite(img->file, buf, len, off) : 0;
     vd_image_mark_unsynced(img); /* after the write: a sync running beside it may miss it */
+    forget_aliased_l2_tables(qcow2_of(img), off, len);
     return rc;
 }
 
