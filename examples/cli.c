@@ -443,8 +443,24 @@ bool cli_take_global_options(const struct cli_command *cmd, int *argc, char **ar
     return true;
 }
 
+/* vd_secret_fn for open_path(): the passphrase --image-opts named for that depth of the chain. */
+static int secret_by_depth(void *ctx, const char *path, unsigned depth, char *buf, size_t size)
+{
+    (void)path;
+    const char *const *secrets = ctx;
+    const char *secret = depth < CLI_SECRET_DEPTHS ? secrets[depth] : NULL;
+    if (!secret)
+        return 0; /* none named: the image's own secret serves */
+    size_t len = strlen(secret);
+    if (len >= size)
+        return VD_ETOOBIG;
+    memcpy(buf, secret, len);
+    return (int)len;
+}
+
+/* secrets: NULL, or CLI_SECRET_DEPTHS passphrases by depth in the chain (see cli_image_opts). */
 static vd_image *open_path(const char *path, const char *shown, const char *format,
-                           uint32_t flags, const char *snapshot, const char *secret)
+                           uint32_t flags, const char *snapshot, const char *const *secrets)
 {
     if ((flags & VD_OPEN_RDWR) && (flags & VD_OPEN_NO_LOCK)) {
         cli_error("Could not open '%s': force-share=on can only be used with read-only images",
@@ -455,7 +471,11 @@ static vd_image *open_path(const char *path, const char *shown, const char *form
     opts.flags = flags;
     opts.format = format;
     opts.snapshot = snapshot;
-    opts.secret = secret;
+    if (secrets) {
+        opts.secret = secrets[0];
+        opts.secret_fn = secret_by_depth;
+        opts.secret_ctx = (void *)secrets;
+    }
     vd_image *img;
     int rc = vd_open_ext(&img, path, &opts);
     if (rc < 0) {
@@ -493,12 +513,29 @@ const char *cli_secret_data(const char *id)
     return NULL;
 }
 
-static bool take_secret(const char *opts, const char *id, struct cli_image_opts *o)
+static bool take_secret(const char *opts, const char *id, unsigned depth, struct cli_image_opts *o)
 {
-    o->secret = cli_secret_data(id);
-    if (!o->secret)
+    if (depth >= CLI_SECRET_DEPTHS) {
+        cli_error("Could not open '%s': secrets can be named for %d images of a chain at most",
+                  opts, CLI_SECRET_DEPTHS);
+        return false;
+    }
+    o->secrets[depth] = cli_secret_data(id);
+    if (!o->secrets[depth])
         cli_error("Could not open '%s': No valid secret with id '%s'", opts, id);
-    return o->secret != NULL;
+    return o->secrets[depth] != NULL;
+}
+
+/* Whether item names a secret ([backing.]...[encrypt.]key-secret), and for which depth. */
+static bool names_secret(const char *item, unsigned *depth)
+{
+    *depth = 0;
+    while (strncmp(item, "backing.", 8) == 0) {
+        item += 8;
+        ++*depth;
+    }
+    /* luks names it key-secret, qcow2 and qcow encrypt.key-secret */
+    return strcmp(item, "key-secret") == 0 || strcmp(item, "encrypt.key-secret") == 0;
 }
 
 static bool take_image_opt(const char *opts, char *item, struct cli_image_opts *o)
@@ -514,9 +551,9 @@ static bool take_image_opt(const char *opts, char *item, struct cli_image_opts *
         return set_text(&o->filename, value);
     if (strcmp(item, "file.driver") == 0 && strcmp(value, "file") == 0)
         return true;
-    /* luks names it key-secret, qcow2 encrypt.key-secret */
-    if (strcmp(item, "key-secret") == 0 || strcmp(item, "encrypt.key-secret") == 0)
-        return take_secret(opts, value, o);
+    unsigned depth;
+    if (names_secret(item, &depth))
+        return take_secret(opts, value, depth, o);
     if (strcmp(item, "file.driver") == 0) {
         cli_error("Could not open '%s': libvdisk reads images from files only (file.driver=file)",
                   opts);
@@ -564,7 +601,7 @@ vd_image *cli_open_snapshot(const char *image, const char *format, uint32_t flag
     struct cli_image_opts o;
     vd_image *img = NULL;
     if (cli_parse_image_opts(image, &o))
-        img = open_path(o.filename, image, o.driver, flags | o.flags, snapshot, o.secret);
+        img = open_path(o.filename, image, o.driver, flags | o.flags, snapshot, o.secrets);
     cli_image_opts_free(&o);
     return img;
 }

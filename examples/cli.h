@@ -211,11 +211,15 @@ vd_image *cli_open_image(const char *image, const char *format, uint32_t flags);
 vd_image *cli_open_snapshot(const char *image, const char *format, uint32_t flags,
                             const char *snapshot);
 /* What an --image-opts string says: the file, its format and open flags. */
+/* How deep in a chain --image-opts may name secrets: backing.backing.(...)key-secret=ID. */
+#define CLI_SECRET_DEPTHS 16
 struct cli_image_opts {
     char *driver;   /* or NULL to probe */
     char *filename;
     uint32_t flags; /* VD_OPEN_NO_LOCK for force-share=on or file.locking=off */
-    const char *secret; /* the passphrase key-secret=ID names (a cli_secrets entry), or NULL */
+    /* by depth in the chain: the passphrase [backing.]...key-secret=ID names (a
+       cli_secrets entry), or NULL; the image's own (depth 0) serves where one is missing */
+    const char *secrets[CLI_SECRET_DEPTHS];
 };
 /*
  * Parse an --image-opts string ("driver=FMT,file.filename=PATH,..."), as

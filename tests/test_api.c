@@ -416,6 +416,105 @@ START_TEST(measure_rejects_bad_arguments)
 }
 END_TEST
 
+
+/* --------------------------------------------------------------- secrets */
+
+/* The passphrases of a two-image chain by depth, and the calls the library made. */
+struct chain_secrets {
+    const char *by_depth[2];
+    unsigned calls;
+    unsigned depths_seen; /* bit per depth */
+    int fail_with;        /* returned instead of a passphrase when not 0 */
+};
+
+static int give_secret(void *ctx, const char *path, unsigned depth, char *buf, size_t size)
+{
+    struct chain_secrets *cs = ctx;
+    cs->calls++;
+    cs->depths_seen |= 1u << depth;
+    ck_assert_ptr_nonnull(path);
+    ck_assert_uint_eq(size, 4096);
+    if (cs->fail_with)
+        return cs->fail_with;
+    const char *pass = depth < 2 ? cs->by_depth[depth] : NULL;
+    if (!pass)
+        return 0;
+    memcpy(buf, pass, strlen(pass));
+    return (int)strlen(pass);
+}
+
+static int open_with_secrets(vd_image **img, const char *path, const char *secret,
+                             struct chain_secrets *cs)
+{
+    vd_open_opts o = VD_OPEN_OPTS_INIT;
+    o.flags = VD_OPEN_RDWR;
+    o.secret = secret;
+    o.secret_fn = cs ? give_secret : NULL;
+    o.secret_ctx = cs;
+    return vd_open_ext(img, path, &o);
+}
+
+START_TEST(each_image_of_a_chain_opens_with_its_own_passphrase)
+{
+    char base[4096], top[4096], plain[4096];
+    snprintf(base, sizeof base, "%s", vt_path("enc-base.qcow2"));
+    snprintf(top, sizeof top, "%s", vt_path("enc-top.qcow2"));
+    snprintf(plain, sizeof plain, "%s", vt_path("plain.qcow2"));
+    vt_ok(vd_secret_add("base-key", "base pass", 9));
+    vt_ok(vd_secret_add("top-key", "top pass", 8));
+    vt_ok(vd_create(base, "qcow2", 1 << 20, "encrypt.format=luks,encrypt.key-secret=base-key,"
+                       "encrypt.iter-time=10", 0));
+    vd_image *img;
+    vt_ok(open_with_secrets(&img, base, "base pass", NULL));
+    vt_image_write_pattern(img, 0, 65536, 1);
+    vt_close(img);
+    char opts[8192];
+    snprintf(opts, sizeof opts, "backing_file=%s,backing_fmt=qcow2,encrypt.format=luks,"
+             "encrypt.key-secret=top-key,encrypt.iter-time=10", base);
+    vt_ok(vd_create(top, "qcow2", 1 << 20, opts, 0));
+
+    /* the callback gives each image its own passphrase */
+    struct chain_secrets cs = { { "top pass", "base pass" }, 0, 0, 0 };
+    vt_ok(open_with_secrets(&img, top, NULL, &cs));
+    ck_assert_uint_eq(cs.calls, 2);
+    ck_assert_uint_eq(cs.depths_seen, 3);
+    vt_image_write_pattern(img, 65536, 65536, 2);
+    vt_assert_image_pattern(img, 0, 65536, 1); /* decrypted from the base */
+    vt_assert_image_pattern(img, 65536, 65536, 2);
+    vt_close(img);
+
+    /* where it gives none, secret serves: here for the top image */
+    struct chain_secrets base_only = { { NULL, "base pass" }, 0, 0, 0 };
+    vt_ok(open_with_secrets(&img, top, "top pass", &base_only));
+    vt_assert_image_pattern(img, 0, 65536, 1);
+    vt_assert_image_pattern(img, 65536, 65536, 2);
+    vt_close(img);
+
+    /* one secret for the chain no longer unlocks a base with another passphrase */
+    vt_err(open_with_secrets(&img, top, "top pass", NULL), VD_EKEY);
+    vt_assert_errmsg_has("enc-base.qcow2");
+
+    /* a wrong passphrase for the base fails the open, naming it */
+    struct chain_secrets wrong = { { "top pass", "not it" }, 0, 0, 0 };
+    vt_err(open_with_secrets(&img, top, NULL, &wrong), VD_EKEY);
+    vt_assert_errmsg_has("enc-base.qcow2");
+
+    /* the callback's error code fails the open */
+    struct chain_secrets refuse = { { NULL, NULL }, 0, 0, VD_ECANCELED };
+    vt_err(open_with_secrets(&img, top, NULL, &refuse), VD_ECANCELED);
+    ck_assert_uint_eq(refuse.calls, 1);
+
+    /* an image that is not encrypted is never asked about */
+    vt_ok(vd_create(plain, "qcow2", 1 << 20, NULL, 0));
+    struct chain_secrets none = { { "x", "y" }, 0, 0, 0 };
+    vt_ok(open_with_secrets(&img, plain, NULL, &none));
+    ck_assert_uint_eq(none.calls, 0);
+    vt_close(img);
+    vt_ok(vd_secret_remove("base-key"));
+    vt_ok(vd_secret_remove("top-key"));
+}
+END_TEST
+
 static Suite *api_suite(void)
 {
     Suite *s = suite_create("api");
@@ -440,6 +539,8 @@ static Suite *api_suite(void)
     tc = vt_tcase(s, "measure");
     tcase_add_test(tc, measure_matches_qemu_img_figures);
     tcase_add_test(tc, measure_rejects_bad_arguments);
+    tc = vt_tcase(s, "secrets");
+    tcase_add_test(tc, each_image_of_a_chain_opens_with_its_own_passphrase);
     return s;
 }
 

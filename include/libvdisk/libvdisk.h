@@ -174,6 +174,19 @@ VD_API int vd_cache_mode_flags(const char *mode, uint32_t *flags);
 #define VD_SAFE_MAX_CACHE_BYTES (UINT64_C(32) << 20)
 
 /*
+ * A function that supplies the passphrase of an encrypted image as its
+ * chain opens (vd_open_opts.secret_fn), so that each image of a chain may
+ * have its own: path is the image's file name as libvdisk opens it, depth 0
+ * the image vd_open_ext() names, 1 its backing file, and so on. Copy the
+ * passphrase (no NUL bytes, at most size - 1 bytes; size is 4096) into buf
+ * and return its length; return 0 to use vd_open_opts.secret for this image
+ * instead (none if that is NULL); return a negative VD_E* code to fail the
+ * open with it. The library asks only for images that are encrypted, once
+ * per image, and wipes buf after use. Added in 0.3 (LIBVDISK_1.2).
+ */
+typedef int (*vd_secret_fn)(void *ctx, const char *path, unsigned depth, char *buf, size_t size);
+
+/*
  * Extended open options. Set .struct_size = sizeof(vd_open_opts) (the INIT
  * macro does) so that the library can tell which fields the caller knows.
  */
@@ -211,9 +224,16 @@ typedef struct vd_open_opts {
      * (and its fallback), as cache.direct applies to a whole qemu chain.
      */
     const char *cache;
+    /*
+     * NULL, or the function asked for the passphrase of each encrypted image
+     * of the chain (see vd_secret_fn), called with secret_ctx; where it
+     * returns 0, secret serves. Added in 0.3 (LIBVDISK_1.2).
+     */
+    vd_secret_fn secret_fn;
+    void *secret_ctx;
 } vd_open_opts;
 
-#define VD_OPEN_OPTS_INIT { (uint32_t)sizeof(vd_open_opts), 0, NULL, 0, NULL, NULL, NULL, NULL, NULL }
+#define VD_OPEN_OPTS_INIT { (uint32_t)sizeof(vd_open_opts), 0, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL }
 
 /*
  * Open the image at path. format is a name such as "raw" or "qcow2", or NULL

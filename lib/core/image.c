@@ -265,6 +265,7 @@ int vd_open_image(vd_image **out, const struct vd_chain_where *where, const vd_o
     if (rc < 0)
         return rc;
     const char *path = img->filename;
+    img->depth = depth;
     struct stat st;
     struct vd_chain_link self = { 0, 0, path, false, above };
     if (rc == 0 && vd_file_stat_id(img->file, &st) == 0) {

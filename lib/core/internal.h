@@ -124,6 +124,7 @@ struct vd_image {
     uint32_t open_flags;     /* VD_OPEN_* */
     bool read_only;
     bool probed;             /* format found by probing, not named */
+    unsigned depth;          /* in the chain it was opened with: 0 the top image */
     int poisoned;            /* 0, or the error that disabled the handle (atomic: vd_image_poisoned()) */
 
     /*
@@ -368,6 +369,12 @@ extern const struct vd_backend vd_backend_qcow;
  */
 int vd_secret_lookup(const char *id, char **value);
 void vd_secret_free(char *value);
+/*
+ * The passphrase an encrypted image opens with, for its backend's open: from
+ * o->secret_fn if it gives one, else a copy of o->secret; *passphrase is NULL
+ * when there is none. Release it with vd_secret_free().
+ */
+int vd_open_passphrase(const vd_image *img, const vd_open_opts *o, char **passphrase);
 
 /* ------------------------------------------------------------------- misc */
 

@@ -8,6 +8,7 @@
 #include "crypto/cipher.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,8 @@
 
 /* A passphrase read from a descriptor may be at most this long. */
 #define SECRET_MAX_BYTES (64u << 10)
+/* The buffer a vd_secret_fn fills (its documented size). */
+#define SECRET_FN_BUFFER 4096u
 
 struct secret {
     char *id;
@@ -136,4 +139,52 @@ void vd_secret_free(char *value)
 {
     if (value)
         vd_secure_free(value, strlen(value) + 1);
+}
+
+/* A copy of len bytes of data, NUL-terminated, in secure memory; NULL if memory runs out. */
+static char *secure_copy(const char *data, size_t len)
+{
+    char *copy = (char *)vd_secure_alloc(len + 1);
+    if (copy)
+        memcpy(copy, data, len);
+    return copy;
+}
+
+/* Ask o->secret_fn for img's passphrase: 0 with *passphrase NULL when it has none to give. */
+static int ask_secret_fn(const vd_image *img, const vd_open_opts *o, char **passphrase)
+{
+    char *buf = (char *)vd_secure_alloc(SECRET_FN_BUFFER);
+    if (!buf)
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    int n = o->secret_fn(o->secret_ctx, img->filename, img->depth, buf, SECRET_FN_BUFFER);
+    int rc = 0;
+    if (n < 0)
+        rc = vd_err(vd_errname(n)[4] != '?' ? n : VD_EKEY, "%s: the passphrase callback gave "
+                    "none (%s)", img->filename, vd_errname(n));
+    else if ((size_t)n >= SECRET_FN_BUFFER)
+        rc = vd_err(VD_EINVAL, "%s: the passphrase callback returned %d bytes, more than the "
+                    "%u it may", img->filename, n, SECRET_FN_BUFFER - 1);
+    else if (memchr(buf, 0, (size_t)n))
+        rc = vd_err(VD_EINVAL, "%s: the passphrase callback gave a passphrase with a NUL byte",
+                    img->filename);
+    else if (n > 0 && !(*passphrase = secure_copy(buf, (size_t)n)))
+        rc = vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    vd_secure_free(buf, SECRET_FN_BUFFER);
+    return rc;
+}
+
+int vd_open_passphrase(const vd_image *img, const vd_open_opts *o, char **passphrase)
+{
+    *passphrase = NULL;
+    if (!o)
+        return 0;
+    if (o->struct_size > offsetof(vd_open_opts, secret_fn) && o->secret_fn) {
+        int rc = ask_secret_fn(img, o, passphrase);
+        if (rc < 0 || *passphrase)
+            return rc;
+    }
+    const char *secret = o->struct_size > offsetof(vd_open_opts, secret) ? o->secret : NULL;
+    if (secret && !(*passphrase = secure_copy(secret, strlen(secret))))
+        return vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
+    return 0;
 }

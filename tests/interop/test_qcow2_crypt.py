@@ -282,6 +282,43 @@ def test_backing_chains_mix_encrypted_and_plain(tmp_path, pw, top_encrypted):
     assert (PLAIN[:16] in top.read_bytes()) == (not top_encrypted)
 
 
+def test_each_image_of_a_chain_has_its_own_secret(tmp_path, pw):
+    """backing.encrypt.key-secret names the backing file's own secret, as in qemu-img;
+    libvdisk writes into the chain and qemu reads the result, and the other way."""
+    other = tmp_path / "pw-base"
+    other.write_text("another passphrase for the base")
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    qemu_create(base, other, cluster=4096)
+    qemu_io(base, other, "write -P 0x31 0 1M")
+    qemu_create(top, pw, cluster=4096, backing=base)
+    objects = ["--object", secret(pw), "--object", secret(other, "sec1")]
+    chain = f"{opts(top)},backing.encrypt.key-secret=sec1"
+    r = run(QEMU_IO, *objects, "--image-opts", chain, "-c", "write -P 0x42 65536 4096",
+            check=False)
+    assert r.returncode == 0, r.stderr
+    expected = bytearray(b"\x31" * MiB + bytes(SIZE - MiB))
+    expected[65536:65536 + 4096] = b"\x42" * 4096
+    ours = tmp_path / "ours.raw"
+    run(VDISK, "convert", *objects, "--image-opts", chain, "-O", "raw", ours)
+    assert ours.read_bytes() == bytes(expected)
+    # the top image's secret alone does not unlock the base, naming it
+    r = run(VDISK, "convert", "--object", secret(pw), "--image-opts", opts(top), "-O", "raw",
+            tmp_path / "no.raw", check=False)
+    assert r.returncode == 1 and "base.qcow2" in r.stderr and "Invalid password" in r.stderr, \
+        r.stderr
+    # libvdisk writes through the chain (a copy-on-write from the encrypted base); qemu reads it
+    with open(pw) as f1, open(other) as f2:
+        top_pass, base_pass = f1.read(), f2.read()
+    passes = {0: top_pass, 1: base_pass}
+    with libvdisk.open(top, "r+", passphrase=lambda path, depth: passes[depth]) as h:
+        h.pwrite(5000, PLAIN)
+    expected[5000:5000 + len(PLAIN)] = PLAIN
+    theirs = tmp_path / "theirs.raw"
+    run(QEMU_IMG, "convert", *objects, "--image-opts", chain, "-O", "raw", theirs)
+    assert theirs.read_bytes() == bytes(expected)
+    assert PLAIN[:16] not in top.read_bytes() + base.read_bytes()
+
+
 def test_convert_writes_and_reads_encrypted_qcow2(tmp_path, pw):
     src = tmp_path / "src.raw"
     data = bytearray(SIZE)

@@ -131,6 +131,10 @@ class VdCheckResult(Structure):
     ]
 
 
+# vd_secret_fn: (ctx, path, depth, buf, size) -> passphrase length, 0 for none, or a VD_E* code
+SecretFn = CFUNCTYPE(c_int, c_void_p, c_char_p, c_uint, c_void_p, c_size_t)
+
+
 class VdOpenOpts(Structure):
     """``struct vd_open_opts``."""
 
@@ -144,6 +148,8 @@ class VdOpenOpts(Structure):
         ("formats", c_char_p),
         ("relative_to", c_char_p),
         ("cache", c_char_p),
+        ("secret_fn", SecretFn),
+        ("secret_ctx", c_void_p),
     ]
 
 
@@ -187,6 +193,7 @@ BitmapExtentFn = CFUNCTYPE(c_int, c_void_p, c_uint64, c_uint64, c_int)
 CheckReportFn = CFUNCTYPE(None, c_void_p, c_char_p)
 # vd_convert_progress_fn: int (*)(void *ctx, uint64_t done, uint64_t total)
 ConvertProgressFn = CFUNCTYPE(c_int, c_void_p, c_uint64, c_uint64)
+
 
 
 class VdConvertOpts(Structure):

@@ -11,7 +11,7 @@ import operator
 import os
 import threading
 import weakref
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, List, Optional, Union
 
 from . import _lib
 from ._lib import check as check_status
@@ -354,7 +354,8 @@ class Image(io.RawIOBase):
                  snapshot: Union[str, int, Snapshot, None] = None, safe: bool = False,
                  formats: Optional[Iterable[str]] = None, cache: Optional[str] = None,
                  direct_fallback: bool = False,
-                 passphrase: Union[str, bytes, None] = None) -> None:
+                 passphrase: Union[str, bytes, Callable[[str, int], Union[str, bytes, None]],
+                                   None] = None) -> None:
         super().__init__()
         self._setup(None, mode, _Owner(), borrowed=False)
         if mode not in _MODES:
@@ -375,11 +376,17 @@ class Image(io.RawIOBase):
         options = _lib.VdOpenOpts(struct_size=ctypes.sizeof(_lib.VdOpenOpts), flags=flags,
                                   format=None if fmt is None else fmt.encode(),
                                   snapshot=snapshot, formats=_formats_list(formats),
-                                  cache=None if cache is None else cache.encode(),
-                                  secret=_passphrase_bytes(passphrase))
+                                  cache=None if cache is None else cache.encode())
+        failures: List[BaseException] = []
+        if callable(passphrase):
+            options.secret_fn = _secret_fn(passphrase, failures)
+        else:
+            options.secret = _passphrase_bytes(passphrase)
         handle = _lib.ImagePtr()
-        check_status(lib().vd_open_ext(ctypes.byref(handle), os.fsencode(path),
-                                       ctypes.byref(options)))
+        status = lib().vd_open_ext(ctypes.byref(handle), os.fsencode(path), ctypes.byref(options))
+        if failures:
+            raise failures[0]
+        check_status(status)
         self._setup(handle, mode, self._owner, borrowed=False)
         if snapshot is not None:
             self._snapshot = text(snapshot)
@@ -972,7 +979,8 @@ def open(path: Union[str, bytes, os.PathLike], mode: str = "r",  # noqa: A001
          snapshot: Union[str, int, Snapshot, None] = None, safe: bool = False,
          formats: Optional[Iterable[str]] = None, cache: Optional[str] = None,
          direct_fallback: bool = False,
-         passphrase: Union[str, bytes, None] = None) -> Image:
+         passphrase: Union[str, bytes, Callable[[str, int], Union[str, bytes, None]],
+                           None] = None) -> Image:
     """Open a disk image; see :class:`Image`. For images from an untrusted source,
     pass ``safe=True`` (and ``formats``): the default follows qemu-img. cache is
     one of qemu's cache modes ("writeback", the default; "writethrough", "none"
@@ -981,7 +989,11 @@ def open(path: Union[str, bytes, os.PathLike], mode: str = "r",  # noqa: A001
 
     ``passphrase`` unlocks an encrypted (luks) image; without it such an image
     opens for :meth:`Image.info` only and reads raise
-    :class:`EncryptionKeyError`, as does a wrong passphrase at open."""
+    :class:`EncryptionKeyError`, as does a wrong passphrase at open. One
+    passphrase serves every encrypted image of the chain; where they differ,
+    pass a function ``passphrase(path, depth)`` instead, asked once for each
+    encrypted image (depth 0 is path, 1 its backing file, ...), returning its
+    passphrase (``None``: none); what it raises fails the open."""
     return Image(path, mode, fmt, no_backing=no_backing, no_lock=no_lock, confined=confined,
                  no_flush=no_flush, repair=repair, snapshot=snapshot, safe=safe, formats=formats,
                  cache=cache, direct_fallback=direct_fallback, passphrase=passphrase)
@@ -998,6 +1010,25 @@ def _set_property(properties: dict, key: str, value) -> None:
     while len(items) <= int(parts[1]):
         items.append({})
     items[int(parts[1])][parts[2]] = value
+
+
+def _secret_fn(ask: Callable[[str, int], Union[str, bytes, None]],
+               failures: List[BaseException]):
+    """A vd_secret_fn asking ask(path, depth) for each encrypted image of the chain; what it
+    raises is kept in failures (the open then fails, and the caller raises it)."""
+    def give(_ctx, path, depth, buf, size):
+        try:
+            value = _passphrase_bytes(ask(os.fsdecode(path), depth))
+            if value is not None and len(value) >= size:
+                raise ValueError(f"a passphrase may be at most {size - 1} bytes")
+        except BaseException as e:  # noqa: B902 -- it must not cross the C frames
+            failures.append(e)
+            return -19  # VD_ECANCELED
+        if not value:
+            return 0
+        ctypes.memmove(buf, value, len(value))
+        return len(value)
+    return _lib.SecretFn(give)
 
 
 def _passphrase_bytes(passphrase: Union[str, bytes, None]) -> Optional[bytes]:

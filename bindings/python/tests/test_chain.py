@@ -434,3 +434,35 @@ def test_resize_qcow2(tmp_path):
         image.resize(512 * 1024, shrink=True)
         assert image.size == 512 * 1024 and image.pread(0, len(data)) == data
         assert image.check().clean
+
+
+def test_each_encrypted_image_of_a_chain_has_its_own_passphrase(tmp_path):
+    """passphrase=function: asked once per encrypted image, by path and depth."""
+    base, mid, top = tmp_path / "base.luks", tmp_path / "mid.qcow2", tmp_path / "top.qcow2"
+    libvdisk.create(base, "luks", SIZE, passphrase="base secret", **{"iter-time": 10})
+    with libvdisk.open(base, "r+", passphrase="base secret") as img:
+        img.pwrite(0, b"B" * 12288)  # unwritten, a luks payload decrypts to noise
+    libvdisk.create(mid, "qcow2", backing_file=base, backing_fmt="luks")  # plain: never asked
+    libvdisk.create(top, "qcow2", backing_file=mid, backing_fmt="qcow2", passphrase="top secret",
+                    **{"encrypt.format": "luks", "encrypt.iter-time": 10})
+    asked = []
+
+    def passphrase(path, depth):
+        asked.append((path, depth))
+        return {0: "top secret", 2: b"base secret"}[depth]
+
+    with libvdisk.open(top, "r+", passphrase=passphrase) as img:
+        img.pwrite(8192, b"T" * 4096)
+        assert img.pread(0, 12288) == b"B" * 8192 + b"T" * 4096
+    assert asked == [(str(top), 0), (str(base), 2)]
+    with pytest.raises(libvdisk.EncryptionKeyError, match="base.luks"):
+        libvdisk.open(top, passphrase="top secret")  # one passphrase: not the base's
+
+    class Refused(Exception):
+        pass
+
+    def refuse(path, depth):
+        raise Refused(path)
+
+    with pytest.raises(Refused):
+        libvdisk.open(top, passphrase=refuse)

@@ -190,11 +190,13 @@ static int luks_open(vd_image *img, const vd_open_opts *opts)
     int rc = read_header(img, l);
     if (rc == 0)
         rc = vd_luks_describe(img, &l->header, "", NULL);
-    const char *secret = opts && opts->struct_size > offsetof(vd_open_opts, secret) ? opts->secret
-                                                                                    : NULL;
+    char *secret = NULL;
+    if (rc == 0)
+        rc = vd_open_passphrase(img, opts, &secret);
     struct vd_luks_io io = file_io(img->file, img->filename);
     if (rc == 0 && secret)
         rc = vd_luks_unlock(&l->header, &io, secret, &l->crypto, NULL);
+    vd_secret_free(secret);
     if (rc < 0) {
         luks_close(img);
         img->priv = NULL;

@@ -199,7 +199,7 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     img->priv = s;
     uint8_t h[QCOW_HEADER_BYTES];
     uint64_t file_size;
-    struct header hd;
+    struct header hd = { 0 };
     int rc = vd_file_get_size(img->file, &file_size);
     if (rc == 0 && file_size < QCOW_HEADER_BYTES)
         rc = vd_err(VD_EFORMAT, "%s: Image not in qcow format (shorter than the header)",
@@ -218,9 +218,13 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
     }
     if (rc == 0)
         rc = read_backing_name(img, s, &hd, file_size);
-    const char *secret = opts->struct_size > offsetof(vd_open_opts, secret) ? opts->secret : NULL;
-    if (rc == 0 && s->crypt_method == QCOW_CRYPT_AES && secret)
-        rc = vd_crypto_new_qcow_aes(&s->crypto, secret);
+    if (rc == 0 && s->crypt_method == QCOW_CRYPT_AES) {
+        char *secret;
+        rc = vd_open_passphrase(img, opts, &secret);
+        if (rc == 0 && secret)
+            rc = vd_crypto_new_qcow_aes(&s->crypto, secret);
+        vd_secret_free(secret);
+    }
     if (rc == 0)
         rc = vd_cache_new(&s->l2s, img->file, (size_t)qcow_l2_bytes(s), cache_tables(s, opts->cache_bytes));
     if (rc == 0) {

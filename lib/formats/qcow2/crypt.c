@@ -135,7 +135,7 @@ static int open_luks(vd_image *img, struct qcow2 *q, const char *secret)
     return rc;
 }
 
-int qcow2_crypt_open(vd_image *img, struct qcow2 *q, const char *secret)
+int qcow2_crypt_open(vd_image *img, struct qcow2 *q, const vd_open_opts *opts)
 {
     if (q->crypt_method > QCOW2_CRYPT_LUKS)
         return vd_err(VD_EUNSUPPORTED, "%s: unsupported qcow2 encryption method %u",
@@ -143,10 +143,14 @@ int qcow2_crypt_open(vd_image *img, struct qcow2 *q, const char *secret)
     int rc = find_header(img, q);
     if (rc < 0 || !q->crypt_method)
         return rc;
+    char *secret;
+    if ((rc = vd_open_passphrase(img, opts, &secret)) < 0)
+        return rc;
     if (q->crypt_method == QCOW2_CRYPT_LUKS)
         rc = open_luks(img, q, secret);
     else if (secret)
         rc = vd_crypto_new_qcow_aes(&q->crypto, secret);
+    vd_secret_free(secret);
     q->cow_ops = qcow2_cow_ops;
     q->cow_ops.encrypt = q_encrypt;
     q->cow_ops.decrypt = q_decrypt;

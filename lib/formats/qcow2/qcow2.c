@@ -181,9 +181,8 @@ static int q_open(vd_image *img, const vd_open_opts *opts)
         !(img->open_flags & VD_OPEN_REPAIR))
         rc = vd_err(VD_ECORRUPT, "%s: qcow2 image is marked corrupt; it can only be opened read-only "
                     "(repair it with 'vdisk check -r all')", img->filename);
-    const char *secret = opts->struct_size > offsetof(vd_open_opts, secret) ? opts->secret : NULL;
     if (rc == 0)
-        rc = qcow2_crypt_open(img, q, secret);
+        rc = qcow2_crypt_open(img, q, opts);
     if (rc == 0 && qcow2_has_data_file(q))
         rc = open_data_file(img, q);
     if (rc == 0)

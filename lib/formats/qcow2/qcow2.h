@@ -382,7 +382,7 @@ int qcow2_check_layout(void *ctx);
  * extension, read the LUKS header, unlock it (or the AES key) with secret
  * when there is one, and fill q->cow_ops for the engine.
  */
-int qcow2_crypt_open(vd_image *img, struct qcow2 *q, const char *secret);
+int qcow2_crypt_open(vd_image *img, struct qcow2 *q, const vd_open_opts *opts);
 void qcow2_crypt_close(struct qcow2 *q);
 /* 0 unless the image is encrypted and was opened without a passphrase (VD_EKEY). */
 int qcow2_crypt_need_key(vd_image *img);
