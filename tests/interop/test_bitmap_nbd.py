@@ -1,0 +1,152 @@
+"""Persistent dirty bitmaps against QEMU's own reader of them: qemu-nbd 7.2
+exports a bitmap (-B NAME) and nbdinfo --map=qemu:dirty-bitmap:NAME lists
+its dirty runs. The oracle for both directions:
+
+- a bitmap qemu-img made records exactly the granules libvdisk wrote,
+  zero-wrote or discarded, as qemu-nbd sees it and as vd_bitmap_extents
+  (Image.dirty_extents) reports it; a disabled one stays clean;
+- a bitmap libvdisk made is listed by qemu-img info, passes qemu-img check
+  and qemu-nbd serves the same dirty runs.
+
+qemu-nbd listens on a unix socket in the test's directory; the fixture kills
+every server it started, whatever the test did.
+"""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+import libvdisk
+from vdhelp import KiB, MiB, assert_qemu_clean, qemu_img, qemu_info, run
+
+QEMU_NBD = os.environ.get("QEMU_NBD") or shutil.which("qemu-nbd")
+NBDINFO = os.environ.get("NBDINFO") or shutil.which("nbdinfo")
+
+pytestmark = pytest.mark.skipif(
+    not QEMU_NBD or not NBDINFO,
+    reason="qemu-nbd (qemu-utils) or nbdinfo (libnbd-bin) is not installed: "
+           "no oracle for the dirty bitmaps")
+
+VDISK = os.environ.get("VDISK")
+
+
+@pytest.fixture
+def nbd_dirty_runs(tmp_path):
+    """dirty_runs(path, name): the dirty (offset, length) runs of bitmap name
+    as qemu-nbd -B serves them, read with nbdinfo --map."""
+    servers = []
+
+    def dirty_runs(path, name):
+        socket = tmp_path / f"nbd{len(servers)}.sock"
+        server = subprocess.Popen([QEMU_NBD, "-r", "-f", "qcow2", "-B", name, "-k", str(socket),
+                                   str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        servers.append(server)
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            if server.poll() is not None:
+                raise AssertionError(f"qemu-nbd exited {server.returncode}: "
+                                     f"{server.stderr.read().decode(errors='replace')}")
+            assert time.monotonic() < deadline, "qemu-nbd did not listen within 30 s"
+            time.sleep(0.05)
+        r = run(NBDINFO, "--json", f"--map=qemu:dirty-bitmap:{name}",
+                f"nbd+unix:///?socket={socket}", timeout=60)
+        return merge_runs((e["offset"], e["length"]) for e in json.loads(r.stdout)
+                          if e["type"] & 1)
+
+    try:
+        yield dirty_runs
+    finally:
+        for server in servers:
+            if server.poll() is None:
+                server.kill()
+            server.wait(timeout=30)
+
+
+def merge_runs(runs):
+    """(offset, length) runs with touching ones joined."""
+    merged = []
+    for offset, length in runs:
+        if merged and merged[-1][0] + merged[-1][1] == offset:
+            merged[-1] = (merged[-1][0], merged[-1][1] + length)
+        else:
+            merged.append((offset, length))
+    return merged
+
+
+def granule_runs(ranges, granularity, size):
+    """The runs a bitmap of that granularity marks for byte ranges (offset, length)."""
+    granules = set()
+    for offset, length in ranges:
+        granules.update(range(offset // granularity, (offset + length - 1) // granularity + 1))
+    return merge_runs((g * granularity, min(granularity, size - g * granularity))
+                      for g in sorted(granules))
+
+
+SIZE = 64 * MiB
+# writes, zero writes and discards at unaligned offsets and lengths, as
+# (operation, offset, length)
+OPERATIONS = [
+    ("write", 1 * MiB + 100, 3000),
+    ("write", 5 * MiB - 512, 1024),                  # across a 64 KiB boundary
+    ("zero", 9 * MiB, 200 * KiB),
+    ("zero-unmap", 20 * MiB + 4 * KiB, 64 * KiB),
+    ("discard", 30 * MiB, 1 * MiB),
+    ("write", SIZE - 1000, 1000),                    # the last granule
+]
+
+
+def apply_operations(path):
+    with libvdisk.open(path, "r+") as img:
+        for op, offset, length in OPERATIONS:
+            if op == "write":
+                img.pwrite(offset, bytes([0x5A]) * length)
+            elif op == "discard":
+                img.discard(offset, length)
+            else:
+                img.write_zeroes(offset, length, may_unmap=op == "zero-unmap")
+
+
+def ours(path, name):
+    with libvdisk.open(path, "r") as img:
+        return merge_runs(img.dirty_extents(name))
+
+
+def test_qemu_bitmaps_record_libvdisk_writes(tmp_path, nbd_dirty_runs):
+    path = tmp_path / "qemu-made.qcow2"
+    qemu_img("create", "-f", "qcow2", path, SIZE)
+    qemu_img("bitmap", "--add", path, "g64k")
+    qemu_img("bitmap", "--add", "-g", "4k", path, "g4k")
+    qemu_img("bitmap", "--add", "-g", "1M", path, "g1m")
+    qemu_img("bitmap", "--add", "--disable", path, "off")
+    apply_operations(path)
+    ranges = [(offset, length) for _, offset, length in OPERATIONS]
+    for name, granularity in (("g64k", 64 * KiB), ("g4k", 4 * KiB), ("g1m", 1 * MiB)):
+        expected = granule_runs(ranges, granularity, SIZE)
+        assert nbd_dirty_runs(path, name) == expected, name
+        assert ours(path, name) == expected, name
+    assert nbd_dirty_runs(path, "off") == [] and ours(path, "off") == []
+    assert_qemu_clean(path)
+
+
+def test_libvdisk_bitmaps_seen_by_qemu(tmp_path, nbd_dirty_runs):
+    if not VDISK:
+        pytest.skip("VDISK is not set (run through meson test)")
+    path = tmp_path / "vdisk-made.qcow2"
+    run(VDISK, "create", "-f", "qcow2", path, str(SIZE))
+    run(VDISK, "bitmap", "--add", "-g", "16k", path, "mine")
+    run(VDISK, "bitmap", "--add", "--disable", path, "idle")
+    with libvdisk.open(path, "r+") as img:
+        img.bitmap_add("api", granularity=256 * KiB)
+    apply_operations(path)
+    bitmaps = qemu_info(path)["format-specific"]["data"]["bitmaps"]
+    assert [(b["name"], b["granularity"], b["flags"]) for b in bitmaps] == [
+        ("mine", 16 * KiB, ["auto"]), ("idle", 64 * KiB, []), ("api", 256 * KiB, ["auto"])]
+    assert_qemu_clean(path)
+    ranges = [(offset, length) for _, offset, length in OPERATIONS]
+    for name, granularity in (("mine", 16 * KiB), ("api", 256 * KiB)):
+        expected = granule_runs(ranges, granularity, SIZE)
+        assert nbd_dirty_runs(path, name) == expected == ours(path, name), name
+    assert nbd_dirty_runs(path, "idle") == [] == ours(path, "idle")
