@@ -540,6 +540,9 @@ VD_API int vd_snapshot_create(vd_image *img, const char *name, uint32_t flags);
 /*
  * Revert the image to a snapshot, referred to by id or else by name, as
  * qemu-img snapshot -a does, its size included. Needs a read-write handle.
+ * Every enabled dirty bitmap is marked dirty over each cluster the snapshot
+ * maps differently from the current state (qemu-img 7.2 refuses an image
+ * with bitmaps instead).
  */
 VD_API int vd_snapshot_apply(vd_image *img, const char *id_or_name, uint32_t flags);
 /*

@@ -8,22 +8,16 @@ its dirty runs. The oracle for both directions:
 - a bitmap libvdisk made is listed by qemu-img info, passes qemu-img check
   and qemu-nbd serves the same dirty runs.
 
-qemu-nbd listens on a unix socket in the test's directory; the fixture kills
-every server it started, whatever the test did.
+qemu-nbd listens on a unix socket in the test's directory and is killed
+whatever the test did (vdhelp.qemu_nbd_dirty_runs).
 """
-import json
 import os
-import shutil
-import subprocess
-import time
 
 import pytest
 
 import libvdisk
-from vdhelp import KiB, MiB, assert_qemu_clean, qemu_img, qemu_info, run
-
-QEMU_NBD = os.environ.get("QEMU_NBD") or shutil.which("qemu-nbd")
-NBDINFO = os.environ.get("NBDINFO") or shutil.which("nbdinfo")
+from vdhelp import (NBDINFO, QEMU_NBD, KiB, MiB, assert_qemu_clean, merge_runs, qemu_img,
+                    qemu_info, qemu_nbd_dirty_runs, run)
 
 pytestmark = pytest.mark.skipif(
     not QEMU_NBD or not NBDINFO,
@@ -35,45 +29,8 @@ VDISK = os.environ.get("VDISK")
 
 @pytest.fixture
 def nbd_dirty_runs(tmp_path):
-    """dirty_runs(path, name): the dirty (offset, length) runs of bitmap name
-    as qemu-nbd -B serves them, read with nbdinfo --map."""
-    servers = []
-
-    def dirty_runs(path, name):
-        socket = tmp_path / f"nbd{len(servers)}.sock"
-        server = subprocess.Popen([QEMU_NBD, "-r", "-f", "qcow2", "-B", name, "-k", str(socket),
-                                   str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        servers.append(server)
-        deadline = time.monotonic() + 30
-        while not socket.exists():
-            if server.poll() is not None:
-                raise AssertionError(f"qemu-nbd exited {server.returncode}: "
-                                     f"{server.stderr.read().decode(errors='replace')}")
-            assert time.monotonic() < deadline, "qemu-nbd did not listen within 30 s"
-            time.sleep(0.05)
-        r = run(NBDINFO, "--json", f"--map=qemu:dirty-bitmap:{name}",
-                f"nbd+unix:///?socket={socket}", timeout=60)
-        return merge_runs((e["offset"], e["length"]) for e in json.loads(r.stdout)
-                          if e["type"] & 1)
-
-    try:
+    with qemu_nbd_dirty_runs(tmp_path) as dirty_runs:
         yield dirty_runs
-    finally:
-        for server in servers:
-            if server.poll() is None:
-                server.kill()
-            server.wait(timeout=30)
-
-
-def merge_runs(runs):
-    """(offset, length) runs with touching ones joined."""
-    merged = []
-    for offset, length in runs:
-        if merged and merged[-1][0] + merged[-1][1] == offset:
-            merged[-1] = (merged[-1][0], merged[-1][1] + length)
-        else:
-            merged.append((offset, length))
-    return merged
 
 
 def granule_runs(ranges, granularity, size):
