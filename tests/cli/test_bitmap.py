@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import MiB, make_sparse, same_result
+from qcow2_file import Qcow2File
 
 KiB = 1024
 
@@ -92,6 +93,49 @@ def test_convert_bitmaps_refused_before_copying(vdisk, qemu_img, image, target):
     theirs = qemu_img("convert", "--bitmaps", *target, image, image.parent / "theirs.img")
     assert mine.returncode == theirs.returncode == 1, (mine, theirs)
     assert "bitmaps" in mine.stderr and not out.exists(), mine.stderr
+
+
+# each row: convert's options, before -O qcow2 (or the -O given) source destination
+BROKEN_CASES = [
+    ["--bitmaps"],
+    ["--bitmaps", "--skip-broken-bitmaps"],
+    ["--skip-broken-bitmaps", "--bitmaps"],
+    ["--skip-broken-bitmaps"],
+    ["--bitmaps", "--skip-broken-bitmaps", "-O", "raw"],
+    ["--bitmaps", "-O", "raw"],
+]
+
+
+@pytest.mark.parametrize("args", BROKEN_CASES, ids=[" ".join(c) for c in BROKEN_CASES])
+def test_convert_skip_broken_bitmaps_as_qemu_img(vdisk, qemu_img, qemu_io, image, args):
+    """Inconsistent bitmaps (in use, as a crash leaves them): --bitmaps refuses
+    the convert before creating anything, naming one; --skip-broken-bitmaps
+    copies the others with a warning for each left out; the messages, exit
+    codes and resulting bitmaps are qemu-img's."""
+    qemu_img("bitmap", "--add", "--disable", image, "b3", check=0)
+    qemu_img("bitmap", "--add", image, "b4", check=0)
+    qemu_io("-c", "write 1M 64k", image, check=0)
+    Qcow2File(image).mark_bitmaps_in_use("b1", "b3")
+    target = [] if "-O" in args else ["-O", "qcow2"]
+    ours, theirs = image.parent / "ours.img", image.parent / "theirs.img"
+    mine = vdisk("convert", *args, *target, image.name, ours.name, cwd=image.parent)
+    qemu = qemu_img("convert", *args, *target, image.name, theirs.name, cwd=image.parent)
+    assert same_result(mine, qemu), (mine, qemu)
+    if mine.returncode:
+        # refused before anything was created (qemu-img leaves a raw target it refuses behind)
+        assert not ours.exists()
+        return
+    assert "Skipping inconsistent bitmap 'b1'" in mine.stderr
+    bitmaps = [b for b in qemu_img.json("info", "--output=json", ours)
+               ["format-specific"]["data"]["bitmaps"]]
+    assert bitmaps == qemu_img.json("info", "--output=json", theirs)["format-specific"]["data"]["bitmaps"]
+    assert [b["name"] for b in bitmaps] == ["b2", "b4"]
+    qemu_img("check", ours, check=0)
+    assert qemu_img("compare", ours, image).returncode == 0
+    # the bitmaps that came along kept their bits
+    inc = image.parent / "inc.qcow2"
+    vdisk("convert", "-O", "qcow2", "--bitmap", "b2", ours, inc, check=0)
+    assert [e["start"] for e in qemu_img.json("map", "--output=json", inc) if e["data"]] == [1 * MiB]
 
 
 def test_amend_downgrade_with_bitmaps_is_refused(vdisk, qemu_img, image):
