@@ -192,6 +192,28 @@ def test_measure_counts_bitmaps_as_qemu_img(vdisk, qemu_img, image, options):
         assert mine.stdout == theirs.stdout
 
 
+@pytest.mark.parametrize("maker", ["qemu-img", "vdisk"])
+def test_measure_three_granularities_as_qemu_img(vdisk, qemu_img, qemu_io, tmp_path, maker):
+    """Three bitmaps of 512 B, 64 KiB and 2 MiB granularity (one disabled, one
+    with a long name) over 3 GiB, some bits dirty: bitmap tables of several
+    clusters, a directory of entries of different sizes; 'bitmaps size' as
+    qemu-img measure counts it for each destination cluster size."""
+    tool = qemu_img if maker == "qemu-img" else vdisk
+    image = tmp_path / "big.qcow2"
+    qemu_img("create", "-f", "qcow2", image, 3 * 1024 * MiB, check=0)
+    tool("bitmap", "--add", "-g", "512", image, "fine", check=0)
+    tool("bitmap", "--add", "-g", "64k", image, "mid", check=0)
+    tool("bitmap", "--add", "-g", "2M", "--disable", image, "coarse-" + "n" * 200, check=0)
+    qemu_io("-c", "write 1G 1M", "-c", "write 2049M 64k", image, check=0)
+    for options in ([], ["-o", "cluster_size=512"], ["-o", "cluster_size=4k"],
+                    ["-o", "cluster_size=2M"], ["-o", "compat=0.10"]):
+        for output in ("human", "json"):
+            args = ("measure", f"--output={output}", "-O", "qcow2", *options, image)
+            mine, theirs = vdisk(*args, check=0), qemu_img(*args, check=0)
+            assert mine.stdout == theirs.stdout, (options, mine.stdout, theirs.stdout)
+            assert options == ["-o", "compat=0.10"] or "bitmaps" in mine.stdout
+
+
 def dirty_runs(path, name):
     """The dirty runs qemu-nbd serves for a bitmap (nbdinfo --map), or skip."""
     nbdinfo, qemu_nbd = shutil.which("nbdinfo"), shutil.which("qemu-nbd")
