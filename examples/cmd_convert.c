@@ -1,5 +1,6 @@
 /* vdisk convert [-c] [-p] [-q] [-U] [--safe] [--image-opts] [--target-image-opts] [-n]
- *               [--target-is-zero] [--bitmaps] [--bitmap name] [-W] [-m num] [-f fmt] [-O fmt]
+ *               [--target-is-zero] [--bitmaps [--skip-broken-bitmaps]] [--bitmap name] [-W]
+ *               [-m num] [-f fmt] [-O fmt]
  *               [-B backing [-F backing_fmt]] [-o options] [-l snapshot_param] [-S size]
  *               [-t cache] [-T src_cache] src dst
  * The work is vd_convert()'s; this parses qemu-img's options, opens the source (and finds
@@ -19,7 +20,8 @@
 /* qemu-img's bounds for -S: whole sectors, at most its largest buffer */
 #define SECTOR_SIZE 512
 
-enum { OPT_TARGET_IS_ZERO = 256, OPT_TARGET_IMAGE_OPTS, OPT_BITMAPS, OPT_BITMAP };
+enum { OPT_TARGET_IS_ZERO = 256, OPT_TARGET_IMAGE_OPTS, OPT_BITMAPS, OPT_SKIP_BROKEN_BITMAPS,
+       OPT_BITMAP };
 
 struct convert_args {
     const char *src_format;
@@ -32,7 +34,7 @@ struct convert_args {
     uint32_t open_flags;    /* for the source (-T's flags); with --safe VD_OPEN_SAFE, also for
                                the destination */
     uint32_t convert_flags; /* VD_CONVERT_* of -c, -n, --target-is-zero, -W,
-                               --bitmaps */
+                               --bitmaps, --skip-broken-bitmaps */
     const char *bitmap;     /* --bitmap: copy only what it marks dirty, or NULL */
     unsigned parallel;      /* -m, or 0 */
     const char *backing;    /* -B, or NULL */
@@ -46,6 +48,34 @@ static int show_progress(void *ctx, uint64_t done, uint64_t total)
 {
     progress_update(ctx, done, total);
     return 0;
+}
+
+/*
+ * With --bitmaps, the source's inconsistent bitmaps as qemu-img reports
+ * them, last in the directory first: without --skip-broken-bitmaps the
+ * first refuses the conversion (before anything is created; vd_convert()
+ * would refuse it too, in the library's words); with it, after the copy,
+ * each one skipped is named in a warning. Returns false after a refusal.
+ */
+static bool report_broken_bitmaps(const struct convert_args *a, vd_image *src, bool copied)
+{
+    bool skip = a->convert_flags & VD_CONVERT_SKIP_BROKEN_BITMAPS;
+    size_t count;
+    if (!(a->convert_flags & VD_CONVERT_BITMAPS) || copied != skip || vd_bitmap_count(src, &count) < 0)
+        return true;
+    for (size_t i = count; i-- > 0;) {
+        vd_bitmap_info b = VD_BITMAP_INFO_INIT;
+        if (vd_bitmap_get(src, i, &b) < 0 || !(b.flags & VD_BITMAP_INCONSISTENT))
+            continue;
+        if (skip) {
+            cli_error("warning: Skipping inconsistent bitmap '%s'", b.name);
+            continue;
+        }
+        cli_error("Cannot copy inconsistent bitmap '%s'", b.name);
+        fputs("Try --skip-broken-bitmaps, or use '" CLI_NAME " bitmap --remove' to delete it\n", stderr);
+        return false;
+    }
+    return true;
 }
 
 static int copy_to_destination(const struct convert_args *a, vd_image *src, const char *dst,
@@ -69,10 +99,13 @@ static int copy_to_destination(const struct convert_args *a, vd_image *src, cons
         opts.progress = show_progress;
         opts.progress_ctx = &progress;
     }
+    if (!report_broken_bitmaps(a, src, false))
+        return EXIT_FAILURE;
     int rc = vd_convert(&opts);
     progress_finish(&progress, rc == 0);
     if (rc < 0) /* the library's message says what failed and names the file */
         return cli_error("%s", *vd_errmsg() ? vd_errmsg() : vd_strerror(rc));
+    report_broken_bitmaps(a, src, true);
     return EXIT_SUCCESS;
 }
 
@@ -164,6 +197,7 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
         { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
         { "target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS },
         { "bitmaps", no_argument, NULL, OPT_BITMAPS },
+        { "skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN_BITMAPS },
         { "bitmap", required_argument, NULL, OPT_BITMAP },
         { NULL, 0, NULL, 0 },
     };
@@ -214,6 +248,9 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
         case OPT_BITMAPS:
             a->convert_flags |= VD_CONVERT_BITMAPS;
             break;
+        case OPT_SKIP_BROKEN_BITMAPS:
+            a->convert_flags |= VD_CONVERT_SKIP_BROKEN_BITMAPS;
+            break;
         case OPT_BITMAP:
             a->bitmap = optarg;
             break;
@@ -255,6 +292,8 @@ static int parse_and_convert(int argc, char **argv, struct convert_args *a)
         return cli_error("--image-opts and --format are mutually exclusive");
     if (!a->target_image_opts && !a->out_format)
         a->out_format = "raw";
+    if ((a->convert_flags & VD_CONVERT_SKIP_BROKEN_BITMAPS) && !(a->convert_flags & VD_CONVERT_BITMAPS))
+        return cli_error("Use of --skip-broken-bitmaps requires --bitmaps");
     if (cli_options_want_help(a->options))
         return cli_print_format_options(a->out_format ? a->out_format : "raw");
     if (argc - optind < 2)
@@ -279,7 +318,8 @@ static int run_convert(int argc, char **argv)
 const struct cli_command cmd_convert = {
     .name = "convert",
     .synopsis = "[-c] [-p] [-q] [-U] [--safe] [--image-opts] [--target-image-opts] [-n] "
-                "[--target-is-zero] [--bitmaps] [--bitmap name] [-W] [-m num_coroutines] "
+                "[--target-is-zero] [--bitmaps [--skip-broken-bitmaps]] [--bitmap name] [-W] "
+                "[-m num_coroutines] "
                 "[-f fmt] [-O output_fmt] "
                 "[-B backing_file [-F backing_fmt]] "
                 "[-o options] [-l snapshot_param] [-S sparse_size] [-t cache] [-T src_cache] "
@@ -319,7 +359,11 @@ const struct cli_command cmd_convert = {
         "  --target-is-zero\n"
         "                  with -n: the destination reads as zeroes, so zero runs of\n"
         "                  the source are not written\n"
-        "  --bitmaps       copy the source's persistent dirty bitmaps too\n"
+        "  --bitmaps       copy the source's persistent dirty bitmaps too; an\n"
+        "                  inconsistent one (in use after a crash) refuses the copy\n"
+        "  --skip-broken-bitmaps\n"
+        "                  with --bitmaps: leave the inconsistent ones out, with a\n"
+        "                  warning each\n"
         "  --bitmap name   copy only what this bitmap of the source marks dirty;\n"
         "                  with -B previous_backup, an incremental backup\n"
         "  -m num_coroutines\n"

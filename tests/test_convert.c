@@ -394,6 +394,9 @@ START_TEST(bad_options)
     vt_err(vd_convert(&o), VD_EUNSUPPORTED);
     o.flags = VD_CONVERT_BITMAPS;
     vt_err(vd_convert(&o), VD_EUNSUPPORTED);
+    o.flags = VD_CONVERT_SKIP_BROKEN_BITMAPS; /* only with VD_CONVERT_BITMAPS */
+    vt_err(vd_convert(&o), VD_EINVAL);
+    vt_assert_errmsg_has("requires --bitmaps");
     o.flags = 1u << 31;
     vt_err(vd_convert(&o), VD_EINVAL);
     o = paths(src, dst, "raw");

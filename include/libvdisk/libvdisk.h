@@ -560,6 +560,9 @@ VD_API int vd_snapshot_create(vd_image *img, const char *name, uint32_t flags);
 /*
  * Revert the image to a snapshot, referred to by id or else by name, as
  * qemu-img snapshot -a does, its size included. Needs a read-write handle.
+ * Every enabled dirty bitmap is marked dirty over each cluster the snapshot
+ * maps differently from the current state (qemu-img 7.2 refuses an image
+ * with bitmaps instead).
  */
 VD_API int vd_snapshot_apply(vd_image *img, const char *id_or_name, uint32_t flags);
 /*
@@ -672,10 +675,18 @@ VD_API int vd_bitmap_extents(vd_image *img, const char *name, uint64_t offset, u
 /*
  * Copy the source's persistent bitmaps (of the source image itself, not its
  * backing files) into the destination, with their granularity, enabled
- * state and dirty bits, as qemu-img convert --bitmaps does; an inconsistent
- * one fails the conversion. Refused with VD_EUNSUPPORTED before 0.3.
+ * state and dirty bits, as qemu-img convert --bitmaps does. An inconsistent
+ * one (VD_BITMAP_INCONSISTENT) fails the conversion with VD_ECORRUPT
+ * ("Cannot copy inconsistent bitmap 'NAME'") before the destination is
+ * created or written. Refused with VD_EUNSUPPORTED before 0.3.
  */
 #define VD_CONVERT_BITMAPS        (1u << 4)
+/*
+ * With VD_CONVERT_BITMAPS: skip the source's inconsistent bitmaps instead
+ * of failing (qemu-img convert --skip-broken-bitmaps); the others are
+ * copied. Without VD_CONVERT_BITMAPS: VD_EINVAL. New in 0.3 (LIBVDISK_1.2).
+ */
+#define VD_CONVERT_SKIP_BROKEN_BITMAPS (1u << 5)
 
 /* The most chunks vd_convert_opts.parallel may keep in flight (qemu-img -m's limit). */
 #define VD_CONVERT_MAX_PARALLEL   16

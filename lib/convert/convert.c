@@ -20,7 +20,7 @@
 #define SECTOR_SIZE 512
 
 #define KNOWN_FLAGS (VD_CONVERT_EXISTING | VD_CONVERT_TARGET_IS_ZERO | VD_CONVERT_OUT_OF_ORDER | \
-                     VD_CONVERT_COMPRESS | VD_CONVERT_BITMAPS)
+                     VD_CONVERT_COMPRESS | VD_CONVERT_BITMAPS | VD_CONVERT_SKIP_BROKEN_BITMAPS)
 /* the cache mode's flags (vd_cache_mode_flags()) are allowed on both sides */
 #define CACHE_OPEN_FLAGS (VD_OPEN_DIRECT | VD_OPEN_DIRECT_FALLBACK | VD_OPEN_WRITETHROUGH)
 #define SRC_OPEN_FLAGS (VD_OPEN_NO_LOCK | VD_OPEN_CONFINED | VD_OPEN_SAFE | CACHE_OPEN_FLAGS)
@@ -65,6 +65,9 @@ static int check_options(const vd_convert_opts *o)
     if ((o->flags & VD_CONVERT_TARGET_IS_ZERO) && !(o->flags & VD_CONVERT_EXISTING))
         return vd_err(VD_EINVAL, "--target-is-zero requires use of -n flag "
                       "(VD_CONVERT_TARGET_IS_ZERO needs VD_CONVERT_EXISTING)");
+    if ((o->flags & VD_CONVERT_SKIP_BROKEN_BITMAPS) && !(o->flags & VD_CONVERT_BITMAPS))
+        return vd_err(VD_EINVAL, "Use of --skip-broken-bitmaps requires --bitmaps "
+                      "(VD_CONVERT_SKIP_BROKEN_BITMAPS needs VD_CONVERT_BITMAPS)");
     if ((o->flags & VD_CONVERT_EXISTING) && o->dst_options)
         return vd_err(VD_EINVAL, "-o has no effect when skipping image creation "
                       "(dst_options with VD_CONVERT_EXISTING)");
@@ -238,7 +241,31 @@ static int copy_into(const vd_convert_opts *o, vd_image *src, vd_image *dst, uin
     return vd_copy_image(&params);
 }
 
-/* VD_CONVERT_BITMAPS: each bitmap of src's own, added to dst and filled from src's bits. */
+/*
+ * VD_CONVERT_BITMAPS, before anything is created: unless skipped, an
+ * inconsistent bitmap of the source refuses the conversion. The one named is
+ * the last in directory order, as qemu-img names it (QEMU lists the bitmaps
+ * of an image last first).
+ */
+static int check_source_bitmaps(const vd_convert_opts *o, vd_image *src)
+{
+    if (!(o->flags & VD_CONVERT_BITMAPS) || (o->flags & VD_CONVERT_SKIP_BROKEN_BITMAPS))
+        return 0;
+    size_t count;
+    int rc = vd_bitmap_count(src, &count);
+    for (size_t i = count; rc == 0 && i-- > 0;) {
+        vd_bitmap_info b = VD_BITMAP_INFO_INIT;
+        if ((rc = vd_bitmap_get(src, i, &b)) == 0 && (b.flags & VD_BITMAP_INCONSISTENT))
+            return vd_err(VD_ECORRUPT, "Cannot copy inconsistent bitmap '%s'", b.name);
+    }
+    return rc;
+}
+
+/*
+ * VD_CONVERT_BITMAPS: each bitmap of src's own, added to dst and filled from
+ * src's bits; the inconsistent ones are left out (check_source_bitmaps let
+ * them through only with VD_CONVERT_SKIP_BROKEN_BITMAPS).
+ */
 static int copy_bitmaps(vd_image *src, vd_image *dst)
 {
     size_t count;
@@ -248,7 +275,7 @@ static int copy_bitmaps(vd_image *src, vd_image *dst)
         if ((rc = vd_bitmap_get(src, i, &b)) < 0)
             break;
         if (b.flags & VD_BITMAP_INCONSISTENT)
-            return vd_err(VD_ECORRUPT, "Cannot copy inconsistent bitmap '%s'", b.name);
+            continue;
         rc = vd_bitmap_add(dst, b.name, b.granularity,
                            (b.flags & VD_BITMAP_AUTO) ? 0 : VD_BITMAP_ADD_DISABLED);
         if (rc == 0)
@@ -329,6 +356,8 @@ int vd_convert(const vd_convert_opts *opts)
     uint64_t size;
     bool created = false, written = false;
     rc = vd_get_size(src, &size);
+    if (rc == 0)
+        rc = check_source_bitmaps(opts, src);
     if (rc == 0)
         rc = convert_to(opts, src, size, &created, &written);
     if (rc < 0)

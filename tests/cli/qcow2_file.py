@@ -5,6 +5,8 @@ import struct
 OFLAG_COPIED = 1 << 63
 OFFSET_MASK = 0x00fffffffffffe00
 INCOMPAT_CORRUPT = 1 << 1
+BITMAPS_EXTENSION = 0x23852875
+BITMAP_IN_USE = 1 << 0
 
 
 class Qcow2File:
@@ -68,3 +70,31 @@ class Qcow2File:
     def mark_corrupt(self):
         assert self.version >= 3
         self._write(72, struct.pack(">Q", self._read64(72) | INCOMPAT_CORRUPT))
+
+    def mark_bitmaps_in_use(self, *names):
+        """Set the in_use flag of these bitmaps in the directory, as a writer
+        that crashed with the image open leaves them (then they are inconsistent)."""
+        with open(self.path, "rb") as f:
+            header_length = struct.unpack(">I", f.read(104)[100:104])[0]
+            f.seek(header_length)
+            while True:
+                kind, length = struct.unpack(">II", f.read(8))
+                assert kind, "no bitmaps extension"
+                data = f.read((length + 7) & ~7)
+                if kind == BITMAPS_EXTENSION:
+                    count, _, _, directory = struct.unpack(">IIQQ", data[:24])
+                    break
+        left = set(names)
+        for _ in range(count):
+            with open(self.path, "rb") as f:
+                f.seek(directory)
+                entry = f.read(24)
+                flags, name_size, extra = struct.unpack(">I", entry[12:16])[0], \
+                    *struct.unpack(">HI", entry[18:24])
+                f.seek(directory + 24 + extra)
+                name = f.read(name_size).decode()
+            if name in left:
+                self._write(directory + 12, struct.pack(">I", flags | BITMAP_IN_USE))
+                left.discard(name)
+            directory += (24 + extra + name_size + 7) & ~7
+        assert not left, f"no bitmaps {left}"

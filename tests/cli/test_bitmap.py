@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import MiB, make_sparse, same_result
+from qcow2_file import Qcow2File
 
 KiB = 1024
 
@@ -94,6 +95,49 @@ def test_convert_bitmaps_refused_before_copying(vdisk, qemu_img, image, target):
     assert "bitmaps" in mine.stderr and not out.exists(), mine.stderr
 
 
+# each row: convert's options, before -O qcow2 (or the -O given) source destination
+BROKEN_CASES = [
+    ["--bitmaps"],
+    ["--bitmaps", "--skip-broken-bitmaps"],
+    ["--skip-broken-bitmaps", "--bitmaps"],
+    ["--skip-broken-bitmaps"],
+    ["--bitmaps", "--skip-broken-bitmaps", "-O", "raw"],
+    ["--bitmaps", "-O", "raw"],
+]
+
+
+@pytest.mark.parametrize("args", BROKEN_CASES, ids=[" ".join(c) for c in BROKEN_CASES])
+def test_convert_skip_broken_bitmaps_as_qemu_img(vdisk, qemu_img, qemu_io, image, args):
+    """Inconsistent bitmaps (in use, as a crash leaves them): --bitmaps refuses
+    the convert before creating anything, naming one; --skip-broken-bitmaps
+    copies the others with a warning for each left out; the messages, exit
+    codes and resulting bitmaps are qemu-img's."""
+    qemu_img("bitmap", "--add", "--disable", image, "b3", check=0)
+    qemu_img("bitmap", "--add", image, "b4", check=0)
+    qemu_io("-c", "write 1M 64k", image, check=0)
+    Qcow2File(image).mark_bitmaps_in_use("b1", "b3")
+    target = [] if "-O" in args else ["-O", "qcow2"]
+    ours, theirs = image.parent / "ours.img", image.parent / "theirs.img"
+    mine = vdisk("convert", *args, *target, image.name, ours.name, cwd=image.parent)
+    qemu = qemu_img("convert", *args, *target, image.name, theirs.name, cwd=image.parent)
+    assert same_result(mine, qemu), (mine, qemu)
+    if mine.returncode:
+        # refused before anything was created (qemu-img leaves a raw target it refuses behind)
+        assert not ours.exists()
+        return
+    assert "Skipping inconsistent bitmap 'b1'" in mine.stderr
+    bitmaps = [b for b in qemu_img.json("info", "--output=json", ours)
+               ["format-specific"]["data"]["bitmaps"]]
+    assert bitmaps == qemu_img.json("info", "--output=json", theirs)["format-specific"]["data"]["bitmaps"]
+    assert [b["name"] for b in bitmaps] == ["b2", "b4"]
+    qemu_img("check", ours, check=0)
+    assert qemu_img("compare", ours, image).returncode == 0
+    # the bitmaps that came along kept their bits
+    inc = image.parent / "inc.qcow2"
+    vdisk("convert", "-O", "qcow2", "--bitmap", "b2", ours, inc, check=0)
+    assert [e["start"] for e in qemu_img.json("map", "--output=json", inc) if e["data"]] == [1 * MiB]
+
+
 def test_amend_downgrade_with_bitmaps_is_refused(vdisk, qemu_img, image):
     """qemu-img downgrades and leaves the bitmaps leaked and untrusted in a v2
     image; vdisk refuses and the image stays as it was, bitmaps included."""
@@ -146,6 +190,28 @@ def test_measure_counts_bitmaps_as_qemu_img(vdisk, qemu_img, image, options):
         mine = vdisk("measure", f"--output={output}", "-O", "qcow2", *options, image, check=0)
         theirs = qemu_img("measure", f"--output={output}", "-O", "qcow2", *options, image, check=0)
         assert mine.stdout == theirs.stdout
+
+
+@pytest.mark.parametrize("maker", ["qemu-img", "vdisk"])
+def test_measure_three_granularities_as_qemu_img(vdisk, qemu_img, qemu_io, tmp_path, maker):
+    """Three bitmaps of 512 B, 64 KiB and 2 MiB granularity (one disabled, one
+    with a long name) over 3 GiB, some bits dirty: bitmap tables of several
+    clusters, a directory of entries of different sizes; 'bitmaps size' as
+    qemu-img measure counts it for each destination cluster size."""
+    tool = qemu_img if maker == "qemu-img" else vdisk
+    image = tmp_path / "big.qcow2"
+    qemu_img("create", "-f", "qcow2", image, 3 * 1024 * MiB, check=0)
+    tool("bitmap", "--add", "-g", "512", image, "fine", check=0)
+    tool("bitmap", "--add", "-g", "64k", image, "mid", check=0)
+    tool("bitmap", "--add", "-g", "2M", "--disable", image, "coarse-" + "n" * 200, check=0)
+    qemu_io("-c", "write 1G 1M", "-c", "write 2049M 64k", image, check=0)
+    for options in ([], ["-o", "cluster_size=512"], ["-o", "cluster_size=4k"],
+                    ["-o", "cluster_size=2M"], ["-o", "compat=0.10"]):
+        for output in ("human", "json"):
+            args = ("measure", f"--output={output}", "-O", "qcow2", *options, image)
+            mine, theirs = vdisk(*args, check=0), qemu_img(*args, check=0)
+            assert mine.stdout == theirs.stdout, (options, mine.stdout, theirs.stdout)
+            assert options == ["-o", "compat=0.10"] or "bitmaps" in mine.stdout
 
 
 def dirty_runs(path, name):

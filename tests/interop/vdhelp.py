@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -22,6 +23,9 @@ KiB, MiB = 1 << 10, 1 << 20
 
 QEMU_IMG = os.environ.get("QEMU_IMG") or shutil.which("qemu-img") or "qemu-img"
 QEMU_IO = os.environ.get("QEMU_IO") or shutil.which("qemu-io") or "qemu-io"
+# the oracle for dirty bitmaps; None when not installed
+QEMU_NBD = os.environ.get("QEMU_NBD") or shutil.which("qemu-nbd")
+NBDINFO = os.environ.get("NBDINFO") or shutil.which("nbdinfo")
 
 # vd_open() flags the package does not name
 RDWR, NO_BACKING, NO_LOCK, CONFINED, UNSAFE_RAW, REPAIR = 1, 2, 4, 8, 16, 32
@@ -202,6 +206,53 @@ def qemu_info(path):
 def qemu_compare(image, raw_path, fmt="qcow2"):
     r = run(QEMU_IMG, "compare", "-f", fmt, "-F", "raw", image, raw_path, check=False)
     return r.returncode, r.stdout + r.stderr
+
+
+def merge_runs(runs):
+    """(offset, length) runs with touching ones joined."""
+    merged = []
+    for offset, length in runs:
+        if merged and merged[-1][0] + merged[-1][1] == offset:
+            merged[-1] = (merged[-1][0], merged[-1][1] + length)
+        else:
+            merged.append((offset, length))
+    return merged
+
+
+@contextlib.contextmanager
+def qemu_nbd_dirty_runs(workdir):
+    """Yields dirty_runs(path, name): the dirty (offset, length) runs of
+    bitmap name of a qcow2 image as qemu-nbd -r -B serves them on a unix
+    socket in workdir, read with nbdinfo --map. Every qemu-nbd started is
+    killed on the way out, whatever happened."""
+    servers = []
+
+    def dirty_runs(path, name):
+        socket = os.path.join(str(workdir), f"nbd{len(servers)}.sock")
+        server = subprocess.Popen([QEMU_NBD, "-r", "-f", "qcow2", "-B", name, "-k", socket,
+                                   str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  env=TOOL_ENV)
+        servers.append(server)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(socket):
+            if server.poll() is not None:
+                raise AssertionError(f"qemu-nbd exited {server.returncode}: "
+                                     f"{server.stderr.read().decode(errors='replace')}")
+            assert time.monotonic() < deadline, "qemu-nbd did not listen within 30 s"
+            time.sleep(0.05)
+        r = run(NBDINFO, "--json", f"--map=qemu:dirty-bitmap:{name}",
+                f"nbd+unix:///?socket={socket}", timeout=60)
+        return merge_runs((e["offset"], e["length"]) for e in json.loads(r.stdout)
+                          if e["type"] & 1)
+
+    try:
+        yield dirty_runs
+    finally:
+        for server in servers:
+            if server.poll() is None:
+                server.kill()
+            server.wait(timeout=30)
+            server.stderr.close()
 
 
 def qemu_map(path, fmt=None):

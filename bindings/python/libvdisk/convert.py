@@ -40,7 +40,8 @@ def _progress_callback(progress, failure):
 def convert(src, dst, fmt="raw", *, src_fmt=None, snapshot=None, backing_file=None,
             backing_fmt=None, sparse_size=4096, existing=False, target_is_zero=False,
             parallel=0, out_of_order=False, compress=False, cache="unsafe", no_lock=False, safe=False,
-            confined=False, progress=None, bitmaps=False, bitmap=None, **options):
+            confined=False, progress=None, bitmaps=False, skip_broken_bitmaps=False, bitmap=None,
+            **options):
     """Copy the image ``src`` (a path, or an open :class:`Image`, read through its
     chain) into a new image ``dst`` of format ``fmt`` (``qemu-img convert``).
 
@@ -63,7 +64,10 @@ def convert(src, dst, fmt="raw", *, src_fmt=None, snapshot=None, backing_file=No
       zlib, or ``compression_type="zstd"``), compressed on a thread per core;
       formats without compressed clusters raise :class:`Unsupported`.
     - ``bitmaps=True`` (``--bitmaps``): copy the source's persistent dirty
-      bitmaps too. ``bitmap="NAME"`` (``--bitmap``): copy only what that
+      bitmaps too; an inconsistent one (in use after a crash) raises
+      :class:`CorruptImage` before ``dst`` is touched, unless
+      ``skip_broken_bitmaps=True`` (``--skip-broken-bitmaps``) leaves it
+      out. ``bitmap="NAME"`` (``--bitmap``): copy only what that
       bitmap of the source marks dirty; with ``backing_file`` the previous
       backup, an incremental backup.
     - ``cache``: "unsafe" (the default, never syncs the output) or a mode that
@@ -87,7 +91,8 @@ def convert(src, dst, fmt="raw", *, src_fmt=None, snapshot=None, backing_file=No
                   | (_lib.CONVERT_TARGET_IS_ZERO if target_is_zero else 0)
                   | (_lib.CONVERT_OUT_OF_ORDER if out_of_order else 0)
                   | (_lib.CONVERT_COMPRESS if compress else 0)
-                  | (_lib.CONVERT_BITMAPS if bitmaps else 0))
+                  | (_lib.CONVERT_BITMAPS if bitmaps else 0)
+                  | (_lib.CONVERT_SKIP_BROKEN_BITMAPS if skip_broken_bitmaps else 0))
     opts.bitmap = bitmap.encode("utf-8", "surrogateescape") if bitmap is not None else None
     opts.dst_path = os.fsencode(dst)
     opts.dst_format = fmt.encode()

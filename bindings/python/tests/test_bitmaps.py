@@ -189,3 +189,18 @@ def test_a_crash_leaves_the_bitmap_in_use_never_stale(qemu_made):
     assert flags == {"b4k": ["in-use", "auto"], "off": []}
     result = qemu_img("check", qemu_made)
     assert "leaked" not in result.stdout, result.stdout
+
+
+def test_convert_skips_broken_bitmaps_only_when_asked(qemu_made, tmp_path):
+    package = os.path.dirname(os.path.dirname(libvdisk.__file__))
+    subprocess.run([sys.executable, "-c", CRASH, str(qemu_made), package], check=True,
+                   timeout=60, env=os.environ)
+    copy = tmp_path / "copy.qcow2"
+    with pytest.raises(libvdisk.CorruptImage, match="Cannot copy inconsistent bitmap 'b4k'"):
+        libvdisk.convert(qemu_made, copy, "qcow2", bitmaps=True)
+    assert not copy.exists()
+    with pytest.raises(libvdisk.InvalidArgument, match="requires --bitmaps"):
+        libvdisk.convert(qemu_made, copy, "qcow2", skip_broken_bitmaps=True)
+    libvdisk.convert(qemu_made, copy, "qcow2", bitmaps=True, skip_broken_bitmaps=True)
+    assert [(b["name"], b["flags"]) for b in qemu_bitmaps(copy)] == [("off", [])]
+    assert_clean(copy)

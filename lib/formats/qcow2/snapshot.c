@@ -1,6 +1,8 @@
 /* The qcow2 internal snapshot table. */
 #include "formats/qcow2/qcow2.h"
 
+#include "core/bitmap.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -580,6 +582,80 @@ int qcow2_snapshot_create(vd_image *img, const char *name)
     return rc;
 }
 
+/* ------------------------------------------------- dirty bitmaps on apply */
+
+/* Copy the L2 table at host offset l2 (0: none, every entry unallocated) into out. */
+static int copy_l2(struct qcow2 *q, uint64_t l2, uint8_t *out)
+{
+    size_t bytes = (size_t)(q->l2_entries * q->l2_entry_bytes);
+    if (!l2) {
+        memset(out, 0, bytes);
+        return 0;
+    }
+    uint8_t *table;
+    int rc = vd_cache_get(q->l2_cache, l2, false, (void **)&table);
+    if (rc < 0)
+        return rc;
+    memcpy(out, table, bytes);
+    vd_cache_put(q->l2_cache, table);
+    return 0;
+}
+
+/* Whether two L2 entries map their cluster alike (COPIED says who else holds it, not what it holds). */
+static bool same_mapping(const struct qcow2 *q, const uint8_t *a, const uint8_t *b)
+{
+    return ((vd_be64(a) ^ vd_be64(b)) & ~QCOW2_OFLAG_COPIED) == 0 &&
+           memcmp(a + 8, b + 8, q->l2_entry_bytes - 8) == 0; /* the subcluster bitmap */
+}
+
+/* Mark dirty the clusters of L1 entry i that old_l2 and new_l2 map differently. */
+static int mark_changed_in_table(vd_image *img, struct qcow2 *q, uint64_t i, uint64_t old_l2,
+                                 uint64_t new_l2, uint8_t *before, uint8_t *after)
+{
+    int rc = copy_l2(q, old_l2, before);
+    if (rc == 0)
+        rc = copy_l2(q, new_l2, after);
+    for (uint64_t j = 0; j < q->l2_entries && rc == 0; j++)
+        if (!same_mapping(q, before + j * q->l2_entry_bytes, after + j * q->l2_entry_bytes))
+            vd_image_mark_dirty(img, (i * q->l2_entries + j) * q->cluster_size, q->cluster_size);
+    return rc;
+}
+
+/*
+ * Applying a snapshot changes the guest's content wherever the snapshot maps
+ * a cluster differently from the active state it replaces (old, q->l1_size
+ * entries, as the new q->l1): every enabled bitmap records that as if it
+ * were written there, so that an incremental backup from it copies those
+ * clusters. An L1 entry naming the same L2 table maps alike; a grown part
+ * is dirty as a whole; a table that cannot be read makes the whole disk
+ * dirty. (QEMU 7.2 refuses to apply a snapshot to an image with bitmaps.)
+ */
+static int mark_changed_clusters(vd_image *img, struct qcow2 *q, const uint64_t *old,
+                                 uint64_t old_size)
+{
+    if (!vd_bitmaps_any_enabled(img))
+        return 0;
+    int rc = vd_bitmaps_fit_size(img); /* the snapshot may have another size */
+    if (rc < 0)
+        return rc;
+    size_t bytes = (size_t)(q->l2_entries * q->l2_entry_bytes);
+    uint8_t *before = malloc(bytes), *after = malloc(bytes);
+    bool whole = !before || !after;
+    uint64_t span = q->l2_entries * q->cluster_size;
+    for (uint64_t i = 0; i < q->l1_size && i * span < img->size && !whole; i++) {
+        uint64_t old_l2 = old[i] & QCOW2_OFFSET_MASK, new_l2 = q->l1[i] & QCOW2_OFFSET_MASK;
+        if (old_l2 != new_l2)
+            whole = mark_changed_in_table(img, q, i, old_l2, new_l2, before, after) < 0;
+    }
+    free(before);
+    free(after);
+    if (whole)
+        vd_image_mark_dirty(img, 0, img->size);
+    else if (img->size > old_size)
+        vd_image_mark_dirty(img, old_size, img->size - old_size);
+    return 0;
+}
+
 int qcow2_snapshot_apply(vd_image *img, const char *id_or_name)
 {
     struct qcow2 *q = qcow2_of(img);
@@ -587,6 +663,7 @@ int qcow2_snapshot_apply(vd_image *img, const char *id_or_name)
     if (i < 0)
         return not_found(img, id_or_name);
     const struct qcow2_snapshot *sn = &q->snapshots[i];
+    uint64_t old_size = img->size;
     int rc = check_snapshot_size(img, q, sn);
     if (rc == 0)
         rc = qcow2_flush_metadata(img, q);
@@ -627,6 +704,9 @@ int qcow2_snapshot_apply(vd_image *img, const char *id_or_name)
         free(target);
         return vd_image_poison(img, rc);
     }
+    /* while the old active state's tables still hold their reference */
+    if (rc == 0)
+        rc = mark_changed_clusters(img, q, old, old_size);
     /* the old active state loses its reference; then COPIED flags follow the refcounts */
     if (rc == 0)
         rc = update_tree_refcounts(img, q, old, q->l1_size, -1, false);
