@@ -114,6 +114,8 @@ static int check_image(const struct image_args *a)
     int status;
     if (rc == VD_EUNSUPPORTED) {
         cli_error("This image format does not support checks");
+        if (a->check_flags) /* the library says what it cannot do (vmdk: repairs) */
+            cli_error("%s", vd_errmsg());
         status = EXIT_NO_CHECKS;
     } else if (rc < 0) {
         status = cli_lib_error(rc, "Check failed");

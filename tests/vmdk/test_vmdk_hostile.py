@@ -1,6 +1,6 @@
 """Hostile VMDK images: broken and malicious variants of small qemu-made
 images, and descriptors naming files outside their directory. Each must be
-read (all of it), written and closed without a crash or hang, within
+read (all of it), checked, written and closed without a crash or hang, within
 bounded memory, and refused with a clear message where it cannot be used;
 a confined (safe) open never follows an extent out of its directory."""
 import os
@@ -34,6 +34,11 @@ try:
         img.map()
 except libvdisk.Error as e:
     print("READ-ERROR", e)
+try:
+    with libvdisk.open(path, "r", fmt) as img:
+        img.check()
+except libvdisk.Error as e:
+    print("CHECK-ERROR", e)
 try:
     with libvdisk.open(path, "r+", fmt) as img:
         for off in (0, img.size // 2, max(img.size - 4096, 0)):

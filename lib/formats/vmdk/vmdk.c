@@ -591,4 +591,5 @@ const struct vd_backend vd_backend_vmdk = {
     .flush = v_flush,
     .block_status = v_block_status,
     .get_info = v_get_info,
+    .check = vmdk_check,
 };
