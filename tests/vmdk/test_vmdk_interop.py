@@ -7,8 +7,8 @@ import os
 import pytest
 
 import libvdisk
-from vmdkhelp import (MiB, PATTERN, QEMU_IMG, SUBFORMATS, VDISK, compare, qemu_check, qemu_io,
-                      raw_model, run, vmdkinfo_accepts, write_pattern_qemu)
+from vmdkhelp import (MiB, PATTERN, QEMU_IMG, QEMU_IO, SUBFORMATS, VDISK, compare, qemu_check,
+                      qemu_io, raw_model, run, vmdkinfo_accepts, write_pattern_qemu)
 
 SIZE = 64 * MiB
 WRITABLE = [s for s in SUBFORMATS if s != "streamOptimized"]
@@ -267,3 +267,52 @@ def test_changed_parent_is_refused_as_qemu_refuses(tmp_path, writer):
     assert r.returncode == 1 and "parent changed" in r.stderr
     r = run(QEMU_IMG, "convert", "-O", "raw", child, tmp_path / "bad2.raw", check=False)
     assert r.returncode != 0
+
+
+def test_zero_extent_takes_zeroes_only(tmp_path):
+    """A RW ZERO extent has no file: qemu 7.2 drops the line (its disk ends
+    before it, a write there fails); vdisk keeps it, takes zeroes there and
+    refuses data with an error naming the image."""
+    (tmp_path / "d.img").write_bytes(b"\x41" * MiB)
+    path = tmp_path / "z.vmdk"
+    path.write_text('# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n'
+                    'createType="monolithicFlat"\nRW 2048 FLAT "d.img" 0\nRW 2048 ZERO\n')
+    r = run(QEMU_IO, "-f", "vmdk", "-c", f"write {MiB} 512",
+            path, check=False)
+    assert "write failed" in r.stdout + r.stderr
+    with libvdisk.open(path, "r+", "vmdk") as img:
+        assert img.size == 2 * MiB
+        with pytest.raises(libvdisk.Error, match="z.vmdk: guest offset 1048576 lies in a ZERO "
+                                                 "extent") as e:
+            img.pwrite(MiB - 512, b"\x42" * 1024)
+        assert "only zeroes can be written there" in str(e.value)
+        img.pwrite(MiB - 512, b"\x43" * 512 + bytes(512))  # zeroes there: taken, nothing stored
+        img.write_zeroes(MiB - 4096, 8192)
+        img.discard(MiB, MiB)
+        assert img.pread(MiB - 8192, 8192) == b"\x41" * 4096 + bytes(4096)
+        assert img.pread(MiB, MiB) == bytes(MiB)
+    assert (tmp_path / "d.img").read_bytes() == b"\x41" * (MiB - 4096) + bytes(4096)
+
+
+@pytest.mark.parametrize("subformat", [None] + SUBFORMATS)
+def test_convert_compressed_like_qemu(tmp_path, subformat):
+    """convert -c -O vmdk as qemu-img 7.2: sparse subformats take it (plain
+    grains, compressed ones for streamOptimized), flat ones fail with
+    'invalid cluster size'."""
+    model = raw_model(tmp_path / "model.raw", 8 * MiB, [(0, 70000, 1), (5 * MiB, 4096, 2)])
+    opts = ["-o", f"subformat={subformat}"] if subformat else []
+    results = {}
+    for tool in (QEMU_IMG, VDISK):
+        out = tmp_path / f"{os.path.basename(tool)}.vmdk"
+        results[tool] = run(tool, "convert", "-c", "-f", "raw", "-O", "vmdk", *opts, model, out,
+                            check=False), out
+    (q, qout), (v, vout) = results[QEMU_IMG], results[VDISK]
+    assert q.returncode == v.returncode, (q.stderr, v.stderr)
+    if q.returncode:
+        assert subformat in ("monolithicFlat", "twoGbMaxExtentFlat")
+        assert "invalid cluster size" in q.stderr and "invalid cluster size" in v.stderr
+        return
+    compare(model, vout)
+    qemu_check(vout)
+    if subformat in (None, "monolithicSparse"):  # plain grains, laid out alike
+        assert os.path.getsize(vout) == os.path.getsize(qout)
