@@ -14,7 +14,7 @@ import pytest
 
 from make_hostile import (QCOW1_HEADER_CASES, QCOW1_L1_ENTRIES, QCOW1_L2_ENTRIES, qcow1_base,
                           qcow1_header_patch, qcow1_l1_entry, patched)
-from qcowhelp import QEMU_IMG, VDISK, run
+from vdhelp import QEMU_IMG, VDISK, run
 
 SANITIZED = bool(os.environ.get("LD_PRELOAD"))
 MEMORY_LIMIT = 1 << 30  # address space of one probe (not under ASan)

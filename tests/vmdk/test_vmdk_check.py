@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from vmdkhelp import MiB, QEMU_IMG, VDISK, raw_model, run
+from vdhelp import MiB, QEMU_IMG, VDISK, raw_model, run
 
 SPARSE = ["monolithicSparse", "twoGbMaxExtentSparse", "streamOptimized"]
 SIZE = 8 * MiB

@@ -14,7 +14,7 @@ import libvdisk
 from make_hostile import (VMDK_DESCRIPTOR_CASES, VMDK_GRAIN_EDITS, VMDK_SPARSE_BASES,
                           VMDK_TABLE_EDITS, patched, vmdk_bases, vmdk_descriptor,
                           vmdk_grain_edit, vmdk_header_variants, vmdk_table_edit)
-from vmdkhelp import MiB, QEMU_IMG, VDISK, corpus_dir, run
+from vdhelp import MiB, QEMU_IMG, VDISK, corpus_dir, run
 
 SANITIZED = bool(os.environ.get("LD_PRELOAD"))
 MEMORY_LIMIT = 1 << 30  # address space of one probe (not under ASan)
