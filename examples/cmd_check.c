@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* qemu-img check's exit codes beyond 0 and 1 */
 #define EXIT_CORRUPTIONS 2   /* errors remain in the image */
@@ -114,6 +115,9 @@ static int check_image(const struct image_args *a)
     int status;
     if (rc == VD_EUNSUPPORTED) {
         cli_error("This image format does not support checks");
+        /* qemu-img's line; a format that checks but cannot repair (vmdk) also says so */
+        if (a->check_flags && !strstr(vd_errmsg(), "does not support checks"))
+            cli_error("%s", vd_errmsg());
         status = EXIT_NO_CHECKS;
     } else if (rc < 0) {
         status = cli_lib_error(rc, "Check failed");

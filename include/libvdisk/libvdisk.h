@@ -490,7 +490,9 @@ typedef void (*vd_check_report_fn)(void *ctx, const char *message);
  * Check the image's metadata and, with repair flags on a read-write handle,
  * repair it. Returns 0 when the check ran (inspect the counts), or an error
  * when it could not (VD_EUNSUPPORTED for formats without checks). report may
- * be NULL.
+ * be NULL. A vmdk check fails as qemu-img's does when it finds a problem
+ * (VD_ECORRUPT, with the counts and the report lines filled in), and has no
+ * repair (VD_EUNSUPPORTED with repair flags).
  */
 VD_API int vd_check(vd_image *img, uint32_t flags, vd_check_result *result,
                     vd_check_report_fn report, void *report_ctx);

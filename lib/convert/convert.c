@@ -224,15 +224,19 @@ static int copy_into(const vd_convert_opts *o, vd_image *src, vd_image *dst, uin
         return rc;
     if ((o->flags & VD_CONVERT_COMPRESS) && info.encrypted)
         return vd_err(VD_EUNSUPPORTED, "Compression and encryption not supported at the same time");
-    if ((o->flags & VD_CONVERT_COMPRESS) && !vd_cow_can_compress(dst))
+    if ((o->flags & VD_CONVERT_COMPRESS) && !vd_cow_takes_compressed_writes(dst))
         return vd_err(VD_EUNSUPPORTED, "Compression not supported for this file format");
+    /* qemu-img's words for a format that takes compressed writes but has no clusters (flat vmdk) */
+    if ((o->flags & VD_CONVERT_COMPRESS) && !info.cluster_size)
+        return vd_err(VD_EUNSUPPORTED, "invalid cluster size");
     struct vd_copy_params params = {
         .src = src, .dst = dst, .size = size, .sparse_block = (size_t)o->sparse_size,
         .dst_reads_zero = !(o->flags & VD_CONVERT_EXISTING) ||
                           (o->flags & VD_CONVERT_TARGET_IS_ZERO),
         .base = base,
         .compare_block = info.cluster_size ? info.cluster_size : DEFAULT_COMPARE_BLOCK,
-        .compress = (o->flags & VD_CONVERT_COMPRESS) || vd_cow_compresses_every_cluster(dst),
+        .compress = ((o->flags & VD_CONVERT_COMPRESS) && vd_cow_can_compress(dst)) ||
+                    vd_cow_compresses_every_cluster(dst),
         .parallel = o->parallel ? o->parallel : DEFAULT_PARALLEL,
         .out_of_order = o->flags & VD_CONVERT_OUT_OF_ORDER,
         .progress = o->progress, .progress_ctx = o->progress_ctx,

@@ -404,6 +404,12 @@ bool vd_cow_compresses_every_cluster(vd_image *img)
     return img->cow && img->cow->compresses_every_cluster && img->cow->compresses_every_cluster(img);
 }
 
+bool vd_cow_takes_compressed_writes(vd_image *img)
+{
+    return vd_cow_can_compress(img) ||
+           (img->cow && img->cow->plain_compressed_writes && img->cow->plain_compressed_writes(img));
+}
+
 int vd_cow_compress_cluster(vd_image *img, const void *cluster, void *out, size_t out_cap,
                             size_t *out_len)
 {

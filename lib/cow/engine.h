@@ -135,6 +135,13 @@ struct vd_cow_ops {
      */
     bool (*compresses_every_cluster)(vd_image *img);
     /*
+     * Whether img takes compressed writes that it cannot store compressed,
+     * storing them as plain clusters (VMDK's uncompressed extents, as QEMU's
+     * vmdk driver does): convert -c then writes plainly instead of refusing.
+     * Optional: never.
+     */
+    bool (*plain_compressed_writes)(vd_image *img);
+    /*
      * Encryption (optional; both or neither): encrypt or decrypt in place
      * len bytes (whole 512-byte sectors) of the guest data at guest that
      * lives, or is to live, at host. With them the engine never lets
@@ -172,6 +179,8 @@ int vd_cow_block_status(vd_image *img, uint64_t off, uint64_t len, vd_extent *ex
  */
 bool vd_cow_can_compress(vd_image *img);
 bool vd_cow_compresses_every_cluster(vd_image *img);
+/* Whether img takes compressed writes at all: it compresses, or stores them plainly. */
+bool vd_cow_takes_compressed_writes(vd_image *img);
 int vd_cow_compress_cluster(vd_image *img, const void *cluster, void *out, size_t out_cap,
                             size_t *out_len);
 int vd_cow_store_cluster(vd_image *img, uint64_t off, const void *comp, size_t comp_len,

@@ -76,6 +76,20 @@ void vd_iov_zero(const struct vd_iov *v)
     for_each_segment(v, zero, NULL);
 }
 
+static void find_nonzero(uint8_t *p, size_t n, void *ctx)
+{
+    bool *nonzero = ctx;
+    for (size_t i = 0; i < n && !*nonzero; i++)
+        *nonzero = p[i] != 0;
+}
+
+bool vd_iov_is_zero(const struct vd_iov *v)
+{
+    bool nonzero = false;
+    for_each_segment(v, find_nonzero, &nonzero);
+    return !nonzero;
+}
+
 struct exporter {
     struct iovec *out;
     int max, n;

@@ -40,6 +40,8 @@ void *vd_iov_contiguous(const struct vd_iov *v);
 void vd_iov_to_buf(const struct vd_iov *v, void *buf);
 void vd_iov_from_buf(const struct vd_iov *v, const void *buf);
 void vd_iov_zero(const struct vd_iov *v);
+/* Whether every byte of the view is zero. */
+bool vd_iov_is_zero(const struct vd_iov *v);
 
 /*
  * Fill out[] with at most max elements describing the view's first bytes,

@@ -21,6 +21,12 @@ table entries pointing at metadata, past EOF, misaligned; compressed
 entries with garbage; snapshot tables with absurd lengths; backing files
 that loop, point outside the directory, at /etc/passwd, at a FIFO, ...;
 truncated files. Needs QEMU_IMG and QEMU_IO (or qemu-img/qemu-io on PATH).
+
+A section for VMDK and qcow (version 1) holds one generator per family
+(header fields, grain directory and table entries, compressed grains and
+descriptors; qcow header fields, past its limits, L1 and L2 entries), used
+by their suites (tests/vmdk, tests/qcow1) and, through build_other(), by
+test_hostile.py, which runs each variant through hostile_probe.
 """
 import json
 import os
@@ -54,9 +60,14 @@ EXT_END, EXT_BACKING_FMT, EXT_FEATURES = 0, 0xE2792ACA, 0x6803F857
 EXT_BITMAPS, EXT_CRYPTO, EXT_DATA_FILE = 0x23852875, 0x0537BE77, 0x44415441
 
 
+# the tools run without a preloaded ASan (the suites of a sanitizer build preload it for
+# Python; qemu-img hangs with it)
+TOOL_ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 def run(*args, cwd=None):
     r = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd,
-                       timeout=120)
+                       timeout=120, env=TOOL_ENV)
     if r.returncode:
         raise RuntimeError(f"{args}: exit {r.returncode}: {r.stdout}{r.stderr}")
     return r
@@ -839,6 +850,230 @@ def _(img, d):
 @variant("file-v3-header-v2-length", "v2", "a v2 file claiming version 3")
 def _(img, d):
     img.set("version", 3)
+
+
+# ------------------------------------------------ VMDK and qcow (version 1)
+#
+# The same idea for the other sparse formats, shared by their own suites
+# (tests/vmdk/test_vmdk_hostile.py, tests/qcow1/test_qcow1_hostile.py, which
+# use them through libvdisk's Python package) and by test_hostile.py (which
+# runs every one through hostile_probe, so that sanitizers see them).
+
+ONES_OF = {"<I": ONES32, "<Q": ONES64, "<H": 0xFFFF, ">I": ONES32, ">Q": ONES64,
+           ">H": 0xFFFF, ">B": 0xFF}
+MiB = 1 << 20
+
+
+def patched(data, patches):
+    """A copy of data with (offset, struct format, value) patches."""
+    buf = bytearray(data)
+    for off, fmt, value in patches:
+        struct.pack_into(fmt, buf, off, value)
+    return bytes(buf)
+
+
+def pattern_cmds(pattern):
+    """qemu-io writes of (offset, length, byte) triples."""
+    return [f"write -P {b} {off} {n}" for off, n, b in pattern]
+
+
+# the hosted sparse extent header ("KDMV"), little-endian
+VMDK_HEADER = {"version": (4, "<I"), "flags": (8, "<I"), "capacity": (12, "<Q"),
+               "granularity": (20, "<Q"), "desc_offset": (28, "<Q"), "desc_size": (36, "<Q"),
+               "num_gtes": (44, "<I"), "rgd_offset": (48, "<Q"), "gd_offset": (56, "<Q"),
+               "grain_offset": (64, "<Q"), "compress": (77, "<H")}
+VMDK_SPARSE_BASES = ["monolithicSparse", "streamOptimized"]
+
+
+def vmdk_bases(d):
+    """{subformat: bytes} of two small qemu-made images with data in them."""
+    out = {}
+    for sub in VMDK_SPARSE_BASES:
+        p = os.path.join(d, f"{sub}.vmdk")
+        if sub == "streamOptimized":
+            raw = os.path.join(d, "src.raw")
+            with open(raw, "wb") as f:
+                f.truncate(4 * MiB)
+                f.seek(MiB)
+                f.write(os.urandom(100000) + b"\x11" * 200000)
+            qemu_img("convert", "-f", "raw", "-O", "vmdk", "-o", f"subformat={sub}", raw, p)
+        else:
+            qemu_img("create", "-q", "-f", "vmdk", "-o", f"subformat={sub}", p, 4 * MiB)
+            qemu_io(p, *pattern_cmds([(0, 70000, 1), (2 * MiB, 65536, 2)]), fmt="vmdk")
+        with open(p, "rb") as f:
+            out[sub] = f.read()
+    return out
+
+
+def vmdk_header_variants():
+    """(label, offset, format, value): every header field at 0, 1, 513, 2^40, all-ones."""
+    for field, (off, fmt) in VMDK_HEADER.items():
+        for value in (0, 1, 513, 1 << 40, ONES_OF[fmt]):
+            if value <= ONES_OF[fmt]:
+                yield f"{field}={value:#x}", off, fmt, value
+
+
+def vmdk_tables(data):
+    """(grain directory, first grain table) byte offsets of a KDMV image."""
+    gd = struct.unpack_from("<Q", data, 56)[0] * 512
+    return gd, struct.unpack_from("<I", data, gd)[0] * 512
+
+
+VMDK_TABLE_EDITS = ["gd-past-eof", "gd-ones", "gd-at-header", "gt-past-eof", "gt-ones",
+                    "gt-into-gd", "gte-one-no-flag", "rgd-differs"]
+
+
+def vmdk_table_edit(data, what):
+    """A monolithicSparse image's bytes with one grain directory or table entry broken."""
+    gd, gt = vmdk_tables(data)
+    rgd = struct.unpack_from("<Q", data, 48)[0] * 512
+    edit = {"gd-past-eof": (gd, "<I", len(data) // 512 + 10),
+            "gd-ones": (gd, "<I", ONES32),
+            "gd-at-header": (gd, "<I", 0),
+            "gt-past-eof": (gt, "<I", len(data) // 512 + 1000),
+            "gt-ones": (gt + 4, "<I", ONES32),
+            "gt-into-gd": (gt, "<I", gd // 512),
+            "gte-one-no-flag": (gt, "<I", 1),
+            "rgd-differs": (rgd, "<I", 7)}[what]
+    return patched(data, [edit])
+
+
+VMDK_GRAIN_EDITS = ["size-zero", "size-huge", "garbage", "truncated"]
+
+
+def vmdk_grain_edit(data, what):
+    """A streamOptimized image's bytes with its first compressed grain broken."""
+    buf = bytearray(data)
+    _, gt = vmdk_tables(buf)
+    grain = next(e for e in struct.unpack_from("<512I", buf, gt) if e) * 512
+    if what == "size-zero":
+        struct.pack_into("<I", buf, grain + 8, 0)
+    elif what == "size-huge":
+        struct.pack_into("<I", buf, grain + 8, 0xFFFFFFF0)
+    elif what == "garbage":
+        buf[grain + 12:grain + 512] = bytes((i * 151 + 7) & 0xFF for i in range(500))
+    else:
+        del buf[grain + 100:]
+    return bytes(buf)
+
+
+VMDK_DESCRIPTOR = ('# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n'
+                   'createType="{t}"\n{x}\n')
+# (createType, extent lines) of descriptors naming d.img (8 KiB of 0x42) beside them
+VMDK_DESCRIPTOR_CASES = [
+    ("monolithicFlat", 'RW -5 FLAT "d.img" 0'),
+    ("monolithicFlat", 'RW 99999999999999999999 FLAT "d.img" 0'),
+    ("monolithicFlat", 'RW 9223372036854775807 FLAT "d.img" 0\nRW 9223372036854775807 FLAT "d.img" 0'),
+    ("monolithicFlat", 'RW 8 FLAT "d.img" 18446744073709551615'),
+    ("monolithicFlat", 'RW 8 BOGUS "d.img" 0'),
+    ("monolithicFlat", 'RW 8 FLAT d.img 0'),
+    ("monolithicFlat", 'RW 8 FLAT "d.img'),
+    ("monolithicFlat", 'RW 8 FLAT "" 0'),
+    ("monolithicFlat", 'RW 8 FLAT "." 0'),
+    ("monolithicFlat", 'RW 8 FLAT "desc.vmdk" 0'),
+    ("monolithicFlat", ""),
+    ("seSparse", 'RW 8 SESPARSE "d.img"'),
+    ("monolithicFlat", 'RW 8 SESPARSE "d.img"'),
+    ("twoGbMaxExtentSparse", 'RW 8 SPARSE "d.img"'),
+    ("twoGbMaxExtentSparse", 'RW 8 SPARSE "desc.vmdk"'),
+    ("fullDevice", 'RW 8 FLAT "d.img" 0'),
+    ("monolithicFlat", "\n".join(f'RW 1 FLAT "d.img" {i}' for i in range(5000))),
+    ("monolithicFlat", 'RDONLY 8 FLAT "d.img" 0\nNOACCESS 8 FLAT "d.img" 0\nRW 8 ZERO'),
+    ("monolithicFlat", 'RW 8 FLAT "d.img" 0\nRW 8 ZERO'),
+]
+
+
+def vmdk_descriptor(create_type, extents):
+    return VMDK_DESCRIPTOR.format(t=create_type, x=extents)
+
+
+# the qcow (version 1) header, big-endian
+QCOW1_HEADER = {"magic": (0, ">I"), "version": (4, ">I"), "backing_offset": (8, ">Q"),
+                "backing_size": (16, ">I"), "mtime": (20, ">I"), "size": (24, ">Q"),
+                "cluster_bits": (32, ">B"), "l2_bits": (33, ">B"), "padding": (34, ">H"),
+                "crypt_method": (36, ">I"), "l1_offset": (40, ">Q")}
+QCOW1_PAST_LIMITS = [("cluster_bits", 8), ("cluster_bits", 17), ("l2_bits", 5), ("l2_bits", 14),
+                     ("size", 1), ("size", 1 << 62), ("size", (1 << 64) - (1 << 20)),
+                     ("crypt_method", 2), ("version", 2), ("backing_size", 1024),
+                     ("backing_offset", 1 << 40), ("backing_size", 1000), ("l1_offset", 8),
+                     ("l1_offset", 1 << 40), ("l1_offset", 550)]
+# (field, value): every field at "zero" and "ones", then the limits
+QCOW1_HEADER_CASES = [(f, v) for f in QCOW1_HEADER for v in ("zero", "ones")] + QCOW1_PAST_LIMITS
+QCOW1_L1_ENTRIES = [0, 8, 48, 100, 1 << 30, (1 << 63) - 4096, ONES64]
+QCOW1_L2_ENTRIES = [8, 48, 1 << 30, 1 << 62, (1 << 63) | (1 << 40), (1 << 63) | (100 << 51) | 48,
+                    (1 << 63) | 4096, ONES64]
+
+
+def qcow1_base(d):
+    """A small qemu-made qcow image with data in two L2 tables and a compressed cluster."""
+    p = os.path.join(d, "p.qcow")
+    qemu_img("create", "-q", "-f", "qcow", p, 8 * MiB)
+    qemu_io(p, *pattern_cmds([(0, 8192, 0x11), (3 * MiB, 4096, 0x22)]),
+            "write -c -P 0x33 6M 4k", fmt="qcow")
+    with open(p, "rb") as f:
+        return f.read()
+
+
+def qcow1_header_patch(field, value):
+    """The header patch of a QCOW1_HEADER_CASES entry."""
+    off, fmt = QCOW1_HEADER[field]
+    return (off, fmt, {"zero": 0, "ones": ONES_OF[fmt]}.get(value, value))
+
+
+def qcow1_l1_entry(data, i):
+    return struct.unpack_from(">Q", data, 48 + 8 * i)[0]
+
+
+def other_variants(root):
+    """Every VMDK and qcow (v1) variant: dicts of name, format, image (the
+    file to open), files ({name: bytes}, written into its own directory)."""
+    os.makedirs(root, exist_ok=True)
+    vmdk, qcow1 = vmdk_bases(root), qcow1_base(root)
+    out = []
+
+    def add_other(name, fmt, image, files):
+        out.append(dict(name=name, format=fmt, image=image, files=files))
+
+    for sub in VMDK_SPARSE_BASES:
+        for label, off, fmt, value in vmdk_header_variants():
+            add_other(f"vmdk-{sub}-{label}", "vmdk", "disk.vmdk",
+                      {"disk.vmdk": patched(vmdk[sub], [(off, fmt, value)])})
+    for what in VMDK_TABLE_EDITS:
+        add_other(f"vmdk-table-{what}", "vmdk", "disk.vmdk",
+                  {"disk.vmdk": vmdk_table_edit(vmdk["monolithicSparse"], what)})
+    for what in VMDK_GRAIN_EDITS:
+        add_other(f"vmdk-grain-{what}", "vmdk", "disk.vmdk",
+                  {"disk.vmdk": vmdk_grain_edit(vmdk["streamOptimized"], what)})
+    for i, (create_type, extents) in enumerate(VMDK_DESCRIPTOR_CASES):
+        add_other(f"vmdk-descriptor-{i}", "vmdk", "desc.vmdk",
+                  {"desc.vmdk": vmdk_descriptor(create_type, extents).encode(),
+                   "d.img": b"\x42" * 8192})
+    for field, value in QCOW1_HEADER_CASES:
+        add_other(f"qcow1-{field}-{value}", "qcow", "disk.qcow",
+                  {"disk.qcow": patched(qcow1, [qcow1_header_patch(field, value)])})
+    for entry in QCOW1_L1_ENTRIES:
+        add_other(f"qcow1-l1-{entry:x}", "qcow", "disk.qcow",
+                  {"disk.qcow": patched(qcow1, [(48, ">Q", entry)])})
+    l2 = qcow1_l1_entry(qcow1, 0)
+    for entry in QCOW1_L2_ENTRIES:
+        add_other(f"qcow1-l2-{entry:x}", "qcow", "disk.qcow",
+                  {"disk.qcow": patched(qcow1, [(l2, ">Q", entry)])})
+    return out
+
+
+def build_other(out):
+    """Write every VMDK and qcow (v1) variant into out/<name>/; returns their index."""
+    index = []
+    for v in other_variants(os.path.join(out, "_bases")):
+        d = os.path.join(out, v["name"])
+        os.makedirs(d)
+        for name, data in v["files"].items():
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(data)
+        index.append({"name": v["name"], "dir": v["name"], "file": v["image"],
+                      "format": v["format"]})
+    shutil.rmtree(os.path.join(out, "_bases"))
+    return index
 
 
 # ---------------------------------------------------------------- driver

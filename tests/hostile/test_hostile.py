@@ -1,4 +1,4 @@
-"""Hostile qcow2 images through libvdisk: no crash, no hang, a clean error
+"""Hostile qcow2 images (and VMDK and qcow v1 ones) through libvdisk: no crash, no hang, a clean error
 naming the file or success, bounded memory, and the files left untouched.
 
 make_hostile.py builds the corpus (one directory per variant); every
@@ -303,6 +303,59 @@ def test_check_reports_what_qemu_reports(results, name):
         f"{name} ({r['entry']['what']}): qemu-img check finds "
         f"{qemu_report.get('corruptions')} corruptions, libvdisk none "
         f"(leaks {j['leaks']})")
+
+
+@pytest.fixture(scope="session")
+def other_corpus(tmp_path_factory):
+    """The VMDK and qcow (v1) variants (make_hostile.build_other), by format."""
+    out = str(tmp_path_factory.mktemp("hostile-other"))
+    by_format = {}
+    for e in make_hostile.build_other(out):
+        by_format.setdefault(e["format"], []).append(e)
+    return out, by_format
+
+
+def probe_other(corpus, entry, probe):
+    """The failures of one VMDK or qcow (v1) variant: read-only then read-write
+    probes survive, within the RSS limit, error messages name the file, and
+    neither changes a byte."""
+    vdir = os.path.join(corpus, entry["dir"])
+    image = os.path.join(vdir, entry["file"])
+    r = {"entry": {**entry, "outside": False}, "image": image}
+    before = snapshot_files(vdir)
+    failures = []
+    for args in ([], ["--rw"]):
+        status = run_child(probe_command(probe, *args, image))
+        kind = "read-write probe" if args else "read-only probe"
+        try:
+            assert_survived(status, entry["name"], kind)
+            j = parse(status[1])
+            assert j is not None, f"{entry['name']}: no result: {status[1]}"
+            assert j["maxrss_kb"] < RSS_LIMIT_KB, f"{entry['name']}: peak RSS {j['maxrss_kb']} KiB"
+            for key in ("open", "read", "bs", "check"):
+                msg = j.get(f"{key}_msg")
+                failed = j.get(f"{key}_rc", 0) < 0 or j.get(f"{key}_errors")
+                assert not failed or names_the_file(msg, r), \
+                    f"{entry['name']}: {kind}: {key} error {msg!r} does not name the file"
+            assert snapshot_files(vdir) == before, f"{entry['name']}: {kind} changed the files"
+        except AssertionError as e:
+            failures.append(str(e))
+    return failures
+
+
+@pytest.mark.parametrize("fmt", ["vmdk", "qcow"])
+def test_other_formats_survive(other_corpus, fmt):
+    """Every hostile VMDK and qcow (v1) variant is refused cleanly or read
+    (and checked) without a crash, a hang or a change to its files."""
+    out, by_format = other_corpus
+    probe = probe_path()
+    entries = by_format[fmt]
+    assert len(entries) > 40
+    workers = max(2, min(8, os.cpu_count() or 2))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        failures = [f for fs in pool.map(lambda e: probe_other(out, e, probe), entries)
+                    for f in fs]
+    assert not failures, "\n".join(failures[:20])
 
 
 def test_confined_accepts_backing_files_inside_the_directory(tmp_path):

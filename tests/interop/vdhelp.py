@@ -1,6 +1,7 @@
-"""Helpers for the qcow2 interop suite: the library (the Python package plus
-the few C calls it does not wrap), QEMU's tools, a content model and map
-normalisation.
+"""Helpers for the interop, vmdk and qcow1 suites (the one copy: tests/vmdk
+and tests/qcow1 import it through their conftest.py): the library (the
+Python package plus the few C calls it does not wrap), QEMU's tools, vdisk,
+content models and map normalisation.
 
 meson passes LIBVDISK_LIBRARY, PYTHONPATH (bindings/python), QEMU_IMG,
 QEMU_IO, VDISK and VDISK_TESTDATA in the environment.
@@ -23,6 +24,7 @@ KiB, MiB = 1 << 10, 1 << 20
 
 QEMU_IMG = os.environ.get("QEMU_IMG") or shutil.which("qemu-img") or "qemu-img"
 QEMU_IO = os.environ.get("QEMU_IO") or shutil.which("qemu-io") or "qemu-io"
+VDISK = os.environ.get("VDISK") or shutil.which("vdisk") or "vdisk"
 # the oracle for dirty bitmaps; None when not installed
 QEMU_NBD = os.environ.get("QEMU_NBD") or shutil.which("qemu-nbd")
 NBDINFO = os.environ.get("NBDINFO") or shutil.which("nbdinfo")
@@ -124,7 +126,7 @@ def read_all(path, fmt=None, **kw):
 TOOL_ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 
 
-def run(*args, cwd=None, check=True, timeout=120):
+def run(*args, cwd=None, check=True, timeout=300):
     # QEMU times PBKDF2 by the CPU time it used and gives up when that reads 0
     # ("Unable to get accurate CPU usage"), which a loaded machine makes likely: retry
     for _ in range(30):
@@ -152,6 +154,40 @@ def qemu_io(path, *commands, fmt="qcow2", cwd=None):
            if "error" in line.lower() or "failed" in line.lower()]
     assert not bad, f"qemu-io on {path}: {bad[:5]}"
     return r
+
+
+def write_pattern_qemu(path, pattern, fmt):
+    """qemu-io writes of (offset, length, byte) triples."""
+    qemu_io(path, *[f"write -P {b} {off} {n}" for off, n, b in pattern], fmt=fmt)
+
+
+def raw_model(path, size, pattern, base=None):
+    """A raw file holding what pattern writes onto zeroes (or onto a copy of base)."""
+    with open(path, "wb") as f:
+        if base:
+            with open(base, "rb") as b:
+                f.write(b.read())
+        f.truncate(size)
+        for off, n, b in pattern:
+            f.seek(off)
+            f.write(bytes([b]) * n)
+    return path
+
+
+def compare(a, b, fa="raw", fb=None):
+    """qemu-img compare finds a (format fa) and b (fb, or probed) identical."""
+    r = run(QEMU_IMG, "compare", "-f", fa, *(["-F", fb] if fb else []), a, b, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Images are identical" in r.stdout
+
+
+def vmdkinfo_accepts(path):
+    """libyal's vmdkinfo, where installed, reads path."""
+    tool = shutil.which("vmdkinfo")
+    if not tool:
+        return
+    r = run(tool, path, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def qemu_check(path, *extra):

@@ -12,21 +12,12 @@ import sys
 
 import pytest
 
-from qcowhelp import MiB, QEMU_IMG, VDISK, qemu_io, run, write_pattern_qemu
+from make_hostile import (QCOW1_HEADER_CASES, QCOW1_L1_ENTRIES, QCOW1_L2_ENTRIES, qcow1_base,
+                          qcow1_header_patch, qcow1_l1_entry, patched)
+from vdhelp import QEMU_IMG, VDISK, run
 
 SANITIZED = bool(os.environ.get("LD_PRELOAD"))
 MEMORY_LIMIT = 1 << 30  # address space of one probe (not under ASan)
-
-HEADER = {"magic": (0, ">I"), "version": (4, ">I"), "backing_offset": (8, ">Q"),
-          "backing_size": (16, ">I"), "mtime": (20, ">I"), "size": (24, ">Q"),
-          "cluster_bits": (32, ">B"), "l2_bits": (33, ">B"), "padding": (34, ">H"),
-          "crypt_method": (36, ">I"), "l1_offset": (40, ">Q")}
-ONES = {">I": 0xFFFFFFFF, ">Q": 0xFFFFFFFFFFFFFFFF, ">H": 0xFFFF, ">B": 0xFF}
-PAST_LIMITS = [("cluster_bits", 8), ("cluster_bits", 17), ("l2_bits", 5), ("l2_bits", 14),
-               ("size", 1), ("size", 1 << 62), ("size", (1 << 64) - (1 << 20)),
-               ("crypt_method", 2), ("version", 2), ("backing_size", 1024),
-               ("backing_offset", 1 << 40), ("backing_size", 1000), ("l1_offset", 8),
-               ("l1_offset", 1 << 40), ("l1_offset", 550)]
 
 PROBE = r"""
 import sys, libvdisk
@@ -68,37 +59,21 @@ def probe(path):
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    """A qemu-made image with data in two L2 tables and a compressed cluster."""
-    d = tmp_path_factory.mktemp("pristine")
-    img = d / "p.qcow"
-    run(QEMU_IMG, "create", "-f", "qcow", img, 8 * MiB)
-    write_pattern_qemu(img, pattern=[(0, 8192, 0x11), (3 * MiB, 4096, 0x22)])
-    qemu_io(img, "qcow", "write -c -P 0x33 6M 4k")
-    return img.read_bytes()
+    return qcow1_base(str(tmp_path_factory.mktemp("pristine")))
 
 
 def variant(tmp_path, data, name, patches):
     """A copy of data with (offset, struct format, value) patches."""
-    buf = bytearray(data)
-    for off, fmt, value in patches:
-        struct.pack_into(fmt, buf, off, value)
     path = tmp_path / name
-    path.write_bytes(bytes(buf))
+    path.write_bytes(patched(data, patches))
     return path
 
 
-def l1_entry(data, i):
-    return struct.unpack_from(">Q", data, 48 + 8 * i)[0]
-
-
-CASES = [(f, v) for f in HEADER for v in ("zero", "ones")] + PAST_LIMITS
-
-
-@pytest.mark.parametrize("field,value", CASES, ids=[f"{f}-{v}" for f, v in CASES])
+@pytest.mark.parametrize("field,value", QCOW1_HEADER_CASES,
+                         ids=[f"{f}-{v}" for f, v in QCOW1_HEADER_CASES])
 def test_header_field(tmp_path, pristine, field, value):
-    off, fmt = HEADER[field]
-    v = {"zero": 0, "ones": ONES[fmt]}.get(value, value)
-    path = variant(tmp_path, pristine, f"h-{field}-{value}.qcow", [(off, fmt, v)])
+    path = variant(tmp_path, pristine, f"h-{field}-{value}.qcow",
+                   [qcow1_header_patch(field, value)])
     errors = probe(path)
     # a backing file size without an offset is ignored, as QEMU ignores it
     valid = (field in ("mtime", "padding", "backing_offset", "backing_size") or
@@ -119,8 +94,7 @@ def test_header_messages(tmp_path, pristine):
              ("l1_offset", 1 << 40): "L1 table",
              ("l1_offset", 8): "overlaps the header"}
     for (field, value), message in cases.items():
-        off, fmt = HEADER[field]
-        patches = [(off, fmt, value)]
+        patches = [qcow1_header_patch(field, value)]
         if field == "backing_size":
             patches.append((8, ">Q", 48))
         path = variant(tmp_path, pristine, f"m-{field}.qcow", patches)
@@ -129,7 +103,7 @@ def test_header_messages(tmp_path, pristine):
             (field, r.stderr)
 
 
-@pytest.mark.parametrize("where", [0, 8, 48, 100, 1 << 30, (1 << 63) - 4096, 0xFFFFFFFFFFFFFFFF])
+@pytest.mark.parametrize("where", QCOW1_L1_ENTRIES)
 def test_l1_entry(tmp_path, pristine, where):
     path = variant(tmp_path, pristine, f"l1-{where}.qcow", [(48, ">Q", where)])
     errors = probe(path)
@@ -137,10 +111,9 @@ def test_l1_entry(tmp_path, pristine, where):
         assert errors and "corrupt" in errors[0]
 
 
-@pytest.mark.parametrize("entry", [8, 48, 1 << 30, 1 << 62, (1 << 63) | (1 << 40),
-                                   (1 << 63) | (100 << 51) | 48, (1 << 63) | 4096, 0xFFFFFFFFFFFFFFFF])
+@pytest.mark.parametrize("entry", QCOW1_L2_ENTRIES)
 def test_l2_entry(tmp_path, pristine, entry):
-    l2 = l1_entry(pristine, 0)
+    l2 = qcow1_l1_entry(pristine, 0)
     path = variant(tmp_path, pristine, f"l2-{entry:x}.qcow", [(l2, ">Q", entry)])
     errors = probe(path)
     assert errors and "corrupt" in errors[0]
@@ -148,7 +121,7 @@ def test_l2_entry(tmp_path, pristine, entry):
 
 def test_compressed_garbage(tmp_path, pristine):
     """The compressed cluster's bytes overwritten: reads fail with a clear error."""
-    l2 = l1_entry(pristine, 3)  # 6 MiB: L1 index 3 (2 MiB per table)
+    l2 = qcow1_l1_entry(pristine, 3)  # 6 MiB: L1 index 3 (2 MiB per table)
     entry = struct.unpack_from(">Q", pristine, l2)[0]
     assert entry >> 63
     host = entry & ((1 << 51) - 1)
@@ -186,7 +159,7 @@ def test_entry_past_eof_never_aliases_new_clusters(tmp_path, pristine):
     """An entry naming the bytes just past the end of the file would alias the
     next cluster allocated there: the first write into its table is refused."""
     import libvdisk
-    l2 = l1_entry(pristine, 0)
+    l2 = qcow1_l1_entry(pristine, 0)
     past = (len(pristine) + 4095) // 4096 * 4096
     path = variant(tmp_path, pristine, "alias.qcow", [(l2 + 8 * 10, ">Q", past)])
     with libvdisk.open(str(path), "r+", "qcow") as h:

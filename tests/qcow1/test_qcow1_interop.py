@@ -6,10 +6,13 @@ import random
 import pytest
 
 import libvdisk
-from qcowhelp import (MiB, PATTERN, QEMU_IMG, QEMU_IO, VDISK, compare, qemu_io, qemu_raw,
-                      raw_model, run, write_pattern_qemu)
+from vdhelp import (MiB, QEMU_IMG, QEMU_IO, VDISK, compare, qemu_io, qemu_raw, raw_model, run,
+                    write_pattern_qemu)
 
 SIZE = 8 * MiB
+# (offset, length, byte) writes over cluster and L2-table boundaries, unaligned ones too
+PATTERN = [(0, 512, 0x11), (4096 - 100, 300, 0x22), (1 * MiB, 3 * MiB, 0x5A),
+           (2 * MiB - 4096, 8192, 0x33), (7 * MiB + 1000, 5000, 0x44)]
 
 
 def vdisk_raw(path, out):
@@ -23,8 +26,8 @@ def test_qemu_image_reads_identically(tmp_path, size):
     img = tmp_path / "q.qcow"
     run(QEMU_IMG, "create", "-f", "qcow", img, size)
     pattern = [(o, min(n, (size & ~511) - o), b) for o, n, b in PATTERN if o < (size & ~511)]
-    write_pattern_qemu(img, pattern=pattern)
-    assert vdisk_raw(img, tmp_path / "v.raw") == qemu_raw(img, tmp_path / "q.raw")
+    write_pattern_qemu(img, pattern, "qcow")
+    assert vdisk_raw(img, tmp_path / "v.raw") == qemu_raw(img, "qcow")
     with libvdisk.open(str(img), "r") as h:
         assert h.format == "qcow"
         assert h.size == size // 512 * 512 if size % 512 == 0 else h.size == (size + 511) // 512 * 512
@@ -35,7 +38,7 @@ def test_info_matches_qemu(tmp_path):
     run(QEMU_IMG, "create", "-f", "raw", base, "4M")
     for img, extra in ((tmp_path / "a.qcow", []), (tmp_path / "b.qcow", ["-b", "base.raw", "-F", "raw"])):
         run(QEMU_IMG, "create", "-f", "qcow", *extra, img, "4M")
-        write_pattern_qemu(img, pattern=PATTERN[:2])
+        write_pattern_qemu(img, PATTERN[:2], "qcow")
         for out in ([], ["--output=json"]):
             ours = run(VDISK, "info", *out, img.name, cwd=tmp_path).stdout
             theirs = run(QEMU_IMG, "info", *out, img.name, cwd=tmp_path).stdout
@@ -49,20 +52,20 @@ def test_info_matches_qemu(tmp_path):
 def test_backing_file_falls_through(tmp_path):
     base = tmp_path / "base.qcow"
     run(QEMU_IMG, "create", "-f", "qcow", base, SIZE)
-    write_pattern_qemu(base, pattern=[(0, 2 * MiB, 0x61), (5 * MiB, 7000, 0x62)])
+    write_pattern_qemu(base, [(0, 2 * MiB, 0x61), (5 * MiB, 7000, 0x62)], "qcow")
     top = tmp_path / "top.qcow"
     run(QEMU_IMG, "create", "-f", "qcow", "-b", "base.qcow", "-F", "qcow", top)
-    write_pattern_qemu(top, pattern=[(100, 1000, 0x71), (5 * MiB + 4000, 10, 0x72)])
-    assert vdisk_raw(top, tmp_path / "v.raw") == qemu_raw(top, tmp_path / "q.raw")
+    write_pattern_qemu(top, [(100, 1000, 0x71), (5 * MiB + 4000, 10, 0x72)], "qcow")
+    assert vdisk_raw(top, tmp_path / "v.raw") == qemu_raw(top, "qcow")
     with libvdisk.open(str(top), "r+") as h:  # copy-on-write from the backing file
         h.pwrite(3000, b"\x7f" * 10)
-    assert vdisk_raw(top, tmp_path / "v2.raw") == qemu_raw(top, tmp_path / "q2.raw")
-    assert qemu_raw(top, tmp_path / "q3.raw")[2990:3020] == b"\x61" * 10 + b"\x7f" * 10 + b"\x61" * 10
+    assert vdisk_raw(top, tmp_path / "v2.raw") == qemu_raw(top, "qcow")
+    assert qemu_raw(top, "qcow")[2990:3020] == b"\x61" * 10 + b"\x7f" * 10 + b"\x61" * 10
 
 
 def test_compressed_from_qemu(tmp_path):
     src = tmp_path / "src.raw"
-    raw_model(src, SIZE)
+    raw_model(src, SIZE, PATTERN)
     with open(src, "r+b") as f:  # data that does not compress, too
         f.seek(6 * MiB)
         f.write(random.Random(1).randbytes(64 * 1024))
@@ -77,7 +80,7 @@ def test_compressed_from_qemu(tmp_path):
         h.pwrite(1 * MiB + 10, b"\x01" * 20)
     data = bytearray(src.read_bytes())
     data[MiB + 10:MiB + 30] = b"\x01" * 20
-    assert qemu_raw(img, tmp_path / "q.raw") == bytes(data)
+    assert qemu_raw(img, "qcow") == bytes(data)
 
 
 def test_vdisk_create_matches_qemu(tmp_path):
@@ -111,12 +114,12 @@ def test_vdisk_writes_read_by_qemu(tmp_path):
     model_path = tmp_path / "model.raw"
     model_path.write_bytes(model)
     compare(model_path, img)
-    qemu_io(img, "qcow", f"read -P 0 {4096 * 3 + 5} 70000")
+    qemu_io(img, f"read -P 0 {4096 * 3 + 5} 70000", fmt="qcow")
 
 
 def test_convert_to_qcow(tmp_path):
     src = tmp_path / "src.raw"
-    raw_model(src, SIZE)
+    raw_model(src, SIZE, PATTERN)
     plain, comp = tmp_path / "p.qcow", tmp_path / "c.qcow"
     run(VDISK, "convert", "-O", "qcow", src, plain)
     run(VDISK, "convert", "-c", "-O", "qcow", src, comp)
@@ -125,23 +128,23 @@ def test_convert_to_qcow(tmp_path):
     assert comp.stat().st_size < plain.stat().st_size
     mapped = json.loads(run(QEMU_IMG, "map", "--output=json", comp).stdout)
     assert any(e["data"] and "offset" not in e for e in mapped)  # compressed runs
-    qemu_io(comp, "qcow", f"read -P 0x5a 1M {MiB - 4096}")
+    qemu_io(comp, f"read -P 0x5a 1M {MiB - 4096}", fmt="qcow")
     with libvdisk.open(str(comp), "r+") as h:  # rewriting a compressed cluster in part
         h.pwrite(1 * MiB + 4000, b"\x99" * 200)
-    qemu_io(comp, "qcow", "read -P 0x5a 1M 4000", f"read -P 0x99 {MiB + 4000} 200",
-            f"read -P 0x5a {MiB + 4200} 100")
+    qemu_io(comp, "read -P 0x5a 1M 4000", f"read -P 0x99 {MiB + 4000} 200",
+            f"read -P 0x5a {MiB + 4200} 100", fmt="qcow")
 
 
 def test_vdisk_writes_into_qemu_images(tmp_path):
     img = tmp_path / "q.qcow"
     run(QEMU_IMG, "create", "-f", "qcow", img, SIZE)
-    write_pattern_qemu(img)
+    write_pattern_qemu(img, PATTERN, "qcow")
     more = [(4096 * 5 + 7, 9000, 0x81), (1 * MiB + 100, 50, 0x82)]
     with libvdisk.open(str(img), "r+") as h:
         for off, n, b in more:
             h.pwrite(off, bytes([b]) * n)
     compare(raw_model(tmp_path / "m.raw", SIZE, PATTERN + more), img)
-    qemu_io(img, "qcow", f"read -P 0x81 {4096 * 5 + 7} 9000", f"read -P 0x82 {MiB + 100} 50")
+    qemu_io(img, f"read -P 0x81 {4096 * 5 + 7} 9000", f"read -P 0x82 {MiB + 100} 50", fmt="qcow")
 
 
 def test_resize_refused(tmp_path):
@@ -206,9 +209,9 @@ def test_encrypted_both_ways(tmp_path):
 def test_map_and_chain_match_qemu(tmp_path):
     base, top = tmp_path / "b.qcow", tmp_path / "t.qcow"
     run(QEMU_IMG, "create", "-f", "qcow", base, "4M")
-    qemu_io(base, "qcow", "write -P 1 0 1M")
+    qemu_io(base, "write -P 1 0 1M", fmt="qcow")
     run(QEMU_IMG, "create", "-f", "qcow", "-b", "b.qcow", "-F", "qcow", top)
-    qemu_io(top, "qcow", "write -P 2 4k 8k", "write -c -P 3 64k 512", "write -z 2M 4k")
+    qemu_io(top, "write -P 2 4k 8k", "write -c -P 3 64k 512", "write -z 2M 4k", fmt="qcow")
     for out in ([], ["--output=json"]):
         for cmd in (["map"], ["info", "--backing-chain"]):
             # the human map stops at the compressed cluster with an error, in both

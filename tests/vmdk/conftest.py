@@ -1,4 +1,6 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
+HERE = os.path.dirname(__file__)
+sys.path.insert(0, os.path.join(HERE, "..", "interop"))  # vdhelp, the suites' shared helpers
+sys.path.insert(0, os.path.join(HERE, "..", "hostile"))  # make_hostile's generators

@@ -7,8 +7,14 @@ import os
 import pytest
 
 import libvdisk
-from vmdkhelp import (MiB, PATTERN, QEMU_IMG, SUBFORMATS, VDISK, compare, qemu_check, qemu_io,
-                      raw_model, run, vmdkinfo_accepts, write_pattern_qemu)
+from vdhelp import (MiB, QEMU_IMG, QEMU_IO, VDISK, assert_qemu_clean, compare, qemu_io, raw_model,
+                    run, vmdkinfo_accepts, write_pattern_qemu)
+
+SUBFORMATS = ["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse",
+              "twoGbMaxExtentFlat", "streamOptimized"]
+# (offset, length, byte) writes that cover grain and table boundaries, unaligned ones too
+PATTERN = [(0, 512, 0x11), (65536 - 100, 300, 0x22), (1 * MiB, 3 * MiB, 0x5A),
+           (32 * MiB - 4096, 8192, 0x33), (63 * MiB + 1000, 5000, 0x44)]
 
 SIZE = 64 * MiB
 WRITABLE = [s for s in SUBFORMATS if s != "streamOptimized"]
@@ -17,13 +23,13 @@ WRITABLE = [s for s in SUBFORMATS if s != "streamOptimized"]
 def qemu_image(tmp_path, subformat, opts=""):
     """A qemu-made image holding PATTERN (streamOptimized: converted from the model)."""
     path = tmp_path / f"q-{subformat}.vmdk"
-    model = raw_model(tmp_path / "model.raw", SIZE)
+    model = raw_model(tmp_path / "model.raw", SIZE, PATTERN)
     o = f"subformat={subformat}" + (f",{opts}" if opts else "")
     if subformat == "streamOptimized":
         run(QEMU_IMG, "convert", "-f", "raw", "-O", "vmdk", "-o", o, model, path)
     else:
         run(QEMU_IMG, "create", "-q", "-f", "vmdk", "-o", o, path, SIZE)
-        write_pattern_qemu(path, "vmdk")
+        write_pattern_qemu(path, PATTERN, "vmdk")
     return path, model
 
 
@@ -49,7 +55,7 @@ def test_qemu_writes_vdisk_reads(tmp_path, subformat):
 def test_qemu_create_options_read_alike(tmp_path, opts):
     path, model = qemu_image(tmp_path, "monolithicSparse", opts)
     if "zeroed_grain" in opts:  # zeroed grains over data
-        qemu_io(path, "vmdk", f"write -z {MiB} {MiB}")
+        qemu_io(path, f"write -z {MiB} {MiB}", fmt="vmdk")
         with open(model, "r+b") as f:
             f.seek(MiB)
             f.write(bytes(MiB))
@@ -62,10 +68,10 @@ def test_qemu_create_options_read_alike(tmp_path, opts):
 
 @pytest.mark.parametrize("subformat", SUBFORMATS)
 def test_vdisk_writes_qemu_reads(tmp_path, subformat):
-    model = raw_model(tmp_path / "model.raw", SIZE)
+    model = raw_model(tmp_path / "model.raw", SIZE, PATTERN)
     path = tmp_path / f"v-{subformat}.vmdk"
     run(VDISK, "convert", "-f", "raw", "-O", "vmdk", "-o", f"subformat={subformat}", model, path)
-    qemu_check(path)
+    assert_qemu_clean(path)
     compare(model, path)
     vmdkinfo_accepts(path)
     desc = json.loads(info(QEMU_IMG, path, "json"))["format-specific"]["data"]
@@ -83,12 +89,12 @@ def test_vdisk_create_options(tmp_path, subformat, opts):
             img.pwrite(off, bytes([b]) * n)
         if "zeroed_grain" in opts:
             img.write_zeroes(MiB, MiB)
-    model = raw_model(tmp_path / "model.raw", SIZE)
+    model = raw_model(tmp_path / "model.raw", SIZE, PATTERN)
     if "zeroed_grain" in opts:
         with open(model, "r+b") as f:
             f.seek(MiB)
             f.write(bytes(MiB))
-    qemu_check(path)
+    assert_qemu_clean(path)
     compare(model, path)
     vmdkinfo_accepts(path)
     text = open(path if subformat == "monolithicSparse" else path, "rb").read(64 * 1024)
@@ -114,14 +120,14 @@ def test_libvdisk_writes_into_qemu_image(tmp_path, subformat):
         for off, n, b in more:
             f.seek(off)
             f.write(bytes([b]) * n)
-    qemu_check(path)
+    assert_qemu_clean(path)
     compare(model, path)
 
 
 @pytest.mark.parametrize("compress", [[], ["-c"]])
 def test_stream_optimized_convert_like_qemu(tmp_path, compress):
     """Its grains are compressed on convert's threads (-c or not, as qemu-img takes both)."""
-    model = raw_model(tmp_path / "model.raw", SIZE)
+    model = raw_model(tmp_path / "model.raw", SIZE, PATTERN)
     ours, theirs = tmp_path / "ours.vmdk", tmp_path / "theirs.vmdk"
     o = "subformat=streamOptimized"
     run(VDISK, "convert", *compress, "-f", "raw", "-O", "vmdk", "-o", o, model, ours)
@@ -191,7 +197,7 @@ def test_delta_disk_made_by_vdisk(tmp_path):
     child_info = json.loads(info(QEMU_IMG, child, "json"))
     assert child_info["backing-filename"] == base.name
     assert child_info["format-specific"]["data"]["parent-cid"] == parent_cid
-    qemu_io(child, "vmdk", f"write -P 0x99 {2 * MiB + 5} 100000")
+    qemu_io(child, f"write -P 0x99 {2 * MiB + 5} 100000", fmt="vmdk")
     with libvdisk.open(child, "r+") as img:
         img.pwrite(50 * MiB + 3, b"\xab" * 4000)
     with open(model, "r+b") as f:
@@ -204,7 +210,7 @@ def test_delta_disk_made_by_vdisk(tmp_path):
     run(VDISK, "convert", "-O", "raw", child, out)
     assert out.read_bytes() == model.read_bytes()
     base_bytes = base.read_bytes()
-    qemu_check(child)
+    assert_qemu_clean(child)
     assert base.read_bytes() == base_bytes
 
 
@@ -212,7 +218,7 @@ def test_delta_disk_made_by_qemu(tmp_path):
     base, model = qemu_image(tmp_path, "monolithicSparse")
     child = tmp_path / "child.vmdk"
     run(QEMU_IMG, "create", "-q", "-f", "vmdk", "-b", base.name, "-F", "vmdk", child, cwd=tmp_path)
-    qemu_io(child, "vmdk", f"write -P 0x98 {MiB + 100} 3000")
+    qemu_io(child, f"write -P 0x98 {MiB + 100} 3000", fmt="vmdk")
     with open(model, "r+b") as f:
         f.seek(MiB + 100)
         f.write(b"\x98" * 3000)
@@ -228,7 +234,7 @@ def test_qcow2_overlay_on_vmdk_base(tmp_path, maker):
     top = tmp_path / "top.qcow2"
     tool = VDISK if maker == "vdisk" else QEMU_IMG
     run(tool, "create", "-q", "-f", "qcow2", "-b", base.name, "-F", "vmdk", top, cwd=tmp_path)
-    qemu_io(top, "qcow2", f"write -P 0x31 {7 * MiB} 65536")
+    qemu_io(top, f"write -P 0x31 {7 * MiB} 65536", fmt="qcow2")
     with libvdisk.open(top, "r+") as img:
         img.pwrite(9 * MiB + 1, b"\x32" * 777)
     with open(model, "r+b") as f:
@@ -262,8 +268,57 @@ def test_changed_parent_is_refused_as_qemu_refuses(tmp_path, writer):
         with libvdisk.open(base, "r+") as img:
             img.pwrite(0, b"\x01" * 512)
     else:
-        qemu_io(base, "vmdk", "write -P 1 0 512")
+        qemu_io(base, "write -P 1 0 512", fmt="vmdk")
     r = run(VDISK, "convert", "-O", "raw", child, tmp_path / "bad.raw", check=False)
     assert r.returncode == 1 and "parent changed" in r.stderr
     r = run(QEMU_IMG, "convert", "-O", "raw", child, tmp_path / "bad2.raw", check=False)
     assert r.returncode != 0
+
+
+def test_zero_extent_takes_zeroes_only(tmp_path):
+    """A RW ZERO extent has no file: qemu 7.2 drops the line (its disk ends
+    before it, a write there fails); vdisk keeps it, takes zeroes there and
+    refuses data with an error naming the image."""
+    (tmp_path / "d.img").write_bytes(b"\x41" * MiB)
+    path = tmp_path / "z.vmdk"
+    path.write_text('# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n'
+                    'createType="monolithicFlat"\nRW 2048 FLAT "d.img" 0\nRW 2048 ZERO\n')
+    r = run(QEMU_IO, "-f", "vmdk", "-c", f"write {MiB} 512",
+            path, check=False)
+    assert "write failed" in r.stdout + r.stderr
+    with libvdisk.open(path, "r+", "vmdk") as img:
+        assert img.size == 2 * MiB
+        with pytest.raises(libvdisk.Error, match="z.vmdk: guest offset 1048576 lies in a ZERO "
+                                                 "extent") as e:
+            img.pwrite(MiB - 512, b"\x42" * 1024)
+        assert "only zeroes can be written there" in str(e.value)
+        img.pwrite(MiB - 512, b"\x43" * 512 + bytes(512))  # zeroes there: taken, nothing stored
+        img.write_zeroes(MiB - 4096, 8192)
+        img.discard(MiB, MiB)
+        assert img.pread(MiB - 8192, 8192) == b"\x41" * 4096 + bytes(4096)
+        assert img.pread(MiB, MiB) == bytes(MiB)
+    assert (tmp_path / "d.img").read_bytes() == b"\x41" * (MiB - 4096) + bytes(4096)
+
+
+@pytest.mark.parametrize("subformat", [None] + SUBFORMATS)
+def test_convert_compressed_like_qemu(tmp_path, subformat):
+    """convert -c -O vmdk as qemu-img 7.2: sparse subformats take it (plain
+    grains, compressed ones for streamOptimized), flat ones fail with
+    'invalid cluster size'."""
+    model = raw_model(tmp_path / "model.raw", 8 * MiB, [(0, 70000, 1), (5 * MiB, 4096, 2)])
+    opts = ["-o", f"subformat={subformat}"] if subformat else []
+    results = {}
+    for tool in (QEMU_IMG, VDISK):
+        out = tmp_path / f"{os.path.basename(tool)}.vmdk"
+        results[tool] = run(tool, "convert", "-c", "-f", "raw", "-O", "vmdk", *opts, model, out,
+                            check=False), out
+    (q, qout), (v, vout) = results[QEMU_IMG], results[VDISK]
+    assert q.returncode == v.returncode, (q.stderr, v.stderr)
+    if q.returncode:
+        assert subformat in ("monolithicFlat", "twoGbMaxExtentFlat")
+        assert "invalid cluster size" in q.stderr and "invalid cluster size" in v.stderr
+        return
+    compare(model, vout)
+    assert_qemu_clean(vout)
+    if subformat in (None, "monolithicSparse"):  # plain grains, laid out alike
+        assert os.path.getsize(vout) == os.path.getsize(qout)

@@ -919,7 +919,9 @@ class Image(io.RawIOBase):
         "all" (also fix refcount and flag errors, ``qemu-img check -r all``);
         repairs need an image opened "r+" (:class:`ReadOnly` otherwise).
         Problems found are counted in the result, not raised; formats without
-        checks (raw) raise :class:`Unsupported`.
+        checks (raw) raise :class:`Unsupported`. A vmdk check fails as
+        qemu-img's does when it finds a problem (:class:`CorruptImage`, naming
+        the count), and vmdk has no repair.
         """
         try:
             flags = _REPAIR_FLAGS[repair]

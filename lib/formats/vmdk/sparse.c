@@ -568,6 +568,12 @@ static bool v_compresses_every_cluster(vd_image *img)
     return vmdk_stream_optimized(vmdk_of(img));
 }
 
+/* Other subformats take compressed writes as plain grains (convert -c), as QEMU's vmdk driver does. */
+static bool v_plain_compressed_writes(vd_image *img)
+{
+    return !v_compresses_every_cluster(img);
+}
+
 static int v_compression(vd_image *img)
 {
     return v_compresses_every_cluster(img) ? VD_CODEC_ZLIB : -1;
@@ -583,4 +589,5 @@ const struct vd_cow_ops vmdk_cow_ops = {
     .compression = v_compression,
     .store_compressed = v_store_compressed,
     .compresses_every_cluster = v_compresses_every_cluster,
+    .plain_compressed_writes = v_plain_compressed_writes,
 };

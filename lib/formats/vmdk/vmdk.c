@@ -525,25 +525,93 @@ static int v_read(vd_image *img, uint64_t off, const struct vd_iov *dst)
     return 0;
 }
 
+/*
+ * A ZERO extent has no file to hold data: zeroes written there change
+ * nothing, anything else is refused before a byte is written. (QEMU 7.2
+ * drops ZERO extent lines, so its disk ends before them and such a write
+ * fails there with EIO.)
+ */
+
+/* The end of the part of [at, end) that lies in one extent, *e. */
+static uint64_t part_end(struct vmdk *v, uint64_t at, uint64_t end, struct vmdk_extent **e)
+{
+    *e = vmdk_extent_at(v, at);
+    return (*e)->start + (*e)->length < end ? (*e)->start + (*e)->length : end;
+}
+
+/* Whether [off, off + len) has a ZERO extent in it; an error if it may not change there. */
+static int vet_zero_extents(vd_image *img, uint64_t off, uint64_t len, const struct vd_iov *src,
+                            bool *touches)
+{
+    struct vmdk *v = vmdk_of(img);
+    *touches = false;
+    for (uint64_t at = off, end; at < off + len; at = end) {
+        struct vmdk_extent *e;
+        end = part_end(v, at, off + len, &e);
+        if (e->line.type != VMDK_ZERO)
+            continue;
+        *touches = true;
+        if (e->line.access != VMDK_RW)
+            return vd_err(VD_EPERM, "%s: the VMDK extent at guest offset %llu is read-only",
+                          img->filename, (unsigned long long)at);
+        struct vd_iov part = src ? vd_iov_sub(src, (size_t)(at - off), (size_t)(end - at))
+                                 : (struct vd_iov){ 0 };
+        if (src && !vd_iov_is_zero(&part))
+            return vd_err(VD_EUNSUPPORTED, "%s: guest offset %llu lies in a ZERO extent (extent "
+                          "%zu of the descriptor), which has no file to hold data; only zeroes "
+                          "can be written there", img->filename, (unsigned long long)at,
+                          (size_t)(e - v->ext));
+    }
+    return 0;
+}
+
+/* Write (src) or zero (src NULL) the parts of the range outside ZERO extents. */
+static int change_around_zero_extents(vd_image *img, uint64_t off, uint64_t len,
+                                      const struct vd_iov *src, uint32_t flags)
+{
+    struct vmdk *v = vmdk_of(img);
+    int rc = 0;
+    for (uint64_t at = off, end; at < off + len && rc == 0; at = end) {
+        struct vmdk_extent *e;
+        end = part_end(v, at, off + len, &e);
+        if (e->line.type == VMDK_ZERO)
+            continue;
+        struct vd_iov part = src ? vd_iov_sub(src, (size_t)(at - off), (size_t)(end - at))
+                                 : (struct vd_iov){ 0 };
+        rc = src ? vd_cow_write(img, at, &part, flags)
+                 : vd_cow_write_zeroes(img, at, end - at, flags);
+    }
+    return rc;
+}
+
 static int v_write(vd_image *img, uint64_t off, const struct vd_iov *src, uint32_t flags)
 {
-    int rc = note_change(img);
+    bool zero_extents;
+    int rc = vet_zero_extents(img, off, src->len, src, &zero_extents);
+    if (rc == 0)
+        rc = note_change(img);
     if (rc < 0)
         return rc;
     if (vmdk_stream_optimized(vmdk_of(img)))
         return write_stream(img, off, src);
-    return vd_cow_write(img, off, src, flags & ~VD_WRITE_COMPRESSED);
+    flags &= ~VD_WRITE_COMPRESSED;
+    return zero_extents ? change_around_zero_extents(img, off, src->len, src, flags)
+                        : vd_cow_write(img, off, src, flags);
 }
 
 static int v_write_zeroes(vd_image *img, uint64_t off, uint64_t len, uint32_t flags)
 {
-    int rc = note_change(img);
+    bool zero_extents;
+    int rc = vet_zero_extents(img, off, len, NULL, &zero_extents);
+    if (rc == 0)
+        rc = note_change(img);
     if (rc < 0)
         return rc;
     if (vmdk_stream_optimized(vmdk_of(img)))
         return vd_err(VD_EUNSUPPORTED, "%s: a streamOptimized image cannot write zeroes",
                       img->filename);
-    return vd_cow_write_zeroes(img, off, len, flags);
+    return zero_extents ? change_around_zero_extents(img, off, len, NULL, flags)
+                        : vd_cow_write_zeroes(img, off, len, flags);
 }
 
 static int v_discard(vd_image *img, uint64_t off, uint64_t len)
@@ -591,4 +659,5 @@ const struct vd_backend vd_backend_vmdk = {
     .flush = v_flush,
     .block_status = v_block_status,
     .get_info = v_get_info,
+    .check = vmdk_check,
 };

@@ -6,6 +6,7 @@
  *   sparse.c      sparse extents (hosted "KDMV", vmfsSparse "COWD"): headers,
  *                 grain directory and tables, the engine's cluster-map hooks
  *   create.c      new images of every subformat
+ *   check.c       check, as qemu-img's for vmdk
  *   vmdk.c        open, close, flush, info and the backend table
  * All numbers on disk are little-endian; sizes and offsets are in 512-byte sectors.
  */
@@ -147,6 +148,10 @@ int vmdk_sparse_flush(vd_image *img, struct vmdk_extent *e);
 /* Parse the header of a KDMV extent from its first sector; fills s. */
 int vmdk_sparse_read_header(vd_file *f, const char *name, struct vmdk_sparse *s);
 extern const struct vd_cow_ops vmdk_cow_ops;
+
+/* check.c */
+int vmdk_check(vd_image *img, uint32_t flags, vd_check_result *res, vd_check_report_fn report,
+               void *ctx);
 
 /* create.c */
 extern const struct vd_option_desc vmdk_create_options[];
