@@ -299,7 +299,7 @@ bench_convert_figure() {
 # it). Each runs once untimed, then $(bench_rounds 5) rounds interleaved (the
 # order alternating); prints the median times, the median per-round time
 # ratio A / B (target <= TARGET; "-" for information only) and the median
-# peak RSS of both (target A <= B).
+# peak RSS of both (target A <= B). The ratio is left in BENCH_PAIR_RATIO.
 bench_pair() {
     _title=$1 _target=$2 _a=$3 _b=$4
     rm -f "$BENCH_DIR/$_a.sec" "$BENCH_DIR/$_b.sec" "$BENCH_DIR/$_a.rss" "$BENCH_DIR/$_b.rss"
@@ -317,6 +317,7 @@ bench_pair() {
         _r=$((_r + 1))
     done
     _ratio=$(paste "$BENCH_DIR/$_a.sec" "$BENCH_DIR/$_b.sec" | awk '{ print $1 / $2 }' | bench_median)
+    BENCH_PAIR_RATIO=$_ratio
     _rss_a=$(bench_median <"$BENCH_DIR/$_a.rss")
     _rss_b=$(bench_median <"$BENCH_DIR/$_b.rss")
     if [ "$_target" = - ]; then
