@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck disable=SC2317 # the side_* functions are called through bench_pair
 # luks: issue 18's encryption figures. The 1 GiB image in quarters (random,
 # text, written zeroes, hole) as a LUKS qcow2 (aes-256-xts-plain64, QEMU's
 # default) made by qemu-img, and as a plain qcow2 made by qemu-img from the
