@@ -28,14 +28,15 @@ bench_have_time() {
 }
 
 # bench_run CMD...: run a command, its output kept in $BENCH_DIR/log. Sets
-# BENCH_SECONDS (wall clock) and BENCH_KIB (peak RSS, 0 without
-# /usr/bin/time). On failure prints the log and returns 1.
+# BENCH_SECONDS (wall clock), BENCH_KIB (peak RSS) and BENCH_CPU (user +
+# system CPU seconds, all threads), each 0 without /usr/bin/time. On failure
+# prints the log and returns 1.
 bench_run() {
     _t0=$(date +%s%N)
     if bench_have_time; then
-        /usr/bin/time -f %M -o "$BENCH_DIR/rss" "$@" >"$BENCH_DIR/log" 2>&1
+        /usr/bin/time -f '%M %U %S' -o "$BENCH_DIR/rss" "$@" >"$BENCH_DIR/log" 2>&1
     else
-        echo 0 >"$BENCH_DIR/rss"
+        echo 0 0 0 >"$BENCH_DIR/rss"
         "$@" >"$BENCH_DIR/log" 2>&1
     fi
     _rc=$?
@@ -48,7 +49,9 @@ bench_run() {
     # shellcheck disable=SC2034 # results for the caller
     BENCH_SECONDS=$(awk -v a="$_t0" -v b="$_t1" 'BEGIN { printf "%.6f", (b - a) / 1e9 }')
     # shellcheck disable=SC2034
-    BENCH_KIB=$(tail -n 1 "$BENCH_DIR/rss")
+    BENCH_KIB=$(tail -n 1 "$BENCH_DIR/rss" | awk '{ print $1 }')
+    # shellcheck disable=SC2034
+    BENCH_CPU=$(tail -n 1 "$BENCH_DIR/rss" | awk '{ printf "%.2f", $2 + $3 }')
 }
 
 # bench_median: the median of the numbers on stdin, one per line.
@@ -298,11 +301,14 @@ bench_convert_figure() {
 # side_B, each running one command through bench_run (and tidying up after
 # it). Each runs once untimed, then $(bench_rounds 5) rounds interleaved (the
 # order alternating); prints the median times, the median per-round time
-# ratio A / B (target <= TARGET; "-" for information only) and the median
-# peak RSS of both (target A <= B).
+# ratio A / B (target <= TARGET; "-" for information only), the median
+# peak RSS of both (target A <= B) and, for information, the median CPU time
+# of both: on a busy machine the wall-clock ratio also follows the share of
+# the cores each side gets. The ratio is left in BENCH_PAIR_RATIO.
 bench_pair() {
     _title=$1 _target=$2 _a=$3 _b=$4
-    rm -f "$BENCH_DIR/$_a.sec" "$BENCH_DIR/$_b.sec" "$BENCH_DIR/$_a.rss" "$BENCH_DIR/$_b.rss"
+    rm -f "$BENCH_DIR/$_a.sec" "$BENCH_DIR/$_b.sec" "$BENCH_DIR/$_a.rss" "$BENCH_DIR/$_b.rss" \
+          "$BENCH_DIR/$_a.cpu" "$BENCH_DIR/$_b.cpu"
     "side_$_a" || bench_broken "$_title: $_a failed"
     "side_$_b" || bench_broken "$_title: $_b failed"
     _r=1
@@ -317,6 +323,8 @@ bench_pair() {
         _r=$((_r + 1))
     done
     _ratio=$(paste "$BENCH_DIR/$_a.sec" "$BENCH_DIR/$_b.sec" | awk '{ print $1 / $2 }' | bench_median)
+    # shellcheck disable=SC2034 # for the caller
+    BENCH_PAIR_RATIO=$_ratio
     _rss_a=$(bench_median <"$BENCH_DIR/$_a.rss")
     _rss_b=$(bench_median <"$BENCH_DIR/$_b.rss")
     if [ "$_target" = - ]; then
@@ -332,6 +340,8 @@ bench_pair() {
     if bench_have_time; then
         _line="$_line; peak RSS $(_bench_label "$_a") $(bench_mib "$_rss_a" 1024),"
         _line="$_line $(_bench_label "$_b") $(bench_mib "$_rss_b" 1024) $_rss_verdict"
+        _line="$_line; CPU time $(_bench_label "$_a") $(bench_median <"$BENCH_DIR/$_a.cpu") s,"
+        _line="$_line $(_bench_label "$_b") $(bench_median <"$BENCH_DIR/$_b.cpu") s (information)"
     fi
     echo "$_line"
 }
@@ -346,6 +356,7 @@ _bench_pair_timed() {
     "side_$2" || bench_broken "$1: $2 failed"
     echo "$BENCH_SECONDS" >>"$BENCH_DIR/$2.sec"
     echo "$BENCH_KIB" >>"$BENCH_DIR/$2.rss"
+    echo "$BENCH_CPU" >>"$BENCH_DIR/$2.cpu"
 }
 
 # bench_same_output TITLE CMD_A CMD_B: both commands (strings, word-split)

@@ -46,4 +46,6 @@ sh "$bench_dir/bench_convert_mixed.sh" "$build/examples/vdisk"
 check $?
 sh "$bench_dir/bench_issue15.sh" "$build/examples/vdisk"
 check $?
+sh "$bench_dir/bench_luks.sh" "$build/examples/vdisk"
+check $?
 exit "$status"
