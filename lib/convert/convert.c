@@ -161,11 +161,40 @@ static int create_destination(const vd_convert_opts *o, const char *format, uint
 }
 
 /* Close img after a failure without losing the message that says why. */
-static void close_after_error(vd_image *img, int rc)
+/* Paths collected by for_each_extra_file. */
+struct path_list {
+    char **paths;
+    size_t count;
+};
+
+static void collect_path(void *ctx, const char *path)
+{
+    struct path_list *l = ctx;
+    char **grown = realloc(l->paths, (l->count + 1) * sizeof *grown);
+    if (grown && (grown[l->count] = strdup(path)))
+        l->count++;
+    if (grown)
+        l->paths = grown;
+}
+
+/*
+ * Close a destination after rc, keeping rc's message. One this call created
+ * loses the files it is made of besides its own (VMDK extents, a qcow2 data
+ * file) here; clean_up() removes its own file.
+ */
+static void close_after_error(vd_image *img, int rc, bool created)
 {
     char why[1024];
     snprintf(why, sizeof why, "%s", vd_errmsg());
+    struct path_list extra = { NULL, 0 };
+    if (created && img->backend->for_each_extra_file)
+        img->backend->for_each_extra_file(img, collect_path, &extra);
     vd_close(img);
+    for (size_t i = 0; i < extra.count; i++) {
+        unlink(extra.paths[i]);
+        free(extra.paths[i]);
+    }
+    free(extra.paths);
     vd_err(rc, "%s", why);
 }
 
@@ -189,7 +218,7 @@ static int destination_secret(const vd_convert_opts *o, char **secret)
 }
 
 static int open_destination(const vd_convert_opts *o, const char *format, uint64_t src_size,
-                            vd_image **dst)
+                            bool created, vd_image **dst)
 {
     vd_open_opts open_opts = VD_OPEN_OPTS_INIT;
     open_opts.flags = VD_OPEN_RDWR | o->dst_open_flags;
@@ -208,7 +237,7 @@ static int open_destination(const vd_convert_opts *o, const char *format, uint64
         rc = vd_err(VD_ERANGE, "%s: output file is smaller than input file (%llu < %llu bytes)",
                     o->dst_path, (unsigned long long)size, (unsigned long long)src_size);
     if (rc < 0) {
-        close_after_error(*dst, rc);
+        close_after_error(*dst, rc, created);
         *dst = NULL;
     }
     return rc;
@@ -300,13 +329,13 @@ static int convert_to(const vd_convert_opts *o, vd_image *src, uint64_t size, bo
     int rc = (o->flags & VD_CONVERT_EXISTING) ? 0 : create_destination(o, format, size, created);
     vd_image *dst = NULL;
     if (rc == 0)
-        rc = open_destination(o, format, size, &dst);
+        rc = open_destination(o, format, size, *created, &dst);
     if (rc < 0)
         return rc;
     if (o->flags & VD_CONVERT_BITMAPS)
         rc = vd_bitmaps_can_take(dst);
     if (rc < 0) {
-        close_after_error(dst, rc);
+        close_after_error(dst, rc, *created);
         return rc;
     }
     *written = true;
@@ -314,7 +343,7 @@ static int convert_to(const vd_convert_opts *o, vd_image *src, uint64_t size, bo
     if (rc == 0 && (o->flags & VD_CONVERT_BITMAPS))
         rc = copy_bitmaps(src, dst);
     if (rc < 0) {
-        close_after_error(dst, rc);
+        close_after_error(dst, rc, *created);
         return rc;
     }
     rc = vd_close(dst);

@@ -94,6 +94,12 @@ struct vd_backend {
     int (*check)(vd_image *img, uint32_t flags, vd_check_result *res,
                  vd_check_report_fn report, void *ctx);
     /*
+     * Call fn with the path of every file the image is made of besides
+     * img->file (VMDK extent files, a qcow2 external data file), so that a
+     * failed convert can remove all of an image it created. Default: none.
+     */
+    void (*for_each_extra_file)(vd_image *img, void (*fn)(void *ctx, const char *path), void *ctx);
+    /*
      * Change options of an open, writable image (vd_amend()); opts holds only
      * keys of amend_options. Optional: without it the format has none.
      */

@@ -317,6 +317,8 @@ def test_convert_compressed_like_qemu(tmp_path, subformat):
     if q.returncode:
         assert subformat in ("monolithicFlat", "twoGbMaxExtentFlat")
         assert "invalid cluster size" in q.stderr and "invalid cluster size" in v.stderr
+        # nothing of the failed destination is left (qemu-img leaves the files behind)
+        assert not [p.name for p in tmp_path.glob(f"{os.path.basename(VDISK)}*")]
         return
     compare(model, vout)
     assert_qemu_clean(vout)

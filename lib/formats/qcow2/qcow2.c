@@ -389,6 +389,12 @@ static void q_get_info(vd_image *img, vd_info *info)
     info->data_file = img->data_file ? img->data_file->path : NULL;
 }
 
+static void q_for_each_extra_file(vd_image *img, void (*fn)(void *ctx, const char *path), void *ctx)
+{
+    if (img->data_file)
+        fn(ctx, img->data_file->path);
+}
+
 const struct vd_backend vd_backend_qcow2 = {
     .name = "qcow2",
     .create_options = qcow2_create_options,
@@ -405,6 +411,7 @@ const struct vd_backend vd_backend_qcow2 = {
     .block_status = q_block_status,
     .get_info = q_get_info,
     .check = qcow2_check,
+    .for_each_extra_file = q_for_each_extra_file,
     .measure = qcow2_measure,
     .amend_options = qcow2_amend_options,
     .amend = qcow2_amend,

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/random.h>
 
 const struct vd_option_desc vmdk_create_options[] = {
@@ -260,11 +261,12 @@ static int create_with_extent_files(vd_file *file, const struct plan *p, uint64_
 {
     char *lines = NULL;
     int rc = 0;
-    unsigned idx = 1;
+    unsigned idx = 1, made = 0;
     for (uint64_t done = 0; done < size && rc == 0; idx++) {
         uint64_t bytes = p->split && size - done > SPLIT_SIZE ? SPLIT_SIZE : size - done;
         char *path = extent_path(file->path, p, idx);
         rc = path ? create_extent_file(path, p, bytes) : vd_err(VD_ENOMEM, "out of memory");
+        made += rc == 0;
         if (rc == 0)
             rc = append_line(&lines, p, bytes, basename_of(path));
         free(path);
@@ -277,6 +279,14 @@ static int create_with_extent_files(vd_file *file, const struct plan *p, uint64_
         rc = vd_file_pwrite(file, text, strlen(text), 0);
     free(text);
     free(lines);
+    /* a failed create leaves none of the extent files it made (vd_create() removes the
+       descriptor); one it could not claim (in use) is not its own */
+    for (unsigned i = 1; rc < 0 && i <= made; i++) {
+        char *path = extent_path(file->path, p, i);
+        if (path)
+            unlink(path);
+        free(path);
+    }
     return rc;
 }
 

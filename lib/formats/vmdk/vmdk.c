@@ -645,6 +645,14 @@ static void v_get_info(vd_image *img, vd_info *info)
     }
 }
 
+static void v_for_each_extra_file(vd_image *img, void (*fn)(void *ctx, const char *path), void *ctx)
+{
+    struct vmdk *v = img->priv;
+    for (size_t i = 0; i < v->next; i++)
+        if (v->ext[i].own_file && v->ext[i].file)
+            fn(ctx, v->ext[i].file->path);
+}
+
 const struct vd_backend vd_backend_vmdk = {
     .name = "vmdk",
     .create_options = vmdk_create_options,
@@ -660,4 +668,5 @@ const struct vd_backend vd_backend_vmdk = {
     .block_status = v_block_status,
     .get_info = v_get_info,
     .check = vmdk_check,
+    .for_each_extra_file = v_for_each_extra_file,
 };
