@@ -1,7 +1,21 @@
 /* The front door of check and repair. */
 #include "core/internal.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
+
+void vd_check_say(vd_check_report_fn report, void *ctx, const char *fmt, ...)
+{
+    if (!report)
+        return;
+    char line[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    report(ctx, line);
+}
 
 int vd_check(vd_image *img, uint32_t flags, vd_check_result *result,
              vd_check_report_fn report, void *report_ctx)

@@ -90,7 +90,10 @@ struct vd_backend {
      */
     int (*measure)(const struct vd_kv *opts, uint64_t size, vd_image *source,
                    vd_measure_result *res);
-    /* Check (and with VD_CHECK_REPAIR_* repair) metadata. Default: VD_EUNSUPPORTED. */
+    /*
+     * Check (and with VD_CHECK_REPAIR_* repair) metadata, telling each
+     * finding to report (vd_check_say()). Default: VD_EUNSUPPORTED.
+     */
     int (*check)(vd_image *img, uint32_t flags, vd_check_result *res,
                  vd_check_report_fn report, void *ctx);
     /*
@@ -366,6 +369,10 @@ extern const struct vd_backend vd_backend_qcow2;
 extern const struct vd_backend vd_backend_luks;
 extern const struct vd_backend vd_backend_vmdk;
 extern const struct vd_backend vd_backend_qcow;
+
+/* A check's report line, printf-style, to report (if not NULL), as vd_check() passes it. */
+void vd_check_say(vd_check_report_fn report, void *ctx, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* ----------------------------------------------------------------- secrets */
 

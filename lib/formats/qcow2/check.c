@@ -7,7 +7,6 @@
  */
 #include "formats/qcow2/qcow2.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,18 +42,8 @@ struct checker {
     bool rewrites_snapshot_table; /* -r all rewrites the snapshot table (check_snapshot_entries) */
 };
 
-static void say(struct checker *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void say(struct checker *c, const char *fmt, ...)
-{
-    if (!c->report)
-        return;
-    char line[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    c->report(c->ctx, line);
-}
+/* One report line: vd_check_say() to the check's report. */
+#define say(c, ...) vd_check_say((c)->report, (c)->ctx, __VA_ARGS__)
 
 /*
  * References up to this many clusters past the end of the file are counted

@@ -19,7 +19,6 @@
 #include "core/endian.h"
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -30,19 +29,8 @@ struct vcheck {
     void *ctx;
 };
 
-static void problem(struct vcheck *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void problem(struct vcheck *c, const char *fmt, ...)
-{
-    c->res->corruptions++;
-    if (!c->report)
-        return;
-    char line[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    c->report(c->ctx, line);
-}
+/* A corruption, with its report line. */
+#define problem(c, ...) ((c)->res->corruptions++, vd_check_say((c)->report, (c)->ctx, __VA_ARGS__))
 
 static void past_eof(struct vcheck *c, uint64_t guest_off)
 {
