@@ -135,18 +135,6 @@ static void *write_loop(void *arg)
     return NULL;
 }
 
-/* Sync path's file and drop it from the page cache (untimed). */
-static int evict(const char *path)
-{
-    int fd = open(path, O_RDONLY);
-    int rc = fd < 0 || fdatasync(fd) < 0 ? -1 : posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    if (rc != 0)
-        fprintf(stderr, "%s: cannot drop it from the page cache: %s\n", path,
-                strerror(rc > 0 ? rc : errno));
-    if (fd >= 0)
-        close(fd);
-    return rc ? -1 : 0;
-}
 
 static int open_target(struct target *t, const char *format)
 {
@@ -217,7 +205,7 @@ static int run_writers(void *ctx, unsigned round, double *seconds)
         return -1;
     if (t->img && vd_flush(t->img, 0) < 0)
         return bench_lib_error("flushing", t->path);
-    if (evict(t->path) < 0)
+    if (bench_drop_cache(t->path) < 0)
         return -1;
     uint64_t *offsets = run_offsets(t, round);
     struct writer writers[THREADS];
@@ -305,16 +293,19 @@ enum {
 static int run_all(char *raw_path, char *qcow2_path, char *fresh_path, char *append_path,
                    unsigned rounds)
 {
-    uint64_t alloc_writes = image_size / ALLOC_CLUSTER;
+    /* each run writes distinct blocks (or clusters): as many as the image has at most */
+    uint64_t blocks = image_size / BLOCK, alloc_writes = image_size / ALLOC_CLUSTER;
+    unsigned in_place = (unsigned)(blocks < WRITES ? blocks : WRITES);
+    unsigned in_place_direct = in_place < WRITES_DIRECT ? in_place : WRITES_DIRECT;
     unsigned allocating = (unsigned)(alloc_writes < WRITES ? alloc_writes : WRITES);
     unsigned allocating_direct = allocating < WRITES_DIRECT ? allocating : WRITES_DIRECT;
     struct target t[NTARGETS] = {
         [PWRITE] = { "pwrite in place", write_fd, .path = raw_path, .span = image_size,
-                     .stride = BLOCK, .writes = WRITES },
+                     .stride = BLOCK, .writes = in_place },
         [RAW] = { "raw in place", write_handle, .path = raw_path, .span = image_size,
-                  .stride = BLOCK, .writes = WRITES },
+                  .stride = BLOCK, .writes = in_place },
         [QCOW2] = { "qcow2 in place", write_handle, .path = qcow2_path, .span = image_size,
-                    .stride = BLOCK, .writes = WRITES, .target = 1.5 },
+                    .stride = BLOCK, .writes = in_place, .target = 1.5 },
         [PWRITE_APPEND] = { "pwrite appending", write_fd, .path = append_path,
                             .fresh_each_run = true, .span = image_size,
                             .stride = ALLOC_CLUSTER, .writes = allocating },
@@ -323,10 +314,10 @@ static int run_all(char *raw_path, char *qcow2_path, char *fresh_path, char *app
                           .stride = ALLOC_CLUSTER, .writes = allocating, .target = 1.3 },
         [PWRITE_DIRECT] = { "pwrite O_DIRECT in place", write_fd, .path = raw_path,
                             .direct = true, .span = image_size, .stride = BLOCK,
-                            .writes = WRITES_DIRECT },
+                            .writes = in_place_direct },
         [QCOW2_DIRECT] = { "qcow2 cache=none in place", write_handle, .path = qcow2_path,
                            .direct = true, .span = image_size, .stride = BLOCK,
-                           .writes = WRITES_DIRECT, .target = 1.5 },
+                           .writes = in_place_direct, .target = 1.5 },
         [PWRITE_APPEND_DIRECT] = { "pwrite O_DIRECT appending", write_fd, .path = append_path,
                                    .fresh_each_run = true, .direct = true, .span = image_size,
                                    .stride = ALLOC_CLUSTER, .writes = allocating_direct },

@@ -233,6 +233,18 @@ char *bench_make_data_file(uint64_t size, uint64_t seed)
     return path;
 }
 
+int bench_drop_cache(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    int rc = fd < 0 || fdatasync(fd) < 0 ? -1 : posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    if (rc != 0)
+        fprintf(stderr, "%s: cannot drop it from the page cache: %s\n", path,
+                strerror(rc > 0 ? rc : errno));
+    if (fd >= 0)
+        close(fd);
+    return rc ? -1 : 0;
+}
+
 int bench_warm_file(const char *path)
 {
     int fd = open(path, O_RDONLY);

@@ -59,6 +59,13 @@ void bench_remove_scratch(const char *path);
  */
 char *bench_make_data_file(uint64_t size, uint64_t seed);
 
+/*
+ * Sync the file at path and drop it from the page cache, so that timed
+ * writes start from small cached folios (on ext4 with large folios a 4 KiB
+ * write into a file written sequentially before costs several times as
+ * much): 0, or -1 with a message printed.
+ */
+int bench_drop_cache(const char *path);
 /* Read a whole file once, so that it is in the page cache: 0, or -1 with a message printed. */
 int bench_warm_file(const char *path);
 
