@@ -86,8 +86,8 @@ static int parse_extent(const char *line, size_t len, struct vmdk_desc *d, const
     e.access = (enum vmdk_access)lookup_name(access_names, 3, w, wl);
     if (!next_word(&c, &w, &wl) || !parse_u64(w, wl, 10, &e.sectors) || !e.sectors)
         return bad_line(where, line, len, "size");
-    int type = next_word(&c, &w, &wl) ? lookup_name(type_names, sizeof type_names / sizeof *type_names, w, wl)
-                                       : -1;
+    size_t ntypes = sizeof type_names / sizeof *type_names;
+    int type = next_word(&c, &w, &wl) ? lookup_name(type_names, ntypes, w, wl) : -1;
     if (type < 0)
         return bad_line(where, line, len, "unknown extent type");
     e.type = (enum vmdk_extent_type)type;

@@ -97,8 +97,8 @@ static int check_volatile_header(vd_file *f, uint64_t sector, uint64_t file_sect
         return vd_err(VD_ECORRUPT, "%s: bad VMDK seSparse volatile header magic 0x%016llx", name,
                       (unsigned long long)vd_le64(h + SE_V_MAGIC));
     if (vd_le64(h + SE_V_REPLAY))
-        return vd_err(VD_EUNSUPPORTED, "%s: the VMDK seSparse image is dirty (replaying its journal "
-                      "is not supported)", name);
+        return vd_err(VD_EUNSUPPORTED, "%s: the VMDK seSparse image is dirty (replaying its "
+                      "journal is not supported)", name);
     if (!all_zero(h + SE_V_PAD, sizeof h - SE_V_PAD))
         return vd_err(VD_EUNSUPPORTED, "%s: non-zero padding in the VMDK seSparse volatile header",
                       name);

@@ -55,7 +55,9 @@ enum { VMDK_MARKER_EOS = 0, VMDK_MARKER_GT = 1, VMDK_MARKER_GD = 2, VMDK_MARKER_
 #define VMDK_HOST_SHIFT 48
 #define VMDK_HOST_MASK  ((UINT64_C(1) << VMDK_HOST_SHIFT) - 1)
 
-enum vmdk_extent_type { VMDK_FLAT, VMDK_ZERO, VMDK_SPARSE, VMDK_VMFS, VMDK_VMFSSPARSE, VMDK_SESPARSE };
+enum vmdk_extent_type {
+    VMDK_FLAT, VMDK_ZERO, VMDK_SPARSE, VMDK_VMFS, VMDK_VMFSSPARSE, VMDK_SESPARSE
+};
 enum vmdk_access { VMDK_RW, VMDK_RDONLY, VMDK_NOACCESS };
 
 /* One extent line of a descriptor. */
