@@ -1028,15 +1028,26 @@ def sesparse_layout(far=False):
     return entries
 
 
-def sesparse_image(far=False, const=(), volatile=(), gd=(), gte=()):
-    """(extent bytes, raw model bytes) of an seSparse extent; const: (field,
-    value) header patches, volatile: (offset, value), gd: (index, entry) and
-    gte: (guest grain, entry) overrides."""
-    entries = dict(sesparse_layout(far))
-    grains = [e for e in entries.values() if e >> 60 == 3]
-    count = max(((e & 0xFFFFFFFFFFFF) << 12 | (e >> 48 & 0xFFF)) for e in grains) + 1
-    buf = bytearray((SE_GRAINS + count * 8) * 512)
+def se_number(entry):
+    return (entry & 0xFFFFFFFFFFFF) << 12 | (entry >> 48 & 0xFFF)
+
+
+def sesparse_model(far=False):
+    """The raw bytes the sound image holds (sesparse_image(far))."""
     model = bytearray(SE_CAPACITY)
+    for g, e in sesparse_layout(far).items():
+        if e >> 60 == 3:
+            model[g * SE_GRAIN:(g + 1) * SE_GRAIN] = se_grain_bytes(se_number(e))
+    return bytes(model)
+
+
+def sesparse_image(far=False, const=(), volatile=(), gd=(), gte=()):
+    """The bytes of an seSparse extent; const: (field, value) header patches,
+    volatile: (offset, value), gd: (index, entry) and gte: (guest grain,
+    entry) overrides of the sound image."""
+    entries = sesparse_layout(far)
+    count = max(se_number(e) for e in entries.values() if e >> 60 == 3) + 1
+    buf = bytearray((SE_GRAINS + count * 8) * 512)
     hdr = dict(SE_CONST)
     for field, value in const:
         hdr[field] = (hdr[field][0], value)
@@ -1053,14 +1064,11 @@ def sesparse_image(far=False, const=(), volatile=(), gd=(), gte=()):
         table = 0 if g < SE_GTES else 1
         struct.pack_into("<Q", buf, (SE_TABLES + table * SE_TABLE_SECTORS) * 512 +
                          8 * (g % SE_GTES), e)
-    for g, e in entries.items():
+    for e in entries.values():
         if e >> 60 == 3:
-            n = (e & 0xFFFFFFFFFFFF) << 12 | (e >> 48 & 0xFFF)
-            data = se_grain_bytes(n)
-            at = (SE_GRAINS + n * 8) * 512
-            buf[at:at + SE_GRAIN] = data
-            model[g * SE_GRAIN:(g + 1) * SE_GRAIN] = data
-    return bytes(buf), bytes(model)
+            at = (SE_GRAINS + se_number(e) * 8) * 512
+            buf[at:at + SE_GRAIN] = se_grain_bytes(se_number(e))
+    return bytes(buf)
 
 
 def sesparse_descriptor(extent="se-sesparse.vmdk"):
@@ -1165,9 +1173,9 @@ def other_variants(root):
                    "d.img": b"\x42" * 8192})
     for what, edit in SESPARSE_EDITS.items():
         add_other(f"vmdk-sesparse-{what}", "vmdk", "se.vmdk",
-                  {"se.vmdk": sesparse_descriptor(), "se-sesparse.vmdk": sesparse_image(**edit)[0]})
+                  {"se.vmdk": sesparse_descriptor(), "se-sesparse.vmdk": sesparse_image(**edit)})
     add_other("vmdk-sesparse-truncated", "vmdk", "se.vmdk",
-              {"se.vmdk": sesparse_descriptor(), "se-sesparse.vmdk": sesparse_image()[0][:40000]})
+              {"se.vmdk": sesparse_descriptor(), "se-sesparse.vmdk": sesparse_image()[:40000]})
     for field, value in QCOW1_HEADER_CASES:
         add_other(f"qcow1-{field}-{value}", "qcow", "disk.qcow",
                   {"disk.qcow": patched(qcow1, [qcow1_header_patch(field, value)])})

@@ -102,7 +102,7 @@ def test_descriptor(tmp_path, create_type, extents):
 @pytest.mark.parametrize("what", list(SESPARSE_EDITS) + ["truncated"])
 def test_sesparse(tmp_path, what):
     """Broken seSparse extents: refused by name, or read; never written."""
-    data = sesparse_image(**SESPARSE_EDITS.get(what, {}))[0]
+    data = sesparse_image(**SESPARSE_EDITS.get(what, {}))
     (tmp_path / "se-sesparse.vmdk").write_bytes(data[:40000] if what == "truncated" else data)
     path = tmp_path / "se.vmdk"
     path.write_bytes(sesparse_descriptor())

@@ -8,17 +8,16 @@ import json
 import pytest
 
 import libvdisk
-from make_hostile import SE_CAPACITY, sesparse_descriptor, sesparse_image
+from make_hostile import SE_CAPACITY, sesparse_descriptor, sesparse_image, sesparse_model
 from vdhelp import QEMU_IMG, QEMU_IO, VDISK, run
 
 
 @pytest.fixture
 def image(tmp_path):
-    extent, model = sesparse_image(far=True)
-    (tmp_path / "se-sesparse.vmdk").write_bytes(extent)
+    (tmp_path / "se-sesparse.vmdk").write_bytes(sesparse_image(far=True))
     path = tmp_path / "se.vmdk"
     path.write_bytes(sesparse_descriptor())
-    return path, model
+    return path, sesparse_model(far=True)
 
 
 def digest(d):
