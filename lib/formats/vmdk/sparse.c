@@ -2,7 +2,8 @@
  * Sparse extents: the hosted sparse header ("KDMV", versions 1 to 3, with
  * streamOptimized's footer when the grain directory is at the end) and the
  * vmfsSparse header ("COWD"), their grain directory and grain tables, and
- * the copy-on-write engine's hooks on them.
+ * the copy-on-write engine's hooks on them; seSparse extents (sesparse.c,
+ * read-only) share the lookup through decode() and table_at().
  *
  * Concurrency (lib/cow/engine.h): lookup runs beside other lookups and only
  * reads the grain directory and the table cache; allocate, link,
