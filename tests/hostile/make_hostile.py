@@ -987,6 +987,129 @@ def vmdk_descriptor(create_type, extents):
     return VMDK_DESCRIPTOR.format(t=create_type, x=extents)
 
 
+# seSparse (ESXi): qemu-img cannot make one, so it is built here byte by byte.
+# Sector 0: the constant header; 1: the volatile header; 2: the grain
+# directory (one sector, 64 entries); 8: the grain tables (64 sectors each);
+# then the grains (8 sectors each).
+SE_GD, SE_TABLES, SE_TABLE_SECTORS, SE_GRAIN = 2, 8, 64, 4096
+SE_GTES = SE_TABLE_SECTORS * 512 // 8
+SE_GRAINS = SE_TABLES + 2 * SE_TABLE_SECTORS
+SE_CAPACITY = 40 * MiB  # three directory entries (16 MiB each), the last one partly used
+SE_UNMAPPED, SE_ZERO = 1 << 60, 2 << 60
+# the constant header's fields: (offset, value) of a sound image
+SE_CONST = {"magic": (0, 0xCAFEBABE), "version": (8, 0x0000000200000001),
+            "capacity": (16, SE_CAPACITY // 512), "grain_size": (24, 8),
+            "grain_table_size": (32, SE_TABLE_SECTORS), "flags": (40, 0), "reserved1": (48, 0),
+            "volatile_offset": (80, 1), "volatile_size": (88, 1), "gd_offset": (128, SE_GD),
+            "gd_size": (136, 1), "gt_offset": (144, SE_TABLES),
+            "gt_size": (152, 2 * SE_TABLE_SECTORS), "grains_offset": (192, SE_GRAINS),
+            "grains_size": (200, 0)}
+
+
+def se_allocated(n):
+    """A grain table entry naming grain n: its low 12 bits in bits 48-59, the rest in 0-47."""
+    return 3 << 60 | (n & 0xFFF) << 48 | n >> 12
+
+
+def se_grain_bytes(n):
+    return bytes((n * 37 + i * 7 + (i >> 9)) & 0xFF for i in range(SE_GRAIN))
+
+
+def sesparse_layout(far=False):
+    """{guest grain: table entry} of the sound image: data, runs, zero, unmapped
+    and unallocated grains in two tables; far adds grain number 0x1005, whose
+    entry splits the number (so that a swapped decoding reads past the end)."""
+    t2 = 2 * SE_GTES  # the third directory entry; the second has no table
+    entries = {0: se_allocated(0), 1: se_allocated(3), 2: SE_ZERO, 3: SE_UNMAPPED,
+               5: se_allocated(1), 6: se_allocated(2), 4095: se_allocated(4),
+               t2: se_allocated(5), t2 + 1: SE_ZERO, t2 + 7: se_allocated(6)}
+    if far:
+        entries[7] = se_allocated(0x1005)
+    return entries
+
+
+def se_number(entry):
+    return (entry & 0xFFFFFFFFFFFF) << 12 | (entry >> 48 & 0xFFF)
+
+
+def sesparse_model(far=False):
+    """The raw bytes the sound image holds (sesparse_image(far))."""
+    model = bytearray(SE_CAPACITY)
+    for g, e in sesparse_layout(far).items():
+        if e >> 60 == 3:
+            model[g * SE_GRAIN:(g + 1) * SE_GRAIN] = se_grain_bytes(se_number(e))
+    return bytes(model)
+
+
+def sesparse_image(far=False, const=(), volatile=(), gd=(), gte=()):
+    """The bytes of an seSparse extent; const: (field, value) header patches,
+    volatile: (offset, value), gd: (index, entry) and gte: (guest grain,
+    entry) overrides of the sound image."""
+    entries = sesparse_layout(far)
+    count = max(se_number(e) for e in entries.values() if e >> 60 == 3) + 1
+    buf = bytearray((SE_GRAINS + count * 8) * 512)
+    hdr = dict(SE_CONST)
+    for field, value in const:
+        hdr[field] = (hdr[field][0], value)
+    for off, value in hdr.values():
+        struct.pack_into("<Q", buf, off, value)
+    struct.pack_into("<Q", buf, 512, 0xCAFECAFE)
+    for off, value in volatile:
+        struct.pack_into("<Q", buf, 512 + off, value)
+    directory = {0: 1 << 60 | 0, 2: 1 << 60 | 1}
+    directory.update(dict(gd))
+    for i, e in directory.items():
+        struct.pack_into("<Q", buf, SE_GD * 512 + 8 * i, e)
+    for g, e in list(entries.items()) + list(gte):
+        table = 0 if g < SE_GTES else 1
+        struct.pack_into("<Q", buf, (SE_TABLES + table * SE_TABLE_SECTORS) * 512 +
+                         8 * (g % SE_GTES), e)
+    for e in entries.values():
+        if e >> 60 == 3:
+            at = (SE_GRAINS + se_number(e) * 8) * 512
+            buf[at:at + SE_GRAIN] = se_grain_bytes(se_number(e))
+    return bytes(buf)
+
+
+def sesparse_descriptor(extent="se-sesparse.vmdk"):
+    return (VMDK_DESCRIPTOR.format(t="seSparse", x=f'RW {SE_CAPACITY // 512} SESPARSE "{extent}"')
+            .encode())
+
+
+# name: sesparse_image keyword arguments of a broken image (the hostile variants)
+SESPARSE_EDITS = {
+    "const-magic": dict(const=[("magic", 0xCAFEBABF)]),
+    "version": dict(const=[("version", 0x0000000100000001)]),
+    "grain-size-16": dict(const=[("grain_size", 16)]),
+    "grain-size-ones": dict(const=[("grain_size", ONES64)]),
+    "table-size-128": dict(const=[("grain_table_size", 128)]),
+    "flags": dict(const=[("flags", 1)]),
+    "reserved": dict(const=[("reserved1", 1)]),
+    "capacity-zero": dict(const=[("capacity", 0)]),
+    "capacity-huge": dict(const=[("capacity", 1 << 62)]),
+    "capacity-ones": dict(const=[("capacity", ONES64)]),
+    "volatile-past-eof": dict(const=[("volatile_offset", 1 << 40)]),
+    "volatile-ones": dict(const=[("volatile_offset", ONES64)]),
+    "volatile-magic": dict(volatile=[(0, 0xCAFEBABE)]),
+    "replay-journal": dict(volatile=[(24, 1)]),
+    "gd-past-eof": dict(const=[("gd_offset", 1 << 40)]),
+    "gd-size-huge": dict(const=[("gd_size", 1 << 40)]),
+    "gd-size-ones": dict(const=[("gd_size", ONES64)]),
+    "gd-size-zero": dict(const=[("gd_size", 0)]),
+    "gd-entry-type": dict(gd=[(0, 2 << 60)]),
+    "gd-entry-table-past-eof": dict(gd=[(0, 1 << 60 | 1000)]),
+    "gd-entry-table-ones": dict(gd=[(0, 1 << 60 | ONES32)]),
+    "tables-offset-huge": dict(const=[("gt_offset", 1 << 40)]),
+    "grains-offset-huge": dict(const=[("grains_offset", 1 << 62)]),
+    "grains-offset-ones": dict(const=[("grains_offset", ONES64)]),
+    "gte-past-eof": dict(gte=[(0, se_allocated(1 << 40))]),
+    "gte-ones-number": dict(gte=[(0, 3 << 60 | 0x0FFFFFFFFFFFFFFF)]),
+    "gte-bad-type": dict(gte=[(0, 4 << 60)]),
+    "gte-all-ones": dict(gte=[(5, ONES64)]),
+    "gte-unallocated-bits": dict(gte=[(4, 5)]),
+}
+
+
 # the qcow (version 1) header, big-endian
 QCOW1_HEADER = {"magic": (0, ">I"), "version": (4, ">I"), "backing_offset": (8, ">Q"),
                 "backing_size": (16, ">I"), "mtime": (20, ">I"), "size": (24, ">Q"),
@@ -1048,6 +1171,11 @@ def other_variants(root):
         add_other(f"vmdk-descriptor-{i}", "vmdk", "desc.vmdk",
                   {"desc.vmdk": vmdk_descriptor(create_type, extents).encode(),
                    "d.img": b"\x42" * 8192})
+    for what, edit in SESPARSE_EDITS.items():
+        add_other(f"vmdk-sesparse-{what}", "vmdk", "se.vmdk",
+                  {"se.vmdk": sesparse_descriptor(), "se-sesparse.vmdk": sesparse_image(**edit)})
+    add_other("vmdk-sesparse-truncated", "vmdk", "se.vmdk",
+              {"se.vmdk": sesparse_descriptor(), "se-sesparse.vmdk": sesparse_image()[:40000]})
     for field, value in QCOW1_HEADER_CASES:
         add_other(f"qcow1-{field}-{value}", "qcow", "disk.qcow",
                   {"disk.qcow": patched(qcow1, [qcow1_header_patch(field, value)])})

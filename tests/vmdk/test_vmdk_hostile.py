@@ -11,9 +11,10 @@ import sys
 import pytest
 
 import libvdisk
-from make_hostile import (VMDK_DESCRIPTOR_CASES, VMDK_GRAIN_EDITS, VMDK_SPARSE_BASES,
-                          VMDK_TABLE_EDITS, patched, vmdk_bases, vmdk_descriptor,
-                          vmdk_grain_edit, vmdk_header_variants, vmdk_table_edit)
+from make_hostile import (SESPARSE_EDITS, VMDK_DESCRIPTOR_CASES, VMDK_GRAIN_EDITS,
+                          VMDK_SPARSE_BASES, VMDK_TABLE_EDITS, patched, sesparse_descriptor,
+                          sesparse_image, vmdk_bases, vmdk_descriptor, vmdk_grain_edit,
+                          vmdk_header_variants, vmdk_table_edit)
 from vdhelp import MiB, QEMU_IMG, VDISK, corpus_dir, run
 
 SANITIZED = bool(os.environ.get("LD_PRELOAD"))
@@ -96,6 +97,23 @@ def test_descriptor(tmp_path, create_type, extents):
     path = tmp_path / "desc.vmdk"
     path.write_text(vmdk_descriptor(create_type, extents))
     probe(path)
+
+
+@pytest.mark.parametrize("what", list(SESPARSE_EDITS) + ["truncated"])
+def test_sesparse(tmp_path, what):
+    """Broken seSparse extents: refused by name, or read; never written."""
+    data = sesparse_image(**SESPARSE_EDITS.get(what, {}))
+    (tmp_path / "se-sesparse.vmdk").write_bytes(data[:40000] if what == "truncated" else data)
+    path = tmp_path / "se.vmdk"
+    path.write_bytes(sesparse_descriptor())
+    out = probe(path)
+    assert "WRITE-ERROR" in out and "read-only" in out, out
+    if what in ("const-magic", "version", "grain-size-16", "table-size-128", "volatile-magic",
+                "replay-journal", "capacity-zero", "gd-past-eof", "gd-size-huge"):
+        assert "READ-ERROR" in out and "se-sesparse.vmdk" in out, out
+    if what in ("gd-entry-type", "gte-past-eof", "gte-bad-type", "gte-all-ones",
+                "gte-unallocated-bits", "gd-entry-table-past-eof"):
+        assert "READ-ERROR" in out and "seSparse" in out, out
 
 
 def test_descriptor_too_large_is_refused(tmp_path):

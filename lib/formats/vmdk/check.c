@@ -124,6 +124,39 @@ static int check_sparse(struct vcheck *c, struct vmdk_extent *e, uint64_t file_s
     return rc;
 }
 
+/*
+ * seSparse (read-only): every directory and table entry that covers the
+ * capacity must decode, and every grain lie inside the file. A table named
+ * by consecutive directory entries is read once.
+ */
+static int check_sesparse(struct vcheck *c, struct vmdk_extent *e)
+{
+    struct vmdk_sparse *s = e->sparse;
+    uint64_t grains = (e->length + s->grain - 1) / s->grain, last = 0;
+    for (uint64_t gdi = 0; gdi < s->gd_entries && gdi * s->gtes < grains; gdi++) {
+        uint64_t at;
+        if (vmdk_sesparse_table(c->img, s, gdi, &at) < 0) {
+            problem(c, "ERROR: %s", vd_errmsg());
+            continue;
+        }
+        if (!at || at == last)
+            continue;
+        last = at;
+        void *table;
+        int rc = vd_cache_get(s->gts, at, false, &table);
+        if (rc < 0)
+            return rc;
+        for (uint32_t j = 0; j < s->gtes && gdi * s->gtes + j < grains; j++) {
+            struct vmdk_grain g;
+            if (vmdk_sesparse_grain(c->img, s, table, j, &g) < 0)
+                problem(c, "ERROR: %s (sector %" PRIu64 ")", vd_errmsg(),
+                        (e->start + (gdi * s->gtes + j) * s->grain) / VMDK_SECTOR);
+        }
+        vd_cache_put(s->gts, table);
+    }
+    return 0;
+}
+
 int vmdk_check(vd_image *img, uint32_t flags, vd_check_result *res, vd_check_report_fn report,
                void *ctx)
 {
@@ -140,7 +173,9 @@ int vmdk_check(vd_image *img, uint32_t flags, vd_check_result *res, vd_check_rep
             continue;
         if ((rc = vd_file_get_size(e->file, &file_size)) < 0)
             break;
-        if (e->sparse)
+        if (e->sparse && e->sparse->sesparse)
+            rc = check_sesparse(&c, e);
+        else if (e->sparse)
             rc = check_sparse(&c, e, file_size);
         else if (e->line.offset >= (file_size + VMDK_SECTOR - 1) / VMDK_SECTOR) /* FLAT, VMFS */
             past_eof(&c, e->start);

@@ -12,7 +12,7 @@
 
 static const char *const type_names[] = {
     [VMDK_FLAT] = "FLAT", [VMDK_ZERO] = "ZERO", [VMDK_SPARSE] = "SPARSE",
-    [VMDK_VMFS] = "VMFS", [VMDK_VMFSSPARSE] = "VMFSSPARSE",
+    [VMDK_VMFS] = "VMFS", [VMDK_VMFSSPARSE] = "VMFSSPARSE", [VMDK_SESPARSE] = "SESPARSE",
 };
 static const char *const access_names[] = {
     [VMDK_RW] = "RW", [VMDK_RDONLY] = "RDONLY", [VMDK_NOACCESS] = "NOACCESS",
@@ -86,9 +86,8 @@ static int parse_extent(const char *line, size_t len, struct vmdk_desc *d, const
     e.access = (enum vmdk_access)lookup_name(access_names, 3, w, wl);
     if (!next_word(&c, &w, &wl) || !parse_u64(w, wl, 10, &e.sectors) || !e.sectors)
         return bad_line(where, line, len, "size");
-    int type = next_word(&c, &w, &wl) ? lookup_name(type_names, 5, w, wl) : -1;
-    if (type < 0 && wl == 8 && memcmp(w, "SESPARSE", 8) == 0)
-        return vd_err(VD_EUNSUPPORTED, "%s: seSparse extents are not supported", where);
+    size_t ntypes = sizeof type_names / sizeof *type_names;
+    int type = next_word(&c, &w, &wl) ? lookup_name(type_names, ntypes, w, wl) : -1;
     if (type < 0)
         return bad_line(where, line, len, "unknown extent type");
     e.type = (enum vmdk_extent_type)type;

@@ -2,7 +2,8 @@
  * Sparse extents: the hosted sparse header ("KDMV", versions 1 to 3, with
  * streamOptimized's footer when the grain directory is at the end) and the
  * vmfsSparse header ("COWD"), their grain directory and grain tables, and
- * the copy-on-write engine's hooks on them.
+ * the copy-on-write engine's hooks on them; seSparse extents (sesparse.c,
+ * read-only) share the lookup through decode() and table_at().
  *
  * Concurrency (lib/cow/engine.h): lookup runs beside other lookups and only
  * reads the grain directory and the table cache; allocate, link,
@@ -171,6 +172,11 @@ int vmdk_sparse_open(vd_image *img, struct vmdk_extent *e, size_t index)
     if (!s)
         return vd_err(VD_ENOMEM, "%s: out of memory", name);
     e->sparse = s;
+    if (e->line.type == VMDK_SESPARSE) {
+        int rc = vmdk_sesparse_open(e, s);
+        e->length = s->capacity * VMDK_SECTOR;
+        return rc;
+    }
     int rc = vmdk_sparse_read_header(e->file, name, s);
     if (rc == 0 && s->capacity == 0)
         rc = vd_err(VD_ECORRUPT, "%s: a VMDK sparse extent of capacity 0", name);
@@ -205,6 +211,7 @@ void vmdk_sparse_free(struct vmdk_sparse *s)
     vd_cache_free(s->gts);
     free(s->gd);
     free(s->rgd);
+    free(s->gd64);
     free(s);
 }
 
@@ -261,19 +268,30 @@ static uint64_t host_of(const struct vmdk *v, const struct vmdk_extent *e, uint6
     return ((uint64_t)(e - v->ext) << VMDK_HOST_SHIFT) | file_off;
 }
 
-struct grain {
-    enum vd_cow_kind kind;
-    uint64_t host;          /* file offset of the grain (or its marker) */
-};
-
-static struct grain decode(const struct vmdk_sparse *s, uint32_t gte)
+/* Entry i of a grain table (hosted and vmfsSparse: 32-bit sector numbers; seSparse: its own). */
+static int decode(vd_image *img, const struct vmdk_sparse *s, const void *table, uint32_t i,
+                  struct vmdk_grain *g)
 {
+    if (s->sesparse)
+        return vmdk_sesparse_grain(img, s, table, i, g);
+    uint32_t gte = vd_le32((const uint8_t *)table + (size_t)i * 4);
     if (gte == 0)
-        return (struct grain){ VD_COW_UNALLOCATED, 0 };
-    if (gte == VMDK_GTE_ZEROED && s->zero_grain)
-        return (struct grain){ VD_COW_ZERO, 0 };
-    return (struct grain){ s->compressed ? VD_COW_COMPRESSED : VD_COW_DATA,
-                           (uint64_t)gte * VMDK_SECTOR };
+        *g = (struct vmdk_grain){ VD_COW_UNALLOCATED, 0 };
+    else if (gte == VMDK_GTE_ZEROED && s->zero_grain)
+        *g = (struct vmdk_grain){ VD_COW_ZERO, 0 };
+    else
+        *g = (struct vmdk_grain){ s->compressed ? VD_COW_COMPRESSED : VD_COW_DATA,
+                                  (uint64_t)gte * VMDK_SECTOR };
+    return 0;
+}
+
+/* The file offset of directory slot gdi's grain table, 0 for none. */
+static int table_at(vd_image *img, const struct vmdk_sparse *s, uint64_t gdi, uint64_t *at)
+{
+    if (s->sesparse)
+        return vmdk_sesparse_table(img, s, gdi, at);
+    *at = (uint64_t)s->gd[gdi] * VMDK_SECTOR;
+    return 0;
 }
 
 static int sparse_lookup(vd_image *img, struct vmdk_extent *e, uint64_t rel, uint64_t max,
@@ -287,25 +305,29 @@ static int sparse_lookup(vd_image *img, struct vmdk_extent *e, uint64_t rel, uin
                                 (unsigned long long)(e->start + rel));
     uint64_t span = min_u64(max, (gdi + 1) * s->gtes * s->grain - rel);
     *run = (struct vd_cow_run){ .kind = VD_COW_UNALLOCATED, .length = span };
-    if (!s->gd[gdi])
-        return 0;
-    uint32_t *table;
-    int rc = vd_cache_get(s->gts, (uint64_t)s->gd[gdi] * VMDK_SECTOR, false, (void **)&table);
-    if (rc < 0)
+    uint64_t table_off;
+    int rc = table_at(img, s, gdi, &table_off);
+    if (rc < 0 || !table_off)
+        return rc;
+    void *table;
+    if ((rc = vd_cache_get(s->gts, table_off, false, &table)) < 0)
         return rc;
     uint32_t i = (uint32_t)(g % s->gtes);
-    struct grain first = decode(s, vd_le32(&table[i]));
+    struct vmdk_grain first, next;
+    rc = decode(img, s, table, i, &first);
     uint64_t in = rel % s->grain;
     uint64_t pos = (g + 1) * s->grain - rel; /* bytes of the run so far */
-    if (first.kind != VD_COW_COMPRESSED) {
+    if (rc == 0 && first.kind != VD_COW_COMPRESSED) {
+        /* a bad entry ends the run: the lookup that starts on it reports it */
         for (uint32_t j = i + 1; j < s->gtes && pos < span; j++, pos += s->grain) {
-            struct grain next = decode(s, vd_le32(&table[j]));
-            if (next.kind != first.kind ||
+            if (decode(img, s, table, j, &next) < 0 || next.kind != first.kind ||
                 (first.kind == VD_COW_DATA && next.host != first.host + (j - i) * s->grain))
                 break;
         }
     }
     vd_cache_put(s->gts, table);
+    if (rc < 0)
+        return rc;
     run->kind = first.kind;
     run->length = min_u64(pos, span);
     if (first.kind == VD_COW_DATA) {

@@ -152,10 +152,8 @@ static int open_descriptor_extents(vd_image *img, struct vmdk *v)
 {
     static const char *const supported[] = {
         "monolithicFlat", "vmfs", "vmfsSparse", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
-        "monolithicSparse", "streamOptimized", "custom", NULL,
+        "monolithicSparse", "streamOptimized", "custom", "seSparse", NULL,
     };
-    if (strcmp(v->desc.create_type, "seSparse") == 0)
-        return vd_err(VD_EUNSUPPORTED, "%s: seSparse VMDK images are not supported", img->filename);
     if (!create_type_is(&v->desc, supported))
         return vd_err(VD_EUNSUPPORTED, "%s: unsupported VMDK image type '%s'", img->filename,
                       v->desc.create_type);
@@ -173,7 +171,8 @@ static int open_descriptor_extents(vd_image *img, struct vmdk *v)
             continue;
         if ((rc = open_extent_file(img, v, e, line->file)) < 0)
             break;
-        if (line->type == VMDK_SPARSE || line->type == VMDK_VMFSSPARSE)
+        if (line->type == VMDK_SPARSE || line->type == VMDK_VMFSSPARSE ||
+            line->type == VMDK_SESPARSE)
             rc = vmdk_sparse_open(img, e, v->next - 1);
         else if (line->offset > (VMDK_HOST_MASK >> 9) ||
                  e->length > VMDK_HOST_MASK - line->offset * VMDK_SECTOR)

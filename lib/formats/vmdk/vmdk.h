@@ -5,6 +5,8 @@
  *   extents.c     the extent files seen as one host address space
  *   sparse.c      sparse extents (hosted "KDMV", vmfsSparse "COWD"): headers,
  *                 grain directory and tables, the engine's cluster-map hooks
+ *   sesparse.c    ESXi seSparse extents (read-only): headers, directory and
+ *                 table entries, for sparse.c's grain lookup
  *   create.c      new images of every subformat
  *   check.c       check, as qemu-img's for vmdk
  *   vmdk.c        open, close, flush, info and the backend table
@@ -53,7 +55,9 @@ enum { VMDK_MARKER_EOS = 0, VMDK_MARKER_GT = 1, VMDK_MARKER_GD = 2, VMDK_MARKER_
 #define VMDK_HOST_SHIFT 48
 #define VMDK_HOST_MASK  ((UINT64_C(1) << VMDK_HOST_SHIFT) - 1)
 
-enum vmdk_extent_type { VMDK_FLAT, VMDK_ZERO, VMDK_SPARSE, VMDK_VMFS, VMDK_VMFSSPARSE };
+enum vmdk_extent_type {
+    VMDK_FLAT, VMDK_ZERO, VMDK_SPARSE, VMDK_VMFS, VMDK_VMFSSPARSE, VMDK_SESPARSE
+};
 enum vmdk_access { VMDK_RW, VMDK_RDONLY, VMDK_NOACCESS };
 
 /* One extent line of a descriptor. */
@@ -84,6 +88,9 @@ const char *vmdk_type_name(enum vmdk_extent_type t);
 /* A sparse extent's grain map. */
 struct vmdk_sparse {
     bool cowd;              /* vmfsSparse "COWD" header (version 1 layout) */
+    bool sesparse;          /* seSparse: 64-bit entries, gd64 instead of gd, read-only */
+    uint64_t *gd64;         /* seSparse grain directory, host-endian, decoded at lookup */
+    uint64_t se_tables, se_grains; /* seSparse: sectors where grain tables and grains start */
     uint32_t version, flags;
     uint64_t capacity;      /* sectors */
     uint64_t grain;         /* bytes */
@@ -96,6 +103,12 @@ struct vmdk_sparse {
     uint64_t alloc_end;     /* bytes: where the next grain or table goes */
     struct vd_cache *gts;   /* grain tables, keyed by file offset */
     bool gd_dirty;
+};
+
+/* What one grain table entry names: a kind, and for data the grain's file offset. */
+struct vmdk_grain {
+    enum vd_cow_kind kind;
+    uint64_t host;          /* file offset of the grain (or its marker) */
 };
 
 struct vmdk_extent {
@@ -148,6 +161,14 @@ int vmdk_sparse_flush(vd_image *img, struct vmdk_extent *e);
 /* Parse the header of a KDMV extent from its first sector; fills s. */
 int vmdk_sparse_read_header(vd_file *f, const char *name, struct vmdk_sparse *s);
 extern const struct vd_cow_ops vmdk_cow_ops;
+
+/* sesparse.c: an seSparse extent's headers, its directory and table entries */
+int vmdk_sesparse_open(struct vmdk_extent *e, struct vmdk_sparse *s);
+/* The file offset of directory slot gdi's grain table (0: none). */
+int vmdk_sesparse_table(vd_image *img, const struct vmdk_sparse *s, uint64_t gdi, uint64_t *at);
+/* Entry i of an seSparse grain table. */
+int vmdk_sesparse_grain(vd_image *img, const struct vmdk_sparse *s, const void *table, uint32_t i,
+                        struct vmdk_grain *g);
 
 /* check.c */
 int vmdk_check(vd_image *img, uint32_t flags, vd_check_result *res, vd_check_report_fn report,
