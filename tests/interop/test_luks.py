@@ -17,10 +17,10 @@ import subprocess
 import pytest
 
 import libvdisk
-from vdhelp import MiB, QEMU_IMG, QEMU_IO, run
+from vdhelp import MiB, PASSPHRASE, QEMU_IMG, QEMU_IO, qemu_io_secret, run
+from vdhelp import secret_object as secret
 
 VDISK = os.environ.get("VDISK") or shutil.which("vdisk") or "vdisk"
-PASSPHRASE = "correct horse battery"
 SIZE = 4 * MiB
 
 # A covering set of what qemu-img's luks create accepts: every cipher size
@@ -36,17 +36,6 @@ COMBOS = [
 ] + [("aes-256", "ecb", "plain64", "sha256"), ("aes-128", "cbc", "plain", "sha256")]
 
 
-@pytest.fixture
-def pw(tmp_path):
-    path = tmp_path / "pw"
-    path.write_text(PASSPHRASE)
-    return path
-
-
-def secret(pw, sid="sec0"):
-    return f"secret,id={sid},file={pw}"
-
-
 def opts(path, sid="sec0"):
     return f"driver=luks,key-secret={sid},file.filename={path}"
 
@@ -58,14 +47,7 @@ def qemu_create(path, pw, **options):
 
 
 def qemu_io(path, pw, *commands, check=True):
-    args = [QEMU_IO, "--object", secret(pw), "--image-opts"]
-    for c in commands:
-        args += ["-c", c]
-    r = run(*args, opts(path), check=check)
-    if check:
-        assert "error" not in (r.stdout + r.stderr).lower() and \
-            "Pattern verification failed" not in r.stdout, r.stdout + r.stderr
-    return r
+    return qemu_io_secret(opts(path), pw, *commands, check=check)
 
 
 def qemu_raw(path, pw, out):

@@ -14,16 +14,15 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 
 import libvdisk
 from qcow2meta import Qcow2
-from vdhelp import MiB, QEMU_IMG, QEMU_IO, run
+from vdhelp import MiB, PASSPHRASE, QEMU_IMG, QEMU_IO, qemu_io_secret, run
+from vdhelp import secret_object as secret
 
 VDISK = os.environ.get("VDISK") or shutil.which("vdisk") or "vdisk"
-PASSPHRASE = "correct horse battery"
 SIZE = 4 * MiB
 # a pattern that must never appear in an image file: guest plaintext
 PLAIN = b"GUEST-PLAINTEXT-MARKER:" * 3
@@ -35,17 +34,6 @@ LUKS_COMBOS = [
     {"cipher-alg": "aes-256", "cipher-mode": "cbc", "ivgen-alg": "plain64",
      "hash-alg": "sha512"},
 ]
-
-
-@pytest.fixture
-def pw(tmp_path):
-    path = tmp_path / "pw"
-    path.write_text(PASSPHRASE)
-    return path
-
-
-def secret(pw, sid="sec0"):
-    return f"secret,id={sid},file={pw}"
 
 
 def opts(path, sid="sec0"):
@@ -67,14 +55,7 @@ def qemu_create(path, pw, fmt="luks", cluster=65536, backing=None, extended_l2=F
 
 
 def qemu_io(path, pw, *commands, check=True):
-    args = [QEMU_IO, "--object", secret(pw), "--image-opts"]
-    for c in commands:
-        args += ["-c", c]
-    r = run(*args, opts(path), check=check)
-    if check:
-        assert "error" not in (r.stdout + r.stderr).lower() and \
-            "Pattern verification failed" not in r.stdout, r.stdout + r.stderr
-    return r
+    return qemu_io_secret(opts(path), pw, *commands, check=check)
 
 
 def qemu_bytes(path, pw, tmp_path):

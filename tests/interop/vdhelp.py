@@ -336,3 +336,26 @@ def corpus_dir():
     if not os.path.isdir(path):
         pytest.skip(f"no test data directory ({path}); set VDISK_TESTDATA")
     return path
+
+
+# ------------------------------------------------------------ encrypted images
+
+PASSPHRASE = "correct horse battery"  # of the encrypted images the tests make
+
+
+def secret_object(pw, sid="sec0"):
+    """qemu's --object defining secret sid from the passphrase file pw."""
+    return f"secret,id={sid},file={pw}"
+
+
+def qemu_io_secret(image_opts, pw, *commands, check=True):
+    """qemu-io with the secret in file pw on --image-opts image_opts; with check,
+    no command may report an error or a pattern mismatch."""
+    args = [QEMU_IO, "--object", secret_object(pw), "--image-opts"]
+    for c in commands:
+        args += ["-c", c]
+    r = run(*args, image_opts, check=check)
+    if check:
+        assert "error" not in (r.stdout + r.stderr).lower() and \
+            "Pattern verification failed" not in r.stdout, r.stdout + r.stderr
+    return r
