@@ -127,6 +127,27 @@ static bool whole_sector_pieces(const struct vd_iov *v)
 }
 
 /*
+ * The next bounce-buffer chunk of an encrypted run of len bytes at guest,
+ * done bytes in: the n bytes at guest + done lie skip bytes into the whole
+ * sectors [start, start + span) (at most CRYPT_CHUNK bytes).
+ */
+struct crypt_chunk {
+    uint64_t start;
+    size_t skip, n, span;
+};
+
+static struct crypt_chunk crypt_chunk_at(uint64_t guest, size_t done, size_t len)
+{
+    const uint64_t mask = SECTOR - 1;
+    struct crypt_chunk c;
+    c.start = (guest + done) & ~mask;
+    c.skip = (size_t)(guest + done - c.start);
+    c.n = (size_t)min_u64(len - done, CRYPT_CHUNK - c.skip);
+    c.span = (c.skip + c.n + mask) & ~(size_t)mask;
+    return c;
+}
+
+/*
  * Read the encrypted data run at host (guest data at guest) into v: straight
  * into the caller's buffers and decrypted there piece by piece when the run
  * and every piece are whole sectors, else through a bounce buffer.
@@ -150,16 +171,13 @@ static int read_decrypted(vd_image *img, uint64_t guest, uint64_t host, const st
     uint8_t *bounce = vd_io_buf_alloc(CRYPT_CHUNK);
     int rc = bounce ? 0 : vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     for (size_t done = 0; rc == 0 && done < v->len;) {
-        uint64_t g = guest + done, start = g & ~mask;
-        size_t skip = (size_t)(g - start);
-        size_t n = (size_t)min_u64(v->len - done, CRYPT_CHUNK - skip);
-        size_t span = (skip + n + mask) & ~(size_t)mask;
-        rc = read_sectors(img, host + done - skip, start, bounce, span);
+        struct crypt_chunk c = crypt_chunk_at(guest, done, v->len);
+        rc = read_sectors(img, host + done - c.skip, c.start, bounce, c.span);
         if (rc == 0) {
-            struct vd_iov part = vd_iov_sub(v, done, n);
-            vd_iov_from_buf(&part, bounce + skip);
+            struct vd_iov part = vd_iov_sub(v, done, c.n);
+            vd_iov_from_buf(&part, bounce + c.skip);
         }
-        done += n;
+        done += c.n;
     }
     free(bounce);
     return rc;
@@ -226,27 +244,24 @@ struct batch {
  */
 static int write_encrypted(vd_image *img, const struct vd_iov *v, uint64_t guest, uint64_t host)
 {
-    const uint64_t mask = SECTOR - 1;
     uint8_t *bounce = vd_io_buf_alloc(CRYPT_CHUNK);
     int rc = bounce ? 0 : vd_err(VD_ENOMEM, "%s: out of memory", img->filename);
     for (size_t done = 0; rc == 0 && done < v->len;) {
-        uint64_t g = guest + done, start = g & ~mask;
-        size_t skip = (size_t)(g - start);
-        size_t n = (size_t)min_u64(v->len - done, CRYPT_CHUNK - skip);
-        size_t span = (skip + n + mask) & ~(size_t)mask, last = span - SECTOR;
-        uint64_t h = host + done - skip;
-        if (skip)
-            rc = read_sectors(img, h, start, bounce, SECTOR);
-        if (rc == 0 && ((skip + n) & mask) && (last || !skip))
-            rc = read_sectors(img, h + last, start + last, bounce + last, SECTOR);
+        struct crypt_chunk c = crypt_chunk_at(guest, done, v->len);
+        size_t last = c.span - SECTOR;
+        uint64_t h = host + done - c.skip;
+        if (c.skip)
+            rc = read_sectors(img, h, c.start, bounce, SECTOR);
+        if (rc == 0 && ((c.skip + c.n) % SECTOR) && (last || !c.skip))
+            rc = read_sectors(img, h + last, c.start + last, bounce + last, SECTOR);
         if (rc == 0) {
-            struct vd_iov part = vd_iov_sub(v, done, n);
-            vd_iov_to_buf(&part, bounce + skip);
-            rc = img->cow->encrypt(img, h, start, bounce, span);
+            struct vd_iov part = vd_iov_sub(v, done, c.n);
+            vd_iov_to_buf(&part, bounce + c.skip);
+            rc = img->cow->encrypt(img, h, c.start, bounce, c.span);
         }
         if (rc == 0)
-            rc = vd_file_pwrite(vd_image_data(img), bounce, span, h);
-        done += n;
+            rc = vd_file_pwrite(vd_image_data(img), bounce, c.span, h);
+        done += c.n;
     }
     free(bounce);
     return rc;
