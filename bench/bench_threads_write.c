@@ -11,7 +11,10 @@
  * ext4 serialises buffered writes to one file under its inode lock, and
  * writes that extend a file under the same lock. With O_DIRECT
  * (cache=none, what hypervisors use) overwrites of allocated blocks take
- * that lock shared and run in parallel.
+ * that lock shared and run in parallel. An allocating qcow2 write does not
+ * extend the file the way its appending ceiling does: the image file grows
+ * ahead of its writes (lib/io/ahead.c), so new clusters are overwrites of
+ * reserved space, and can beat that ceiling.
  *
  *   pwrite in place             ceiling for the two in-place figures below
  *   raw in place                vd_write on a raw image

@@ -284,6 +284,8 @@ int vd_open_image(vd_image **out, const struct vd_chain_where *where, const vd_o
                     "(%s)", path, be->name, o->formats);
     if (rc == 0 && o->snapshot && !be->snapshot_count)
         rc = vd_err(VD_EUNSUPPORTED, "%s: format '%s' has no snapshots to open", path, be->name);
+    if (rc == 0 && be->grows_at_end && !img->read_only)
+        rc = vd_file_grow_ahead(img->file);
     if (rc == 0) {
         img->backend = be;
         rc = be->open(img, o);

@@ -50,6 +50,12 @@ struct vd_prop {
  */
 struct vd_backend {
     const char *name;
+    /*
+     * The format allocates at the end of its file and takes whatever lies
+     * past its last structure for free space: opened for writing, its file
+     * grows ahead of its writes (vd_file_grow_ahead()).
+     */
+    bool grows_at_end;
     /* Create options this format accepts (NULL-terminated by name). */
     const struct vd_option_desc *create_options;
 

@@ -1,5 +1,6 @@
 /* Opener selection and the generic helpers layered over struct vd_file_ops. */
 #include "core/internal.h"
+#include "io/ahead.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -31,8 +32,25 @@ int vd_file_open_at(vd_file **out, int dir_fd, const char *leaf, const char *pat
 
 void vd_file_close(vd_file *f)
 {
-    if (f)
-        f->ops->close(f);
+    if (!f)
+        return;
+    if (f->ahead)
+        vd_file_ahead_end(f);
+    f->ops->close(f);
+}
+
+int vd_file_get_size(vd_file *f, uint64_t *size)
+{
+    if (f->ahead) {
+        *size = vd_file_ahead_size(f);
+        return 0;
+    }
+    return f->ops->get_size(f, size);
+}
+
+int vd_file_truncate(vd_file *f, uint64_t size)
+{
+    return f->ahead ? vd_file_ahead_truncate(f, size) : f->ops->truncate(f, size);
 }
 
 void *vd_io_buf_alloc(size_t len)
@@ -67,6 +85,8 @@ int vd_file_preadv(vd_file *f, const struct vd_iov *v, uint64_t off)
 
 int vd_file_pwritev(vd_file *f, const struct vd_iov *v, uint64_t off)
 {
+    if (f->ahead)
+        vd_file_ahead_note(f, off + v->len);
     return f->ops->pwritev ? f->ops->pwritev(f, v, off) : per_element(f, v, off, true);
 }
 
@@ -128,6 +148,8 @@ int vd_file_write_zeroes(vd_file *f, uint64_t off, uint64_t len, bool may_punch)
 {
     if (len == 0)
         return 0;
+    if (f->ahead && (len = vd_file_ahead_zeroes(f, off, len)) == 0)
+        return 0;
     if (may_punch && f->ops->punch_hole && f->ops->punch_hole(f, off, len) == 0)
         return 0;
     if (f->ops->zero_range && f->ops->zero_range(f, off, len) == 0)
@@ -139,6 +161,8 @@ int vd_file_allocate(vd_file *f, uint64_t off, uint64_t len)
 {
     if (!f->ops->allocate)
         return vd_err(VD_EUNSUPPORTED, "%s: cannot preallocate", f->path);
+    if (f->ahead)
+        vd_file_ahead_note(f, off + len);
     return f->ops->allocate(f, off, len);
 }
 
@@ -153,14 +177,21 @@ int vd_file_extent(vd_file *f, uint64_t off, bool *is_data, uint64_t *end)
         *end = size;
         return 0;
     }
-    return f->ops->extent(f, off, is_data, end);
+    int rc = f->ops->extent(f, off, is_data, end);
+    uint64_t data = f->ahead ? vd_file_ahead_size(f) : UINT64_MAX;
+    if (rc == 0 && off < data && *end > data)
+        *end = data;
+    return rc;
 }
 
 int vd_file_allocated_bytes(vd_file *f, uint64_t *bytes)
 {
     if (!f->ops->allocated_bytes)
         return vd_file_get_size(f, bytes);
-    return f->ops->allocated_bytes(f, bytes);
+    int rc = f->ops->allocated_bytes(f, bytes);
+    if (rc == 0 && f->ahead) /* the reserve is allocated in full */
+        *bytes -= *bytes > vd_file_ahead_reserved(f) ? vd_file_ahead_reserved(f) : *bytes;
+    return rc;
 }
 
 int vd_file_copy_range(vd_file *f, uint64_t to_off, vd_file *from, uint64_t from_off,
@@ -169,6 +200,8 @@ int vd_file_copy_range(vd_file *f, uint64_t to_off, vd_file *from, uint64_t from
     if (!f->ops->copy_range || from->ops != f->ops)
         return vd_err(VD_EUNSUPPORTED, "%s: cannot copy from %s in the file system",
                       f->path, from->path);
+    if (f->ahead)
+        vd_file_ahead_note(f, to_off + len);
     return f->ops->copy_range(f, to_off, from, from_off, len);
 }
 

@@ -88,10 +88,13 @@ struct vd_file_ops {
     void (*close)(vd_file *f);
 };
 
+struct vd_file_ahead;
+
 struct vd_file {
     const struct vd_file_ops *ops;
     char *path;      /* for messages */
     bool writable;
+    struct vd_file_ahead *ahead; /* set by vd_file_grow_ahead(), else NULL */
 };
 
 /*
@@ -140,7 +143,31 @@ int vd_dir_open_beneath(int dir_fd, const char *name, const char *path, int *par
                         const char **leaf);
 /* Open the directory part of path ("." if it has none), the anchor of its image's names. */
 int vd_dir_open_of(const char *path, int *dir_fd);
+/* Trims what vd_file_grow_ahead() reserved past the end of the data, then closes. */
 void vd_file_close(vd_file *f);
+
+/*
+ * Growing ahead (lib/io/ahead.c), QEMU's preallocate filter for any layer.
+ * A format that allocates at the end of its file writes each new cluster
+ * past the end: the write extends the file, and the cluster's unwritten
+ * part must be zeroed first. On ext4 both take the inode lock exclusively
+ * (and an O_DIRECT write that extends the file waits for the disk), so
+ * allocating writes from several threads ran one at a time. Turned on, a
+ * write past the end first reserves the file a step ahead (allocate: an
+ * eighth of the end, 1 MiB to 128 MiB, rounded up to 1 MiB); the writes that
+ * follow are overwrites of reserved space, and zeroes over reserved space
+ * never written are not written at all (it reads as zeroes). The file keeps
+ * its own size for its users: get_size, extent and allocated_bytes answer as
+ * if nothing were reserved, and closing trims the reserve. A crash leaves
+ * it in place, read as zeroes past the data: only for formats to whom bytes
+ * past their last structure are free space (struct vd_backend's
+ * grows_at_end). Where the layer cannot allocate, or the disk is full, it
+ * turns itself off and writes extend the file as before: it is never an
+ * error of its own.
+ */
+int vd_file_grow_ahead(vd_file *f);
+/* A write of [off, end) is about to happen: keep the size, reserve ahead if needed. */
+void vd_file_ahead_note(vd_file *f, uint64_t end);
 
 static inline int vd_file_pread(vd_file *f, void *buf, size_t len, uint64_t off)
 {
@@ -148,6 +175,8 @@ static inline int vd_file_pread(vd_file *f, void *buf, size_t len, uint64_t off)
 }
 static inline int vd_file_pwrite(vd_file *f, const void *buf, size_t len, uint64_t off)
 {
+    if (f->ahead)
+        vd_file_ahead_note(f, off + len);
     return f->ops->pwrite(f, buf, len, off);
 }
 /*
@@ -161,8 +190,8 @@ void *vd_io_buf_alloc(size_t len);
 int vd_file_preadv(vd_file *f, const struct vd_iov *v, uint64_t off);
 int vd_file_pwritev(vd_file *f, const struct vd_iov *v, uint64_t off);
 static inline int vd_file_sync(vd_file *f) { return f->ops->sync(f); }
-static inline int vd_file_get_size(vd_file *f, uint64_t *size) { return f->ops->get_size(f, size); }
-static inline int vd_file_truncate(vd_file *f, uint64_t size) { return f->ops->truncate(f, size); }
+int vd_file_get_size(vd_file *f, uint64_t *size);
+int vd_file_truncate(vd_file *f, uint64_t size);
 
 /* Write zeroes over a range: punch (if allowed), zero_range, or plain writes. */
 int vd_file_write_zeroes(vd_file *f, uint64_t off, uint64_t len, bool may_punch);

@@ -379,6 +379,7 @@ static void q_get_info(vd_image *img, vd_info *info)
 
 const struct vd_backend vd_backend_qcow = {
     .name = "qcow",
+    .grows_at_end = true,
     .create_options = qcow_create_options,
     .probe = q_probe,
     .create = q_create,

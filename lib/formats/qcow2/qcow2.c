@@ -397,6 +397,7 @@ static void q_for_each_extra_file(vd_image *img, void (*fn)(void *ctx, const cha
 
 const struct vd_backend vd_backend_qcow2 = {
     .name = "qcow2",
+    .grows_at_end = true,
     .create_options = qcow2_create_options,
     .probe = qcow2_probe,
     .create = qcow2_create,

@@ -129,7 +129,7 @@ int vmdk_host_file_new(struct vmdk *v, vd_file **out, const char *name)
         free(path);
         return vd_err(VD_ENOMEM, "%s: out of memory", name);
     }
-    h->base = (vd_file){ &host_ops, path, true };
+    h->base = (vd_file){ .ops = &host_ops, .path = path, .writable = true };
     h->v = v;
     *out = &h->base;
     return 0;
