@@ -108,10 +108,11 @@ typedef struct vd_image vd_image;
 
 /* vd_open() flags */
 /*
- * Read-write; default is read-only. A qcow2 or qcow image opened so grows its
- * file ahead of its writes (up to an eighth of it, 128 MiB at most, read as
- * zeroes): its size and map never show that reserve, and vd_close() trims it;
- * a process that dies without closing leaves it in place, as free space.
+ * Read-write; default is read-only. A qcow2, qcow or sparse VMDK image
+ * opened so grows its file ahead of its writes (up to an eighth of it,
+ * 128 MiB at most, read as zeroes): its size and map never show that
+ * reserve, and vd_close() trims it; a process that dies without closing
+ * leaves it in place, as free space.
  */
 #define VD_OPEN_RDWR        (1u << 0)
 #define VD_OPEN_NO_BACKING  (1u << 1) /* open only this image, not its backing chain */

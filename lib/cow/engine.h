@@ -64,6 +64,16 @@
  *   that was written; the L2 cache's before-write hook (refcounts out, then
  *   sync) then makes that data durable first. Keep both: link after the
  *   data, and sync in the hook.
+ *
+ *   Allocating at the end of the file. Data writes that extend a file run
+ *   one at a time in ext4 (its inode lock, taken alone), and so does the
+ *   zeroing of a new cluster's unwritten part. A backend that allocates at
+ *   the end of its file and takes what lies past its last structure for
+ *   free space sets grows_at_end (struct vd_backend): its file then grows
+ *   ahead of the writes (io/file.h, vd_file_grow_ahead()), new clusters are
+ *   overwrites of reserved space, and their zeroing is skipped. It must
+ *   place clusters from its own bookkeeping and vd_file_get_size(), never
+ *   from the host file's size, which the reserve makes larger.
  */
 #ifndef VD_COW_ENGINE_H
 #define VD_COW_ENGINE_H

@@ -1,8 +1,9 @@
-"""Growing ahead (lib/io/ahead.c): a qcow2 or qcow image opened for writing
-reserves its file past the end of the data, writes allocating clusters into
+"""Growing ahead (lib/io/ahead.c): a qcow2, qcow or sparse VMDK image opened
+for writing reserves its file past the end of the data, writes allocating clusters into
 the reserve, skips zeroing what the reserve already reads as zeroes, and
 trims the reserve at close. A writer that vanishes leaves the reserve behind:
 qemu-img must still find the image clean, and the next writer reuses it."""
+import json
 import os
 import random
 import subprocess
@@ -59,6 +60,24 @@ def test_reserve_while_open_trimmed_at_close(tmp_path, cache):
     assert end < written, "no reserve while the image was open (nothing tested)"
     assert_qemu_clean(path)
     assert_reads_as(path, raw, model)
+
+
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "twoGbMaxExtentSparse"])
+def test_vmdk_reserve_trimmed_at_close(tmp_path, subformat):
+    path, raw = tmp_path / "a.vmdk", tmp_path / "a.raw"
+    run(VDISK, "create", "-f", "vmdk", "-o", f"subformat={subformat}", str(path), str(64 * MiB))
+    grains = tmp_path / ("a.vmdk" if subformat == "monolithicSparse" else "a-s001.vmdk")
+    rnd, model = random.Random(5), bytearray(64 * MiB)
+    with libvdisk.open(path, "r+") as img:
+        scattered_writes(img, model, rnd, 150)
+        img.flush()
+        written = os.stat(grains).st_size
+    out = run(VDISK, "map", "--output=json", str(path)).stdout
+    last = max(e["offset"] + e["length"] for e in json.loads(out) if e.get("data"))
+    assert os.stat(grains).st_size == last, "the reserve was not trimmed at close"
+    assert last < written, "no reserve while the image was open (nothing tested)"
+    assert_qemu_clean(path)
+    assert_reads_as(path, raw, model, fmt="vmdk")
 
 
 def test_zeroes_in_fresh_clusters(tmp_path):
@@ -148,6 +167,5 @@ def test_qcow_v1_reserve_trimmed(tmp_path):
     assert_reads_as(path, raw, model, fmt="qcow")
     # the file ends with its last cluster: no reserve was left
     out = run(VDISK, "map", "--output=json", str(path)).stdout
-    import json
     last = max(e["offset"] + e["length"] for e in json.loads(out) if e.get("data") and "offset" in e)
     assert os.stat(path).st_size <= last + 4096

@@ -190,6 +190,10 @@ int vmdk_sparse_open(vd_image *img, struct vmdk_extent *e, size_t index)
         rc = load_gd(e->file, s->gd_offset, s->gd_entries, &s->gd, name);
     if (rc == 0 && s->rgd_offset)
         rc = load_gd(e->file, s->rgd_offset, s->gd_entries, &s->rgd, name);
+    /* grains are appended: the file grows ahead of them (io/file.h); not a stream, whose
+       footer must stay last even after a crash */
+    if (rc == 0 && e->file->writable && !s->compressed && !e->file->ahead)
+        rc = vd_file_grow_ahead(e->file);
     uint64_t file_size = 0;
     if (rc == 0)
         rc = vd_file_get_size(e->file, &file_size);
