@@ -35,7 +35,7 @@ int vd_file_grow_ahead(vd_file *f)
         return vd_err(VD_ENOMEM, "%s: out of memory", f->path);
     atomic_init(&a->data_end, size);
     atomic_init(&a->file_end, size);
-    atomic_init(&a->off, !f->ops->allocate);
+    atomic_init(&a->off, !f->ops->zero_range);
     pthread_mutex_init(&a->lock, NULL);
     f->ahead = a;
     return 0;
@@ -49,7 +49,9 @@ static void reserve(vd_file *f, struct vd_file_ahead *a, uint64_t end)
     if (end > have && !atomic_load(&a->off)) {
         uint64_t step = end / 8 < AHEAD_MIN ? AHEAD_MIN : end / 8 > AHEAD_MAX ? AHEAD_MAX : end / 8;
         uint64_t target = (end + step + AHEAD_ALIGN - 1) / AHEAD_ALIGN * AHEAD_ALIGN;
-        if (f->ops->allocate(f, have, target - have) == 0) {
+        /* zero_range, not allocate: posix_fallocate() would write where the file system
+           cannot allocate, and a reserve is worth having only if it costs no writes */
+        if (f->ops->zero_range(f, have, target - have) == 0) {
             atomic_store(&a->file_end, target);
         } else { /* not the caller's error: its write goes on without the reserve */
             atomic_store(&a->off, true);

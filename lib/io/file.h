@@ -153,10 +153,11 @@ void vd_file_close(vd_file *f);
  * part must be zeroed first. On ext4 both take the inode lock exclusively
  * (and an O_DIRECT write that extends the file waits for the disk), so
  * allocating writes from several threads ran one at a time. Turned on, a
- * write past the end first reserves the file a step ahead (allocate: an
- * eighth of the end, 1 MiB to 128 MiB, rounded up to 1 MiB); the writes that
- * follow are overwrites of reserved space, and zeroes over reserved space
- * never written are not written at all (it reads as zeroes). The file keeps
+ * write past the end first reserves the file a step ahead (zero_range
+ * past the end, which allocates without writing: an eighth of the end,
+ * 1 MiB to 128 MiB, rounded up to 1 MiB); the writes that follow are
+ * overwrites of reserved space, and zeroes over reserved space never
+ * written are not written at all (it reads as zeroes). The file keeps
  * its own size for its users: get_size, extent and allocated_bytes answer as
  * if nothing were reserved, and closing trims the reserve. A crash leaves
  * it in place, read as zeroes past the data: only for formats to whom bytes
