@@ -925,6 +925,46 @@ static void prepare_damaged(const struct repair_case *rc, const char *path, stru
     ck_assert_uint_eq(snap_size, before->size);
 }
 
+/*
+ * One crash image of the run just tracked, at crash point (last: the point
+ * past every write): the failures examine found, reported on stderr.
+ */
+typedef uint64_t (*crash_examine_fn)(void *ctx, const char *crash_path, uint64_t point, uint64_t seed,
+                                     bool last);
+
+/*
+ * Examine the crash images of the run just tracked: at each crash point
+ * (every write, and two past them) up to seeds images, each with other
+ * pending writes applied (one where none was pending), until MAX_REPORTS
+ * failures. Returns the failures; *images counts the images examined.
+ */
+static uint64_t examine_crash_images(const char *crash_path, uint64_t seeds, crash_examine_fn examine,
+                                     void *ctx, uint64_t *images)
+{
+    uint64_t npoints = crash_write_count() + 2, failures = 0;
+    *images = 0;
+    for (uint64_t point = 0; point < npoints && failures < MAX_REPORTS; point++) {
+        for (uint64_t seed = 0; seed < seeds; seed++, (*images)++) {
+            uint64_t pending = crash_materialize(point, point * 7919 + seed, crash_path);
+            failures += examine(ctx, crash_path, point, seed, point == npoints - 1);
+            if (!pending)
+                break;
+        }
+    }
+    return failures;
+}
+
+/* qemu-img check of one crash image: 0, or 1 with why on stderr after "label CRASH FAILURE". */
+static uint64_t qemu_check_failures(const char *label, const char *crash_path, uint64_t point)
+{
+    char why[512] = "";
+    bool benign;
+    if (cu_qemu_check_ok(crash_path, 4096, &benign, why, sizeof why))
+        return 0;
+    fprintf(stderr, "%s CRASH FAILURE [crash point %" PRIu64 "]: %s\n", label, point, why);
+    return 1;
+}
+
 /* One crash image: the failures found (reported on stderr). */
 static unsigned check_repair_point(const struct repair_case *rc, const struct repair_image *before,
                                    const char *path, uint64_t point, bool complete)
@@ -966,6 +1006,19 @@ static unsigned check_repair_point(const struct repair_case *rc, const struct re
     return 1;
 }
 
+struct repair_sweep {
+    const struct repair_case *rc;
+    const struct repair_image *before;
+};
+
+static uint64_t examine_repair(void *ctx, const char *crash_path, uint64_t point, uint64_t seed,
+                               bool last)
+{
+    const struct repair_sweep *r = ctx;
+    (void)seed;
+    return check_repair_point(r->rc, r->before, crash_path, point, last);
+}
+
 static const struct repair_case repair_cases[] = {
     { "qcow2-repair-leaks", false },
     { "qcow2-repair-rebuild", true },
@@ -985,15 +1038,9 @@ START_TEST(test_crash_repair)
     ck_assert_uint_eq(cu_check_problems(&res), 0);
     vt_close(img);
     crash_uninstall();
-    uint64_t npoints = crash_write_count() + 2, seeds = 4 * cu_scale(), failures = 0, images = 0;
-    for (uint64_t point = 0; point < npoints && failures < MAX_REPORTS; point++) {
-        for (uint64_t seed = 0; seed < seeds; seed++, images++) {
-            uint64_t pending = crash_materialize(point, point * 7919 + seed, crash_path);
-            failures += check_repair_point(rc, &before, crash_path, point, point == npoints - 1);
-            if (!pending)
-                break;
-        }
-    }
+    struct repair_sweep sweep = { rc, &before };
+    uint64_t images;
+    uint64_t failures = examine_crash_images(crash_path, 4 * cu_scale(), examine_repair, &sweep, &images);
     fprintf(stderr, "crash %s: %" PRIu64 " writes, %" PRIu64 " syncs; %" PRIu64
             " crash images checked, %" PRIu64 " failures\n", rc->name, crash_write_count(),
             crash_sync_count(), images, failures);
@@ -1044,6 +1091,13 @@ static void set_copied_in_snapshot(const char *path)
     ck_assert_uint_gt(flagged, 0);
 }
 
+static uint64_t examine_apply(void *ctx, const char *crash_path, uint64_t point, uint64_t seed,
+                              bool last)
+{
+    (void)ctx, (void)seed, (void)last;
+    return qemu_check_failures("APPLY", crash_path, point);
+}
+
 /*
  * Snapshot "s0" of a 2 MiB image whose snapshot-only L2 tables carry COPIED
  * on clusters the active state shares: a crash anywhere in applying it must
@@ -1070,20 +1124,8 @@ START_TEST(test_crash_apply_wrong_copied)
     vt_ok(vd_snapshot_apply(img, "s0", 0));
     vt_close(img);
     crash_uninstall();
-    uint64_t npoints = crash_write_count() + 2, failures = 0, images = 0;
-    for (uint64_t point = 0; point < npoints && failures < MAX_REPORTS; point++) {
-        for (uint64_t seed = 0; seed < 2 * cu_scale(); seed++, images++) {
-            uint64_t pending = crash_materialize(point, point * 7919 + seed, crash_path);
-            char why[512] = "";
-            bool benign;
-            if (!cu_qemu_check_ok(crash_path, 4096, &benign, why, sizeof why)) {
-                fprintf(stderr, "APPLY CRASH FAILURE [crash point %" PRIu64 "]: %s\n", point, why);
-                failures++;
-            }
-            if (!pending)
-                break;
-        }
-    }
+    uint64_t images;
+    uint64_t failures = examine_crash_images(crash_path, 2 * cu_scale(), examine_apply, NULL, &images);
     fprintf(stderr, "crash qcow2-apply-copied: %" PRIu64 " writes; %" PRIu64 " crash images checked, %"
             PRIu64 " failures\n", crash_write_count(), images, failures);
     crash_reset();
@@ -1121,6 +1163,51 @@ static int note_dirty(void *ctx, uint64_t offset, uint64_t length, int dirty)
     return 0;
 }
 
+struct session_sweep {
+    uint64_t size;
+    const uint8_t *before; /* the disk before the session */
+    struct granules *g;
+    uint64_t trusted;      /* images in which b0 was stored (not in use) */
+};
+
+static uint64_t examine_session(void *ctx, const char *crash_path, uint64_t point, uint64_t seed,
+                                bool last)
+{
+    struct session_sweep *sw = ctx;
+    struct granules *g = sw->g;
+    (void)last;
+    uint64_t failures = qemu_check_failures("BITMAP", crash_path, point), got_size;
+    vd_image *c = vt_open(crash_path, "qcow2", VD_OPEN_NO_LOCK);
+    vd_bitmap_info b = VD_BITMAP_INFO_INIT;
+    size_t n = 0;
+    vt_ok(vd_bitmap_count(c, &n));
+    bool found = false;
+    for (size_t i = 0; i < n && !found; i++)
+        found = vd_bitmap_get(c, i, &b) == 0 && strcmp(b.name, "b0") == 0;
+    if (!found) {
+        fprintf(stderr, "BITMAP CRASH FAILURE [crash point %" PRIu64 "]: bitmap b0 is gone\n", point);
+        failures++;
+    } else if (!(b.flags & VD_BITMAP_IN_USE)) {
+        sw->trusted++;
+        memset(g->dirty, 0, (size_t)g->count * sizeof(bool));
+        vt_ok(vd_bitmap_extents(c, "b0", 0, sw->size, note_dirty, g, 0));
+        uint8_t *after = cu_read_image(c, &got_size);
+        for (uint64_t k = 0; k < g->count; k++) {
+            if (g->dirty[k] || memcmp(after + k * BITMAP_GRANULE, sw->before + k * BITMAP_GRANULE,
+                                      BITMAP_GRANULE) == 0)
+                continue;
+            fprintf(stderr, "BITMAP CRASH FAILURE [crash point %" PRIu64 ", seed %" PRIu64
+                    "]: b0 is not in use, yet granule %" PRIu64 " changed and is clean\n",
+                    point, seed, k);
+            failures++;
+            break;
+        }
+        free(after);
+    }
+    vd_close(c);
+    return failures;
+}
+
 /*
  * The promise of a persistent bitmap to incremental backup: after a crash,
  * a bitmap that does not say "in use" marks every granule whose guest data
@@ -1156,51 +1243,12 @@ START_TEST(test_crash_bitmap_session)
     vt_close(img);                                          /* stores the bitmaps */
     crash_uninstall();
 
-    uint64_t npoints = crash_write_count() + 2, failures = 0, images = 0, trusted = 0;
     struct granules g = { calloc(size / BITMAP_GRANULE, sizeof(bool)), size / BITMAP_GRANULE };
     ck_assert_ptr_nonnull(g.dirty);
-    for (uint64_t point = 0; point < npoints && failures < MAX_REPORTS; point++) {
-        for (uint64_t seed = 0; seed < 4 * cu_scale(); seed++, images++) {
-            uint64_t pending = crash_materialize(point, point * 7919 + seed, crash_path);
-            char why[512] = "";
-            bool benign;
-            if (!cu_qemu_check_ok(crash_path, 4096, &benign, why, sizeof why)) {
-                fprintf(stderr, "BITMAP CRASH FAILURE [crash point %" PRIu64 "]: %s\n", point, why);
-                failures++;
-            }
-            vd_image *c = vt_open(crash_path, "qcow2", VD_OPEN_NO_LOCK);
-            vd_bitmap_info b = VD_BITMAP_INFO_INIT;
-            size_t n = 0;
-            vt_ok(vd_bitmap_count(c, &n));
-            bool found = false;
-            for (size_t i = 0; i < n && !found; i++)
-                found = vd_bitmap_get(c, i, &b) == 0 && strcmp(b.name, "b0") == 0;
-            if (!found) {
-                fprintf(stderr, "BITMAP CRASH FAILURE [crash point %" PRIu64 "]: bitmap b0 is gone\n",
-                        point);
-                failures++;
-            } else if (!(b.flags & VD_BITMAP_IN_USE)) {
-                trusted++;
-                memset(g.dirty, 0, (size_t)g.count * sizeof(bool));
-                vt_ok(vd_bitmap_extents(c, "b0", 0, size, note_dirty, &g, 0));
-                uint8_t *after = cu_read_image(c, &got_size);
-                for (uint64_t k = 0; k < g.count; k++) {
-                    if (g.dirty[k] || memcmp(after + k * BITMAP_GRANULE, before + k * BITMAP_GRANULE,
-                                             BITMAP_GRANULE) == 0)
-                        continue;
-                    fprintf(stderr, "BITMAP CRASH FAILURE [crash point %" PRIu64 ", seed %" PRIu64
-                            "]: b0 is not in use, yet granule %" PRIu64 " changed and is clean\n",
-                            point, seed, k);
-                    failures++;
-                    break;
-                }
-                free(after);
-            }
-            vd_close(c);
-            if (!pending)
-                break;
-        }
-    }
+    struct session_sweep sweep = { size, before, &g, 0 };
+    uint64_t images;
+    uint64_t failures = examine_crash_images(crash_path, 4 * cu_scale(), examine_session, &sweep, &images);
+    uint64_t trusted = sweep.trusted;
     fprintf(stderr, "crash qcow2-bitmap-session: %" PRIu64 " writes; %" PRIu64 " crash images checked (%"
             PRIu64 " with b0 trusted), %" PRIu64 " failures\n", crash_write_count(), images, trusted,
             failures);
@@ -1399,6 +1447,55 @@ static const char *untrusted_because(const struct bitmap_state *st, const struct
     return NULL;
 }
 
+static const char *const edit_enabled[] = { "keep", "gone", "wiped", "dst" };
+
+struct edits_sweep {
+    const struct bitmap_state *stored, *src; /* keep and src before the session */
+    const uint8_t *before, *mid;             /* the disk before the session, and at its flush */
+    uint64_t trusted;                        /* enabled bitmaps found stored (not in use) */
+};
+
+static uint64_t examine_edits(void *ctx, const char *crash_path, uint64_t point, uint64_t seed,
+                              bool last)
+{
+    struct edits_sweep *sw = ctx;
+    (void)last;
+    uint64_t failures = qemu_check_failures("BITMAP EDIT", crash_path, point), got_size;
+    vd_image *c = vt_open(crash_path, "qcow2", VD_OPEN_NO_LOCK);
+    uint8_t *now = cu_read_image(c, &got_size);
+    struct bitmap_state st = read_bitmap(c, "src");
+    if (!st.present || st.in_use || memcmp(st.dirty, sw->src->dirty, sizeof st.dirty) != 0) {
+        fprintf(stderr, "BITMAP EDIT CRASH FAILURE [crash point %" PRIu64 ", seed %" PRIu64
+                "]: the disabled bitmap src is %s\n", point, seed,
+                !st.present ? "gone" : st.in_use ? "in use" : "changed");
+        failures++;
+    }
+    for (size_t i = 0; i < 4; i++) {
+        st = read_bitmap(c, edit_enabled[i]);
+        const char *bad = NULL;
+        uint64_t granule = 0;
+        if (!st.present && strcmp(edit_enabled[i], "gone") != 0)
+            bad = "lost";
+        else if (st.present && !st.in_use) {
+            sw->trusted++;
+            bad = untrusted_because(&st, sw->stored, now, sw->before,
+                                    strcmp(edit_enabled[i], "wiped") == 0 ? sw->mid : sw->before,
+                                    &granule);
+            bool as_stored = memcmp(st.dirty, sw->stored->dirty, sizeof st.dirty) == 0;
+            if (!bad && strcmp(edit_enabled[i], "dst") == 0 && !as_stored && !(st.dirty[7] && st.dirty[9]))
+                bad = "not stored as before, yet without src's bits";
+        }
+        if (bad) {
+            fprintf(stderr, "BITMAP EDIT CRASH FAILURE [crash point %" PRIu64 ", seed %" PRIu64
+                    "]: %s: %s (granule %" PRIu64 ")\n", point, seed, edit_enabled[i], bad, granule);
+            failures++;
+        }
+    }
+    free(now);
+    vd_close(c);
+    return failures;
+}
+
 START_TEST(test_crash_bitmap_edits)
 {
     const char *path = vt_path("image"), *crash_path = vt_path("crash");
@@ -1412,9 +1509,8 @@ START_TEST(test_crash_bitmap_edits)
     vt_image_write_pattern(img, 7 * BITMAP_GRANULE, 4096, 82);
     vt_image_write_pattern(img, 9 * BITMAP_GRANULE, 4096, 83);
     vt_ok(vd_bitmap_disable(img, "src", 0));
-    static const char *const enabled[] = { "keep", "gone", "wiped", "dst" };
     for (size_t i = 0; i < 4; i++)
-        vt_ok(vd_bitmap_add(img, enabled[i], BITMAP_GRANULE, 0));
+        vt_ok(vd_bitmap_add(img, edit_enabled[i], BITMAP_GRANULE, 0));
     vt_image_write_pattern(img, 31 * BITMAP_GRANULE, 4096, 84); /* dirty in all four */
     vt_close(img);
     uint64_t got_size;
@@ -1439,51 +1535,10 @@ START_TEST(test_crash_bitmap_edits)
     vt_close(img);
     crash_uninstall();
 
-    uint64_t npoints = crash_write_count() + 2, failures = 0, images = 0, trusted = 0;
-    for (uint64_t point = 0; point < npoints && failures < MAX_REPORTS; point++) {
-        for (uint64_t seed = 0; seed < 4 * cu_scale(); seed++, images++) {
-            uint64_t pending = crash_materialize(point, point * 7919 + seed, crash_path);
-            char why[512] = "";
-            bool benign;
-            if (!cu_qemu_check_ok(crash_path, 4096, &benign, why, sizeof why)) {
-                fprintf(stderr, "BITMAP EDIT CRASH FAILURE [crash point %" PRIu64 "]: %s\n", point, why);
-                failures++;
-            }
-            vd_image *c = vt_open(crash_path, "qcow2", VD_OPEN_NO_LOCK);
-            uint8_t *now = cu_read_image(c, &got_size);
-            struct bitmap_state st = read_bitmap(c, "src");
-            if (!st.present || st.in_use || memcmp(st.dirty, src.dirty, sizeof st.dirty) != 0) {
-                fprintf(stderr, "BITMAP EDIT CRASH FAILURE [crash point %" PRIu64 ", seed %" PRIu64
-                        "]: the disabled bitmap src is %s\n", point, seed,
-                        !st.present ? "gone" : st.in_use ? "in use" : "changed");
-                failures++;
-            }
-            for (size_t i = 0; i < 4; i++) {
-                st = read_bitmap(c, enabled[i]);
-                const char *bad = NULL;
-                uint64_t granule = 0;
-                if (!st.present && strcmp(enabled[i], "gone") != 0)
-                    bad = "lost";
-                else if (st.present && !st.in_use) {
-                    trusted++;
-                    bad = untrusted_because(&st, &stored, now, before,
-                                            strcmp(enabled[i], "wiped") == 0 ? mid : before, &granule);
-                    bool as_stored = memcmp(st.dirty, stored.dirty, sizeof st.dirty) == 0;
-                    if (!bad && strcmp(enabled[i], "dst") == 0 && !as_stored && !(st.dirty[7] && st.dirty[9]))
-                        bad = "not stored as before, yet without src's bits";
-                }
-                if (bad) {
-                    fprintf(stderr, "BITMAP EDIT CRASH FAILURE [crash point %" PRIu64 ", seed %" PRIu64
-                            "]: %s: %s (granule %" PRIu64 ")\n", point, seed, enabled[i], bad, granule);
-                    failures++;
-                }
-            }
-            free(now);
-            vd_close(c);
-            if (!pending)
-                break;
-        }
-    }
+    struct edits_sweep sweep = { &stored, &src, before, mid, 0 };
+    uint64_t images;
+    uint64_t failures = examine_crash_images(crash_path, 4 * cu_scale(), examine_edits, &sweep, &images);
+    uint64_t trusted = sweep.trusted;
     fprintf(stderr, "crash qcow2-bitmap-edits: %" PRIu64 " writes; %" PRIu64 " crash images checked (%"
             PRIu64 " bitmaps trusted), %" PRIu64 " failures\n", crash_write_count(), images, trusted,
             failures);
