@@ -5,6 +5,7 @@
  * clusters whose bytes are evenly spread but repeat (which a byte count
  * alone would take for random) and text. Links the internal archive.
  */
+#include "common.h"
 #include "core/internal.h"
 #include "codec/codec.h"
 
@@ -89,9 +90,5 @@ int main(void)
     tcase_add_test(tc, even_bytes_that_repeat_compress);
     tcase_add_test(tc, text_compresses);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return vt_run_suite(s);
 }

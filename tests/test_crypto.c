@@ -5,6 +5,7 @@
  * secrets. Links the internal archive (white box); the interop suite
  * (tests/interop/test_luks.py) checks the same code against QEMU.
  */
+#include "common.h"
 #include "core/internal.h"
 #include "core/endian.h"
 #include "crypto/crypto.h"
@@ -272,9 +273,5 @@ int main(void)
     tcase_add_test(tc, luks_hostile_fields);
     tcase_add_test(tc, secrets);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return vt_run_suite(s);
 }
