@@ -503,6 +503,10 @@ START_TEST(each_image_of_a_chain_opens_with_its_own_passphrase)
     struct chain_secrets refuse = { { NULL, NULL }, 0, 0, VD_ECANCELED };
     vt_err(open_with_secrets(&img, top, NULL, &refuse), VD_ECANCELED);
     ck_assert_uint_eq(refuse.calls, 1);
+    /* a negative value that is no VD_E* code fails it as a missing key */
+    struct chain_secrets odd = { { NULL, NULL }, 0, 0, -1000 };
+    vt_err(open_with_secrets(&img, top, NULL, &odd), VD_EKEY);
+    ck_assert_uint_eq(odd.calls, 1);
 
     /* an image that is not encrypted is never asked about */
     vt_ok(vd_create(plain, "qcow2", 1 << 20, NULL, 0));

@@ -27,6 +27,16 @@ const char *vd_errname(int err)
     }
 }
 
+#define VD_ERROR_KNOWN_CASE_(name, value, text) case VD_##name: return true;
+
+bool vd_error_known(int err)
+{
+    switch (err) {
+    VD_ERROR_TABLE(VD_ERROR_KNOWN_CASE_)
+    default: return false;
+    }
+}
+
 const char *vd_errmsg(void)
 {
     return thread_message;

@@ -33,6 +33,8 @@
 int vd_err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Clear the calling thread's message. */
 void vd_err_clear(void);
+/* Whether err is one of the VD_E* codes (a caller's callback may return anything). */
+bool vd_error_known(int err);
 
 /* --------------------------------------------------------------- backends */
 

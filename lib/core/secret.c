@@ -159,7 +159,7 @@ static int ask_secret_fn(const vd_image *img, const vd_open_opts *o, char **pass
     int n = o->secret_fn(o->secret_ctx, img->filename, img->depth, buf, SECRET_FN_BUFFER);
     int rc = 0;
     if (n < 0)
-        rc = vd_err(vd_errname(n)[4] != '?' ? n : VD_EKEY, "%s: the passphrase callback gave "
+        rc = vd_err(vd_error_known(n) ? n : VD_EKEY, "%s: the passphrase callback gave "
                     "none (%s)", img->filename, vd_errname(n));
     else if ((size_t)n >= SECRET_FN_BUFFER)
         rc = vd_err(VD_EINVAL, "%s: the passphrase callback returned %d bytes, more than the "
