@@ -210,9 +210,9 @@ vd_image *cli_open_image(const char *image, const char *format, uint32_t flags);
 /* cli_open_image() of an internal snapshot (its id or name), read-only; NULL: the image. */
 vd_image *cli_open_snapshot(const char *image, const char *format, uint32_t flags,
                             const char *snapshot);
-/* What an --image-opts string says: the file, its format and open flags. */
 /* How deep in a chain --image-opts may name secrets: backing.backing.(...)key-secret=ID. */
 #define CLI_SECRET_DEPTHS 16
+/* What an --image-opts string says: the file, its format, open flags and secrets. */
 struct cli_image_opts {
     char *driver;   /* or NULL to probe */
     char *filename;

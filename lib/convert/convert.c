@@ -160,7 +160,6 @@ static int create_destination(const vd_convert_opts *o, const char *format, uint
     return 0;
 }
 
-/* Close img after a failure without losing the message that says why. */
 /* Paths collected by for_each_extra_file. */
 struct path_list {
     char **paths;

@@ -196,7 +196,6 @@ CheckReportFn = CFUNCTYPE(None, c_void_p, c_char_p)
 ConvertProgressFn = CFUNCTYPE(c_int, c_void_p, c_uint64, c_uint64)
 
 
-
 class VdConvertOpts(Structure):
     """``struct vd_convert_opts``."""
 

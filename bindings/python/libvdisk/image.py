@@ -16,7 +16,7 @@ from typing import Callable, Iterable, List, Optional, Union
 from . import _lib
 from ._lib import check as check_status
 from ._lib import lib, text
-from .errors import NotFound, RangeError
+from .errors import Cancelled, NotFound, RangeError
 
 _MODES = {"r": 0, "r+": _lib.OPEN_RDWR}
 # open() keyword -> vd_open() flag
@@ -1025,7 +1025,7 @@ def _secret_fn(ask: Callable[[str, int], Union[str, bytes, None]],
                 raise ValueError(f"a passphrase may be at most {size - 1} bytes")
         except BaseException as e:  # noqa: B902 -- it must not cross the C frames
             failures.append(e)
-            return -19  # VD_ECANCELED
+            return Cancelled.code
         if not value:
             return 0
         ctypes.memmove(buf, value, len(value))
