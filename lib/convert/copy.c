@@ -281,12 +281,6 @@ static int count_work(struct copy *c)
 
 /* ------------------------------------------------------------------ prepare */
 
-static bool is_zero(const unsigned char *buf, size_t len)
-{
-    /* each byte equals the next and the first is zero: memcmp is vectorised */
-    return buf[0] == 0 && memcmp(buf, buf + 1, len - 1) == 0;
-}
-
 /* The sparse block at offset: up to the next multiple of block, at most to end. */
 static size_t block_length(uint64_t offset, uint64_t end, size_t block)
 {
@@ -306,7 +300,7 @@ static enum block_kind classify(const struct copy *c, const unsigned char *src,
 {
     if (base && memcmp(src, base, len) == 0)
         return BLOCK_SAME;
-    if (!is_zero(src, len))
+    if (!vd_is_zero(src, len))
         return BLOCK_DATA;
     return base || !c->params->dst_reads_zero ? BLOCK_ZERO : BLOCK_SAME;
 }
@@ -479,7 +473,7 @@ static int zero_base_data(const struct copy *c, struct slot *s, uint64_t offset,
     size_t run = 0, pos = 0; /* [run, pos): blocks to zero */
     while (pos < len) {
         size_t n = block_length(offset + pos, end, c->params->compare_block);
-        if (is_zero(s->base_buf + pos, n)) {
+        if (vd_is_zero(s->base_buf + pos, n)) {
             int rc = pos > run ? write_zeroes(c, s, offset + run, pos - run, 0) : 0;
             if (rc < 0)
                 return rc;

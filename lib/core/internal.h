@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "io/file.h"
@@ -398,6 +399,14 @@ void vd_secret_free(char *value);
 int vd_open_passphrase(const vd_image *img, const vd_open_opts *o, char **passphrase);
 
 /* ------------------------------------------------------------------- misc */
+
+/* Whether len bytes at buf are all zero (each byte equals the next and the first is zero:
+   memcmp is vectorised). */
+static inline bool vd_is_zero(const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    return len == 0 || (p[0] == 0 && memcmp(p, p + 1, len - 1) == 0);
+}
 
 static inline bool vd_add_overflows(uint64_t a, uint64_t b, uint64_t *sum)
 {

@@ -1,5 +1,6 @@
 /* Views of struct iovec arrays (see iov.h). */
 #include "io/iov.h"
+#include "core/internal.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -79,8 +80,8 @@ void vd_iov_zero(const struct vd_iov *v)
 static void find_nonzero(uint8_t *p, size_t n, void *ctx)
 {
     bool *nonzero = ctx;
-    for (size_t i = 0; i < n && !*nonzero; i++)
-        *nonzero = p[i] != 0;
+    if (!*nonzero)
+        *nonzero = !vd_is_zero(p, n);
 }
 
 bool vd_iov_is_zero(const struct vd_iov *v)

@@ -44,14 +44,6 @@ enum {
 /* ... and of the volatile header's. */
 enum { SE_V_MAGIC = 0, SE_V_REPLAY = 24, SE_V_PAD = 32 };
 
-static bool all_zero(const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i])
-            return false;
-    return true;
-}
-
 /* Sectors [at, at + n) lie inside a file of file_sectors sectors. */
 static bool inside(uint64_t at, uint64_t n, uint64_t file_sectors)
 {
@@ -77,7 +69,7 @@ static int check_const_header(const uint8_t *h, const char *name)
     if (vd_le64(h + SE_FLAGS))
         return vd_err(VD_EUNSUPPORTED, "%s: unsupported VMDK seSparse flags 0x%016llx", name,
                       (unsigned long long)vd_le64(h + SE_FLAGS));
-    if (!all_zero(h + SE_RESERVED, 32) || !all_zero(h + SE_CONST_PAD, 512 - SE_CONST_PAD))
+    if (!vd_is_zero(h + SE_RESERVED, 32) || !vd_is_zero(h + SE_CONST_PAD, 512 - SE_CONST_PAD))
         return vd_err(VD_EUNSUPPORTED, "%s: non-zero reserved fields in the VMDK seSparse header",
                       name);
     return 0;
@@ -99,7 +91,7 @@ static int check_volatile_header(vd_file *f, uint64_t sector, uint64_t file_sect
     if (vd_le64(h + SE_V_REPLAY))
         return vd_err(VD_EUNSUPPORTED, "%s: the VMDK seSparse image is dirty (replaying its "
                       "journal is not supported)", name);
-    if (!all_zero(h + SE_V_PAD, sizeof h - SE_V_PAD))
+    if (!vd_is_zero(h + SE_V_PAD, sizeof h - SE_V_PAD))
         return vd_err(VD_EUNSUPPORTED, "%s: non-zero padding in the VMDK seSparse volatile header",
                       name);
     return 0;
